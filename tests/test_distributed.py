@@ -1,0 +1,173 @@
+"""dask.distributed: workers get credentials through the plugin, never through the graph."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import pytest
+import xarray as xr
+
+distributed = pytest.importorskip("distributed")
+
+import xarray_terrascope as xts  # noqa: E402
+from xarray_terrascope.exceptions import AuthenticationError  # noqa: E402
+from xarray_terrascope.testing import SAMPLE_FIELD  # noqa: E402
+
+from .conftest import tif_records  # noqa: E402
+
+DAYS = {"start": "2025-05-01", "end": "2025-06-30"}
+TERRASCOPE_VARS = ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD")
+
+
+def _forms(secret: str) -> list[bytes]:
+    return [secret.encode(), base64.b64encode(secret.encode())]
+
+
+def _assert_absent(blob: bytes | str, secret: str, where: str) -> None:
+    data = blob.encode() if isinstance(blob, str) else blob
+    for form in _forms(secret):
+        assert form not in data, f"password found in {where}"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes whose environment has no Terrascope credentials."""
+    saved = {k: os.environ.pop(k) for k in TERRASCOPE_VARS if k in os.environ}
+    try:
+        with distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        ) as local:
+            yield local
+    finally:
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def client(cluster, sandbox_urls):
+    with distributed.Client(cluster) as c:
+        yield c
+
+
+def _worker_env(client):
+    return client.run(lambda: {k: os.environ.get(k) for k in TERRASCOPE_VARS})
+
+
+def test_cluster_result_equals_threads_without_extra_steps(client, sandbox_urls):
+    assert all(v == dict.fromkeys(TERRASCOPE_VARS) for v in _worker_env(client).values())
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, chunksize=128, **DAYS)
+    threaded = ds.NDVI.mean(["x", "y"]).compute(scheduler="threads")
+    sandbox_urls.log.clear()
+    on_cluster = client.compute(ds.NDVI.mean(["x", "y"])).result()
+    np.testing.assert_allclose(on_cluster.values, threaded.values, rtol=1e-6)
+    assert np.isfinite(on_cluster.values).sum() > 5
+    records = tif_records(sandbox_urls)
+    assert records and all(r.user == sandbox_urls.username for r in records)
+
+
+def test_password_is_nowhere_in_what_travels_or_is_written(client, sandbox_urls, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    password = sandbox_urls.password
+    xts.login(sandbox_urls.username, password)
+    ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, chunksize=128, **DAYS)
+    _assert_absent(cloudpickle.dumps(ds), password, "cloudpickle.dumps(ds)")
+    graph = ds.NDVI.data.__dask_graph__()
+    _assert_absent(cloudpickle.dumps(dict(graph)), password, "the task graph")
+    _assert_absent(repr(ds) + repr(ds.attrs) + ds._repr_html_(), password, "repr/attrs")
+
+    mean = ds.NDVI.mean(["x", "y"])
+    client.compute(mean).result()
+
+    def scheduler_tasks(dask_scheduler):
+        return pickle.dumps([ts.run_spec for ts in dask_scheduler.tasks.values()])
+
+    _assert_absent(client.run_on_scheduler(scheduler_tasks), password, "the scheduler's tasks")
+
+    nc, zarr_dir = tmp_path / "c.nc", tmp_path / "c.zarr"
+    subset = ds.isel(time=slice(0, 3))
+    subset.to_netcdf(nc)
+    subset.drop_vars("spatial_ref").to_zarr(zarr_dir)
+    _assert_absent(nc.read_bytes(), password, "the NetCDF file")
+    for path in Path(zarr_dir).rglob("*"):
+        if path.is_file():
+            _assert_absent(path.read_bytes(), password, f"zarr file {path.name}")
+    _assert_absent(caplog.text, password, "log records")
+
+
+def test_worker_that_joins_later_gets_the_credentials(cluster, sandbox_urls):
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    with distributed.Client(cluster) as c:
+        ds = xr.open_dataset(
+            list(SAMPLE_FIELD), engine="terrascope", chunks={}, chunksize=64, **DAYS
+        )
+        cluster.scale(3)
+        c.wait_for_workers(3, timeout=60)
+        try:
+            newest = max(
+                c.scheduler_info()["workers"], key=lambda w: c.scheduler_info()["workers"][w]["id"]
+            )
+            fut = c.compute(
+                ds.NDVI.isel(time=0).mean(), workers=[newest], allow_other_workers=False
+            )
+            assert np.isfinite(fut.result())
+        finally:
+            cluster.scale(2)
+            c.wait_for_workers(2, timeout=60)
+
+
+def test_client_created_after_login_works(cluster, sandbox_urls):
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    with distributed.Client(cluster) as c:
+        c.unregister_worker_plugin("xarray-terrascope-credentials")
+    # a brand-new client: the preload registers the plugin again
+    with distributed.Client(cluster) as c:
+        ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
+        assert np.isfinite(c.compute(ds.NDVI.isel(time=0).mean()).result())
+
+
+def test_logout_and_new_credentials_reach_later_computations(client, sandbox_urls):
+    users = list(sandbox_urls.users.items())
+    (first_user, first_pw), (second_user, second_pw) = users[0], users[1]
+    xts.login(first_user, first_pw)
+    ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
+    client.compute(ds.NDVI.isel(time=0).mean()).result()
+
+    xts.logout()
+    with pytest.raises(AuthenticationError) as info:
+        client.compute(ds.NDVI.isel(time=1).mean()).result()
+    message = str(info.value)
+    assert "login()" in message and "TERRASCOPE_USERNAME" in message
+    assert first_pw not in message
+
+    xts.login(second_user, second_pw)
+    sandbox_urls.log.clear()
+    client.compute(ds.NDVI.isel(time=0).mean()).result()
+    assert {r.user for r in tif_records(sandbox_urls)} == {second_user}
+
+
+def test_workers_can_use_their_own_environment(cluster, sandbox_urls, monkeypatch):
+    """With no login anywhere, each process reads TERRASCOPE_USERNAME/PASSWORD itself."""
+    env = {
+        "TERRASCOPE_USERNAME": sandbox_urls.username,
+        "TERRASCOPE_PASSWORD": sandbox_urls.password,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with distributed.Client(cluster) as c:
+        xts.logout()  # the workers' plugin now carries no default credentials
+        c.run(os.environ.update, env)
+        try:
+            ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
+            assert np.isfinite(c.compute(ds.NDVI.isel(time=0).mean()).result())
+        finally:
+            c.run(lambda: [os.environ.pop(k, None) for k in TERRASCOPE_VARS])

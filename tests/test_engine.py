@@ -1,0 +1,327 @@
+"""The terrascope engine and the accessor, against the sandbox and its ground truth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dask.array
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import shapely.geometry
+import xarray as xr
+
+import xarray_terrascope as xts
+from xarray_terrascope.backend import TerrascopeBackendEntrypoint
+from xarray_terrascope.exceptions import (
+    AuthenticationError,
+    InvalidArgumentError,
+    NoItemsFoundError,
+    TerrascopeError,
+)
+from xarray_terrascope.testing import SAMPLE_FIELD
+
+from .conftest import FAPAR, NDVI, tif_records
+
+#: From 31UFS-only in the west, across the 31UFS/31UGS overlap, to 32ULB-only in the east;
+#: its centre (5.99 E) is in UTM zone 31.
+WIDE = (5.80, 51.235, 6.18, 51.255)
+REGIONS = {  # longitude bands -> which tiles cover them
+    "31UFS only": (5.81, 5.86),
+    "overlap 31UFS/31UGS": (5.89, 5.99),
+    "31UGS over 32ULB": (6.06, 6.14),
+    "32ULB only": (6.155, 6.175),
+}
+
+
+def _world_groups(sandbox, collection, bbox, start, end):
+    """Item ids per acquisition date, from the world alone, in mosaic priority order."""
+    box = shapely.geometry.box(*bbox)
+    groups: dict[str, list[str]] = {}
+    for item in sandbox.world.item_dicts(collection, sandbox.download_url):
+        day = item["properties"]["datetime"][:10]
+        if start <= day <= end and shapely.geometry.shape(item["geometry"]).intersects(box):
+            groups.setdefault(day, []).append(item["id"])
+    # native UTM zone 31 tiles first (no resampling), then by id
+    return {
+        d: sorted(ids, key=lambda i: (not i.split("_")[2].startswith("31"), i))
+        for d, ids in sorted(groups.items())
+    }
+
+
+def _expected_dn(sandbox, ids, xs, ys, crs):
+    out = np.full(len(xs), 255, dtype=np.uint8)
+    for item_id in ids:
+        dn = sandbox.world.sample(item_id, xs, ys, crs=crs)
+        take = (out == 255) & (dn != 255)
+        out[take] = dn[take]
+    return out
+
+
+def _decoded(dn, scale=0.004, offset=-0.08):
+    values = dn.astype(np.float32) * np.float32(scale) + np.float32(offset)
+    return np.where(dn == 255, np.float32(np.nan), values)
+
+
+@pytest.fixture(scope="module")
+def wide_week(terrascope_sandbox):
+    return ("2025-06-08", "2025-06-14")
+
+
+def test_cube_equals_the_world_in_every_tile_region(logged_in, wide_week):
+    start, end = wide_week
+    ds = xr.open_dataset(list(WIDE), engine="terrascope", start=start, end=end)
+    assert ds.rio.crs.to_epsg() == 32631
+    ndvi = ds.NDVI.load()
+    assert ndvi.dtype == np.float32
+    groups = _world_groups(logged_in, NDVI, WIDE, start, end)
+    assert [str(t)[:10] for t in ds.time.values.astype("datetime64[D]")] == list(groups)
+    lon = np.interp(np.arange(ds.sizes["x"]), [0, ds.sizes["x"] - 1], [WIDE[0], WIDE[2]])
+    rng = np.random.default_rng(1)
+    checked = 0
+    for t, (_day, ids) in enumerate(groups.items()):
+        for region, (west, east) in REGIONS.items():
+            cols = np.flatnonzero((lon >= west) & (lon <= east))
+            cols = rng.choice(cols, 60)
+            rows = rng.integers(0, ds.sizes["y"], 60)
+            xs, ys = ds.x.values[cols], ds.y.values[rows]
+            want = _expected_dn(logged_in, ids, xs, ys, "EPSG:32631")
+            got = ndvi.values[t, rows, cols]
+            if region == "32ULB only":  # reprojected with nearest: allow 1 DN at pixel edges
+                same_nan = np.isnan(got) == (want == 255)
+                assert same_nan.mean() >= 0.95, region
+                ok = same_nan & ~np.isnan(got)
+                assert ok.sum() > 0, "the test must see valid reprojected pixels"
+                assert np.abs(got[ok] - _decoded(want[ok])).max() <= 0.004 + 1e-6, region
+            else:
+                np.testing.assert_allclose(got, _decoded(want), atol=1e-6, err_msg=region)
+            checked += int((want != 255).sum())
+    assert checked > 200
+
+
+def test_valid_pixel_wins_over_no_data_in_the_mosaic(logged_in, wide_week):
+    """East of 31UFS's edge, 31UFS is no data and 31UGS must fill the pixel."""
+    start, end = wide_week
+    ds = xr.open_dataset(list(WIDE), engine="terrascope", start=start, end=end, decode=False)
+    assert ds.NDVI.dtype == np.uint8
+    _first_day, ids = next(iter(_world_groups(logged_in, NDVI, WIDE, start, end).items()))
+    raw = ds.NDVI.isel(time=0).load().values
+    east = np.flatnonzero(ds.x.values > 712000)  # beyond 31UFS (ends at x=709800)
+    xs = ds.x.values[east]
+    ys = np.full(len(xs), ds.y.values[ds.sizes["y"] // 2])
+    ufs = next(i for i in ids if "_31UFS_" in i)
+    assert (logged_in.world.sample(ufs, xs, ys, crs="EPSG:32631") == 255).all()
+    want = _expected_dn(logged_in, ids, xs, ys, "EPSG:32631")
+    assert (want != 255).sum() > 10
+    np.testing.assert_array_equal(raw[ds.sizes["y"] // 2, east], want)
+
+
+def test_opening_reads_no_pixel_and_chunks_follow_the_stacking_grid(logged_in):
+    logged_in.log.clear()
+    ds = xr.open_dataset(
+        list(WIDE),
+        engine="terrascope",
+        start="2025-06-01",
+        end="2025-06-20",
+        chunks={},
+        chunksize=256,
+    )
+    assert tif_records(logged_in) == []
+    data = ds.NDVI.data
+    assert isinstance(data, dask.array.Array)
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    assert data.chunks[0] == (1,) * ds.sizes["time"]
+    assert data.chunks[1][0] == min(256, ny) and data.chunks[2][0] == 256
+    assert data.npartitions == ds.sizes["time"] * -(-ny // 256) * -(-nx // 256) > 10
+    assert tif_records(logged_in) == []
+    one = ds.NDVI.isel(time=0, x=slice(0, 256), y=slice(0, 64)).compute()
+    assert isinstance(one.data, np.ndarray) and tif_records(logged_in)
+
+
+def test_chunks_none_is_lazy_and_load_gives_numpy(logged_in):
+    logged_in.log.clear()
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
+    )
+    assert tif_records(logged_in) == []
+    assert not isinstance(ds.NDVI.variable._data, dask.array.Array)
+    ds.load()
+    assert isinstance(ds.NDVI.data, np.ndarray)
+    assert tif_records(logged_in)
+
+
+def test_dates_are_unique_sorted_and_complete(logged_in):
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-04-01", end="2025-06-30"
+    )
+    days = ds.terrascope.dates()
+    assert days == sorted(set(days))
+    assert days == list(_world_groups(logged_in, NDVI, SAMPLE_FIELD, "2025-04-01", "2025-06-30"))
+    assert ds.indexes["time"].is_unique and ds.indexes["time"].is_monotonic_increasing
+    assert np.issubdtype(ds.time.dtype, np.datetime64)
+    # per-time coordinates worth keeping
+    assert set(ds.platform.values) <= {"sentinel-2a", "sentinel-2b"}
+    assert ds.cloud_cover.dims == ("time",) and np.nanmax(ds.cloud_cover) <= 100
+
+
+def test_attrs_and_grid_mapping(logged_in, tmp_path):
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD),
+        engine="terrascope",
+        start="2025-06-01",
+        end="2025-06-10",
+        max_cloud_cover=80,
+    )
+    assert ds.attrs["collection"] == NDVI
+    assert ds.attrs["bbox"] == list(SAMPLE_FIELD)
+    assert ds.attrs["max_cloud_cover"] == 80
+    assert logged_in.password not in repr(ds.attrs) and logged_in.password not in repr(ds)
+    assert ds.NDVI.rio.crs.to_epsg() == 32631
+    assert ds.rio.resolution() == (10.0, -10.0)
+    assert ds.x.values[0] % 10 == 5  # pixel centres on the Sentinel-2 10 m grid
+    path = tmp_path / "first.tif"
+    first = ds.NDVI.isel(time=0)
+    first.rio.to_raster(path)
+    with rasterio.open(path) as src:
+        assert src.crs.to_epsg() == 32631
+        assert src.transform == ds.rio.transform()
+        np.testing.assert_array_equal(src.read(1), first.values)
+
+
+def test_decode_false_keeps_dn_and_the_accessor_decodes_it(logged_in):
+    kw = {"start": "2025-06-10", "end": "2025-06-12"}
+    raw = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", decode=False, **kw).load()
+    decoded = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", **kw).load()
+    assert raw.NDVI.dtype == np.uint8 and raw.NDVI.attrs["_FillValue"] == 255
+    np.testing.assert_array_equal(raw.terrascope.ndvi().values, decoded.NDVI.values)
+    np.testing.assert_array_equal(decoded.terrascope.ndvi().values, decoded.NDVI.values)
+    assert raw.terrascope.ndvi().dtype == np.float32
+
+
+def test_accessor_items_urls_and_slider(logged_in):
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
+    )
+    items = ds.terrascope.items
+    ids = [i for group in ds.item_ids.values for i in group.split()]
+    assert sorted(i.id for i in items) == sorted(ids)
+    assert all(isinstance(i, pystac.Item) for i in items)
+    urls = ds.terrascope.asset_urls("NDVI")
+    assert sorted(urls) == sorted(i.assets["NDVI"].href for i in items)
+    slider = ds.terrascope.plot_time_slider()
+    assert slider is not None
+
+
+def test_accessor_on_a_foreign_dataset_says_what_is_missing():
+    plain = xr.Dataset({"a": ("x", [1.0, 2.0])})
+    with pytest.raises(TerrascopeError, match="terrascope"):
+        _ = plain.terrascope.items
+    with pytest.raises(TerrascopeError, match="'time'"):
+        plain.terrascope.dates()
+    with pytest.raises(TerrascopeError, match="no 'NDVI' variable"):
+        plain.terrascope.ndvi()
+    with pytest.raises(TerrascopeError, match="terrascope"):
+        plain.terrascope.asset_urls()
+
+
+def test_items_can_be_opened_directly(logged_in):
+    items = xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
+    backend = TerrascopeBackendEntrypoint()
+    assert backend.guess_can_open(items) and backend.guess_can_open(pystac.ItemCollection(items))
+    assert not backend.guess_can_open([5.0, 51.2, 5.1, 51.3])
+    from_items = xr.open_dataset(
+        pystac.ItemCollection(items), engine="terrascope", bbox=SAMPLE_FIELD
+    ).load()
+    from_bbox = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
+    ).load()
+    xr.testing.assert_identical(from_items.NDVI, from_bbox.NDVI)
+
+
+def test_other_collection_decodes_with_its_own_scale(logged_in):
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD),
+        engine="terrascope",
+        collection=FAPAR,
+        start="2025-06-10",
+        end="2025-06-12",
+    ).load()
+    assert list(ds.data_vars) == ["FAPAR"]
+    ids = ds.item_ids.values[0].split()
+    rows, cols = np.array([5, 50, 100]), np.array([7, 70, 140])
+    want = _expected_dn(logged_in, sorted(ids), ds.x.values[cols], ds.y.values[rows], "EPSG:32631")
+    np.testing.assert_allclose(
+        ds.FAPAR.values[0, rows, cols], _decoded(want, 0.005, 0.0), atol=1e-6
+    )
+
+
+def test_crs_and_resolution_arguments(logged_in):
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD),
+        engine="terrascope",
+        start="2025-06-10",
+        end="2025-06-12",
+        crs="EPSG:32632",
+        resolution=20,
+    )
+    assert ds.rio.crs.to_epsg() == 32632
+    assert ds.rio.resolution() == (20.0, -20.0)
+    assert np.isfinite(ds.NDVI.load().values).any()
+
+
+def test_empty_search_names_bbox_dates_and_filter(logged_in):
+    with pytest.raises(NoItemsFoundError) as info:
+        xr.open_dataset(
+            list(SAMPLE_FIELD),
+            engine="terrascope",
+            start="2024-01-01",
+            end="2024-01-31",
+            max_cloud_cover=5,
+        )
+    text = str(info.value)
+    assert str(list(SAMPLE_FIELD)) in text and "2024-01-01" in text and "max_cloud_cover 5" in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"assets": ["B04"]}, "assets .*B04.* available: NDVI"),
+        ({"crs": "not a crs"}, "crs must be an EPSG code"),
+        ({"resolution": -10}, "resolution must be a positive number"),
+        ({"resampling": "cubicish"}, "resampling must be one of"),
+        ({"chunksize": 0}, "chunksize must be a positive int"),
+    ],
+)
+def test_bad_engine_arguments(logged_in, kwargs, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        xr.open_dataset(
+            list(SAMPLE_FIELD), engine="terrascope", start="2025-06-10", end="2025-06-12", **kwargs
+        )
+
+
+def test_opening_without_credentials_fails_fast_without_network(sandbox_urls):
+    sandbox_urls.log.clear()
+    with pytest.raises(AuthenticationError, match="login"):
+        xr.open_dataset(
+            list(SAMPLE_FIELD), engine="terrascope", start="2025-06-10", end="2025-06-12"
+        )
+    assert sandbox_urls.log.records() == []
+
+
+def test_reading_after_logout_is_an_authentication_error(logged_in):
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-10", end="2025-06-12"
+    )
+    ds.NDVI.isel(time=0).load()
+    xts.logout()
+    logged_in.log.clear()
+    with pytest.raises(AuthenticationError, match="login"):
+        ds.NDVI.isel(time=0).load()
+    assert tif_records(logged_in) == []
+
+
+def test_module_level_open_dataset_is_the_engine(logged_in):
+    a = xts.open_dataset(list(SAMPLE_FIELD), start="2025-06-10", end="2025-06-12")
+    assert a.attrs["collection"] == NDVI and "NDVI" in a
+    assert isinstance(datetime.fromisoformat(str(a.time.values[0])[:19]), datetime)

@@ -1,0 +1,69 @@
+"""Terrascope (VITO) Sentinel-1/2 products as a first-class xarray data source.
+
+Examples
+--------
+>>> import xarray as xr
+>>> import xarray_terrascope as xts
+>>> xts.login()  # doctest: +SKIP
+>>> ds = xr.open_dataset([5.0, 51.2, 5.1, 51.3], engine="terrascope",
+...                      start="2025-05-01", end="2025-06-01", chunks={})  # doctest: +SKIP
+>>> ndvi = ds.terrascope.ndvi()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from . import accessor as _accessor  # noqa: F401  (registers ds.terrascope)
+from .auth import Credentials, gdal_options, login, logout
+from .exceptions import (
+    AuthenticationError,
+    CollectionNotFoundError,
+    InvalidArgumentError,
+    NoItemsFoundError,
+    ReadError,
+    SearchError,
+    TerrascopeError,
+)
+from .search import asset_urls, item_dates, list_collections, search, search_ndvi, stac_client
+
+try:
+    __version__ = version("xarray-terrascope")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AuthenticationError",
+    "CollectionNotFoundError",
+    "Credentials",
+    "InvalidArgumentError",
+    "NoItemsFoundError",
+    "ReadError",
+    "SearchError",
+    "TerrascopeError",
+    "__version__",
+    "asset_urls",
+    "gdal_options",
+    "item_dates",
+    "list_collections",
+    "login",
+    "logout",
+    "open_dataset",
+    "search",
+    "search_ndvi",
+    "stac_client",
+]
+
+
+def open_dataset(bbox: Any, **kwargs: Any):
+    """``xr.open_dataset(bbox, engine="terrascope", **kwargs)``.
+
+    Examples
+    --------
+    >>> ds = open_dataset([5.90, 51.24, 5.96, 51.27], start="2025-05-01",
+    ...                   end="2025-06-30", chunks={})  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    return xr.open_dataset(bbox, engine="terrascope", **kwargs)

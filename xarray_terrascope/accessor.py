@@ -1,0 +1,156 @@
+"""The ``.terrascope`` accessor on Datasets (and DataArrays) from the ``terrascope`` engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pystac
+import xarray as xr
+
+from .exceptions import TerrascopeError
+
+__all__ = ["TerrascopeDataArrayAccessor", "TerrascopeDatasetAccessor", "decode_raw"]
+
+_NOT_FROM_ENGINE = (
+    "This {kind} did not come from xr.open_dataset(..., engine='terrascope'): it has no "
+    "{missing}. Open it with the terrascope engine (or xarray_terrascope.open_dataset)."
+)
+
+
+def decode_raw(da: xr.DataArray) -> xr.DataArray:
+    """Turn stored digital numbers into physical float32 values, no data -> NaN.
+
+    Uses the CF attributes ``scale_factor``, ``add_offset`` and ``_FillValue`` that the
+    engine writes with ``decode=False``. A float array is returned as it is.
+
+    Examples
+    --------
+    >>> raw = xr.DataArray(np.array([0, 125, 255], "uint8"),
+    ...                    attrs={"scale_factor": 0.004, "add_offset": -0.08, "_FillValue": 255})
+    >>> decode_raw(raw).values.round(3).tolist()
+    [-0.08, 0.42, nan]
+    """
+    if da.dtype.kind == "f" and "scale_factor" not in da.attrs:
+        return da
+    scale = np.float32(da.attrs.get("scale_factor", 1.0))
+    offset = np.float32(da.attrs.get("add_offset", 0.0))
+    fill = da.attrs.get("_FillValue", da.encoding.get("_FillValue"))
+    values = da.astype("float32") * scale + offset
+    if fill is not None:
+        values = values.where(da != fill)
+    attrs = {
+        k: v for k, v in da.attrs.items() if k not in ("scale_factor", "add_offset", "_FillValue")
+    }
+    return values.astype("float32").assign_attrs(attrs).rename(da.name)
+
+
+def _dates(obj: xr.Dataset | xr.DataArray, kind: str) -> list[str]:
+    if "time" not in obj.coords:
+        raise TerrascopeError(_NOT_FROM_ENGINE.format(kind=kind, missing="'time' coordinate"))
+    return [str(t)[:10] for t in obj["time"].values.astype("datetime64[D]")]
+
+
+class TerrascopeDatasetAccessor:
+    """``ds.terrascope``: NDVI, the STAC items, asset URLs, dates and the time slider.
+
+    Examples
+    --------
+    >>> ds = xr.open_dataset(bbox, engine="terrascope", start="2025-05-01",
+    ...                      end="2025-06-30")  # doctest: +SKIP
+    >>> ds.terrascope.dates()[:2]  # doctest: +SKIP
+    ['2025-05-01', '2025-05-03']
+    """
+
+    def __init__(self, xarray_obj: xr.Dataset) -> None:
+        self._obj = xarray_obj
+
+    def _attr(self, name: str) -> Any:
+        if name not in self._obj.attrs:
+            raise TerrascopeError(
+                _NOT_FROM_ENGINE.format(kind="Dataset", missing=f"{name!r} attribute")
+            )
+        return self._obj.attrs[name]
+
+    @property
+    def items(self) -> list[pystac.Item]:
+        """The STAC items behind the cube, sorted by datetime.
+
+        In the process that opened the cube they are kept in memory; elsewhere (a
+        worker, a Dataset read back from disk) they are fetched again by id.
+        """
+        from .dataset import recall_items
+
+        items = recall_items(self._attr("terrascope_items_key"))
+        if items is not None:
+            return list(items)
+        if "item_ids" not in self._obj.coords:
+            raise TerrascopeError(
+                _NOT_FROM_ENGINE.format(kind="Dataset", missing="'item_ids' coordinate")
+            )
+        from .search import search
+
+        ids = [i for group in self._obj["item_ids"].values for i in str(group).split()]
+        found = search(self._attr("collection"), ids=ids)
+        return found
+
+    def asset_urls(self, asset: str = "NDVI") -> list[str]:
+        """Hrefs of ``asset`` for every item of the cube, in datetime order."""
+        from .search import asset_urls
+
+        return asset_urls(self.items, asset)
+
+    def dates(self) -> list[str]:
+        """The cube's acquisition dates as ``YYYY-MM-DD`` strings (unique, sorted)."""
+        return _dates(self._obj, "Dataset")
+
+    def ndvi(self) -> xr.DataArray:
+        """NDVI as physical float32 values (NaN = no data), also from a ``decode=False`` cube."""
+        if "NDVI" not in self._obj.data_vars:
+            raise TerrascopeError(
+                "This Dataset has no 'NDVI' variable (it has: "
+                f"{', '.join(map(str, self._obj.data_vars)) or 'none'}). Open the collection "
+                "'terrascope-s2-ndvi-v2' with the terrascope engine."
+            )
+        return decode_raw(self._obj["NDVI"])
+
+    def plot_time_slider(self, variable: str | None = None, **kwargs: Any):
+        """An hvplot image with a time slider; see :func:`xarray_terrascope.plot.time_slider`."""
+        from .plot import time_slider
+
+        if variable is None:
+            if "NDVI" in self._obj.data_vars:
+                variable = "NDVI"
+            elif len(self._obj.data_vars) == 1:
+                variable = next(iter(self._obj.data_vars))
+            else:
+                raise TerrascopeError(
+                    "Several variables: pass variable= one of "
+                    f"{', '.join(map(str, self._obj.data_vars))}"
+                )
+        return time_slider(decode_raw(self._obj[variable]), **kwargs)
+
+
+class TerrascopeDataArrayAccessor:
+    """``da.terrascope``: dates, decoding and the time slider for one variable."""
+
+    def __init__(self, xarray_obj: xr.DataArray) -> None:
+        self._obj = xarray_obj
+
+    def dates(self) -> list[str]:
+        """Acquisition dates as ``YYYY-MM-DD`` strings."""
+        return _dates(self._obj, "DataArray")
+
+    def decode(self) -> xr.DataArray:
+        """Physical float32 values (see :func:`decode_raw`)."""
+        return decode_raw(self._obj)
+
+    def plot_time_slider(self, **kwargs: Any):
+        """An hvplot image with a time slider; see :func:`xarray_terrascope.plot.time_slider`."""
+        from .plot import time_slider
+
+        return time_slider(decode_raw(self._obj), **kwargs)
+
+
+xr.register_dataset_accessor("terrascope")(TerrascopeDatasetAccessor)
+xr.register_dataarray_accessor("terrascope")(TerrascopeDataArrayAccessor)

@@ -1,0 +1,283 @@
+"""Building the xarray Dataset: search -> plan -> lazy variables -> CF decoding -> CRS.
+
+The variables are backed by :class:`CubeArray`, an xarray ``BackendArray``, so xarray
+itself honours both ``chunks={}`` (dask arrays on the stacking chunk grid, through
+``encoding["preferred_chunks"]``) and ``chunks=None`` (lazy until ``.load()``, which
+returns numpy).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pystac
+import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from . import auth, config
+from .exceptions import AuthenticationError, InvalidArgumentError, NoItemsFoundError
+from .search import check_bbox, check_dates, search
+from .stack import CubePlan, plan_cube, read_window
+
+__all__ = ["CubeArray", "open_cube"]
+
+logger = logging.getLogger(__name__)
+
+#: Spatial chunk size (pixels) of the stacking grid; one time step per chunk.
+DEFAULT_CHUNKSIZE = 1024
+#: How many cubes' items this process remembers for ``ds.terrascope.items``.
+_ITEMS_CACHE_SIZE = 32
+_items_lock = threading.Lock()
+_items_cache: OrderedDict[str, list[pystac.Item]] = OrderedDict()
+
+
+class CubeArray(BackendArray):
+    """Lazy ``(time, y, x)`` array of one asset's raw values; reads on indexing only.
+
+    Pickles as its :class:`~xarray_terrascope.stack.CubePlan`: URLs, grid and an
+    opaque credentials handle, never a secret.
+    """
+
+    def __init__(self, plan: CubePlan, asset_index: int) -> None:
+        self.plan = plan
+        self.asset_index = asset_index
+        self.shape = (len(plan.groups), *plan.shape)
+        self.dtype = np.dtype(plan.decode[asset_index].dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+        )
+
+    def _getitem(self, key: tuple) -> np.ndarray:
+        squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
+        t_key, y_key, x_key = (
+            slice(int(k), int(k) + 1) if isinstance(k, (int, np.integer)) else k for k in key
+        )
+        times = range(self.shape[0])[t_key]
+        rows, row_step = _span(y_key, self.shape[1])
+        cols, col_step = _span(x_key, self.shape[2])
+        data = read_window(self.plan, self.asset_index, list(times), rows, cols)
+        if row_step != 1 or col_step != 1:
+            data = data[:, ::row_step, ::col_step]
+        return data.squeeze(axis=squeeze) if squeeze else data
+
+
+def _span(key: slice, size: int) -> tuple[slice, int]:
+    start, stop, step = key.indices(size)
+    if step < 0:  # read the covering window forwards, then let numpy reverse it
+        indices = range(start, stop, step)
+        if not indices:
+            return slice(0, 0), 1
+        return slice(indices[-1], indices[0] + 1), step
+    return slice(start, max(start, stop)), step
+
+
+def _is_items(obj: Any) -> bool:
+    if isinstance(obj, pystac.ItemCollection):
+        return True
+    return (
+        isinstance(obj, (list, tuple))
+        and len(obj) > 0
+        and all(isinstance(i, pystac.Item) for i in obj)
+    )
+
+
+def _handle_for_open(credentials: auth.Credentials | None) -> str:
+    """The credentials handle for a new cube; fails fast (no network) when there are none."""
+    if credentials is not None or auth.current_credentials() is not None:
+        return auth.credentials_handle(credentials)
+    if auth._from_environment() is not None:
+        return auth.DEFAULT_HANDLE
+    from_netrc = auth._from_netrc()
+    if from_netrc is not None:
+        return auth.credentials_handle(from_netrc)
+    raise AuthenticationError(
+        "Opening Terrascope data needs credentials: call xarray_terrascope.login() first, "
+        "pass credentials=Credentials(user, password), set TERRASCOPE_USERNAME and "
+        "TERRASCOPE_PASSWORD, or add the download host to your netrc file."
+    )
+
+
+def _default_assets(collection: str, items: Sequence[pystac.Item]) -> list[str]:
+    info = config.COLLECTIONS.get(collection)
+    if info is not None:
+        return list(info.assets)
+    keys: list[str] = []
+    for item in items:
+        for key, asset in item.assets.items():
+            if "data" in (asset.roles or []) and key not in keys:
+                keys.append(key)
+    if not keys:
+        raise InvalidArgumentError(
+            f"Collection {collection!r} is not known to xarray-terrascope and its items have no "
+            "assets with role 'data'; pass assets=[...]"
+        )
+    return keys
+
+
+def _check_assets(assets: Any) -> list[str] | None:
+    if assets is None:
+        return None
+    if isinstance(assets, str):
+        return [assets]
+    if not isinstance(assets, (list, tuple)) or not all(isinstance(a, str) for a in assets):
+        raise InvalidArgumentError(f"assets must be an asset key or a list of them, got {assets!r}")
+    if not assets:
+        raise InvalidArgumentError("assets must not be empty; None means the collection's default")
+    return list(assets)
+
+
+def _check_chunksize(chunksize: Any) -> int:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, (int, np.integer)) or chunksize < 1:
+        raise InvalidArgumentError(f"chunksize must be a positive int (pixels), got {chunksize!r}")
+    return int(chunksize)
+
+
+def _cf_attrs(plan: CubePlan, asset_index: int) -> dict:
+    spec = plan.decode[asset_index]
+    attrs: dict[str, Any] = {"long_name": plan.assets[asset_index]}
+    if spec.scale != 1.0:
+        attrs["scale_factor"] = np.float32(spec.scale)
+    if spec.offset != 0.0:
+        attrs["add_offset"] = np.float32(spec.offset)
+    if spec.nodata is not None:
+        attrs["_FillValue"] = np.dtype(spec.dtype).type(spec.nodata)
+    return attrs
+
+
+def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]:
+    platforms, clouds, ids = [], [], []
+    for group in plan.groups:
+        members = [items[i] for i in group]
+        platforms.append(",".join(sorted({str(m.properties.get("platform", "")) for m in members})))
+        cover = [m.properties.get("eo:cloud_cover") for m in members]
+        cover = [float(c) for c in cover if c is not None]
+        clouds.append(float(np.mean(cover)) if cover else np.nan)
+        ids.append(" ".join(m.id for m in members))
+    return {
+        "time": ("time", np.array(plan.times, dtype="datetime64[ns]")),
+        "platform": ("time", np.array(platforms, dtype=object)),
+        "cloud_cover": ("time", np.array(clouds, dtype="float32"), {"units": "%"}),
+        "item_ids": ("time", np.array(ids, dtype=object)),
+    }
+
+
+def remember_items(items: Sequence[pystac.Item]) -> str:
+    """Keep ``items`` in this process under a new id (stored in the Dataset's attrs)."""
+    key = secrets.token_hex(8)
+    with _items_lock:
+        _items_cache[key] = list(items)
+        while len(_items_cache) > _ITEMS_CACHE_SIZE:
+            _items_cache.popitem(last=False)
+    return key
+
+
+def recall_items(key: str) -> list[pystac.Item] | None:
+    """The items remembered under ``key`` in this process, or None."""
+    with _items_lock:
+        return _items_cache.get(key)
+
+
+def open_cube(
+    filename_or_obj: Any,
+    *,
+    start: Any = None,
+    end: Any = None,
+    collection: str = config.DEFAULT_COLLECTION,
+    assets: Sequence[str] | str | None = None,
+    max_cloud_cover: float | None = None,
+    crs: Any = None,
+    resolution: float | None = None,
+    credentials: auth.Credentials | None = None,
+    bbox: Sequence[float] | None = None,
+    decode: bool = True,
+    resampling: str = "nearest",
+    chunksize: int = DEFAULT_CHUNKSIZE,
+    drop_variables: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """Search (or take items), plan and return the lazy Dataset; see the engine's docs."""
+    assets_list = _check_assets(assets)
+    chunksize = _check_chunksize(chunksize)
+    handle = _handle_for_open(credentials)
+    if _is_items(filename_or_obj):
+        items = list(filename_or_obj)
+        box = check_bbox(bbox) if bbox is not None else None
+        check_dates(start, end)
+        if start is not None or end is not None or max_cloud_cover is not None:
+            raise InvalidArgumentError(
+                "start, end and max_cloud_cover filter a search; with a list of items, "
+                "select the items yourself"
+            )
+        collections = {item.collection_id for item in items}
+        collection = collections.pop() if len(collections) == 1 else collection
+    else:
+        if bbox is not None:
+            raise InvalidArgumentError("give the bbox once, as the first argument")
+        box = check_bbox(filename_or_obj, name="bbox (first argument)")
+        items = search(collection, box, start, end, max_cloud_cover=max_cloud_cover)
+        if not items:
+            raise NoItemsFoundError(
+                f"No {collection} items for bbox {list(box)}, start {start!r}, end {end!r}"
+                + (f", max_cloud_cover {max_cloud_cover}" if max_cloud_cover is not None else "")
+                + ". Widen the dates or the bbox, or relax max_cloud_cover."
+            )
+    assets_list = assets_list or _default_assets(collection, items)
+    plan = plan_cube(
+        items,
+        assets=assets_list,
+        bbox=box,
+        crs=crs,
+        resolution=resolution,
+        collection=collection,
+        credentials_handle=handle,
+        resampling=resampling,
+    )
+    logger.info(
+        "Cube of %d item(s) -> %d date(s) x %d x %d px in EPSG:%d",
+        len(items),
+        len(plan.groups),
+        *plan.shape,
+        plan.epsg,
+    )
+    preferred = {"time": 1, "y": chunksize, "x": chunksize}
+    variables = {}
+    for index, key in enumerate(plan.assets):
+        if drop_variables and key in drop_variables:
+            continue
+        variables[key] = xr.Variable(
+            ("time", "y", "x"),
+            indexing.LazilyIndexedArray(CubeArray(plan, index)),
+            attrs=_cf_attrs(plan, index),
+            encoding={"preferred_chunks": preferred},
+        )
+    coords = _time_coords(plan, items)
+    coords["y"] = ("y", plan.y_coords(), {"units": "m", "standard_name": "projection_y_coordinate"})
+    coords["x"] = ("x", plan.x_coords(), {"units": "m", "standard_name": "projection_x_coordinate"})
+    attrs: dict[str, Any] = {
+        "collection": collection,
+        "assets": list(plan.assets),
+        "resolution": plan.resolution,
+        "stac_url": config.stac_url(),
+        "terrascope_items_key": remember_items(items),
+        "source": "xarray-terrascope",
+    }
+    if box is not None:
+        attrs["bbox"] = list(box)
+    for name, value in (("start", start), ("end", end), ("max_cloud_cover", max_cloud_cover)):
+        if value is not None:
+            attrs[name] = value if isinstance(value, (int, float)) else str(value)
+    ds = xr.Dataset(variables, coords=coords, attrs=attrs)
+    ds = xr.decode_cf(ds, mask_and_scale=decode, decode_times=False, decode_coords=False)
+    for key in ds.data_vars:
+        ds.variables[key].encoding["preferred_chunks"] = preferred
+    ds = ds.rio.write_crs(f"EPSG:{plan.epsg}")
+    ds.rio.write_transform(plan.transform, inplace=True)
+    return ds

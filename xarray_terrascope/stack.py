@@ -1,0 +1,516 @@
+"""STAC items -> a plan for a lazy, time-indexed cube, and the reads that fill it.
+
+This is the only module that imports stackstac (0.5.1, pinned, unmaintained). From it
+we use :func:`stackstac.prepare.prepare_items` (output grid and per-asset bounds) and
+:class:`stackstac.rio_reader.AutoParallelRioReader` (thread-safe GDAL reads through a
+``WarpedVRT``, reprojecting tiles of other UTM zones), with stackstac's default GDAL
+options plus the scoped credentials of :mod:`xarray_terrascope.auth`.
+
+We do *not* use stackstac's dask graph: it pickles the GDAL options, credentials
+included, into every task. A :class:`CubePlan` holds only what is needed to read (URLs,
+grid, per-date item groups, an opaque credentials handle) and is safe to pickle.
+Reads go through a per-process pool of I/O threads, so I/O concurrency is not bounded
+by the number of cores, and through a per-process cache of open readers, so a file's
+header is fetched once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pystac
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from . import auth, config
+from .exceptions import AuthenticationError, InvalidArgumentError, ReadError
+from .search import _item_day
+
+__all__ = ["CubePlan", "plan_cube", "read_window", "utm_epsg"]
+
+logger = logging.getLogger(__name__)
+
+#: Reads in flight at once per process (network-bound, so well above the core count).
+IO_THREADS = 16
+#: Open readers kept per process (each holds a GDAL dataset per thread that used it).
+READER_CACHE_SIZE = 256
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """Return the EPSG code of the WGS84 UTM zone containing ``(lon, lat)``.
+
+    Examples
+    --------
+    >>> utm_epsg(5.05, 51.25)
+    32631
+    """
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def _epsg_of(crs: Any) -> int:
+    if isinstance(crs, bool):
+        raise InvalidArgumentError(f"crs must be an EPSG code or CRS, got {crs!r}")
+    if isinstance(crs, int):
+        return crs
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        parsed = CRS.from_user_input(crs)
+    except CRSError as err:
+        raise InvalidArgumentError(
+            f"crs must be an EPSG code (e.g. 32631 or 'EPSG:32631') or a CRS, got {crs!r}"
+        ) from err
+    code = parsed.to_epsg()
+    if code is None:
+        raise InvalidArgumentError(f"crs {crs!r} has no EPSG code; give one that does")
+    return code
+
+
+def _asset_epsg(item: dict, asset: dict) -> int | None:
+    """``proj:epsg`` of an asset, filled from ``proj:code`` (pystac >= 1.12 writes only that)."""
+    for source in (asset, item["properties"]):
+        if source.get("proj:epsg") is not None:
+            return int(source["proj:epsg"])
+        code = source.get("proj:code")
+        if isinstance(code, str) and code.upper().startswith("EPSG:"):
+            return int(code.split(":", 1)[1])
+    return None
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """CF-style packing of one asset: ``physical = scale * DN + offset``; ``nodata`` is NaN."""
+
+    dtype: str
+    nodata: float | None
+    scale: float
+    offset: float
+
+
+def _decode_spec(collection: str | None, asset_key: str, items: Sequence[dict]) -> DecodeSpec:
+    for item in items:
+        asset = item["assets"].get(asset_key)
+        bands = asset.get("raster:bands") if asset else None
+        if bands:
+            band = bands[0]
+            return DecodeSpec(
+                dtype=str(band.get("data_type") or "float32"),
+                nodata=band.get("nodata"),
+                scale=float(band.get("scale", 1.0)),
+                offset=float(band.get("offset", 0.0)),
+            )
+    info = config.COLLECTIONS.get(collection or "")
+    fallback = info.decode.get(asset_key) if info else None
+    if fallback is not None:
+        return DecodeSpec(fallback.dtype, fallback.nodata, fallback.scale, fallback.offset)
+    logger.warning(
+        "No raster:bands for asset %r of %s and no known packing: reading it as float32 "
+        "without scaling",
+        asset_key,
+        collection,
+    )
+    return DecodeSpec("float32", None, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class CubePlan:
+    """Everything needed to read a cube; picklable and free of secrets.
+
+    Attributes
+    ----------
+    epsg, bounds, resolution
+        The output grid (``bounds`` in the output CRS, snapped to ``resolution``).
+    assets
+        Asset keys, one variable each.
+    urls
+        ``urls[i][a]``: href of asset ``a`` of item ``i`` (None when the item lacks it).
+    item_bounds
+        ``item_bounds[i][a]``: that asset's footprint in the output CRS.
+    groups
+        Item indices per time step, in mosaic priority order (first valid pixel wins).
+    times
+        One timestamp per group (the earliest acquisition of that date).
+    decode
+        Packing per asset.
+    send_credentials
+        Per URL: whether its host may receive credentials (decided at open time).
+    credentials_handle
+        Opaque handle that :func:`xarray_terrascope.auth.resolve` turns into credentials.
+    """
+
+    epsg: int
+    bounds: tuple[float, float, float, float]
+    resolution: float
+    assets: tuple[str, ...]
+    urls: tuple[tuple[str | None, ...], ...]
+    item_bounds: tuple[tuple[tuple[float, float, float, float] | None, ...], ...]
+    groups: tuple[tuple[int, ...], ...]
+    times: tuple[pd.Timestamp, ...]
+    decode: tuple[DecodeSpec, ...]
+    send_credentials: dict[str, bool]
+    credentials_handle: str
+    resampling: str = "nearest"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the output grid."""
+        return self._spec().shape
+
+    @property
+    def transform(self):
+        """Affine transform of the output grid."""
+        return self._spec().transform
+
+    def _spec(self):
+        from stackstac.raster_spec import RasterSpec
+
+        return RasterSpec(self.epsg, self.bounds, (self.resolution, self.resolution))
+
+    def x_coords(self) -> np.ndarray:
+        """Pixel-centre x coordinates."""
+        west = self.bounds[0]
+        return west + (np.arange(self.shape[1]) + 0.5) * self.resolution
+
+    def y_coords(self) -> np.ndarray:
+        """Pixel-centre y coordinates (north to south)."""
+        north = self.bounds[3]
+        return north - (np.arange(self.shape[0]) + 0.5) * self.resolution
+
+
+def _plain(items: Sequence[pystac.Item | dict]) -> list[dict]:
+    plain = []
+    for item in items:
+        if isinstance(item, pystac.Item):
+            plain.append(item.to_dict(include_self_link=False, transform_hrefs=False))
+        elif isinstance(item, dict):
+            plain.append(item)
+        else:
+            raise InvalidArgumentError(
+                f"items must be pystac.Item objects or STAC item dicts, got {type(item).__name__}"
+            )
+    return plain
+
+
+def _with_epsg(item: dict, assets: Sequence[str]) -> dict:
+    """Copy of ``item`` whose assets carry ``proj:epsg`` (stackstac reads nothing else)."""
+    out = dict(item)
+    out["assets"] = dict(item["assets"])
+    for key in assets:
+        asset = out["assets"].get(key)
+        if asset is not None and asset.get("proj:epsg") is None:
+            epsg = _asset_epsg(item, asset)
+            if epsg is not None:
+                out["assets"][key] = dict(asset, **{"proj:epsg": epsg})
+    return out
+
+
+def _native_resolution(items: Sequence[dict], assets: Sequence[str], epsg: int) -> float | None:
+    found: list[float] = []
+    for item in items:
+        for key in assets:
+            asset = item["assets"].get(key)
+            transform = (asset or {}).get("proj:transform") or item["properties"].get(
+                "proj:transform"
+            )
+            if asset is not None and transform and _asset_epsg(item, asset) == epsg:
+                found.append(abs(float(transform[0])))
+    return min(found) if found else None
+
+
+def plan_cube(
+    items: Sequence[pystac.Item | dict],
+    *,
+    assets: Sequence[str],
+    bbox: tuple[float, float, float, float] | None,
+    crs: Any = None,
+    resolution: float | None = None,
+    collection: str | None = None,
+    credentials_handle: str = auth.DEFAULT_HANDLE,
+    resampling: str = "nearest",
+) -> CubePlan:
+    """Plan the cube of ``items``: grid, per-date mosaic groups, decoding. No pixel is read.
+
+    Parameters
+    ----------
+    items
+        STAC items (any order; same-date items become one time step).
+    assets
+        Asset keys to stack.
+    bbox
+        WGS84 ``(west, south, east, north)`` to clip to; None: the items' union.
+    crs
+        Output CRS; None: the UTM zone of the bbox centre. Tiles in other CRSs are
+        reprojected, never dropped.
+    resolution
+        Output pixel size in CRS units; None: the native resolution of the items.
+    """
+    from stackstac.prepare import prepare_items
+
+    plain = [_with_epsg(item, assets) for item in _plain(items)]
+    if not plain:
+        raise InvalidArgumentError("No items to stack")
+    if bbox is None:
+        boxes = np.array([item["bbox"] for item in plain], dtype=float)
+        bbox = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+    epsg = (
+        _epsg_of(crs)
+        if crs is not None
+        else utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+    )
+    try:
+        resampling_enum = Resampling[resampling]
+    except KeyError:
+        raise InvalidArgumentError(
+            f"resampling must be one of {', '.join(r.name for r in Resampling)}, got {resampling!r}"
+        ) from None
+    if resolution is None:
+        resolution = _native_resolution(plain, assets, epsg)
+    if resolution is not None and (not np.isfinite(resolution) or resolution <= 0):
+        raise InvalidArgumentError(f"resolution must be a positive number, got {resolution!r}")
+    missing = [key for key in assets if not any(key in item["assets"] for item in plain)]
+    if missing:
+        available = sorted({key for item in plain for key in item["assets"]})
+        raise InvalidArgumentError(
+            f"assets {missing} are in none of the items; available: {', '.join(available)}"
+        )
+
+    # Mosaic priority within a date: tiles already in the output CRS first (no resampling),
+    # then by time and id, so the result does not depend on the search order.
+    def priority(index: int) -> tuple:
+        item = plain[index]
+        first_asset = next(item["assets"][k] for k in assets if k in item["assets"])
+        return (
+            _asset_epsg(item, first_asset) != epsg,
+            item["properties"].get("datetime") or "",
+            item["id"],
+        )
+
+    days: dict[Any, list[int]] = {}
+    for index, item in enumerate(plain):
+        day = _item_day(pystac.Item.from_dict(item, preserve_dict=True))
+        days.setdefault(day, []).append(index)
+    ordered_days = sorted(days)
+    groups = tuple(tuple(sorted(days[day], key=priority)) for day in ordered_days)
+    times = tuple(
+        min(pd.Timestamp(plain[i]["properties"]["datetime"]) for i in group)
+        .tz_convert(timezone.utc)
+        .tz_localize(None)
+        for group in groups
+    )
+
+    asset_table, spec, _asset_ids, _ = prepare_items(
+        plain,
+        assets=list(assets),
+        epsg=epsg,
+        resolution=resolution,
+        bounds_latlon=bbox,
+        snap_bounds=True,
+        rescale=False,
+        dtype=np.dtype("float32"),
+    )
+    urls = tuple(tuple(entry["url"] for entry in row) for row in asset_table)
+    item_bounds = tuple(
+        tuple(tuple(float(v) for v in entry["bounds"]) if entry["url"] else None for entry in row)
+        for row in asset_table
+    )
+    send = {url: auth.sends_credentials(url) for row in urls for url in row if url}
+    return CubePlan(
+        epsg=int(spec.epsg),
+        bounds=tuple(float(v) for v in spec.bounds),
+        resolution=float(spec.resolutions_xy[0]),
+        assets=tuple(assets),
+        urls=urls,
+        item_bounds=item_bounds,
+        groups=groups,
+        times=times,
+        decode=tuple(_decode_spec(collection, key, plain) for key in assets),
+        send_credentials=send,
+        credentials_handle=credentials_handle,
+        resampling=resampling_enum.name,
+    )
+
+
+# --- reading ---------------------------------------------------------------------------
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_readers_lock = threading.Lock()
+_readers: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="terrascope-io")
+        return _pool
+
+
+def clear_reader_cache() -> None:
+    """Close and forget every open reader of this process."""
+    with _readers_lock:
+        readers = list(_readers.values())
+        _readers.clear()
+    for reader in readers:
+        reader.close()
+
+
+def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None):
+    from stackstac.raster_spec import RasterSpec
+    from stackstac.rio_reader import DEFAULT_GDAL_ENV, AutoParallelRioReader
+
+    allowed = plan.send_credentials.get(url, False)
+    key = (
+        url,
+        plan.epsg,
+        plan.bounds,
+        plan.resolution,
+        plan.resampling,
+        plan.decode[asset_index].dtype,
+        creds.token if (creds and allowed) else None,
+    )
+    with _readers_lock:
+        reader = _readers.get(key)
+        if reader is not None:
+            _readers.move_to_end(key)
+            return reader
+    spec = plan.decode[asset_index]
+    dtype = np.dtype(spec.dtype)
+    fill = dtype.type(spec.nodata) if spec.nodata is not None else _default_fill(dtype)
+    # `updated` keeps stackstac's defaults (GDAL_DISABLE_READDIR_ON_OPEN, VSI_CACHE on open).
+    env = DEFAULT_GDAL_ENV.updated(always=auth.gdal_options(url, creds, allowed=allowed))
+    reader = AutoParallelRioReader(
+        url=url,
+        spec=RasterSpec(plan.epsg, plan.bounds, (plan.resolution, plan.resolution)),
+        resampling=Resampling[plan.resampling],
+        dtype=dtype,
+        fill_value=fill,
+        scale_offset=(1, 0),
+        gdal_env=env,
+        errors_as_nodata=(),
+    )
+    with _readers_lock:
+        _readers[key] = reader
+        while len(_readers) > READER_CACHE_SIZE:
+            _readers.popitem(last=False)[1].close()
+    return reader
+
+
+def _default_fill(dtype: np.dtype):
+    return dtype.type(np.nan) if dtype.kind == "f" else dtype.type(0)
+
+
+def fill_value(spec: DecodeSpec):
+    """The stored value that stands for "no data" in the raw (undecoded) cube."""
+    dtype = np.dtype(spec.dtype)
+    return dtype.type(spec.nodata) if spec.nodata is not None else _default_fill(dtype)
+
+
+def _explain(err: Exception, url: str, creds: auth.Credentials | None, sent: bool) -> Exception:
+    text = str(err.__cause__ or err)
+    if "401" in text or "403" in text:
+        who = f"user {creds.username!r}" if creds and sent else "a request without credentials"
+        return AuthenticationError(
+            f"Terrascope refused {who} reading {url} (GDAL: {text[-160:]}). "
+            "Check the credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
+        )
+    if "not recognized as" in text or "not recognised as" in text:
+        if not sent:
+            return AuthenticationError(
+                f"{url} did not answer with a GeoTIFF, most likely Terrascope's login page: no "
+                f"credentials were sent because its host is not in TERRASCOPE_DOWNLOAD_HOSTS "
+                f"({', '.join(sorted(config.download_hosts()))}). Add the host there."
+            )
+        return ReadError(f"{url} is not a readable raster (GDAL: {text[-200:]})")
+    return ReadError(f"Reading {url} failed: {text[-300:]}")
+
+
+def _read_one(plan: CubePlan, url: str, asset_index: int, window: Window, creds):
+    reader = _reader(plan, url, asset_index, creds)
+    try:
+        return reader.read(window)
+    except (RuntimeError, RasterioIOError) as err:
+        sent = plan.send_credentials.get(url, False) and creds is not None
+        raise _explain(err, url, creds, sent) from None
+
+
+def read_window(
+    plan: CubePlan,
+    asset_index: int,
+    time_indices: Sequence[int],
+    rows: slice,
+    cols: slice,
+) -> np.ndarray:
+    """Read raw values of one asset for some time steps and a window of the grid.
+
+    Same-date items are mosaicked in priority order: the first valid (not nodata) pixel
+    wins. Returns an array ``(len(time_indices), rows, cols)`` of the storage dtype.
+
+    Raises
+    ------
+    AuthenticationError
+        When this process has no credentials for the plan's handle, or they are refused.
+    ReadError
+        For any other failed read.
+    """
+    needs_creds = any(plan.send_credentials.values())
+    creds = auth.resolve(plan.credentials_handle) if needs_creds else None
+    spec = plan.decode[asset_index]
+    nodata = fill_value(spec)
+    height = rows.stop - rows.start
+    width = cols.stop - cols.start
+    out = np.full((len(time_indices), height, width), nodata, dtype=np.dtype(spec.dtype))
+    if height == 0 or width == 0:
+        return out
+    window = Window(cols.start, rows.start, width, height)
+
+    jobs = []
+    for out_index, t in enumerate(time_indices):
+        for item_index in plan.groups[t]:
+            url = plan.urls[item_index][asset_index]
+            bounds = plan.item_bounds[item_index][asset_index]
+            if url is None or not _overlaps(plan, bounds, window):
+                continue
+            jobs.append((out_index, url))
+    pool = _io_pool()
+    futures = [
+        (out_index, pool.submit(_read_one, plan, url, asset_index, window, creds))
+        for out_index, url in jobs
+    ]
+    try:
+        for out_index, future in futures:  # priority order within each date
+            data = future.result()
+            target = out[out_index]
+            if spec.nodata is None and np.dtype(spec.dtype).kind == "f":
+                empty = np.isnan(target)
+            else:
+                empty = target == nodata
+            np.copyto(target, data, where=empty)
+    finally:
+        for _, future in futures:
+            future.cancel()
+    return out
+
+
+def _overlaps(plan: CubePlan, bounds, window: Window) -> bool:
+    if bounds is None:
+        return False
+    west, south, east, north = bounds
+    res = plan.resolution
+    x0 = plan.bounds[0] + window.col_off * res
+    x1 = x0 + window.width * res
+    y1 = plan.bounds[3] - window.row_off * res
+    y0 = y1 - window.height * res
+    return west < x1 and east > x0 and south < y1 and north > y0
