@@ -94,7 +94,8 @@ def test_password_is_nowhere_in_what_travels_or_is_written(client, sandbox_urls,
     _assert_absent(client.run_on_scheduler(scheduler_tasks), password, "the scheduler's tasks")
 
     nc, zarr_dir = tmp_path / "c.nc", tmp_path / "c.zarr"
-    subset = ds.isel(time=slice(0, 3))
+    # computed first: netCDF4/HDF5 files cannot be written from several worker processes
+    subset = ds.isel(time=slice(0, 3)).compute()
     subset.to_netcdf(nc)
     subset.drop_vars("spatial_ref").to_zarr(zarr_dir)
     _assert_absent(nc.read_bytes(), password, "the NetCDF file")
@@ -125,12 +126,25 @@ def test_worker_that_joins_later_gets_the_credentials(cluster, sandbox_urls):
             c.wait_for_workers(2, timeout=60)
 
 
+def _worker_users(client):
+    from xarray_terrascope import auth
+
+    def user():
+        creds = auth.current_credentials()
+        return creds.username if creds else None
+
+    return set(client.run(user).values())
+
+
 def test_client_created_after_login_works(cluster, sandbox_urls):
     xts.login(sandbox_urls.username, sandbox_urls.password)
     with distributed.Client(cluster) as c:
+        assert _worker_users(c) == {sandbox_urls.username}
         c.unregister_worker_plugin("xarray-terrascope-credentials")
-    # a brand-new client: the preload registers the plugin again
+        assert _worker_users(c) == {None}  # removing the plugin removes the secret
+    # a brand-new client: the client preload registers the plugin again
     with distributed.Client(cluster) as c:
+        assert _worker_users(c) == {sandbox_urls.username}
         ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
         assert np.isfinite(c.compute(ds.NDVI.isel(time=0).mean()).result())
 
@@ -165,7 +179,9 @@ def test_workers_can_use_their_own_environment(cluster, sandbox_urls, monkeypatc
         monkeypatch.setenv(key, value)
     with distributed.Client(cluster) as c:
         xts.logout()  # the workers' plugin now carries no default credentials
-        c.run(os.environ.update, env)
+        # (a lambda: a pickled `os.environ.update` would update a copy of the client's environ)
+        c.run(lambda values: os.environ.update(values), env)
+        assert all(v == env for v in _worker_env(c).values())
         try:
             ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
             assert np.isfinite(c.compute(ds.NDVI.isel(time=0).mean()).result())

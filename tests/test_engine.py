@@ -183,10 +183,13 @@ def test_attrs_and_grid_mapping(logged_in, tmp_path):
     path = tmp_path / "first.tif"
     first = ds.NDVI.isel(time=0)
     first.rio.to_raster(path)
-    with rasterio.open(path) as src:
+    with rasterio.open(path) as src:  # written packed, as the original: uint8 + scale/offset
         assert src.crs.to_epsg() == 32631
         assert src.transform == ds.rio.transform()
-        np.testing.assert_array_equal(src.read(1), first.values)
+        assert src.dtypes[0] == "uint8" and src.nodata == 255
+        dn = src.read(1)
+        values = dn.astype(np.float32) * np.float32(src.scales[0]) + np.float32(src.offsets[0])
+        np.testing.assert_allclose(np.where(dn == 255, np.nan, values), first.values, atol=1e-6)
 
 
 def test_decode_false_keeps_dn_and_the_accessor_decodes_it(logged_in):

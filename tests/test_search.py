@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from datetime import date, datetime, timezone
 
 import pytest
 import shapely.geometry
 
 import xarray_terrascope as xts
-from xarray_terrascope import search as search_module
 from xarray_terrascope.exceptions import (
     CollectionNotFoundError,
     InvalidArgumentError,
@@ -17,6 +17,9 @@ from xarray_terrascope.exceptions import (
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
 from .conftest import FAPAR, NDVI
+
+# the package exports the function `search`, which shadows the module of the same name
+search_module = importlib.import_module("xarray_terrascope.search")
 
 
 def _truth(sandbox, collection, bbox=None, start=None, end=None, max_cloud=None):

@@ -56,6 +56,11 @@ class CredentialsPlugin(WorkerPlugin):
         auth._forget_reads()
         logger.debug("Installed Terrascope credentials (%d handle(s)) on a worker", len(handles))
 
+    def teardown(self, worker: Any) -> None:
+        """Forget the credentials when the plugin is removed (or replaced) or the worker closes."""
+        auth._install(None, {})
+        auth._forget_reads()
+
 
 def _client() -> Client | None:
     try:

@@ -42,19 +42,18 @@ _PLOT_EXTRA = 'pip install "xarray-terrascope[plot]"'
 _PANE_OPTIONS = ("widget_location", "widget_type", "widgets", "center")
 
 
-def _import_plotting() -> tuple[Any, Any, Any]:
-    """hvplot (with its xarray accessor), holoviews and panel, or a helpful ImportError."""
+def _import_plotting() -> tuple[Any, Any]:
+    """hvplot (with its xarray accessor, which needs holoviews) and panel, or an ImportError."""
     try:
-        import holoviews as hv
         import hvplot
-        import hvplot.xarray  # noqa: F401  (registers da.hvplot)
+        import hvplot.xarray  # registers da.hvplot
         import panel as pn
     except ImportError as exc:
         raise ImportError(
             f"Interactive plots need hvplot, holoviews, panel and bokeh ({exc}). "
             f"Install them with: {_PLOT_EXTRA}"
         ) from exc
-    return hvplot, hv, pn
+    return hvplot, pn
 
 
 def _check_dims(da: Any) -> xr.DataArray:
@@ -110,8 +109,30 @@ def _colorbar_label(da: xr.DataArray) -> str:
     return name
 
 
+def _axis_options(da: xr.DataArray) -> dict[str, str]:
+    """Axis labels with the CRS's unit, e.g. ``"x (m)"``; whole numbers for metres."""
+    try:
+        crs = da.rio.crs
+    except Exception:  # no usable CRS (rioxarray can raise several kinds here)
+        crs = None
+    if crs is None:
+        return {"xlabel": "x", "ylabel": "y"}
+    if crs.is_geographic:
+        return {"xlabel": "longitude (°)", "ylabel": "latitude (°)"}
+    unit = str(crs.linear_units or "").lower()
+    if unit in ("metre", "meter", "m"):
+        return {"xlabel": "x (m)", "ylabel": "y (m)", "xformatter": "%.0f", "yformatter": "%.0f"}
+    return {"xlabel": f"x ({unit})" if unit else "x", "ylabel": f"y ({unit})" if unit else "y"}
+
+
+def _escape_braces(text: str) -> str:
+    """``text`` for a ``str.format`` template (HoloViews formats plot titles)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def _frame_size(da: xr.DataArray, width: int, height: int) -> tuple[int, int]:
     """The map frame in pixels: as large as fits in width x height with square map pixels."""
+
     def extent(dim: str) -> float:
         coord = np.asarray(da[dim].values, dtype="float64")
         step = abs(float(coord[1] - coord[0])) if coord.size > 1 else 1.0
@@ -220,7 +241,7 @@ def time_slider(
     PosixPath('ndvi.html')
     """
     da = _check_dims(da)
-    _, hv, pn = _import_plotting()
+    _, pn = _import_plotting()
 
     # Keep only the dimension coordinates: per-time attributes such as platform,
     # cloud_cover or item_ids (and spatial_ref) would become extra hvplot dimensions.
@@ -241,9 +262,9 @@ def time_slider(
         "frame_width": frame_width,
         "frame_height": frame_height,
         "data_aspect": 1,
-        "xlabel": "x (m)",
-        "ylabel": "y (m)",
-        "title": f"{title}, {{dimensions}}" if title else "{dimensions}",
+        **_axis_options(crs_source),
+        # HoloViews fills in {dimensions} per frame ("Date: 2025-05-01"); escape the rest.
+        "title": f"{_escape_braces(title)}, {{dimensions}}" if title else "{dimensions}",
         "tools": ["hover"],
     }
     if vmin is not None or vmax is not None:
@@ -251,15 +272,13 @@ def time_slider(
     if tiles:
         options.update(_geo_options(crs_source, tiles))
         options.pop("data_aspect")  # the map is reprojected to Web Mercator
-        options.pop("xlabel")
-        options.pop("ylabel")
+        for key in ("xlabel", "ylabel", "xformatter", "yformatter"):
+            options.pop(key, None)
     if rasterize:
         try:
             import datashader  # noqa: F401
         except ImportError as exc:
-            raise ImportError(
-                "rasterize=True needs datashader: pip install datashader"
-            ) from exc
+            raise ImportError("rasterize=True needs datashader: pip install datashader") from exc
         options["rasterize"] = True
     pane_options = {"widget_location": "bottom", "widget_type": "individual"}
     pane_options.update({k: kwargs.pop(k) for k in _PANE_OPTIONS if k in kwargs})
@@ -272,7 +291,12 @@ def time_slider(
     plot = plot.opts(clipping_colors={"NaN": "transparent"})
     logger.debug(
         "time_slider: %d time steps, %d x %d px, frame %d x %d, clim=%s",
-        da.sizes["time"], da.sizes["x"], da.sizes["y"], frame_width, frame_height, clim,
+        da.sizes["time"],
+        da.sizes["x"],
+        da.sizes["y"],
+        frame_width,
+        frame_height,
+        clim,
     )
     layout = pn.panel(plot, **pane_options)
     slider_width = max(300, frame_width)
@@ -297,7 +321,7 @@ def _inline_panel_css(stylesheets: dict[str, Any]):
             for sheet in model.stylesheets:
                 if isinstance(sheet, ImportedStyleSheet) and sheet.url.startswith(CDN_DIST):
                     if sheet.url not in stylesheets:
-                        path = Path(DIST_DIR) / sheet.url[len(CDN_DIST):].split("?")[0]
+                        path = Path(DIST_DIR) / sheet.url[len(CDN_DIST) :].split("?")[0]
                         if not path.is_file():
                             logger.warning("no local copy of %s; it stays external", sheet.url)
                             stylesheets[sheet.url] = sheet
@@ -379,7 +403,7 @@ def save_html(obj: Any, path: str | os.PathLike[str], *, title: str | None = Non
     >>> page.stat().st_size > 0  # doctest: +SKIP
     True
     """
-    hvplot, _, pn = _import_plotting()
+    hvplot, pn = _import_plotting()
     from bokeh.resources import INLINE
 
     path = Path(path)

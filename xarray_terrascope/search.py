@@ -212,17 +212,19 @@ def stac_client() -> Client:
     url = config.stac_url()
     try:
         return Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
-    except APIError as err:
-        raise SearchError(
-            f"The STAC API at {url} answered HTTP {err.status_code}; check "
-            "TERRASCOPE_STAC_URL or try again later.",
-            status_code=err.status_code,
-        ) from err
-    except requests.RequestException as err:
-        raise SearchError(
-            f"Could not reach the STAC API at {url} ({type(err).__name__}); check the network "
-            "or TERRASCOPE_STAC_URL."
-        ) from err
+    except (APIError, requests.RequestException) as err:
+        raise _failure(err, f"Opening the STAC API at {url}") from err
+
+
+def _failure(err: Exception, what: str) -> SearchError:
+    """A SearchError for a failed STAC request, keeping the HTTP status when there was one."""
+    status = getattr(err, "status_code", None)
+    if status is None:
+        return SearchError(
+            f"{what} failed: the server could not be reached ({str(err)[:300]}). Check the "
+            f"network or TERRASCOPE_STAC_URL (now {config.stac_url()})."
+        )
+    return SearchError(f"{what} failed with HTTP {status}: {str(err)[:500]}", status_code=status)
 
 
 def list_collections() -> list[str]:
@@ -237,10 +239,7 @@ def list_collections() -> list[str]:
     try:
         return sorted(c.id for c in client.get_collections())
     except (APIError, requests.RequestException) as err:
-        raise SearchError(
-            f"Listing collections at {config.stac_url()} failed: {err}",
-            status_code=getattr(err, "status_code", None),
-        ) from err
+        raise _failure(err, f"Listing collections at {config.stac_url()}") from err
 
 
 def _ensure_collection_exists(collection: str) -> None:
@@ -330,19 +329,10 @@ def search(
     logger.debug("STAC search at %s: %s", config.stac_url(), params)
     try:
         items = list(client.search(**params).items())
-    except APIError as err:
-        if err.status_code in (400, 404):
+    except (APIError, requests.RequestException) as err:
+        if getattr(err, "status_code", None) in (400, 404):
             _ensure_collection_exists(collection)
-        raise SearchError(
-            f"The STAC search at {config.stac_url()} failed with HTTP {err.status_code}: "
-            f"{str(err)[:500]}",
-            status_code=err.status_code,
-        ) from err
-    except requests.RequestException as err:
-        raise SearchError(
-            f"The STAC search at {config.stac_url()} failed ({type(err).__name__}); "
-            "check the network or TERRASCOPE_STAC_URL."
-        ) from err
+        raise _failure(err, f"The STAC search at {config.stac_url()}") from err
     if not items:
         _ensure_collection_exists(collection)
     items.sort(
@@ -417,4 +407,3 @@ def _item_day(item: pystac.Item) -> date:
             raise InvalidArgumentError(f"Item {item.id!r} has no datetime nor start_datetime")
         moment = start
     return moment.astimezone(timezone.utc).date() if moment.tzinfo else moment.date()
-

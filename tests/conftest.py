@@ -1,0 +1,51 @@
+"""Shared fixtures. The sandbox itself comes from the package's pytest plugin
+(``terrascope_sandbox``, registered as a ``pytest11`` entry point)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import xarray_terrascope as xts
+from xarray_terrascope import stack
+
+NDVI = "terrascope-s2-ndvi-v2"
+FAPAR = "terrascope-s2-fapar-v2"
+
+
+@pytest.fixture
+def sandbox_urls(terrascope_sandbox, monkeypatch, tmp_path):
+    """Point the package at the sandbox by its endpoints only: no credentials anywhere.
+
+    Tests log in explicitly; the process default is reset afterwards.
+    """
+    for key in ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for key in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS"):
+        monkeypatch.setenv(key, terrascope_sandbox.env[key])
+    terrascope_sandbox.reset()
+    xts.logout()
+    yield terrascope_sandbox
+    xts.logout()
+    stack.clear_reader_cache()
+
+
+@pytest.fixture
+def logged_in(sandbox_urls):
+    """The sandbox, with its main account logged in as the process default."""
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    return sandbox_urls
+
+
+@pytest.fixture
+def all_logs(caplog):
+    """Capture every log record of every logger at DEBUG."""
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def tif_records(sandbox, **kw):
+    """Download-server records of COG requests."""
+    return [r for r in sandbox.log.records(**kw) if r.path.endswith(".tif")]

@@ -1,0 +1,41 @@
+"""An offline stand-in for Terrascope: a synthetic world, a STAC API and a download server.
+
+>>> from xarray_terrascope.testing import Sandbox
+>>> with Sandbox(seed=0) as sandbox:  # doctest: +SKIP
+...     print(sandbox.env["TERRASCOPE_STAC_URL"])
+
+The names are imported lazily (PEP 562): this package is loaded by the ``pytest11``
+plugin in every pytest session, and must not pull in rasterio, werkzeug, shapely
+or cql2 (the ``sandbox`` extra) until a sandbox is actually used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import Sandbox
+    from .world import EXTENT, SAMPLE_FIELD, World
+
+__all__ = ["EXTENT", "SAMPLE_FIELD", "Sandbox", "World"]
+
+_WHERE = {
+    "Sandbox": ".server",
+    "World": ".world",
+    "SAMPLE_FIELD": ".world",
+    "EXTENT": ".world",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,193 @@
+"""The catalogue model of the synthetic world: tiles, products and acquisitions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, time
+
+import numpy as np
+from affine import Affine
+from pyproj import Transformer
+
+from . import _field
+
+__all__ = [
+    "FULL_TILE",
+    "NODATA",
+    "ORBITS",
+    "PRODUCTS",
+    "TILE_NAMES",
+    "Acquisition",
+    "ItemInfo",
+    "Product",
+    "Tile",
+    "clip_tile",
+]
+
+NODATA = 255
+FULL_TILE = 10980  # pixels per side of a real Sentinel-2 tile
+_TILE_SPECS = {
+    "31UFS": (32631, 600000.0, 5700000.0, (5.80, 6.10)),
+    "31UGS": (32631, 699960.0, 5700000.0, (5.80, 6.15)),
+    "32ULB": (32632, 199980.0, 5700000.0, (6.05, 6.30)),
+}
+TILE_NAMES = tuple(_TILE_SPECS)
+_LAT_WINDOW = (51.20, 51.30)
+ORBITS = ((51, 0, time(10, 36, 21)), (8, 2, time(10, 46, 51)))  # (orbit, day offset, time)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A clipped Sentinel-2 tile grid (10 m pixels on the real tile's origin)."""
+
+    name: str
+    epsg: int
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(left, bottom, right, top)`` in the tile's UTM CRS."""
+        left, top = self.transform.c, self.transform.f
+        right = left + self.transform.a * self.width
+        return (left, top + self.transform.e * self.height, right, top)
+
+    @property
+    def crs(self) -> str:
+        """``"EPSG:326xx"``."""
+        return f"EPSG:{self.epsg}"
+
+    @property
+    def utm_zone(self) -> int:
+        """UTM zone number (``mgrs:utm_zone``)."""
+        return int(self.name[:2])
+
+    @property
+    def latitude_band(self) -> str:
+        """MGRS latitude band (``mgrs:latitude_band``)."""
+        return self.name[2]
+
+    @property
+    def grid_square(self) -> str:
+        """MGRS 100 km grid square (``mgrs:grid_square``)."""
+        return self.name[3:]
+
+
+@dataclass(frozen=True)
+class Product:
+    """One collection's product: naming, scaling and the DN it stores for an NDVI."""
+
+    collection: str
+    asset: str
+    folder: str
+    version: str
+    scale: float
+    offset: float
+    max_dn: int
+    title: str
+    description: str
+
+    def to_dn(self, ndvi: np.ndarray) -> np.ndarray:
+        """Return the uint8 DN stored for cloud-free (float32) NDVI values."""
+        if self.asset == "NDVI":
+            value = (ndvi + 0.08) * 250.0
+        else:  # FAPAR = clip(1.25 * NDVI - 0.1, 0, 1), DN = FAPAR / 0.005
+            value = np.clip(1.25 * ndvi - 0.1, 0.0, 1.0) * 200.0
+        return np.clip(np.rint(value), 0, self.max_dn).astype(np.uint8)
+
+
+PRODUCTS: dict[str, Product] = {
+    p.collection: p
+    for p in (
+        Product(
+            "terrascope-s2-ndvi-v2",
+            "NDVI",
+            "NDVI_V2",
+            "V210",
+            0.004,
+            -0.08,
+            250,
+            "Sentinel-2 NDVI, 10 m, V2 (sandbox)",
+            "Normalized Difference Vegetation Index from Sentinel-2 L2A, 10 m, on the "
+            "Sentinel-2 tile grid. Synthetic data of the xarray-terrascope sandbox. "
+            "NDVI = 0.004 * DN - 0.08 for DN 0..250; 255 is no data (clouds included).",
+        ),
+        Product(
+            "terrascope-s2-fapar-v2",
+            "FAPAR",
+            "FAPAR_V2",
+            "V200",
+            0.005,
+            0.0,
+            200,
+            "Sentinel-2 FAPAR, 10 m, V2 (sandbox)",
+            "Fraction of Absorbed Photosynthetically Active Radiation from Sentinel-2, "
+            "10 m. Synthetic data of the xarray-terrascope sandbox. FAPAR = 0.005 * DN "
+            "for DN 0..200; 255 is no data (clouds included).",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One datatake: every tile is acquired at the same instant."""
+
+    datetime: datetime
+    relative_orbit: int
+    platform: str
+    clouds: _field.Clouds
+
+    @property
+    def sensing(self) -> str:
+        """``YYYYMMDDTHHMMSS`` as in product names."""
+        return self.datetime.strftime("%Y%m%dT%H%M%S")
+
+    @property
+    def doy(self) -> float:
+        """Fractional day of year."""
+        day = self.datetime.timetuple().tm_yday
+        return day + (self.datetime.hour * 3600 + self.datetime.minute * 60) / 86400.0
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """Where an item's metadata comes from (private to the sandbox)."""
+
+    id: str
+    product: Product
+    tile: Tile
+    acq: int
+    path: str
+    cloud_cover: float
+
+
+def clip_tile(name: str) -> Tile:
+    """Return the clipped grid of the tile ``name`` (UTM envelope of its lon/lat window,
+    within the real tile, snapped outwards to its 10 m grid)."""
+    epsg, x0, y0, (west, east) = _TILE_SPECS[name]
+    south, north = _LAT_WINDOW
+    t = np.linspace(0.0, 1.0, 101)
+    lon = np.concatenate(
+        [west + (east - west) * t, np.full(101, east), east - (east - west) * t, np.full(101, west)]
+    )
+    lat = np.concatenate(
+        [
+            np.full(101, south),
+            south + (north - south) * t,
+            np.full(101, north),
+            north - (north - south) * t,
+        ]
+    )
+    x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
+    size = 10.0 * FULL_TILE
+    xmin, xmax = max(x.min(), x0), min(x.max(), x0 + size)
+    ymin, ymax = max(y.min(), y0 - size), min(y.max(), y0)
+    left = x0 + 10.0 * math.floor((xmin - x0) / 10.0)
+    right = x0 + 10.0 * math.ceil((xmax - x0) / 10.0)
+    top = y0 - 10.0 * math.floor((y0 - ymax) / 10.0)
+    bottom = y0 - 10.0 * math.ceil((y0 - ymin) / 10.0)
+    width, height = round((right - left) / 10.0), round((top - bottom) / 10.0)
+    return Tile(name, epsg, Affine(10.0, 0.0, left, 0.0, -10.0, top), width, height)

@@ -1,0 +1,344 @@
+"""A stac-fastapi-like STAC API over the synthetic world, as a werkzeug WSGI app.
+
+Routes: ``GET /``, ``/conformance``, ``/queryables``, ``/collections``,
+``/collections/{id}``, ``/collections/{id}/items``, ``/collections/{id}/items/{item}``
+and ``GET``/``POST /search`` with ``collections``, ``ids``, ``bbox``, ``intersects``,
+``datetime``, ``limit`` (default 10, 1..10000), ``filter`` (CQL2-JSON, or CQL2-text
+on GET), ``sortby`` and token pagination through ``next`` links. Errors are JSON
+``{"code": ..., "description": ...}`` as stac-fastapi answers them. The search
+parameters are parsed and checked in :mod:`._search_params`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlencode
+
+import shapely
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from ._search_params import ApiError, SearchParams, encode_token, sort_key
+from .world import World
+
+__all__ = ["CONFORMANCE", "StacApi"]
+
+logger = logging.getLogger(__name__)
+
+GEOJSON = "application/geo+json"
+JSON = "application/json"
+CONFORMANCE = [
+    "https://api.stacspec.org/v1.0.0/core",
+    "https://api.stacspec.org/v1.0.0/collections",
+    "https://api.stacspec.org/v1.0.0/ogcapi-features",
+    "https://api.stacspec.org/v1.0.0/item-search",
+    "https://api.stacspec.org/v1.0.0/item-search#filter",
+    "https://api.stacspec.org/v1.0.0/item-search#sort",
+    "https://api.stacspec.org/v1.0.0/ogcapi-features#sort",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+    "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
+]
+_QUERYABLES_REL = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
+
+
+def _json(body: Any, status: int = 200, mimetype: str = JSON) -> Response:
+    return Response(json.dumps(body), status=status, mimetype=mimetype)
+
+
+class StacApi:
+    """WSGI application serving the world's collections and items.
+
+    Parameters
+    ----------
+    world : World
+        The synthetic world.
+    download_root : str
+        Root of the download server (ends with ``/``); asset hrefs start with it.
+    latency : float
+        Seconds slept before answering each request (settable at runtime).
+    """
+
+    def __init__(self, world: World, download_root: str, *, latency: float = 0.0) -> None:
+        self.world = world
+        self.download_root = download_root
+        self.latency = float(latency)
+        self._items: list[dict[str, Any]] = []
+        for cid in world.collections:
+            self._items.extend(world.item_dicts(cid, download_root))
+        self._by_id = {(i["collection"], i["id"]): i for i in self._items}
+        self._tile_shapes: dict[str, Any] = {}
+        for item in self._items:
+            tile = item["id"].split("_")[2]
+            if tile not in self._tile_shapes:
+                self._tile_shapes[tile] = shapely.geometry.shape(item["geometry"])
+        self._urls = Map(
+            [
+                Rule("/", endpoint="landing", methods=["GET"]),
+                Rule("/conformance", endpoint="conformance", methods=["GET"]),
+                Rule("/queryables", endpoint="queryables", methods=["GET"]),
+                Rule("/collections", endpoint="collections", methods=["GET"]),
+                Rule("/collections/<cid>", endpoint="collection", methods=["GET"]),
+                Rule("/collections/<cid>/queryables", endpoint="queryables", methods=["GET"]),
+                Rule("/collections/<cid>/items", endpoint="collection_items", methods=["GET"]),
+                Rule("/collections/<cid>/items/<iid>", endpoint="item", methods=["GET"]),
+                Rule("/search", endpoint="search", methods=["GET", "POST"]),
+            ],
+            strict_slashes=False,
+        )
+
+    # --- WSGI ---------------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        if self.latency > 0:
+            time.sleep(self.latency)
+        adapter = self._urls.bind_to_environ(environ)
+        try:
+            endpoint, args = adapter.match()
+            response = getattr(self, f"_{endpoint}")(request, **args)
+        except ApiError as err:
+            response = _json({"code": err.code, "description": err.description}, err.status)
+        except HTTPException as err:
+            code = {404: "NotFoundError", 405: "MethodNotAllowed"}.get(err.code or 500, "HTTPError")
+            response = _json({"code": code, "description": err.description}, err.code or 500)
+        except Exception:  # pragma: no cover - a bug in the sandbox
+            logger.exception("STAC API error on %s %s", request.method, request.path)
+            response = _json({"code": "InternalServerError", "description": "sandbox bug"}, 500)
+        return response(environ, start_response)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _base(request: Request) -> str:
+        return request.host_url  # ends with "/"
+
+    def _collection_doc(self, base: str, cid: str) -> dict[str, Any]:
+        doc = json.loads(json.dumps(self.world.collections[cid]))
+        doc["links"] = [
+            {"rel": "self", "href": f"{base}collections/{cid}", "type": JSON},
+            {"rel": "parent", "href": base, "type": JSON},
+            {"rel": "root", "href": base, "type": JSON},
+            {"rel": "items", "href": f"{base}collections/{cid}/items", "type": GEOJSON},
+            {
+                "rel": _QUERYABLES_REL,
+                "href": f"{base}collections/{cid}/queryables",
+                "type": "application/schema+json",
+            },
+            *doc.get("links", []),
+        ]
+        return doc
+
+    def _with_links(self, base: str, item: dict[str, Any]) -> dict[str, Any]:
+        cid, iid = item["collection"], item["id"]
+        out = dict(item)
+        out["links"] = [
+            {"rel": "self", "href": f"{base}collections/{cid}/items/{iid}", "type": GEOJSON},
+            {"rel": "parent", "href": f"{base}collections/{cid}", "type": JSON},
+            {"rel": "collection", "href": f"{base}collections/{cid}", "type": JSON},
+            {"rel": "root", "href": base, "type": JSON},
+        ]
+        return out
+
+    def _require_collection(self, cid: str) -> None:
+        if cid not in self.world.collections:
+            raise ApiError(404, "NotFoundError", f"Collection {cid} not found")
+
+    # --- endpoints ----------------------------------------------------------------------
+
+    def _landing(self, request: Request) -> Response:
+        base = self._base(request)
+        links = [
+            {"rel": "self", "href": base, "type": JSON},
+            {"rel": "root", "href": base, "type": JSON},
+            {"rel": "conformance", "href": f"{base}conformance", "type": JSON},
+            {"rel": "data", "href": f"{base}collections", "type": JSON},
+            {"rel": "search", "href": f"{base}search", "type": GEOJSON, "method": "GET"},
+            {"rel": "search", "href": f"{base}search", "type": GEOJSON, "method": "POST"},
+            {
+                "rel": _QUERYABLES_REL,
+                "href": f"{base}queryables",
+                "type": "application/schema+json",
+            },
+        ]
+        links += [
+            {
+                "rel": "child",
+                "href": f"{base}collections/{cid}",
+                "type": JSON,
+                "title": doc["title"],
+            }
+            for cid, doc in self.world.collections.items()
+        ]
+        return _json(
+            {
+                "type": "Catalog",
+                "stac_version": "1.0.0",
+                "id": "terrascope-sandbox",
+                "title": "Terrascope STAC API (xarray-terrascope sandbox)",
+                "description": "Offline stand-in for stac.terrascope.be with synthetic data.",
+                "conformsTo": CONFORMANCE,
+                "links": links,
+            }
+        )
+
+    def _conformance(self, request: Request) -> Response:
+        return _json({"conformsTo": CONFORMANCE})
+
+    def _queryables(self, request: Request, cid: str | None = None) -> Response:
+        if cid is not None:
+            self._require_collection(cid)
+        props = {
+            "id": {"type": "string"},
+            "collection": {"type": "string"},
+            "datetime": {"type": "string", "format": "date-time"},
+            "geometry": {"$ref": "https://geojson.org/schema/Geometry.json"},
+            "eo:cloud_cover": {"type": "number", "minimum": 0, "maximum": 100},
+            "platform": {"type": "string"},
+            "sat:relative_orbit": {"type": "integer"},
+            "mgrs:utm_zone": {"type": "integer"},
+            "mgrs:latitude_band": {"type": "string"},
+            "mgrs:grid_square": {"type": "string"},
+        }
+        return _json(
+            {
+                "$schema": "https://json-schema.org/draft/2019-09/schema",
+                "$id": f"{self._base(request)}queryables",
+                "type": "object",
+                "title": "Queryables",
+                "properties": props,
+                "additionalProperties": True,
+            },
+            mimetype="application/schema+json",
+        )
+
+    def _collections(self, request: Request) -> Response:
+        base = self._base(request)
+        docs = [self._collection_doc(base, cid) for cid in self.world.collections]
+        return _json(
+            {
+                "collections": docs,
+                "links": [
+                    {"rel": "root", "href": base, "type": JSON},
+                    {"rel": "self", "href": f"{base}collections", "type": JSON},
+                ],
+                "numberMatched": len(docs),
+                "numberReturned": len(docs),
+            }
+        )
+
+    def _collection(self, request: Request, cid: str) -> Response:
+        self._require_collection(cid)
+        return _json(self._collection_doc(self._base(request), cid))
+
+    def _item(self, request: Request, cid: str, iid: str) -> Response:
+        self._require_collection(cid)
+        item = self._by_id.get((cid, iid))
+        if item is None:
+            raise ApiError(404, "NotFoundError", f"Item {iid} in collection {cid} not found")
+        return _json(self._with_links(self._base(request), item), mimetype=GEOJSON)
+
+    def _collection_items(self, request: Request, cid: str) -> Response:
+        self._require_collection(cid)
+        args = {
+            k: v
+            for k, v in request.args.items()
+            if k in ("bbox", "datetime", "limit", "token", "sortby")
+        }
+        params = SearchParams.from_query({**args, "collections": cid})
+        return self._page(
+            request, params, f"{self._base(request)}collections/{cid}/items", args, post=False
+        )
+
+    def _search(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                body = json.loads(request.get_data(as_text=True) or "{}")
+            except ValueError as err:
+                raise ApiError(400, "RequestValidationError", f"Invalid JSON body: {err}") from err
+            if not isinstance(body, dict):
+                raise ApiError(400, "RequestValidationError", "The body must be a JSON object")
+            params = SearchParams.from_body(body)
+            return self._page(request, params, f"{self._base(request)}search", body, post=True)
+        args = dict(request.args.items())
+        params = SearchParams.from_query(args)
+        return self._page(request, params, f"{self._base(request)}search", args, post=False)
+
+    # --- searching ------------------------------------------------------------------------
+
+    def _match(self, params: SearchParams) -> list[dict[str, Any]]:
+        tiles = None
+        if params.geometry is not None:
+            tiles = {
+                t for t, shape in self._tile_shapes.items() if shape.intersects(params.geometry)
+            }
+        found = []
+        for item in self._items:
+            if params.collections is not None and item["collection"] not in params.collections:
+                continue
+            if params.ids is not None and item["id"] not in params.ids:
+                continue
+            if tiles is not None and item["id"].split("_")[2] not in tiles:
+                continue
+            if not params.matches_datetime(item["properties"]["datetime"]):
+                continue
+            if params.filter is not None and not params.filter_matches(item):
+                continue
+            found.append(item)
+        for field, descending in reversed(params.sort):
+            found.sort(key=lambda i, f=field: sort_key(i, f), reverse=descending)
+        return found
+
+    def _page(
+        self, request: Request, params: SearchParams, url: str, raw: dict[str, Any], *, post: bool
+    ) -> Response:
+        found = self._match(params)
+        page = found[params.offset : params.offset + params.limit]
+        base = self._base(request)
+        links: list[dict[str, Any]] = [
+            {"rel": "root", "href": base, "type": JSON},
+            {"rel": "self", "href": url, "type": GEOJSON},
+        ]
+        end = params.offset + len(page)
+        if end < len(found):
+            token = encode_token(end)
+            if post:
+                links.append(
+                    {
+                        "rel": "next",
+                        "href": url,
+                        "type": GEOJSON,
+                        "method": "POST",
+                        "body": {**raw, "token": token},
+                        "merge": False,
+                    }
+                )
+            else:
+                query = urlencode(
+                    {**{k: v for k, v in raw.items() if k != "token"}, "token": token}
+                )
+                links.append(
+                    {"rel": "next", "href": f"{url}?{query}", "type": GEOJSON, "method": "GET"}
+                )
+        return _json(
+            {
+                "type": "FeatureCollection",
+                "features": [self._with_links(base, item) for item in page],
+                "links": links,
+                "numberMatched": len(found),
+                "numberReturned": len(page),
+            },
+            mimetype=GEOJSON,
+        )
