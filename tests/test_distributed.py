@@ -44,8 +44,8 @@ def cluster():
             n_workers=2,
             threads_per_worker=2,
             processes=True,
-            dashboard_address=None,
-            worker_dashboard_address=None,
+            dashboard_address=":0",
+            worker_dashboard_address=":0",
         ) as local:
             yield local
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pystac
+import rioxarray  # noqa: F401  (registers the .rio accessor used below)
 import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
@@ -164,9 +165,9 @@ def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]
         ids.append(" ".join(m.id for m in members))
     return {
         "time": ("time", np.array(plan.times, dtype="datetime64[ns]")),
-        "platform": ("time", np.array(platforms, dtype=object)),
+        "platform": ("time", np.array(platforms, dtype=str)),
         "cloud_cover": ("time", np.array(clouds, dtype="float32"), {"units": "%"}),
-        "item_ids": ("time", np.array(ids, dtype=object)),
+        "item_ids": ("time", np.array(ids, dtype=str)),
     }
 
 
