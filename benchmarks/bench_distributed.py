@@ -24,14 +24,14 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 import xarray_terrascope as xts
-from xarray_terrascope import _gdal, auth, stack
+from xarray_terrascope import _gdal, auth, read
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
 START, END = "2025-04-01", "2025-07-31"
 
 
 def _cold() -> None:
-    stack.clear_reader_cache()
+    read.clear_reader_cache()
     _gdal.clear_http_cache()
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 import xarray_terrascope as xts
-from xarray_terrascope import stack
+from xarray_terrascope import read
 
 NDVI = "terrascope-s2-ndvi-v2"
 FAPAR = "terrascope-s2-fapar-v2"
@@ -29,7 +29,7 @@ def sandbox_urls(terrascope_sandbox, monkeypatch, tmp_path):
     xts.logout()
     yield terrascope_sandbox
     xts.logout()
-    stack.clear_reader_cache()
+    read.clear_reader_cache()
 
 
 @pytest.fixture

@@ -170,7 +170,13 @@ def test_gdal_options_are_scoped_to_the_download_hosts(sandbox_urls):
 
 
 def test_url_outside_the_allowed_hosts_is_read_without_credentials(logged_in, monkeypatch):
-    """The download server sees no Authorization header, and the user a named error."""
+    """The download server sees no Authorization header, and the user a named error.
+
+    Authenticated reads come first, so that I/O threads that held credentials are reused.
+    """
+    xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-09"
+    ).load()
     monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", "127.0.0.1:1")
     ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", **ONE_DAY)
     logged_in.log.clear()
@@ -217,3 +223,23 @@ def test_two_accounts_in_two_threads_do_not_mix(sandbox_urls):
         records = [r for r in tif_records(sandbox_urls) if f"_{stamp}T" in r.path]
         assert records
         assert {r.user for r in records} == {name}
+
+
+def test_no_gdal_options_linger_in_the_io_threads(logged_in):
+    """After authenticated reads, no I/O thread keeps a GDAL environment (the password)."""
+    from rasterio.env import hasenv
+
+    from xarray_terrascope import read
+
+    xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-05-01", end="2025-06-30"
+    ).load()
+    barrier = threading.Barrier(read.IO_THREADS)
+
+    def probe() -> bool:
+        barrier.wait(timeout=30)  # one probe per pool thread
+        return hasenv()
+
+    pool = read._io_pool()
+    results = [f.result() for f in [pool.submit(probe) for _ in range(read.IO_THREADS)]]
+    assert results == [False] * read.IO_THREADS

@@ -128,7 +128,7 @@ def _forget_reads() -> None:
     """Close open readers and clear GDAL's HTTP cache: nothing read with old credentials
     may answer a read made after a logout or with other credentials."""
     from . import _gdal
-    from .stack import clear_reader_cache
+    from .read import clear_reader_cache
 
     clear_reader_cache()
     _gdal.clear_http_cache()

@@ -7,7 +7,7 @@ from typing import Any
 
 from xarray.backends import BackendEntrypoint
 
-__all__ = ["TerrascopeBackendEntrypoint"]
+__all__ = ["TerrascopeBackendEntrypoint", "is_items"]
 
 
 class TerrascopeBackendEntrypoint(BackendEntrypoint):
@@ -112,14 +112,19 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """True for pystac Items or an ItemCollection; never touches the network."""
-        try:
-            import pystac
-        except ImportError:  # pragma: no cover - pystac is a dependency
-            return False
-        if isinstance(filename_or_obj, pystac.ItemCollection):
-            return True
-        return (
-            isinstance(filename_or_obj, (list, tuple))
-            and len(filename_or_obj) > 0
-            and all(isinstance(item, pystac.Item) for item in filename_or_obj)
-        )
+        return is_items(filename_or_obj)
+
+
+def is_items(obj: Any) -> bool:
+    """Whether ``obj`` is an ItemCollection or a non-empty sequence of pystac Items."""
+    try:
+        import pystac
+    except ImportError:  # pragma: no cover - pystac is a dependency
+        return False
+    if isinstance(obj, pystac.ItemCollection):
+        return True
+    return (
+        isinstance(obj, (list, tuple))
+        and len(obj) > 0
+        and all(isinstance(item, pystac.Item) for item in obj)
+    )

@@ -23,9 +23,11 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from . import auth, config
+from .backend import is_items
 from .exceptions import AuthenticationError, InvalidArgumentError, NoItemsFoundError
+from .read import read_window
 from .search import check_bbox, check_dates, search
-from .stack import CubePlan, plan_cube, read_window
+from .stack import CubePlan, plan_cube
 
 __all__ = ["CubeArray", "open_cube"]
 
@@ -79,16 +81,6 @@ def _span(key: slice, size: int) -> tuple[slice, int]:
             return slice(0, 0), 1
         return slice(indices[-1], indices[0] + 1), step
     return slice(start, max(start, stop)), step
-
-
-def _is_items(obj: Any) -> bool:
-    if isinstance(obj, pystac.ItemCollection):
-        return True
-    return (
-        isinstance(obj, (list, tuple))
-        and len(obj) > 0
-        and all(isinstance(i, pystac.Item) for i in obj)
-    )
 
 
 def _handle_for_open(credentials: auth.Credentials | None) -> str:
@@ -208,7 +200,7 @@ def open_cube(
     assets_list = _check_assets(assets)
     chunksize = _check_chunksize(chunksize)
     handle = _handle_for_open(credentials)
-    if _is_items(filename_or_obj):
+    if is_items(filename_or_obj):
         items = list(filename_or_obj)
         box = check_bbox(bbox) if bbox is not None else None
         check_dates(start, end)
