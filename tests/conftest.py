@@ -30,6 +30,7 @@ def sandbox_urls(terrascope_sandbox, monkeypatch, tmp_path):
     yield terrascope_sandbox
     xts.logout()
     read.clear_reader_cache()
+    terrascope_sandbox.reset()  # latency, rate limits, faults back to their defaults
 
 
 @pytest.fixture

@@ -328,3 +328,38 @@ def test_module_level_open_dataset_is_the_engine(logged_in):
     a = xts.open_dataset(list(SAMPLE_FIELD), start="2025-06-10", end="2025-06-12")
     assert a.attrs["collection"] == NDVI and "NDVI" in a
     assert isinstance(datetime.fromisoformat(str(a.time.values[0])[:19]), datetime)
+
+
+def test_items_are_fetched_again_by_id_when_not_in_memory(logged_in):
+    from xarray_terrascope import dataset
+
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
+    )
+    in_memory = [i.id for i in ds.terrascope.items]
+    dataset._items_cache.pop(ds.attrs["terrascope_items_key"])
+    refetched = ds.terrascope.items
+    assert sorted(i.id for i in refetched) == sorted(in_memory)
+
+
+def test_reads_are_retried_through_503s_and_rate_limits(logged_in):
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-10", end="2025-06-12"
+    )
+    expected = ds.NDVI.load().values
+    xts.logout()
+    xts.login(logged_in.username, logged_in.password)  # clears GDAL's HTTP cache
+    logged_in.log.clear()
+    logged_in.download.fail_next(2, kind="503")
+    logged_in.download.max_concurrent = 1
+    logged_in.download.latency = 0.2
+    again = (
+        xr.open_dataset(
+            list(SAMPLE_FIELD), engine="terrascope", start="2025-06-10", end="2025-06-12"
+        )
+        .NDVI.load()
+        .values
+    )
+    np.testing.assert_array_equal(again, expected)
+    statuses = [r.status for r in tif_records(logged_in)]
+    assert statuses.count(503) == 2 and 429 in statuses

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -95,15 +94,10 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     from .testing import Sandbox
 
     sandbox = Sandbox(seed=args.seed, latency=args.latency, cache_dir=args.cache_dir).start()
-    try:
-        print("# Terrascope sandbox running on loopback; paste these lines in another shell:")
-        _print_exports(sandbox)
-        print("# Ctrl-C stops it.", flush=True)
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
+    print("# Terrascope sandbox running on loopback; paste these lines in another shell:")
+    _print_exports(sandbox)
+    print("# Ctrl-C stops it.", flush=True)
+    sandbox.serve_forever()  # returns after Ctrl-C, with the servers stopped
     return 0
 
 

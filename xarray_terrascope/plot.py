@@ -111,9 +111,13 @@ def _colorbar_label(da: xr.DataArray) -> str:
 
 def _axis_options(da: xr.DataArray) -> dict[str, str]:
     """Axis labels with the CRS's unit, e.g. ``"x (m)"``; whole numbers for metres."""
+    from pyproj.exceptions import CRSError as ProjCRSError
+    from rasterio.errors import CRSError
+    from rioxarray.exceptions import RioXarrayError
+
     try:
         crs = da.rio.crs
-    except Exception:  # no usable CRS (rioxarray can raise several kinds here)
+    except (RioXarrayError, CRSError, ProjCRSError, ValueError):  # an unusable CRS
         crs = None
     if crs is None:
         return {"xlabel": "x", "ylabel": "y"}
