@@ -363,3 +363,35 @@ def test_reads_are_retried_through_503s_and_rate_limits(logged_in):
     np.testing.assert_array_equal(again, expected)
     statuses = [r.status for r in tif_records(logged_in)]
     assert statuses.count(503) == 2 and 429 in statuses
+
+
+def test_a_failing_server_is_a_read_error_with_gdal_cause(logged_in, monkeypatch):
+    """Retries exhausted on 503s: a ReadError naming the file, GDAL's error chained."""
+    from xarray_terrascope import auth
+
+    monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "1")
+    monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.1")
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-04-01", end="2025-04-01"
+    )
+    assert all("20250401T" in i for i in ds.item_ids.values[0].split())
+    logged_in.download.fail_next(50, kind="503")
+    with pytest.raises(xts.ReadError, match="20250401T") as info:
+        ds.NDVI.load()
+    assert info.value.__cause__ is not None
+    assert logged_in.password not in str(info.value)
+
+
+def test_error_classification_does_not_read_dates_as_status_codes():
+    """A URL holding "0401" in a GDAL message is not an HTTP 401 (pure function: no server
+    can be made to serve a corrupt file, so this one is a unit test)."""
+    from rasterio.errors import RasterioIOError
+
+    from xarray_terrascope.read import _explain
+
+    url = "http://127.0.0.1:1/download/Sentinel2/NDVI_V2/2025/04/01/S2A_20250401T103621.tif"
+    creds = xts.Credentials("alice", "pw")
+    corrupt = RasterioIOError(f"'/vsicurl/{url}' not recognized as being in a supported format")
+    assert type(_explain(corrupt, url, creds, sent=True)) is xts.ReadError
+    refused = RasterioIOError("HTTP response code: 401")
+    assert type(_explain(refused, url, creds, sent=True)) is AuthenticationError

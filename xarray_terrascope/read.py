@@ -9,6 +9,7 @@ the plan's opaque handle at every read, so ``logout()`` and new credentials are 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -80,9 +81,13 @@ def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials 
     return reader
 
 
+#: How GDAL's /vsicurl/ reports a refused request (the URL may contain "401", e.g. 0401).
+_REFUSED = re.compile(r"HTTP response code: (401|403)\b")
+
+
 def _explain(err: Exception, url: str, creds: auth.Credentials | None, sent: bool) -> Exception:
     text = str(err.__cause__ or err)
-    if "401" in text or "403" in text:
+    if _REFUSED.search(text):
         who = f"user {creds.username!r}" if creds and sent else "a request without credentials"
         return AuthenticationError(
             f"Terrascope refused {who} reading {url} (GDAL: {text[-160:]}). "
@@ -105,7 +110,9 @@ def _read_one(plan: CubePlan, url: str, asset_index: int, window: Window, creds)
         return reader.read(window)
     except (RuntimeError, RasterioIOError) as err:
         sent = plan.send_credentials.get(url, False) and creds is not None
-        raise _explain(err, url, creds, sent) from None
+        explained = _explain(err, url, creds, sent)
+        # A problem the package can name needs no GDAL traceback; anything else keeps it.
+        raise explained from (None if isinstance(explained, AuthenticationError) else err)
 
 
 def read_window(
@@ -131,6 +138,7 @@ def read_window(
     creds = auth.resolve(plan.credentials_handle) if needs_creds else None
     spec = plan.decode[asset_index]
     nodata = spec.fill_value
+    nan_fill = np.dtype(spec.dtype).kind == "f" and bool(np.isnan(nodata))
     height = rows.stop - rows.start
     width = cols.stop - cols.start
     out = np.full((len(time_indices), height, width), nodata, dtype=np.dtype(spec.dtype))
@@ -155,11 +163,7 @@ def read_window(
         for out_index, future in futures:  # priority order within each date
             data = future.result()
             target = out[out_index]
-            if spec.nodata is None and np.dtype(spec.dtype).kind == "f":
-                empty = np.isnan(target)
-            else:
-                empty = target == nodata
-            np.copyto(target, data, where=empty)
+            np.copyto(target, data, where=np.isnan(target) if nan_fill else target == nodata)
     finally:
         for _, future in futures:
             future.cancel()
