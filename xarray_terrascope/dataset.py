@@ -26,7 +26,7 @@ from . import auth, config
 from .backend import is_items
 from .exceptions import AuthenticationError, InvalidArgumentError, NoItemsFoundError
 from .read import read_window
-from .search import check_bbox, check_dates, search
+from .search import check_bbox, search
 from .stack import CubePlan, plan_cube
 
 __all__ = ["CubeArray", "open_cube"]
@@ -203,7 +203,6 @@ def open_cube(
     if is_items(filename_or_obj):
         items = list(filename_or_obj)
         box = check_bbox(bbox) if bbox is not None else None
-        check_dates(start, end)
         if start is not None or end is not None or max_cloud_cover is not None:
             raise InvalidArgumentError(
                 "start, end and max_cloud_cover filter a search; with a list of items, "
