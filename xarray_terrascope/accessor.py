@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pystac
 import xarray as xr
 
@@ -26,23 +25,20 @@ def decode_raw(da: xr.DataArray) -> xr.DataArray:
 
     Examples
     --------
+    >>> import numpy as np
     >>> raw = xr.DataArray(np.array([0, 125, 255], "uint8"),
     ...                    attrs={"scale_factor": 0.004, "add_offset": -0.08, "_FillValue": 255})
-    >>> decode_raw(raw).values.round(3).tolist()
+    >>> decode_raw(raw).values.astype(float).round(3).tolist()
     [-0.08, 0.42, nan]
     """
     if da.dtype.kind == "f" and "scale_factor" not in da.attrs:
         return da
-    scale = np.float32(da.attrs.get("scale_factor", 1.0))
-    offset = np.float32(da.attrs.get("add_offset", 0.0))
-    fill = da.attrs.get("_FillValue", da.encoding.get("_FillValue"))
-    values = da.astype("float32") * scale + offset
-    if fill is not None:
-        values = values.where(da != fill)
-    attrs = {
-        k: v for k, v in da.attrs.items() if k not in ("scale_factor", "add_offset", "_FillValue")
-    }
-    return values.astype("float32").assign_attrs(attrs).rename(da.name)
+    # xarray's own CF decoder (lazy, dask-aware), the one the engine uses with decode=True
+    name = "__terrascope_values__"
+    decoded = xr.decode_cf(
+        da.to_dataset(name=name), mask_and_scale=True, decode_times=False, decode_coords=False
+    )[name]
+    return decoded.astype("float32").rename(da.name)
 
 
 def _dates(obj: xr.Dataset | xr.DataArray, kind: str) -> list[str]:
