@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's two commands, each complete on a fresh Debian 12 machine with Python 3.10+:
+# The project's two commands, each complete on a fresh Debian 12 machine with Python 3.11+:
 #   bash scripts/run.sh demo    # set up, then run the main job on the embedded sandbox
 #   bash scripts/run.sh test    # set up (venv, pip packages, Chromium), then run the tests
 # Extra arguments after `test` go to pytest. VENV=path overrides the virtualenv (.venv).

@@ -23,6 +23,7 @@ def sandbox_urls(terrascope_sandbox, monkeypatch, tmp_path):
     for key in ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache"))
     for key in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS"):
         monkeypatch.setenv(key, terrascope_sandbox.env[key])
     terrascope_sandbox.reset()

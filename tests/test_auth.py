@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import os
 import pickle
 import threading
+from pathlib import Path
 
 import pytest
 import xarray as xr
@@ -117,7 +119,7 @@ def test_redirect_to_the_login_page_is_an_authentication_error(sandbox_urls, mon
     try:
         host = f"127.0.0.1:{server.server_port}"
         monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", f"http://{host}/download/")
-        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", host)
+        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", f"http://{host}")
         with pytest.raises(AuthenticationError, match="redirected to the login page"):
             xts.login("someone", "pw")
     finally:
@@ -243,3 +245,32 @@ def test_no_gdal_options_linger_in_the_io_threads(logged_in):
     pool = read._io_pool()
     results = [f.result() for f in [pool.submit(probe) for _ in range(read.IO_THREADS)]]
     assert results == [False] * read.IO_THREADS
+
+
+def test_auth_stands_below_the_readers_and_the_cluster_plugin():
+    """auth imports (at any level, lazily included) neither the read engine nor the
+    distributed plugin: they subscribe to its events instead."""
+    tree = ast.parse(Path(auth.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.update(f"{node.module or ''}.{a.name}".strip(".") for a in node.names)
+            imported.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    higher = {"read", "dataset", "stack", "_distributed", "cog", "_transport"}
+    assert not {name.rsplit(".", 1)[-1] for name in imported} & higher, sorted(imported)
+
+
+def test_credential_changes_reach_the_subscribers(sandbox_urls):
+    calls = []
+    auth.subscribe("forget", lambda: calls.append("forget"))
+    auth.subscribe("publish", lambda: calls.append("publish"))
+    try:
+        xts.login("alice", "one", validate=False)
+        xts.login("alice", "two", validate=False)
+        xts.logout()
+    finally:
+        for event in ("forget", "publish"):
+            auth._subscribers[event] = auth._subscribers[event][:-1]
+    assert calls == ["publish", "forget", "publish", "forget", "publish"]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import http.server
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +19,7 @@ import rasterio
 import requests
 import xarray as xr
 
+import xarray_terrascope as xts
 from xarray_terrascope import auth, cli
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -52,6 +59,296 @@ def test_ndvi_export_writes_the_cube(terrascope_env, tmp_path, capsys, suffix):
         written = xr.open_dataset(out, engine=engine)["NDVI"].load()
         np.testing.assert_allclose(written.values, expected.values, atol=1e-6)
     auth.logout()
+
+
+def _export(tmp_path, name):
+    """Run ``ndvi --out tmp_path/name`` on the sample field; return the path and the cube."""
+    out = tmp_path / name
+    assert cli.main(["ndvi", "--bbox", BBOX, *WINDOW, "--out", str(out)]) == 0
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-12"
+    )
+    auth.logout()
+    return out, ds
+
+
+def _file_bytes(path):
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return b"".join(p.read_bytes() for p in files)
+
+
+def test_geotiff_export_keeps_the_dates(terrascope_env, tmp_path):
+    out, ds = _export(tmp_path, "ndvi.tif")
+    dates = ds.terrascope.dates()
+    with rasterio.open(out) as src:
+        assert src.count == len(dates) > 1
+        assert list(src.descriptions) == dates
+        for band, day in enumerate(dates, start=1):
+            tags = src.tags(band)
+            assert tags["date"] == day
+            assert tags["item_ids"] == str(ds["item_ids"].values[band - 1])
+            assert tags["item_ids"].split() and "_NDVI_10M_" in tags["item_ids"]
+        meta = src.tags()
+    assert meta["collection"] == "terrascope-s2-ndvi-v2"
+    assert [float(v) for v in meta["bbox"].split(",")] == list(SAMPLE_FIELD)
+    assert (meta["start"], meta["end"]) == ("2025-06-01", "2025-06-12")
+    assert meta["dates"].split(",") == dates
+    assert terrascope_env.password.encode() not in out.read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_netcdf_and_zarr_exports_keep_the_dataset_attributes(terrascope_env, tmp_path, suffix):
+    out, ds = _export(tmp_path, f"ndvi{suffix}")
+    engine = "zarr" if suffix == ".zarr" else None
+    written = xr.open_dataset(out, engine=engine, decode_coords="all")
+    attrs = written.attrs
+    assert attrs["collection"] == "terrascope-s2-ndvi-v2"
+    assert list(np.atleast_1d(attrs["bbox"])) == list(SAMPLE_FIELD)
+    assert (attrs["start"], attrs["end"]) == ("2025-06-01", "2025-06-12")
+    assert attrs["source"] == "xarray-terrascope"
+    assert "terrascope_items_key" not in attrs  # a handle that means nothing outside the process
+    assert set(attrs) == set(ds.attrs) - {"terrascope_items_key"}
+    assert list(written["item_ids"].values) == list(ds["item_ids"].values)
+    assert written.rio.crs.to_epsg() == 32631
+    assert terrascope_env.password.encode() not in _file_bytes(out)
+
+
+# every warning is an error here, except the one pyproject.toml ignores for pinned stackstac
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning:stackstac.*")
+@pytest.mark.filterwarnings("error")
+def test_zarr_export_round_trips_float32_without_warnings(terrascope_env, tmp_path):
+    out, ds = _export(tmp_path, "ndvi.zarr")
+    written = xr.open_zarr(out)
+    assert written["NDVI"].dtype == np.float32
+    assert written["cloud_cover"].dtype == np.float32
+    got = written["NDVI"].load()
+    expected = ds.terrascope.ndvi().load()
+    auth.logout()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.values, expected.values)  # NaN where no data, both
+    assert list(written["platform"].values) == list(ds["platform"].values)
+
+
+def test_out_in_missing_directories_creates_them(terrascope_env, tmp_path, capsys):
+    out = tmp_path / "missing" / "dir" / "ndvi.nc"
+    assert cli.main(["ndvi", "--bbox", BBOX, *WINDOW, "--out", str(out)]) == 0
+    auth.logout()
+    assert xr.open_dataset(out)["NDVI"].sizes["time"] > 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_out_that_cannot_be_written_is_a_one_line_error(terrascope_env, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a directory")
+    out = tmp_path / "a-file" / "ndvi.nc"
+    assert cli.main(["ndvi", "--bbox", BBOX, *WINDOW, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1, err
+    assert "a-file" in err
+
+
+class _RecordingHandler(http.server.BaseHTTPRequestHandler):
+    def _record(self):
+        self.server.requests.append((self.command, self.path))
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_HEAD = _record
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recording_server(monkeypatch, tmp_path):
+    """A loopback server answering 500 to everything, standing in for STAC and downloads."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingHandler)
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("TERRASCOPE_STAC_URL", url + "/")
+    monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", url + "/download/")
+    monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", url)
+    monkeypatch.setenv("TERRASCOPE_USERNAME", "user")
+    monkeypatch.setenv("TERRASCOPE_PASSWORD", "password")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        xts.logout()
+
+
+@pytest.mark.parametrize("name", ["ndvi.png", "ndvi.csv", "ndvi", "ndvi.nc.gz"])
+def test_unsupported_out_suffix_is_rejected_before_any_request(
+    recording_server, tmp_path, capsys, name
+):
+    out = tmp_path / "new-dir" / name
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["ndvi", "--bbox", BBOX, *WINDOW, "--out", str(out)])
+    assert exc.value.code == 2
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert "argument --out" in err and ".nc" in err and ".zarr" in err and ".tif" in err
+    assert "Traceback" not in err
+    assert recording_server.requests == []
+    assert not (tmp_path / "new-dir").exists()
+
+
+# --------------------------------------------------------------------------- zonal
+
+ZONAL_WINDOW = ["--start", "2025-06-01", "--end", "2025-06-12"]
+
+
+@pytest.fixture
+def parcels_file(terrascope_env, tmp_path):
+    """Twelve of the sandbox's parcels in the sample field, as a GeoJSON file."""
+    import shapely
+
+    parcels = terrascope_env.parcels()
+    inside = parcels[parcels.within(shapely.box(*SAMPLE_FIELD))].iloc[::9].head(12)
+    assert len(inside) == 12 and inside["crop"].nunique() > 2
+    path = tmp_path / "parcels.geojson"
+    inside.to_file(path, driver="GeoJSON")
+    return path, inside.reset_index(drop=True)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_zonal_writes_one_row_per_parcel_and_date(parcels_file, tmp_path, capsys, suffix):
+    import pandas as pd
+
+    path, parcels = parcels_file
+    out = tmp_path / "new" / f"stats{suffix}"
+    stats = ["mean", "median", "min", "count", "valid_fraction"]
+    argv = ["zonal", "--parcels", str(path), *ZONAL_WINDOW, "--out", str(out)]
+    assert cli.main([*argv, "--stats", ",".join(stats)]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {out}" in captured.out
+    assert "100% Completed" in captured.err  # dask's progress bar, on stderr
+
+    table = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
+    assert list(table.columns) == ["parcel_id", "crop", "area_ha", "date", *stats]
+    # the reference: the same cube (bbox = the parcels' bounds), the library's zonal_stats
+    ds = xr.open_dataset(
+        [float(v) for v in parcels.total_bounds],
+        engine="terrascope",
+        start="2025-06-01",
+        end="2025-06-12",
+        chunks={},
+    )
+    expected = ds.terrascope.zonal_stats(parcels, stats).NDVI.compute()
+    auth.logout()
+    dates = ds.terrascope.dates()
+    assert len(table) == len(parcels) * len(dates) and len(dates) > 2
+    assert list(table["date"].astype(str).str[:10]) == dates * len(parcels)
+    assert list(table["parcel_id"]) == [p for p in parcels["parcel_id"] for _ in dates]
+    assert list(table["crop"]) == [c for c in parcels["crop"] for _ in dates]
+    for name in stats:
+        want = expected.sel(zonal_statistics=name).transpose("geometry", "time").values
+        np.testing.assert_allclose(table[name].to_numpy(), want.ravel(), rtol=1e-6)
+    assert table["count"].dtype == np.int64
+    assert (table["count"] > 0).any() and (table["count"] == 0).any()  # clear and cloudy
+    assert table.loc[table["count"] == 0, "mean"].isna().all()
+
+
+def test_zonal_takes_another_id_column_and_reports_a_missing_one(parcels_file, tmp_path, capsys):
+    import pandas as pd
+
+    _, parcels = parcels_file
+    renamed = tmp_path / "fields.geojson"
+    parcels.rename(columns={"parcel_id": "field"})[["field", "geometry"]].to_file(renamed)
+    out = tmp_path / "stats.csv"
+    argv = ["zonal", "--parcels", str(renamed), *ZONAL_WINDOW, "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --id-column") and "field" in err, err
+    assert not out.exists()
+    assert cli.main([*argv, "--id-column", "field", "--stats", "mean"]) == 0
+    auth.logout()
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["field", "date", "mean"]
+    assert set(table["field"]) == set(parcels["parcel_id"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--out", "stats.xlsx", ".parquet"),
+        ("--out", "stats", ".csv"),
+        ("--stats", "mean,mode", "valid_fraction"),
+        ("--stats", "mean,mean", "each statistic once"),
+    ],
+)
+def test_zonal_bad_out_or_stats_is_rejected_before_any_request(
+    recording_server, tmp_path, capsys, option, value, expected
+):
+    import geopandas as gpd
+    import shapely
+
+    path = tmp_path / "parcels.geojson"
+    gpd.GeoDataFrame(
+        {"parcel_id": [1]}, geometry=[shapely.box(5.91, 51.25, 5.912, 51.252)], crs=4326
+    ).to_file(path)
+    args = {"--out": str(tmp_path / "new-dir" / "stats.parquet"), "--stats": "mean"}
+    args[option] = str(tmp_path / "new-dir" / value) if option == "--out" else value
+    argv = ["zonal", "--parcels", str(path), *WINDOW]
+    for key, val in args.items():
+        argv += [key, val]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and expected in err and "Traceback" not in err
+    assert recording_server.requests == []
+    assert not (tmp_path / "new-dir").exists()
+
+
+def test_zonal_unreadable_parcels_is_a_one_line_error(recording_server, tmp_path, capsys):
+    path = tmp_path / "parcels.geojson"
+    path.write_text("not json")
+    out = tmp_path / "stats.parquet"
+    assert cli.main(["zonal", "--parcels", str(path), *WINDOW, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --parcels") and err.count("\n") == 1, err
+    assert recording_server.requests == []
+
+
+def test_version_prints_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"xarray-terrascope {version('xarray-terrascope')}"
+    assert xts.__version__ == version("xarray-terrascope")
+
+
+def test_console_script_is_installed_and_prints_the_version():
+    script = Path(sys.executable).with_name("xarray-terrascope")
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"xarray-terrascope {version('xarray-terrascope')}"
+
+
+def _actions(parser, path=("xarray-terrascope",)):
+    for action in parser._actions:
+        yield path, action
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _actions(sub, (*path, name))
+
+
+def test_every_argument_of_every_command_has_help():
+    seen, missing = set(), []
+    for path, action in _actions(cli.build_parser()):
+        seen.add(path)
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+            missing.append(f"{' '.join(path)}: {action.option_strings or action.dest}")
+    assert missing == []
+    assert {p[-1] for p in seen} >= {"search", "ndvi", "zonal", "sandbox", "demo"}
 
 
 def test_errors_are_printed_not_raised(terrascope_env, capsys):
@@ -99,17 +396,57 @@ def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
     assert proc.returncode == 0
 
 
-def test_demo_job_writes_the_table_the_curve_and_the_slider(tmp_path, capsys, monkeypatch):
+def test_demo_job_writes_the_table_the_curves_the_composites_and_the_slider(
+    tmp_path, capsys, monkeypatch
+):
+    import shapely
+    from PIL import Image
+
+    from xarray_terrascope.testing import CROPS, World
+
     for key in list(os.environ):
         if key.startswith("TERRASCOPE_"):
             monkeypatch.delenv(key)
-    result = cli.run_demo(tmp_path, start="2025-05-01", end="2025-05-20")
+    result = cli.run_demo(tmp_path, start="2025-05-01", end="2025-06-15")
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line[:4] == "2025"]
     assert len(table) == result["dates"] > 3
     assert all(line.split()[1].endswith("%") for line in table)
-    assert result["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert b"bokeh" in result["html"].read_bytes()[:200000].lower()
-    assert result["requests"] > 0
     assert not any(k.startswith("TERRASCOPE_") for k in os.environ)
     assert auth.current_credentials() is None
+    assert result["requests"] > 0
+
+    # the curves per crop agree with the sandbox's ground truth on the clear dates
+    curves = result["table"]
+    assert sorted(curves.columns) == sorted(CROPS)
+    world = World(seed=0)
+    parcels = world.parcels()
+    parcels = parcels[parcels.within(shapely.box(*SAMPLE_FIELD))]
+    assert len(parcels) == result["parcels"] > 50
+    clear = result["valid"][result["valid"] > 0.999].index
+    assert len(clear) >= 3
+    for day in clear:
+        truth = parcels.assign(ndvi=world.parcel_ndvi(parcels["parcel_id"].to_numpy(), day))
+        expected = truth.groupby("crop")["ndvi"].mean()
+        np.testing.assert_allclose(curves.loc[day, expected.index], expected, atol=0.01)
+        printed = next(line for line in table if line.startswith(f"{day:%Y-%m-%d}"))
+        assert [float(v) for v in printed.split()[2:]] == pytest.approx(
+            list(curves.loc[day]), abs=6e-4
+        )
+    # potato greens up in the first half of June, winter wheat is at its peak in May
+    june = curves.loc["2025-06-10":"2025-06-15"].mean()
+    assert june["potato"] > curves.loc[:"2025-05-20", "potato"].mean() + 0.2
+    assert curves.loc[:"2025-05-20", "winter wheat"].min() > 0.7
+
+    for png in (result["png"], result["composite_png"]):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        pixels = np.asarray(Image.open(png).convert("RGB"))
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # drawn, not blank
+    assert [p.name for p in (result["png"], result["composite_png"])] == [
+        "ndvi_by_crop.png",
+        "ndvi_monthly_max.png",
+    ]
+    html = result["html"].read_text(encoding="utf-8")
+    assert "bokeh" in html[:200000].lower()
+    assert '"MultiLine"' in html and '"longitude"' in html  # parcel outlines, lon/lat hover
+    assert len(html) < 6_000_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask.array
 import numpy as np
+import pyproj
 import pystac
 import pytest
 import rasterio
@@ -12,6 +13,7 @@ import xarray as xr
 
 import xarray_terrascope as xts
 from xarray_terrascope.backend import TerrascopeBackendEntrypoint
+from xarray_terrascope.dataset import dates_per_partition
 from xarray_terrascope.exceptions import (
     AuthenticationError,
     InvalidArgumentError,
@@ -57,6 +59,21 @@ def _expected_dn(sandbox, ids, xs, ys, crs):
     return out
 
 
+def _expected_near(sandbox, ids, xs, ys, crs):
+    """``(9, n)``: the mosaic DN of the 3x3 pixels around each point, in each item's own
+    grid. Nearest-neighbour warping may take a neighbour of the pixel holding the point
+    when the point is near a pixel edge, and the farmland's texture differs there."""
+    out = np.full((9, len(xs)), 255, dtype=np.uint8)
+    for item_id in ids:
+        tile_crs = f"EPSG:{sandbox.world.item(item_id)['epsg']}"
+        x, y = pyproj.Transformer.from_crs(crs, tile_crs, always_xy=True).transform(xs, ys)
+        for k, (dx, dy) in enumerate((dx, dy) for dx in (-10, 0, 10) for dy in (-10, 0, 10)):
+            dn = sandbox.world.sample(item_id, x + dx, y + dy, crs=tile_crs)
+            take = (out[k] == 255) & (dn != 255)
+            out[k, take] = dn[take]
+    return out
+
+
 def _decoded(dn, scale=0.004, offset=-0.08):
     values = dn.astype(np.float32) * np.float32(scale) + np.float32(offset)
     return np.where(dn == 255, np.float32(np.nan), values)
@@ -91,7 +108,9 @@ def test_cube_equals_the_world_in_every_tile_region(logged_in, wide_week):
                 assert same_nan.mean() >= 0.95, region
                 ok = same_nan & ~np.isnan(got)
                 assert ok.sum() > 0, "the test must see valid reprojected pixels"
-                assert np.abs(got[ok] - _decoded(want[ok])).max() <= 0.004 + 1e-6, region
+                near = _decoded(_expected_near(logged_in, ids, xs, ys, "EPSG:32631"))
+                assert np.isclose(near[:, ok], got[ok], atol=1e-6).any(axis=0).all(), region
+                assert np.mean(got[ok] == _decoded(want[ok])) > 0.8, region
             else:
                 np.testing.assert_allclose(got, _decoded(want), atol=1e-6, err_msg=region)
             checked += int((want != 255).sum())
@@ -112,7 +131,14 @@ def test_valid_pixel_wins_over_no_data_in_the_mosaic(logged_in, wide_week):
     assert (logged_in.world.sample(ufs, xs, ys, crs="EPSG:32631") == 255).all()
     want = _expected_dn(logged_in, ids, xs, ys, "EPSG:32631")
     assert (want != 255).sum() > 10
-    np.testing.assert_array_equal(raw[ds.sizes["y"] // 2, east], want)
+    got = raw[ds.sizes["y"] // 2, east]
+    ugs = next(i for i in ids if "_31UGS_" in i)
+    native = logged_in.world.sample(ugs, xs, ys, crs="EPSG:32631") != 255  # not warped
+    assert native.sum() > 10 and (~native & (want != 255)).sum() > 10
+    np.testing.assert_array_equal(got[native], want[native])
+    # 32ULB, warped with nearest: the pixel or, near its edges, a neighbour
+    near = _expected_near(logged_in, ids, xs, ys, "EPSG:32631")
+    assert (near[:, ~native] == got[~native]).any(axis=0).all()
 
 
 def test_opening_reads_no_pixel_and_chunks_follow_the_stacking_grid(logged_in):
@@ -121,7 +147,7 @@ def test_opening_reads_no_pixel_and_chunks_follow_the_stacking_grid(logged_in):
         list(WIDE),
         engine="terrascope",
         start="2025-06-01",
-        end="2025-06-20",
+        end="2025-06-30",
         chunks={},
         chunksize=256,
     )
@@ -129,9 +155,12 @@ def test_opening_reads_no_pixel_and_chunks_follow_the_stacking_grid(logged_in):
     data = ds.NDVI.data
     assert isinstance(data, dask.array.Array)
     ny, nx = ds.sizes["y"], ds.sizes["x"]
-    assert data.chunks[0] == (1,) * ds.sizes["time"]
+    # several dates per partition (read concurrently), never the whole series at once
+    step, n = dates_per_partition((ny, nx), 256), ds.sizes["time"]
+    assert 1 < step < n
+    assert data.chunks[0] == tuple(min(step, n - i) for i in range(0, n, step))
     assert data.chunks[1][0] == min(256, ny) and data.chunks[2][0] == 256
-    assert data.npartitions == ds.sizes["time"] * -(-ny // 256) * -(-nx // 256) > 10
+    assert data.npartitions == len(data.chunks[0]) * -(-ny // 256) * -(-nx // 256) > 10
     assert tif_records(logged_in) == []
     one = ds.NDVI.isel(time=0, x=slice(0, 256), y=slice(0, 64)).compute()
     assert isinstance(one.data, np.ndarray) and tif_records(logged_in)

@@ -28,6 +28,9 @@ def test_notebook_runs_against_the_sandbox(terrascope_env, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"logged in as {terrascope_env.username}" in text
     assert "dates have more than half of the field visible" in text
+    # the parcel section: zonal statistics per crop type, over parcels of the sandbox
+    parcels_line = next(line for line in text.splitlines() if "dates with clear parcels" in line)
+    assert int(parcels_line.split()[0]) > 50 and int(parcels_line.split()[2]) > 10
     # the cube's repr and the slider both rendered
     rich = [o for o in outputs if o.output_type in ("execute_result", "display_data")]
     assert any("text/html" in o.get("data", {}) for o in rich)

@@ -247,6 +247,122 @@ def test_saved_page_is_standalone(cube: xr.DataArray, tmp_path: Path) -> None:
         assert label in html
 
 
+# --------------------------------------------------------------------------- overlay, hover
+
+# Two parcels (UTM 31N corners) inside the cube, and one reaching out of it to the east.
+PARCELS_UTM = [
+    [(700100, 5679900), (700300, 5679910), (700290, 5679700), (700110, 5679720)],
+    [(700400, 5679600), (700600, 5679600), (700600, 5679450), (700420, 5679460)],
+    [(700700, 5679800), (700950, 5679800), (700950, 5679700), (700700, 5679700)],
+]
+
+
+@pytest.fixture
+def parcels() -> Any:
+    """The parcels as lon/lat polygons (EPSG:4326), as ``Sandbox.parcels()`` gives them."""
+    import geopandas as gpd
+    import shapely
+    from pyproj import Transformer
+
+    to_lonlat = Transformer.from_crs(32631, 4326, always_xy=True)
+    polygons = [
+        shapely.Polygon(np.column_stack(to_lonlat.transform(*np.array(q, float).T)))
+        for q in PARCELS_UTM
+    ]
+    return gpd.GeoDataFrame({"parcel_id": [1, 2, 3]}, geometry=polygons, crs="EPSG:4326")
+
+
+def _hover(figure: Any) -> Any:
+    from bokeh.models import HoverTool
+
+    tools = figure.select({"type": HoverTool})
+    assert len(tools) == 1
+    return tools[0]
+
+
+def test_overlay_draws_the_outlines_in_the_cube_crs(cube: xr.DataArray, parcels: Any) -> None:
+    import holoviews as hv
+    from bokeh.models import Image, MultiLine
+
+    plot = time_slider(cube, title="NDVI", overlay=parcels, overlay_color="#ff00ff")
+    figure = hv.render(plot[0].object)
+    glyphs = [type(r.glyph) for r in figure.renderers]
+    assert glyphs == [Image, MultiLine]
+    lines = figure.renderers[1]
+    assert lines.glyph.line_color == "#ff00ff"
+    xs = [np.asarray(x) for x in lines.data_source.data["xs"]]
+    ys = [np.asarray(y) for y in lines.data_source.data["ys"]]
+    for q, x, y in zip(PARCELS_UTM[:2], xs, ys, strict=False):  # closed rings ...
+        np.testing.assert_allclose(x, [c[0] for c in [*q, q[0]]], atol=1e-3)  # ... in metres
+        np.testing.assert_allclose(y, [c[1] for c in [*q, q[0]]], atol=1e-3)
+    # the third parcel is cut at the east edge of the map (x = 700800): the rest of its
+    # outline, open there, in two pieces
+    cut = np.concatenate(xs[2:])
+    assert len(xs) == 4
+    assert (cut.min(), cut.max()) == pytest.approx((700700.0, 700800.0), abs=1e-3)
+    assert figure.title.text == "NDVI, Date: 2025-05-01"  # the date survives the overlay
+    assert (figure.frame_width, figure.frame_height) == (600, 450)
+    # the outlines have no hover of their own: the one hover tool is the image's
+    assert _hover(figure).renderers in ("auto", [figure.renderers[0]])
+
+
+def test_overlay_accepts_shapely_lonlat_and_refuses_what_it_cannot_place(
+    cube: xr.DataArray, parcels: Any
+) -> None:
+    import holoviews as hv
+
+    plot = time_slider(cube, overlay=list(parcels.geometry))  # no CRS: lon/lat
+    xs = hv.render(plot[0].object).renderers[1].data_source.data["xs"]
+    np.testing.assert_allclose(xs[0], [c[0] for c in [*PARCELS_UTM[0], PARCELS_UTM[0][0]]])
+    with pytest.raises(InvalidArgumentError, match="no CRS"):
+        time_slider(cube, overlay=parcels.set_crs(None, allow_override=True))
+    with pytest.raises(InvalidArgumentError, match="shapely geometries"):
+        time_slider(cube, overlay=["not a geometry"])
+    with pytest.raises(InvalidArgumentError, match="Web Mercator"):
+        time_slider(cube, overlay=parcels, tiles="OSM")
+
+
+def test_hover_shows_longitude_and_latitude(cube: xr.DataArray) -> None:
+    import holoviews as hv
+    from bokeh.models import CustomJSHover
+
+    hover = _hover(hv.render(time_slider(cube)[0].object))
+    assert [label for label, _ in hover.tooltips] == [
+        "x (m)",
+        "y (m)",
+        "longitude",
+        "latitude",
+        "NDVI",
+    ]
+    assert dict(hover.tooltips)["longitude"] == "$x{lon}"
+    assert isinstance(hover.formatters["$x"], CustomJSHover)
+    # a cube in lon/lat needs no conversion: its x and y are the longitude and latitude
+    geographic = cube.assign_coords(x=5.87 + 1e-4 * np.arange(NX), y=51.25 - 1e-4 * np.arange(NY))
+    geographic = geographic.rio.write_crs("EPSG:4326")
+    hover = _hover(hv.render(time_slider(geographic)[0].object))
+    assert hover.tooltips == [("longitude", "$x"), ("latitude", "$y"), ("NDVI", "@image")]
+
+
+def test_hover_polynomial_matches_pyproj_across_a_whole_tile() -> None:
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+
+    from xarray_terrascope.plot import LONLAT_TOLERANCE, _lonlat_fit
+
+    extent = (600000.0, 5590200.0, 709800.0, 5700000.0)  # a whole Sentinel-2 tile, 31UFS
+    fit = _lonlat_fit(CRS.from_epsg(32631), extent)
+    assert fit is not None
+    rng = np.random.default_rng(0)
+    x = rng.uniform(extent[0], extent[2], 500)
+    y = rng.uniform(extent[1], extent[3], 500)
+    u = (x - fit["centre"][0]) / fit["half"][0]
+    v = (y - fit["centre"][1]) / fit["half"][1]
+    terms = np.column_stack([u**i * v**j for i, j in fit["powers"]])
+    lon, lat = Transformer.from_crs(32631, 4326, always_xy=True).transform(x, y)
+    assert np.abs(terms @ np.array(fit["lon"]) - lon).max() < LONLAT_TOLERANCE
+    assert np.abs(terms @ np.array(fit["lat"]) - lat).max() < LONLAT_TOLERANCE
+
+
 # --------------------------------------------------------------------------- the browser
 
 
@@ -456,3 +572,88 @@ def test_saved_page_slides_through_the_dates_in_chromium(
         "return performance.getEntriesByType('resource').map(e => e.name);"
     )
     assert [r for r in resources if not r.startswith((base_url, "data:", "blob:"))] == []
+
+
+def _tooltip_rows(driver: Any) -> dict[str, str]:
+    """``{label: value}`` of the hover tooltip on screen (empty while none is shown)."""
+    rows = _find_all(
+        driver,
+        ".bk-tooltip-row-label, .bk-tooltip-row-value",
+        "return found.filter(e => e.offsetParent !== null || e.getClientRects().length)"
+        ".map(e => [e.className, e.innerText]);",
+    )
+    labels = [t.strip().rstrip(":") for c, t in rows if "label" in c]
+    values = [t.strip() for c, t in rows if "value" in c]
+    return dict(zip(labels, values, strict=False))
+
+
+@pytest.mark.browser
+def test_saved_page_draws_the_parcels_and_hovers_lon_lat_in_chromium(
+    cube: xr.DataArray,
+    parcels: Any,
+    site: tuple[Path, str, list[str]],
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    from pyproj import Transformer
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    root, base_url, requested = site
+    plot = time_slider(cube, title="NDVI", overlay=parcels, overlay_color="#ff00ff")
+    save_html(plot, root / "parcels.html")
+    browser.get(f"{base_url}/parcels.html")
+    box = _poll(lambda: _frame_box(browser), timeout=30)
+    assert box, "the Bokeh plot frame never appeared"
+    left, top, right, bottom = box
+
+    # the Bokeh document in the page holds one multi-line renderer with the outlines
+    outlines = browser.execute_script(
+        "const models = [...Bokeh.documents[0].all_models];"
+        "return models.filter(m => m.type === 'GlyphRenderer' || "
+        "  (m.constructor && m.constructor.__name__ === 'GlyphRenderer'))"
+        ".map(r => [r.glyph.constructor.__name__, "
+        "  r.glyph.constructor.__name__ === 'MultiLine' ? r.data_source.data.xs.length : -1]);"
+    )
+    assert sorted(outlines) == [["Image", -1], ["MultiLine", 4]], outlines
+
+    # ... and they are painted: magenta (absent from RdYlGn) along parcel 1's west side
+    def to_screen(x: float, y: float) -> tuple[int, int]:
+        sx = left + (x - 700000.0) / 800.0 * (right - left)
+        sy = top + (5680010.0 - y) / 600.0 * (bottom - top)
+        return round(sx), round(sy)
+
+    def magenta(pixels: np.ndarray) -> np.ndarray:
+        rgb = pixels.astype(int)
+        return (rgb[..., 0] > 180) & (rgb[..., 1] < 80) & (rgb[..., 2] > 120)
+
+    west = [to_screen(700100 + 10 * t / 20, 5679900 - 180 * t / 20) for t in range(3, 18)]
+
+    def painted() -> bool:
+        pixels = _screenshot(browser, tmp_path / "parcels.png")
+        hits = [magenta(pixels[sy - 2 : sy + 3, sx - 2 : sx + 3]).any() for sx, sy in west]
+        return all(hits)
+
+    assert _poll(painted, timeout=30), "parcel 1's outline is not drawn where it lies"
+    pixels = _screenshot(browser, tmp_path / "parcels.png")
+    inside = pixels[to_screen(700200, 5679800)[1], to_screen(700200, 5679800)[0]]
+    assert not magenta(inside[None])[0], "the outline's colour fills the parcel"
+
+    # hover over a pixel: the tooltip shows x, y, longitude, latitude and the value
+    sx, sy = to_screen(700433.0, 5679777.0)
+    action = ActionBuilder(browser)
+    action.pointer_action.move_to_location(sx, sy)
+    action.perform()
+    rows = _poll(lambda: _tooltip_rows(browser), timeout=15)
+    assert list(rows)[:4] == ["x (m)", "y (m)", "longitude", "latitude"], rows
+    x, y = float(rows["x (m)"]), float(rows["y (m)"])
+    assert abs(x - 700433.0) < 10 and abs(y - 5679777.0) < 10  # where the mouse is
+    lon, lat = Transformer.from_crs(32631, 4326, always_xy=True).transform(x, y)
+    # x and y are shown to the metre: 0.5 m is ~7e-6 degrees of longitude here
+    assert abs(float(rows["longitude"]) - lon) < 1e-5, (rows, lon)
+    assert abs(float(rows["latitude"]) - lat) < 1e-5, (rows, lat)
+    assert rows["longitude"].count(".") == 1 and len(rows["longitude"].split(".")[1]) == 6
+    assert "NDVI" in rows
+
+    severe = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []
+    assert requested == ["/parcels.html"]

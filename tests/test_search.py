@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from datetime import date, datetime, timezone
+import logging
+from datetime import UTC, date, datetime
 
 import pytest
 import shapely.geometry
@@ -41,7 +42,7 @@ def _truth(sandbox, collection, bbox=None, start=None, end=None, max_cloud=None)
 
 
 def _utc(*args):
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 def test_bbox_and_inclusive_dates_match_the_world(sandbox_urls):
@@ -162,7 +163,7 @@ def test_unreachable_stac_api_is_a_search_error(sandbox_urls, monkeypatch):
         ({"bbox": [5.0, 51.2, 190.0, 51.3]}, r"longitudes must be within \[-180, 180\]"),
         ({"bbox": [5.0, -91.0, 5.1, 51.3]}, r"latitudes must be within \[-90, 90\]"),
         ({"start": "2025-06-01", "end": "2025-05-01"}, "start .* is after end"),
-        ({"start": "first of may"}, "start must be a date"),
+        ({"start": "first of may"}, "start must be a valid date"),
         ({"end": 20250501}, "end must be a str"),
         ({"max_cloud_cover": 101}, "max_cloud_cover must be from 0 to 100"),
         ({"max_cloud_cover": "low"}, "max_cloud_cover must be a number"),
@@ -185,3 +186,19 @@ def test_date_objects_and_timezones(sandbox_urls):
     first, last = search_module.check_dates(date(2025, 5, 1), "2025-05-31T12:00:00+02:00")
     assert first == _utc(2025, 5, 1)
     assert last == _utc(2025, 5, 31, 10, 0)
+
+
+def test_retries_of_an_unreachable_stac_api_log_at_debug_only(sandbox_urls, monkeypatch, caplog):
+    """The retries stay, but the user sees one SearchError, not a warning per attempt."""
+    from urllib3.util.retry import Retry
+
+    monkeypatch.setenv("TERRASCOPE_STAC_URL", "http://127.0.0.1:1/")
+    retry = Retry(total=2, backoff_factor=0, allowed_methods=None, raise_on_status=False)
+    monkeypatch.setattr(search_module, "RETRY", retry)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(SearchError, match=r"127\.0\.0\.1:1"):
+        xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
+    retries = [r for r in caplog.records if str(r.msg).startswith("Retrying")]
+    assert len(retries) >= 2, "the retries must still happen"
+    assert all(r.levelno == logging.DEBUG for r in retries)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from . import _credential_sync  # noqa: F401  (readers and clusters follow login/logout)
 from . import accessor as _accessor  # noqa: F401  (registers ds.terrascope)
 from .auth import Credentials, gdal_options, login, logout
 from .exceptions import (
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-def open_dataset(bbox: Any, **kwargs: Any):
+def open_dataset(bbox: Any, /, **kwargs: Any):
     """``xr.open_dataset(bbox, engine="terrascope", **kwargs)``.
 
     Examples

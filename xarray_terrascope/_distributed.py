@@ -52,14 +52,12 @@ class CredentialsPlugin(WorkerPlugin):
         """Replace the worker process's credentials with the client's."""
         default = auth.Credentials(*self._default) if self._default else None
         handles = {k: auth.Credentials(*v) for k, v in self._handles.items()}
-        auth._install(default, handles)
-        auth._forget_reads()
+        auth._install(default, handles)  # announces "forget": old readers are dropped
         logger.debug("Installed Terrascope credentials (%d handle(s)) on a worker", len(handles))
 
     def teardown(self, worker: Any) -> None:
         """Forget the credentials when the plugin is removed (or replaced) or the worker closes."""
         auth._install(None, {})
-        auth._forget_reads()
 
 
 def _client() -> Client | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pystac
 import xarray as xr
 
-from .exceptions import TerrascopeError
+from .exceptions import InvalidArgumentError, TerrascopeError
 
 __all__ = ["TerrascopeDataArrayAccessor", "TerrascopeDatasetAccessor", "decode_raw"]
 
@@ -70,25 +72,31 @@ class TerrascopeDatasetAccessor:
 
     @property
     def items(self) -> list[pystac.Item]:
-        """The STAC items behind the cube, sorted by datetime.
+        """The STAC items behind the cube's dates, sorted by datetime.
 
-        In the process that opened the cube they are kept in memory; elsewhere (a
-        worker, a Dataset read back from disk) they are fetched again by id.
+        Only the items of the dates still in the Dataset: after ``ds.isel(time=[0])``,
+        those of the first date. In the process that opened the cube they are kept in
+        memory; elsewhere (a worker, a Dataset read back from disk) they are fetched
+        again by id.
         """
+        from ._items import item_moment
         from .dataset import recall_items
 
-        items = recall_items(self._attr("terrascope_items_key"))
-        if items is not None:
-            return list(items)
         if "item_ids" not in self._obj.coords:
             raise TerrascopeError(
                 _NOT_FROM_ENGINE.format(kind="Dataset", missing="'item_ids' coordinate")
             )
-        from .search import search
+        ids = [
+            i for group in np.atleast_1d(self._obj["item_ids"].values) for i in str(group).split()
+        ]
+        wanted = set(ids)
+        items = recall_items(self._attr("terrascope_items_key"))
+        if items is None:
+            from .search import search
 
-        ids = [i for group in self._obj["item_ids"].values for i in str(group).split()]
-        found = search(self._attr("collection"), ids=ids)
-        return found
+            items = search(self._attr("collection"), ids=ids) if ids else []
+        kept = [item for item in items if item.id in wanted]
+        return sorted(kept, key=lambda item: (item_moment(item), item.id))
 
     def asset_urls(self, asset: str = "NDVI") -> list[str]:
         """Hrefs of ``asset`` for every item of the cube, in datetime order."""
@@ -124,7 +132,54 @@ class TerrascopeDatasetAccessor:
                     "Several variables: pass variable= one of "
                     f"{', '.join(map(str, self._obj.data_vars))}"
                 )
+        elif variable not in self._obj.data_vars:
+            raise InvalidArgumentError(
+                f"variable={variable!r} is not in this Dataset; choose one of "
+                f"{', '.join(map(str, self._obj.data_vars))}"
+            )
         return time_slider(decode_raw(self._obj[variable]), **kwargs)
+
+    def zonal_stats(
+        self,
+        geometries: Any,
+        stats: str | Sequence[str] = "mean",
+        *,
+        name: str = "geometry",
+        index: bool | None = None,
+        all_touched: bool = False,
+        method: str = "rasterize",
+        block_size: int = 256,
+    ) -> xr.Dataset:
+        """Per-geometry statistics reading only the tiles the geometries touch.
+
+        xvec's arguments and layout; see :func:`xarray_terrascope.zonal.zonal_stats`.
+
+        Examples
+        --------
+        >>> ds.terrascope.zonal_stats(parcels, ["mean", "count"])  # doctest: +SKIP
+        """
+        from .dataset import recall_items
+        from .zonal import zonal_stats
+
+        key = self._obj.attrs.get("terrascope_items_key")
+        items = recall_items(key) if key else None
+        return zonal_stats(
+            self._obj, geometries, stats, name=name, index=index, all_touched=all_touched,
+            method=method, block_size=block_size, items=items,
+        )
+
+    def composite(self, freq: str = "1MS", how: str = "median") -> xr.Dataset:
+        """Temporal composites over valid pixels, with the count of valid observations.
+
+        See :func:`xarray_terrascope.composite.composite`.
+
+        Examples
+        --------
+        >>> ds.terrascope.composite("1MS", "max")  # doctest: +SKIP
+        """
+        from .composite import composite
+
+        return composite(self._obj, freq, how)
 
 
 class TerrascopeDataArrayAccessor:
@@ -146,6 +201,48 @@ class TerrascopeDataArrayAccessor:
         from .plot import time_slider
 
         return time_slider(decode_raw(self._obj), **kwargs)
+
+    def zonal_stats(
+        self,
+        geometries: Any,
+        stats: str | Sequence[str] = "mean",
+        *,
+        name: str = "geometry",
+        index: bool | None = None,
+        all_touched: bool = False,
+        method: str = "rasterize",
+        block_size: int = 256,
+        items: Sequence[pystac.Item] | None = None,
+    ) -> xr.DataArray:
+        """Per-geometry statistics reading only the tiles the geometries touch.
+
+        xvec's arguments and layout; see :func:`xarray_terrascope.zonal.zonal_stats`.
+        A DataArray does not know its items: pass ``items=ds.terrascope.items`` to align
+        the read blocks to the files' tiles (``ds.terrascope.zonal_stats`` does it).
+
+        Examples
+        --------
+        >>> ds.NDVI.terrascope.zonal_stats(parcels, ["mean", "count"])  # doctest: +SKIP
+        """
+        from .zonal import zonal_stats
+
+        return zonal_stats(
+            self._obj, geometries, stats, name=name, index=index, all_touched=all_touched,
+            method=method, block_size=block_size, items=items,
+        )
+
+    def composite(self, freq: str = "1MS", how: str = "median") -> xr.Dataset:
+        """Temporal composites over valid pixels, with the count of valid observations.
+
+        See :func:`xarray_terrascope.composite.composite`.
+
+        Examples
+        --------
+        >>> ds.NDVI.terrascope.composite("1MS", "max")  # doctest: +SKIP
+        """
+        from .composite import composite
+
+        return composite(self._obj, freq, how)
 
 
 xr.register_dataset_accessor("terrascope")(TerrascopeDatasetAccessor)

@@ -5,6 +5,10 @@ Credentials live in this process's memory only. They are never written to
 the graph carries an opaque *handle* (a short random string) that each process
 resolves at read time with :func:`resolve`. On a ``dask.distributed`` cluster the
 handles reach the workers through a worker plugin (see ``_distributed.py``).
+
+This module sits low in the package: it imports neither the readers nor the
+distributed plugin. Modules that hold state tied to credentials (open files, HTTP
+caches, the cluster plugin) register callbacks with :func:`subscribe`.
 """
 
 from __future__ import annotations
@@ -13,16 +17,16 @@ import logging
 import netrc
 import os
 import secrets
-import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
 
 from . import config
-from .exceptions import AuthenticationError, TerrascopeError
+from .exceptions import AuthenticationError, InvalidArgumentError, TerrascopeError
 
 __all__ = [
     "DEFAULT_HANDLE",
@@ -33,6 +37,8 @@ __all__ = [
     "login",
     "logout",
     "resolve",
+    "sends_credentials",
+    "subscribe",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +53,11 @@ BASE_GDAL_OPTIONS: dict[str, str] = {
     "GDAL_HTTP_MAX_RETRY": "5",
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_HTTP_TIMEOUT": "60",
+    # GDAL remembers a 302 to an S3-presigned-looking URL and sends later range requests
+    # straight there, GDAL_HTTP_USERPWD included: the password would leave the allowed
+    # origin. Without this, curl follows each redirect itself and drops the credentials
+    # when the host changes.
+    "CPL_VSIL_CURL_USE_S3_REDIRECT": "NO",
 }
 
 _VALIDATE_TIMEOUT = 30.0
@@ -81,9 +92,20 @@ class Credentials:
     def __post_init__(self) -> None:
         if not isinstance(self.username, str) or not self.username:
             raise AuthenticationError("Credentials need a non-empty username (a str).")
+        if ":" in self.username or not self.username.isprintable():
+            # RFC 7617: the user-id of HTTP Basic cannot contain a colon or control characters.
+            raise AuthenticationError(
+                "A Terrascope username cannot contain ':' or control characters "
+                f"(got {self.username!r}); check the login name."
+            )
         if not isinstance(self.password, str) or not self.password:
             raise AuthenticationError(
                 f"Credentials for user {self.username!r} need a non-empty password (a str)."
+            )
+        if any(ch in self.password for ch in "\r\n\0"):
+            raise AuthenticationError(
+                f"The password of user {self.username!r} contains a line break or NUL "
+                "character, which HTTP cannot carry; check how it was read."
             )
 
     def __repr__(self) -> str:
@@ -98,9 +120,14 @@ class Credentials:
             "carries an opaque handle) and, on a cluster, log in on the client."
         )
 
-    def basic_auth(self) -> tuple[str, str]:
-        """Return ``(username, password)`` for ``requests``' ``auth=``."""
-        return (self.username, self.password)
+    def basic_auth(self) -> tuple[bytes, bytes]:
+        """Return ``(username, password)`` as UTF-8 bytes for ``requests``' ``auth=``.
+
+        RFC 7617 names UTF-8 for HTTP Basic, and GDAL/curl send UTF-8: giving requests
+        bytes stops it from encoding the pair as Latin-1 (where ``'€'`` fails and
+        ``'ä'`` differs from what the reads send).
+        """
+        return (self.username.encode("utf-8"), self.password.encode("utf-8"))
 
 
 # --- process state -------------------------------------------------------------------
@@ -108,6 +135,33 @@ class Credentials:
 _lock = threading.RLock()
 _default: Credentials | None = None
 _registry: dict[str, Credentials] = {}
+
+#: ``"forget"``: credentials changed, drop whatever was read or opened with the old ones;
+#: ``"publish"``: the process's credential state changed, share it (e.g. with a cluster).
+Event = Literal["forget", "publish"]
+_subscribers: dict[str, list[Callable[[], None]]] = {"forget": [], "publish": []}
+
+
+def subscribe(event: Event, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` whenever ``event`` happens (once per callback, however often
+    it is subscribed).
+
+    ``"forget"`` follows a logout or a change of the default credentials, and the
+    installation of a worker's credentials; ``"publish"`` follows any change of the
+    credential state (login, logout, credentials registered for a new cube).
+    """
+    if event not in _subscribers:
+        raise InvalidArgumentError(f"event must be 'forget' or 'publish', got {event!r}")
+    with _lock:
+        if callback not in _subscribers[event]:
+            _subscribers[event].append(callback)
+
+
+def _notify(event: Event) -> None:
+    with _lock:
+        callbacks = list(_subscribers[event])
+    for callback in callbacks:
+        callback()
 
 
 def current_credentials() -> Credentials | None:
@@ -120,18 +174,8 @@ def _set_default(creds: Credentials | None) -> None:
     with _lock:
         previous, _default = _default, creds
     if previous is not None and previous != creds:
-        _forget_reads()
-    _sync_cluster()
-
-
-def _forget_reads() -> None:
-    """Close open readers and clear GDAL's HTTP cache: nothing read with old credentials
-    may answer a read made after a logout or with other credentials."""
-    from . import _gdal
-    from .read import clear_reader_cache
-
-    clear_reader_cache()
-    _gdal.clear_http_cache()
+        _notify("forget")
+    _notify("publish")
 
 
 def credentials_handle(credentials: Credentials | None) -> str:
@@ -152,7 +196,7 @@ def credentials_handle(credentials: Credentials | None) -> str:
         known = _registry.get(credentials.token)
         _registry[credentials.token] = credentials
     if known is None:
-        _sync_cluster()
+        _notify("publish")
     return credentials.token
 
 
@@ -163,6 +207,7 @@ def _install(default: Credentials | None, handles: dict[str, Credentials]) -> No
         _default = default
         _registry.clear()
         _registry.update(handles)
+    _notify("forget")
 
 
 def _snapshot() -> tuple[Credentials | None, dict[str, Credentials]]:
@@ -195,35 +240,36 @@ def resolve(handle: str) -> Credentials:
     if creds is None and handle == DEFAULT_HANDLE:
         creds = _from_environment()
     if creds is None:
-        where = "this process" if "distributed.worker" not in sys.modules else "this worker"
+        if _in_dask_worker():
+            raise AuthenticationError(
+                f"No Terrascope credentials in this dask worker (handle {handle!r}). Call "
+                "xarray_terrascope.login() on the client (with the dask.distributed Client "
+                "already created, or before creating it), or set TERRASCOPE_USERNAME and "
+                "TERRASCOPE_PASSWORD in the environment of the workers."
+            )
         raise AuthenticationError(
-            f"No Terrascope credentials in {where} (handle {handle!r}). Call "
-            "xarray_terrascope.login() on the client (with the dask.distributed Client "
-            "already created, or before creating it), or set TERRASCOPE_USERNAME and "
-            "TERRASCOPE_PASSWORD in the environment of the processes that read the data."
+            "No Terrascope credentials in this process to read the data (you may have "
+            "called logout() after opening the cube). Call xarray_terrascope.login() and "
+            "compute again, or open the cube with credentials=Credentials(user, password)."
+            if handle == DEFAULT_HANDLE
+            else "The credentials this cube was opened with are not known in this process "
+            f"(handle {handle!r}); open the cube again with credentials=..., or login()."
         )
     return creds
 
 
-_PRELOAD = "xarray_terrascope._distributed"
+def _in_dask_worker() -> bool:
+    import sys
 
-
-def _sync_cluster() -> None:
-    """Push the credential state to a running dask.distributed cluster, if any.
-
-    Also makes this package a client preload, so clients created later give their
-    workers the credentials too.
-    """
-    import dask.config
-
-    preload = list(dask.config.get("distributed.client.preload", default=None) or [])
-    if _PRELOAD not in preload:
-        dask.config.set({"distributed.client.preload": [*preload, _PRELOAD]})
     if "distributed" not in sys.modules:
-        return
-    from . import _distributed
+        return False
+    from distributed import get_worker
 
-    _distributed.sync_plugin()
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 # --- login -----------------------------------------------------------------------------
@@ -281,9 +327,10 @@ def _resolve_login(username: str | None, password: str | None) -> tuple[Credenti
 def _check_allowed(url: str) -> None:
     if not sends_credentials(url):
         raise TerrascopeError(
-            f"Refusing to send credentials to {config.host_key(url)!r}: it is not in "
-            f"TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
-            "Add it there, or point TERRASCOPE_DOWNLOAD_URL at a download host."
+            f"Refusing to send credentials to {config.origin(url) or url!r}: it is not one "
+            f"of TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
+            "Add its origin (scheme://host:port) there, or point TERRASCOPE_DOWNLOAD_URL "
+            "at a download host."
         )
 
 
@@ -391,12 +438,23 @@ def logout() -> None:
 
 
 def sends_credentials(url: str) -> bool:
-    """Whether ``url``'s host is in ``TERRASCOPE_DOWNLOAD_HOSTS`` (read now)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        return False
-    hosts = config.download_hosts()
-    return config.host_key(url) in hosts or (parts.hostname or "").lower() in hosts
+    """Whether ``url``'s origin (scheme, host and port) is one of
+    ``TERRASCOPE_DOWNLOAD_HOSTS`` (read now).
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ["TERRASCOPE_DOWNLOAD_HOSTS"] = "services.terrascope.be"
+    >>> sends_credentials("https://services.terrascope.be/download/a.tif")
+    True
+    >>> sends_credentials("http://services.terrascope.be/download/a.tif")  # plain http
+    False
+    >>> sends_credentials("https://services.terrascope.be:8443/download/a.tif")
+    False
+    >>> del os.environ["TERRASCOPE_DOWNLOAD_HOSTS"]
+    """
+    found = config.origin(url)
+    return found is not None and found in config.download_hosts()
 
 
 def gdal_options(url: str, credentials: Credentials | None, *, allowed: bool | None = None) -> dict:

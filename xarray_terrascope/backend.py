@@ -7,7 +7,9 @@ from typing import Any
 
 from xarray.backends import BackendEntrypoint
 
-__all__ = ["TerrascopeBackendEntrypoint", "is_items"]
+from ._items import is_items
+
+__all__ = ["TerrascopeBackendEntrypoint"]
 
 
 class TerrascopeBackendEntrypoint(BackendEntrypoint):
@@ -40,6 +42,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         "decode",
         "resampling",
         "chunksize",
+        "prefer_local",
     )
 
     def open_dataset(  # type: ignore[override]
@@ -59,6 +62,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         decode: bool = True,
         resampling: str = "nearest",
         chunksize: int = 1024,
+        prefer_local: bool | None = None,
     ):
         """Search, plan and return the lazy Dataset; no pixel is read.
 
@@ -88,6 +92,11 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
             rasterio resampling name for tiles that must be reprojected or resized.
         chunksize : int, default 1024
             Spatial size of the stacking chunks (``chunks={}`` uses them).
+        prefer_local : bool, optional
+            Terrascope assets carry an alternate ``local`` href (``/data/MTDA/...``),
+            readable on Terrascope's own notebooks and VMs. None (default): read the local
+            file when it exists on this machine, else the network; True: local files only
+            (a missing one is an error); False: always the network.
         """
         from .dataset import open_cube
 
@@ -107,24 +116,10 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
             decode=decode,
             resampling=resampling,
             chunksize=chunksize,
+            prefer_local=prefer_local,
             drop_variables=list(drop_variables) if drop_variables else None,
         )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """True for pystac Items or an ItemCollection; never touches the network."""
         return is_items(filename_or_obj)
-
-
-def is_items(obj: Any) -> bool:
-    """Whether ``obj`` is an ItemCollection or a non-empty sequence of pystac Items."""
-    try:
-        import pystac
-    except ImportError:  # pragma: no cover - pystac is a dependency
-        return False
-    if isinstance(obj, pystac.ItemCollection):
-        return True
-    return (
-        isinstance(obj, (list, tuple))
-        and len(obj) > 0
-        and all(isinstance(item, pystac.Item) for item in obj)
-    )

@@ -1,21 +1,20 @@
-"""The ``xarray-terrascope`` console script: search, ndvi export, sandbox, demo."""
+"""The ``xarray-terrascope`` console script: search, ndvi export, zonal, sandbox, demo."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import config
+from .demo import run_demo
 from .exceptions import InvalidArgumentError, TerrascopeError
 
 logger = logging.getLogger("xarray_terrascope.cli")
 
-DEMO_START = "2025-04-01"
-DEMO_END = "2025-07-31"
+__all__ = ["build_parser", "main", "run_demo", "zonal_table"]
 
 
 def _bbox(text: str) -> list[float]:
@@ -57,31 +56,251 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(da, path: Path) -> None:
+#: ``--out`` suffixes and the format each one writes.
+OUTPUT_FORMATS = {
+    ".nc": "netcdf",
+    ".nc4": "netcdf",
+    ".netcdf": "netcdf",
+    ".zarr": "zarr",
+    ".tif": "geotiff",
+    ".tiff": "geotiff",
+}
+# Dataset attributes that only mean something inside this process (the key under which
+# the cube's items are remembered): never written to a file.
+_PROCESS_LOCAL_ATTRS = ("terrascope_items_key",)
+
+
+def _out_path(text: str) -> Path:
+    """``--out``: checked when the arguments are parsed, before any request."""
+    path = Path(text)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        allowed = ", ".join(OUTPUT_FORMATS)
+        raise argparse.ArgumentTypeError(
+            f"the output format comes from the suffix: one of {allowed} (got {text!r})"
+        )
+    return path
+
+
+def _export_attrs(ds) -> dict:
+    """The Dataset's attributes as they are written to a file (search parameters, no secret)."""
+    return {k: v for k, v in ds.attrs.items() if k not in _PROCESS_LOCAL_ATTRS}
+
+
+def _tag_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _write_geotiff(da, attrs: dict, path: Path) -> None:
+    """One band per date: description ``YYYY-MM-DD``, tags ``date``, ``item_ids``, ..."""
+    import rasterio
+
+    dates = da.terrascope.dates()
+    out = da.copy()
+    # rioxarray writes a sequence long_name as the band descriptions
+    out.attrs = {"long_name": tuple(dates)}
+    out.rio.to_raster(path, tiled=True, compress="DEFLATE")
+    per_date = {c: da[c].values for c in ("platform", "cloud_cover", "item_ids") if c in da.coords}
+    times = da["time"].values
+    with rasterio.open(path, "r+") as dst:
+        tags = {k: _tag_text(v) for k, v in attrs.items()}
+        tags.update(variable=str(da.name), dates=",".join(dates))
+        dst.update_tags(**tags)
+        for band, day in enumerate(dates, start=1):
+            dst.set_band_description(band, day)
+            tags = {"date": day, "datetime": str(times[band - 1])[:19] + "Z"}
+            tags.update({name: str(values[band - 1]) for name, values in per_date.items()})
+            dst.update_tags(band, **tags)
+
+
+def _write_zarr(da, attrs: dict, path: Path) -> None:
+    """Zarr format 2 with consolidated metadata: float32 values, NaN for no data.
+
+    Format 2 because zarr-python 3 warns on both alternatives in format 3 (fixed-length
+    strings have no v3 specification; consolidated metadata is not in the v3 spec, and
+    without it ``xr.open_zarr`` warns). Values are written decoded, as float32: JSON
+    attributes cannot keep ``scale_factor`` a float32, so packed bytes would reopen as
+    float64.
+    """
+    ds = da.to_dataset()
+    ds.attrs = attrs
+    grid_mapping = da.encoding.get("grid_mapping")
+    ds[da.name].encoding = {"grid_mapping": grid_mapping} if grid_mapping else {}
+    for name, coord in list(ds.coords.items()):
+        if coord.dtype.kind == "U":  # variable-length strings instead of fixed-length
+            ds.coords[name] = (coord.dims, coord.values.astype(object), coord.attrs)
+    ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
+
+
+def _write(da, attrs: dict, path: Path) -> None:
     from dask.diagnostics import ProgressBar
 
-    suffix = "".join(path.suffixes[-1:]).lower()
+    kind = OUTPUT_FORMATS[path.suffix.lower()]
     with ProgressBar(out=sys.stderr):
-        if suffix in (".nc", ".nc4", ".netcdf"):
-            da.to_netcdf(path)
-        elif suffix == ".zarr":
-            da.to_dataset().to_zarr(path, mode="w")
-        elif suffix in (".tif", ".tiff"):
-            da.rio.to_raster(path, tiled=True, compress="DEFLATE")
+        if kind == "netcdf":
+            ds = da.to_dataset()
+            ds.attrs = attrs
+            ds.to_netcdf(path)  # packed to the stored bytes again (uint8, scale, offset)
+        elif kind == "zarr":
+            _write_zarr(da, attrs, path)
         else:
-            raise InvalidArgumentError(f"--out must end in .nc, .zarr or .tif (got {path.name!r})")
+            _write_geotiff(da, attrs, path)
 
 
 def _cmd_ndvi(args: argparse.Namespace) -> int:
     from . import auth
     from .dataset import open_cube
 
+    out: Path = args.out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"--out: cannot create the directory {str(out.parent)!r}: {err.strerror or err}"
+        ) from err
     auth.login(validate=True)
     ds = open_cube(args.bbox, start=args.start, end=args.end, max_cloud_cover=args.max_cloud_cover)
     ndvi = ds.chunk({"time": 1, "y": 1024, "x": 1024}).terrascope.ndvi()
-    print(f"{len(ds.time)} date(s), {ds.sizes['y']} x {ds.sizes['x']} px, writing {args.out}")
-    _write(ndvi, Path(args.out))
-    print(f"wrote {args.out}")
+    print(f"{len(ds.time)} date(s), {ds.sizes['y']} x {ds.sizes['x']} px, writing {out}")
+    try:
+        _write(ndvi, _export_attrs(ds), out)
+    except OSError as err:
+        raise InvalidArgumentError(f"--out: cannot write {str(out)!r}: {err}") from err
+    print(f"wrote {out}")
+    return 0
+
+
+#: ``zonal --out`` suffixes and the format each one writes.
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+#: ``zonal --stats`` when not given.
+DEFAULT_ZONAL_STATS = ("mean", "median", "std", "count", "valid_fraction")
+
+
+def _table_path(text: str) -> Path:
+    """``zonal --out``: checked when the arguments are parsed, before any request."""
+    path = Path(text)
+    if path.suffix.lower() not in TABLE_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"the table format comes from the suffix: one of {', '.join(TABLE_FORMATS)} "
+            f"(got {text!r})"
+        )
+    return path
+
+
+def _stats_list(text: str) -> list[str]:
+    """``zonal --stats``: comma-separated names among :data:`xarray_terrascope.zonal.STATS`."""
+    from .zonal import STATS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    bad = [name for name in names if name not in STATS]
+    if not names or bad or len(set(names)) != len(names):
+        what = f"unknown {', '.join(bad)}" if bad else "each statistic once, at least one"
+        raise argparse.ArgumentTypeError(
+            f"{what}: choose a comma-separated list from {', '.join(STATS)} (got {text!r})"
+        )
+    return names
+
+
+def _read_parcels(path: str, id_column: str):
+    """The parcels file as a GeoDataFrame with a CRS and a unique ``id_column``."""
+    try:
+        import geopandas
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise InvalidArgumentError(
+            "zonal needs geopandas and xvec: pip install 'xarray-terrascope[analysis]'"
+        ) from err
+    try:
+        parcels = geopandas.read_file(path)
+    except Exception as err:  # pyogrio raises several types for unreadable files
+        raise InvalidArgumentError(f"--parcels: cannot read {path!r}: {err}") from err
+    if len(parcels) == 0:
+        raise InvalidArgumentError(f"--parcels: {path!r} holds no geometry")
+    if parcels.crs is None:
+        raise InvalidArgumentError(f"--parcels: {path!r} has no CRS")
+    if id_column not in parcels.columns:
+        columns = ", ".join(str(c) for c in parcels.columns if c != parcels.geometry.name)
+        raise InvalidArgumentError(
+            f"--id-column: {path!r} has no column {id_column!r}; its columns: {columns}"
+        )
+    if parcels[id_column].duplicated().any():
+        raise InvalidArgumentError(f"--id-column: the values of {id_column!r} are not unique")
+    return parcels
+
+
+def zonal_table(stats, parcels, id_column: str):
+    """The result of ``zonal_stats`` as one row per parcel and date, one column per statistic.
+
+    ``stats`` is the Dataset :func:`xarray_terrascope.zonal.zonal_stats` returns for
+    ``parcels`` (in their order) with a ``zonal_statistics`` dimension. Columns: the
+    parcels' attributes (``id_column`` first, no geometry), ``date``, then the
+    statistics (``<variable>_<stat>`` when the cube has several variables).
+    """
+    import numpy as np
+    import pandas as pd
+
+    attributes = [c for c in parcels.columns if c != parcels.geometry.name]
+    attributes.remove(id_column)
+    dates = pd.DatetimeIndex(stats["time"].values).normalize()
+    n_parcels, n_dates = len(parcels), len(dates)
+    table = {col: np.repeat(parcels[col].to_numpy(), n_dates) for col in [id_column, *attributes]}
+    table["date"] = np.tile(dates.to_numpy(), n_parcels)
+    names = [str(n) for n in stats["zonal_statistics"].values]
+    variables = list(stats.data_vars)
+    for var in variables:
+        values = stats[var].transpose(stats[var].dims[0], "time", "zonal_statistics").values
+        for k, name in enumerate(names):
+            column = name if len(variables) == 1 else f"{var}_{name}"
+            table[column] = values[:, :, k].reshape(n_parcels * n_dates)
+    frame = pd.DataFrame(table)
+    for var in variables:  # pixel counts as integers
+        column = "count" if len(variables) == 1 else f"{var}_count"
+        if column in frame and frame[column].notna().all():
+            frame[column] = frame[column].astype("int64")
+    return frame
+
+
+def _cmd_zonal(args: argparse.Namespace) -> int:
+    import xarray as xr
+    from dask.diagnostics import ProgressBar
+
+    from . import auth
+
+    parcels = _read_parcels(args.parcels, args.id_column)
+    out: Path = args.out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InvalidArgumentError(
+            f"--out: cannot create the directory {str(out.parent)!r}: {err.strerror or err}"
+        ) from err
+    bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
+    auth.login(validate=True)
+    ds = xr.open_dataset(
+        bbox,
+        engine="terrascope",
+        start=args.start,
+        end=args.end,
+        collection=args.collection,
+        max_cloud_cover=args.max_cloud_cover,
+        chunks={},
+    )
+    print(
+        f"{len(parcels)} parcel(s), {len(ds.time)} date(s) of {args.collection}, "
+        f"statistics {', '.join(args.stats)}"
+    )
+    stats = ds.terrascope.zonal_stats(parcels.geometry, list(args.stats), index=False)
+    with ProgressBar(out=sys.stderr):
+        stats = stats.compute()
+    frame = zonal_table(stats, parcels, args.id_column)
+    try:
+        if TABLE_FORMATS[out.suffix.lower()] == "parquet":
+            frame.to_parquet(out, index=False)
+        else:
+            frame.to_csv(out, index=False)
+    except OSError as err:
+        raise InvalidArgumentError(f"--out: cannot write {str(out)!r}: {err}") from err
+    print(f"wrote {out} ({len(frame)} rows: parcel x date)")
     return 0
 
 
@@ -101,113 +320,109 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(out_dir: Path, *, seed: int = 0, start: str = DEMO_START, end: str = DEMO_END) -> dict:
-    """The main job on the embedded sandbox; returns what it wrote and measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import xarray as xr
-
-    from . import auth
-    from .plot import save_html
-    from .testing import SAMPLE_FIELD, Sandbox
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with Sandbox(seed=seed) as sandbox:
-        saved = {
-            k: os.environ.get(k)
-            for k in (config.ENV_STAC_URL, config.ENV_DOWNLOAD_URL, config.ENV_DOWNLOAD_HOSTS)
-        }
-        # Endpoints only: the credentials go to login(), never into the environment.
-        os.environ[config.ENV_STAC_URL] = sandbox.stac_url
-        os.environ[config.ENV_DOWNLOAD_URL] = sandbox.download_url
-        os.environ[config.ENV_DOWNLOAD_HOSTS] = sandbox.download_host
-        try:
-            creds = auth.login(sandbox.username, sandbox.password)
-            print(f"sandbox STAC API {sandbox.stac_url}, logged in as {creds.username}")
-            ds = xr.open_dataset(
-                list(SAMPLE_FIELD), engine="terrascope", start=start, end=end, chunks={}
-            )
-            # One read of the cube: the table, the curve and the page all use these pixels.
-            ndvi = ds.terrascope.ndvi().load()
-            print(
-                f"field {list(SAMPLE_FIELD)}: {len(ds.time)} date(s) from {start} to {end}, "
-                f"{ds.sizes['y']} x {ds.sizes['x']} px in {ds.rio.crs}"
-            )
-            valid = ndvi.notnull().mean(["x", "y"])
-            mean = ndvi.mean(["x", "y"])
-            print(f"{'date':<12}{'valid':>8}{'mean NDVI':>11}")
-            for day, v, m in zip(ds.terrascope.dates(), valid.values, mean.values, strict=True):
-                mean_text = f"{m:11.3f}" if v > 0 else f"{'-':>11}"
-                print(f"{day:<12}{v:8.1%}{mean_text}")
-            fig, ax = plt.subplots(figsize=(8, 4))
-            usable = valid > 0.5
-            ax.plot(mean.time[usable], mean[usable], "o-", color="tab:green")
-            ax.set(
-                title="Mean NDVI over the sample field (dates with > 50 % valid pixels)",
-                ylabel="NDVI",
-                xlabel="date",
-            )
-            fig.autofmt_xdate()
-            png = out_dir / "ndvi_mean.png"
-            fig.savefig(png, dpi=100)
-            plt.close(fig)
-            # The page embeds every frame: keep it small with the usable dates at 20 m.
-            page = ndvi.isel(time=np.flatnonzero(usable.values))
-            page = page.coarsen(x=2, y=2, boundary="trim").mean().astype("float32")
-            html = save_html(
-                page.terrascope.plot_time_slider(title="NDVI (20 m)"),
-                out_dir / "ndvi_time_slider.html",
-            )
-            print(f"wrote {png} and {html}")
-            requests_made = len(sandbox.log.records())
-            return {"png": png, "html": html, "dates": len(ds.time), "requests": requests_made}
-        finally:
-            auth.logout()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(Path(args.out), seed=args.seed)
-    print(f"{result['dates']} dates; the download server logged {result['requests']} requests")
+    print(
+        f"{result['parcels']} parcels, {result['dates']} dates in {result['seconds']:.0f} s; "
+        f"the download server logged {result['requests']} requests"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the console script."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="xarray-terrascope",
-        description="Terrascope Sentinel products as xarray data: search, export, sandbox.",
+        description="Terrascope Sentinel products as xarray data: search, export, "
+        "parcel statistics, sandbox, demo.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of the commands below"
+    )
 
     p = sub.add_parser("search", help="search a collection and list the items")
-    p.add_argument("collection", nargs="?", default=config.DEFAULT_COLLECTION)
+    p.add_argument(
+        "collection",
+        nargs="?",
+        default=config.DEFAULT_COLLECTION,
+        help=f"collection id (default: {config.DEFAULT_COLLECTION})",
+    )
     _add_query_args(p, bbox_required=False)
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=int, help="at most this many items, the earliest (default: all)")
     p.set_defaults(func=_cmd_search)
 
     p = sub.add_parser("ndvi", help="export an NDVI cube to NetCDF, Zarr or GeoTIFF")
     _add_query_args(p, bbox_required=True)
-    p.add_argument("--out", required=True, help="output path ending in .nc, .zarr or .tif")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=_out_path,
+        help="output path ending in .nc (NetCDF), .zarr (Zarr) or .tif (GeoTIFF, one band "
+        "per date); missing parent directories are created",
+    )
     p.set_defaults(func=_cmd_ndvi)
 
+    p = sub.add_parser(
+        "zonal",
+        help="per-parcel statistics over time to Parquet or CSV",
+        description="Statistics of the valid pixels in each parcel on each date, read only "
+        "where the parcels are. Writes one row per parcel and date: the parcel's "
+        "attributes (the id column first, no geometry), 'date', one column per statistic. "
+        "Dates where a parcel is fully clouded have count 0 and NaN statistics.",
+    )
+    p.add_argument(
+        "--parcels",
+        required=True,
+        help="a vector file with polygons and a CRS (GeoJSON, GeoPackage, Shapefile, ...); "
+        "the search's bbox is their bounds",
+    )
+    p.add_argument("--start", help="first date, e.g. 2025-04-01")
+    p.add_argument("--end", help="last date (a date includes that whole day)")
+    p.add_argument("--max-cloud-cover", type=float, help="percent, inclusive")
+    p.add_argument(
+        "--collection",
+        default=config.DEFAULT_COLLECTION,
+        help=f"collection id (default: {config.DEFAULT_COLLECTION})",
+    )
+    p.add_argument(
+        "--stats",
+        type=_stats_list,
+        default=list(DEFAULT_ZONAL_STATS),
+        help="comma-separated, among mean, median, std, min, max, sum, count, valid_fraction "
+        f"(default: {','.join(DEFAULT_ZONAL_STATS)})",
+    )
+    p.add_argument(
+        "--id-column",
+        default="parcel_id",
+        help="the parcels' unique id column, first in the output (default: parcel_id)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=_table_path,
+        help="output path ending in .parquet or .csv; missing parent directories are created",
+    )
+    p.set_defaults(func=_cmd_zonal)
+
     p = sub.add_parser("sandbox", help="run the local Terrascope stand-in until Ctrl-C")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added per download")
     p.add_argument("--cache-dir", help="keep generated COGs here between runs")
     p.set_defaults(func=_cmd_sandbox)
 
-    p = sub.add_parser("demo", help="the main job on the embedded sandbox")
-    p.add_argument("--out", default="demo-output", help="directory for the PNG and HTML")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "demo",
+        help="the main job on the embedded sandbox: parcel NDVI per crop, monthly "
+        "max-NDVI composites, the time slider with the parcels",
+    )
+    p.add_argument("--out", default="demo-output", help="directory for the PNGs and the HTML")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -17,6 +17,7 @@ __all__ = [
     "DecodeInfo",
     "download_hosts",
     "download_url",
+    "origin",
     "stac_url",
 ]
 
@@ -42,23 +43,78 @@ def download_url() -> str:
     return os.environ.get(ENV_DOWNLOAD_URL) or DEFAULT_DOWNLOAD_URL
 
 
-def host_key(url: str) -> str:
-    """Return ``host`` or ``host:port`` (lower case) of a URL, as the allow-list spells it."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    return f"{host}:{parts.port}" if parts.port else host
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> str | None:
+    """Return the origin ``scheme://host:port`` of an http(s) URL, or None.
+
+    Scheme and host are lower-cased and the port is always written out, so that
+    ``https://Example.org/a`` and ``https://example.org:443/b`` have the same origin.
+    URLs that are not plain http(s) ones, that carry user information (``user@host``)
+    or a backslash, or whose port is invalid, have no origin: they never receive
+    credentials.
+
+    Examples
+    --------
+    >>> origin("https://services.terrascope.be/download/x.tif")
+    'https://services.terrascope.be:443'
+    >>> origin("http://127.0.0.1:8080/a") is None, origin("https://u:p@host/a") is None
+    (False, True)
+    """
+    if not isinstance(url, str) or "\\" in url:
+        return None
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or "@" in parts.netloc or not parts.hostname:
+        return None
+    try:
+        port = parts.port or _DEFAULT_PORTS[scheme]
+    except ValueError:
+        return None
+    return f"{scheme}://{parts.hostname.lower()}:{port}"
+
+
+def _origin_entry(entry: str) -> str:
+    text = entry.strip()
+    url = text if "://" in text else f"https://{text}"
+    found = origin(url)
+    if found is None or urlsplit(url).path not in ("", "/"):
+        from .exceptions import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"{ENV_DOWNLOAD_HOSTS} entries must be origins such as "
+            f"'https://services.terrascope.be', 'http://127.0.0.1:8080' or a bare "
+            f"'host[:port]' (meaning https), got {text!r}"
+        )
+    return found
 
 
 def download_hosts() -> frozenset[str]:
-    """Return the hosts that may receive credentials.
+    """Return the origins (``scheme://host:port``) that may receive credentials.
 
-    From ``TERRASCOPE_DOWNLOAD_HOSTS`` (comma-separated ``host`` or ``host:port``),
-    else the host of :func:`download_url`.
+    From ``TERRASCOPE_DOWNLOAD_HOSTS`` (comma-separated ``https://host[:port]``,
+    ``http://host[:port]``, or a bare ``host[:port]`` meaning https), else the origin of
+    :func:`download_url`. Credentials go to these exact scheme, host and port only.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For an entry that is not an origin (a path, user information, a bad port).
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ[ENV_DOWNLOAD_HOSTS] = "services.terrascope.be, http://127.0.0.1:8080"
+    >>> sorted(download_hosts())
+    ['http://127.0.0.1:8080', 'https://services.terrascope.be:443']
+    >>> del os.environ[ENV_DOWNLOAD_HOSTS]
     """
     raw = os.environ.get(ENV_DOWNLOAD_HOSTS)
-    if raw:
-        return frozenset(h.strip().lower() for h in raw.split(",") if h.strip())
-    return frozenset({host_key(download_url())})
+    if raw and raw.strip():
+        return frozenset(_origin_entry(h) for h in raw.split(",") if h.strip())
+    found = origin(download_url())
+    return frozenset({found} if found else ())
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from . import auth, config
-from .backend import is_items
+from ._items import is_items
 from .exceptions import AuthenticationError, InvalidArgumentError, NoItemsFoundError
 from .read import read_window
 from .search import check_bbox, search
@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 #: Spatial chunk size (pixels) of the stacking grid; one time step per chunk.
 DEFAULT_CHUNKSIZE = 1024
+#: Decoded bytes a ``chunks={}`` partition aims at: its dates are read concurrently, so
+#: more dates per partition means more requests in flight on few cores.
+PARTITION_BYTES = 16 * 2**20
+#: The most dates in one partition (long series still give many partitions).
+MAX_DATES_PER_PARTITION = 8
 #: How many cubes' items this process remembers for ``ds.terrascope.items``.
 _ITEMS_CACHE_SIZE = 32
 _items_lock = threading.Lock()
@@ -134,6 +139,28 @@ def _check_chunksize(chunksize: Any) -> int:
     return int(chunksize)
 
 
+def dates_per_partition(shape: tuple[int, int], chunksize: int) -> int:
+    """Dates per ``chunks={}`` partition: about :data:`PARTITION_BYTES` decoded (float32)
+    per partition, between 1 and :data:`MAX_DATES_PER_PARTITION`.
+
+    Examples
+    --------
+    >>> dates_per_partition((10980, 10980), 1024), dates_per_partition((351, 433), 1024)
+    (4, 8)
+    """
+    pixels = min(shape[0], chunksize) * min(shape[1], chunksize)
+    return max(1, min(MAX_DATES_PER_PARTITION, PARTITION_BYTES // (4 * max(pixels, 1))))
+
+
+def _check_prefer_local(prefer_local: Any) -> bool | None:
+    if prefer_local is not None and not isinstance(prefer_local, bool):
+        raise InvalidArgumentError(
+            f"prefer_local must be None (local files when present), True or False, "
+            f"got {prefer_local!r}"
+        )
+    return prefer_local
+
+
 def _cf_attrs(plan: CubePlan, asset_index: int) -> dict:
     spec = plan.decode[asset_index]
     attrs: dict[str, Any] = {"long_name": plan.assets[asset_index]}
@@ -146,7 +173,14 @@ def _cf_attrs(plan: CubePlan, asset_index: int) -> dict:
     return attrs
 
 
+def _planned_items(plan: CubePlan, items: Sequence[pystac.Item]) -> list[pystac.Item]:
+    """The items the plan kept (those intersecting the bbox), in plan order."""
+    by_id = {item.id: item for item in items}
+    return [by_id[item_id] for item_id in plan.item_ids]
+
+
 def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]:
+    """Per-date coordinates; ``items`` are the planned items (see :func:`_planned_items`)."""
     platforms, clouds, ids = [], [], []
     for group in plan.groups:
         members = [items[i] for i in group]
@@ -194,6 +228,7 @@ def open_cube(
     decode: bool = True,
     resampling: str = "nearest",
     chunksize: int = DEFAULT_CHUNKSIZE,
+    prefer_local: bool | None = None,
     drop_variables: Sequence[str] | None = None,
 ) -> xr.Dataset:
     """Search (or take items), plan and return the lazy Dataset; see the engine's docs."""
@@ -208,8 +243,13 @@ def open_cube(
                 "start, end and max_cloud_cover filter a search; with a list of items, "
                 "select the items yourself"
             )
-        collections = {item.collection_id for item in items}
-        collection = collections.pop() if len(collections) == 1 else collection
+        collections = sorted({str(item.collection_id) for item in items})
+        if len(collections) > 1:
+            raise InvalidArgumentError(
+                f"The items come from several collections ({', '.join(collections)}); "
+                "open one collection at a time and combine the Datasets with xarray."
+            )
+        collection = collections[0] if collections[0] != "None" else collection
     else:
         if bbox is not None:
             raise InvalidArgumentError("give the bbox once, as the first argument")
@@ -231,6 +271,7 @@ def open_cube(
         collection=collection,
         credentials_handle=handle,
         resampling=resampling,
+        prefer_local=_check_prefer_local(prefer_local),
     )
     logger.info(
         "Cube of %d item(s) -> %d date(s) x %d x %d px in EPSG:%d",
@@ -239,7 +280,7 @@ def open_cube(
         *plan.shape,
         plan.epsg,
     )
-    preferred = {"time": 1, "y": chunksize, "x": chunksize}
+    preferred = {"time": dates_per_partition(plan.shape, chunksize), "y": chunksize, "x": chunksize}
     variables = {}
     for index, key in enumerate(plan.assets):
         if drop_variables and key in drop_variables:
@@ -250,6 +291,7 @@ def open_cube(
             attrs=_cf_attrs(plan, index),
             encoding={"preferred_chunks": preferred},
         )
+    items = _planned_items(plan, items)
     coords = _time_coords(plan, items)
     coords["y"] = ("y", plan.y_coords(), {"units": "m", "standard_name": "projection_y_coordinate"})
     coords["x"] = ("x", plan.x_coords(), {"units": "m", "standard_name": "projection_x_coordinate"})

@@ -37,6 +37,8 @@ __all__ = ["save_html", "time_slider"]
 logger = logging.getLogger(__name__)
 
 _DIMS = ("time", "y", "x")
+#: Largest error (degrees) of the longitude/latitude the hover shows; ~1 cm.
+LONLAT_TOLERANCE = 1e-7
 _PLOT_EXTRA = 'pip install "xarray-terrascope[plot]"'
 # Options of the Panel HoloViews pane (the widgets), not of hvplot's image().
 _PANE_OPTIONS = ("widget_location", "widget_type", "widgets", "center")
@@ -111,14 +113,7 @@ def _colorbar_label(da: xr.DataArray) -> str:
 
 def _axis_options(da: xr.DataArray) -> dict[str, str]:
     """Axis labels with the CRS's unit, e.g. ``"x (m)"``; whole numbers for metres."""
-    from pyproj.exceptions import CRSError as ProjCRSError
-    from rasterio.errors import CRSError
-    from rioxarray.exceptions import RioXarrayError
-
-    try:
-        crs = da.rio.crs
-    except (RioXarrayError, CRSError, ProjCRSError, ValueError):  # an unusable CRS
-        crs = None
+    crs = _cube_crs(da)
     if crs is None:
         return {"xlabel": "x", "ylabel": "y"}
     if crs.is_geographic:
@@ -127,6 +122,157 @@ def _axis_options(da: xr.DataArray) -> dict[str, str]:
     if unit in ("metre", "meter", "m"):
         return {"xlabel": "x (m)", "ylabel": "y (m)", "xformatter": "%.0f", "yformatter": "%.0f"}
     return {"xlabel": f"x ({unit})" if unit else "x", "ylabel": f"y ({unit})" if unit else "y"}
+
+
+def _cube_crs(da: xr.DataArray) -> Any:
+    """The cube's CRS (a rasterio CRS) or None when it has none or an unusable one."""
+    from pyproj.exceptions import CRSError as ProjCRSError
+    from rasterio.errors import CRSError
+    from rioxarray.exceptions import RioXarrayError
+
+    try:
+        return da.rio.crs
+    except (RioXarrayError, CRSError, ProjCRSError, ValueError):
+        return None
+
+
+def _extent(da: xr.DataArray) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of the pixel edges."""
+
+    def edges(dim: str) -> tuple[float, float]:
+        coord = np.asarray(da[dim].values, dtype="float64")
+        half = abs(float(coord[1] - coord[0])) / 2 if coord.size > 1 else 0.5
+        return float(coord.min()) - half, float(coord.max()) + half
+
+    (x0, x1), (y0, y1) = edges("x"), edges("y")
+    return x0, y0, x1, y1
+
+
+def _lonlat_fit(crs: Any, extent: tuple[float, float, float, float]) -> dict[str, Any] | None:
+    """A polynomial in the map coordinates that gives longitude and latitude (pyproj's
+    transform, fitted over ``extent``) for the browser to evaluate in the hover.
+
+    ``None`` when no degree up to 6 keeps the error under :data:`LONLAT_TOLERANCE`.
+    """
+    from pyproj import Transformer
+
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    x0, y0, x1, y1 = extent
+    centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+    half = (max((x1 - x0) / 2, 1e-9), max((y1 - y0) / 2, 1e-9))
+
+    def grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+        u, v = np.meshgrid(np.linspace(-1.0, 1.0, n), np.linspace(-1.0, 1.0, n))
+        return u.ravel(), v.ravel()
+
+    u_fit, v_fit = grid(15)
+    u_check, v_check = grid(41)
+    for degree in range(1, 7):
+        powers = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+
+        def design(u: np.ndarray, v: np.ndarray, powers=powers) -> np.ndarray:
+            return np.column_stack([u**i * v**j for i, j in powers])
+
+        coefs, worst = [], 0.0
+        for axis in (0, 1):
+            target = to_lonlat.transform(centre[0] + u_fit * half[0], centre[1] + v_fit * half[1])
+            coef = np.linalg.lstsq(design(u_fit, v_fit), target[axis], rcond=None)[0]
+            truth = to_lonlat.transform(
+                centre[0] + u_check * half[0], centre[1] + v_check * half[1]
+            )[axis]
+            worst = max(worst, float(np.max(np.abs(design(u_check, v_check) @ coef - truth))))
+            coefs.append(coef)
+        if worst <= LONLAT_TOLERANCE:
+            logger.debug("hover lon/lat: degree %d polynomial, max error %.1e deg", degree, worst)
+            return {
+                "centre": list(centre),
+                "half": list(half),
+                "powers": [list(p) for p in powers],
+                "lon": coefs[0].tolist(),
+                "lat": coefs[1].tolist(),
+            }
+    logger.warning("hover lon/lat left out: the map is too large for an exact polynomial")
+    return None
+
+
+# Bokeh's hover passes the cursor's map coordinates in special_vars; the format after
+# the field ("$x{lon}") chooses what to show.
+_HOVER_JS = """
+const fit = (coef) => {
+  const u = (special_vars.x - centre[0]) / half[0];
+  const v = (special_vars.y - centre[1]) / half[1];
+  let total = 0;
+  for (let k = 0; k < powers.length; k++) {
+    total += coef[k] * Math.pow(u, powers[k][0]) * Math.pow(v, powers[k][1]);
+  }
+  return total;
+};
+if (format === "lon") return fit(lon).toFixed(6);
+if (format === "lat") return fit(lat).toFixed(6);
+return value.toFixed(digits);
+"""
+
+
+def _hover_tool(da: xr.DataArray, crs: Any, label: str) -> Any:
+    """A hover tool showing x, y, longitude, latitude (for a projected CRS) and the value."""
+    from bokeh.models import CustomJSHover, HoverTool
+
+    value = (label, "@image")
+    if crs is None or crs.is_geographic:
+        names = ("longitude", "latitude") if crs is not None else ("x", "y")
+        return HoverTool(tooltips=[(names[0], "$x"), (names[1], "$y"), value])
+    fit = _lonlat_fit(crs, _extent(da))
+    unit = str(crs.linear_units or "").lower()
+    metres = unit in ("metre", "meter", "m")
+    names = ("x (m)", "y (m)") if metres else ("x", "y")
+    if fit is None:
+        return HoverTool(tooltips=[(names[0], "$x"), (names[1], "$y"), value])
+    formatter = CustomJSHover(args={**fit, "digits": 0 if metres else 3}, code=_HOVER_JS)
+    return HoverTool(
+        tooltips=[
+            (names[0], "$x{xy}"),
+            (names[1], "$y{xy}"),
+            ("longitude", "$x{lon}"),
+            ("latitude", "$y{lat}"),
+            value,
+        ],
+        formatters={"$x": formatter, "$y": formatter},
+    )
+
+
+def _overlay_lines(overlay: Any, crs: Any, extent: tuple[float, float, float, float]) -> list:
+    """The outlines of ``overlay`` in the cube's CRS, clipped to the map, as (n, 2) arrays."""
+    import shapely
+    from pyproj import Transformer
+
+    if crs is None:
+        raise InvalidArgumentError(
+            "overlay= needs to know the CRS of da: write it with da.rio.write_crs('EPSG:...')"
+        )
+    to_crs = getattr(overlay, "to_crs", None)
+    if to_crs is not None:  # a GeoSeries or GeoDataFrame
+        if overlay.crs is None:
+            raise InvalidArgumentError(
+                "overlay has no CRS: set one (gdf.set_crs(...)) so it can be drawn on the map"
+            )
+        geoms = np.asarray(to_crs(crs).geometry.values, dtype=object)
+    else:
+        single = isinstance(overlay, shapely.Geometry)
+        geoms = np.asarray([overlay] if single else list(overlay), dtype=object).ravel()
+        if not all(isinstance(g, shapely.Geometry) for g in geoms):
+            raise InvalidArgumentError(
+                "overlay must be a GeoSeries, a GeoDataFrame or shapely geometries "
+                "(longitude/latitude), got elements of type "
+                f"{sorted({type(g).__name__ for g in geoms})}"
+            )
+        transformer = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+        geoms = shapely.transform(
+            geoms, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
+        )
+    outlines = shapely.clip_by_rect(shapely.boundary(geoms), *extent)
+    parts = shapely.get_parts(outlines[~shapely.is_empty(outlines)])
+    parts = shapely.get_parts(shapely.line_merge(parts)) if len(parts) else parts
+    return [shapely.get_coordinates(line) for line in parts if not line.is_empty]
 
 
 def _escape_braces(text: str) -> str:
@@ -178,13 +324,18 @@ def time_slider(
     height: int = 500,
     tiles: str | bool | None = None,
     rasterize: bool = False,
+    overlay: Any = None,
+    overlay_color: str = "black",
     **kwargs: Any,
 ) -> object:
     """An interactive map of a ``(time, y, x)`` cube with a slider over the dates.
 
     The image is drawn with ``da.hvplot.image(groupby="time")`` in the cube's own CRS
     (``x``/``y`` in metres), with square pixels, NaN (no data) transparent and a colorbar
-    in physical units. The slider labels and the plot title show the dates.
+    in physical units. The slider labels and the plot title show the dates. The hover
+    shows ``x``/``y``, longitude/latitude (WGS84, computed in the browser from a
+    polynomial fitted to pyproj's transform over the map, error under 1e-7 degrees) and
+    the value. ``overlay`` draws outlines (field parcels, say) over every date.
 
     Parameters
     ----------
@@ -208,6 +359,12 @@ def time_slider(
     rasterize : bool, default False
         Let datashader re-sample the image to the screen (for very large rasters;
         needs datashader and a live Python kernel to update on zoom).
+    overlay : geopandas.GeoDataFrame, geopandas.GeoSeries or shapely geometries, optional
+        Polygons or lines whose outlines are drawn over the image, reprojected to the
+        cube's CRS and clipped to the map. Shapely geometries without a CRS are taken as
+        longitude/latitude (EPSG:4326). Not with ``tiles``.
+    overlay_color : str, default "black"
+        The colour of the outlines.
     **kwargs
         Further options for ``hvplot.image`` (they override the defaults above), and
         ``widget_location``, ``widget_type`` ("individual" = a date slider, the default;
@@ -230,6 +387,9 @@ def time_slider(
         If hvplot/panel are missing (``pip install "xarray-terrascope[plot]"``), if
         ``tiles`` is given without geoviews/cartopy (``pip install geoviews``), or if
         ``rasterize=True`` without datashader.
+    InvalidArgumentError
+        Also for an ``overlay`` that is not geometries, has no CRS, or comes with
+        ``tiles``.
 
     Examples
     --------
@@ -243,8 +403,15 @@ def time_slider(
     'Date: <b>2025-05-01</b>'
     >>> save_html(plot, "ndvi.html")  # doctest: +SKIP
     PosixPath('ndvi.html')
+    >>> parcels = sandbox.parcels()  # doctest: +SKIP
+    >>> plot = time_slider(ndvi, overlay=parcels)  # outlines on every date  # doctest: +SKIP
     """
     da = _check_dims(da)
+    if overlay is not None and tiles:
+        raise InvalidArgumentError(
+            "overlay= draws in the cube's CRS and tiles= reprojects the map to Web Mercator: "
+            "use one of them"
+        )
     _, pn = _import_plotting()
 
     # Keep only the dimension coordinates: per-time attributes such as platform,
@@ -271,6 +438,9 @@ def time_slider(
         "title": f"{_escape_braces(title)}, {{dimensions}}" if title else "{dimensions}",
         "tools": ["hover"],
     }
+    crs = _cube_crs(crs_source)
+    if not tiles:
+        options["tools"] = [_hover_tool(da, crs, str(da.name))]
     if vmin is not None or vmax is not None:
         options["clim"] = clim
     if tiles:
@@ -293,6 +463,15 @@ def time_slider(
     plot = plot.redim.value_format(time=lambda t: pd.Timestamp(t).strftime(time_format))
     plot = plot.redim.label(time="Date")
     plot = plot.opts(clipping_colors={"NaN": "transparent"})
+    if overlay is not None:
+        import holoviews as hv
+
+        lines = _overlay_lines(overlay, crs, _extent(da))
+        outlines = hv.Path(lines, kdims=["x", "y"]).opts(
+            color=overlay_color, line_width=1.2, tools=[]
+        )
+        # the overlay takes the frame's title, with the date, from the image's options
+        plot = (plot * outlines).opts(hv.opts.Overlay(title=options["title"]))
     logger.debug(
         "time_slider: %d time steps, %d x %d px, frame %d x %d, clim=%s",
         da.sizes["time"],

@@ -1,26 +1,44 @@
-"""Reading a planned cube: I/O threads, open-reader cache, per-date mosaics, errors.
+"""Reading a planned cube window: the async COG path, the GDAL warp path, per-date mosaics.
 
-Reads go through a per-process pool of I/O threads, so I/O concurrency is not bounded
-by the number of cores (or by dask's threads), and through a per-process cache of open
-readers, so a file's header is fetched once per process. Credentials are resolved from
-the plan's opaque handle at every read, so ``logout()`` and new credentials are honoured.
+Files whose pixel grid is the output grid (same EPSG and resolution, integer pixel offset:
+the usual Terrascope case) are read by the native async engine (:mod:`xarray_terrascope.cog`
+on the process's event loop, :mod:`xarray_terrascope._aio`): every such file of a window
+at once, one header request per file per process (none with the persistent header cache),
+coalesced tile requests, decoding in Rust. Files that must be warped (another UTM zone,
+another resolution) keep GDAL's ``WarpedVRT`` through stackstac's reader, in a pool of I/O
+threads, concurrently with the async reads.
+
+Same-date items are mosaicked in the plan's priority order: the first valid pixel wins.
+Credentials are resolved from the plan's opaque handle at every read, so ``logout()`` and
+new credentials are honoured; they go only to origins the plan allows.
+
+GDAL faults: a failed GDAL read is diagnosed with one ranged GET (same scoped credentials)
+so 401/403 become :class:`~xarray_terrascope.exceptions.AuthenticationError` and other
+failures a :class:`~xarray_terrascope.exceptions.ReadError` naming the item and the HTTP
+status; transient failures (dropped connections, 429, 5xx) are retried after dropping
+GDAL's cached state of that URL, so a failure never sticks in the process.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from . import auth, config
+from . import _aio, _prefetch, _transport, auth, config
+from ._headers import headers
+from ._prefetch import Spec
+from .cog import Grid, GridMismatch, local_path
 from .exceptions import AuthenticationError, ReadError
 from .stack import CubePlan, make_reader
 
@@ -28,10 +46,12 @@ __all__ = ["clear_reader_cache", "read_window"]
 
 logger = logging.getLogger(__name__)
 
-#: Reads in flight at once per process (network-bound, so well above the core count).
+#: GDAL reads in flight at once per process (network-bound, so well above the core count).
 IO_THREADS = 16
-#: Open readers kept per process (each holds a GDAL dataset per thread that used it).
+#: Open GDAL readers kept per process (each holds a GDAL dataset per thread that used it).
 READER_CACHE_SIZE = 256
+#: Attempts of one GDAL read through transient failures.
+GDAL_ATTEMPTS = 6
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -48,31 +68,30 @@ def _io_pool() -> ThreadPoolExecutor:
 
 
 def clear_reader_cache() -> None:
-    """Close and forget every open reader of this process."""
+    """Close and forget every open reader and in-memory COG header of this process.
+
+    Called by :mod:`xarray_terrascope.auth` on logout and on new credentials. Persisted
+    headers stay on disk: they hold no secret and are validated by the next pixel
+    response, which carries the then current credentials.
+    """
     with _readers_lock:
         readers = list(_readers.values())
         _readers.clear()
     for reader in readers:
         reader.close()
+    headers.clear_memory()
+    _prefetch.clear()
 
 
 def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None):
-    """The process's open reader for this file, grid and credentials (opened on first use)."""
-    allowed = plan.send_credentials.get(url, False)
-    key = (
-        url,
-        plan.epsg,
-        plan.bounds,
-        plan.resolution,
-        plan.resampling,
-        plan.decode[asset_index].dtype,
-        creds.token if (creds and allowed) else None,
-    )
+    """The process's open GDAL reader for this file, grid and credentials."""
+    key = _reader_key(plan, url, asset_index, creds)
     with _readers_lock:
         reader = _readers.get(key)
         if reader is not None:
             _readers.move_to_end(key)
             return reader
+    allowed = plan.send_credentials.get(url, False)
     reader = make_reader(plan, url, asset_index, auth.gdal_options(url, creds, allowed=allowed))
     with _readers_lock:
         _readers[key] = reader
@@ -81,38 +100,149 @@ def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials 
     return reader
 
 
+def _reader_key(plan: CubePlan, url: str, asset_index: int, creds) -> tuple:
+    allowed = plan.send_credentials.get(url, False)
+    return (
+        url,
+        plan.epsg,
+        plan.bounds,
+        plan.resolution,
+        plan.resampling,
+        plan.decode[asset_index].dtype,
+        creds.token if (creds and allowed) else None,
+    )
+
+
+def _forget_reader(plan: CubePlan, url: str, asset_index: int, creds) -> None:
+    with _readers_lock:
+        reader = _readers.pop(_reader_key(plan, url, asset_index, creds), None)
+    if reader is not None:
+        reader.close()
+    _clear_gdal_url(url)
+
+
+def _clear_gdal_url(url: str) -> None:
+    """Drop what GDAL's ``/vsicurl/`` layer remembers of ``url`` (failures included)."""
+    from . import _gdal
+
+    lib = _gdal._libgdal()
+    clear = getattr(lib, "VSICurlPartialClearCache", None) if lib is not None else None
+    if clear is None:
+        _gdal.clear_http_cache()
+        return
+    clear(f"/vsicurl/{url}".encode())
+
+
 #: How GDAL's /vsicurl/ reports a refused request (the URL may contain "401", e.g. 0401).
 _REFUSED = re.compile(r"HTTP response code: (401|403)\b")
+_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def _auth_header(plan: CubePlan, url: str, creds: auth.Credentials | None) -> str | None:
+    if creds is None or not plan.send_credentials.get(url, False):
+        return None
+    return _transport.basic_header(creds.username, creds.password)
+
+
+def _refused(label: str, url: str, status: Any, creds, sent: bool) -> AuthenticationError:
+    who = f"user {creds.username!r}" if creds and sent else "a request without credentials"
+    err = AuthenticationError(
+        f"Terrascope refused {who} reading {label} ({url}): HTTP {status}. Check the "
+        "credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
+    )
+    err.status_code = status  # type: ignore[attr-defined]
+    return err
 
 
 def _explain(err: Exception, url: str, creds: auth.Credentials | None, sent: bool) -> Exception:
+    """What GDAL's error text alone says: a refusal, a non-raster answer, or a failure."""
     text = str(err.__cause__ or err)
     if _REFUSED.search(text):
-        who = f"user {creds.username!r}" if creds and sent else "a request without credentials"
-        return AuthenticationError(
-            f"Terrascope refused {who} reading {url} (GDAL: {text[-160:]}). "
-            "Check the credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
-        )
+        return _refused(url, url, _REFUSED.search(text).group(1), creds, sent)
     if "not recognized as" in text or "not recognised as" in text:
         if not sent:
             return AuthenticationError(
                 f"{url} did not answer with a GeoTIFF, most likely Terrascope's login page: no "
-                f"credentials were sent because its host is not in TERRASCOPE_DOWNLOAD_HOSTS "
-                f"({', '.join(sorted(config.download_hosts()))}). Add the host there."
+                f"credentials were sent because its origin is not in TERRASCOPE_DOWNLOAD_HOSTS "
+                f"({', '.join(sorted(config.download_hosts()))}). Add it there."
             )
         return ReadError(f"{url} is not a readable raster (GDAL: {text[-200:]})")
     return ReadError(f"Reading {url} failed: {text[-300:]}")
 
 
-def _read_one(plan: CubePlan, url: str, asset_index: int, window: Window, creds):
-    reader = _reader(plan, url, asset_index, creds)
-    try:
-        return reader.read(window)
-    except (RuntimeError, RasterioIOError) as err:
-        sent = plan.send_credentials.get(url, False) and creds is not None
-        explained = _explain(err, url, creds, sent)
-        # A problem the package can name needs no GDAL traceback; anything else keeps it.
-        raise explained from (None if isinstance(explained, AuthenticationError) else err)
+def _read_gdal(
+    plan: CubePlan, url: str, asset_index: int, window: Window, creds, label: str
+) -> np.ndarray:
+    """One GDAL read with diagnosis of failures and retries of transient ones."""
+    sent = plan.send_credentials.get(url, False) and creds is not None
+    for attempt in range(GDAL_ATTEMPTS):
+        reader = _reader(plan, url, asset_index, creds)
+        try:
+            return reader.read(window)
+        except (RuntimeError, RasterioIOError) as err:
+            text = str(err.__cause__ or err)
+            _forget_reader(plan, url, asset_index, creds)  # a failure must not stick
+            if isinstance(_explain(err, url, creds, sent), AuthenticationError):
+                if _REFUSED.search(text):
+                    status = _REFUSED.search(text).group(1)
+                    raise _refused(label, url, status, creds, sent) from None
+                raise _explain(err, url, creds, sent) from None
+            web = url.split(":", 1)[0].lower() in ("http", "https")
+            status = _transport.probe_status(url, _auth_header(plan, url, creds)) if web else 404
+            if status in (401, 403):
+                raise _refused(label, url, status, creds, sent) from None
+            if status in (301, 302, 303, 307, 308) and not sent:
+                raise AuthenticationError(
+                    f"{label} ({url}) redirects to a login page: no credentials were sent "
+                    "because its origin is not in TERRASCOPE_DOWNLOAD_HOSTS "
+                    f"({', '.join(sorted(config.download_hosts()))}). Add it there."
+                ) from None
+            transient = status is None or status in _TRANSIENT or status in (200, 206, 302)
+            if not transient or attempt == GDAL_ATTEMPTS - 1:
+                error = ReadError(
+                    f"Reading {label} ({url}) failed: HTTP {status} (GDAL: {text[-200:]})"
+                )
+                error.status_code = status  # type: ignore[attr-defined]
+                raise error from err
+            delay = min(4.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _aligned_grid(plan: CubePlan, item_index: int, asset_index: int) -> Grid | None:
+    """Where the asset's pixels sit on the output grid, when they sit on it exactly."""
+    if not plan.native:
+        return None
+    native = plan.native[item_index][asset_index]
+    if native is None:
+        return None
+    epsg, (a, b, c, d, e, f), _shape = native
+    res = plan.resolution
+    tol = 1e-9 * res
+    if epsg != plan.epsg or b or d or abs(a - res) > tol or abs(e + res) > tol:
+        return None
+    col_off = (plan.bounds[0] - c) / res
+    row_off = (f - plan.bounds[3]) / res
+    if abs(col_off - round(col_off)) > 1e-6 or abs(row_off - round(row_off)) > 1e-6:
+        return None
+    return Grid(epsg, c, f, res, round(row_off), round(col_off))
+
+
+def _source(plan: CubePlan, item_index: int, asset_index: int, url: str) -> tuple[str, bool]:
+    """The href to read (a local file when the plan prefers it) and whether it is local."""
+    if plan.prefer_local is False or not plan.local_hrefs:
+        return url, False
+    href = plan.local_hrefs[item_index][asset_index]
+    path = local_path(href)
+    if path is not None:
+        return path, True
+    if plan.prefer_local:
+        raise ReadError(
+            f"prefer_local=True but the local file of {plan.item_ids[item_index]} "
+            f"({href}) does not exist on this machine"
+        )
+    return url, False
 
 
 def read_window(
@@ -132,42 +262,169 @@ def read_window(
     AuthenticationError
         When this process has no credentials for the plan's handle, or they are refused.
     ReadError
-        For any other failed read.
+        For any other failed read (naming the item, the URL and the HTTP status).
     """
     needs_creds = any(plan.send_credentials.values())
     creds = auth.resolve(plan.credentials_handle) if needs_creds else None
     spec = plan.decode[asset_index]
+    dtype = np.dtype(spec.dtype)
     nodata = spec.fill_value
-    nan_fill = np.dtype(spec.dtype).kind == "f" and bool(np.isnan(nodata))
+    nan_fill = dtype.kind == "f" and bool(np.isnan(nodata))
     height = rows.stop - rows.start
     width = cols.stop - cols.start
-    out = np.full((len(time_indices), height, width), nodata, dtype=np.dtype(spec.dtype))
+    out = np.full((len(time_indices), height, width), nodata, dtype=dtype)
     if height == 0 or width == 0:
         return out
     window = Window(cols.start, rows.start, width, height)
 
-    jobs = []
+    jobs: list[tuple[int, int, str, bool]] = []  # out index, item, href, local
     for out_index, t in enumerate(time_indices):
         for item_index in plan.groups[t]:
             url = plan.urls[item_index][asset_index]
             bounds = plan.item_bounds[item_index][asset_index]
             if url is None or not _overlaps(plan, bounds, window):
                 continue
-            jobs.append((out_index, url))
+            href, local = _source(plan, item_index, asset_index, url)
+            jobs.append((out_index, item_index, href, local))
+
+    results: list[np.ndarray | Future | None] = [None] * len(jobs)
+    aligned: list[tuple[int, Any]] = []
     pool = _io_pool()
-    futures = [
-        (out_index, pool.submit(_read_one, plan, url, asset_index, window, creds))
-        for out_index, url in jobs
-    ]
     try:
-        for out_index, future in futures:  # priority order within each date
-            data = future.result()
+        for j, (_, item_index, href, local) in enumerate(jobs):
+            grid = None if local else _aligned_grid(plan, item_index, asset_index)
+            if grid is None:
+                label = _label(plan, item_index)
+                results[j] = pool.submit(_read_gdal, plan, href, asset_index, window, creds, label)
+            else:
+                aligned.append((j, grid))
+        if aligned:
+            _prefetch_around(
+                plan, asset_index, time_indices, rows, cols, window, creds, dtype, nodata
+            )
+            arrays = _aio.run(
+                _read_aligned_all(
+                    plan, asset_index, jobs, aligned, rows, cols, creds, dtype, nodata
+                )
+            )
+            for (j, _), array in zip(aligned, arrays, strict=True):
+                if isinstance(array, GridMismatch):
+                    logger.warning("%s; reading it through GDAL", array)
+                    _, item_index, href, _ = jobs[j]
+                    results[j] = pool.submit(
+                        _read_gdal,
+                        plan,
+                        href,
+                        asset_index,
+                        window,
+                        creds,
+                        _label(plan, item_index),
+                    )
+                else:
+                    results[j] = array
+        for j, (out_index, _, _, _) in enumerate(jobs):  # priority order within each date
+            result = results[j]
+            data = result.result() if isinstance(result, Future) else result
             target = out[out_index]
             np.copyto(target, data, where=np.isnan(target) if nan_fill else target == nodata)
     finally:
-        for _, future in futures:
-            future.cancel()
+        for result in results:
+            if isinstance(result, Future):
+                result.cancel()
     return out
+
+
+async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds, dtype, fill):
+    import asyncio
+
+    async def one(j: int, grid: Grid):
+        _, item_index, url, _ = jobs[j]
+        spec = _spec(plan, asset_index, item_index, url, grid, rows, cols, creds, dtype, fill)
+        try:
+            return await _prefetch.read(spec)
+        except GridMismatch as err:
+            return err
+
+    tasks = [asyncio.ensure_future(one(j, grid)) for j, grid in aligned]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+#: Windows this process has read recently, with the dates read (for warm-up and read-ahead).
+_RECENT_SIZE = 256
+_recent_lock = threading.Lock()
+_recent: OrderedDict[tuple, set[int]] = OrderedDict()
+
+
+def _spec(plan, asset_index, item_index, url, grid, rows, cols, creds, dtype, fill) -> Spec:
+    return Spec(
+        url=url,
+        label=_label(plan, item_index),
+        auth_header=_auth_header(plan, url, creds),
+        grid=grid,
+        shape=plan.native[item_index][asset_index][2],
+        rows=rows,
+        cols=cols,
+        dtype=dtype,
+        fill=fill,
+    )
+
+
+def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds, dtype, fill):
+    """First read of a window: fetch the headers of all its files in the background.
+    Reads of a window date after date: read the next dates' files ahead."""
+    key = (hash(plan.urls), asset_index, rows.start, rows.stop, cols.start, cols.stop)
+    with _recent_lock:
+        seen = _recent.get(key)
+        first = seen is None
+        if first:
+            seen = _recent[key] = set()
+            while len(_recent) > _RECENT_SIZE:
+                _recent.popitem(last=False)
+        _recent.move_to_end(key)
+        sequential = any(t - 1 in seen or t + 1 in seen for t in time_indices)
+        seen.update(time_indices)
+        if len(seen) > 4 * len(plan.groups) + 64:
+            seen.clear()
+
+    def aligned_files(times):
+        for t in times:
+            for item_index in plan.groups[t]:
+                url = plan.urls[item_index][asset_index]
+                if (
+                    url is not None
+                    and _overlaps(plan, plan.item_bounds[item_index][asset_index], window)
+                    and not _source(plan, item_index, asset_index, url)[1]
+                ):
+                    grid = _aligned_grid(plan, item_index, asset_index)
+                    if grid is not None:
+                        yield item_index, url, grid
+
+    if first:
+        _prefetch.warm_headers(
+            [
+                (url, _label(plan, i), _auth_header(plan, url, creds))
+                for i, url, _ in aligned_files(range(len(plan.groups)))
+            ]
+        )
+    if sequential:
+        ahead: list[Spec] = []
+        for t in range(max(time_indices) + 1, len(plan.groups)):
+            if len(ahead) >= _prefetch.READAHEAD_FILES:
+                break
+            if t in seen:
+                continue
+            for i, url, grid in aligned_files([t]):
+                ahead.append(_spec(plan, asset_index, i, url, grid, rows, cols, creds, dtype, fill))
+        _prefetch.read_ahead(ahead)
+
+
+def _label(plan: CubePlan, item_index: int) -> str:
+    ids = getattr(plan, "item_ids", ())
+    return str(ids[item_index]) if ids else f"item {item_index}"
 
 
 def _overlaps(plan: CubePlan, bounds, window: Window) -> bool:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from collections.abc import Iterable, Sequence
-from datetime import date, datetime, time, timezone
-from typing import Any, Union
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pystac
 import requests
@@ -15,6 +16,18 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
 from . import config
+from ._arguments import (
+    BBoxLike,
+    DatetimeLike,
+    _check_cloud,
+    _check_collection,
+    _check_limit,
+    _check_query,
+    _interval,
+    check_bbox,
+    check_dates,
+)
+from ._items import item_day, item_moment
 from .exceptions import CollectionNotFoundError, InvalidArgumentError, SearchError
 
 __all__ = [
@@ -32,8 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BBoxLike = Sequence[float]
-DatetimeLike = Union[str, date, datetime, None]  # noqa: UP007 (a runtime alias, py3.10)
 
 #: Items per page: a year of one tile (~150 items) comes back in one round trip.
 PAGE_SIZE = 500
@@ -50,152 +61,39 @@ RETRY = Retry(
 )
 
 
-# --- argument checks -----------------------------------------------------------------
-
-
-def check_bbox(bbox: Any, name: str = "bbox") -> tuple[float, float, float, float]:
-    """Return ``bbox`` as four floats ``(west, south, east, north)`` in WGS84, or raise.
-
-    Raises
-    ------
-    InvalidArgumentError
-        Naming the bbox and what is wrong with it.
-
-    Examples
-    --------
-    >>> check_bbox([5.0, 51.2, 5.1, 51.3])
-    (5.0, 51.2, 5.1, 51.3)
-    """
-    if isinstance(bbox, (str, bytes)) or not isinstance(bbox, Iterable):
-        raise InvalidArgumentError(
-            f"{name} must be 4 numbers [west, south, east, north] in degrees, got {bbox!r}"
-        )
-    values = list(bbox)
-    if len(values) != 4:
-        raise InvalidArgumentError(
-            f"{name} must have 4 numbers [west, south, east, north], got {len(values)}: {bbox!r}"
-        )
-    try:
-        west, south, east, north = (float(v) for v in values)
-    except (TypeError, ValueError) as err:
-        raise InvalidArgumentError(f"{name} must contain numbers only, got {bbox!r}") from err
-    if not all(abs(v) < float("inf") for v in (west, south, east, north)):
-        raise InvalidArgumentError(f"{name} must contain finite numbers, got {bbox!r}")
-    if not (-180 <= west <= 180 and -180 <= east <= 180):
-        raise InvalidArgumentError(f"{name} longitudes must be within [-180, 180], got {bbox!r}")
-    if not (-90 <= south <= 90 and -90 <= north <= 90):
-        raise InvalidArgumentError(f"{name} latitudes must be within [-90, 90], got {bbox!r}")
-    if west >= east:
-        raise InvalidArgumentError(
-            f"{name} west ({west}) must be less than east ({east}): {bbox!r} "
-            "(order is [west, south, east, north])"
-        )
-    if south >= north:
-        raise InvalidArgumentError(
-            f"{name} south ({south}) must be less than north ({north}): {bbox!r} "
-            "(order is [west, south, east, north])"
-        )
-    return (west, south, east, north)
-
-
-def _to_datetime(value: DatetimeLike, name: str, *, end: bool) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        moment = value
-    elif isinstance(value, date):
-        moment = datetime.combine(value, time.max if end else time.min)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            if len(text) == 10:  # YYYY-MM-DD: a whole day
-                moment = datetime.combine(date.fromisoformat(text), time.max if end else time.min)
-            else:
-                moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError as err:
-            raise InvalidArgumentError(
-                f"{name} must be a date or datetime (e.g. '2025-05-01' or "
-                f"'2025-05-01T10:00:00Z'), got {value!r}"
-            ) from err
-    else:
-        raise InvalidArgumentError(
-            f"{name} must be a str, datetime.date or datetime.datetime, got {type(value).__name__}"
-        )
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
-
-
-def check_dates(start: DatetimeLike, end: DatetimeLike) -> tuple[datetime | None, datetime | None]:
-    """Return ``(start, end)`` as UTC datetimes; a date-only ``end`` covers its whole day.
-
-    Naive datetimes are taken as UTC.
-
-    Raises
-    ------
-    InvalidArgumentError
-        For an unparsable value or ``start`` after ``end``.
-
-    Examples
-    --------
-    >>> check_dates("2025-05-01", "2025-05-31")[1].isoformat()
-    '2025-05-31T23:59:59.999999+00:00'
-    """
-    first = _to_datetime(start, "start", end=False)
-    last = _to_datetime(end, "end", end=True)
-    if first is not None and last is not None and first > last:
-        raise InvalidArgumentError(
-            f"start ({first.isoformat()}) is after end ({last.isoformat()}); swap them."
-        )
-    return first, last
-
-
-def _interval(first: datetime | None, last: datetime | None) -> str | None:
-    if first is None and last is None:
-        return None
-
-    def fmt(moment: datetime | None) -> str:
-        if moment is None:
-            return ".."
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-    return f"{fmt(first)}/{fmt(last)}"
-
-
-def _check_cloud(max_cloud_cover: Any) -> float | None:
-    if max_cloud_cover is None:
-        return None
-    try:
-        value = float(max_cloud_cover)
-    except (TypeError, ValueError) as err:
-        raise InvalidArgumentError(
-            f"max_cloud_cover must be a number from 0 to 100 (percent), got {max_cloud_cover!r}"
-        ) from err
-    if not 0 <= value <= 100:
-        raise InvalidArgumentError(
-            f"max_cloud_cover must be from 0 to 100 (percent), got {max_cloud_cover!r}"
-        )
-    return value
-
-
-def _check_limit(limit: Any) -> int | None:
-    if limit is None:
-        return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidArgumentError(f"limit must be a positive int or None, got {limit!r}")
-    return limit
-
-
-def _check_collection(collection: Any) -> str:
-    if not isinstance(collection, str) or not collection:
-        raise InvalidArgumentError(
-            f"collection must be a collection id such as {config.DEFAULT_COLLECTION!r}, "
-            f"got {collection!r}"
-        )
-    return collection
-
-
 # --- the client --------------------------------------------------------------------------
+
+_IN_STAC_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "xarray_terrascope_stac_call", default=False
+)
+
+
+class _RetriesAtDebug(logging.Filter):
+    """Demote urllib3's "Retrying (...)" warnings to DEBUG during this package's STAC calls.
+
+    The retries stay (see :data:`RETRY`); a user waiting for a down server gets one
+    clear :class:`SearchError` instead of a warning per attempt. Other code's urllib3
+    warnings are left alone.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _IN_STAC_CALL.get() and str(record.msg).startswith("Retrying"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
+_retry_filter = _RetriesAtDebug()
+logging.getLogger("urllib3.connectionpool").addFilter(_retry_filter)
+
+
+@contextlib.contextmanager
+def _stac_call() -> Iterator[None]:
+    token = _IN_STAC_CALL.set(True)
+    try:
+        yield
+    finally:
+        _IN_STAC_CALL.reset(token)
 
 
 def stac_client() -> Client:
@@ -211,7 +109,8 @@ def stac_client() -> Client:
     """
     url = config.stac_url()
     try:
-        return Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
+        with _stac_call():
+            return Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
     except (APIError, requests.RequestException) as err:
         raise _failure(err, f"Opening the STAC API at {url}") from err
 
@@ -237,7 +136,8 @@ def list_collections() -> list[str]:
     """
     client = stac_client()
     try:
-        return sorted(c.id for c in client.get_collections())
+        with _stac_call():
+            return sorted(c.id for c in client.get_collections())
     except (APIError, requests.RequestException) as err:
         raise _failure(err, f"Listing collections at {config.stac_url()}") from err
 
@@ -300,6 +200,7 @@ def search(
     ...                "2025-05-01", "2025-06-01", max_cloud_cover=20)  # doctest: +SKIP
     """
     collection = _check_collection(collection)
+    _check_query(query)
     box = check_bbox(bbox) if bbox is not None else None
     first, last = check_dates(start, end)
     cloud = _check_cloud(max_cloud_cover)
@@ -328,16 +229,15 @@ def search(
     client = stac_client()
     logger.debug("STAC search at %s: %s", config.stac_url(), params)
     try:
-        items = list(client.search(**params).items())
+        with _stac_call():
+            items = list(client.search(**params).items())
     except (APIError, requests.RequestException) as err:
         if getattr(err, "status_code", None) in (400, 404):
             _ensure_collection_exists(collection)
         raise _failure(err, f"The STAC search at {config.stac_url()}") from err
     if not items:
         _ensure_collection_exists(collection)
-    items.sort(
-        key=lambda item: (item.datetime or datetime.min.replace(tzinfo=timezone.utc), item.id)
-    )
+    items.sort(key=lambda item: (item_moment(item), item.id))
     logger.info("Found %d item(s) in %s", len(items), collection)
     return items
 
@@ -351,10 +251,20 @@ def search_ndvi(
 ) -> list[pystac.Item]:
     """Search Sentinel-2 NDVI (``terrascope-s2-ndvi-v2``); see :func:`search`.
 
+    Raises
+    ------
+    InvalidArgumentError
+        When ``bbox`` is None (a bbox is required: the whole catalogue is not an area).
+
     Examples
     --------
     >>> items = search_ndvi([5.0, 51.2, 5.1, 51.3], "2025-05-01", "2025-06-01")  # doctest: +SKIP
     """
+    if bbox is None:
+        raise InvalidArgumentError(
+            "search_ndvi needs a bbox [west, south, east, north] in degrees; for another "
+            "area selection use search('terrascope-s2-ndvi-v2', intersects=...)"
+        )
     return search("terrascope-s2-ndvi-v2", bbox, start, end, max_cloud_cover=max_cloud_cover, **kw)
 
 
@@ -396,14 +306,4 @@ def item_dates(items: Iterable[pystac.Item]) -> list[str]:
     >>> item_dates([])
     []
     """
-    return sorted({_item_day(item).isoformat() for item in items})
-
-
-def _item_day(item: pystac.Item) -> date:
-    moment = item.datetime
-    if moment is None:
-        start = item.common_metadata.start_datetime
-        if start is None:
-            raise InvalidArgumentError(f"Item {item.id!r} has no datetime nor start_datetime")
-        moment = start
-    return moment.astimezone(timezone.utc).date() if moment.tzinfo else moment.date()
+    return sorted({item_day(item).isoformat() for item in items})

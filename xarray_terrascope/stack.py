@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timezone
 from typing import Any
 
 import numpy as np
@@ -27,8 +26,8 @@ import pystac
 from rasterio.enums import Resampling
 
 from . import auth, config
-from .exceptions import InvalidArgumentError
-from .search import _item_day
+from ._items import item_day, item_moment
+from .exceptions import InvalidArgumentError, NoItemsFoundError
 
 __all__ = ["CubePlan", "DecodeSpec", "make_reader", "plan_cube", "utm_epsg"]
 
@@ -50,14 +49,13 @@ def utm_epsg(lon: float, lat: float) -> int:
 def _epsg_of(crs: Any) -> int:
     if isinstance(crs, bool):
         raise InvalidArgumentError(f"crs must be an EPSG code or CRS, got {crs!r}")
-    if isinstance(crs, int):
-        return crs
     from pyproj import CRS
     from pyproj.exceptions import CRSError
 
     try:
-        parsed = CRS.from_user_input(crs)
-    except CRSError as err:
+        parsed = CRS.from_epsg(int(crs)) if isinstance(crs, (int, np.integer)) else None
+        parsed = parsed or CRS.from_user_input(crs)
+    except (CRSError, TypeError, ValueError, OverflowError) as err:
         raise InvalidArgumentError(
             f"crs must be an EPSG code (e.g. 32631 or 'EPSG:32631') or a CRS, got {crs!r}"
         ) from err
@@ -65,6 +63,39 @@ def _epsg_of(crs: Any) -> int:
     if code is None:
         raise InvalidArgumentError(f"crs {crs!r} has no EPSG code; give one that does")
     return code
+
+
+def _check_resolution(resolution: Any) -> float | None:
+    if resolution is None:
+        return None
+    if isinstance(resolution, (bool, np.bool_)) or not isinstance(
+        resolution, (int, float, np.integer, np.floating)
+    ):
+        raise InvalidArgumentError(
+            f"resolution must be a positive number of CRS units (e.g. 10 or 20.0), "
+            f"got {resolution!r} ({type(resolution).__name__})"
+        )
+    value = float(resolution)
+    if not np.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"resolution must be a positive number, got {resolution!r}")
+    return value
+
+
+def _check_hrefs(items: Sequence[dict], assets: Sequence[str]) -> None:
+    """Refuse, before any request, hrefs that hide where they go (user info, backslashes)."""
+    for item in items:
+        for key in assets:
+            href = (item["assets"].get(key) or {}).get("href")
+            if not isinstance(href, str):
+                continue
+            web = href.split(":", 1)[0].lower() in ("http", "https")
+            if "\\" in href or (web and config.origin(href) is None):
+                raise InvalidArgumentError(
+                    f"Asset {key!r} of item {item['id']!r} has an href that is not a plain "
+                    f"URL (user information, a backslash or a bad port): {href[:120]!r}. "
+                    "Such hrefs are refused: they could send requests, or credentials, "
+                    "somewhere else than they seem to."
+                )
 
 
 def _asset_epsg(item: dict, asset: dict) -> int | None:
@@ -131,6 +162,8 @@ class CubePlan:
         The output grid (``bounds`` in the output CRS, snapped to ``resolution``).
     assets
         Asset keys, one variable each.
+    item_ids
+        Id of each planned item (the items that intersect the bbox, in plan order).
     urls
         ``urls[i][a]``: href of asset ``a`` of item ``i`` (None when the item lacks it).
     item_bounds
@@ -145,12 +178,23 @@ class CubePlan:
         Per URL: whether its host may receive credentials (decided at open time).
     credentials_handle
         Opaque handle that :func:`xarray_terrascope.auth.resolve` turns into credentials.
+    resampling
+        GDAL resampling name for tiles that must be warped.
+    native
+        ``native[i][a]``: ``(epsg, (a, b, c, d, e, f), (height, width))`` of that asset's
+        own pixel grid from ``proj:*`` metadata, or None when unknown.
+    local_hrefs
+        ``local_hrefs[i][a]``: the asset's alternate ``local`` href, or None.
+    prefer_local
+        Read from ``local_hrefs`` when the file exists on this machine (None: when it
+        exists), never (False), or always (True: a missing local file is an error).
     """
 
     epsg: int
     bounds: tuple[float, float, float, float]
     resolution: float
     assets: tuple[str, ...]
+    item_ids: tuple[str, ...]
     urls: tuple[tuple[str | None, ...], ...]
     item_bounds: tuple[tuple[tuple[float, float, float, float] | None, ...], ...]
     groups: tuple[tuple[int, ...], ...]
@@ -159,6 +203,9 @@ class CubePlan:
     send_credentials: dict[str, bool]
     credentials_handle: str
     resampling: str = "nearest"
+    native: tuple[tuple[tuple[int, tuple[float, ...], tuple[int, int]] | None, ...], ...] = ()
+    local_hrefs: tuple[tuple[str | None, ...], ...] = ()
+    prefer_local: bool | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -236,6 +283,7 @@ def plan_cube(
     collection: str | None = None,
     credentials_handle: str = auth.DEFAULT_HANDLE,
     resampling: str = "nearest",
+    prefer_local: bool | None = None,
 ) -> CubePlan:
     """Plan the cube of ``items``: grid, per-date mosaic groups, decoding. No pixel is read.
 
@@ -252,12 +300,15 @@ def plan_cube(
         reprojected, never dropped.
     resolution
         Output pixel size in CRS units; None: the native resolution of the items.
+    prefer_local
+        See :class:`CubePlan`.
     """
     from stackstac.prepare import prepare_items
 
     plain = [_with_epsg(item, assets) for item in _plain(items)]
     if not plain:
         raise InvalidArgumentError("No items to stack")
+    _check_hrefs(plain, assets)
     if bbox is None:
         boxes = np.array([item["bbox"] for item in plain], dtype=float)
         bbox = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
@@ -268,14 +319,13 @@ def plan_cube(
     )
     try:
         resampling_enum = Resampling[resampling]
-    except KeyError:
+    except (KeyError, TypeError):
         raise InvalidArgumentError(
             f"resampling must be one of {', '.join(r.name for r in Resampling)}, got {resampling!r}"
         ) from None
+    resolution = _check_resolution(resolution)
     if resolution is None:
         resolution = _native_resolution(plain, assets, epsg)
-    if resolution is not None and (not np.isfinite(resolution) or resolution <= 0):
-        raise InvalidArgumentError(f"resolution must be a positive number, got {resolution!r}")
     missing = [key for key in assets if not any(key in item["assets"] for item in plain)]
     if missing:
         available = sorted({key for item in plain for key in item["assets"]})
@@ -283,31 +333,9 @@ def plan_cube(
             f"assets {missing} are in none of the items; available: {', '.join(available)}"
         )
 
-    # Mosaic priority within a date: tiles already in the output CRS first (no resampling),
-    # then by time and id, so the result does not depend on the search order.
-    def priority(index: int) -> tuple:
-        item = plain[index]
-        first_asset = next(item["assets"][k] for k in assets if k in item["assets"])
-        return (
-            _asset_epsg(item, first_asset) != epsg,
-            item["properties"].get("datetime") or "",
-            item["id"],
-        )
-
-    days: dict[Any, list[int]] = {}
-    for index, item in enumerate(plain):
-        day = _item_day(pystac.Item.from_dict(item, preserve_dict=True))
-        days.setdefault(day, []).append(index)
-    ordered_days = sorted(days)
-    groups = tuple(tuple(sorted(days[day], key=priority)) for day in ordered_days)
-    times = tuple(
-        min(pd.Timestamp(plain[i]["properties"]["datetime"]) for i in group)
-        .tz_convert(timezone.utc)
-        .tz_localize(None)
-        for group in groups
-    )
-
-    asset_table, spec, _asset_ids, _ = prepare_items(
+    # stackstac leaves out the items (and assets) that miss the bbox: everything below
+    # indexes the list it returns, never the list given.
+    asset_table, spec, kept_assets, plain = prepare_items(
         plain,
         assets=list(assets),
         epsg=epsg,
@@ -316,6 +344,32 @@ def plan_cube(
         snap_bounds=True,
         rescale=False,
         dtype=np.dtype("float32"),
+    )
+    if not plain:
+        raise NoItemsFoundError(
+            f"None of the {len(items)} item(s) intersects the bbox {[float(v) for v in bbox]}; "
+            "give a bbox inside their footprints, or leave bbox out to use their extent."
+        )
+    if list(kept_assets) != list(assets):
+        lost = [key for key in assets if key not in kept_assets]
+        raise InvalidArgumentError(
+            f"assets {lost} are in none of the items that intersect the bbox; "
+            f"leave them out of assets= or widen the bbox"
+        )
+
+    # Mosaic priority within a date: tiles already in the output CRS first (no resampling),
+    # then by time and id, so the result does not depend on the search order.
+    def priority(index: int) -> tuple:
+        item = plain[index]
+        first_asset = next(item["assets"][k] for k in assets if k in item["assets"])
+        return (_asset_epsg(item, first_asset) != epsg, item_moment(item), item["id"])
+
+    days: dict[Any, list[int]] = {}
+    for index, item in enumerate(plain):
+        days.setdefault(item_day(item), []).append(index)
+    groups = tuple(tuple(sorted(days[day], key=priority)) for day in sorted(days))
+    times = tuple(
+        pd.Timestamp(min(item_moment(plain[i]) for i in group)).tz_convert(None) for group in groups
     )
     urls = tuple(tuple(entry["url"] for entry in row) for row in asset_table)
     item_bounds = tuple(
@@ -328,6 +382,7 @@ def plan_cube(
         bounds=tuple(float(v) for v in spec.bounds),
         resolution=float(spec.resolutions_xy[0]),
         assets=tuple(assets),
+        item_ids=tuple(str(item["id"]) for item in plain),
         urls=urls,
         item_bounds=item_bounds,
         groups=groups,
@@ -336,7 +391,35 @@ def plan_cube(
         send_credentials=send,
         credentials_handle=credentials_handle,
         resampling=resampling_enum.name,
+        native=tuple(tuple(_native_grid(item, key) for key in assets) for item in plain),
+        local_hrefs=tuple(tuple(_local_href(item, key) for key in assets) for item in plain),
+        prefer_local=prefer_local,
     )
+
+
+def _native_grid(item: dict, key: str) -> tuple[int, tuple[float, ...], tuple[int, int]] | None:
+    """``(epsg, transform, shape)`` of an asset's pixel grid from its ``proj:*`` fields."""
+    asset = item["assets"].get(key)
+    if asset is None:
+        return None
+    props = item["properties"]
+    transform = asset.get("proj:transform") or props.get("proj:transform")
+    shape = asset.get("proj:shape") or props.get("proj:shape")
+    epsg = _asset_epsg(item, asset)
+    if epsg is None or not transform or len(transform) < 6 or not shape or len(shape) != 2:
+        return None
+    return (
+        int(epsg),
+        tuple(float(v) for v in transform[:6]),
+        (int(shape[0]), int(shape[1])),
+    )
+
+
+def _local_href(item: dict, key: str) -> str | None:
+    asset = item["assets"].get(key) or {}
+    local = (asset.get("alternate") or {}).get("local") or {}
+    href = local.get("href")
+    return str(href) if href else None
 
 
 def make_reader(plan: CubePlan, url: str, asset_index: int, gdal_options: dict[str, str]):

@@ -5,8 +5,8 @@
 ...     print(sandbox.env["TERRASCOPE_STAC_URL"])
 
 The names are imported lazily (PEP 562): this package is loaded by the ``pytest11``
-plugin in every pytest session, and must not pull in rasterio, werkzeug, shapely
-or cql2 (the ``sandbox`` extra) until a sandbox is actually used.
+plugin in every pytest session, and must not pull in rasterio, werkzeug, shapely,
+cql2 or geopandas (the ``sandbox`` extra) until a sandbox is actually used.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .server import Sandbox
-    from .world import EXTENT, SAMPLE_FIELD, World
+    from .world import COVER, CROPS, EXTENT, SAMPLE_FIELD, World
 
-__all__ = ["EXTENT", "SAMPLE_FIELD", "Sandbox", "World"]
+__all__ = ["COVER", "CROPS", "EXTENT", "SAMPLE_FIELD", "Sandbox", "World"]
 
 _WHERE = {
     "Sandbox": ".server",
     "World": ".world",
     "SAMPLE_FIELD": ".world",
     "EXTENT": ".world",
+    "COVER": ".world",
+    "CROPS": ".world",
 }
 
 

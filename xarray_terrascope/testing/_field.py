@@ -1,16 +1,15 @@
-"""The physics of the synthetic world: where pixels are, what NDVI they see, where clouds are.
+"""The sky of the synthetic world: where ground points are, and where clouds and shadows are.
 
-Everything is a function of the ground point, expressed in local kilometres
-``(X, Y)`` east and north of (``LON0``, ``LAT0``) (an equirectangular scaling of
-longitude and latitude), and of the day of year. Evaluations are vectorised, in
-float32, in chunks of :data:`CHUNK` values (about 6x faster than whole-array
-numpy on 2 M pixels, because the temporaries stay in cache).
+Clouds are a function of the ground point, expressed in local kilometres ``(X, Y)``
+east and north of (``LON0``, ``LAT0``) (an equirectangular scaling of longitude and
+latitude), and of the date. They are evaluated on 20 m cells (as Sen2Cor's scene
+classification, which Terrascope masks with), aligned on the UTM zone.
 
 Exactness matters more than speed here: ``World.dn`` at a few pixels must equal
 the COG written for the whole tile, and two tiles of the same UTM zone must give
 the same DN where their pixels coincide. So each quantity is computed by a single
-sequence of elementwise operations on contiguous arrays, whatever the layout of
-the request (whole grid, window or scattered points).
+sequence of elementwise operations, whatever the layout of the request (whole
+grid, window or scattered points).
 """
 
 from __future__ import annotations
@@ -22,17 +21,18 @@ import numpy as np
 from pyproj import Transformer
 
 __all__ = [
+    "CELL",
     "CHUNK",
     "Clouds",
-    "Field",
     "TileGeo",
     "blob_contribution",
     "density_grid",
     "make_clouds",
+    "make_shadows",
 ]
 
 #: Origin of the local kilometre coordinates (the middle of the sandbox's extent).
-LON0, LAT0 = 6.05, 51.25
+LON0, LAT0 = 5.625, 51.25
 #: Kilometres per degree at ``LAT0`` (fixed constants: they define the coordinates).
 KM_PER_DEG_LON = 111.320 * math.cos(math.radians(LAT0))
 KM_PER_DEG_LAT = 111.25
@@ -42,6 +42,8 @@ CHUNK = 65536
 NODE_SPACING = 640.0
 #: Pixel size (m) of the Sentinel-2 10 m grid.
 PIXEL = 10.0
+#: Size (m) of the cells on which clouds are evaluated (Sen2Cor's 20 m).
+CELL = 20.0
 
 
 def lonlat_to_km(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,15 +75,20 @@ class TileGeo:
         Upper-left corner of the (clipped) grid, in metres.
     width, height : int
         Grid size in pixels.
+    pixel : float
+        Pixel size in metres (a divisor of :data:`NODE_SPACING`).
     """
 
-    def __init__(self, epsg: int, left: float, top: float, width: int, height: int) -> None:
+    def __init__(
+        self, epsg: int, left: float, top: float, width: int, height: int, pixel: float = PIXEL
+    ) -> None:
         self.left = float(left)
         self.top = float(top)
         self.width = int(width)
         self.height = int(height)
-        x_first, x_last = self.left + PIXEL / 2, self.left + PIXEL * (width - 0.5)
-        y_first, y_last = self.top - PIXEL / 2, self.top - PIXEL * (height - 0.5)
+        self.pixel = float(pixel)
+        x_first, x_last = self.left + pixel / 2, self.left + pixel * (width - 0.5)
+        y_first, y_last = self.top - pixel / 2, self.top - pixel * (height - 0.5)
         self._i0 = math.floor(x_first / NODE_SPACING)
         self._j0 = math.floor(y_last / NODE_SPACING)
         ni = math.floor(x_last / NODE_SPACING) - self._i0 + 2
@@ -97,13 +104,13 @@ class TileGeo:
         self._ny = ky.astype(np.float32)
 
     def _weights_cols(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = self.left + PIXEL * np.asarray(cols, dtype=np.float64) + PIXEL / 2
+        x = self.left + self.pixel * np.asarray(cols, dtype=np.float64) + self.pixel / 2
         f = x / NODE_SPACING
         i = np.floor(f)
         return (i - self._i0).astype(np.intp), (f - i).astype(np.float32)
 
     def _weights_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        y = self.top - PIXEL * np.asarray(rows, dtype=np.float64) - PIXEL / 2
+        y = self.top - self.pixel * np.asarray(rows, dtype=np.float64) - self.pixel / 2
         f = y / NODE_SPACING
         j = np.floor(f)
         return (j - self._j0).astype(np.intp), (f - j).astype(np.float32)
@@ -139,53 +146,6 @@ class TileGeo:
         return out[0], out[1]
 
 
-class Field:
-    """The cloud-free NDVI of the world, a smooth function of ``(X, Y, day of year)``.
-
-    ``NDVI = base + amplitude * season(doy - peak)`` where ``base`` (winter level,
-    0.20-0.30), ``amplitude`` (0.43-0.63) and the day of the ``peak`` (early June
-    +- 12 days) vary in space as seeded sums of plane waves of 6-16 km wavelength.
-    ``season`` is a Gaussian bump, narrower before the peak (green-up) than after.
-    The steepest possible slope is below 0.8 DN per 10 m, so neighbouring pixels
-    differ by at most 1 DN.
-    """
-
-    WAVES = 6
-
-    def __init__(self, seed: int) -> None:
-        rng = np.random.default_rng([seed, 1])
-        wavelength = rng.uniform(6.0, 16.0, self.WAVES)
-        direction = rng.uniform(0.0, math.pi, self.WAVES)
-        k = 2 * math.pi / wavelength
-        self._kx = (k * np.cos(direction)).astype(np.float32)
-        self._ky = (k * np.sin(direction)).astype(np.float32)
-        self._phase = rng.uniform(0.0, 2 * math.pi, self.WAVES).astype(np.float32)
-        weights = rng.normal(size=(3, self.WAVES))
-        weights /= np.abs(weights).sum(axis=1, keepdims=True)
-        self._weights = weights.astype(np.float32)
-
-    def _ndvi_chunk(self, x: np.ndarray, y: np.ndarray, doy: float) -> np.ndarray:
-        comps = [np.zeros(x.shape, np.float32) for _ in range(3)]
-        for k in range(self.WAVES):
-            wave = np.sin(x * self._kx[k] + y * self._ky[k] + self._phase[k])
-            for c in range(3):
-                comps[c] += wave * self._weights[c, k]
-        base = 0.25 + 0.05 * comps[0]
-        amplitude = 0.53 + 0.10 * comps[1]
-        since_peak = np.float32(doy) - (160.0 + 12.0 * comps[2])
-        width = np.where(since_peak < 0, np.float32(48.0), np.float32(62.0))
-        return base + amplitude * np.exp(-np.square(since_peak / width))
-
-    def ndvi(self, x: np.ndarray, y: np.ndarray, doy: float) -> np.ndarray:
-        """Return float32 NDVI at ground points ``x``, ``y`` (km, any shape) on ``doy``."""
-        xf = np.ascontiguousarray(x, dtype=np.float32).ravel()
-        yf = np.ascontiguousarray(y, dtype=np.float32).ravel()
-        out = np.empty(xf.shape, np.float32)
-        for s in range(0, xf.size, CHUNK):
-            out[s : s + CHUNK] = self._ndvi_chunk(xf[s : s + CHUNK], yf[s : s + CHUNK], doy)
-        return out.reshape(np.shape(x))
-
-
 @dataclass(frozen=True)
 class Clouds:
     """The clouds of one acquisition date: soft elliptical blobs on a base level.
@@ -199,7 +159,8 @@ class Clouds:
     Attributes
     ----------
     kind : str
-        ``"clear"``, ``"partly"`` or ``"overcast"``.
+        ``"clear"``, ``"partly"`` or ``"overcast"``; ``"shadow"`` for the shadows of a
+        partly cloudy date, ``"none"`` when there are none.
     base : float
         Density everywhere before the blobs.
     blobs : numpy.ndarray
@@ -252,9 +213,9 @@ def make_clouds(seed: int, ordinal: int, extent_km: tuple[float, float, float, f
     if draw < 0.30:
         return Clouds("clear", 0.0, np.zeros((0, 8)))
     if draw < 0.88:
-        kind, base, weight, count = "partly", 0.0, 1.0, int(rng.integers(1, 16))
+        kind, base, weight, count = "partly", 0.0, 1.0, int(rng.integers(2, 40))
     else:
-        kind, base, weight, count = "overcast", 1.0, -1.0, int(rng.integers(0, 5))
+        kind, base, weight, count = "overcast", 1.0, -1.0, int(rng.integers(0, 12))
     xmin, ymin, xmax, ymax = extent_km
     blobs = np.zeros((count, 8))
     for n in range(count):
@@ -305,3 +266,24 @@ def density_grid(
         r0, r1, c0, c1 = window
         out[r0:r1, c0:c1] += blob_contribution(blob, x[r0:r1, c0:c1], y[r0:r1, c0:c1])
     return out
+
+
+def make_shadows(clouds: Clouds, seed: int, ordinal: int, doy: int) -> Clouds:
+    """Return the shadows that the clouds of a partly cloudy date cast on the ground.
+
+    The clouds' blobs, moved away from the late-morning sun (azimuth 150-165 degrees,
+    zenith from the date's solar declination) by ``height * tan(zenith)`` for a cloud
+    height of 0.8-2.5 km drawn per date (at most 8 km, in winter). Overcast and
+    clear dates have no shadows (``kind="none"``).
+    """
+    if clouds.kind != "partly":
+        return Clouds("none", 0.0, np.zeros((0, 8)))
+    rng = np.random.default_rng([seed, 5, ordinal])
+    height = rng.uniform(0.8, 2.5)
+    azimuth = math.radians(rng.uniform(150.0, 165.0))
+    declination = 23.44 * math.sin(2 * math.pi * (284 + doy) / 365.0)
+    reach = min(height * math.tan(math.radians(LAT0 - declination)), 8.0)
+    blobs = clouds.blobs.copy()
+    blobs[:, 0] -= reach * math.sin(azimuth)
+    blobs[:, 1] -= reach * math.cos(azimuth)
+    return Clouds("shadow", 0.0, blobs)

@@ -28,7 +28,7 @@ __all__ = [
 NODATA = 255
 FULL_TILE = 10980  # pixels per side of a real Sentinel-2 tile
 _TILE_SPECS = {
-    "31UFS": (32631, 600000.0, 5700000.0, (5.80, 6.10)),
+    "31UFS": (32631, 600000.0, 5700000.0, (4.95, 6.10)),
     "31UGS": (32631, 699960.0, 5700000.0, (5.80, 6.15)),
     "32ULB": (32632, 199980.0, 5700000.0, (6.05, 6.30)),
 }
@@ -90,12 +90,23 @@ class Product:
     description: str
 
     def to_dn(self, ndvi: np.ndarray) -> np.ndarray:
-        """Return the uint8 DN stored for cloud-free (float32) NDVI values."""
+        """Return the uint8 DN stored for (float32) NDVI values.
+
+        FAPAR = clip(1.25 * NDVI - 0.1, 0, 1); LAI = -ln(1 - min(FAPAR, 0.95)) / 0.5
+        (Beer's law with an extinction coefficient of 0.5, so LAI <= 6); each divided by
+        its scale and rounded.
+        """
         if self.asset == "NDVI":
-            value = (ndvi + 0.08) * 250.0
-        else:  # FAPAR = clip(1.25 * NDVI - 0.1, 0, 1), DN = FAPAR / 0.005
-            value = np.clip(1.25 * ndvi - 0.1, 0.0, 1.0) * 200.0
-        return np.clip(np.rint(value), 0, self.max_dn).astype(np.uint8)
+            return _round_dn((ndvi + np.float32(0.08)) * np.float32(250.0), self.max_dn)
+        fapar = np.clip(np.float32(1.25) * ndvi - np.float32(0.1), 0.0, 1.0)
+        if self.asset == "FAPAR":
+            return _round_dn(fapar * np.float32(200.0), self.max_dn)
+        lai = -np.log1p(-np.minimum(fapar, np.float32(0.95))) * np.float32(2.0)
+        return _round_dn(lai / np.float32(self.scale), self.max_dn)
+
+
+def _round_dn(value: np.ndarray, max_dn: int) -> np.ndarray:
+    return np.clip(np.rint(value), 0, max_dn).astype(np.uint8)
 
 
 PRODUCTS: dict[str, Product] = {
@@ -127,6 +138,18 @@ PRODUCTS: dict[str, Product] = {
             "10 m. Synthetic data of the xarray-terrascope sandbox. FAPAR = 0.005 * DN "
             "for DN 0..200; 255 is no data (clouds included).",
         ),
+        Product(
+            "terrascope-s2-lai-v2",
+            "LAI",
+            "LAI_V2",
+            "V200",
+            0.03,
+            0.0,
+            250,
+            "Sentinel-2 LAI, 10 m, V2 (sandbox)",
+            "Leaf Area Index from Sentinel-2, 10 m. Synthetic data of the xarray-terrascope "
+            "sandbox. LAI = 0.03 * DN for DN 0..250; 255 is no data (clouds included).",
+        ),
     )
 }
 
@@ -139,6 +162,7 @@ class Acquisition:
     relative_orbit: int
     platform: str
     clouds: _field.Clouds
+    shadows: _field.Clouds
 
     @property
     def sensing(self) -> str:
@@ -146,10 +170,14 @@ class Acquisition:
         return self.datetime.strftime("%Y%m%dT%H%M%S")
 
     @property
-    def doy(self) -> float:
-        """Fractional day of year."""
-        day = self.datetime.timetuple().tm_yday
-        return day + (self.datetime.hour * 3600 + self.datetime.minute * 60) / 86400.0
+    def doy(self) -> int:
+        """Day of year."""
+        return self.datetime.timetuple().tm_yday
+
+    @property
+    def cloudy(self) -> bool:
+        """Whether any pixel may be masked (clouds or shadows)."""
+        return bool(self.clouds.base or len(self.clouds.blobs) or len(self.shadows.blobs))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cql2
@@ -84,7 +84,7 @@ def _parse_instant(text: str) -> datetime:
         moment = datetime.fromisoformat(f"{day}T{clock}.{fraction}{zone}")
     except ValueError as err:
         raise _bad(f"Invalid datetime {text!r}: {err}") from err
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def parse_datetime_interval(value: Any) -> tuple[datetime | None, datetime | None, bool]:

@@ -7,7 +7,9 @@ credentials or an expired token -> 401, too many parallel requests -> 429.
 
 Switches (constructor arguments, and attributes settable at any time from any
 thread): ``latency``, ``max_concurrent``, ``fault_rate``, ``drop_rate``,
-``bearer``, ``token_lifetime``; plus :meth:`DownloadApp.fail_next` for exact faults
+``bearer``, ``token_lifetime``, ``redirect_to`` (answer authenticated file requests with
+a 302 to an S3-presigned-looking URL under that root, as a download service that moved
+its files to object storage would); plus :meth:`DownloadApp.fail_next` for exact faults
 and :meth:`DownloadApp.expire_tokens`. Every request is recorded in ``log``.
 """
 
@@ -50,7 +52,15 @@ _SIGN_IN = (
     "<input name='username'><input name='password' type='password'>"
     "<input type='submit' value='Sign In'></form></body></html>"
 )
-_SWITCHES = ("latency", "max_concurrent", "fault_rate", "drop_rate", "bearer", "token_lifetime")
+_SWITCHES = (
+    "latency",
+    "max_concurrent",
+    "fault_rate",
+    "drop_rate",
+    "bearer",
+    "token_lifetime",
+    "redirect_to",
+)
 
 
 @dataclass
@@ -119,6 +129,12 @@ class DownloadApp:
         Seconds announced in ``Retry-After`` on 429.
     clock : callable
         Monotonic clock used for token expiry (tests may substitute one).
+    redirect_to : str, optional
+        Root URL (ending with ``/``) of another server holding the same files: answer
+        authenticated file requests with a 302 to ``<root><path>?X-Amz-Date=<now>&...``.
+    public : bool
+        Serve files without asking for credentials (an object store behind presigned
+        URLs); requests are still logged with ``has_credentials``.
     """
 
     def __init__(
@@ -135,12 +151,15 @@ class DownloadApp:
         seed: int = 0,
         retry_after: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        redirect_to: str | None = None,
+        public: bool = False,
     ) -> None:
         self.world = world
         self.users = dict(users)
         self.seed = seed
         self.retry_after = retry_after
         self.clock = clock
+        self.public = bool(public)
         self._default_clock = clock
         self.log = RequestLog()
         self._lock = threading.Lock()
@@ -155,6 +174,7 @@ class DownloadApp:
             "drop_rate": drop_rate,
             "bearer": bearer,
             "token_lifetime": token_lifetime,
+            "redirect_to": redirect_to,
         }
         for name, value in self._defaults.items():
             setattr(self, name, value)
@@ -176,6 +196,10 @@ class DownloadApp:
             if value is not None and int(value) < 1:
                 raise ValueError(f"max_concurrent must be None or >= 1, got {value!r}")
             return None if value is None else int(value)
+        if name == "redirect_to":
+            if value is not None and not str(value).endswith("/"):
+                raise ValueError(f"redirect_to must be None or a URL ending with '/': {value!r}")
+            return None if value is None else str(value)
         if name in ("latency", "token_lifetime"):
             if float(value) < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -288,7 +312,7 @@ class DownloadApp:
             ctx.counted = True
         if self.latency > 0:
             time.sleep(self.latency)
-        outcome = self._authenticate(ctx)
+        outcome = "ok" if self.public else self._authenticate(ctx)
         if outcome == "none":
             return self._to_login(req)
         if outcome == "bad":
@@ -303,6 +327,8 @@ class DownloadApp:
             reply = _text(503, "Service Unavailable")
             reply.fault = "503"
             return reply
+        if self.redirect_to is not None and req.path.rstrip("/") != PREFIX:
+            return self._presigned_redirect(req)
         reply = self._serve(req)
         if fault == "drop":
             reply.drop, reply.fault = True, "drop"
@@ -353,6 +379,18 @@ class DownloadApp:
             "</body></html>"
         )
         return _text(302, page, "text/html; charset=utf-8", [("Location", location)])
+
+    def _presigned_redirect(self, req: Request) -> _Reply:
+        """302 to the object store, with the query string of an S3 presigned URL."""
+        rel = req.path[len(PREFIX) :].lstrip("/")
+        now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        query = (
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential=SANDBOX%2F{now[:8]}%2Feu-west-1%2Fs3%2Faws4_request"
+            f"&X-Amz-Date={now}&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+            f"&X-Amz-Signature={secrets.token_hex(32)}"
+        )
+        return _text(302, "Found", extra=[("Location", f"{self.redirect_to}{rel}?{query}")])
 
     # --- token endpoint ---------------------------------------------------------------------
 

@@ -53,7 +53,8 @@ def terrascope_env(
     """Point the ``TERRASCOPE_*`` variables at the session sandbox for one test.
 
     ``NETRC`` is set to a path that does not exist, so a developer's real
-    ``~/.netrc`` can never leak into a test. The download server's switches
+    ``~/.netrc`` can never leak into a test, and ``TERRASCOPE_CACHE_DIR`` to the test's
+    temporary directory, so persisted COG headers stay out of the user's cache. The download server's switches
     (latency, faults, rate limit, bearer mode...) are reset to the values the
     sandbox was created with, and its request log is cleared.
 
@@ -66,4 +67,5 @@ def terrascope_env(
     for name, value in terrascope_sandbox.env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-such-netrc"))
+    monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "terrascope-cache"))
     yield terrascope_sandbox

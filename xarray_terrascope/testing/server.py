@@ -119,7 +119,9 @@ class Sandbox:
         self.world: World | None = None
         self.stac: StacApi | None = None
         self.download: DownloadApp | None = None
-        self.stac_url = self.download_url = self.download_host = ""
+        self.bucket: DownloadApp | None = None
+        self.bucket_url = ""
+        self.stac_url = self.download_url = self.download_host = self.download_origin = ""
 
     @property
     def password(self) -> str:
@@ -146,7 +148,7 @@ class Sandbox:
         return {
             "TERRASCOPE_STAC_URL": self.stac_url,
             "TERRASCOPE_DOWNLOAD_URL": self.download_url,
-            "TERRASCOPE_DOWNLOAD_HOSTS": self.download_host,
+            "TERRASCOPE_DOWNLOAD_HOSTS": self.download_origin,
             "TERRASCOPE_USERNAME": self.username,
             "TERRASCOPE_PASSWORD": self.password,
         }
@@ -175,7 +177,8 @@ class Sandbox:
             self.download = DownloadApp(self.world, self.users, seed=self.seed, **self._options)
             dl_server = self._serve(self.download, "download")
             self.download_host = f"{HOST}:{dl_server.port}"
-            self.download_url = f"http://{self.download_host}/download/"
+            self.download_origin = f"http://{self.download_host}"
+            self.download_url = f"{self.download_origin}/download/"
             self.stac = StacApi(self.world, self.download_url, latency=self._stac_latency)
             stac_server = self._serve(self.stac, "stac")
             self.stac_url = f"http://{HOST}:{stac_server.port}/"
@@ -185,6 +188,37 @@ class Sandbox:
         self._stopped.clear()
         logger.info("sandbox up: STAC %s, download %s", self.stac_url, self.download_url)
         return self
+
+    def start_bucket(self) -> DownloadApp:
+        """Start a second loopback server, an "object store" holding the same files, and
+        make the download server answer file requests with a 302 to an S3-presigned-looking
+        URL on it (``X-Amz-Date`` = now, ``X-Amz-Expires``, ``X-Amz-Signature``).
+
+        The bucket serves without credentials and logs whether requests carried some
+        (``sandbox.bucket.log``), so tests can check that none reached it.
+        :meth:`reset` ends the redirects; the bucket server runs until :meth:`stop`.
+
+        Returns
+        -------
+        DownloadApp
+            The bucket's app (its ``log`` records every request it answered).
+        """
+        if self.world is None or self.download is None:
+            raise RuntimeError("the sandbox is not started")
+        if self.bucket is None:
+            self.bucket = DownloadApp(
+                self.world, {}, seed=self.seed, public=True, latency=self._options["latency"]
+            )
+            server = self._serve(self.bucket, "bucket")
+            self.bucket_url = f"http://{HOST}:{server.port}/download/"
+        self.download.redirect_to = self.bucket_url
+        return self.bucket
+
+    def parcels(self) -> Any:
+        """The world's parcels with their crops (:meth:`World.parcels`), a GeoDataFrame."""
+        if self.world is None:
+            raise RuntimeError("the sandbox is not started")
+        return self.world.parcels()
 
     def _serve(self, app: Any, name: str) -> BaseWSGIServer:
         server = make_server(HOST, 0, app, threaded=True, request_handler=_QuietHandler)
@@ -209,6 +243,7 @@ class Sandbox:
             server.server_close()
         self._servers.clear()
         self._threads.clear()
+        self.bucket, self.bucket_url = None, ""
         if self._own_cache is not None:
             shutil.rmtree(self._own_cache, ignore_errors=True)
             self._own_cache = None
@@ -218,6 +253,8 @@ class Sandbox:
         """Restore the download server's switches and clear its request log."""
         if self.download is not None:
             self.download.reset()
+        if self.bucket is not None:
+            self.bucket.reset()
         if self.stac is not None:
             self.stac.latency = self._stac_latency
 

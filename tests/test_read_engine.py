@@ -1,0 +1,325 @@
+"""The native async read engine: equal to the GDAL path and the world, few requests,
+headers cached per process and on disk, a shared event loop usable from anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xarray_terrascope import _aio, _transport, cog, read
+from xarray_terrascope._headers import headers
+from xarray_terrascope.testing import SAMPLE_FIELD
+
+from .conftest import NDVI, tif_records
+
+#: 31UFS only, the 31UFS/31UGS overlap, and 32ULB (another UTM zone, warped by GDAL).
+WIDE = (5.80, 51.235, 6.18, 51.255)
+FIELD_DAYS = {"start": "2025-05-01", "end": "2025-06-15"}
+WIDE_DAYS = {"start": "2025-06-08", "end": "2025-06-14"}
+
+
+@pytest.fixture(autouse=True)
+def header_cache_dir(tmp_path, monkeypatch):
+    """A fresh persistent header cache per test, and nothing in memory."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(folder))
+    monkeypatch.delenv("TERRASCOPE_HEADER_CACHE", raising=False)
+    headers.clear_memory()
+    yield folder
+    headers.clear_memory()
+
+
+@pytest.fixture
+def gdal_only(monkeypatch):
+    """Switch the async path off: every file goes through GDAL's WarpedVRT (today's path)."""
+
+    def use_gdal():
+        monkeypatch.setattr(read, "_aligned_grid", lambda *args: None)
+        read.clear_reader_cache()
+
+    return use_gdal
+
+
+def _header_requests(records):
+    return [r for r in records if r.method == "GET" and (r.range or "").startswith("bytes=0-")]
+
+
+def _open(bbox, days, **kw):
+    return xr.open_dataset(list(bbox), engine="terrascope", decode=False, **days, **kw)
+
+
+def _truth(sandbox, ds, rows, cols):
+    """DN the world says each output pixel holds: first valid item of the date wins."""
+    ids_per_date = [str(v).split() for v in ds.item_ids.values]
+    xs, ys = ds.x.values[cols], ds.y.values[rows]
+    crs = f"EPSG:{ds.rio.crs.to_epsg()}"
+    out = np.full((len(ids_per_date), len(rows)), 255, np.uint8)
+    for t, ids in enumerate(ids_per_date):
+        native = sorted(ids, key=lambda i: (not i.split("_")[2].startswith("31"), i))
+        for item_id in native:
+            dn = sandbox.world.sample(item_id, xs, ys, crs=crs)
+            take = (out[t] == 255) & (dn != 255)
+            out[t][take] = dn[take]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["dask", "load"])
+def test_field_equals_the_gdal_path_and_the_world(logged_in, gdal_only, mode):
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS, chunks={} if mode == "dask" else None)
+    logged_in.log.clear()
+    fast = ds.NDVI.load().values
+    records = tif_records(logged_in)
+    assert records and not [r for r in records if r.method == "HEAD"], "async path not taken"
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, ds.sizes["y"], 300)
+    cols = rng.integers(0, ds.sizes["x"], 300)
+    want = _truth(logged_in, ds, rows, cols)
+    assert (want != 255).sum() > 1000
+    np.testing.assert_array_equal(fast[:, rows, cols], want)
+    gdal_only()
+    slow = _open(SAMPLE_FIELD, FIELD_DAYS, chunks={} if mode == "dask" else None)
+    np.testing.assert_array_equal(slow.NDVI.load().values, fast)
+
+
+def test_wide_cube_with_a_warped_zone_equals_the_gdal_path(logged_in, gdal_only):
+    ds = _open(WIDE, WIDE_DAYS, chunks={}, chunksize=512)
+    logged_in.log.clear()
+    fast = ds.NDVI.load().values
+    records = tif_records(logged_in)
+    warped = [r for r in records if "_32ULB_" in r.path]
+    native = [r for r in records if "_32ULB_" not in r.path]
+    assert warped and any(r.method == "HEAD" for r in warped), "32ULB must go through GDAL"
+    assert native and not any(r.method == "HEAD" for r in native)
+    gdal_only()
+    slow = _open(WIDE, WIDE_DAYS, chunks={}, chunksize=512).NDVI.load().values
+    np.testing.assert_array_equal(fast, slow)
+    assert (fast != 255).sum() > 10000
+
+
+def test_requests_one_header_per_file_and_none_at_open(logged_in, header_cache_dir):
+    logged_in.log.clear()
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS, chunks={}, chunksize=128)
+    assert tif_records(logged_in) == []
+    ds.NDVI.mean(["x", "y"]).compute()
+    records = tif_records(logged_in)
+    files = {r.path for r in records}
+    assert len(files) == 2 * ds.sizes["time"]
+    assert not [r for r in records if r.method != "GET"]
+    per_file = {p: 0 for p in files}
+    for r in _header_requests(records):
+        per_file[r.path] += 1
+    assert set(per_file.values()) == {1}
+    assert all(r.status == 206 for r in records)
+    # a second computation in this process: no header request at all
+    logged_in.log.clear()
+    ds.NDVI.mean(["x", "y"]).compute()
+    assert tif_records(logged_in) and not _header_requests(tif_records(logged_in))
+    assert len(list(header_cache_dir.glob("headers/*/*"))) == len(files)
+
+
+def test_a_new_process_reuses_the_persisted_headers(logged_in, header_cache_dir):
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS)
+    first = ds.NDVI.load().values
+    assert _header_requests(tif_records(logged_in))
+    logged_in.log.clear()
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np, xarray as xr
+        ds = xr.open_dataset({list(SAMPLE_FIELD)!r}, engine="terrascope", decode=False,
+                             start={FIELD_DAYS["start"]!r}, end={FIELD_DAYS["end"]!r})
+        np.save(sys.argv[1], ds.NDVI.load().values)
+        """
+    )
+    env = dict(
+        os.environ, TERRASCOPE_USERNAME=logged_in.username, TERRASCOPE_PASSWORD=logged_in.password
+    )
+    out = header_cache_dir.parent / "second.npy"
+    subprocess.run([sys.executable, "-c", script, str(out)], env=env, check=True, timeout=240)
+    records = tif_records(logged_in)
+    assert records, "the new process read pixels"
+    assert _header_requests(records) == []
+    np.testing.assert_array_equal(np.load(out), first)
+
+
+def test_header_cache_can_be_turned_off(logged_in, header_cache_dir, monkeypatch):
+    monkeypatch.setenv("TERRASCOPE_HEADER_CACHE", "0")
+    _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-05"}).NDVI.load()
+    assert tif_records(logged_in)
+    assert not header_cache_dir.exists() or not list(header_cache_dir.rglob("*"))
+
+
+def test_a_changed_file_is_read_again_not_decoded_with_the_stale_header(logged_in, gdal_only):
+    import rasterio
+
+    days = {"start": "2025-06-01", "end": "2025-06-05"}
+    ds = _open(SAMPLE_FIELD, days)
+    before = ds.NDVI.load().values
+    item_id = sorted(str(ds.item_ids.values[0]).split())[0]  # 31UFS: first in the mosaic
+    assert "_31UFS_" in item_id
+    path = logged_in.world.cog_path(item_id)
+    original = path.read_bytes()
+    try:
+        with rasterio.open(path) as src:  # other pixels, other tiling: another header
+            profile = src.profile | {"driver": "COG", "blocksize": 512, "compress": "LZW"}
+            for key in ("blockxsize", "blockysize", "tiled", "interleave"):
+                profile.pop(key, None)
+            data = src.read(1)
+        changed = np.where(data == 255, 255, 250 - np.minimum(data, 250)).astype(np.uint8)
+        tmp = path.with_suffix(".new.tif")
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(changed, 1)
+        assert tmp.stat().st_size != len(original)
+        os.replace(tmp, path)
+        logged_in.log.clear()
+        after = _open(SAMPLE_FIELD, days).NDVI.load().values  # old header still in memory
+        headers.clear_memory()  # and on disk, where a new process would find it
+        again = _open(SAMPLE_FIELD, days).NDVI.load().values
+        gdal_only()
+        truth = _open(SAMPLE_FIELD, days).NDVI.load().values
+    finally:
+        path.write_bytes(original)
+        headers.clear_memory()
+        read.clear_reader_cache()
+    assert len(_header_requests(tif_records(logged_in, path_contains=item_id))) >= 2
+    assert not np.array_equal(truth[0], before[0])
+    np.testing.assert_array_equal(after, truth)
+    np.testing.assert_array_equal(again, truth)
+
+
+def test_reading_inside_a_running_event_loop(logged_in):
+    ds = _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-10"}, chunks={})
+    expected = ds.NDVI.load().values
+    read.clear_reader_cache()
+
+    async def notebook_cell():
+        assert asyncio.get_running_loop() is not None
+        return _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-10"}).NDVI.load()
+
+    got = asyncio.run(notebook_cell())
+    np.testing.assert_array_equal(got.values, expected)
+
+
+def test_run_from_many_threads_and_not_from_the_loop():
+    async def square(x):
+        await asyncio.sleep(0.01)
+        return x * x
+
+    results = {}
+
+    def worker(i):
+        results[i] = _aio.run(square(i))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {i: i * i for i in range(12)}
+
+    async def nested():
+        return _aio.run(square(2))
+
+    with pytest.raises(RuntimeError, match="own event loop"):
+        _aio.run(nested())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_loop():
+    async def pid():
+        return os.getpid()
+
+    assert _aio.run(pid()) == os.getpid()
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            ok = _aio.run(pid()) == os.getpid()
+            os.write(write_fd, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    answer = os.read(read_fd, 1)
+    os.waitpid(child, 0)
+    assert answer == b"1"
+
+
+def test_coalescing_merges_small_gaps_only():
+    assert cog.coalesce([(0, 100), (100, 200)]) == [(0, 200)]
+    assert cog.coalesce([(5000, 6000), (0, 100), (1000, 1100)]) == [(0, 1100), (5000, 6000)]
+    far = cog.COALESCE_BYTES + 10_000
+    assert cog.coalesce([(0, 1000), (1000 + far, 2000 + far)]) == [
+        (0, 1000),
+        (1000 + far, 2000 + far),
+    ]
+
+
+def test_basic_auth_is_utf8():
+    import base64
+
+    value = _transport.basic_header("user", "pässwörd€")
+    assert base64.b64decode(value.split()[1]).decode("utf-8") == "user:pässwörd€"
+
+
+def test_no_secret_in_logs_or_cache(logged_in, all_logs, header_cache_dir):
+    _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-10"}).NDVI.load()
+    import base64
+
+    secret = logged_in.password
+    forms = [secret, base64.b64encode(f"{logged_in.username}:{secret}".encode()).decode()]
+    text = "\n".join(r.getMessage() for r in all_logs.records)
+    assert "xarray_terrascope" in " ".join(r.name for r in all_logs.records)
+    for form in forms:
+        assert form not in text
+    blobs = b"".join(p.read_bytes() for p in header_cache_dir.rglob("*") if p.is_file())
+    assert blobs
+    for form in forms:
+        assert form.encode() not in blobs
+    assert logged_in.username.encode() not in blobs
+
+
+def test_streaming_uses_the_async_path_on_a_distributed_cluster(logged_in):
+    distributed = pytest.importorskip("distributed")
+    ds = _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-20"}, chunks={})
+    threaded = ds.NDVI.astype("float64").mean(["x", "y"]).compute(scheduler="threads")
+    env = {"TERRASCOPE_CACHE_DIR": os.environ["TERRASCOPE_CACHE_DIR"]}
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            dashboard_address=":0",
+            worker_dashboard_address=":0",
+            env=env,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        logged_in.log.clear()
+        on_cluster = client.compute(ds.NDVI.astype("float64").mean(["x", "y"])).result()
+    np.testing.assert_array_equal(on_cluster.values, threaded.values)
+    records = tif_records(logged_in)
+    assert records and not [r for r in records if r.method == "HEAD"]
+    logging.getLogger(__name__).debug("%d requests on the cluster", len(records))
+
+
+def test_local_alternate_files_are_read_from_disk(logged_in):
+    import xarray_terrascope as xts
+
+    days = ("2025-06-01", "2025-06-05")
+    items = xts.search(NDVI, list(SAMPLE_FIELD), *days)
+    expected = _open(SAMPLE_FIELD, {"start": days[0], "end": days[1]}).NDVI.load().values
+    for item in items:
+        local = logged_in.world.cog_path(item.id)
+        item.assets["NDVI"].extra_fields["alternate"] = {"local": {"href": f"file://{local}"}}
+    logged_in.log.clear()
+    ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), decode=False)
+    np.testing.assert_array_equal(ds.NDVI.load().values, expected)
+    assert tif_records(logged_in) == [], "local files must not be downloaded"

@@ -1,0 +1,119 @@
+"""One asyncio event loop per process, on its own daemon thread, shared by every caller.
+
+The read engine's network I/O runs here, so its concurrency does not depend on how many
+threads dask (or the user) calls it from. :func:`run` is a blocking call usable from any
+thread, including one that already runs an event loop (a Jupyter kernel) and the task
+threads of a ``dask.distributed`` worker. After ``fork()`` the child gets a new loop (the
+parent's loop thread does not exist there).
+
+Per-loop state (HTTP sessions, limiters) is kept with :func:`loop_state`, so it is
+rebuilt together with the loop in a forked child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["in_loop_thread", "loop_state", "run", "submit"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+_pid: int | None = None
+_state: dict[str, Any] = {}
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: forget the parent's loop (its thread does not exist here)."""
+    global _loop, _thread, _pid, _lock
+    _lock = threading.Lock()
+    _loop = _thread = _pid = None
+    _state.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _get_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _thread, _pid
+    with _lock:
+        if _loop is not None and _pid == os.getpid() and _thread is not None and _thread.is_alive():
+            return _loop
+        if _pid != os.getpid():
+            _state.clear()
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, name="terrascope-aio", daemon=True)
+        thread.start()
+        ready.wait()
+        _loop, _thread, _pid = loop, thread, os.getpid()
+        logger.debug("started the read engine's event loop in pid %d", _pid)
+        return loop
+
+
+def in_loop_thread() -> bool:
+    """Whether the calling thread is the engine's loop thread."""
+    return _thread is not None and threading.current_thread() is _thread
+
+
+def submit(coro: Coroutine[Any, Any, T]):
+    """Schedule ``coro`` on the engine's loop and return a ``concurrent.futures.Future``."""
+    return asyncio.run_coroutine_threadsafe(coro, _get_loop())
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on the process's engine loop and wait for its result.
+
+    Usable from any thread except the loop's own, whether or not that thread runs an
+    event loop of its own (which is blocked meanwhile, as for any blocking call).
+
+    Parameters
+    ----------
+    coro : coroutine
+        The work to run.
+
+    Returns
+    -------
+    object
+        What ``coro`` returned; its exception is raised here.
+
+    Examples
+    --------
+    >>> async def two():
+    ...     return 2
+    >>> run(two())
+    2
+    """
+    if in_loop_thread():
+        coro.close()
+        raise RuntimeError("run() was called from the engine's own event loop thread")
+    future = submit(coro)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
+
+
+def loop_state() -> dict[str, Any]:
+    """A dict that lives as long as the current loop (cleared in a forked child).
+
+    Only touch it from the loop thread.
+    """
+    return _state

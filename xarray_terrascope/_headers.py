@@ -1,0 +1,192 @@
+"""COG header cache: bounded in memory per process, optionally persisted on disk.
+
+An entry is the first bytes of a GeoTIFF, up to the first tile's data (async-tiff's
+``header_byte_size``), with the file size and ETag the server reported when they were
+read. Keys are a hash of the URL without query string or user information: no secret
+ever reaches a key, a file name or the cache's content (only TIFF header bytes).
+
+On disk (so a new process reopening the same items sends no header request) the cache
+lives in ``platformdirs.user_cache_dir("xarray-terrascope")/headers``; set
+``TERRASCOPE_CACHE_DIR`` to move it and ``TERRASCOPE_HEADER_CACHE=0`` to turn persisting
+off. Entries read from disk are validated by the reader against the size and ETag of
+the first pixel response and dropped on mismatch (see :mod:`xarray_terrascope.cog`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = ["ENV_CACHE_DIR", "ENV_HEADER_CACHE", "Header", "HeaderCache", "cache_dir", "headers"]
+
+logger = logging.getLogger(__name__)
+
+ENV_CACHE_DIR = "TERRASCOPE_CACHE_DIR"
+ENV_HEADER_CACHE = "TERRASCOPE_HEADER_CACHE"
+#: Bytes of headers kept in memory per process.
+MEMORY_BYTES = 64 * 2**20
+#: Header files kept on disk (the oldest are removed beyond this).
+DISK_ENTRIES = 20_000
+_MAGIC = b"XTSHDR1\n"
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header bytes of one file and what the server said about the file then."""
+
+    data: bytes
+    size: int | None
+    etag: str | None
+
+    def matches(self, size: int | None, etag: str | None) -> bool:
+        """Whether a later response describes the same file (unknown values pass)."""
+        if self.size is not None and size is not None and self.size != size:
+            return False
+        return not (self.etag and etag and self.etag != etag)
+
+
+def cache_dir() -> Path | None:
+    """Where headers are persisted, or None when ``TERRASCOPE_HEADER_CACHE=0`` (read now)."""
+    if os.environ.get(ENV_HEADER_CACHE, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    root = os.environ.get(ENV_CACHE_DIR)
+    if not root:
+        import platformdirs
+
+        root = platformdirs.user_cache_dir("xarray-terrascope")
+    return Path(root) / "headers"
+
+
+def _key(url: str) -> str:
+    parts = urlsplit(url)
+    public = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+    return hashlib.sha256(public.encode()).hexdigest()
+
+
+class HeaderCache:
+    """Thread-safe LRU of :class:`Header` by URL, bounded by bytes, backed by a directory."""
+
+    def __init__(self, max_bytes: int = MEMORY_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, Header] = OrderedDict()
+        self._bytes = 0
+        self._writes = 0
+
+    def get(self, url: str) -> tuple[Header | None, bool]:
+        """The header of ``url`` and whether it came from disk (so is not yet validated)."""
+        key = _key(url)
+        with self._lock:
+            header = self._entries.get(key)
+            if header is not None:
+                self._entries.move_to_end(key)
+                return header, False
+        header = self._load(key)
+        return header, header is not None
+
+    def put(self, url: str, header: Header, *, persist: bool = True) -> None:
+        """Remember ``header`` in memory (and on disk unless ``persist`` is False)."""
+        key = _key(url)
+        self._remember(key, header)
+        if persist:
+            self._store(key, header)
+
+    def validated(self, url: str, header: Header) -> None:
+        """Keep a disk entry in memory once a pixel response confirmed it."""
+        self._remember(_key(url), header)
+
+    def drop(self, url: str) -> None:
+        """Forget ``url`` in memory and on disk."""
+        key = _key(url)
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.data)
+        folder = cache_dir()
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                (folder / key[:2] / key).unlink()
+
+    def clear_memory(self) -> None:
+        """Forget every in-memory entry (the disk stays: it is validated before use)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def _remember(self, key: str, header: Header) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.data)
+            self._entries[key] = header
+            self._bytes += len(header.data)
+            while self._bytes > self.max_bytes and len(self._entries) > 1:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= len(evicted.data)
+
+    def _load(self, key: str) -> Header | None:
+        folder = cache_dir()
+        if folder is None:
+            return None
+        try:
+            blob = (folder / key[:2] / key).read_bytes()
+        except OSError:
+            return None
+        try:
+            if not blob.startswith(_MAGIC):
+                raise ValueError("bad magic")
+            meta_end = blob.index(b"\n", len(_MAGIC))
+            meta = json.loads(blob[len(_MAGIC) : meta_end])
+            data = blob[meta_end + 1 :]
+            if len(data) != int(meta["length"]):
+                raise ValueError("truncated")
+            return Header(data, meta.get("size"), meta.get("etag"))
+        except (ValueError, KeyError, TypeError) as err:
+            logger.debug("ignoring a broken header cache entry %s: %s", key, err)
+            return None
+
+    def _store(self, key: str, header: Header) -> None:
+        folder = cache_dir()
+        if folder is None:
+            return
+        meta = json.dumps({"length": len(header.data), "size": header.size, "etag": header.etag})
+        target = folder / key[:2] / key
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(_MAGIC + meta.encode() + b"\n" + header.data)
+            os.replace(tmp, target)
+        except OSError as err:
+            logger.debug("could not persist a COG header in %s: %s", folder, err)
+            return
+        with self._lock:
+            self._writes += 1
+            prune = self._writes % 500 == 0
+        if prune:
+            self._prune(folder)
+
+    @staticmethod
+    def _prune(folder: Path) -> None:
+        try:
+            files = [p for p in folder.glob("??/*") if not p.name.startswith(".tmp-")]
+            if len(files) <= DISK_ENTRIES:
+                return
+            files.sort(key=lambda p: p.stat().st_mtime)
+            for path in files[: len(files) - DISK_ENTRIES]:
+                path.unlink()
+        except OSError as err:
+            logger.debug("could not prune the header cache %s: %s", folder, err)
+
+
+#: The process's header cache.
+headers = HeaderCache()

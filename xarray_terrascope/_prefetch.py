@@ -1,0 +1,151 @@
+"""Reading ahead on the engine loop: COG headers of a plan, and windows of the next dates.
+
+dask runs as many read tasks at once as it has threads (often the number of cores), so a
+streaming computation over dates would keep only a few files in flight. When reads of one
+window come date after date (a sequential pattern, like a file system's read-ahead), the
+windows of the next dates are read in the background, bounded in count and bytes, and
+handed to the read that asks for them. Headers of every file a window touches are fetched
+in the background on the first read of that window.
+
+Everything here runs on the loop of :mod:`xarray_terrascope._aio`; results are one-shot
+(taken by the read that wants them) and dropped by :func:`clear`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _aio
+from .cog import Grid, fetch_header, read_aligned
+
+__all__ = ["Spec", "clear", "read", "read_ahead", "warm_headers"]
+
+logger = logging.getLogger(__name__)
+
+#: Files read ahead (beyond what dask asks for) per sequential window.
+READAHEAD_FILES = 32
+#: Decoded bytes the read-ahead results may hold per process.
+READAHEAD_BYTES = 128 * 2**20
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One file's part of one output window (arguments of :func:`~.cog.read_aligned`)."""
+
+    url: str
+    label: str
+    auth_header: str | None
+    grid: Grid
+    shape: tuple[int, int]
+    rows: slice
+    cols: slice
+    dtype: Any
+    fill: Any
+
+    @property
+    def key(self) -> tuple:
+        # the credentials are part of the key (never logged): another user reads anew
+        return (
+            self.url,
+            self.rows.start,
+            self.rows.stop,
+            self.cols.start,
+            self.cols.stop,
+            str(self.dtype),
+            self.auth_header,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        size = (self.rows.stop - self.rows.start) * (self.cols.stop - self.cols.start)
+        return size * np.dtype(self.dtype).itemsize
+
+    def run(self):
+        return read_aligned(
+            self.url,
+            label=self.label,
+            auth_header=self.auth_header,
+            grid=self.grid,
+            shape=self.shape,
+            rows=self.rows,
+            cols=self.cols,
+            dtype=self.dtype,
+            fill=self.fill,
+        )
+
+
+def _table() -> OrderedDict[tuple, asyncio.Future]:
+    return _aio.loop_state().setdefault("readahead", OrderedDict())
+
+
+async def read(spec: Spec) -> np.ndarray:
+    """Read ``spec``, taking a read-ahead result when there is one (on the loop)."""
+    task = _table().pop(spec.key, None)
+    if task is not None:
+        try:
+            return await task
+        except Exception:
+            logger.debug("read-ahead of %s failed; reading it again", spec.label)
+    return await spec.run()
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" noise
+
+
+async def _start(specs: list[Spec]) -> None:
+    table = _table()
+    for spec in specs:
+        if spec.key in table:
+            continue
+        task = asyncio.ensure_future(spec.run())
+        task.add_done_callback(_retrieve)
+        table[spec.key] = task
+    limit = max(4, READAHEAD_BYTES // max(1, max(s.nbytes for s in specs)))
+    while len(table) > limit:
+        _, oldest = table.popitem(last=False)
+        oldest.cancel()
+
+
+def read_ahead(specs: list[Spec]) -> None:
+    """Start reading ``specs`` in the background (from any thread but the loop's)."""
+    if specs:
+        _aio.submit(_start(specs))
+
+
+def warm_headers(todo: list[tuple[str, str, str | None]]) -> None:
+    """Fetch the headers of ``(url, label, auth_header)`` in the background."""
+    if todo:
+        _aio.submit(_warm(todo))
+
+
+async def _warm(todo: list[tuple[str, str, str | None]]) -> None:
+    first = todo[0]  # one header first: its size sizes the others' single request
+    results: list[Any] = await asyncio.gather(fetch_header(*first), return_exceptions=True)
+    results += await asyncio.gather(
+        *(fetch_header(url, label, auth) for url, label, auth in todo[1:]),
+        return_exceptions=True,
+    )
+    failed = sum(isinstance(r, BaseException) for r in results)
+    if failed:  # the reads that need these files raise the errors themselves
+        logger.debug("%d of %d header prefetches failed", failed, len(todo))
+
+
+def clear() -> None:
+    """Cancel and forget every read-ahead result (after a change of credentials)."""
+
+    async def drop() -> None:
+        table = _table()
+        for task in table.values():
+            task.cancel()
+        table.clear()
+
+    if not _aio.in_loop_thread():
+        _aio.run(drop())

@@ -1,0 +1,355 @@
+"""Async reads of COG pixels on the output grid: header once, coalesced tiles, Rust decode.
+
+For one file and one output window, :func:`read_aligned` takes the file's header from the
+header cache (or reads it in one request), parses it with async-tiff, checks that the
+file's pixel grid is the one the plan announced (same EPSG, resolution, integer offset),
+fetches the internal tiles that intersect the window (their byte ranges coalesced when
+the gaps are small), decodes them with async-tiff (Rust, off the event loop) and pastes
+them into the window. No TIFF parsing or decompression is written here.
+
+A header read from the persistent cache is validated against the size and ETag of the
+first pixel response: on a mismatch the entry is dropped and the file is read again
+from the network, never decoded with the stale header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from async_tiff import TIFF
+
+from . import _aio, _transport
+from ._headers import Header, headers
+from .exceptions import AuthenticationError, ReadError
+
+__all__ = ["Grid", "GridMismatch", "read_aligned"]
+
+logger = logging.getLogger(__name__)
+
+#: First header read when nothing is known yet (Terrascope headers are a few KiB).
+DEFAULT_PREFETCH = 16 * 1024
+MAX_PREFETCH = 256 * 1024
+#: Two tile ranges of one file are fetched together when the bytes between them are at
+#: most this many, or at most this fraction of the useful bytes of the merged request.
+COALESCE_BYTES = 2048
+COALESCE_FRACTION = 0.1
+
+_learned = {"header": 0}
+
+
+def _prefetch() -> int:
+    seen = _learned["header"]
+    if not seen:
+        return DEFAULT_PREFETCH
+    size = int(seen * 1.25) + 1024
+    return min(MAX_PREFETCH, -(-size // 4096) * 4096)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a file's pixels sit on the output grid.
+
+    Attributes
+    ----------
+    epsg : int
+        The CRS both share.
+    x0, y0 : float
+        The file's upper-left corner.
+    resolution : float
+        Pixel size of both.
+    row_offset, col_offset : int
+        Output pixel ``(r, c)`` is file pixel ``(r + row_offset, c + col_offset)``.
+    """
+
+    epsg: int
+    x0: float
+    y0: float
+    resolution: float
+    row_offset: int
+    col_offset: int
+
+
+class GridMismatch(Exception):
+    """The file's header disagrees with the plan's grid: read it another way."""
+
+
+class _StaleHeader(Exception):
+    """A pixel response describes another file than the cached header."""
+
+
+def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge sorted-or-not byte ranges whose gaps are small; returns sorted ranges.
+
+    Examples
+    --------
+    >>> coalesce([(10, 20), (0, 5), (5000, 6000)])
+    [(0, 20), (5000, 6000)]
+    """
+    merged: list[list[int]] = []
+    useful = 0
+    for start, end in sorted(ranges):
+        if merged:
+            gap = start - merged[-1][1]
+            if gap <= max(COALESCE_BYTES, COALESCE_FRACTION * (useful + end - start)):
+                merged[-1][1] = max(merged[-1][1], end)
+                useful += end - start
+                continue
+        merged.append([start, end])
+        useful = end - start
+    return [(s, e) for s, e in merged]
+
+
+class _Source:
+    """obspec input for async-tiff: one file, header bytes from memory, the rest over HTTP.
+
+    Made per read, so the credentials, the error seen and the validation state belong to
+    that read only.
+    """
+
+    def __init__(self, url: str, label: str, auth_header: str | None, header: Header | None):
+        self.url, self.label, self.auth_header = url, label, auth_header
+        self.header = header
+        self.prefix = header.data if header is not None else b""
+        self.remote: _transport.Remote | None = None
+        self.error: BaseException | None = None
+        self.stale = False
+        self.requests = 0
+
+    async def fetch(self, start: int, end: int) -> bytes:
+        if end <= len(self.prefix):
+            return self.prefix[start:end]
+        self.requests += 1
+        try:
+            data, remote = await _transport.get_range(
+                self.url, start, end, auth_header=self.auth_header, label=self.label
+            )
+        except BaseException as err:
+            self.error = self.error or err
+            raise
+        if self.header is not None and not self.header.matches(remote.size, remote.etag):
+            self.stale = True
+            self.error = self.error or _StaleHeader(self.url)
+            raise self.error
+        self.remote = self.remote or remote
+        if start == len(self.prefix) and self.header is None:
+            self.prefix += bytes(data)  # header reads past the prefix extend it
+        return data
+
+    async def get_range_async(self, path, *, start, end=None, length=None):
+        return await self.fetch(start, start + length if end is None else end)
+
+    async def get_ranges_async(self, path, *, starts, ends=None, lengths=None):
+        ends = [s + n for s, n in zip(starts, lengths, strict=True)] if ends is None else list(ends)
+        wanted = list(zip(starts, ends, strict=True))
+        spans = coalesce(wanted)
+        blobs = await asyncio.gather(*(self.fetch(s, e) for s, e in spans))
+        out = []
+        for start, end in wanted:
+            for (s, e), blob in zip(spans, blobs, strict=True):
+                if s <= start and end <= e:
+                    out.append(memoryview(blob)[start - s : end - s])
+                    break
+        return out
+
+
+async def fetch_header(url: str, label: str, auth_header: str | None) -> tuple[Header, bool]:
+    """The file's header: from the cache, else in one request (then cached).
+
+    Concurrent calls for one URL share one request. Returns the header and whether it
+    came from disk (so is not validated in this process yet).
+    """
+    cached, from_disk = headers.get(url)
+    if cached is not None:
+        return cached, from_disk
+    pending = _aio.loop_state().setdefault("pending_headers", {})
+    task = pending.get(url)
+    if task is None:
+        task = pending[url] = asyncio.ensure_future(_fetch_header(url, label, auth_header))
+        task.add_done_callback(lambda t: (pending.pop(url, None), _retrieve(t)))
+    return await asyncio.shield(task), False
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Mark a shared task's exception as seen (its awaiters raise it themselves)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header:
+    source = _Source(url, label, auth_header, None)
+    await source.fetch(0, _prefetch())  # fills source.prefix
+    try:
+        tiff = await TIFF.open(url, store=source, prefetch=len(source.prefix))
+    except Exception as err:
+        if source.error is not None:
+            raise source.error from None
+        raise ReadError(f"{label} ({url}) is not a readable GeoTIFF: {err}") from err
+    if source.error is not None:
+        raise source.error
+    need = tiff.header_byte_size or len(source.prefix)
+    if need > len(source.prefix):
+        await source.fetch(len(source.prefix), need)  # extends source.prefix
+    _learned["header"] = max(_learned["header"], need)
+    remote = source.remote
+    header = Header(
+        bytes(source.prefix[:need]),
+        remote.size if remote else None,
+        remote.etag if remote else None,
+    )
+    headers.put(url, header)
+    return header
+
+
+async def _open(url: str, label: str, auth_header: str | None) -> tuple[TIFF, _Source, bool]:
+    """Parse the file's header (no request when it is cached) into a TIFF for one read."""
+    header, from_disk = await fetch_header(url, label, auth_header)
+    source = _Source(url, label, auth_header, header)
+    tiff = await TIFF.open(url, store=source, prefetch=len(header.data))
+    return tiff, source, from_disk
+
+
+def _epsg(ifd) -> int | None:
+    geo = ifd.geo_key_directory
+    if geo is None:
+        return None
+    return geo.projected_type or geo.geographic_type
+
+
+def _check_grid(ifd, grid: Grid, shape: tuple[int, int], dtype: np.dtype, label: str) -> None:
+    scale, tie = ifd.model_pixel_scale, ifd.model_tiepoint
+    problems = []
+    if ifd.tile_width is None or ifd.tile_height is None:
+        problems.append("not tiled")
+    if _epsg(ifd) != grid.epsg:
+        problems.append(f"EPSG {_epsg(ifd)} != {grid.epsg}")
+    if scale is None or tie is None or tie[0] != 0 or tie[1] != 0:
+        problems.append("no plain tie point and pixel scale")
+    elif (
+        abs(scale[0] - grid.resolution) > 1e-9 * grid.resolution
+        or abs(scale[1] - grid.resolution) > 1e-9 * grid.resolution
+        or abs(tie[3] - grid.x0) > 1e-6
+        or abs(tie[4] - grid.y0) > 1e-6
+    ):
+        problems.append(f"origin/resolution {tie[3:5]}/{scale[:2]} differ from the item's")
+    if (ifd.image_height, ifd.image_width) != tuple(shape):
+        problems.append(f"shape {(ifd.image_height, ifd.image_width)} != {tuple(shape)}")
+    if ifd.samples_per_pixel != 1 or ifd.bits_per_sample != [dtype.itemsize * 8]:
+        problems.append("not one band of the expected type")
+    if problems:
+        raise GridMismatch(f"{label}: {'; '.join(problems)}")
+
+
+async def read_aligned(
+    url: str,
+    *,
+    label: str,
+    auth_header: str | None,
+    grid: Grid,
+    shape: tuple[int, int],
+    rows: slice,
+    cols: slice,
+    dtype: np.dtype,
+    fill,
+) -> np.ndarray:
+    """Read output window ``rows, cols`` from a file sitting on the output grid.
+
+    Parameters
+    ----------
+    url : str
+        The COG.
+    label : str
+        The item id, named in errors.
+    auth_header : str or None
+        ``Authorization`` for the file's origin, or None.
+    grid : Grid
+        The file's place on the output grid (from the item's metadata; checked against
+        the header).
+    shape : tuple of int
+        The file's ``(height, width)`` from the item's metadata.
+    rows, cols : slice
+        The output window (steps of 1).
+    dtype : numpy.dtype
+        Storage dtype.
+    fill
+        Value of the window's pixels outside the file.
+
+    Raises
+    ------
+    GridMismatch
+        When the header disagrees with ``grid`` (the caller reads the file another way).
+    AuthenticationError, ReadError
+        As :func:`xarray_terrascope._transport.get_range`.
+    """
+    for attempt in range(2):
+        tiff, source, from_disk = await _open(url, label, auth_header)
+        try:
+            return await _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label)
+        except (GridMismatch, AuthenticationError):
+            raise
+        except Exception as err:
+            if not source.stale or attempt:
+                raise _surface(source, err, label, url) from err
+            logger.info("%s changed since its header was cached: reading it again", label)
+            headers.drop(url)
+        finally:
+            if from_disk and source.remote is not None and not source.stale:
+                headers.validated(url, source.header)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception:
+    if isinstance(source.error, (AuthenticationError, ReadError)):
+        return source.error
+    if isinstance(err, (AuthenticationError, ReadError)):
+        return err
+    return ReadError(f"Decoding {label} ({url}) failed: {err}")
+
+
+async def _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label) -> np.ndarray:
+    ifd = tiff.ifds[0]
+    _check_grid(ifd, grid, shape, np.dtype(dtype), label)
+    out = np.full((rows.stop - rows.start, cols.stop - cols.start), fill, dtype=dtype)
+    height, width = shape
+    r0 = max(rows.start + grid.row_offset, 0)
+    r1 = min(rows.stop + grid.row_offset, height)
+    c0 = max(cols.start + grid.col_offset, 0)
+    c1 = min(cols.stop + grid.col_offset, width)
+    if r0 >= r1 or c0 >= c1:
+        return out
+    th, tw = ifd.tile_height, ifd.tile_width
+    xy = [
+        (tx, ty)
+        for ty in range(r0 // th, (r1 - 1) // th + 1)
+        for tx in range(c0 // tw, (c1 - 1) // tw + 1)
+    ]
+    try:
+        tiles = await tiff.fetch_tiles(xy, 0)
+    except Exception as err:
+        raise source.error or err from err
+    if source.error is not None:
+        raise source.error
+    decoded = await asyncio.gather(*(tile.decode() for tile in tiles))
+    for (tx, ty), array in zip(xy, decoded, strict=True):
+        block = np.asarray(array)
+        block = block[..., 0] if block.ndim == 3 else block
+        # this tile's part of the file window, in file pixels
+        fr0, fc0 = max(r0, ty * th), max(c0, tx * tw)
+        fr1, fc1 = min(r1, (ty + 1) * th), min(c1, (tx + 1) * tw)
+        out[
+            fr0 - grid.row_offset - rows.start : fr1 - grid.row_offset - rows.start,
+            fc0 - grid.col_offset - cols.start : fc1 - grid.col_offset - cols.start,
+        ] = block[fr0 - ty * th : fr1 - ty * th, fc0 - tx * tw : fc1 - tx * tw].view(dtype)
+    return out
+
+
+def local_path(href: str | None) -> str | None:
+    """The local file an alternate href names, when it exists on this machine."""
+    if not href:
+        return None
+    path = href[len("file://") :] if href.startswith("file://") else href
+    return path if path.startswith("/") and os.path.isfile(path) else None
