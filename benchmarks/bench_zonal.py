@@ -60,8 +60,13 @@ def _child(spec_path: str) -> None:
 
         t0 = time.perf_counter()
         xts.login()
-        ds = xr.open_dataset(list(spec["bbox"]), engine="terrascope", start=spec["start"],
-                             end=spec["end"], chunks=spec["chunks"])
+        ds = xr.open_dataset(
+            list(spec["bbox"]),
+            engine="terrascope",
+            start=spec["start"],
+            end=spec["end"],
+            chunks=spec["chunks"],
+        )
         result = ds.terrascope.zonal_stats(parcels, "mean")
         with dask.config.set(scheduler="threads", num_workers=threads):
             values = result.NDVI.compute().values
@@ -77,21 +82,26 @@ def _child(spec_path: str) -> None:
         t0 = time.perf_counter()
         user, password = os.environ["TERRASCOPE_USERNAME"], os.environ["TERRASCOPE_PASSWORD"]
         client = pystac_client.Client.open(os.environ["TERRASCOPE_STAC_URL"])
-        items = list(client.search(collections=[COLLECTION], bbox=spec["bbox"],
-                                   datetime=f"{spec['start']}/{spec['end']}T23:59:59Z",
-                                   limit=100).items())
+        items = list(
+            client.search(
+                collections=[COLLECTION],
+                bbox=spec["bbox"],
+                datetime=f"{spec['start']}/{spec['end']}T23:59:59Z",
+                limit=100,
+            ).items()
+        )
         odc.stac.configure_rio(
             cloud_defaults=True, GDAL_HTTP_USERPWD=f"{user}:{password}", GDAL_HTTP_AUTH="BASIC"
         )
         geobox = GeoBox(tuple(spec["shape"]), Affine(*spec["transform"]), f"EPSG:{spec['epsg']}")
-        ds = odc.stac.load(items, bands=[ASSET], geobox=geobox, groupby="solar_day",
-                           chunks={})
+        ds = odc.stac.load(items, bands=[ASSET], geobox=geobox, groupby="solar_day", chunks={})
         with dask.config.set(scheduler="threads", num_workers=threads):
             dn = ds[ASSET].compute()
         ndvi = (dn.astype("float32") * np.float32(0.004) + np.float32(-0.08)).where(dn != 255)
         ndvi = ndvi.rio.write_crs(f"EPSG:{spec['epsg']}")
-        result = ndvi.xvec.zonal_stats(parcels.geometry.to_crs(spec["epsg"]), "x", "y",
-                                       stats="mean", method="rasterize")
+        result = ndvi.xvec.zonal_stats(
+            parcels.geometry.to_crs(spec["epsg"]), "x", "y", stats="mean", method="rasterize"
+        )
         values = result.values
         wall = time.perf_counter() - t0
         dates = [str(t)[:10] for t in ds.time.values]
@@ -109,7 +119,10 @@ def _run_child(spec: dict, env: dict, workdir: Path, name: str) -> dict:
     with err.open("w") as stream:
         code = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
-            env=env, stdout=subprocess.DEVNULL, stderr=stream, check=False,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stream,
+            check=False,
         ).returncode
     if code:
         raise RuntimeError(f"{name} failed ({code}):\n{err.read_text()[-3000:]}")
@@ -142,8 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-zonal-"))
     with Sandbox(seed=0, latency=args.latency, cache_dir=cache) as sandbox:
         env = {**os.environ, **sandbox.env, "NETRC": str(workdir / "no-netrc")}
-        for key in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL",
-                    "TERRASCOPE_DOWNLOAD_HOSTS"):
+        for key in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS"):
             os.environ[key] = sandbox.env[key]
         xts.login(sandbox.username, sandbox.password)
         import shapely
@@ -163,9 +175,14 @@ def run(args: argparse.Namespace) -> dict:
         floor = _floor(sandbox, item_ids, parcels)
         t = ds.rio.transform()
         common = {
-            "bbox": bbox, "start": args.start, "end": args.end, "parcels": str(parcels_path),
-            "threads": args.threads, "epsg": ds.rio.crs.to_epsg(),
-            "transform": [t.a, t.b, t.c, t.d, t.e, t.f], "shape": [ds.sizes["y"], ds.sizes["x"]],
+            "bbox": bbox,
+            "start": args.start,
+            "end": args.end,
+            "parcels": str(parcels_path),
+            "threads": args.threads,
+            "epsg": ds.rio.crs.to_epsg(),
+            "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+            "shape": [ds.sizes["y"], ds.sizes["x"]],
         }
         contenders = {
             "terrascope": {"contender": "terrascope", "chunks": {}},
@@ -181,23 +198,30 @@ def run(args: argparse.Namespace) -> dict:
                 out_base = str(workdir / f"{name.replace(' ', '_')}-{repeat}")
                 result = _run_child({**common, **extra, "out": out_base}, env, workdir, name)
                 records = [r for r in sandbox.log.records() if r.path.endswith(".tif")]
-                row = rows.setdefault(name, {"wall_s": [], "requests": [], "bytes": [],
-                                             "header_bytes": []})
+                row = rows.setdefault(
+                    name, {"wall_s": [], "requests": [], "bytes": [], "header_bytes": []}
+                )
                 row["wall_s"].append(result["wall_s"])
                 row["requests"].append(len(records))
                 row["bytes"].append(sum(r.bytes for r in records))
-                row["header_bytes"].append(sum(
-                    r.bytes for r in records if r.range and r.range.startswith("bytes=0-")
-                ))
+                row["header_bytes"].append(
+                    sum(r.bytes for r in records if r.range and r.range.startswith("bytes=0-"))
+                )
                 row["dates"] = len(result["dates"])
                 if reference is None:
                     reference = result["values"]
                 else:
                     row["max_abs_diff"] = float(np.nanmax(np.abs(result["values"] - reference)))
-                    row["equal"] = bool(np.allclose(result["values"], reference, rtol=1e-5,
-                                                    atol=1e-6, equal_nan=True))
-                print(f"  {name} #{repeat}: {result['wall_s']:.1f} s, {len(records)} requests, "
-                      f"{row['bytes'][-1] / 1e6:.1f} MB", flush=True)
+                    row["equal"] = bool(
+                        np.allclose(
+                            result["values"], reference, rtol=1e-5, atol=1e-6, equal_nan=True
+                        )
+                    )
+                print(
+                    f"  {name} #{repeat}: {result['wall_s']:.1f} s, {len(records)} requests, "
+                    f"{row['bytes'][-1] / 1e6:.1f} MB",
+                    flush=True,
+                )
     odc_wall = statistics.median(rows["odc-stac+xvec"]["wall_s"])
     summary = {}
     for name, row in rows.items():
@@ -219,12 +243,20 @@ def run(args: argparse.Namespace) -> dict:
         }
     return {
         "scenario": {
-            "parcels": args.parcels, "bbox": BBOX, "parcels_bbox": common["bbox"],
-            "start": args.start, "end": args.end, "latency_s": args.latency,
-            "threads": args.threads, "repeats": args.repeats, "cube_shape": common["shape"],
+            "parcels": args.parcels,
+            "bbox": BBOX,
+            "parcels_bbox": common["bbox"],
+            "start": args.start,
+            "end": args.end,
+            "latency_s": args.latency,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "cube_shape": common["shape"],
             "parcel_area_fraction": round(
                 float(parcels.to_crs(common["epsg"]).area.sum())
-                / (common["shape"][0] * common["shape"][1] * 100.0), 4),
+                / (common["shape"][0] * common["shape"][1] * 100.0),
+                4,
+            ),
             "cpus": os.cpu_count(),
         },
         "floor": floor,

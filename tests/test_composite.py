@@ -51,23 +51,33 @@ def test_first_and_last_valid_against_numpy(cube, how):
     for m, month in enumerate(np.unique(months)):
         block = values[months == month]
         valid = ~np.isnan(block)
-        index = valid.argmax(axis=0) if how == "first" else (
-            block.shape[0] - 1 - valid[::-1].argmax(axis=0)
+        index = (
+            valid.argmax(axis=0)
+            if how == "first"
+            else (block.shape[0] - 1 - valid[::-1].argmax(axis=0))
         )
         expected = np.take_along_axis(block, index[None], axis=0)[0]
         expected[~valid.any(axis=0)] = np.nan
         np.testing.assert_array_equal(out.NDVI.values[m], expected)
         np.testing.assert_array_equal(out.valid_count.values[m], valid.sum(axis=0))
     # not the plain first/last time step: a cloudy date must have been skipped somewhere
-    plain = da.resample(time="1MS").first(skipna=False) if how == "first" else (
-        da.resample(time="1MS").last(skipna=False)
+    plain = (
+        da.resample(time="1MS").first(skipna=False)
+        if how == "first"
+        else (da.resample(time="1MS").last(skipna=False))
     )
     assert not np.array_equal(np.isnan(plain.values), np.isnan(out.NDVI.values))
 
 
 def test_several_variables_and_names(logged_in):
-    ds = xr.open_dataset(SMALL, engine="terrascope", collection="terrascope-s2-fapar-v2",
-                         chunks={}, chunksize=64, **PERIOD)
+    ds = xr.open_dataset(
+        SMALL,
+        engine="terrascope",
+        collection="terrascope-s2-fapar-v2",
+        chunks={},
+        chunksize=64,
+        **PERIOD,
+    )
     ds["NDVI2"] = ds["FAPAR"] * 2
     out = composite(ds, "1MS", "max")
     assert set(out.data_vars) == {"FAPAR", "NDVI2", "FAPAR_valid_count", "NDVI2_valid_count"}

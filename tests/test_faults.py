@@ -167,3 +167,28 @@ def test_redirect_on_the_gdal_path_gets_no_credentials(logged_in, gdal_only):
     np.testing.assert_array_equal(got, clean)
     served = [r for r in bucket.log.records() if r.path.endswith(".tif")]
     assert served and not [r for r in served if r.has_credentials]
+
+
+def test_the_connection_limit_starts_low_doubles_then_halves_on_refusal():
+    """Slow start to the maximum, a halving per refused window, additive growth after."""
+    import asyncio
+
+    async def scenario():
+        limiter = _transport.Limiter(16)
+        seen = [limiter.limit]
+        for _ in range(3):  # three windows of successes: 4 -> 8 -> 16
+            generations = [await limiter.acquire() for _ in range(limiter.limit)]
+            for generation in generations:
+                await limiter.release(generation, busy=False, success=True)
+            seen.append(limiter.limit)
+        generations = [await limiter.acquire() for _ in range(limiter.limit)]
+        for generation in generations:  # a burst of refusals of one window: one cut
+            await limiter.release(generation, busy=True, success=False)
+        seen.append(limiter.limit)
+        generations = [await limiter.acquire() for _ in range(limiter.limit)]
+        for generation in generations:  # after a refusal: +1, not doubling
+            await limiter.release(generation, busy=False, success=True)
+        seen.append(limiter.limit)
+        return seen
+
+    assert asyncio.run(scenario()) == [4, 8, 16, 16, 8, 9]

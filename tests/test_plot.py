@@ -347,10 +347,10 @@ def test_hover_polynomial_matches_pyproj_across_a_whole_tile() -> None:
     from pyproj import Transformer
     from rasterio.crs import CRS
 
-    from xarray_terrascope.plot import LONLAT_TOLERANCE, _lonlat_fit
+    from xarray_terrascope._plot_overlay import LONLAT_TOLERANCE, lonlat_fit
 
     extent = (600000.0, 5590200.0, 709800.0, 5700000.0)  # a whole Sentinel-2 tile, 31UFS
-    fit = _lonlat_fit(CRS.from_epsg(32631), extent)
+    fit = lonlat_fit(CRS.from_epsg(32631), extent)
     assert fit is not None
     rng = np.random.default_rng(0)
     x = rng.uniform(extent[0], extent[2], 500)

@@ -11,12 +11,14 @@ import sys
 import textwrap
 import threading
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
 
 from xarray_terrascope import _aio, _transport, cog, read
 from xarray_terrascope._headers import headers
+from xarray_terrascope._tiles import tiles
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from .conftest import NDVI, tif_records
@@ -119,11 +121,28 @@ def test_requests_one_header_per_file_and_none_at_open(logged_in, header_cache_d
         per_file[r.path] += 1
     assert set(per_file.values()) == {1}
     assert all(r.status == 206 for r in records)
-    # a second computation in this process: no header request at all
+    # a second computation in this process (decoded tiles forgotten): no header request
+    tiles.clear()
     logged_in.log.clear()
     ds.NDVI.mean(["x", "y"]).compute()
     assert tif_records(logged_in) and not _header_requests(tif_records(logged_in))
     assert len(list(header_cache_dir.glob("headers/*/*"))) == len(files)
+
+
+def test_windows_that_cut_cog_tiles_fetch_each_tile_once(logged_in):
+    """Dask chunks of 100 px cut the 256 px COG tiles: the tiles along the cuts are
+    shared between neighbouring windows, not fetched (and decoded) again."""
+    whole = _open(SAMPLE_FIELD, WIDE_DAYS)
+    logged_in.log.clear()
+    reference = whole.NDVI.load().values
+    once = sum(r.bytes for r in tif_records(logged_in))
+    read.clear_reader_cache()  # no tile (nor header) from the first read
+    chunked = _open(SAMPLE_FIELD, WIDE_DAYS, chunks={"time": 1}, chunksize=100)
+    assert chunked.NDVI.data.npartitions >= 9 * chunked.sizes["time"]
+    logged_in.log.clear()
+    with dask.config.set(scheduler="threads", num_workers=4):
+        np.testing.assert_array_equal(chunked.NDVI.load().values, reference)
+    assert sum(r.bytes for r in tif_records(logged_in)) <= 1.05 * once
 
 
 def test_a_new_process_reuses_the_persisted_headers(logged_in, header_cache_dir):

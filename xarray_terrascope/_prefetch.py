@@ -47,6 +47,7 @@ class Spec:
     cols: slice
     dtype: Any
     fill: Any
+    cube: tuple[int, int] | None = None
 
     @property
     def key(self) -> tuple:
@@ -77,6 +78,7 @@ class Spec:
             cols=self.cols,
             dtype=self.dtype,
             fill=self.fill,
+            cube=self.cube,
         )
 
 

@@ -61,6 +61,9 @@ MAX_ATTEMPTS = 10
 #: Backoff: first delay and cap, seconds (doubled per attempt, with jitter).
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 4.0
+#: Requests in flight to a host not heard from yet; doubled after each run of successes
+#: (slow start) up to the maximum, until the host first refuses one.
+INITIAL_CONNECTIONS = 4
 #: Growing past the last refused limit waits this long after the cut, and this many
 #: successes.
 PROBE_AFTER = 10.0
@@ -111,22 +114,26 @@ def basic_header(username: str, password: str) -> str:
 class Limiter:
     """Adaptive (AIMD) limit of requests in flight to one host; use on the engine loop.
 
-    A 429/503 halves the limit, once per window: only a refusal of a request sent at the
-    current limit cuts again, so a burst of refusals counts once. The cut also pauses the
-    host for ``Retry-After``. A run of ``limit`` successes grows the limit by one up to
-    the level that was refused last; above it, growth waits for :data:`PROBE_AFTER`
-    seconds and :data:`PROBE_SUCCESSES` successes, so a server that allows N connections
-    is not probed (and paused) over and over.
+    A new host starts at :data:`INITIAL_CONNECTIONS` and doubles after each run of
+    ``limit`` successes (slow start) until the maximum or a first refusal, so a host that
+    allows few connections is not flooded at once. A 429/503 halves the limit, once per
+    window: only a refusal of a request sent at the current limit cuts again, so a burst
+    of refusals counts once. The cut also pauses the host for ``Retry-After``. Then a run
+    of ``limit`` successes grows the limit by one up to the level that was refused last;
+    above it, growth waits for :data:`PROBE_AFTER` seconds and :data:`PROBE_SUCCESSES`
+    successes, so a server that allows N connections is not probed (and paused) over
+    and over.
 
     Parameters
     ----------
     maximum : int
-        The ceiling (and the starting limit).
+        The ceiling.
     """
 
     def __init__(self, maximum: int) -> None:
         self.maximum = max(1, int(maximum))
-        self.limit = self.maximum
+        self.limit = min(self.maximum, INITIAL_CONNECTIONS)
+        self._slow_start = True
         self.in_flight = 0
         self.generation = 0
         self._refused_at = self.maximum + 1
@@ -159,6 +166,7 @@ class Limiter:
             self.in_flight -= 1
             now = loop.time()
             if busy and generation == self.generation:
+                self._slow_start = False
                 self.generation += 1
                 self._successes = 0
                 self._refused_at = self.limit
@@ -169,6 +177,12 @@ class Limiter:
                 logger.debug("host busy: connection limit %d -> %d", old, self.limit)
             elif success and self.limit < self.maximum:
                 self._successes += 1
+                if self._slow_start:
+                    if self._successes >= self.limit:
+                        self.limit = min(self.maximum, 2 * self.limit)
+                        self._successes = 0
+                    self._cond.notify_all()
+                    return
                 probing = self.limit + 1 >= self._refused_at
                 if not probing and self._successes >= self.limit:
                     self.limit += 1

@@ -49,8 +49,40 @@ def _dates(obj: xr.Dataset | xr.DataArray, kind: str) -> list[str]:
     return [str(t)[:10] for t in obj["time"].values.astype("datetime64[D]")]
 
 
-class TerrascopeDatasetAccessor:
-    """``ds.terrascope``: NDVI, the STAC items, asset URLs, dates and the time slider.
+class _TerrascopeAccessor:
+    """What ``ds.terrascope`` and ``da.terrascope`` share: dates and the analyses."""
+
+    _kind = "Dataset"
+
+    def __init__(self, xarray_obj: Any) -> None:
+        self._obj = xarray_obj
+
+    def dates(self) -> list[str]:
+        """The acquisition dates as ``YYYY-MM-DD`` strings (unique, sorted)."""
+        return _dates(self._obj, self._kind)
+
+    def composite(self, freq: str = "1MS", how: str = "median") -> xr.Dataset:
+        """Temporal composites over valid pixels, with the count of valid observations.
+
+        See :func:`xarray_terrascope.composite.composite`.
+
+        Examples
+        --------
+        >>> ds.terrascope.composite("1MS", "max")  # doctest: +SKIP
+        """
+        from .composite import composite
+
+        return composite(self._obj, freq, how)
+
+    def _zonal_stats(self, geometries: Any, stats: Any, items: Any, **options: Any) -> Any:
+        from .zonal import zonal_stats
+
+        return zonal_stats(self._obj, geometries, stats, items=items, **options)
+
+
+class TerrascopeDatasetAccessor(_TerrascopeAccessor):
+    """``ds.terrascope``: NDVI, the STAC items, asset URLs, dates, the time slider and the
+    analyses (zonal statistics, composites).
 
     Examples
     --------
@@ -59,9 +91,6 @@ class TerrascopeDatasetAccessor:
     >>> ds.terrascope.dates()[:2]  # doctest: +SKIP
     ['2025-05-01', '2025-05-03']
     """
-
-    def __init__(self, xarray_obj: xr.Dataset) -> None:
-        self._obj = xarray_obj
 
     def _attr(self, name: str) -> Any:
         if name not in self._obj.attrs:
@@ -103,10 +132,6 @@ class TerrascopeDatasetAccessor:
         from .search import asset_urls
 
         return asset_urls(self.items, asset)
-
-    def dates(self) -> list[str]:
-        """The cube's acquisition dates as ``YYYY-MM-DD`` strings (unique, sorted)."""
-        return _dates(self._obj, "Dataset")
 
     def ndvi(self) -> xr.DataArray:
         """NDVI as physical float32 values (NaN = no data), also from a ``decode=False`` cube."""
@@ -159,38 +184,25 @@ class TerrascopeDatasetAccessor:
         >>> ds.terrascope.zonal_stats(parcels, ["mean", "count"])  # doctest: +SKIP
         """
         from .dataset import recall_items
-        from .zonal import zonal_stats
 
         key = self._obj.attrs.get("terrascope_items_key")
         items = recall_items(key) if key else None
-        return zonal_stats(
-            self._obj, geometries, stats, name=name, index=index, all_touched=all_touched,
-            method=method, block_size=block_size, items=items,
+        return self._zonal_stats(
+            geometries,
+            stats,
+            items,
+            name=name,
+            index=index,
+            all_touched=all_touched,
+            method=method,
+            block_size=block_size,
         )
 
-    def composite(self, freq: str = "1MS", how: str = "median") -> xr.Dataset:
-        """Temporal composites over valid pixels, with the count of valid observations.
 
-        See :func:`xarray_terrascope.composite.composite`.
+class TerrascopeDataArrayAccessor(_TerrascopeAccessor):
+    """``da.terrascope``: dates, decoding, the time slider and the analyses of one variable."""
 
-        Examples
-        --------
-        >>> ds.terrascope.composite("1MS", "max")  # doctest: +SKIP
-        """
-        from .composite import composite
-
-        return composite(self._obj, freq, how)
-
-
-class TerrascopeDataArrayAccessor:
-    """``da.terrascope``: dates, decoding and the time slider for one variable."""
-
-    def __init__(self, xarray_obj: xr.DataArray) -> None:
-        self._obj = xarray_obj
-
-    def dates(self) -> list[str]:
-        """Acquisition dates as ``YYYY-MM-DD`` strings."""
-        return _dates(self._obj, "DataArray")
+    _kind = "DataArray"
 
     def decode(self) -> xr.DataArray:
         """Physical float32 values (see :func:`decode_raw`)."""
@@ -224,25 +236,16 @@ class TerrascopeDataArrayAccessor:
         --------
         >>> ds.NDVI.terrascope.zonal_stats(parcels, ["mean", "count"])  # doctest: +SKIP
         """
-        from .zonal import zonal_stats
-
-        return zonal_stats(
-            self._obj, geometries, stats, name=name, index=index, all_touched=all_touched,
-            method=method, block_size=block_size, items=items,
+        return self._zonal_stats(
+            geometries,
+            stats,
+            items,
+            name=name,
+            index=index,
+            all_touched=all_touched,
+            method=method,
+            block_size=block_size,
         )
-
-    def composite(self, freq: str = "1MS", how: str = "median") -> xr.Dataset:
-        """Temporal composites over valid pixels, with the count of valid observations.
-
-        See :func:`xarray_terrascope.composite.composite`.
-
-        Examples
-        --------
-        >>> ds.NDVI.terrascope.composite("1MS", "max")  # doctest: +SKIP
-        """
-        from .composite import composite
-
-        return composite(self._obj, freq, how)
 
 
 xr.register_dataset_accessor("terrascope")(TerrascopeDatasetAccessor)

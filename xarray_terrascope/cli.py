@@ -148,20 +148,33 @@ def _write(da, attrs: dict, path: Path) -> None:
             _write_geotiff(da, attrs, path)
 
 
-def _cmd_ndvi(args: argparse.Namespace) -> int:
-    from . import auth
-    from .dataset import open_cube
-
-    out: Path = args.out
+def _output_path(out: Path) -> Path:
+    """``--out`` with its parent directories created; a one-line error when impossible."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InvalidArgumentError(
             f"--out: cannot create the directory {str(out.parent)!r}: {err.strerror or err}"
         ) from err
+    return out
+
+
+def _cmd_ndvi(args: argparse.Namespace) -> int:
+    import xarray as xr
+
+    from . import auth
+
+    out = _output_path(args.out)
     auth.login(validate=True)
-    ds = open_cube(args.bbox, start=args.start, end=args.end, max_cloud_cover=args.max_cloud_cover)
-    ndvi = ds.chunk({"time": 1, "y": 1024, "x": 1024}).terrascope.ndvi()
+    ds = xr.open_dataset(
+        args.bbox,
+        engine="terrascope",
+        start=args.start,
+        end=args.end,
+        max_cloud_cover=args.max_cloud_cover,
+        chunks={},
+    )
+    ndvi = ds.terrascope.ndvi()
     print(f"{len(ds.time)} date(s), {ds.sizes['y']} x {ds.sizes['x']} px, writing {out}")
     try:
         _write(ndvi, _export_attrs(ds), out)
@@ -267,13 +280,7 @@ def _cmd_zonal(args: argparse.Namespace) -> int:
     from . import auth
 
     parcels = _read_parcels(args.parcels, args.id_column)
-    out: Path = args.out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InvalidArgumentError(
-            f"--out: cannot create the directory {str(out.parent)!r}: {err.strerror or err}"
-        ) from err
+    out = _output_path(args.out)
     bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
     auth.login(validate=True)
     ds = xr.open_dataset(
@@ -313,10 +320,13 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     from .testing import Sandbox
 
     sandbox = Sandbox(seed=args.seed, latency=args.latency, cache_dir=args.cache_dir).start()
-    print("# Terrascope sandbox running on loopback; paste these lines in another shell:")
-    _print_exports(sandbox)
-    print("# Ctrl-C stops it.", flush=True)
-    sandbox.serve_forever()  # returns after Ctrl-C, with the servers stopped
+    try:
+        print("# Terrascope sandbox running on loopback; paste these lines in another shell:")
+        _print_exports(sandbox)
+        print("# Ctrl-C stops it.", flush=True)
+        sandbox.serve_forever()  # returns after Ctrl-C, with the servers stopped
+    except KeyboardInterrupt:  # Ctrl-C before serve_forever took over
+        sandbox.stop()
     return 0
 
 

@@ -25,6 +25,7 @@ from async_tiff import TIFF
 
 from . import _aio, _transport
 from ._headers import Header, headers
+from ._tiles import tiles
 from .exceptions import AuthenticationError, ReadError
 
 __all__ = ["Grid", "GridMismatch", "read_aligned"]
@@ -255,6 +256,7 @@ async def read_aligned(
     cols: slice,
     dtype: np.dtype,
     fill,
+    cube: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Read output window ``rows, cols`` from a file sitting on the output grid.
 
@@ -277,6 +279,10 @@ async def read_aligned(
         Storage dtype.
     fill
         Value of the window's pixels outside the file.
+    cube : tuple of int, optional
+        ``(height, width)`` of the whole output grid. Tiles that cross a side of the
+        window inside the cube (a neighbouring window will want them) are kept a while
+        for that neighbour; None keeps none.
 
     Raises
     ------
@@ -288,7 +294,9 @@ async def read_aligned(
     for attempt in range(2):
         tiff, source, from_disk = await _open(url, label, auth_header)
         try:
-            return await _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label)
+            return await _read_tiles(
+                tiff, source, grid, shape, rows, cols, dtype, fill, label, cube
+            )
         except (GridMismatch, AuthenticationError):
             raise
         except Exception as err:
@@ -296,6 +304,7 @@ async def read_aligned(
                 raise _surface(source, err, label, url) from err
             logger.info("%s changed since its header was cached: reading it again", label)
             headers.drop(url)
+            tiles.clear()  # tiles decoded from the old file must not answer either
         finally:
             if from_disk and source.remote is not None and not source.stale:
                 headers.validated(url, source.header)
@@ -310,7 +319,9 @@ def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception
     return ReadError(f"Decoding {label} ({url}) failed: {err}")
 
 
-async def _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label) -> np.ndarray:
+async def _read_tiles(
+    tiff, source, grid, shape, rows, cols, dtype, fill, label, cube=None
+) -> np.ndarray:
     ifd = tiff.ifds[0]
     _check_grid(ifd, grid, shape, np.dtype(dtype), label)
     out = np.full((rows.stop - rows.start, cols.stop - cols.start), fill, dtype=dtype)
@@ -327,16 +338,19 @@ async def _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label)
         for ty in range(r0 // th, (r1 - 1) // th + 1)
         for tx in range(c0 // tw, (c1 - 1) // tw + 1)
     ]
-    try:
-        tiles = await tiff.fetch_tiles(xy, 0)
-    except Exception as err:
-        raise source.error or err from err
-    if source.error is not None:
-        raise source.error
-    decoded = await asyncio.gather(*(tile.decode() for tile in tiles))
-    for (tx, ty), array in zip(xy, decoded, strict=True):
-        block = np.asarray(array)
-        block = block[..., 0] if block.ndim == 3 else block
+    # the window's sides that a neighbouring window of the cube shares (file pixels)
+    inner = (
+        (-1, -1, -1, -1)
+        if cube is None
+        else (
+            r0 if rows.start > 0 else -1,
+            r1 if rows.stop < cube[0] else -1,
+            c0 if cols.start > 0 else -1,
+            c1 if cols.stop < cube[1] else -1,
+        )
+    )
+    blocks = await _tiles_of(tiff, source, xy, inner, (th, tw))
+    for (tx, ty), block in zip(xy, blocks, strict=True):
         # this tile's part of the file window, in file pixels
         fr0, fc0 = max(r0, ty * th), max(c0, tx * tw)
         fr1, fc1 = min(r1, (ty + 1) * th), min(c1, (tx + 1) * tw)
@@ -345,6 +359,64 @@ async def _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label)
             fc0 - grid.col_offset - cols.start : fc1 - grid.col_offset - cols.start,
         ] = block[fr0 - ty * th : fr1 - ty * th, fc0 - tx * tw : fc1 - tx * tw].view(dtype)
     return out
+
+
+async def _tiles_of(tiff, source, xy, inner, tile_shape) -> list[np.ndarray]:
+    """Decoded tiles ``xy`` of the file, through the process's :data:`~._tiles.tiles`.
+
+    Tiles another read holds or is fetching are taken from it; the others are fetched in
+    one batch (coalesced ranges), and those that cross one of the window's ``inner``
+    sides (top, bottom, left, right file pixel; -1 for a side on the cube's edge), which
+    a neighbouring window will want, are kept.
+    """
+    top, bottom, left, right = inner
+    th, tw = tile_shape
+    found: dict[tuple[int, int], np.ndarray] = {}
+    waits: dict[tuple[int, int], asyncio.Future] = {}
+    mine: list[tuple[int, int]] = []
+    for tx, ty in xy:
+        entry = tiles.get((source.url, tx, ty))
+        if isinstance(entry, np.ndarray):
+            found[tx, ty] = entry
+        elif entry is not None:
+            waits[tx, ty] = entry
+        else:
+            tiles.claim((source.url, tx, ty))
+            mine.append((tx, ty))
+    try:
+        for (tx, ty), block in zip(mine, await _fetch_decode(tiff, source, mine), strict=True):
+            shared = (
+                ty * th < top < (ty + 1) * th
+                or ty * th < bottom < (ty + 1) * th
+                or tx * tw < left < (tx + 1) * tw
+                or tx * tw < right < (tx + 1) * tw
+            )
+            tiles.finish((source.url, tx, ty), block, keep=shared)
+            found[tx, ty] = block
+    except BaseException as err:
+        for tx, ty in mine:
+            tiles.fail((source.url, tx, ty), err)
+        raise
+    for key, future in waits.items():
+        try:
+            found[key] = await future
+        except Exception:  # the other read failed (its own error): fetch it ourselves
+            (found[key],) = await _fetch_decode(tiff, source, [key])
+    return [found[key] for key in xy]
+
+
+async def _fetch_decode(tiff, source, xy) -> list[np.ndarray]:
+    if not xy:
+        return []
+    try:
+        fetched = await tiff.fetch_tiles(xy, 0)
+    except Exception as err:
+        raise source.error or err from err
+    if source.error is not None:
+        raise source.error
+    decoded = await asyncio.gather(*(tile.decode() for tile in fetched))
+    blocks = [np.asarray(array) for array in decoded]
+    return [block[..., 0] if block.ndim == 3 else block for block in blocks]
 
 
 def local_path(href: str | None) -> str | None:

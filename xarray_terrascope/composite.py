@@ -35,9 +35,7 @@ def _check_freq(obj: xr.Dataset | xr.DataArray, freq: object) -> str:
     return freq
 
 
-def composite(
-    obj: xr.Dataset | xr.DataArray, freq: str = "1MS", how: str = "median"
-) -> xr.Dataset:
+def composite(obj: xr.Dataset | xr.DataArray, freq: str = "1MS", how: str = "median") -> xr.Dataset:
     """Composite every ``freq`` period over the valid (not NaN) observations.
 
     Parameters

@@ -38,6 +38,7 @@ from rasterio.windows import Window
 from . import _aio, _prefetch, _transport, auth, config
 from ._headers import headers
 from ._prefetch import Spec
+from ._tiles import tiles
 from .cog import Grid, GridMismatch, local_path
 from .exceptions import AuthenticationError, ReadError
 from .stack import CubePlan, make_reader
@@ -80,6 +81,7 @@ def clear_reader_cache() -> None:
     for reader in readers:
         reader.close()
     headers.clear_memory()
+    tiles.clear()
     _prefetch.clear()
 
 
@@ -370,6 +372,7 @@ def _spec(plan, asset_index, item_index, url, grid, rows, cols, creds, dtype, fi
         cols=cols,
         dtype=dtype,
         fill=fill,
+        cube=plan.shape,
     )
 
 

@@ -54,9 +54,9 @@ def terrascope_env(
 
     ``NETRC`` is set to a path that does not exist, so a developer's real
     ``~/.netrc`` can never leak into a test, and ``TERRASCOPE_CACHE_DIR`` to the test's
-    temporary directory, so persisted COG headers stay out of the user's cache. The download server's switches
-    (latency, faults, rate limit, bearer mode...) are reset to the values the
-    sandbox was created with, and its request log is cleared.
+    temporary directory, so persisted COG headers stay out of the user's cache. The
+    download server's switches (latency, faults, rate limit, bearer mode...) are reset
+    to the values the sandbox was created with, and its request log is cleared.
 
     Yields
     ------

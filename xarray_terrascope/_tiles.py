@@ -1,0 +1,89 @@
+"""Decoded COG tiles shared between neighbouring windows of one process.
+
+A dask chunk boundary rarely falls on a COG tile boundary, so the tiles along it are
+needed by two windows. Without sharing, each window fetches and decodes them: more
+requests and bytes than the file's tiles (and, when both windows are read at once, the
+same range twice at the same moment). :class:`TileCache` keeps the decoded tiles that a
+window used only in part (the ones a neighbour will want), bounded in bytes, and lets a
+read wait for a tile another read is fetching instead of fetching it again.
+
+Used on the engine's event loop only (no locks); :meth:`TileCache.clear` may be called
+from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import numpy as np
+
+__all__ = ["TileCache", "tiles"]
+
+#: Decoded bytes kept at most (a few hundred 256 px or a few dozen 1024 px tiles).
+DEFAULT_BYTES = 64 * 2**20
+
+
+class TileCache:
+    """A bounded LRU of decoded tiles plus the tiles being fetched right now.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Decoded bytes kept at most; the least recently used tiles go first.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self._done: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[Hashable, asyncio.Future] = {}
+
+    def get(self, key: Hashable) -> np.ndarray | asyncio.Future | None:
+        """The tile, the future of its fetch in progress, or None."""
+        done = self._done.get(key)
+        if done is not None:
+            self._done.move_to_end(key)
+            return done
+        return self._pending.get(key)
+
+    def claim(self, key: Hashable) -> asyncio.Future:
+        """Announce that the caller fetches ``key``; others may await the returned future."""
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._pending[key] = future
+        return future
+
+    def finish(self, key: Hashable, tile: np.ndarray | None, *, keep: bool) -> None:
+        """Resolve the claim on ``key`` with ``tile``; ``keep`` stores it for later reads."""
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(tile)
+        if keep and tile is not None and tile.nbytes <= self.max_bytes:
+            self._done[key] = tile
+            self._bytes += tile.nbytes
+            while self._bytes > self.max_bytes:
+                self._bytes -= self._done.popitem(last=False)[1].nbytes
+
+    def fail(self, key: Hashable, error: BaseException) -> None:
+        """Resolve the claim on ``key`` with ``error`` (its waiters raise it)."""
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def clear(self) -> None:
+        """Forget every stored tile (fetches in progress finish for their waiters)."""
+        self._done, self._bytes = OrderedDict(), 0
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # seen: the waiters raise it themselves
+
+
+#: The process's tile cache.
+tiles = TileCache()
