@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,7 @@ class Spec:
 
     url: str
     label: str
-    auth_header: str | None
+    auth_header: str | None = field(repr=False)  # a secret: never in a repr or a log
     grid: Grid
     shape: tuple[int, int]
     rows: slice
