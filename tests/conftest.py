@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
 import xarray_terrascope as xts
 from xarray_terrascope import read
 
+#: Credentials a process may take from its environment (the workers must not have them).
+TERRASCOPE_VARS = ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD")
 NDVI = "terrascope-s2-ndvi-v2"
 FAPAR = "terrascope-s2-fapar-v2"
 
@@ -51,3 +54,22 @@ def all_logs(caplog):
 def tif_records(sandbox, **kw):
     """Download-server records of COG requests."""
     return [r for r in sandbox.log.records(**kw) if r.path.endswith(".tif")]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real LocalCluster of two worker processes whose environment has no Terrascope
+    credentials: whatever they read, they got from the package's worker plugin."""
+    distributed = pytest.importorskip("distributed")
+    saved = {k: os.environ.pop(k) for k in TERRASCOPE_VARS if k in os.environ}
+    try:
+        with distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            dashboard_address=":0",
+            worker_dashboard_address=":0",
+        ) as local:
+            yield local
+    finally:
+        os.environ.update(saved)

@@ -19,10 +19,9 @@ import xarray_terrascope as xts  # noqa: E402
 from xarray_terrascope.exceptions import AuthenticationError  # noqa: E402
 from xarray_terrascope.testing import SAMPLE_FIELD  # noqa: E402
 
-from .conftest import tif_records  # noqa: E402
+from .conftest import TERRASCOPE_VARS, tif_records  # noqa: E402
 
 DAYS = {"start": "2025-05-01", "end": "2025-06-30"}
-TERRASCOPE_VARS = ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD")
 
 
 def _forms(secret: str) -> list[bytes]:
@@ -33,23 +32,6 @@ def _assert_absent(blob: bytes | str, secret: str, where: str) -> None:
     data = blob.encode() if isinstance(blob, str) else blob
     for form in _forms(secret):
         assert form not in data, f"password found in {where}"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Two worker processes whose environment has no Terrascope credentials."""
-    saved = {k: os.environ.pop(k) for k in TERRASCOPE_VARS if k in os.environ}
-    try:
-        with distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=2,
-            processes=True,
-            dashboard_address=":0",
-            worker_dashboard_address=":0",
-        ) as local:
-            yield local
-    finally:
-        os.environ.update(saved)
 
 
 @pytest.fixture

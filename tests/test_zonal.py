@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import cloudpickle
 import numpy as np
 import pytest
@@ -231,26 +229,6 @@ def test_plan_aligns_blocks_to_the_file_tiles(field):
 
 
 distributed = pytest.importorskip("distributed")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    saved = {
-        k: os.environ.pop(k)
-        for k in ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD")
-        if k in os.environ
-    }
-    try:
-        with distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=2,
-            processes=True,
-            dashboard_address=":0",
-            worker_dashboard_address=":0",
-        ) as local:
-            yield local
-    finally:
-        os.environ.update(saved)
 
 
 def test_on_a_distributed_cluster(cluster, logged_in):
