@@ -145,6 +145,33 @@ def test_windows_that_cut_cog_tiles_fetch_each_tile_once(logged_in):
     assert sum(r.bytes for r in tif_records(logged_in)) <= 1.05 * once
 
 
+def test_shared_tiles_never_answer_another_account(logged_in):
+    """Tiles kept for neighbouring windows serve reads with the same credentials only:
+    a second account's read reaches the server for every tile, under its own name."""
+    import xarray_terrascope as xts
+
+    first, second = list(logged_in.users.items())[:2]
+    a = _open(SAMPLE_FIELD, WIDE_DAYS, chunks={"time": 1}, chunksize=100)
+    logged_in.log.clear()
+    with dask.config.set(scheduler="threads", num_workers=4):
+        values = a.NDVI.load().values
+    bytes_a = sum(r.bytes for r in tif_records(logged_in))
+    assert len(tiles) > 0, "the chunked read must have kept shared tiles"
+    b = _open(
+        SAMPLE_FIELD,
+        WIDE_DAYS,
+        chunks={"time": 1},
+        chunksize=100,
+        credentials=xts.Credentials(*second),
+    )
+    logged_in.log.clear()
+    with dask.config.set(scheduler="threads", num_workers=4):
+        np.testing.assert_array_equal(b.NDVI.load().values, values)
+    records = tif_records(logged_in)
+    assert {r.user for r in records} == {second[0]} != {first[0]}
+    assert sum(r.bytes for r in records) >= 0.95 * bytes_a
+
+
 def test_a_new_process_reuses_the_persisted_headers(logged_in, header_cache_dir):
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
     first = ds.NDVI.load().values

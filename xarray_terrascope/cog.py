@@ -375,13 +375,13 @@ async def _tiles_of(tiff, source, xy, inner, tile_shape) -> list[np.ndarray]:
     waits: dict[tuple[int, int], asyncio.Future] = {}
     mine: list[tuple[int, int]] = []
     for tx, ty in xy:
-        entry = tiles.get((source.url, tx, ty))
+        entry = tiles.get(_tile_key(source, tx, ty))
         if isinstance(entry, np.ndarray):
             found[tx, ty] = entry
         elif entry is not None:
             waits[tx, ty] = entry
         else:
-            tiles.claim((source.url, tx, ty))
+            tiles.claim(_tile_key(source, tx, ty))
             mine.append((tx, ty))
     try:
         for (tx, ty), block in zip(mine, await _fetch_decode(tiff, source, mine), strict=True):
@@ -391,11 +391,11 @@ async def _tiles_of(tiff, source, xy, inner, tile_shape) -> list[np.ndarray]:
                 or tx * tw < left < (tx + 1) * tw
                 or tx * tw < right < (tx + 1) * tw
             )
-            tiles.finish((source.url, tx, ty), block, keep=shared)
+            tiles.finish(_tile_key(source, tx, ty), block, keep=shared)
             found[tx, ty] = block
     except BaseException as err:
         for tx, ty in mine:
-            tiles.fail((source.url, tx, ty), err)
+            tiles.fail(_tile_key(source, tx, ty), err)
         raise
     for key, future in waits.items():
         try:
@@ -403,6 +403,12 @@ async def _tiles_of(tiff, source, xy, inner, tile_shape) -> list[np.ndarray]:
         except Exception:  # the other read failed (its own error): fetch it ourselves
             (found[key],) = await _fetch_decode(tiff, source, [key])
     return [found[key] for key in xy]
+
+
+def _tile_key(source: _Source, tx: int, ty: int) -> tuple:
+    """A tile is shared only between reads with the same credentials: another account's
+    read asks the server itself (the ``Authorization`` value is never logged)."""
+    return (source.url, source.auth_header, tx, ty)
 
 
 async def _fetch_decode(tiff, source, xy) -> list[np.ndarray]:
