@@ -92,18 +92,24 @@ def _bounds(transform, shape) -> tuple[float, float, float, float]:
 # --- this package -----------------------------------------------------------------------
 
 
-def run_terrascope(spec: dict) -> tuple[np.ndarray, list[str], dict]:
+def _open_cube(spec: dict, chunks: dict | None):
+    """This package's cube of the scenario (a search, no pixel)."""
     import xarray as xr
 
-    chunks = {} if spec.get("mode", "dask") == "dask" else None
-    t0 = time.perf_counter()
-    ds = xr.open_dataset(
+    return xr.open_dataset(
         list(spec["bbox"]),
         engine="terrascope",
         start=spec["start"],
         end=spec["end"],
         chunks=chunks,
     )
+
+
+def run_terrascope(spec: dict) -> tuple[np.ndarray, list[str], dict]:
+
+    chunks = {} if spec.get("mode", "dask") == "dask" else None
+    t0 = time.perf_counter()
+    ds = _open_cube(spec, chunks)
     t_open = time.perf_counter() - t0
     if spec.get("open_only"):
         return (
@@ -343,7 +349,6 @@ def run_async(spec: dict) -> tuple[np.ndarray, list[str], dict]:
 
 def run_memory(spec: dict) -> tuple[np.ndarray, list[str], dict]:
     """``ds.NDVI.mean("time")`` with ``chunks={}``, on threads or a LocalCluster."""
-    import xarray as xr
 
     workers = spec.get("workers", 0)
     client = cluster = None
@@ -361,13 +366,7 @@ def run_memory(spec: dict) -> tuple[np.ndarray, list[str], dict]:
         client.run(lambda: None)  # workers up before the clock starts
     try:
         t0 = time.perf_counter()
-        ds = xr.open_dataset(
-            list(spec["bbox"]),
-            engine="terrascope",
-            start=spec["start"],
-            end=spec["end"],
-            chunks={},
-        )
+        ds = _open_cube(spec, {})
         nbytes = int(ds[ASSET].nbytes)
         mean = ds[ASSET].mean("time").compute()
         if client is not None:

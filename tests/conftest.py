@@ -73,3 +73,21 @@ def cluster():
             yield local
     finally:
         os.environ.update(saved)
+
+
+def interrupt(proc) -> None:
+    """Stop a child process the way a user does (Ctrl-C), by its own PID; kill it only
+    if it has not exited 30 s later; close its pipes. ``proc.returncode`` tells how it
+    ended."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

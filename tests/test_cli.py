@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ import xarray as xr
 import xarray_terrascope as xts
 from xarray_terrascope import auth, cli
 from xarray_terrascope.testing import SAMPLE_FIELD
+
+from .conftest import interrupt
 
 BBOX = ",".join(str(v) for v in SAMPLE_FIELD)
 WINDOW = ["--start", "2025-06-01", "--end", "2025-06-12"]
@@ -385,14 +386,7 @@ def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
         landing = requests.get(exports["TERRASCOPE_STAC_URL"], timeout=10)
         assert landing.status_code == 200 and landing.json()["type"] == "Catalog"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.stdout.close()
-            proc.stderr.close()
+        interrupt(proc)
     assert proc.returncode == 0
 
 

@@ -26,7 +26,6 @@ import os
 import queue
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import textwrap
@@ -39,6 +38,8 @@ import pytest
 import xarray_terrascope as xts
 from xarray_terrascope import cli, read
 from xarray_terrascope.testing import SAMPLE_FIELD
+
+from .conftest import interrupt
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -244,15 +245,7 @@ def _run_long_running(argv: list[str]) -> list[str]:
     try:
         out = _readline_until(proc, "# Ctrl-C", SANDBOX_TIMEOUT)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
-            proc.stderr.close()
+        interrupt(proc)
     assert proc.returncode == 0
     return out
 

@@ -156,20 +156,32 @@ def _refused(label: str, url: str, status: Any, creds, sent: bool) -> Authentica
     return err
 
 
-def _explain(err: Exception, url: str, creds: auth.Credentials | None, sent: bool) -> Exception:
-    """What GDAL's error text alone says: a refusal, a non-raster answer, or a failure."""
+def _explain(
+    err: Exception,
+    url: str,
+    creds: auth.Credentials | None,
+    sent: bool,
+    label: str | None = None,
+) -> Exception:
+    """What GDAL's error text alone says: a refusal, a non-raster answer, or a failure.
+
+    ``label`` names the file to the user (the item id; default: the URL).
+    """
     text = str(err.__cause__ or err)
-    if _REFUSED.search(text):
-        return _refused(url, url, _REFUSED.search(text).group(1), creds, sent)
+    refused = _REFUSED.search(text)
+    if refused:
+        return _refused(label or url, url, refused.group(1), creds, sent)
+    where = f"{label} ({url})" if label else url
     if "not recognized as" in text or "not recognised as" in text:
         if not sent:
             return AuthenticationError(
-                f"{url} did not answer with a GeoTIFF, most likely Terrascope's login page: no "
-                f"credentials were sent because its origin is not in TERRASCOPE_DOWNLOAD_HOSTS "
-                f"({', '.join(sorted(config.download_hosts()))}). Add it there."
+                f"{where} did not answer with a GeoTIFF, most likely Terrascope's login page: "
+                f"no credentials were sent because its origin is not in "
+                f"TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
+                "Add it there."
             )
-        return ReadError(f"{url} is not a readable raster (GDAL: {text[-200:]})")
-    return ReadError(f"Reading {url} failed: {text[-300:]}")
+        return ReadError(f"{where} is not a readable raster (GDAL: {text[-200:]})")
+    return ReadError(f"Reading {where} failed: {text[-300:]}")
 
 
 def _read_gdal(
@@ -184,11 +196,9 @@ def _read_gdal(
         except (RuntimeError, RasterioIOError) as err:
             text = str(err.__cause__ or err)
             _forget_reader(plan, url, asset_index, creds)  # a failure must not stick
-            if isinstance(_explain(err, url, creds, sent), AuthenticationError):
-                if _REFUSED.search(text):
-                    status = _REFUSED.search(text).group(1)
-                    raise _refused(label, url, status, creds, sent) from None
-                raise _explain(err, url, creds, sent) from None
+            explained = _explain(err, url, creds, sent, label)
+            if isinstance(explained, AuthenticationError):
+                raise explained from None
             web = url.split(":", 1)[0].lower() in ("http", "https")
             status = _transport.probe_status(url, _auth_header(plan, url, creds)) if web else 404
             if status in (401, 403):
