@@ -32,7 +32,7 @@ def fresh_caches(tmp_path, monkeypatch):
 
 @pytest.fixture
 def gdal_only(monkeypatch):
-    monkeypatch.setattr(read, "_aligned_grid", lambda *args: None)
+    monkeypatch.setattr(read, "_async_how", lambda *args: None)
     read.clear_reader_cache()
 
 

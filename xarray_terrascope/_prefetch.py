@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import _aio
+from ._warp import Native, Target, read_warped
 from .cog import Grid, fetch_header, read_aligned
 
 __all__ = ["Spec", "clear", "read", "read_ahead", "warm_headers"]
@@ -41,13 +42,15 @@ class Spec:
     url: str
     label: str
     auth_header: str | None = field(repr=False)  # a secret: never in a repr or a log
-    grid: Grid
+    grid: Grid | None
     shape: tuple[int, int]
     rows: slice
     cols: slice
     dtype: Any
     fill: Any
     cube: tuple[int, int] | None = None
+    #: for a file on another grid: its grid and the output grid (nearest-neighbour warp)
+    warp: tuple[Native, Target] | None = None
 
     @property
     def key(self) -> tuple:
@@ -68,6 +71,19 @@ class Spec:
         return size * np.dtype(self.dtype).itemsize
 
     def run(self):
+        if self.warp is not None:
+            native, target = self.warp
+            return read_warped(
+                self.url,
+                label=self.label,
+                auth_header=self.auth_header,
+                native=native,
+                target=target,
+                rows=self.rows,
+                cols=self.cols,
+                dtype=self.dtype,
+                fill=self.fill,
+            )
         return read_aligned(
             self.url,
             label=self.label,

@@ -221,7 +221,7 @@ def _epsg(ifd) -> int | None:
     return geo.projected_type or geo.geographic_type
 
 
-def _check_grid(ifd, grid: Grid, shape: tuple[int, int], dtype: np.dtype, label: str) -> None:
+def check_grid(ifd, grid: Grid, shape: tuple[int, int], dtype: np.dtype, label: str) -> None:
     scale, tie = ifd.model_pixel_scale, ifd.model_tiepoint
     problems = []
     if ifd.tile_width is None or ifd.tile_height is None:
@@ -291,12 +291,20 @@ async def read_aligned(
     AuthenticationError, ReadError
         As :func:`xarray_terrascope._transport.get_range`.
     """
+
+    async def body(tiff, source):
+        return await _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label, cube)
+
+    return await with_header(url, label, auth_header, body)
+
+
+async def with_header(url: str, label: str, auth_header: str | None, body):
+    """Run ``await body(tiff, source)`` on the file's parsed header, once more on a fresh
+    header when the cached one turns out stale; errors surface as the package's own."""
     for attempt in range(2):
         tiff, source, from_disk = await _open(url, label, auth_header)
         try:
-            return await _read_tiles(
-                tiff, source, grid, shape, rows, cols, dtype, fill, label, cube
-            )
+            return await body(tiff, source)
         except (GridMismatch, AuthenticationError):
             raise
         except Exception as err:
@@ -323,7 +331,7 @@ async def _read_tiles(
     tiff, source, grid, shape, rows, cols, dtype, fill, label, cube=None
 ) -> np.ndarray:
     ifd = tiff.ifds[0]
-    _check_grid(ifd, grid, shape, np.dtype(dtype), label)
+    check_grid(ifd, grid, shape, np.dtype(dtype), label)
     out = np.full((rows.stop - rows.start, cols.stop - cols.start), fill, dtype=dtype)
     height, width = shape
     r0 = max(rows.start + grid.row_offset, 0)
@@ -339,7 +347,7 @@ async def _read_tiles(
         for tx in range(c0 // tw, (c1 - 1) // tw + 1)
     ]
     # the window's sides that a neighbouring window of the cube shares (file pixels)
-    inner = (
+    top, bottom, left, right = (
         (-1, -1, -1, -1)
         if cube is None
         else (
@@ -349,7 +357,16 @@ async def _read_tiles(
             c1 if cols.stop < cube[1] else -1,
         )
     )
-    blocks = await _tiles_of(tiff, source, xy, inner, (th, tw))
+
+    def shared(tx: int, ty: int) -> bool:  # crosses a side a neighbouring window shares
+        return (
+            ty * th < top < (ty + 1) * th
+            or ty * th < bottom < (ty + 1) * th
+            or tx * tw < left < (tx + 1) * tw
+            or tx * tw < right < (tx + 1) * tw
+        )
+
+    blocks = await tiles_of(tiff, source, xy, shared)
     for (tx, ty), block in zip(xy, blocks, strict=True):
         # this tile's part of the file window, in file pixels
         fr0, fc0 = max(r0, ty * th), max(c0, tx * tw)
@@ -361,16 +378,13 @@ async def _read_tiles(
     return out
 
 
-async def _tiles_of(tiff, source, xy, inner, tile_shape) -> list[np.ndarray]:
+async def tiles_of(tiff, source, xy, keep) -> list[np.ndarray]:
     """Decoded tiles ``xy`` of the file, through the process's :data:`~._tiles.tiles`.
 
     Tiles another read holds or is fetching are taken from it; the others are fetched in
-    one batch (coalesced ranges), and those that cross one of the window's ``inner``
-    sides (top, bottom, left, right file pixel; -1 for a side on the cube's edge), which
-    a neighbouring window will want, are kept.
+    one batch (coalesced ranges), and those for which ``keep(tx, ty)`` is true (a
+    neighbouring window will want them) are kept.
     """
-    top, bottom, left, right = inner
-    th, tw = tile_shape
     found: dict[tuple[int, int], np.ndarray] = {}
     waits: dict[tuple[int, int], asyncio.Future] = {}
     mine: list[tuple[int, int]] = []
@@ -385,13 +399,7 @@ async def _tiles_of(tiff, source, xy, inner, tile_shape) -> list[np.ndarray]:
             mine.append((tx, ty))
     try:
         for (tx, ty), block in zip(mine, await _fetch_decode(tiff, source, mine), strict=True):
-            shared = (
-                ty * th < top < (ty + 1) * th
-                or ty * th < bottom < (ty + 1) * th
-                or tx * tw < left < (tx + 1) * tw
-                or tx * tw < right < (tx + 1) * tw
-            )
-            tiles.finish(_tile_key(source, tx, ty), block, keep=shared)
+            tiles.finish(_tile_key(source, tx, ty), block, keep=keep(tx, ty))
             found[tx, ty] = block
     except BaseException as err:
         for tx, ty in mine:

@@ -5,8 +5,10 @@ the usual Terrascope case) are read by the native async engine (:mod:`xarray_ter
 on the process's event loop, :mod:`xarray_terrascope._aio`): every such file of a window
 at once, one header request per file per process (none with the persistent header cache),
 coalesced tile requests, decoding in Rust. Files that must be warped (another UTM zone,
-another resolution) keep GDAL's ``WarpedVRT`` through stackstac's reader, in a pool of I/O
-threads, concurrently with the async reads.
+another resolution) are read by the same engine and warped in memory with nearest
+neighbour (:mod:`xarray_terrascope._warp`); with another resampling they keep GDAL's
+``WarpedVRT`` through stackstac's reader, in a pool of I/O threads, concurrently with the
+async reads.
 
 Same-date items are mosaicked in the plan's priority order: the first valid pixel wins.
 Credentials are resolved from the plan's opaque handle at every read, so ``logout()`` and
@@ -39,6 +41,7 @@ from . import _aio, _prefetch, _transport, auth, config
 from ._headers import headers
 from ._prefetch import Spec
 from ._tiles import tiles
+from ._warp import Native, Target
 from .cog import Grid, GridMismatch, local_path
 from .exceptions import AuthenticationError, ReadError
 from .stack import CubePlan, make_reader
@@ -241,6 +244,22 @@ def _aligned_grid(plan: CubePlan, item_index: int, asset_index: int) -> Grid | N
     return Grid(epsg, c, f, res, round(row_off), round(col_off))
 
 
+def _async_how(plan: CubePlan, item_index: int, asset_index: int) -> Grid | tuple | None:
+    """How the async engine reads this asset: a :class:`Grid` (its pixels are output
+    pixels), a ``(Native, Target)`` nearest-neighbour warp, or None (GDAL's warper)."""
+    grid = _aligned_grid(plan, item_index, asset_index)
+    if grid is not None or plan.resampling != "nearest" or not plan.native:
+        return grid
+    native = plan.native[item_index][asset_index]
+    if native is None:
+        return None
+    epsg, transform, shape = native
+    west, _, _, north = plan.bounds
+    return Native(epsg, tuple(transform), tuple(shape)), Target(
+        plan.epsg, plan.resolution, west, north
+    )
+
+
 def _source(plan: CubePlan, item_index: int, asset_index: int, url: str) -> tuple[str, bool]:
     """The href to read (a local file when the plan prefers it) and whether it is local."""
     if plan.prefer_local is False or not plan.local_hrefs:
@@ -304,12 +323,12 @@ def read_window(
     pool = _io_pool()
     try:
         for j, (_, item_index, href, local) in enumerate(jobs):
-            grid = None if local else _aligned_grid(plan, item_index, asset_index)
-            if grid is None:
+            how = None if local else _async_how(plan, item_index, asset_index)
+            if how is None:
                 label = _label(plan, item_index)
                 results[j] = pool.submit(_read_gdal, plan, href, asset_index, window, creds, label)
             else:
-                aligned.append((j, grid))
+                aligned.append((j, how))
         if aligned:
             _prefetch_around(
                 plan, asset_index, time_indices, rows, cols, window, creds, dtype, nodata
@@ -349,15 +368,15 @@ def read_window(
 async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds, dtype, fill):
     import asyncio
 
-    async def one(j: int, grid: Grid):
+    async def one(j: int, how):
         _, item_index, url, _ = jobs[j]
-        spec = _spec(plan, asset_index, item_index, url, grid, rows, cols, creds, dtype, fill)
+        spec = _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fill)
         try:
             return await _prefetch.read(spec)
         except GridMismatch as err:
             return err
 
-    tasks = [asyncio.ensure_future(one(j, grid)) for j, grid in aligned]
+    tasks = [asyncio.ensure_future(one(j, how)) for j, how in aligned]
     try:
         return await asyncio.gather(*tasks)
     finally:
@@ -371,18 +390,20 @@ _recent_lock = threading.Lock()
 _recent: OrderedDict[tuple, set[int]] = OrderedDict()
 
 
-def _spec(plan, asset_index, item_index, url, grid, rows, cols, creds, dtype, fill) -> Spec:
+def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fill) -> Spec:
+    warp = None if isinstance(how, Grid) else how
     return Spec(
         url=url,
         label=_label(plan, item_index),
         auth_header=_auth_header(plan, url, creds),
-        grid=grid,
+        grid=None if warp else how,
         shape=plan.native[item_index][asset_index][2],
         rows=rows,
         cols=cols,
         dtype=dtype,
         fill=fill,
         cube=plan.shape,
+        warp=warp,
     )
 
 
@@ -412,9 +433,9 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
                     and _overlaps(plan, plan.item_bounds[item_index][asset_index], window)
                     and not _source(plan, item_index, asset_index, url)[1]
                 ):
-                    grid = _aligned_grid(plan, item_index, asset_index)
-                    if grid is not None:
-                        yield item_index, url, grid
+                    how = _async_how(plan, item_index, asset_index)
+                    if how is not None:
+                        yield item_index, url, how
 
     if first:
         _prefetch.warm_headers(
@@ -430,8 +451,8 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
                 break
             if t in seen:
                 continue
-            for i, url, grid in aligned_files([t]):
-                ahead.append(_spec(plan, asset_index, i, url, grid, rows, cols, creds, dtype, fill))
+            for i, url, how in aligned_files([t]):
+                ahead.append(_spec(plan, asset_index, i, url, how, rows, cols, creds, dtype, fill))
         _prefetch.read_ahead(ahead)
 
 
