@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import email.parser
+import http.client
 import json
 import os
 import re
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -813,6 +817,29 @@ def test_bearer_tokens(sb: Sandbox) -> None:
     assert users == {sb.username}
 
 
+def test_expect_100_continue_is_answered(sb: Sandbox) -> None:
+    """A client that waits for ``100 Continue`` before sending its body gets it."""
+    sb.download.bearer = True
+    form = {"grant_type": "password", "client_id": "public", "username": sb.username}
+    body = urlencode({**form, "password": sb.password}).encode()
+    host, port = sb.download_host.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        stream = sock.makefile("rb")
+        sock.sendall(
+            b"POST /auth/realms/terrascope/protocol/openid-connect/token HTTP/1.1\r\n"
+            + f"Host: {sb.download_host}\r\nContent-Length: {len(body)}\r\n".encode()
+            + b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + b"Expect: 100-continue\r\n\r\n"
+        )
+        assert stream.readline() == b"HTTP/1.1 100 Continue\r\n" and stream.readline() == b"\r\n"
+        sock.sendall(body)
+        status = stream.readline()
+        while status.startswith(b"HTTP/1.1 100 "):  # werkzeug sent a second one
+            assert stream.readline() == b"\r\n"
+            status = stream.readline()
+        assert status.startswith(b"HTTP/1.1 200 ")
+
+
 def test_request_log_fields_and_no_secrets(sb: Sandbox) -> None:
     item_id = sb.world.item_ids(NDVI)[18]
     href = _href(sb, item_id)
@@ -830,6 +857,35 @@ def test_request_log_fields_and_no_secrets(sb: Sandbox) -> None:
     assert sb.password not in dump and "wrong-secret" not in dump and "Basic " not in dump
     sb.log.clear()
     assert sb.log.records() == []
+
+
+def test_connections_stay_open_between_answers(sb: Sandbox) -> None:
+    """Like a real file server (werkzeug's development server closes every connection),
+    one socket carries several requests; each answer is in the log once it is read."""
+    item_id = sb.world.item_ids(NDVI)[19]
+    data, path = sb.world.cog_bytes(item_id), "/download/" + sb.world.item(item_id)["path"]
+    token = base64.b64encode(f"{sb.username}:{sb.password}".encode()).decode()
+    exchanges = [  # a HEAD (headers, no body) must not spoil the next answer
+        ("HEAD", path, None, 200, b""),
+        ("GET", path, "bytes=10-19", 206, data[10:20]),
+        ("GET", path + ".aux.xml", None, 404, b"Not Found"),
+        ("GET", path, "bytes=-5", 206, data[-5:]),
+    ]
+    conn = http.client.HTTPConnection(sb.download_host, timeout=30)
+    try:
+        conn.connect()
+        sock = conn.sock
+        for count, (method, target, span, status, body) in enumerate(exchanges, start=1):
+            headers = {"Authorization": f"Basic {token}", **({"Range": span} if span else {})}
+            conn.request(method, target, headers=headers)
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (status, body)
+            assert not response.will_close and conn.sock is sock
+            assert len(sb.log.records()) == count
+    finally:
+        conn.close()
+    head = sb.log.records()[0]
+    assert head.method == "HEAD" and head.status == 200 and head.bytes == 0
 
 
 def test_gdal_vsicurl_reads_the_world(sb: Sandbox) -> None:
@@ -882,12 +938,16 @@ def test_sandbox_lifecycle_leaves_nothing_behind(tmp_path: Path) -> None:
         assert env["TERRASCOPE_DOWNLOAD_URL"] == box.download_url.rstrip("/") + "/"
         assert env["TERRASCOPE_DOWNLOAD_HOSTS"] == box.download_origin
         assert requests.get(box.download_url, auth=("bob", "other-pass"), timeout=30).ok
+        box.start_bucket()
+        assert requests.get(box.bucket_url, timeout=30).ok
         running = {t.name for t in set(threading.enumerate()) - before}
-        assert {"terrascope-sandbox-stac", "terrascope-sandbox-download"} <= running
+        assert {f"terrascope-sandbox-{n}" for n in ("stac", "download", "bucket")} <= running
+        bucket_url = box.bucket_url
     assert not cache.exists()
     assert set(threading.enumerate()) - before == set()
-    with pytest.raises(requests.exceptions.ConnectionError):
-        requests.get(env["TERRASCOPE_STAC_URL"], timeout=5)
+    for url in (env["TERRASCOPE_STAC_URL"], env["TERRASCOPE_DOWNLOAD_URL"], bucket_url):
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(url, timeout=5)
     kept = tmp_path / "cache"
     with Sandbox(seed=3, cache_dir=kept) as box:
         box.world.cog_path(box.world.item_ids(NDVI)[0])

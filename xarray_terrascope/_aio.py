@@ -44,6 +44,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (Linux, macOS: a dependency there), which
+    spends about a fifth less CPU per request than asyncio's own; asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _get_loop() -> asyncio.AbstractEventLoop:
     global _loop, _thread, _pid
     with _lock:
@@ -51,7 +61,7 @@ def _get_loop() -> asyncio.AbstractEventLoop:
             return _loop
         if _pid != os.getpid():
             _state.clear()
-        loop = asyncio.new_event_loop()
+        loop = _new_loop()
         ready = threading.Event()
 
         def serve() -> None:

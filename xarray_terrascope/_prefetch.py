@@ -2,7 +2,7 @@
 
 dask runs as many read tasks at once as it has threads (often the number of cores), so a
 streaming computation over dates would keep only a few files in flight. When reads of one
-window come date after date (a sequential pattern, like a file system's read-ahead), the
+window come date after date (forwards or backwards, like a file system's read-ahead), the
 windows of the next dates are read in the background, bounded in count and bytes, and
 handed to the read that asks for them. Headers of every file a window touches are fetched
 in the background on the first read of that window.

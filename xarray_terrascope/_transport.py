@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import base64
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -37,7 +38,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from . import _aio
-from .config import origin
+from .config import origin as _parse_origin
 from .exceptions import AuthenticationError, ReadError
 
 __all__ = [
@@ -55,7 +56,7 @@ logger = logging.getLogger(__name__)
 #: Environment variable: the most requests in flight per host and process.
 ENV_MAX_CONNECTIONS = "TERRASCOPE_MAX_CONNECTIONS"
 #: Requests in flight per host when ``TERRASCOPE_MAX_CONNECTIONS`` is not set.
-DEFAULT_MAX_CONNECTIONS = 16
+DEFAULT_MAX_CONNECTIONS = 32
 #: Attempts per request before giving up on a transient failure.
 MAX_ATTEMPTS = 10
 #: Backoff: first delay and cap, seconds (doubled per attempt, with jitter).
@@ -71,6 +72,10 @@ PROBE_SUCCESSES = 64
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+#: Origins of URLs seen (a pure function of the URL; parsed once, not per request).
+origin = functools.lru_cache(maxsize=4096)(_parse_origin)
 
 
 def _public(url: str) -> str:
@@ -260,8 +265,9 @@ def _limiter(url: str) -> Limiter:
     limiters = _aio.loop_state().setdefault("limiters", {})
     key = origin(url) or url
     limiter = limiters.get(key)
-    if limiter is None or limiter.maximum != max_connections():
-        limiter = limiters[key] = Limiter(max_connections())
+    maximum = max_connections()
+    if limiter is None or limiter.maximum != maximum:
+        limiter = limiters[key] = Limiter(maximum)
     return limiter
 
 

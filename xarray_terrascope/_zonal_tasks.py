@@ -17,7 +17,6 @@ indexed through its own chunks; a cube opened with ``chunks=None`` is indexed la
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,8 +145,9 @@ def _reduce(
     count[:, has] = per_segment(np.add, valid.astype(np.float64))
     total = np.zeros((other, n))
     total[:, has] = per_segment(np.add, zeroed)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN segments -> NaN, on purpose
+    # all-NaN segments give NaN, on purpose (errstate is thread-safe; warnings filters are
+    # not, so nothing here relies on them)
+    with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / count
         for s, stat in enumerate(stats):
             if stat == "count":
@@ -170,7 +170,9 @@ def _reduce(
                 column = np.full((other, n), np.nan)
                 edges = np.concatenate([[0], np.cumsum(sizes)])
                 for g in np.flatnonzero(has):
-                    column[:, g] = np.nanmedian(values[:, edges[g] : edges[g + 1]], axis=1)
+                    segment = values[:, edges[g] : edges[g + 1]]
+                    some = count[:, g] > 0  # nanmedian warns on all-NaN rows: skip them
+                    column[some, g] = np.nanmedian(segment[some], axis=1)
             out[:, s, :] = column.T
     return out.astype(dtype)
 

@@ -1,4 +1,4 @@
-"""The sandbox's authenticated download server, as a werkzeug WSGI app.
+"""The sandbox's authenticated download server: its decisions, free of any web framework.
 
 ``GET``/``HEAD /download/<path>`` serves the world's COGs with HTTP ranges (single,
 multipart for several ranges, 416 when unsatisfiable); ``GET /download/`` lists the
@@ -11,41 +11,53 @@ thread): ``latency``, ``max_concurrent``, ``fault_rate``, ``drop_rate``,
 a 302 to an S3-presigned-looking URL under that root, as a download service that moved
 its files to object storage would); plus :meth:`DownloadApp.fail_next` for exact faults
 and :meth:`DownloadApp.expire_tokens`. Every request is recorded in ``log``.
+
+A server (``server.py``: aiohttp, on an event loop of its own) drives one
+:class:`Exchange` per request: :meth:`~DownloadApp.arrive`, ``await``
+:meth:`~DownloadApp.respond`, send the chunks of :meth:`~DownloadApp.body` (cutting the
+connection on :class:`Dropped`), and in every case :meth:`~DownloadApp.finish`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import html
 import json
 import logging
-import os
 import random
 import secrets
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from werkzeug.http import parse_range_header
-from werkzeug.wrappers import Request
+from werkzeug.sansio.request import Request
 
 from ._oidc import TokenIssuer, same_secret
+from ._replies import Reply, file_reply, text_reply
 from .request_log import RequestLog, RequestRecord
 from .world import World
 
-__all__ = ["SSO_PATH", "TOKEN_PATH", "DownloadApp", "RequestLog", "RequestRecord"]
+__all__ = [
+    "SSO_PATH",
+    "TOKEN_PATH",
+    "DownloadApp",
+    "Dropped",
+    "Exchange",
+    "Reply",
+    "RequestLog",
+    "RequestRecord",
+]
 
 logger = logging.getLogger(__name__)
 
 SSO_PATH = "/auth/realms/terrascope/protocol/openid-connect/auth"
 TOKEN_PATH = "/auth/realms/terrascope/protocol/openid-connect/token"
 PREFIX = "/download"
-_CHUNK = 65536
 _SIGN_IN = (
     "<!DOCTYPE html><html><head><title>Sign in to terrascope</title></head><body>"
     "<h1>Sign in to your account</h1><form method='post' action='#'>"
@@ -63,13 +75,8 @@ _SWITCHES = (
 )
 
 
-@dataclass
-class _Reply:
-    status: int
-    headers: list[tuple[str, str]]
-    body: Iterable[bytes] = ()
-    drop: bool = False  # cut the connection (half-way through the body, if any)
-    fault: str | None = None
+class Dropped(Exception):
+    """Raised by :meth:`DownloadApp.body` where the server must cut the connection."""
 
 
 @dataclass
@@ -80,8 +87,24 @@ class _Fault:
 
 
 @dataclass
-class _Context:
+class Exchange:
+    """One request on its way through :class:`DownloadApp` (see :meth:`~DownloadApp.arrive`).
+
+    Attributes
+    ----------
+    request : werkzeug.sansio.request.Request
+        The request line and headers.
+    form : Mapping
+        The decoded form body of a POST (the token endpoint reads it).
+    started : float
+        Arrival, seconds since the epoch.
+    status, sent, fault
+        For the log: status sent (0 when dropped before any response), body bytes
+        sent, injected failure.
+    """
+
     request: Request
+    form: Mapping[str, str]
     started: float
     counted: bool = False
     user: str | None = None
@@ -89,22 +112,11 @@ class _Context:
     status: int = 0
     sent: int = 0
     fault: str | None = None
-    done: bool = field(default=False)
-
-
-def _text(
-    status: int,
-    text: str,
-    mimetype: str = "text/plain; charset=utf-8",
-    extra: list[tuple[str, str]] | None = None,
-) -> _Reply:
-    body = text.encode()
-    headers = [("Content-Type", mimetype), ("Content-Length", str(len(body))), *(extra or [])]
-    return _Reply(status, headers, [body])
+    done: bool = False
 
 
 class DownloadApp:
-    """WSGI app of the download server.
+    """The download server's behaviour, driven request by request by a server.
 
     Parameters
     ----------
@@ -167,6 +179,7 @@ class DownloadApp:
         self._rng = random.Random(seed)
         self._faults: list[_Fault] = []
         self._issuer = TokenIssuer()
+        self._rendered: set[str] = set()  # items whose COG is in the cache already
         self._defaults = {
             "latency": latency,
             "max_concurrent": max_concurrent,
@@ -246,64 +259,121 @@ class DownloadApp:
         """``/download`` requests being answered now."""
         return self._in_flight
 
-    # --- WSGI ---------------------------------------------------------------------------
+    # --- one exchange ---------------------------------------------------------------------
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        ctx = _Context(Request(environ), time.time())
+    def arrive(self, request: Request, form: Mapping[str, str] | None = None) -> Exchange:
+        """Start an exchange for a request that just came in.
+
+        Parameters
+        ----------
+        request : werkzeug.sansio.request.Request
+            Method, path, query string and headers of the request.
+        form : Mapping, optional
+            Its decoded form body (for the token endpoint).
+
+        Returns
+        -------
+        Exchange
+            To pass to :meth:`respond`, :meth:`body` and, in every case, :meth:`finish`.
+        """
+        return Exchange(request, {} if form is None else form, time.time())
+
+    async def respond(self, exchange: Exchange) -> Reply:
+        """Decide the answer: routing, rate limit, latency, credentials, faults, file.
+
+        The latency is slept with :func:`asyncio.sleep` and a COG not yet in the cache
+        is written in a worker thread, so the event loop keeps serving other requests.
+        """
         try:
-            reply = self._dispatch(ctx)
+            reply = await self._dispatch(exchange)
         except Exception:  # pragma: no cover - a bug in the sandbox
-            logger.exception("download server error on %s", ctx.request.path)
-            reply = _text(500, "Internal Server Error")
-        ctx.status, ctx.fault = reply.status, reply.fault
-        head = ctx.request.method == "HEAD"
-        # werkzeug sends the status line with the first body bytes, so a drop before
-        # any byte leaves the client without a response.
-        start_response(f"{reply.status} {_PHRASES.get(reply.status, 'Unknown')}", reply.headers)
-        return _Body(
-            self, ctx, () if head else reply.body, reply, environ.get("werkzeug.socket"), head=head
-        )
+            logger.exception("download server error on %s", exchange.request.path)
+            reply = text_reply(500, "Internal Server Error")
+        exchange.status, exchange.fault = reply.status, reply.fault
+        return reply
 
-    def _finish(self, ctx: _Context) -> None:
-        if ctx.done:
+    def body(self, exchange: Exchange, reply: Reply) -> Generator[bytes, None, None]:
+        """Yield the body chunks to send (none for ``HEAD``).
+
+        The record is written (and the request leaves the in-flight count) just before
+        the last chunk is yielded, so a client that got its answer always finds it in
+        the log, and may send its next request without a spurious 429.
+
+        Raises
+        ------
+        Dropped
+            Where the connection must be cut: before anything is sent when the reply
+            has no body (``HEAD``, empty), otherwise after half of it.
+        """
+        head = exchange.request.method == "HEAD"
+        budget = None
+        if reply.drop:
+            length = dict((k.lower(), v) for k, v in reply.headers).get("content-length")
+            budget = 0 if head else int(length or 0) // 2
+            if budget == 0:
+                exchange.status = 0
+                self.finish(exchange)
+                raise Dropped("sandbox: connection dropped on purpose")
+        chunks = iter(() if head else reply.body)
+        chunk = next(chunks, None)
+        while chunk is not None:
+            if budget is not None and exchange.sent + len(chunk) >= budget:
+                part = chunk[: budget - exchange.sent]
+                exchange.sent += len(part)
+                self.finish(exchange)
+                if part:
+                    yield part
+                raise Dropped("sandbox: connection dropped on purpose")
+            following = next(chunks, None)
+            exchange.sent += len(chunk)
+            if following is None:
+                self.finish(exchange)
+            yield chunk
+            chunk = following
+        self.finish(exchange)
+
+    def finish(self, exchange: Exchange) -> None:
+        """Log the exchange and take it out of the in-flight count (once; later calls
+        do nothing)."""
+        if exchange.done:
             return
-        ctx.done = True
-        if ctx.counted:
+        exchange.done = True
+        if exchange.counted:
             with self._lock:
                 self._in_flight -= 1
-        req = ctx.request
+        req = exchange.request
         auth = req.headers.get("Authorization")
         self.log.append(
             RequestRecord(
-                time=ctx.started,
+                time=exchange.started,
                 method=req.method,
                 path=req.path,
                 range=req.headers.get("Range"),
-                status=ctx.status,
-                bytes=ctx.sent,
+                status=exchange.status,
+                bytes=exchange.sent,
                 has_credentials=bool(auth),
-                user=ctx.user,
+                user=exchange.user,
                 auth_scheme=auth.split(None, 1)[0].lower() if auth else None,
                 user_agent=req.headers.get("User-Agent"),
-                duration=time.time() - ctx.started,
-                fault=ctx.fault,
+                duration=time.time() - exchange.started,
+                fault=exchange.fault,
             )
         )
 
     # --- routing ------------------------------------------------------------------------
 
-    def _dispatch(self, ctx: _Context) -> _Reply:
+    async def _dispatch(self, ctx: Exchange) -> Reply:
         req = ctx.request
         if req.path == SSO_PATH:
-            return _text(200, _SIGN_IN, "text/html; charset=utf-8")
+            return text_reply(200, _SIGN_IN, "text/html; charset=utf-8")
         if req.path == TOKEN_PATH:
-            return self._token(req)
+            return self._token(req, ctx.form)
         if req.path != PREFIX and not req.path.startswith(PREFIX + "/"):
-            return _text(404, "Not Found")
+            return text_reply(404, "Not Found")
         with self._lock:
             limit = self.max_concurrent
             if limit is not None and self._in_flight >= limit:
-                reply = _text(
+                reply = text_reply(
                     429, "Too Many Requests", extra=[("Retry-After", str(self.retry_after))]
                 )
                 reply.fault = "429"
@@ -311,7 +381,7 @@ class DownloadApp:
             self._in_flight += 1
             ctx.counted = True
         if self.latency > 0:
-            time.sleep(self.latency)
+            await asyncio.sleep(self.latency)
         outcome = "ok" if self.public else self._authenticate(ctx)
         if outcome == "none":
             return self._to_login(req)
@@ -321,20 +391,20 @@ class DownloadApp:
                 challenge.append(
                     ("WWW-Authenticate", 'Bearer realm="terrascope", error="invalid_token"')
                 )
-            return _text(401, "Unauthorized", extra=challenge)
+            return text_reply(401, "Unauthorized", extra=challenge)
         fault = self._draw_fault(req.path)
         if fault == "503":
-            reply = _text(503, "Service Unavailable")
+            reply = text_reply(503, "Service Unavailable")
             reply.fault = "503"
             return reply
         if self.redirect_to is not None and req.path.rstrip("/") != PREFIX:
             return self._presigned_redirect(req)
-        reply = self._serve(req)
+        reply = await self._serve(req)
         if fault == "drop":
             reply.drop, reply.fault = True, "drop"
         return reply
 
-    def _authenticate(self, ctx: _Context) -> str:
+    def _authenticate(self, ctx: Exchange) -> str:
         header = ctx.request.headers.get("Authorization")
         if not header:
             return "none"
@@ -369,7 +439,7 @@ class DownloadApp:
                     return "drop"
         return None
 
-    def _to_login(self, req: Request) -> _Reply:
+    def _to_login(self, req: Request) -> Reply:
         location = (
             f"{req.host_url.rstrip('/')}{SSO_PATH}?client_id=terrascope-download"
             f"&redirect_uri={quote(req.url, safe='')}&response_type=code&scope=openid"
@@ -378,9 +448,9 @@ class DownloadApp:
             f"<html><body>Redirecting to <a href='{html.escape(location)}'>sign in</a>"
             "</body></html>"
         )
-        return _text(302, page, "text/html; charset=utf-8", [("Location", location)])
+        return text_reply(302, page, "text/html; charset=utf-8", [("Location", location)])
 
-    def _presigned_redirect(self, req: Request) -> _Reply:
+    def _presigned_redirect(self, req: Request) -> Reply:
         """302 to the object store, with the query string of an S3 presigned URL."""
         rel = req.path[len(PREFIX) :].lstrip("/")
         now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -390,21 +460,29 @@ class DownloadApp:
             f"&X-Amz-Date={now}&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
             f"&X-Amz-Signature={secrets.token_hex(32)}"
         )
-        return _text(302, "Found", extra=[("Location", f"{self.redirect_to}{rel}?{query}")])
+        return text_reply(302, "Found", extra=[("Location", f"{self.redirect_to}{rel}?{query}")])
 
     # --- token endpoint ---------------------------------------------------------------------
 
-    def _token(self, req: Request) -> _Reply:
+    def _token(self, req: Request, form: Mapping[str, str]) -> Reply:
         if not self.bearer:
-            return _text(404, "Not Found")
+            return text_reply(404, "Not Found")
         if req.method != "POST":
-            return _text(405, "Method Not Allowed")
-        status, body = self._issuer.grant(req.form, self.users, self.clock(), self.token_lifetime)
-        return _text(status, json.dumps(body), "application/json")
+            return text_reply(405, "Method Not Allowed")
+        status, body = self._issuer.grant(form, self.users, self.clock(), self.token_lifetime)
+        return text_reply(status, json.dumps(body), "application/json")
 
     # --- files ----------------------------------------------------------------------------
 
-    def _serve(self, req: Request) -> _Reply:
+    async def _cog_path(self, item_id: str) -> Path:
+        """The item's COG; written in a worker thread the first time (seconds of CPU)."""
+        if item_id in self._rendered:
+            return self.world.cog_path(item_id)
+        path = await asyncio.to_thread(self.world.cog_path, item_id)
+        self._rendered.add(item_id)
+        return path
+
+    async def _serve(self, req: Request) -> Reply:
         rel = req.path[len(PREFIX) :].lstrip("/")
         if rel == "":
             listing = (
@@ -412,162 +490,18 @@ class DownloadApp:
                 "<body><h1>Index of /download/</h1><ul>"
                 "<li><a href='Sentinel2/'>Sentinel2/</a></li></ul></body></html>"
             )
-            return _text(200, listing, "text/html; charset=utf-8")
+            return text_reply(200, listing, "text/html; charset=utf-8")
         item_id = self.world.item_for_path(rel)
         if item_id is None or req.method not in ("GET", "HEAD"):
-            return _text(
+            return text_reply(
                 404 if item_id is None else 405,
                 "Not Found" if item_id is None else "Method Not Allowed",
             )
-        path = self.world.cog_path(item_id)
-        size = os.stat(path).st_size
+        path = await self._cog_path(item_id)
+        last_modified = self.world.acquisitions[0].datetime.timestamp() + 86400
         base = [
             ("Accept-Ranges", "bytes"),
             ("ETag", f'"{self.world.seed:x}-{item_id}"'),
-            (
-                "Last-Modified",
-                formatdate(self.world.acquisitions[0].datetime.timestamp() + 86400, usegmt=True),
-            ),
+            ("Last-Modified", formatdate(last_modified, usegmt=True)),
         ]
-        spec = parse_range_header(req.headers.get("Range"))
-        if spec is None or spec.units != "bytes":
-            return _Reply(
-                200,
-                [("Content-Type", "image/tiff"), ("Content-Length", str(size)), *base],
-                _read(path, [(0, size)]),
-            )
-        spans = []
-        for start, stop in spec.ranges:
-            if start < 0:
-                start, stop = max(0, size + start), size
-            stop = size if stop is None else min(stop, size)
-            if start < stop:
-                spans.append((start, stop))
-        if not spans:
-            return _Reply(
-                416, [("Content-Range", f"bytes */{size}"), ("Content-Length", "0"), *base]
-            )
-        if len(spans) == 1:
-            ((start, stop),) = spans
-            return _Reply(
-                206,
-                [
-                    ("Content-Type", "image/tiff"),
-                    ("Content-Range", f"bytes {start}-{stop - 1}/{size}"),
-                    ("Content-Length", str(stop - start)),
-                    *base,
-                ],
-                _read(path, spans),
-            )
-        boundary = secrets.token_hex(12)
-        parts = []
-        with open(path, "rb") as handle:
-            for start, stop in spans:
-                handle.seek(start)
-                parts.append(
-                    f"--{boundary}\r\nContent-Type: image/tiff\r\nContent-Range: "
-                    f"bytes {start}-{stop - 1}/{size}\r\n\r\n".encode()
-                )
-                parts.append(handle.read(stop - start))
-                parts.append(b"\r\n")
-        parts.append(f"--{boundary}--\r\n".encode())
-        body = b"".join(parts)
-        return _Reply(
-            206,
-            [
-                ("Content-Type", f"multipart/byteranges; boundary={boundary}"),
-                ("Content-Length", str(len(body))),
-                *base,
-            ],
-            [body],
-        )
-
-
-def _read(path: os.PathLike[str] | str, spans: list[tuple[int, int]]) -> Iterator[bytes]:
-    with open(path, "rb") as handle:
-        for start, stop in spans:
-            handle.seek(start)
-            left = stop - start
-            while left > 0:
-                chunk = handle.read(min(_CHUNK, left))
-                if not chunk:
-                    return
-                left -= len(chunk)
-                yield chunk
-
-
-class _Body:
-    """The response body: counts bytes, cuts dropped connections, logs on close."""
-
-    def __init__(
-        self,
-        app: DownloadApp,
-        ctx: _Context,
-        body: Iterable[bytes],
-        reply: _Reply,
-        sock: socket.socket | None,
-        *,
-        head: bool,
-    ) -> None:
-        self._app, self._ctx, self._body, self._reply, self._sock = app, ctx, body, reply, sock
-        self._head = head
-
-    def _abort(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-        raise ConnectionAbortedError("sandbox: connection dropped on purpose")
-
-    def __iter__(self) -> Iterator[bytes]:
-        # The record is written (and the request leaves the in-flight count) just
-        # before the last bytes go out, so a client that got its answer always
-        # finds it in the log, and may send its next request without a spurious 429.
-        ctx, finish = self._ctx, self._app._finish
-        budget = None
-        if self._reply.drop:
-            length = dict((k.lower(), v) for k, v in self._reply.headers).get("content-length")
-            budget = 0 if self._head else int(length or 0) // 2
-            if budget == 0:
-                ctx.status = 0
-                finish(ctx)
-                self._abort()
-        chunks = iter(self._body)
-        chunk = next(chunks, None)
-        while chunk is not None:
-            if budget is not None and ctx.sent + len(chunk) >= budget:
-                part = chunk[: budget - ctx.sent]
-                ctx.sent += len(part)
-                finish(ctx)
-                if part:
-                    yield part
-                self._abort()
-            following = next(chunks, None)
-            ctx.sent += len(chunk)
-            if following is None:
-                finish(ctx)
-            yield chunk
-            chunk = following
-        finish(ctx)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._app._finish(self._ctx)
-
-
-_PHRASES = {
-    200: "OK",
-    206: "Partial Content",
-    302: "Found",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    416: "Range Not Satisfiable",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    400: "Bad Request",
-}
+        return file_reply(path, req.headers.get("Range"), base)

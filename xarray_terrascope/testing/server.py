@@ -1,5 +1,11 @@
 """Run the sandbox: the STAC API and the download server on two loopback ports.
 
+The STAC API is a WSGI app on werkzeug's threaded server. The download server (and the
+"bucket" of :meth:`Sandbox.start_bucket`) runs on aiohttp, on an event loop of its own
+in a daemon thread: the added latency is an ``asyncio.sleep``, so dozens of concurrent
+range requests cost little more than one latency period, as on a real server, instead
+of a thread (and GIL hand-offs) each.
+
 >>> with Sandbox(seed=0) as sandbox:  # doctest: +SKIP
 ...     os.environ.update(sandbox.env)
 ...     ...
@@ -11,6 +17,8 @@ For a long-running sandbox (the ``xarray-terrascope sandbox`` command), call
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import secrets
 import shutil
@@ -18,11 +26,16 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from werkzeug.datastructures import Headers
+from werkzeug.sansio.request import Request
+from werkzeug.serving import WSGIRequestHandler, make_server
 
-from .download import DownloadApp
+from ._replies import PHRASES, Reply
+from .download import DownloadApp, Dropped
 from .request_log import RequestLog
 from .stac_api import StacApi
 from .world import World
@@ -34,6 +47,10 @@ logger = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 MAIN_USER = "sandbox-user"
 SECOND_USER = "second-user"
+#: Seconds stop() lets requests being answered finish (then they are cancelled).
+SHUTDOWN_TIMEOUT = 5.0
+#: Seconds an idle keep-alive connection stays open (like the STAC server's socket timeout).
+KEEPALIVE_TIMEOUT = 60.0
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -46,6 +63,150 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log(self, type: str, message: str, *args: Any) -> None:
         logger.debug("werkzeug %s: " + message.rstrip(), type, *args)
+
+
+class _Server(Protocol):
+    port: int
+
+    def stop(self) -> None: ...
+
+
+class _WsgiServer:
+    """A WSGI app on werkzeug's threaded server, in a daemon thread."""
+
+    def __init__(self, app: Any, name: str) -> None:
+        self._server = make_server(HOST, 0, app, threaded=True, request_handler=_QuietHandler)
+        self.port: int = self._server.port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"terrascope-sandbox-{name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=30)
+        self._server.server_close()
+
+
+class _AccessLog(AbstractAccessLogger):
+    """aiohttp's access log, at DEBUG on this module's logger."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug("%s %s -> %s", request.method, request.path, response.status)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
+class _DownloadServer:
+    """A :class:`DownloadApp` served by aiohttp on an event loop in a daemon thread.
+
+    A plain HTTP/1.1 file server: keep-alive, no compression either way, every header
+    of the app's reply as it is (with aiohttp's ``Date`` and ``Server``).
+    """
+
+    def __init__(self, app: DownloadApp, name: str) -> None:
+        self.app = app
+        self.port = 0
+        self._ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._main(),), name=f"terrascope-sandbox-{name}", daemon=True
+        )
+        self._thread.start()
+        self.port = self._ready.result(timeout=30)
+
+    async def _main(self) -> None:
+        self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+        server = web.Server(
+            self._handle,
+            access_log_class=_AccessLog,
+            access_log=logger,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            auto_decompress=False,
+        )
+        runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        try:
+            await runner.setup()
+            await web.TCPSite(runner, HOST, 0).start()
+        except Exception as exc:  # e.g. no port: raised again by __init__
+            self._ready.set_exception(exc)
+            await runner.cleanup()
+            return
+        self._ready.set_result(runner.addresses[0][1])
+        try:
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()  # closes the port, then the connections
+
+    def stop(self) -> None:
+        """Close the port and the connections (answering requests get a few seconds),
+        end the loop and its thread."""
+        if self._thread.is_alive() and self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(timeout=30)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        app = self.app
+        if request.headers.get("Expect", "").strip().lower() == "100-continue":
+            # As werkzeug does (aiohttp leaves it to web.Application's router).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not begun
+        form = await request.post() if request.method == "POST" else None
+        exchange = app.arrive(self._sansio(request), form)
+        try:
+            reply = await app.respond(exchange)
+            chunks = []
+            try:
+                for chunk in app.body(exchange, reply):  # logged before the last one
+                    chunks.append(chunk)
+            except Dropped:
+                return await self._cut(request, reply, b"".join(chunks))
+        finally:
+            app.finish(exchange)  # when cancelled or failed; else done already
+        # One write of headers and body (tile ranges are small).
+        return web.Response(
+            status=reply.status,
+            reason=PHRASES.get(reply.status),
+            headers=reply.headers,
+            body=b"".join(chunks) or None,
+        )
+
+    def _sansio(self, request: web.BaseRequest) -> Request:
+        return Request(
+            method=request.method,
+            scheme="http",
+            server=(HOST, self.port),
+            root_path="",
+            path=request.path,
+            query_string=request.rel_url.raw_query_string.encode("latin-1"),
+            headers=Headers(list(request.headers.items())),
+            remote_addr=request.remote,
+        )
+
+    @staticmethod
+    async def _cut(request: web.BaseRequest, reply: Reply, part: bytes) -> web.StreamResponse:
+        """Send the status, headers and ``part`` of the body (if any), then close the
+        connection: the client sees a truncated body, or no response at all."""
+        response = web.StreamResponse(
+            status=reply.status, reason=PHRASES.get(reply.status), headers=reply.headers
+        )
+        if part:
+            try:
+                await response.prepare(request)
+                await response.write(part)
+            except ConnectionError as exc:
+                logger.debug("%s %s: client gone: %s", request.method, request.path, exc)
+        logger.debug("%s %s: connection dropped on purpose", request.method, request.path)
+        if request.transport is not None:
+            request.transport.close()  # after sending what was written
+        # aiohttp then finds the connection closed, and lets the exchange be.
+        return response
 
 
 class Sandbox:
@@ -113,8 +274,7 @@ class Sandbox:
         self._period = (start, end)
         self._given_cache = Path(cache_dir) if cache_dir is not None else None
         self._own_cache: str | None = None
-        self._servers: list[BaseWSGIServer] = []
-        self._threads: list[threading.Thread] = []
+        self._servers: list[_Server] = []
         self._stopped = threading.Event()
         self.world: World | None = None
         self.stac: StacApi | None = None
@@ -175,7 +335,7 @@ class Sandbox:
         try:
             self.world = World(self.seed, *self._period, cache_dir=cache)
             self.download = DownloadApp(self.world, self.users, seed=self.seed, **self._options)
-            dl_server = self._serve(self.download, "download")
+            dl_server = self._serve_download(self.download, "download")
             self.download_host = f"{HOST}:{dl_server.port}"
             self.download_origin = f"http://{self.download_host}"
             self.download_url = f"{self.download_origin}/download/"
@@ -209,7 +369,7 @@ class Sandbox:
             self.bucket = DownloadApp(
                 self.world, {}, seed=self.seed, public=True, latency=self._options["latency"]
             )
-            server = self._serve(self.bucket, "bucket")
+            server = self._serve_download(self.bucket, "bucket")
             self.bucket_url = f"http://{HOST}:{server.port}/download/"
         self.download.redirect_to = self.bucket_url
         return self.bucket
@@ -220,29 +380,21 @@ class Sandbox:
             raise RuntimeError("the sandbox is not started")
         return self.world.parcels()
 
-    def _serve(self, app: Any, name: str) -> BaseWSGIServer:
-        server = make_server(HOST, 0, app, threaded=True, request_handler=_QuietHandler)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"terrascope-sandbox-{name}",
-            daemon=True,
-        )
-        thread.start()
+    def _serve(self, app: Any, name: str) -> _Server:
+        server = _WsgiServer(app, name)
         self._servers.append(server)
-        self._threads.append(thread)
+        return server
+
+    def _serve_download(self, app: DownloadApp, name: str) -> _Server:
+        server = _DownloadServer(app, name)
+        self._servers.append(server)
         return server
 
     def stop(self) -> None:
-        """Shut both servers down, wait for their threads, remove the temporary cache."""
+        """Shut the servers down, wait for their threads, remove the temporary cache."""
         for server in self._servers:
-            server.shutdown()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        for server in self._servers:
-            server.server_close()
+            server.stop()
         self._servers.clear()
-        self._threads.clear()
         self.bucket, self.bucket_url = None, ""
         if self._own_cache is not None:
             shutil.rmtree(self._own_cache, ignore_errors=True)
