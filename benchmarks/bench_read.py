@@ -736,7 +736,9 @@ def table(report: dict) -> str:
             f"{sc_check['wall_s']:.3f} s = {sc_check['latency_periods']} x the "
             f"{sc_check['latency_s'] * 1000:.0f} ms latency (single request "
             f"{sc_check['single_request_s']:.3f} s); over open connections "
-            f"{sc_check['keepalive']['wall_s']:.3f} s; with no added latency "
+            f"{sc_check['keepalive']['wall_s']:.3f} s = "
+            f"{sc_check['keepalive']['wall_s'] / sc_check['latency_s']:.2f} x the latency; "
+            "with no added latency "
             f"{sc_check['no_latency']['wall_s']:.3f} s (the server's own cost)"
         )
     head = (

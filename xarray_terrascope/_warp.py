@@ -25,7 +25,7 @@ import numpy as np
 from . import _aio
 from .cog import Grid, GridMismatch, check_grid, tiles_of, with_header
 
-__all__ = ["Native", "pixel_map", "read_warped"]
+__all__ = ["Gather", "Native", "Target", "gather_plan", "pixel_map", "read_warped"]
 
 #: Bytes of pixel maps kept per process.
 MAP_CACHE_BYTES = 64 * 2**20
@@ -61,9 +61,36 @@ class Target:
     y0: float
 
 
-_maps_lock = threading.Lock()
-_maps: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-_maps_bytes = 0
+@dataclass(frozen=True)
+class Gather:
+    """How to fill an output window from a file's tiles: the same for every date of a tile.
+
+    Attributes
+    ----------
+    inside : numpy.ndarray
+        bool, the window's shape: pixels over the file.
+    tiles : tuple of (int, int)
+        ``(tx, ty)`` of the tiles holding a needed pixel.
+    take : numpy.ndarray
+        For each ``inside`` pixel (C order), its index in the stack of those tiles,
+        shaped ``(len(tiles), tile_height, tile_width)`` and flattened.
+    edge : frozenset
+        Tiles under the window's outer pixels (neighbouring windows need them too).
+    """
+
+    inside: np.ndarray
+    tiles: tuple[tuple[int, int], ...]
+    take: np.ndarray
+    edge: frozenset
+
+    @property
+    def nbytes(self) -> int:
+        return self.inside.nbytes + self.take.nbytes
+
+
+_plans_lock = threading.Lock()
+_plans: OrderedDict[tuple, Gather] = OrderedDict()
+_plans_bytes = 0
 
 
 def _transformer(src: int, dst: int):
@@ -77,7 +104,7 @@ def pixel_map(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Source ``(row, col)`` of each pixel of output window ``rows, cols`` (-1: outside).
 
-    Returns two int32 arrays of the window's shape. Cached per process (bounded).
+    Returns two int32 arrays of the window's shape.
 
     Examples
     --------
@@ -87,13 +114,6 @@ def pixel_map(
     >>> rr.tolist(), cc.tolist()
     ([[1, 1, 1], [3, 3, 3]], [[1, 3, 5], [1, 3, 5]])
     """
-    global _maps_bytes
-    key = (native, target, rows.start, rows.stop, cols.start, cols.stop)
-    with _maps_lock:
-        found = _maps.get(key)
-        if found is not None:
-            _maps.move_to_end(key)
-            return found
     res = target.resolution
     x = target.x0 + (np.arange(cols.start, cols.stop) + 0.5) * res
     y = target.y0 - (np.arange(rows.start, rows.stop) + 0.5) * res
@@ -114,13 +134,43 @@ def pixel_map(
     inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
     rr = np.where(inside, row, -1).astype(np.int32)
     cc = np.where(inside, col, -1).astype(np.int32)
-    with _maps_lock:
-        _maps[key] = (rr, cc)
-        _maps_bytes += rr.nbytes + cc.nbytes
-        while _maps_bytes > MAP_CACHE_BYTES and len(_maps) > 1:
-            _, (old_r, old_c) = _maps.popitem(last=False)
-            _maps_bytes -= old_r.nbytes + old_c.nbytes
     return rr, cc
+
+
+def gather_plan(
+    native: Native, target: Target, rows: slice, cols: slice, tile_shape: tuple[int, int]
+) -> Gather:
+    """The :class:`Gather` of an output window from a file tiled ``tile_shape``.
+
+    Cached per process (bounded by :data:`MAP_CACHE_BYTES`).
+    """
+    global _plans_bytes
+    key = (native, target, rows.start, rows.stop, cols.start, cols.stop, tile_shape)
+    with _plans_lock:
+        found = _plans.get(key)
+        if found is not None:
+            _plans.move_to_end(key)
+            return found
+    rr, cc = pixel_map(native, target, rows, cols)
+    th, tw = tile_shape
+    inside = rr >= 0
+    src_r, src_c = rr[inside].astype(np.int64), cc[inside].astype(np.int64)
+    across = -(-native.shape[1] // tw)
+    index = (src_r // th) * across + src_c // tw
+    needed = np.unique(index)  # the tiles holding a needed pixel, sorted
+    take = np.searchsorted(needed, index) * (th * tw) + (src_r % th) * tw + src_c % tw
+    plan = Gather(
+        inside=inside,
+        tiles=tuple((int(k % across), int(k // across)) for k in needed),
+        take=take,
+        edge=frozenset(_edge_tiles(rr, cc, th, tw)),
+    )
+    with _plans_lock:
+        _plans[key] = plan
+        _plans_bytes += plan.nbytes
+        while _plans_bytes > MAP_CACHE_BYTES and len(_plans) > 1:
+            _plans_bytes -= _plans.popitem(last=False)[1].nbytes
+    return plan
 
 
 async def read_warped(
@@ -164,40 +214,36 @@ async def read_warped(
     if b or d or abs(a + e) > 1e-9 * abs(a):
         raise GridMismatch(f"{label}: rotated or non-square pixels")
     grid = Grid(native.epsg, c, f, a, 0, 0)
-    rr, cc = await _pixel_map_async(native, target, rows, cols)
 
     async def body(tiff, source):
         ifd = tiff.ifds[0]
         check_grid(ifd, grid, native.shape, np.dtype(dtype), label)
-        out = np.full(rr.shape, fill, dtype=dtype)
-        inside = rr >= 0
-        if not inside.any():
-            return out
         th, tw = ifd.tile_height, ifd.tile_width
-        src_r, src_c = rr[inside], cc[inside]
-        tiles_across = -(-native.shape[1] // tw)
-        index = (src_r // th).astype(np.int64) * tiles_across + src_c // tw
-        needed = np.unique(index)  # the tiles holding a needed pixel, sorted
-        xy = [(int(k % tiles_across), int(k // tiles_across)) for k in needed]
-        edge = _edge_tiles(rr, cc, th, tw)
-        blocks = await tiles_of(tiff, source, xy, lambda tx, ty: (tx, ty) in edge)
-        stack = np.full((len(xy), th, tw), fill, dtype=dtype)
+        plan = await _plan_async(native, target, rows, cols, (th, tw))
+        out = np.full(plan.inside.shape, fill, dtype=dtype)
+        if not plan.tiles:
+            return out
+        edge = plan.edge
+        blocks = await tiles_of(tiff, source, list(plan.tiles), lambda tx, ty: (tx, ty) in edge)
+        stack = np.full((len(blocks), th, tw), fill, dtype=dtype)
         for i, block in enumerate(blocks):
             stack[i, : block.shape[0], : block.shape[1]] = block.view(dtype)
-        out[inside] = stack[np.searchsorted(needed, index), src_r % th, src_c % tw]
+        out[plan.inside] = stack.reshape(-1)[plan.take]
         return out
 
     return await with_header(url, label, auth_header, body)
 
 
-async def _pixel_map_async(native, target, rows, cols):
-    """:func:`pixel_map` off the event loop, computed once when many reads want it."""
-    key = (native, target, rows.start, rows.stop, cols.start, cols.stop)
-    pending = _aio.loop_state().setdefault("pixel_maps", {})
+async def _plan_async(native, target, rows, cols, tile_shape) -> Gather:
+    """:func:`gather_plan` off the event loop, computed once when many reads want it."""
+    key = (native, target, rows.start, rows.stop, cols.start, cols.stop, tile_shape)
+    pending = _aio.loop_state().setdefault("gather_plans", {})
     future = pending.get(key)
     if future is None:
         loop = asyncio.get_running_loop()
-        future = pending[key] = loop.run_in_executor(None, pixel_map, native, target, rows, cols)
+        future = pending[key] = loop.run_in_executor(
+            None, gather_plan, native, target, rows, cols, tile_shape
+        )
         future.add_done_callback(lambda _: pending.pop(key, None))
     return await asyncio.shield(future)
 
