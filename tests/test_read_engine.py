@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope import _aio, _transport, cog, read
+from xarray_terrascope import _aio, _limiter, _transport, cog, read
 from xarray_terrascope._headers import headers
 from xarray_terrascope._tiles import tiles
 from xarray_terrascope.testing import SAMPLE_FIELD
@@ -157,6 +157,40 @@ def test_windows_that_cut_cog_tiles_fetch_each_tile_once(logged_in):
     with dask.config.set(scheduler="threads", num_workers=4):
         np.testing.assert_array_equal(chunked.NDVI.load().values, reference)
     assert sum(r.bytes for r in tif_records(logged_in)) <= 1.05 * once
+
+
+def _pixel_requests(records):
+    return [r for r in records if not (r.range or "").startswith("bytes=0-")]
+
+
+def test_tile_rows_of_a_file_come_in_one_multi_range_request(logged_in):
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS)
+    logged_in.log.clear()
+    ds.NDVI.load()
+    pixels = _pixel_requests(tif_records(logged_in))
+    per_file: dict[str, list] = {}
+    for r in pixels:
+        per_file.setdefault(r.path, []).append(r)
+    assert len(per_file) == 2 * ds.sizes["time"]
+    assert all(len(rs) == 1 and rs[0].status == 206 for rs in per_file.values())
+    several = [rs[0] for rs in per_file.values() if "," in rs[0].range]
+    assert len(several) > len(per_file) // 2  # the field spans two tile rows of most files
+
+
+def test_a_server_without_multi_range_gets_one_request_per_range(logged_in):
+    reference = _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values
+    read.clear_reader_cache()
+    _transport.reset_limiters()  # forget that this origin answers multi-range requests
+    logged_in.download.multirange = False  # several ranges -> the whole file, 200
+    logged_in.log.clear()
+    np.testing.assert_array_equal(_open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values, reference)
+    pixels = _pixel_requests(tif_records(logged_in))
+    tried = [r for r in pixels if "," in r.range]
+    assert tried and all(r.status == 200 for r in tried)
+    # learnt at the first answer: only the requests already under way asked for several
+    assert len(tried) <= _limiter.INITIAL_CONNECTIONS * 4 < len(pixels) // 2
+    assert all(r.status == 206 for r in pixels if "," not in r.range)
+    _transport.reset_limiters()
 
 
 def test_shared_tiles_never_answer_another_account(logged_in):

@@ -1,7 +1,10 @@
 """HTTP range requests for the async engine: per-host adaptive limits, retries, exact errors.
 
 One ``aiohttp`` session per event loop (see :mod:`xarray_terrascope._aio`) sends every
-ranged ``GET``; it never sends ``HEAD``. Each origin (``scheme://host:port``) has a
+ranged ``GET``; it never sends ``HEAD``. Several ranges of one file go in one request
+(answered ``multipart/byteranges``) while the origin answers them so; an origin that
+answers with the whole file (S3, nginx with ``max_ranges 1``) gets one request per range
+from then on, the whole-file body left unread. Each origin (``scheme://host:port``) has a
 :class:`Limiter`: at most ``TERRASCOPE_MAX_CONNECTIONS`` requests in flight (default
 :data:`DEFAULT_MAX_CONNECTIONS`), halved on 429/503 (pausing the host for ``Retry-After``),
 grown by one after a run of successes (AIMD). Failed requests (5xx, 429, dropped or cut
@@ -25,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
-import contextlib
 import functools
 import logging
 import os
@@ -38,6 +40,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from . import _aio
+from ._limiter import Limiter
 from .config import origin as _parse_origin
 from .exceptions import AuthenticationError, ReadError
 
@@ -48,6 +51,7 @@ __all__ = [
     "Remote",
     "basic_header",
     "get_range",
+    "get_ranges",
     "max_connections",
 ]
 
@@ -62,16 +66,14 @@ MAX_ATTEMPTS = 10
 #: Backoff: first delay and cap, seconds (doubled per attempt, with jitter).
 BACKOFF_BASE = 0.05
 BACKOFF_CAP = 4.0
-#: Requests in flight to a host not heard from yet; doubled after each run of successes
-#: (slow start) up to the maximum, until the host first refuses one.
-INITIAL_CONNECTIONS = 4
-#: Growing past the last refused limit waits this long after the cut, and this many
-#: successes.
-PROBE_AFTER = 10.0
-PROBE_SUCCESSES = 64
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+#: Byte ranges sent in one multi-range request (keeps the Range header well under 4 KiB).
+MAX_RANGES_PER_REQUEST = 64
+#: A 200 answer to a multi-range request larger than this many times the bytes asked for
+#: is not read: the origin ignores multi-range requests and gets one range per request.
+WHOLE_FILE_FACTOR = 4
 
 
 #: Origins of URLs seen (a pure function of the URL; parsed once, not per request).
@@ -114,93 +116,6 @@ def basic_header(username: str, password: str) -> str:
     """
     token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
     return f"Basic {token}"
-
-
-class Limiter:
-    """Adaptive (AIMD) limit of requests in flight to one host; use on the engine loop.
-
-    A new host starts at :data:`INITIAL_CONNECTIONS` and doubles after each run of
-    ``limit`` successes (slow start) until the maximum or a first refusal, so a host that
-    allows few connections is not flooded at once. A 429/503 halves the limit, once per
-    window: only a refusal of a request sent at the current limit cuts again, so a burst
-    of refusals counts once. The cut also pauses the host for ``Retry-After``. Then a run
-    of ``limit`` successes grows the limit by one up to the level that was refused last;
-    above it, growth waits for :data:`PROBE_AFTER` seconds and :data:`PROBE_SUCCESSES`
-    successes, so a server that allows N connections is not probed (and paused) over
-    and over.
-
-    Parameters
-    ----------
-    maximum : int
-        The ceiling.
-    """
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = max(1, int(maximum))
-        self.limit = min(self.maximum, INITIAL_CONNECTIONS)
-        self._slow_start = True
-        self.in_flight = 0
-        self.generation = 0
-        self._refused_at = self.maximum + 1
-        self._successes = 0
-        self._paused_until = 0.0
-        self._last_cut = float("-inf")
-        self._cond = asyncio.Condition()
-
-    async def acquire(self) -> int:
-        """Wait for a free slot (and the end of a pause); returns the window's generation."""
-        loop = asyncio.get_running_loop()
-        async with self._cond:
-            while True:
-                pause = self._paused_until - loop.time()
-                if pause > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._cond.wait(), pause)
-                    continue
-                if self.in_flight < self.limit:
-                    self.in_flight += 1
-                    return self.generation
-                await self._cond.wait()
-
-    async def release(
-        self, generation: int, busy: bool, success: bool, retry_after: float | None = None
-    ) -> None:
-        """Free a slot; ``busy`` (429/503) may cut the limit, successes grow it."""
-        loop = asyncio.get_running_loop()
-        async with self._cond:
-            self.in_flight -= 1
-            now = loop.time()
-            if busy and generation == self.generation:
-                self._slow_start = False
-                self.generation += 1
-                self._successes = 0
-                self._refused_at = self.limit
-                self._last_cut = now
-                old, self.limit = self.limit, max(1, self.limit // 2)
-                if retry_after:
-                    self._paused_until = max(self._paused_until, now + retry_after)
-                logger.debug("host busy: connection limit %d -> %d", old, self.limit)
-            elif success and self.limit < self.maximum:
-                self._successes += 1
-                if self._slow_start:
-                    if self._successes >= self.limit:
-                        self.limit = min(self.maximum, 2 * self.limit)
-                        self._successes = 0
-                    self._cond.notify_all()
-                    return
-                probing = self.limit + 1 >= self._refused_at
-                if not probing and self._successes >= self.limit:
-                    self.limit += 1
-                    self._successes = 0
-                elif (
-                    probing
-                    and self._successes >= PROBE_SUCCESSES
-                    and now - self._last_cut >= PROBE_AFTER
-                ):
-                    self.limit += 1
-                    self._refused_at = self.limit + 1
-                    self._successes = 0
-            self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -253,10 +168,12 @@ atexit.register(close_session)
 
 
 def reset_limiters() -> None:
-    """Forget what was learnt about every host's limit (the next request starts afresh)."""
+    """Forget what was learnt about every host (its limit, whether it answers multi-range
+    requests): the next request starts afresh."""
 
     async def reset() -> None:
         _aio.loop_state().pop("limiters", None)
+        _aio.loop_state().pop("multirange", None)
 
     _aio.run(reset())
 
@@ -294,15 +211,28 @@ def _fail(status: int, label: str, url: str, sent: bool, detail: str = "") -> Ex
     return err
 
 
+class _NoMultiRange(Exception):
+    """The origin answered a multi-range request with something else: ask range by range."""
+
+
+def _multirange(state: dict, url: str) -> bool | None:
+    """What this loop learnt of the origin's multi-range answers (None: not tried yet)."""
+    return state.get(origin(url) or url)
+
+
 async def _attempt(
-    url: str, start: int, end: int, auth_header: str | None, label: str
-) -> tuple[bytes, Remote]:
-    """One ranged GET (redirects followed by hand); raises :class:`_Retry` when transient."""
+    url: str, spans: list[tuple[int, int]], auth_header: str | None, label: str
+) -> tuple[list[bytes], Remote]:
+    """One ranged GET of ``spans`` (redirects followed by hand); raises :class:`_Retry`
+    when transient, :class:`_NoMultiRange` when several spans did not come back as such."""
+    if len(spans) > 1 and _multirange(_aio.loop_state().get("multirange", {}), url) is False:
+        raise _NoMultiRange(f"{_public(url)} ignores multi-range requests")  # learnt meanwhile
     session = _session()
     first_origin = origin(url)  # None for a URL that may not carry credentials
     target = url
+    ranges = ",".join(f"{start}-{end - 1}" for start, end in spans)
     for _hop in range(6):
-        headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        headers = {"Range": f"bytes={ranges}", "Accept-Encoding": "identity"}
         sent = (
             auth_header is not None and first_origin is not None and origin(target) == first_origin
         )
@@ -338,33 +268,131 @@ async def _attempt(
                         "TERRASCOPE_DOWNLOAD_HOSTS"
                     )
                 )
-            body = await resp.read()
             etag = resp.headers.get("ETag")
             if status == 200:  # the server ignored Range: the body is the whole file
+                asked = sum(end - start for start, end in spans)
+                length = resp.content_length
+                if len(spans) > 1 and length is not None and length > WHOLE_FILE_FACTOR * asked:
+                    _learn((url, target), False)  # the body is left unread
+                    raise _NoMultiRange(f"{_public(target)} ignores multi-range requests")
+                body = await resp.read()
                 logger.debug("%s ignored the Range header", _public(url))
-                return body[start:end], Remote(len(body), etag)
-            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-            if match is None or int(match.group(1)) != start:
-                raise _fail(status, label, url, sent, " (unexpected Content-Range)")
-            size = None if match.group(3) == "*" else int(match.group(3))
-            want = min(end, size) - start if size is not None else end - start
-            if len(body) != want:
-                raise _Retry(f"short body ({len(body)} of {want} bytes)")
-            return body, Remote(size, etag)
+                return [body[start:end] for start, end in spans], Remote(len(body), etag)
+            if kind.lower().startswith("multipart/byteranges"):
+                parts = _parts(kind, await resp.read())
+                _learn((url, target), True)
+            else:
+                parts = [(resp.headers.get("Content-Range", ""), await resp.read())]
+            try:
+                blobs, size = _cut(parts, spans, label, url, sent)
+            except _NoMultiRange:
+                _learn((url, target), False)
+                raise
+            return blobs, Remote(size, etag)
     raise _fail(310, label, url, auth_header is not None, " (too many redirects)")
+
+
+def _learn(urls: tuple[str, ...], supported: bool) -> None:
+    """Remember how the origins of a request (and of its redirect target) answer."""
+    state = _aio.loop_state().setdefault("multirange", {})
+    for url in urls:
+        state[origin(url) or url] = supported
+
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+
+
+def _parts(kind: str, body: bytes) -> list[tuple[str, bytes]]:
+    """``(Content-Range, bytes)`` of each part of a ``multipart/byteranges`` body.
+
+    Each part's length comes from its ``Content-Range``, so the binary data is never
+    searched for the boundary (fast for large parts, exact whatever bytes they hold).
+    """
+    found = _BOUNDARY.search(kind)
+    if found is None:
+        raise _Retry("multipart answer without a boundary")
+    delimiter = b"--" + found.group(1).encode("latin-1")
+    parts = []
+    pos = body.find(delimiter)
+    while pos >= 0:
+        pos += len(delimiter)
+        if body[pos : pos + 2] == b"--":  # the closing delimiter
+            return parts
+        head_end = body.find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            break
+        content_range = ""
+        for line in body[pos:head_end].decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-range":
+                content_range = value.strip()
+        match = _CONTENT_RANGE.match(content_range)
+        if match is None:
+            raise _Retry("multipart part without a Content-Range")
+        start = head_end + 4
+        stop = start + int(match.group(2)) + 1 - int(match.group(1))
+        if stop > len(body):
+            break
+        parts.append((content_range, body[start:stop]))
+        pos = body.find(delimiter, stop)
+    raise _Retry("short multipart answer")
+
+
+def _cut(
+    parts: list[tuple[str, bytes]], spans: list[tuple[int, int]], label: str, url: str, sent: bool
+) -> tuple[list[bytes], int | None]:
+    """Each span's bytes from the answered parts (a part may hold several spans)."""
+    held = []
+    size = None
+    for content_range, body in parts:
+        match = _CONTENT_RANGE.match(content_range)
+        if match is None:
+            raise _fail(206, label, url, sent, " (unexpected Content-Range)")
+        first, last = int(match.group(1)), int(match.group(2))
+        if match.group(3) != "*":
+            size = int(match.group(3))
+        if len(body) != last + 1 - first:
+            raise _Retry(f"short body ({len(body)} of {last + 1 - first} bytes)")
+        held.append((first, body))
+    blobs = []
+    for start, end in spans:
+        stop = min(end, size) if size is not None else end
+        for first, body in held:
+            if first <= start and stop <= first + len(body):
+                blobs.append(body[start - first : stop - first])
+                break
+        else:
+            if len(spans) > 1:
+                raise _NoMultiRange(f"{_public(url)} answered other ranges than asked")
+            raise _fail(206, label, url, sent, " (unexpected Content-Range)")
+    return blobs, size
 
 
 async def get_range(
     url: str, start: int, end: int, *, auth_header: str | None, label: str
 ) -> tuple[bytes, Remote]:
-    """GET bytes ``[start, end)`` of ``url`` through the host's limiter, with retries.
+    """GET bytes ``[start, end)`` of ``url``: :func:`get_ranges` with one range."""
+    (blob,), remote = await get_ranges(url, [(start, end)], auth_header=auth_header, label=label)
+    return blob, remote
+
+
+async def get_ranges(
+    url: str, spans: list[tuple[int, int]], *, auth_header: str | None, label: str
+) -> tuple[list[bytes], Remote]:
+    """GET byte ranges ``spans`` (``[start, end)`` each) of ``url``, with retries.
+
+    Several ranges go in one multi-range request (``multipart/byteranges`` answer) while
+    the origin answers them as such; an origin that does not gets one request per range
+    from then on (learnt once per process and origin). Each request passes the host's
+    limiter.
 
     Parameters
     ----------
     url : str
         The file.
-    start, end : int
-        Byte range, end exclusive (clipped by the server at the file's end).
+    spans : list of (int, int)
+        Byte ranges, end exclusive (clipped by the server at the file's end), sorted and
+        not overlapping.
     auth_header : str or None
         ``Authorization`` value for ``url``'s own origin (None: send none).
     label : str
@@ -372,8 +400,8 @@ async def get_range(
 
     Returns
     -------
-    bytes, Remote
-        The body and what the response said about the file.
+    list of bytes, Remote
+        The bodies, one per span, and what the responses said about the file.
 
     Raises
     ------
@@ -382,6 +410,30 @@ async def get_range(
     ReadError
         On any other failure, after retrying the transient ones.
     """
+    state = _aio.loop_state().setdefault("multirange", {})
+    if len(spans) > 1 and _multirange(state, url) is not False:
+        try:
+            answers = [  # rarely more than one group: one after the other
+                await _with_retries(url, spans[i : i + MAX_RANGES_PER_REQUEST], auth_header, label)
+                for i in range(0, len(spans), MAX_RANGES_PER_REQUEST)
+            ]
+        except _NoMultiRange as err:
+            logger.debug("%s; one request per range from now on", err)
+        else:
+            return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
+    if len(spans) == 1:
+        return await _with_retries(url, spans, auth_header, label)
+    answers = await asyncio.gather(
+        *(_with_retries(url, [span], auth_header, label) for span in spans)
+    )
+    return [blobs[0] for blobs, _ in answers], answers[0][1]
+
+
+async def _with_retries(
+    url: str, spans: list[tuple[int, int]], auth_header: str | None, label: str
+) -> tuple[list[bytes], Remote]:
+    """One request of ``spans`` through the host's limiter, retried when transient."""
+    start, end = spans[0][0], spans[-1][1]
     limiter = _limiter(url)
     last: _Retry | Exception | None = None
     for attempt in range(MAX_ATTEMPTS):
@@ -389,7 +441,7 @@ async def get_range(
         busy = success = False
         retry_after = None
         try:
-            result = await _attempt(url, start, end, auth_header, label)
+            result = await _attempt(url, spans, auth_header, label)
             success = True
             return result
         except _Retry as err:

@@ -124,10 +124,17 @@ class _Source:
     async def fetch(self, start: int, end: int) -> bytes:
         if end <= len(self.prefix):
             return self.prefix[start:end]
+        (data,) = await self.fetch_many([(start, end)])
+        if start == len(self.prefix) and self.header is None:
+            self.prefix += bytes(data)  # header reads past the prefix extend it
+        return data
+
+    async def fetch_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        """Byte ranges of the file in one request (multi-range) where the server allows."""
         self.requests += 1
         try:
-            data, remote = await _transport.get_range(
-                self.url, start, end, auth_header=self.auth_header, label=self.label
+            blobs, remote = await _transport.get_ranges(
+                self.url, spans, auth_header=self.auth_header, label=self.label
             )
         except BaseException as err:
             self.error = self.error or err
@@ -137,9 +144,7 @@ class _Source:
             self.error = self.error or _StaleHeader(self.url)
             raise self.error
         self.remote = self.remote or remote
-        if start == len(self.prefix) and self.header is None:
-            self.prefix += bytes(data)  # header reads past the prefix extend it
-        return data
+        return blobs
 
     async def get_range_async(self, path, *, start, end=None, length=None):
         return await self.fetch(start, start + length if end is None else end)
@@ -148,7 +153,9 @@ class _Source:
         ends = [s + n for s, n in zip(starts, lengths, strict=True)] if ends is None else list(ends)
         wanted = list(zip(starts, ends, strict=True))
         spans = coalesce(wanted)
-        blobs = await asyncio.gather(*(self.fetch(s, e) for s, e in spans))
+        beyond = [(s, e) for s, e in spans if e > len(self.prefix)]
+        fetched = dict(zip(beyond, await self.fetch_many(beyond), strict=True)) if beyond else {}
+        blobs = [fetched[s, e] if (s, e) in fetched else self.prefix[s:e] for s, e in spans]
         out = []
         for start, end in wanted:
             for (s, e), blob in zip(spans, blobs, strict=True):

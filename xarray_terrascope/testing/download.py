@@ -9,8 +9,10 @@ Switches (constructor arguments, and attributes settable at any time from any
 thread): ``latency``, ``max_concurrent``, ``fault_rate``, ``drop_rate``,
 ``bearer``, ``token_lifetime``, ``redirect_to`` (answer authenticated file requests with
 a 302 to an S3-presigned-looking URL under that root, as a download service that moved
-its files to object storage would); plus :meth:`DownloadApp.fail_next` for exact faults
-and :meth:`DownloadApp.expire_tokens`. Every request is recorded in ``log``.
+its files to object storage would), ``multirange`` (False: a request for several ranges
+gets the whole file, 200, as from S3 or nginx with ``max_ranges 1``); plus
+:meth:`DownloadApp.fail_next` for exact faults and :meth:`DownloadApp.expire_tokens`.
+Every request is recorded in ``log``.
 
 A server (``server.py``: aiohttp, on an event loop of its own) drives one
 :class:`Exchange` per request: :meth:`~DownloadApp.arrive`, ``await``
@@ -72,6 +74,7 @@ _SWITCHES = (
     "bearer",
     "token_lifetime",
     "redirect_to",
+    "multirange",
 )
 
 
@@ -147,6 +150,9 @@ class DownloadApp:
     public : bool
         Serve files without asking for credentials (an object store behind presigned
         URLs); requests are still logged with ``has_credentials``.
+    multirange : bool
+        Answer a request for several ranges with ``multipart/byteranges`` (True), or
+        with the whole file (False).
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class DownloadApp:
         retry_after: int = 1,
         clock: Callable[[], float] = time.monotonic,
         redirect_to: str | None = None,
+        multirange: bool = True,
         public: bool = False,
     ) -> None:
         self.world = world
@@ -188,6 +195,7 @@ class DownloadApp:
             "bearer": bearer,
             "token_lifetime": token_lifetime,
             "redirect_to": redirect_to,
+            "multirange": multirange,
         }
         for name, value in self._defaults.items():
             setattr(self, name, value)
@@ -504,4 +512,7 @@ class DownloadApp:
             ("ETag", f'"{self.world.seed:x}-{item_id}"'),
             ("Last-Modified", formatdate(last_modified, usegmt=True)),
         ]
-        return file_reply(path, req.headers.get("Range"), base)
+        range_header = req.headers.get("Range")
+        if not self.multirange and range_header and "," in range_header:
+            range_header = None  # like S3, or nginx with max_ranges 1: the whole file
+        return file_reply(path, range_header, base)
