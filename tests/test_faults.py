@@ -192,3 +192,22 @@ def test_the_connection_limit_starts_low_doubles_then_halves_on_refusal():
         return seen
 
     assert asyncio.run(scenario()) == [4, 8, 16, 16, 8, 9]
+
+
+def test_after_a_429_the_limit_stays_at_the_cut_level():
+    """A rate limit (429) is about this client: no growth back towards the refused level
+    (each new refusal would pause the host for Retry-After), until a late probe."""
+    import asyncio
+
+    async def scenario():
+        limiter = _transport.Limiter(16)
+        generation = await limiter.acquire()
+        await limiter.release(generation, busy=True, success=False, rate_limited=True)
+        cut = limiter.limit
+        for _ in range(4 * cut):
+            generations = [await limiter.acquire() for _ in range(limiter.limit)]
+            for generation in generations:
+                await limiter.release(generation, busy=False, success=True)
+        return cut, limiter.limit
+
+    assert asyncio.run(scenario()) == (2, 2)

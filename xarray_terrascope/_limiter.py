@@ -31,11 +31,12 @@ class Limiter:
     ``limit`` successes (slow start) until the maximum or a first refusal, so a host that
     allows few connections is not flooded at once. A 429/503 halves the limit, once per
     window: only a refusal of a request sent at the current limit cuts again, so a burst
-    of refusals counts once. The cut also pauses the host for ``Retry-After``. Then a run
-    of ``limit`` successes grows the limit by one up to the level that was refused last;
-    above it, growth waits for :data:`PROBE_AFTER` seconds and :data:`PROBE_SUCCESSES`
-    successes, so a server that allows N connections is not probed (and paused) over
-    and over.
+    of refusals counts once. The cut also pauses the host for ``Retry-After``. After a
+    503 a run of ``limit`` successes grows the limit by one up to the level that was
+    refused; after a 429 (a rate limit on this client) the cut level is kept. Growth
+    above that waits for :data:`PROBE_AFTER` seconds and :data:`PROBE_SUCCESSES`
+    successes, so a server that allows N connections is not probed (and paused for its
+    ``Retry-After``) over and over.
 
     Parameters
     ----------
@@ -71,9 +72,19 @@ class Limiter:
                 await self._cond.wait()
 
     async def release(
-        self, generation: int, busy: bool, success: bool, retry_after: float | None = None
+        self,
+        generation: int,
+        busy: bool,
+        success: bool,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
     ) -> None:
-        """Free a slot; ``busy`` (429/503) may cut the limit, successes grow it."""
+        """Free a slot; ``busy`` (429/503) may cut the limit, successes grow it.
+
+        ``rate_limited`` (a 429: this client sends too many) makes every level above the
+        cut one a probe; after a 503 (the server is busy for everyone) the limit grows
+        back by one per run of successes up to the level refused.
+        """
         loop = asyncio.get_running_loop()
         async with self._cond:
             self.in_flight -= 1
@@ -82,9 +93,9 @@ class Limiter:
                 self._slow_start = False
                 self.generation += 1
                 self._successes = 0
-                self._refused_at = self.limit
-                self._last_cut = now
                 old, self.limit = self.limit, max(1, self.limit // 2)
+                self._refused_at = self.limit + 1 if rate_limited else old
+                self._last_cut = now
                 if retry_after:
                     self._paused_until = max(self._paused_until, now + retry_after)
                 logger.debug("host busy: connection limit %d -> %d", old, self.limit)

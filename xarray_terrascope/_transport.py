@@ -438,7 +438,7 @@ async def _with_retries(
     last: _Retry | Exception | None = None
     for attempt in range(MAX_ATTEMPTS):
         generation = await limiter.acquire()
-        busy = success = False
+        busy = success = rate_limited = False
         retry_after = None
         try:
             result = await _attempt(url, spans, auth_header, label)
@@ -446,11 +446,11 @@ async def _with_retries(
             return result
         except _Retry as err:
             last, retry_after = err, err.retry_after
-            busy = err.status in (429, 503)
+            busy, rate_limited = err.status in (429, 503), err.status == 429
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
             last = err
         finally:
-            await limiter.release(generation, busy, success, retry_after)
+            await limiter.release(generation, busy, success, retry_after, rate_limited)
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
         if retry_after:
             delay = max(delay, retry_after)
