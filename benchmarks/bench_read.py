@@ -134,6 +134,7 @@ def _versions() -> dict[str, str]:
         "obstore",
         "aiohttp",
         "werkzeug",
+        "uvloop",
         "pandas",
     ):
         try:
