@@ -2,7 +2,7 @@
 
 dask runs as many read tasks at once as it has threads (often the number of cores), so a
 streaming computation over dates would keep only a few files in flight. When reads of one
-window come date after date (forwards or backwards, like a file system's read-ahead), the
+window come date after date (a sequential pattern, like a file system's read-ahead), the
 windows of the next dates are read in the background, bounded in count and bytes, and
 handed to the read that asks for them. Headers of every file a window touches are fetched
 in the background on the first read of that window.
@@ -102,15 +102,27 @@ def _table() -> OrderedDict[tuple, asyncio.Future]:
     return _aio.loop_state().setdefault("readahead", OrderedDict())
 
 
+def _reading() -> dict[tuple, asyncio.Future]:
+    """Reads under way that a caller asked for (never evicted, never read ahead again)."""
+    return _aio.loop_state().setdefault("reading", {})
+
+
 async def read(spec: Spec) -> np.ndarray:
-    """Read ``spec``, taking a read-ahead result when there is one (on the loop)."""
+    """Read ``spec``, taking a read-ahead result or a read under way when there is one
+    (on the loop)."""
     task = _table().pop(spec.key, None)
     if task is not None:
         try:
             return await task
         except Exception:
             logger.debug("read-ahead of %s failed; reading it again", spec.label)
-    return await spec.run()
+    reading = _reading()
+    running = reading.get(spec.key)
+    if running is None:
+        running = reading[spec.key] = asyncio.ensure_future(spec.run())
+        running.add_done_callback(lambda _: reading.pop(spec.key, None))
+        running.add_done_callback(_retrieve)
+    return await asyncio.shield(running)
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -119,9 +131,9 @@ def _retrieve(task: asyncio.Future) -> None:
 
 
 async def _start(specs: list[Spec]) -> None:
-    table = _table()
+    table, reading = _table(), _reading()
     for spec in specs:
-        if spec.key in table:
+        if spec.key in table or spec.key in reading:
             continue
         task = asyncio.ensure_future(spec.run())
         task.add_done_callback(_retrieve)

@@ -31,7 +31,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import zip_longest
 from typing import Any
 
 import numpy as np
@@ -410,7 +409,7 @@ def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fil
 
 def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds, dtype, fill):
     """First read of a window: fetch the headers of all its files in the background.
-    Reads of a window date after date (either way): read the next dates' files ahead."""
+    Reads of a window date after date: read the next dates' files ahead."""
     key = (hash(plan.urls), asset_index, rows.start, rows.stop, cols.start, cols.stop)
     with _recent_lock:
         seen = _recent.get(key)
@@ -422,9 +421,7 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
         _recent.move_to_end(key)
         if any(t in seen for t in time_indices):  # the window is read again: a new pass
             seen.clear()
-        # dates read in order, forwards or backwards (dask often walks a series backwards)
-        forward = any(t - 1 in seen for t in time_indices)
-        backward = any(t + 1 in seen for t in time_indices)
+        sequential = any(t - 1 in seen or t + 1 in seen for t in time_indices)
         seen.update(time_indices)
 
     def aligned_files(times):
@@ -447,13 +444,9 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
                 for i, url, _ in aligned_files(range(len(plan.groups)))
             ]
         )
-    if forward or backward:
-        ways = [
-            range(max(time_indices) + 1, len(plan.groups)) if forward else range(0),
-            range(min(time_indices) - 1, -1, -1) if backward else range(0),
-        ]
+    if sequential:
         ahead: list[Spec] = []
-        for t in (t for pair in zip_longest(*ways) for t in pair if t is not None):
+        for t in range(max(time_indices) + 1, len(plan.groups)):
             if len(ahead) >= _prefetch.READAHEAD_FILES:
                 break
             if t in seen:
