@@ -16,10 +16,10 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["in_loop_thread", "loop_state", "run", "submit"]
+__all__ = ["in_loop_thread", "loop_state", "retrieve", "run", "shared", "submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +127,22 @@ def loop_state() -> dict[str, Any]:
     Only touch it from the loop thread.
     """
     return _state
+
+
+def retrieve(future: asyncio.Future) -> None:
+    """Done callback marking a shared future's exception as seen (its awaiters raise it
+    themselves): no "exception was never retrieved" noise."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def shared(table: str, key: Hashable, start: Callable[[], Awaitable[T]]) -> T:
+    """The result of the one task for ``key`` in ``loop_state()[table]``: started with
+    ``start()`` when none runs, awaited by every caller that asks meanwhile (a caller's
+    cancellation does not cancel it). Only on the loop thread."""
+    pending = loop_state().setdefault(table, {})
+    task = pending.get(key)
+    if task is None:
+        task = pending[key] = asyncio.ensure_future(start())
+        task.add_done_callback(lambda done: (pending.pop(key, None), retrieve(done)))
+    return await asyncio.shield(task)

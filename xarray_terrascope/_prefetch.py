@@ -102,9 +102,9 @@ def _table() -> OrderedDict[tuple, asyncio.Future]:
     return _aio.loop_state().setdefault("readahead", OrderedDict())
 
 
-def _reading() -> dict[tuple, asyncio.Future]:
-    """Reads under way that a caller asked for (never evicted, never read ahead again)."""
-    return _aio.loop_state().setdefault("reading", {})
+#: ``loop_state()`` table of the reads under way that a caller asked for (never evicted,
+#: never read ahead again).
+_READING = "reading"
 
 
 async def read(spec: Spec) -> np.ndarray:
@@ -116,27 +116,16 @@ async def read(spec: Spec) -> np.ndarray:
             return await task
         except Exception:
             logger.debug("read-ahead of %s failed; reading it again", spec.label)
-    reading = _reading()
-    running = reading.get(spec.key)
-    if running is None:
-        running = reading[spec.key] = asyncio.ensure_future(spec.run())
-        running.add_done_callback(lambda _: reading.pop(spec.key, None))
-        running.add_done_callback(_retrieve)
-    return await asyncio.shield(running)
-
-
-def _retrieve(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: no "exception was never retrieved" noise
+    return await _aio.shared(_READING, spec.key, spec.run)
 
 
 async def _start(specs: list[Spec]) -> None:
-    table, reading = _table(), _reading()
+    table, reading = _table(), _aio.loop_state().setdefault(_READING, {})
     for spec in specs:
         if spec.key in table or spec.key in reading:
             continue
         task = asyncio.ensure_future(spec.run())
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(_aio.retrieve)
         table[spec.key] = task
     limit = max(4, READAHEAD_BYTES // max(1, max(s.nbytes for s in specs)))
     while len(table) > limit:

@@ -19,6 +19,8 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from . import _aio
+
 __all__ = ["TileCache", "tiles"]
 
 #: Decoded bytes kept at most (a few hundred 256 px or a few dozen 1024 px tiles).
@@ -51,7 +53,7 @@ class TileCache:
     def claim(self, key: Hashable) -> asyncio.Future:
         """Announce that the caller fetches ``key``; others may await the returned future."""
         future = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieve)
+        future.add_done_callback(_aio.retrieve)
         self._pending[key] = future
         return future
 
@@ -78,11 +80,6 @@ class TileCache:
 
     def __len__(self) -> int:
         return len(self._done)
-
-
-def _retrieve(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()  # seen: the waiters raise it themselves
 
 
 #: The process's tile cache.

@@ -237,15 +237,12 @@ async def read_warped(
 async def _plan_async(native, target, rows, cols, tile_shape) -> Gather:
     """:func:`gather_plan` off the event loop, computed once when many reads want it."""
     key = (native, target, rows.start, rows.stop, cols.start, cols.stop, tile_shape)
-    pending = _aio.loop_state().setdefault("gather_plans", {})
-    future = pending.get(key)
-    if future is None:
-        loop = asyncio.get_running_loop()
-        future = pending[key] = loop.run_in_executor(
-            None, gather_plan, native, target, rows, cols, tile_shape
-        )
-        future.add_done_callback(lambda _: pending.pop(key, None))
-    return await asyncio.shield(future)
+    loop = asyncio.get_running_loop()
+    return await _aio.shared(
+        "gather_plans",
+        key,
+        lambda: loop.run_in_executor(None, gather_plan, native, target, rows, cols, tile_shape),
+    )
 
 
 def _edge_tiles(rr: np.ndarray, cc: np.ndarray, th: int, tw: int) -> set[tuple[int, int]]:

@@ -174,18 +174,10 @@ async def fetch_header(url: str, label: str, auth_header: str | None) -> tuple[H
     cached, from_disk = headers.get(url)
     if cached is not None:
         return cached, from_disk
-    pending = _aio.loop_state().setdefault("pending_headers", {})
-    task = pending.get(url)
-    if task is None:
-        task = pending[url] = asyncio.ensure_future(_fetch_header(url, label, auth_header))
-        task.add_done_callback(lambda t: (pending.pop(url, None), _retrieve(t)))
-    return await asyncio.shield(task), False
-
-
-def _retrieve(task: asyncio.Future) -> None:
-    """Mark a shared task's exception as seen (its awaiters raise it themselves)."""
-    if not task.cancelled():
-        task.exception()
+    header = await _aio.shared(
+        "pending_headers", url, lambda: _fetch_header(url, label, auth_header)
+    )
+    return header, False
 
 
 async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header:
