@@ -347,18 +347,67 @@ def test_dates_read_in_order_are_read_ahead_again_on_a_second_pass(logged_in):
         ds.NDVI.isel(time=slice(0, 1)).load()
         ds.NDVI.isel(time=slice(1, 2)).load()
         later = [name for names in files[2:5] for name in names]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            paths = {r.path for r in tif_records(logged_in) if r.status == 206}
-            if all(any(name in p for p in paths) for name in later):
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError(f"not read ahead: {later}")
+        _wait_until_fetched(logged_in, later, "forwards")
         logged_in.log.clear()
-        ds.NDVI.isel(time=slice(2, 5)).load()
-        fetched = _pixel_requests(tif_records(logged_in))
-        assert fetched == [], "the read-ahead results were not used"
+        ds.NDVI.isel(time=slice(2, 5)).load()  # (reads further dates ahead meanwhile)
+        again = _pixels_fetched(logged_in)
+        assert not [n for n in later if any(n in p for p in again)], "read twice"
+
+
+def _pixels_fetched(sandbox) -> set[str]:
+    return {r.path for r in _pixel_requests(tif_records(sandbox)) if r.status == 206}
+
+
+def _wait_until_fetched(sandbox, names, what):
+    """Wait until the pixels (not only the headers) of files ``names`` were fetched."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        paths = _pixels_fetched(sandbox)
+        if all(any(name in p for p in paths) for name in names):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not read ahead ({what}): {names}")
+
+
+def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
+    """dask often computes a window's last partition first: reading dates 4 then 3 reads
+    dates 2, 1, 0 in the background, and those reads are the ones used."""
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS)
+    files = [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
+    tiles.clear()
+    ds.NDVI.isel(time=slice(4, 5)).load()
+    ds.NDVI.isel(time=slice(3, 4)).load()
+    below = [n for names in files[0:3] for n in names]
+    _wait_until_fetched(logged_in, below, "downwards")
+    logged_in.log.clear()
+    ds.NDVI.isel(time=slice(0, 3)).load()
+    again = _pixels_fetched(logged_in)
+    assert not [n for n in below if any(n in p for p in again)], "read twice"
+
+
+def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, monkeypatch):
+    """Results waiting to be taken are never dropped for newer ones (their bytes would be
+    fetched twice): with room for 4 results, the next 4 files are read ahead, no more,
+    and all 4 are used."""
+    from xarray_terrascope import _prefetch
+
+    monkeypatch.setattr(_prefetch, "READAHEAD_BYTES", 1)  # room for the minimum, 4
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS)
+    files = [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
+    later = [n for names in files[2:] for n in names]
+    assert len(later) > 8, "the test needs more dates"
+    tiles.clear()
+    ds.NDVI.isel(time=slice(0, 1)).load()
+    ds.NDVI.isel(time=slice(1, 2)).load()
+    _wait_until_fetched(logged_in, later[:4], "the next 4 files")
+    time.sleep(0.3)  # anything more would have been started by now
+    fetched = _pixels_fetched(logged_in)
+    assert not [n for n in later[4:] if any(n in p for p in fetched)]
+    logged_in.log.clear()
+    dates = next(k for k in range(1, len(files)) if sum(map(len, files[2 : 2 + k])) >= 4)
+    ds.NDVI.isel(time=slice(2, 2 + dates)).load()
+    again = {r.path for r in _pixel_requests(tif_records(logged_in))}
+    assert not [n for n in later[:4] if any(n in p for p in again)], "read twice"
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 READAHEAD_FILES = 32
 #: Decoded bytes the read-ahead results may hold per process.
 READAHEAD_BYTES = 128 * 2**20
+#: Seconds after which a read-ahead result nobody took may make room for others.
+READAHEAD_STALE = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ class Spec:
         )
 
 
-def _table() -> OrderedDict[tuple, asyncio.Future]:
+def _table() -> OrderedDict[tuple, tuple[asyncio.Future, float]]:
+    """Read-ahead results by :attr:`Spec.key`: the task and the loop time it started."""
     return _aio.loop_state().setdefault("readahead", OrderedDict())
 
 
@@ -110,7 +113,7 @@ _READING = "reading"
 async def read(spec: Spec) -> np.ndarray:
     """Read ``spec``, taking a read-ahead result or a read under way when there is one
     (on the loop)."""
-    task = _table().pop(spec.key, None)
+    task, _ = _table().pop(spec.key, (None, 0.0))
     if task is not None:
         try:
             return await task
@@ -120,17 +123,26 @@ async def read(spec: Spec) -> np.ndarray:
 
 
 async def _start(specs: list[Spec]) -> None:
+    """Start reading ``specs`` ahead while the table has room.
+
+    A result waiting to be taken is never dropped for a newer one (its bytes would be
+    fetched twice); only results nobody took within :data:`READAHEAD_STALE` seconds
+    make room. A full table starts nothing.
+    """
     table, reading = _table(), _aio.loop_state().setdefault(_READING, {})
+    limit = max(4, READAHEAD_BYTES // max(1, max(s.nbytes for s in specs)))
+    now = asyncio.get_running_loop().time()
+    for key in [k for k, (_, started) in table.items() if now - started > READAHEAD_STALE]:
+        table.pop(key)[0].cancel()
     for spec in specs:
+        if len(table) >= limit:
+            logger.debug("read-ahead table full (%d): %s not read ahead", limit, spec.label)
+            break
         if spec.key in table or spec.key in reading:
             continue
         task = asyncio.ensure_future(spec.run())
         task.add_done_callback(_aio.retrieve)
-        table[spec.key] = task
-    limit = max(4, READAHEAD_BYTES // max(1, max(s.nbytes for s in specs)))
-    while len(table) > limit:
-        _, oldest = table.popitem(last=False)
-        oldest.cancel()
+        table[spec.key] = (task, now)
 
 
 def read_ahead(specs: list[Spec]) -> None:
@@ -162,7 +174,7 @@ def clear() -> None:
 
     async def drop() -> None:
         table = _table()
-        for task in table.values():
+        for task, _ in table.values():
             task.cancel()
         table.clear()
 

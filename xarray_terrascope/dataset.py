@@ -1,4 +1,4 @@
-"""Building the xarray Dataset: search -> plan -> lazy variables -> CF decoding -> CRS.
+"""Building the xarray Dataset: search -> plan -> lazy variables (decoded in the read) -> CRS.
 
 The variables are backed by :class:`CubeArray`, an xarray ``BackendArray``, so xarray
 itself honours both ``chunks={}`` (dask arrays on the stacking chunk grid, through
@@ -23,6 +23,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from . import auth, config
+from ._decode import CF_KEYS, Decoder
 from ._items import is_items
 from .exceptions import AuthenticationError, InvalidArgumentError, NoItemsFoundError
 from .read import read_window
@@ -47,17 +48,21 @@ _items_cache: OrderedDict[str, list[pystac.Item]] = OrderedDict()
 
 
 class CubeArray(BackendArray):
-    """Lazy ``(time, y, x)`` array of one asset's raw values; reads on indexing only.
+    """Lazy ``(time, y, x)`` array of one asset; reads on indexing only.
 
-    Pickles as its :class:`~xarray_terrascope.stack.CubePlan`: URLs, grid and an
-    opaque credentials handle, never a secret.
+    Gives the stored values, or with a :class:`~xarray_terrascope._decode.Decoder` the
+    physical ones (decoded inside the read, in one new array per window). Pickles as its
+    :class:`~xarray_terrascope.stack.CubePlan` (URLs, grid and an opaque credentials
+    handle, never a secret) and the decoder's CF attributes.
     """
 
-    def __init__(self, plan: CubePlan, asset_index: int) -> None:
+    def __init__(self, plan: CubePlan, asset_index: int, decoder: Decoder | None = None) -> None:
         self.plan = plan
         self.asset_index = asset_index
+        self.decoder = decoder
         self.shape = (len(plan.groups), *plan.shape)
-        self.dtype = np.dtype(plan.decode[asset_index].dtype)
+        stored = np.dtype(plan.decode[asset_index].dtype)
+        self.dtype = decoder.dtype if decoder is not None else stored
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
@@ -75,6 +80,8 @@ class CubeArray(BackendArray):
         data = read_window(self.plan, self.asset_index, list(times), rows, cols)
         if row_step != 1 or col_step != 1:
             data = data[:, ::row_step, ::col_step]
+        if self.decoder is not None:
+            data = self.decoder(data)
         return data.squeeze(axis=squeeze) if squeeze else data
 
 
@@ -285,11 +292,18 @@ def open_cube(
     for index, key in enumerate(plan.assets):
         if drop_variables and key in drop_variables:
             continue
+        attrs = _cf_attrs(plan, index)
+        encoding: dict[str, Any] = {"dtype": np.dtype(plan.decode[index].dtype)}
+        decoder = None
+        if decode:  # decoded in the read: the CF attributes move to encoding, as decode_cf does
+            decoder = Decoder(plan.decode[index].dtype, attrs)
+            attrs = {k: v for k, v in attrs.items() if k not in CF_KEYS}
+            encoding.update(decoder.encoding)
         variables[key] = xr.Variable(
             ("time", "y", "x"),
-            indexing.LazilyIndexedArray(CubeArray(plan, index)),
-            attrs=_cf_attrs(plan, index),
-            encoding={"preferred_chunks": preferred},
+            indexing.LazilyIndexedArray(CubeArray(plan, index, decoder)),
+            attrs=attrs,
+            encoding={**encoding, "preferred_chunks": preferred},
         )
     items = _planned_items(plan, items)
     coords = _time_coords(plan, items)
@@ -309,9 +323,6 @@ def open_cube(
         if value is not None:
             attrs[name] = value if isinstance(value, (int, float)) else str(value)
     ds = xr.Dataset(variables, coords=coords, attrs=attrs)
-    ds = xr.decode_cf(ds, mask_and_scale=decode, decode_times=False, decode_coords=False)
-    for key in ds.data_vars:
-        ds.variables[key].encoding["preferred_chunks"] = preferred
     ds = ds.rio.write_crs(f"EPSG:{plan.epsg}")
     ds.rio.write_transform(plan.transform, inplace=True)
     return ds

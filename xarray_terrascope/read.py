@@ -409,7 +409,8 @@ def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fil
 
 def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds, dtype, fill):
     """First read of a window: fetch the headers of all its files in the background.
-    Reads of a window date after date: read the next dates' files ahead."""
+    Reads of a window date after date, up or down: read the next dates' files ahead in
+    that direction."""
     key = (hash(plan.urls), asset_index, rows.start, rows.stop, cols.start, cols.stop)
     with _recent_lock:
         seen = _recent.get(key)
@@ -421,8 +422,11 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
         _recent.move_to_end(key)
         if any(t in seen for t in time_indices):  # the window is read again: a new pass
             seen.clear()
-        sequential = any(t - 1 in seen or t + 1 in seen for t in time_indices)
+        forwards = any(t - 1 in seen for t in time_indices)
+        # dask often takes a window's dates from the last partition down
+        backwards = not forwards and any(t + 1 in seen for t in time_indices)
         seen.update(time_indices)
+        seen_now = set(seen)
 
     def aligned_files(times):
         for t in times:
@@ -444,12 +448,17 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
                 for i, url, _ in aligned_files(range(len(plan.groups)))
             ]
         )
-    if sequential:
+    if forwards or backwards:
+        later = (
+            range(max(time_indices) + 1, len(plan.groups))
+            if forwards
+            else range(min(time_indices) - 1, -1, -1)
+        )
         ahead: list[Spec] = []
-        for t in range(max(time_indices) + 1, len(plan.groups)):
+        for t in later:
             if len(ahead) >= _prefetch.READAHEAD_FILES:
                 break
-            if t in seen:
+            if t in seen_now:
                 continue
             for i, url, how in aligned_files([t]):
                 ahead.append(_spec(plan, asset_index, i, url, how, rows, cols, creds, dtype, fill))
