@@ -365,20 +365,26 @@ def run_memory(spec: dict) -> tuple[np.ndarray, list[str], dict]:
         client = Client(cluster)
         client.run(lambda: None)  # workers up before the clock starts
     try:
+        workers_cpu = client.run(cpu_seconds) if client is not None else {}
+        own_cpu = cpu_seconds()
         t0 = time.perf_counter()
         ds = _open_cube(spec, {})
         nbytes = int(ds[ASSET].nbytes)
         mean = ds[ASSET].mean("time").compute()
-        if client is not None:
-            workers_rss = list(client.run(peak_rss).values())
+        wall = time.perf_counter() - t0
         extra = {
-            "wall_s": time.perf_counter() - t0,
+            "wall_s": wall,
             "decoded_bytes": nbytes,
             "shape": list(ds[ASSET].shape),
             "workers": workers,
+            # CPU seconds spent meanwhile: this process (client, scheduler, and the reads
+            # themselves without workers) and each worker
+            "cpu_s": {"process": cpu_seconds() - own_cpu},
         }
         if client is not None:
-            extra["worker_peak_rss_bytes"] = workers_rss
+            after = client.run(cpu_seconds)
+            extra["cpu_s"]["workers"] = [after[k] - workers_cpu[k] for k in after]
+            extra["worker_peak_rss_bytes"] = list(client.run(peak_rss).values())
         return np.asarray(mean.values, np.float32)[None], ["mean"], extra
     finally:
         if client is not None:
@@ -450,6 +456,14 @@ def _preimport(contender: str) -> None:
         import xarray
 
         xarray.backends.list_engines()  # loads the entry point's module
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all its threads)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss() -> int:

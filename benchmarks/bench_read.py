@@ -272,12 +272,20 @@ def _plan(sc: dict, sandbox: Any) -> dict:
     return plan
 
 
+def _own_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run_child(spec: dict, env: dict, timeout: float) -> dict:
     """One contender in a fresh process; returns its JSON plus peak RSS and status."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
         spec_path = handle.name
     t0 = time.perf_counter()
+    server_cpu0 = _own_cpu()
     stderr_path = spec["out"] + ".stderr"
     with open(stderr_path, "w") as err:
         proc = subprocess.Popen(
@@ -302,6 +310,8 @@ def _run_child(spec: dict, env: dict, timeout: float) -> dict:
     result: dict[str, Any] = {
         "exit": proc.returncode,
         "process_s": elapsed,
+        # this process's CPU meanwhile: the sandbox's servers (and the log)
+        "server_cpu_s": _own_cpu() - server_cpu0,
         "peak_rss_bytes": 0,
         "ru_maxrss_bytes": rusage.ru_maxrss * 1024,
     }
@@ -718,6 +728,18 @@ def _memory(args, sandbox, child_env, work) -> dict:
         status = res.get("error") or f"{res.get('wall_s', float('nan')):.1f} s"
         rss = res["peak_rss_bytes"] / 2**20
         print(f"   {label:<10} {status}, peak RSS {rss:.0f} MiB, {res['requests']} req", flush=True)
+        if "cpu_s" in res:
+            cpu = res["cpu_s"]
+            # the server's CPU over the whole child (imports, cluster start) is an upper bound
+            busy = cpu["process"] + sum(cpu.get("workers", [])) + res["server_cpu_s"]
+            res["cores_busy"] = busy / res["wall_s"]
+            print(
+                f"     CPU s: process {cpu['process']:.1f}, workers "
+                f"{[round(w, 1) for w in cpu.get('workers', [])]}, sandbox server "
+                f"{res['server_cpu_s']:.1f}: {res['cores_busy']:.2f} of {os.cpu_count()} "
+                "cores busy",
+                flush=True,
+            )
     one, two = out["runs"]["cluster-1"].get("wall_s"), out["runs"]["cluster-2"].get("wall_s")
     if one and two:
         out["speedup_2_vs_1_workers"] = one / two
@@ -820,6 +842,7 @@ def table(report: dict) -> str:
             lines.append(
                 f"  {label:<10} {res.get('wall_s', float('nan')):>8.1f} s  peak RSS "
                 f"{res['peak_rss_bytes'] / 2**20:>6.0f} MiB  {res['requests']} req"
+                + (f"  {res['cores_busy']:.2f} cores busy" if "cores_busy" in res else "")
                 + (f"  ERROR {res['error'][:100]}" if "error" in res else "")
             )
         if "speedup_2_vs_1_workers" in mem:
