@@ -385,6 +385,29 @@ def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
     assert not [n for n in below if any(n in p for p in again)], "read twice"
 
 
+def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(logged_in):
+    """A read of one date must not fetch the headers of every file of a six-month cube
+    (148 files): only those of the nearest dates, up to WARM_FILES."""
+    from xarray_terrascope import _prefetch
+
+    ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
+    files = [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
+    assert sum(map(len, files)) > 3 * _prefetch.WARM_FILES
+    logged_in.log.clear()
+    ds.NDVI.isel(time=40).load()
+
+    def fetched():
+        return {r.path for r in _header_requests(tif_records(logged_in))}
+
+    deadline = time.monotonic() + 60  # the sandbox renders a file on its first request
+    while len(fetched()) < _prefetch.WARM_FILES and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # time for any further header request to arrive
+    assert len(fetched()) == _prefetch.WARM_FILES
+    near = [n for names in files[30:51] for n in names]  # dates 30..50 around date 40
+    assert all(any(n in p for n in near) for p in fetched())
+
+
 def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, monkeypatch):
     """Results waiting to be taken are never dropped for newer ones (their bytes would be
     fetched twice): with room for 4 results, the next 4 files are read ahead, no more,

@@ -408,7 +408,8 @@ def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fil
 
 
 def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds, dtype, fill):
-    """First read of a window: fetch the headers of all its files in the background.
+    """First read of a window: fetch the headers of the files of the nearest dates (up to
+    :data:`~._prefetch.WARM_FILES`, its own first) in the background.
     Reads of a window date after date, up or down: read the next dates' files ahead in
     that direction."""
     key = (hash(plan.urls), asset_index, rows.start, rows.stop, cols.start, cols.stop)
@@ -442,12 +443,14 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
                         yield item_index, url, how
 
     if first:
-        _prefetch.warm_headers(
-            [
-                (url, _label(plan, i), _auth_header(plan, url, creds))
-                for i, url, _ in aligned_files(range(len(plan.groups)))
-            ]
-        )
+        lo, hi = min(time_indices), max(time_indices)
+        near = sorted(range(len(plan.groups)), key=lambda t: max(lo - t, t - hi, 0))
+        warm: list[tuple[str, str, str | None]] = []
+        for i, url, _ in aligned_files(near):
+            if len(warm) >= _prefetch.WARM_FILES:
+                break
+            warm.append((url, _label(plan, i), _auth_header(plan, url, creds)))
+        _prefetch.warm_headers(warm)
     if forwards or backwards:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
