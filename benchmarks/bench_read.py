@@ -43,6 +43,7 @@ changes), put it first on ``PYTHONPATH``; the JSON records where it was imported
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -115,6 +116,19 @@ DEFAULT_SCENARIOS = ["field", "region", "crosszone", "year-search", "reopen", "r
 
 
 # --- helpers --------------------------------------------------------------------------
+
+
+def _commit(package_dir: Path) -> str | None:
+    """The git commit the measured package comes from (``+dirty`` when its files differ
+    from that commit), or None outside a git work tree (e.g. a ``git archive`` export)."""
+    run = functools.partial(
+        subprocess.run, cwd=package_dir, capture_output=True, text=True, check=False
+    )
+    head = run(["git", "rev-parse", "--short", "HEAD"])
+    if head.returncode != 0:
+        return None
+    dirty = run(["git", "status", "--porcelain", "--", "."]).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def _versions() -> dict[str, str]:
@@ -372,6 +386,7 @@ def run(args: argparse.Namespace) -> dict:
         "machine": _machine(),
         "versions": _versions(),
         "package_imported_from": str(Path(xts.__file__).parent),
+        "commit": _commit(Path(xts.__file__).parent),
         "settings": {"latency_s": args.latency, "repeats": args.repeats, "quick": args.quick},
         "scenarios": {},
     }
@@ -916,6 +931,7 @@ def main(argv: list[str] | None = None) -> int:
             merged.append({k: report[k] for k in ("date", "machine", "versions", "settings")})
             merged[-1]["scenarios"] = sorted(report["scenarios"])
             merged[-1]["package_imported_from"] = report["package_imported_from"]
+            merged[-1]["commit"] = report["commit"]
             report = old
             text = table(report)
         report["table"] = text.splitlines()

@@ -387,7 +387,7 @@ def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
 
 def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(logged_in):
     """A read of one date must not fetch the headers of every file of a six-month cube
-    (148 files): only those of the nearest dates, up to WARM_FILES."""
+    (148 files): only those of the nearest dates, up to WARM_FILES, around each read."""
     from xarray_terrascope import _prefetch
 
     ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
@@ -406,6 +406,17 @@ def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(log
     assert len(fetched()) == _prefetch.WARM_FILES
     near = [n for names in files[30:51] for n in names]  # dates 30..50 around date 40
     assert all(any(n in p for n in near) for p in fetched())
+
+    # the warmed headers move with the reads: a read far away warms its own neighbours
+    logged_in.log.clear()
+    ds.NDVI.isel(time=10).load()
+    deadline = time.monotonic() + 60
+    while len(fetched()) < _prefetch.WARM_FILES and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    around = [n for names in files[0:21] for n in names]
+    assert len(fetched()) == _prefetch.WARM_FILES
+    assert all(any(n in p for n in around) for p in fetched())
 
 
 def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, monkeypatch):

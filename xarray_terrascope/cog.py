@@ -331,12 +331,16 @@ async def _read_tiles(
 ) -> np.ndarray:
     ifd = tiff.ifds[0]
     check_grid(ifd, grid, shape, np.dtype(dtype), label)
-    out = np.full((rows.stop - rows.start, cols.stop - cols.start), fill, dtype=dtype)
     height, width = shape
     r0 = max(rows.start + grid.row_offset, 0)
     r1 = min(rows.stop + grid.row_offset, height)
     c0 = max(cols.start + grid.col_offset, 0)
     c1 = min(cols.stop + grid.col_offset, width)
+    size = (rows.stop - rows.start, cols.stop - cols.start)
+    if (r1 - r0, c1 - c0) == size:  # the file covers the window: the tiles fill all of it
+        out = np.empty(size, dtype=dtype)
+    else:
+        out = np.full(size, fill, dtype=dtype)
     if r0 >= r1 or c0 >= c1:
         return out
     th, tw = ifd.tile_height, ifd.tile_width

@@ -86,6 +86,8 @@ def clear_reader_cache() -> None:
     headers.clear_memory()
     tiles.clear()
     _prefetch.clear()
+    with _recent_lock:  # the windows' read patterns and the headers they warmed
+        _recent.clear()
 
 
 def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None):
@@ -353,11 +355,16 @@ def read_window(
                     )
                 else:
                     results[j] = array
+        filled: set[int] = set()
         for j, (out_index, _, _, _) in enumerate(jobs):  # priority order within each date
             result = results[j]
             data = result.result() if isinstance(result, Future) else result
             target = out[out_index]
-            np.copyto(target, data, where=np.isnan(target) if nan_fill else target == nodata)
+            if out_index not in filled:  # the date's first file: the whole window is nodata
+                target[...] = data
+                filled.add(out_index)
+            else:
+                np.copyto(target, data, where=np.isnan(target) if nan_fill else target == nodata)
     finally:
         for result in results:
             if isinstance(result, Future):
@@ -387,7 +394,7 @@ async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds,
 #: Windows this process has read recently, with the dates read (for warm-up and read-ahead).
 _RECENT_SIZE = 256
 _recent_lock = threading.Lock()
-_recent: OrderedDict[tuple, set[int]] = OrderedDict()
+_recent: OrderedDict[tuple, tuple[set[int], set[str]]] = OrderedDict()  # dates, warmed URLs
 
 
 def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fill) -> Spec:
@@ -408,21 +415,22 @@ def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fil
 
 
 def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds, dtype, fill):
-    """First read of a window: fetch the headers of the files of the nearest dates (up to
-    :data:`~._prefetch.WARM_FILES`, its own first) in the background.
+    """Fetch the headers of the files of the dates nearest the read (up to
+    :data:`~._prefetch.WARM_FILES` files, its own first) in the background.
     Reads of a window date after date, up or down: read the next dates' files ahead in
     that direction."""
     key = (hash(plan.urls), asset_index, rows.start, rows.stop, cols.start, cols.stop)
     with _recent_lock:
-        seen = _recent.get(key)
-        first = seen is None
-        if first:
-            seen = _recent[key] = set()
+        state = _recent.get(key)
+        if state is None:
+            state = _recent[key] = (set(), set())
             while len(_recent) > _RECENT_SIZE:
                 _recent.popitem(last=False)
         _recent.move_to_end(key)
+        seen, warmed = state
         if any(t in seen for t in time_indices):  # the window is read again: a new pass
             seen.clear()
+        lo, hi = min(time_indices), max(time_indices)
         forwards = any(t - 1 in seen for t in time_indices)
         # dask often takes a window's dates from the last partition down
         backwards = not forwards and any(t + 1 in seen for t in time_indices)
@@ -442,15 +450,17 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
                     if how is not None:
                         yield item_index, url, how
 
-    if first:
-        lo, hi = min(time_indices), max(time_indices)
-        near = sorted(range(len(plan.groups)), key=lambda t: max(lo - t, t - hi, 0))
-        warm: list[tuple[str, str, str | None]] = []
-        for i, url, _ in aligned_files(near):
-            if len(warm) >= _prefetch.WARM_FILES:
-                break
+    # the headers of the files of the nearest dates (a window that moves with the reads)
+    warm: list[tuple[str, str, str | None]] = []
+    for count, (i, url, _) in enumerate(aligned_files(_outwards(lo, hi, len(plan.groups)))):
+        if count >= _prefetch.WARM_FILES:
+            break
+        with _recent_lock:
+            new = url not in warmed
+            warmed.add(url)
+        if new:
             warm.append((url, _label(plan, i), _auth_header(plan, url, creds)))
-        _prefetch.warm_headers(warm)
+    _prefetch.warm_headers(warm)
     if forwards or backwards:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
@@ -466,6 +476,24 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
             for i, url, how in aligned_files([t]):
                 ahead.append(_spec(plan, asset_index, i, url, how, rows, cols, creds, dtype, fill))
         _prefetch.read_ahead(ahead)
+
+
+def _outwards(lo: int, hi: int, size: int):
+    """Time indices from ``lo..hi`` outwards: ``lo..hi``, then ``hi + 1``, ``lo - 1``, ...
+
+    Examples
+    --------
+    >>> list(_outwards(3, 4, 7))
+    [3, 4, 5, 2, 6, 1, 0]
+    """
+    yield from range(lo, hi + 1)
+    for step in range(1, size):
+        if hi + step >= size and lo - step < 0:
+            return
+        if hi + step < size:
+            yield hi + step
+        if lo - step >= 0:
+            yield lo - step
 
 
 def _label(plan: CubePlan, item_index: int) -> str:
