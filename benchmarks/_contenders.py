@@ -451,7 +451,9 @@ def _preimport(contender: str) -> None:
     import importlib
 
     for name in IMPORTS.get(contender, []):
-        importlib.import_module(name)  # every one is installed with the benchmark extras
+        if name == "uvloop" and sys.platform == "win32":
+            continue  # the package's only platform-dependent dependency
+        importlib.import_module(name)  # every other one comes with the benchmark extras
     if contender in ("terrascope", "memory"):
         import xarray
 

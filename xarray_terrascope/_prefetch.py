@@ -4,8 +4,8 @@ dask runs as many read tasks at once as it has threads (often the number of core
 streaming computation over dates would keep only a few files in flight. When reads of one
 window come date after date (a sequential pattern, like a file system's read-ahead), the
 windows of the next dates are read in the background, bounded in count and bytes, and
-handed to the read that asks for them. On the first read of a window, the headers of the
-files of the nearest dates are fetched in the background.
+handed to the read that asks for them. Every read also has the headers of the files of
+the nearest dates fetched in the background (each once per window).
 
 Everything here runs on the loop of :mod:`xarray_terrascope._aio`; results are one-shot
 (taken by the read that wants them) and dropped by :func:`clear`.
@@ -31,9 +31,9 @@ logger = logging.getLogger(__name__)
 
 #: Files read ahead (beyond what dask asks for) per sequential window.
 READAHEAD_FILES = 32
-#: Headers fetched in the background on the first read of a window: those of the files
-#: of the dates nearest the read (a read of one date of a long cube must not fetch the
-#: headers of every file).
+#: Headers fetched in the background around each read: those of this many files of the
+#: dates nearest the read (a read of one date of a long cube must not fetch the headers
+#: of every file).
 WARM_FILES = 32
 #: Decoded bytes the read-ahead results may hold per process.
 READAHEAD_BYTES = 128 * 2**20
