@@ -67,6 +67,7 @@ CHILD = HERE / "_contenders.py"
 RESULTS = HERE / "results" / "read.json"
 sys.path.insert(0, str(HERE))
 
+from _contenders import cpu_seconds  # noqa: E402
 from _floor import floor  # noqa: E402
 
 PEERS = ["terrascope", "terrascope.load", "odc-stac", "stackstac", "rioxarray", "async-geotiff"]
@@ -286,20 +287,13 @@ def _plan(sc: dict, sandbox: Any) -> dict:
     return plan
 
 
-def _own_cpu() -> float:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _run_child(spec: dict, env: dict, timeout: float) -> dict:
     """One contender in a fresh process; returns its JSON plus peak RSS and status."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(spec, handle)
         spec_path = handle.name
     t0 = time.perf_counter()
-    server_cpu0 = _own_cpu()
+    server_cpu0 = cpu_seconds()
     stderr_path = spec["out"] + ".stderr"
     with open(stderr_path, "w") as err:
         proc = subprocess.Popen(
@@ -325,7 +319,7 @@ def _run_child(spec: dict, env: dict, timeout: float) -> dict:
         "exit": proc.returncode,
         "process_s": elapsed,
         # this process's CPU meanwhile: the sandbox's servers (and the log)
-        "server_cpu_s": _own_cpu() - server_cpu0,
+        "server_cpu_s": cpu_seconds() - server_cpu0,
         "peak_rss_bytes": 0,
         "ru_maxrss_bytes": rusage.ru_maxrss * 1024,
     }

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["CF_KEYS", "Decoder"]
+__all__ = ["CF_KEYS", "Decoder", "decode_cf_array"]
 
 #: The attributes CF decoding consumes (they move to ``encoding``).
 CF_KEYS = ("scale_factor", "add_offset", "_FillValue")
@@ -24,13 +24,23 @@ CF_KEYS = ("scale_factor", "add_offset", "_FillValue")
 _NAME = "__terrascope_values__"
 
 
-def _xarray_decode(raw: np.ndarray, attrs: dict) -> xr.Variable:
-    ds = xr.Dataset(
-        {_NAME: xr.Variable(tuple(f"d{i}" for i in range(raw.ndim)), raw, attrs=dict(attrs))}
+def decode_cf_array(da: xr.DataArray) -> xr.DataArray:
+    """xarray's own CF mask-and-scale decoding of one array (lazy, dask-aware).
+
+    Examples
+    --------
+    >>> raw = xr.DataArray(np.array([0, 255], np.uint8), attrs={"_FillValue": np.uint8(255)})
+    >>> decode_cf_array(raw).values.tolist()
+    [0.0, nan]
+    """
+    decoded = xr.decode_cf(
+        da.to_dataset(name=_NAME), mask_and_scale=True, decode_times=False, decode_coords=False
     )
-    return xr.decode_cf(ds, mask_and_scale=True, decode_times=False, decode_coords=False)[
-        _NAME
-    ].variable
+    return decoded[_NAME]
+
+
+def _xarray_decode(raw: np.ndarray, attrs: dict) -> xr.Variable:
+    return decode_cf_array(xr.DataArray(raw, attrs=dict(attrs))).variable
 
 
 class Decoder:
@@ -57,7 +67,7 @@ class Decoder:
     >>> import numpy as np
     >>> ndvi = Decoder(np.uint8, {"scale_factor": np.float32(0.004),
     ...                           "add_offset": np.float32(-0.08), "_FillValue": np.uint8(255)})
-    >>> ndvi.dtype, ndvi(np.array([0, 125, 255], np.uint8)).round(3).tolist()
+    >>> ndvi.dtype, ndvi(np.array([0, 125, 255], np.uint8)).astype(float).round(3).tolist()
     (dtype('float32'), [-0.08, 0.42, nan])
     """
 

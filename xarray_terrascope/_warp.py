@@ -27,7 +27,7 @@ from .cog import Grid, GridMismatch, check_grid, tiles_of, with_header
 
 __all__ = ["Gather", "Native", "Target", "gather_plan", "pixel_map", "read_warped"]
 
-#: Bytes of pixel maps kept per process.
+#: Bytes of gather plans (pixel maps turned into tile indices) kept per process.
 MAP_CACHE_BYTES = 64 * 2**20
 #: GDAL's nearest-neighbour kernel adds this before ``floor`` (gdalwarpkernel.cpp).
 _EPSILON = 1e-10

@@ -9,6 +9,7 @@ import numpy as np
 import pystac
 import xarray as xr
 
+from ._decode import decode_cf_array
 from .exceptions import InvalidArgumentError, TerrascopeError
 
 __all__ = ["TerrascopeDataArrayAccessor", "TerrascopeDatasetAccessor", "decode_raw"]
@@ -35,12 +36,8 @@ def decode_raw(da: xr.DataArray) -> xr.DataArray:
     """
     if da.dtype.kind == "f" and "scale_factor" not in da.attrs:
         return da
-    # xarray's own CF decoder (lazy, dask-aware), the one the engine uses with decode=True
-    name = "__terrascope_values__"
-    decoded = xr.decode_cf(
-        da.to_dataset(name=name), mask_and_scale=True, decode_times=False, decode_coords=False
-    )[name]
-    return decoded.astype("float32").rename(da.name)
+    # xarray's own CF decoder, the one the engine's decoding is checked against
+    return decode_cf_array(da).astype("float32").rename(da.name)
 
 
 def _dates(obj: xr.Dataset | xr.DataArray, kind: str) -> list[str]:

@@ -23,6 +23,7 @@ GDAL's cached state of that URL, so a failure never sticks in the process.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import re
@@ -451,16 +452,15 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
                         yield item_index, url, how
 
     # the headers of the files of the nearest dates (a window that moves with the reads)
-    warm: list[tuple[str, str, str | None]] = []
-    for count, (i, url, _) in enumerate(aligned_files(_outwards(lo, hi, len(plan.groups)))):
-        if count >= _prefetch.WARM_FILES:
-            break
-        with _recent_lock:
-            new = url not in warmed
-            warmed.add(url)
-        if new:
-            warm.append((url, _label(plan, i), _auth_header(plan, url, creds)))
-    _prefetch.warm_headers(warm)
+    nearest = itertools.islice(
+        aligned_files(_outwards(lo, hi, len(plan.groups))), _prefetch.WARM_FILES
+    )
+    with _recent_lock:
+        new = [(i, url) for i, url, _ in nearest if url not in warmed]
+        warmed.update(url for _, url in new)
+    _prefetch.warm_headers(
+        [(url, _label(plan, i), _auth_header(plan, url, creds)) for i, url in new]
+    )
     if forwards or backwards:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
