@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's two commands, each complete on a fresh Debian 12 machine with Python 3.11+:
 #   bash scripts/run.sh demo    # set up, then run the main job on the embedded sandbox
-#   bash scripts/run.sh test    # set up (venv, pip packages, Chromium), then run the tests
+#   bash scripts/run.sh test    # set up (venv, pip packages, Chromium, nginx), then run the tests
 # Extra arguments after `test` go to pytest. VENV=path overrides the virtualenv (.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,54 @@ setup_browser() {  # Debian's Chromium and ChromeDriver, for the time-slider bro
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
+setup_nginx() {  # a real nginx for tests/test_nginx.py, with no system service started
+  if [ -n "${TERRASCOPE_TEST_NGINX:-}" ] || command -v nginx >/dev/null \
+    || [ -x /usr/sbin/nginx ]; then
+    return
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  local dest
+  dest="$(cd "$VENV" && pwd)/nginx"
+  if [ ! -x "$dest/usr/sbin/nginx" ]; then
+    # Debian's package unpacked into the virtualenv: dpkg -x runs no maintainer script, so
+    # nothing is installed system-wide and no service starts. Debian 12 has the binary in
+    # "nginx" ("nginx-light" is a transitional package there); older releases in the others.
+    echo "--- extracting Debian's nginx package into $dest (apt-get download, dpkg -x)"
+    local work package updated=""
+    work=$(mktemp -d)
+    for package in nginx nginx-light nginx-core; do
+      if ! (cd "$work" && apt-get download -qq "$package" 2>/dev/null); then
+        if [ -n "$updated" ]; then continue; fi
+        $sudo apt-get update -qq
+        updated=yes
+        (cd "$work" && apt-get download -qq "$package" 2>/dev/null) || continue
+      fi
+      dpkg -x "$work/$package"_*.deb "$work/root"
+      if [ -x "$work/root/usr/sbin/nginx" ]; then
+        rm -rf "$dest"
+        mv "$work/root" "$dest"
+        break
+      fi
+    done
+    rm -rf "$work"
+  fi
+  if [ ! -x "$dest/usr/sbin/nginx" ]; then
+    echo "--- no nginx binary in Debian's packages: tests/test_nginx.py will skip" >&2
+    return
+  fi
+  if ldd "$dest/usr/sbin/nginx" | grep "not found" >/dev/null; then
+    echo "--- installing nginx's libraries (apt-get)"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+      libcrypt1 libpcre2-8-0 libssl3 zlib1g >/dev/null
+  fi
+  if ! "$dest/usr/sbin/nginx" -v; then
+    echo "--- $dest/usr/sbin/nginx does not run: tests/test_nginx.py will skip" >&2
+    return
+  fi
+  export TERRASCOPE_TEST_NGINX="$dest/usr/sbin/nginx"
+}
+
 case "${1:-}" in
   demo)
     shift
@@ -43,6 +91,7 @@ case "${1:-}" in
     shift
     setup_browser
     setup_python test
+    setup_nginx
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
     ;;
   *)

@@ -231,20 +231,20 @@ def test_no_gdal_options_linger_in_the_io_threads(logged_in):
     """After authenticated reads, no I/O thread keeps a GDAL environment (the password)."""
     from rasterio.env import hasenv
 
-    from xarray_terrascope import read
+    from xarray_terrascope import _gdal_read
 
     xr.open_dataset(
         list(SAMPLE_FIELD), engine="terrascope", start="2025-05-01", end="2025-06-30"
     ).load()
-    barrier = threading.Barrier(read.IO_THREADS)
+    barrier = threading.Barrier(_gdal_read.IO_THREADS)
 
     def probe() -> bool:
         barrier.wait(timeout=30)  # one probe per pool thread
         return hasenv()
 
-    pool = read._io_pool()
-    results = [f.result() for f in [pool.submit(probe) for _ in range(read.IO_THREADS)]]
-    assert results == [False] * read.IO_THREADS
+    pool = _gdal_read.io_pool()
+    results = [f.result() for f in [pool.submit(probe) for _ in range(_gdal_read.IO_THREADS)]]
+    assert results == [False] * _gdal_read.IO_THREADS
 
 
 def test_auth_stands_below_the_readers_and_the_cluster_plugin():
@@ -274,3 +274,45 @@ def test_credential_changes_reach_the_subscribers(sandbox_urls):
         for event in ("forget", "publish"):
             auth._subscribers[event] = auth._subscribers[event][:-1]
     assert calls == ["publish", "forget", "publish", "forget", "publish"]
+
+
+def test_login_proves_credentials_at_a_root_that_forbids_listing(sandbox_urls):
+    """nginx without ``autoindex`` answers the download root 403 once authenticated: the
+    credentials passed (without them it asks to sign in), so login succeeds."""
+    sandbox_urls.download.listing = False
+    sandbox_urls.log.clear()
+    creds = xts.login(sandbox_urls.username, sandbox_urls.password)
+    assert auth.current_credentials() is creds
+    assert [r.status for r in sandbox_urls.log.records()] == [403, 302]
+    with pytest.raises(AuthenticationError, match="HTTP 401"):
+        xts.login(sandbox_urls.username, "wrong-password")
+
+
+def test_login_retries_a_busy_download_service(sandbox_urls):
+    sandbox_urls.download.fail_next(2, kind="503")
+    sandbox_urls.log.clear()
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    assert [r.status for r in sandbox_urls.log.records()] == [503, 503, 200]
+
+
+def test_login_that_cannot_tell_says_so(monkeypatch):
+    """A URL that answers the same with and without credentials proves nothing."""
+
+    def app(environ, start_response):
+        return Response("Not Found", status=404)(environ, start_response)
+
+    xts.logout()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"127.0.0.1:{server.server_port}"
+        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", f"http://{host}/download/")
+        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", f"http://{host}")
+        with pytest.raises(TerrascopeError, match="HTTP 404 with the credentials") as info:
+            xts.login("someone", "pw")
+        assert not isinstance(info.value, AuthenticationError)
+        assert auth.current_credentials() is None
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)

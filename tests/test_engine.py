@@ -404,7 +404,7 @@ def test_error_classification_does_not_read_dates_as_status_codes():
     can be made to serve a corrupt file, so this one is a unit test)."""
     from rasterio.errors import RasterioIOError
 
-    from xarray_terrascope.read import _explain
+    from xarray_terrascope._gdal_read import _explain
 
     url = "http://127.0.0.1:1/download/Sentinel2/NDVI_V2/2025/04/01/S2A_20250401T103621.tif"
     creds = xts.Credentials("alice", "pw")

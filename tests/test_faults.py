@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope import _transport, read
+from xarray_terrascope import _gdal_read, _transport, read
 from xarray_terrascope._headers import headers
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
@@ -135,7 +135,7 @@ def test_gdal_status_after_the_header_is_cached(logged_in, gdal_only, monkeypatc
 
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "1")
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.05")
-    monkeypatch.setattr(read, "GDAL_ATTEMPTS", 2)
+    monkeypatch.setattr(_gdal_read, "GDAL_ATTEMPTS", 2)
     ds = _field()
     ds.NDVI.isel(time=0, x=slice(0, 10), y=slice(0, 10)).load()  # headers cached by GDAL
     user = logged_in.username
@@ -211,3 +211,88 @@ def test_after_a_429_the_limit_stays_at_the_cut_level():
         return cut, limiter.limit
 
     assert asyncio.run(scenario()) == (2, 2)
+
+
+def test_refusals_at_one_request_pace_the_requests_until_successes_end_it():
+    """A host that refuses one request at a time limits the rate: starts are spaced out
+    (more after each refusal), and runs of successes shrink the spacing to nothing."""
+    import asyncio
+
+    from xarray_terrascope import _limiter
+
+    async def scenario():
+        limiter = _transport.Limiter(16)
+        for _ in range(2):  # 4 -> 2 -> 1, no pacing yet
+            await limiter.release(await limiter.acquire(), busy=True, success=False)
+        unpaced = limiter.interval
+        intervals = []
+        for _ in range(3):  # 429s at one request in flight: a rate limit
+            generation = await limiter.acquire()
+            await limiter.release(generation, busy=True, success=False, rate_limited=True)
+            intervals.append(limiter.interval)
+        loop = asyncio.get_running_loop()
+        starts = []
+        for _ in range(4):
+            generation = await limiter.acquire()
+            starts.append(loop.time())
+            await limiter.release(generation, busy=False, success=True)
+        gaps = np.diff(starts)
+        successes = 4
+        while limiter.interval:
+            await limiter.release(await limiter.acquire(), busy=False, success=True)
+            successes += 1
+        return unpaced, intervals, gaps, successes, limiter.limit
+
+    unpaced, intervals, gaps, successes, limit = asyncio.run(scenario())
+    assert limit == 1 and unpaced == 0.0
+    up = _limiter.PACE_UP
+    assert intervals == pytest.approx([_limiter.PACE_MIN * f for f in (1, up, up * up)])
+    assert (gaps >= 0.9 * intervals[-1]).all(), gaps
+    assert successes <= 8 * _limiter.PACE_RUN
+
+
+def test_random_503s_do_not_build_up_pacing(monkeypatch):
+    """A flaky server (one request in ten answered 503, whatever the rate) must not be
+    taken for a rate limit that slowing down would satisfy: the pacing never grows."""
+    import asyncio
+
+    from xarray_terrascope import _limiter
+
+    monkeypatch.setattr(_limiter, "PACE_MIN", 0.002)  # the same dynamics, faster
+
+    async def scenario():
+        limiter = _transport.Limiter(16)
+        for _ in range(2):  # 4 -> 2 -> 1
+            await limiter.release(await limiter.acquire(), busy=True, success=False)
+        peak = 0.0
+        for i in range(150):
+            refused = i % 10 == 0
+            await limiter.release(await limiter.acquire(), busy=refused, success=not refused)
+            peak = max(peak, limiter.interval)
+        return peak
+
+    peak = asyncio.run(scenario())
+    assert 0 < peak < 1.5 * _limiter.PACE_MIN, peak
+
+
+def test_a_request_rate_limit_gives_the_exact_cube_with_few_refusals(logged_in, clean_cube):
+    """As nginx's ``limit_req`` (token bucket, 429 without Retry-After): the limit of
+    requests in flight alone cannot satisfy it, pacing does."""
+    _transport.reset_limiters()  # as in a new process: the clean read grew the limit
+    logged_in.download.max_rate = 25.0
+    logged_in.download.latency = 0.01
+    got = _field(chunks={}).NDVI.load().values
+    np.testing.assert_array_equal(got, clean_cube)
+    records = tif_records(logged_in)
+    refused = [r for r in records if r.fault == "rate"]
+    served = [r for r in records if r.status == 206]
+    assert refused, "the server must have refused some requests"
+    assert len(refused) < 0.25 * len(served), (len(refused), len(served))
+
+
+def test_stac_api_503s_leave_the_cube_exact(logged_in, clean_cube):
+    logged_in.stac.fail_next(2)  # the very first STAC requests
+    logged_in.stac.fault_rate = 0.3
+    got = _field(chunks={}).NDVI.load().values
+    np.testing.assert_array_equal(got, clean_cube)
+    assert logged_in.stac.injected >= 2

@@ -603,6 +603,8 @@ def test_sortby_and_get_post_agree(sb: Sandbox) -> None:
         {"sortby": [{"field": "id", "direction": "sideways"}]},
         {"token": "not-a-token!"},
         {"collections": [1, 2]},
+        {"query": {"eo:cloud_cover": {"below": 3}}},
+        {"query": {"eo:cloud_cover": 3}},
     ],
 )
 def test_malformed_post_is_400(sb: Sandbox, body: dict) -> None:

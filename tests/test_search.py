@@ -202,3 +202,58 @@ def test_retries_of_an_unreachable_stac_api_log_at_debug_only(sandbox_urls, monk
     assert len(retries) >= 2, "the retries must still happen"
     assert all(r.levelno == logging.DEBUG for r in retries)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_500_is_retried_once_and_named(sandbox_urls):
+    """stac-fastapi answers 500 for a query its database rejects: one retry, then an
+    error that says so (not five retries and a quarter of a minute of backoff)."""
+    sandbox_urls.stac.fail_next(5, status=500)
+    with pytest.raises(SearchError, match=r"HTTP 500.*database rejects") as info:
+        xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
+    assert info.value.status_code == 500
+    assert sandbox_urls.stac.requests == 2
+    sandbox_urls.stac.reset_faults()
+    sandbox_urls.stac.fail_next(1, status=500)
+    assert xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
+
+
+def test_busy_stac_api_answers_are_retried(sandbox_urls):
+    sandbox_urls.stac.fail_next(3, status=503)
+    got = xts.search(NDVI, SAMPLE_FIELD, "2025-05-01", "2025-06-10")
+    start, end = _utc(2025, 5, 1), _utc(2025, 6, 10, 23, 59, 59)
+    assert {i.id for i in got} == _truth(sandbox_urls, NDVI, SAMPLE_FIELD, start, end)
+    assert sandbox_urls.stac.injected == 3
+
+
+def test_a_later_stac_api_version_is_taken_as_conforming(sandbox_urls):
+    """stac-fastapi 5+ declares ``.../v1.1.0/item-search#sort``; pystac-client 0.9 knows
+    ``v1.0.*`` only: a sorted search must neither warn nor sort differently."""
+    import warnings
+
+    from xarray_terrascope.testing.stac_api import CONFORMANCE
+
+    expected = [i.id for i in xts.search(NDVI, SAMPLE_FIELD, "2025-05-01", "2025-06-10", limit=5)]
+    sandbox_urls.stac.conforms_to = [u.replace("/v1.0.0/", "/v1.1.0/") for u in CONFORMANCE]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = xts.search(NDVI, SAMPLE_FIELD, "2025-05-01", "2025-06-10", limit=5)
+    assert [i.id for i in got] == expected
+
+
+def test_query_extension_filters_like_cql2(sandbox_urls):
+    """Terrascope's API takes the Query extension too (``query=``), beside CQL2."""
+    start, end = _utc(2025, 3, 1), _utc(2025, 8, 31, 23, 59, 59)
+    got = xts.search(
+        NDVI, SAMPLE_FIELD, "2025-03-01", "2025-08-31", query={"eo:cloud_cover": {"lte": 20}}
+    )
+    assert {i.id for i in got} == _truth(sandbox_urls, NDVI, SAMPLE_FIELD, start, end, 20)
+    both = xts.search(
+        NDVI,
+        SAMPLE_FIELD,
+        "2025-03-01",
+        "2025-08-31",
+        max_cloud_cover=20,
+        query={"platform": {"eq": "sentinel-2a"}},
+    )
+    assert both and {i.properties["platform"] for i in both} == {"sentinel-2a"}
+    assert {i.id for i in both} < {i.id for i in got}

@@ -2,7 +2,10 @@
 
 Slow start from :data:`INITIAL_CONNECTIONS`, halving on 429/503 with ``Retry-After``
 honoured, additive growth after runs of successes, careful probing above the level a
-host refused last. :mod:`xarray_terrascope._transport` keeps one per origin.
+host refused last. A host that still refuses one request at a time limits the request
+*rate* (nginx's ``limit_req``, a token bucket), not the concurrency: requests are then
+also paced, a minimum interval between their starts that doubles on each refusal and
+shrinks after runs of successes. :mod:`xarray_terrascope._transport` keeps one per origin.
 """
 
 from __future__ import annotations
@@ -11,7 +14,19 @@ import asyncio
 import contextlib
 import logging
 
-__all__ = ["INITIAL_CONNECTIONS", "PROBE_AFTER", "PROBE_SUCCESSES", "Limiter"]
+__all__ = [
+    "INITIAL_CONNECTIONS",
+    "PACE_DOWN",
+    "PACE_MAX",
+    "PACE_MIN",
+    "PACE_RUN",
+    "PACE_RUN_BUSY",
+    "PACE_UP",
+    "PACE_UP_BUSY",
+    "PROBE_AFTER",
+    "PROBE_SUCCESSES",
+    "Limiter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +37,18 @@ INITIAL_CONNECTIONS = 4
 #: successes.
 PROBE_AFTER = 10.0
 PROBE_SUCCESSES = 64
+#: Pacing (seconds between request starts) set by the first refusal at one request in
+#: flight, and the most it grows to. A refusal lengthens it by :data:`PACE_UP` (429: a
+#: rate limit on this client) or :data:`PACE_UP_BUSY` (503: busy, or a random fault); a
+#: run of :data:`PACE_RUN` (429) or :data:`PACE_RUN_BUSY` (503) successes shortens it by
+#: :data:`PACE_DOWN`; it ends below half of :data:`PACE_MIN`. The pacing settles where
+#: about 6 % (429) or 20 % (503) of the requests are refused: random 503s of a flaky
+#: server (10 % or so) end it instead of feeding it.
+PACE_MIN = 0.05
+PACE_MAX = 2.0
+PACE_UP, PACE_UP_BUSY = 1.5, 1.25
+PACE_RUN, PACE_RUN_BUSY = 8, 4
+PACE_DOWN = 0.8
 
 
 class Limiter:
@@ -37,6 +64,11 @@ class Limiter:
     above that waits for :data:`PROBE_AFTER` seconds and :data:`PROBE_SUCCESSES`
     successes, so a server that allows N connections is not probed (and paused for its
     ``Retry-After``) over and over.
+
+    A refusal while the limit is already one means the host limits the request rate:
+    requests are then paced (``interval`` seconds between starts, from
+    :data:`PACE_MIN`, longer after each refusal, shorter after runs of successes, see
+    :data:`PACE_UP`); the limit grows again only once the pacing has ended.
 
     Parameters
     ----------
@@ -54,6 +86,9 @@ class Limiter:
         self._successes = 0
         self._paused_until = 0.0
         self._last_cut = float("-inf")
+        self.interval = 0.0
+        self._pace_run = PACE_RUN
+        self._next_start = 0.0
         self._cond = asyncio.Condition()
 
     async def acquire(self) -> int:
@@ -68,8 +103,21 @@ class Limiter:
                     continue
                 if self.in_flight < self.limit:
                     self.in_flight += 1
-                    return self.generation
+                    generation = self.generation
+                    now = loop.time()
+                    start = max(now, self._next_start)
+                    self._next_start = start + self.interval if self.interval else 0.0
+                    break
                 await self._cond.wait()
+        if start > now:
+            try:
+                await asyncio.sleep(start - now)
+            except asyncio.CancelledError:
+                async with self._cond:
+                    self.in_flight -= 1
+                    self._cond.notify_all()
+                raise
+        return generation
 
     async def release(
         self,
@@ -98,7 +146,21 @@ class Limiter:
                 self._last_cut = now
                 if retry_after:
                     self._paused_until = max(self._paused_until, now + retry_after)
-                logger.debug("host busy: connection limit %d -> %d", old, self.limit)
+                if old == 1:  # refused one at a time: a rate limit
+                    up = PACE_UP if rate_limited else PACE_UP_BUSY
+                    self._pace_run = PACE_RUN if rate_limited else PACE_RUN_BUSY
+                    self.interval = min(PACE_MAX, max(PACE_MIN, up * self.interval))
+                    logger.debug("host busy at one request: %.3f s between requests", self.interval)
+                else:
+                    logger.debug("host busy: connection limit %d -> %d", old, self.limit)
+            elif success and self.interval:
+                self._successes += 1
+                if self._successes >= self._pace_run:
+                    self._successes = 0
+                    self.interval *= PACE_DOWN
+                    if self.interval < PACE_MIN / 2:
+                        self.interval = 0.0
+                        logger.debug("pacing ended")
             elif success and self.limit < self.maximum:
                 self._successes += 1
                 if self._slow_start:

@@ -4,12 +4,14 @@ One ``aiohttp`` session per event loop (see :mod:`xarray_terrascope._aio`) sends
 ranged ``GET``; it never sends ``HEAD``. Several ranges of one file go in one request
 (answered ``multipart/byteranges``) while the origin answers them so; an origin that
 answers with the whole file (S3, nginx with ``max_ranges 1``) gets one request per range
-from then on, the whole-file body left unread. Each origin (``scheme://host:port``) has a
-:class:`Limiter`: at most ``TERRASCOPE_MAX_CONNECTIONS`` requests in flight (default
-:data:`DEFAULT_MAX_CONNECTIONS`), halved on 429/503 (pausing the host for ``Retry-After``),
-grown by one after a run of successes (AIMD). Failed requests (5xx, 429, dropped or cut
-connections, timeouts) are retried with exponential backoff and jitter, the first request
-of a file included.
+from then on, the whole-file body left unread (the first multi-range request to an origin
+goes alone, so that happens once, not once per request in flight). Each origin
+(``scheme://host:port``) has a :class:`Limiter`: at most ``TERRASCOPE_MAX_CONNECTIONS``
+requests in flight (default :data:`DEFAULT_MAX_CONNECTIONS`), halved on 429/503 (pausing
+the host for ``Retry-After``), grown by one after a run of successes (AIMD), and paced
+when even one request at a time is refused (a request-rate limit). Failed requests (5xx,
+429, dropped or cut connections, timeouts) are retried with exponential backoff and
+jitter, the first request of a file included.
 
 Credentials: HTTP Basic, UTF-8 encoded (RFC 7617), added per request, only when the
 caller says the URL's origin may receive them, and never on a redirect to another origin
@@ -220,6 +222,17 @@ def _multirange(state: dict, url: str) -> bool | None:
     return state.get(origin(url) or url)
 
 
+async def _settled(state: dict, url: str) -> bool | None:
+    """What is known of the origin's multi-range answers, once no request of this loop is
+    finding it out: one multi-range request per origin goes first, so an origin that
+    answers with whole files sends one, not one per request in flight."""
+    probes = _aio.loop_state().setdefault("multirange_probes", {})
+    key = origin(url) or url
+    while _multirange(state, url) is None and key in probes:
+        await probes[key].wait()
+    return _multirange(state, url)
+
+
 async def _attempt(
     url: str, spans: list[tuple[int, int]], auth_header: str | None, label: str
 ) -> tuple[list[bytes], Remote]:
@@ -280,7 +293,6 @@ async def _attempt(
                 return [body[start:end] for start, end in spans], Remote(len(body), etag)
             if kind.lower().startswith("multipart/byteranges"):
                 parts = _parts(kind, await resp.read())
-                _learn((url, target), True)
             else:
                 parts = [(resp.headers.get("Content-Range", ""), await resp.read())]
             try:
@@ -288,6 +300,8 @@ async def _attempt(
             except _NoMultiRange:
                 _learn((url, target), False)
                 raise
+            if len(spans) > 1:  # several ranges answered as asked, in one part or more
+                _learn((url, target), True)
             return blobs, Remote(size, etag)
     raise _fail(310, label, url, auth_header is not None, " (too many redirects)")
 
@@ -411,7 +425,12 @@ async def get_ranges(
         On any other failure, after retrying the transient ones.
     """
     state = _aio.loop_state().setdefault("multirange", {})
-    if len(spans) > 1 and _multirange(state, url) is not False:
+    if len(spans) > 1 and await _settled(state, url) is not False:
+        probes = _aio.loop_state().setdefault("multirange_probes", {})
+        key = origin(url) or url
+        probing = _multirange(state, url) is None
+        if probing:  # the others wait for this answer instead of risking whole files
+            probes[key] = asyncio.Event()
         try:
             answers = [  # rarely more than one group: one after the other
                 await _with_retries(url, spans[i : i + MAX_RANGES_PER_REQUEST], auth_header, label)
@@ -421,6 +440,9 @@ async def get_ranges(
             logger.debug("%s; one request per range from now on", err)
         else:
             return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
+        finally:
+            if probing:
+                probes.pop(key).set()
     if len(spans) == 1:
         return await _with_retries(url, spans, auth_header, label)
     answers = await asyncio.gather(

@@ -24,6 +24,8 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from . import config
 from .exceptions import AuthenticationError, InvalidArgumentError, TerrascopeError
@@ -334,45 +336,93 @@ def _check_allowed(url: str) -> None:
         )
 
 
+#: Retries of the validation request on connection errors and 429/5xx answers.
+_VALIDATE_RETRY = Retry(
+    total=4,
+    backoff_factor=0.25,
+    status_forcelist=(429, 500, 502, 503, 504),
+    allowed_methods=None,
+    respect_retry_after_header=True,
+    raise_on_status=False,
+)
+#: Paths of single-sign-on login pages (Keycloak's authorization endpoint).
+_LOGIN_PAGE = ("/protocol/openid-connect/auth", "/login")
+
+
+def _probe(url: str, auth: tuple[bytes, bytes] | None) -> tuple[int, str]:
+    """Status and ``Location`` of one ``GET url`` (redirects not followed, 429/5xx retried)."""
+    with requests.Session() as session:
+        session.trust_env = False  # no netrc or proxy credentials from the environment
+        session.mount("http://", HTTPAdapter(max_retries=_VALIDATE_RETRY))
+        session.mount("https://", HTTPAdapter(max_retries=_VALIDATE_RETRY))
+        with session.get(
+            url, auth=auth, allow_redirects=False, timeout=_VALIDATE_TIMEOUT, stream=True
+        ) as response:
+            return response.status_code, response.headers.get("Location", "")
+
+
+def _asks_to_sign_in(status: int, location: str) -> bool:
+    """Whether an answer asks for credentials: a 401, or a redirect to a login page."""
+    if status == 401:
+        return True
+    return 300 <= status < 400 and any(p in urlsplit(location).path for p in _LOGIN_PAGE)
+
+
 def validate_credentials(creds: Credentials) -> None:
-    """Prove credentials with one request to ``TERRASCOPE_DOWNLOAD_URL``.
+    """Prove credentials with an authenticated request to ``TERRASCOPE_DOWNLOAD_URL``.
+
+    A 2xx answer proves them; a 401 or a redirect to the single-sign-on login page
+    rejects them. Any other answer (a download root that forbids listing, 403, or is
+    not a page, 404) proves them only if the same request without credentials is
+    asked to sign in: the credentials then got past authentication. Connection errors
+    and 429/5xx answers are retried with backoff.
 
     Raises
     ------
     AuthenticationError
-        On 401/403, or a redirect to the single-sign-on login page.
+        On a 401, or a redirect to the single-sign-on login page.
     TerrascopeError
-        When the download service cannot be reached.
+        When the download service cannot be reached, keeps failing, or answers the
+        same with and without credentials (so it cannot tell whether they are valid).
     """
     url = config.download_url()
     _check_allowed(url)
     try:
-        response = requests.get(
-            url, auth=creds.basic_auth(), allow_redirects=False, timeout=_VALIDATE_TIMEOUT
-        )
+        status, location = _probe(url, creds.basic_auth())
+        if _asks_to_sign_in(status, location):
+            reason = (
+                f"redirected to the login page ({location.split('?')[0]})"
+                if status != 401
+                else "HTTP 401"
+            )
+            raise AuthenticationError(
+                f"Terrascope rejected the credentials of user {creds.username!r}: {reason}. "
+                "Check the username and password (https://terrascope.be account)."
+            )
+        if 200 <= status < 300:
+            return
+        if status == 429 or status >= 500:
+            raise TerrascopeError(
+                f"The Terrascope download service answered HTTP {status} at {url} while "
+                f"checking the credentials of {creds.username!r}, also when asked again; "
+                "try again later or use login(..., validate=False)."
+            )
+        anonymous, anonymous_location = _probe(url, None)
     except requests.RequestException as err:
         raise TerrascopeError(
             f"Could not reach the Terrascope download service at {url} to check the "
             f"credentials of {creds.username!r} ({type(err).__name__}). Check the network "
             "or TERRASCOPE_DOWNLOAD_URL, or call login(..., validate=False)."
         ) from err
-    status = response.status_code
-    response.close()
-    if status in (401, 403) or 300 <= status < 400:
-        reason = (
-            f"redirected to the login page ({response.headers.get('Location', '?').split('?')[0]})"
-            if 300 <= status < 400
-            else f"HTTP {status}"
-        )
-        raise AuthenticationError(
-            f"Terrascope rejected the credentials of user {creds.username!r}: {reason}. "
-            "Check the username and password (https://terrascope.be account)."
-        )
-    if status >= 400:
-        raise TerrascopeError(
-            f"The Terrascope download service answered HTTP {status} at {url} while checking "
-            f"the credentials of {creds.username!r}; try again later or use validate=False."
-        )
+    if _asks_to_sign_in(anonymous, anonymous_location):
+        logger.debug("%s answers %d with the credentials, %d without", url, status, anonymous)
+        return
+    raise TerrascopeError(
+        f"The Terrascope download service at {url} answered HTTP {status} with the "
+        f"credentials of {creds.username!r} and HTTP {anonymous} without any, so it cannot "
+        "tell whether they are valid. Point TERRASCOPE_DOWNLOAD_URL at the download "
+        "service's root, or call login(..., validate=False)."
+    )
 
 
 def login(
@@ -394,7 +444,8 @@ def login(
     username, password : str, optional
         Both or neither.
     validate : bool, default True
-        Prove the credentials with one request to ``TERRASCOPE_DOWNLOAD_URL``.
+        Prove the credentials with a request to ``TERRASCOPE_DOWNLOAD_URL`` (see
+        :func:`validate_credentials`).
 
     Returns
     -------
@@ -404,6 +455,8 @@ def login(
     ------
     AuthenticationError
         When no credentials are found, or Terrascope rejects them.
+    TerrascopeError
+        When the validation cannot reach the download service or cannot tell.
 
     Examples
     --------

@@ -6,70 +6,40 @@ on the process's event loop, :mod:`xarray_terrascope._aio`): every such file of 
 at once, one header request per file per process (none with the persistent header cache),
 coalesced tile requests, decoding in Rust. Files that must be warped (another UTM zone,
 another resolution) are read by the same engine and warped in memory with nearest
-neighbour (:mod:`xarray_terrascope._warp`); with another resampling they keep GDAL's
-``WarpedVRT`` through stackstac's reader, in a pool of I/O threads, concurrently with the
-async reads.
+neighbour (:mod:`xarray_terrascope._warp`); with another resampling, and for local
+files, they keep GDAL's ``WarpedVRT`` (:mod:`xarray_terrascope._gdal_read`), in a pool of
+I/O threads, concurrently with the async reads.
 
 Same-date items are mosaicked in the plan's priority order: the first valid pixel wins.
 Credentials are resolved from the plan's opaque handle at every read, so ``logout()`` and
 new credentials are honoured; they go only to origins the plan allows.
-
-GDAL faults: a failed GDAL read is diagnosed with one ranged GET (same scoped credentials)
-so 401/403 become :class:`~xarray_terrascope.exceptions.AuthenticationError` and other
-failures a :class:`~xarray_terrascope.exceptions.ReadError` naming the item and the HTTP
-status; transient failures (dropped connections, 429, 5xx) are retried after dropping
-GDAL's cached state of that URL, so a failure never sticks in the process.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import random
-import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
-from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from . import _aio, _prefetch, _transport, auth, config
+from . import _aio, _gdal_read, _prefetch, _transport, auth
 from ._headers import headers
 from ._prefetch import Spec
 from ._tiles import tiles
 from ._warp import Native, Target
 from .cog import Grid, GridMismatch, local_path
-from .exceptions import AuthenticationError, ReadError
-from .stack import CubePlan, make_reader
+from .exceptions import ReadError
+from .stack import CubePlan
 
 __all__ = ["clear_reader_cache", "read_window"]
 
 logger = logging.getLogger(__name__)
-
-#: GDAL reads in flight at once per process (network-bound, so well above the core count).
-IO_THREADS = 16
-#: Open GDAL readers kept per process (each holds a GDAL dataset per thread that used it).
-READER_CACHE_SIZE = 256
-#: Attempts of one GDAL read through transient failures.
-GDAL_ATTEMPTS = 6
-
-_pool_lock = threading.Lock()
-_pool: ThreadPoolExecutor | None = None
-_readers_lock = threading.Lock()
-_readers: OrderedDict[tuple, Any] = OrderedDict()
-
-
-def _io_pool() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="terrascope-io")
-        return _pool
 
 
 def clear_reader_cache() -> None:
@@ -79,11 +49,7 @@ def clear_reader_cache() -> None:
     headers stay on disk: they hold no secret and are validated by the next pixel
     response, which carries the then current credentials.
     """
-    with _readers_lock:
-        readers = list(_readers.values())
-        _readers.clear()
-    for reader in readers:
-        reader.close()
+    _gdal_read.clear_readers()
     headers.clear_memory()
     tiles.clear()
     _prefetch.clear()
@@ -91,141 +57,10 @@ def clear_reader_cache() -> None:
         _recent.clear()
 
 
-def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None):
-    """The process's open GDAL reader for this file, grid and credentials."""
-    key = _reader_key(plan, url, asset_index, creds)
-    with _readers_lock:
-        reader = _readers.get(key)
-        if reader is not None:
-            _readers.move_to_end(key)
-            return reader
-    allowed = plan.send_credentials.get(url, False)
-    reader = make_reader(plan, url, asset_index, auth.gdal_options(url, creds, allowed=allowed))
-    with _readers_lock:
-        _readers[key] = reader
-        while len(_readers) > READER_CACHE_SIZE:
-            _readers.popitem(last=False)[1].close()
-    return reader
-
-
-def _reader_key(plan: CubePlan, url: str, asset_index: int, creds) -> tuple:
-    allowed = plan.send_credentials.get(url, False)
-    return (
-        url,
-        plan.epsg,
-        plan.bounds,
-        plan.resolution,
-        plan.resampling,
-        plan.decode[asset_index].dtype,
-        creds.token if (creds and allowed) else None,
-    )
-
-
-def _forget_reader(plan: CubePlan, url: str, asset_index: int, creds) -> None:
-    with _readers_lock:
-        reader = _readers.pop(_reader_key(plan, url, asset_index, creds), None)
-    if reader is not None:
-        reader.close()
-    _clear_gdal_url(url)
-
-
-def _clear_gdal_url(url: str) -> None:
-    """Drop what GDAL's ``/vsicurl/`` layer remembers of ``url`` (failures included)."""
-    from . import _gdal
-
-    lib = _gdal._libgdal()
-    clear = getattr(lib, "VSICurlPartialClearCache", None) if lib is not None else None
-    if clear is None:
-        _gdal.clear_http_cache()
-        return
-    clear(f"/vsicurl/{url}".encode())
-
-
-#: How GDAL's /vsicurl/ reports a refused request (the URL may contain "401", e.g. 0401).
-_REFUSED = re.compile(r"HTTP response code: (401|403)\b")
-_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
 def _auth_header(plan: CubePlan, url: str, creds: auth.Credentials | None) -> str | None:
     if creds is None or not plan.send_credentials.get(url, False):
         return None
     return _transport.basic_header(creds.username, creds.password)
-
-
-def _refused(label: str, url: str, status: Any, creds, sent: bool) -> AuthenticationError:
-    who = f"user {creds.username!r}" if creds and sent else "a request without credentials"
-    err = AuthenticationError(
-        f"Terrascope refused {who} reading {label} ({url}): HTTP {status}. Check the "
-        "credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
-    )
-    err.status_code = status  # type: ignore[attr-defined]
-    return err
-
-
-def _explain(
-    err: Exception,
-    url: str,
-    creds: auth.Credentials | None,
-    sent: bool,
-    label: str | None = None,
-) -> Exception:
-    """What GDAL's error text alone says: a refusal, a non-raster answer, or a failure.
-
-    ``label`` names the file to the user (the item id; default: the URL).
-    """
-    text = str(err.__cause__ or err)
-    refused = _REFUSED.search(text)
-    if refused:
-        return _refused(label or url, url, refused.group(1), creds, sent)
-    where = f"{label} ({url})" if label else url
-    if "not recognized as" in text or "not recognised as" in text:
-        if not sent:
-            return AuthenticationError(
-                f"{where} did not answer with a GeoTIFF, most likely Terrascope's login page: "
-                f"no credentials were sent because its origin is not in "
-                f"TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
-                "Add it there."
-            )
-        return ReadError(f"{where} is not a readable raster (GDAL: {text[-200:]})")
-    return ReadError(f"Reading {where} failed: {text[-300:]}")
-
-
-def _read_gdal(
-    plan: CubePlan, url: str, asset_index: int, window: Window, creds, label: str
-) -> np.ndarray:
-    """One GDAL read with diagnosis of failures and retries of transient ones."""
-    sent = plan.send_credentials.get(url, False) and creds is not None
-    for attempt in range(GDAL_ATTEMPTS):
-        reader = _reader(plan, url, asset_index, creds)
-        try:
-            return reader.read(window)
-        except (RuntimeError, RasterioIOError) as err:
-            text = str(err.__cause__ or err)
-            _forget_reader(plan, url, asset_index, creds)  # a failure must not stick
-            explained = _explain(err, url, creds, sent, label)
-            if isinstance(explained, AuthenticationError):
-                raise explained from None
-            web = url.split(":", 1)[0].lower() in ("http", "https")
-            status = _transport.probe_status(url, _auth_header(plan, url, creds)) if web else 404
-            if status in (401, 403):
-                raise _refused(label, url, status, creds, sent) from None
-            if status in (301, 302, 303, 307, 308) and not sent:
-                raise AuthenticationError(
-                    f"{label} ({url}) redirects to a login page: no credentials were sent "
-                    "because its origin is not in TERRASCOPE_DOWNLOAD_HOSTS "
-                    f"({', '.join(sorted(config.download_hosts()))}). Add it there."
-                ) from None
-            transient = status is None or status in _TRANSIENT or status in (200, 206, 302)
-            if not transient or attempt == GDAL_ATTEMPTS - 1:
-                error = ReadError(
-                    f"Reading {label} ({url}) failed: HTTP {status} (GDAL: {text[-200:]})"
-                )
-                error.status_code = status  # type: ignore[attr-defined]
-                raise error from err
-            delay = min(4.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
-            logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _aligned_grid(plan: CubePlan, item_index: int, asset_index: int) -> Grid | None:
@@ -323,13 +158,20 @@ def read_window(
 
     results: list[np.ndarray | Future | None] = [None] * len(jobs)
     aligned: list[tuple[int, Any]] = []
-    pool = _io_pool()
+    pool = _gdal_read.io_pool()
+
+    def through_gdal(j: int) -> Future:
+        _, item_index, href, _ = jobs[j]
+        label, header = _label(plan, item_index), _auth_header(plan, href, creds)
+        return pool.submit(
+            _gdal_read.read_gdal, plan, href, asset_index, window, creds, label, header
+        )
+
     try:
-        for j, (_, item_index, href, local) in enumerate(jobs):
+        for j, (_, item_index, _, local) in enumerate(jobs):
             how = None if local else _async_how(plan, item_index, asset_index)
             if how is None:
-                label = _label(plan, item_index)
-                results[j] = pool.submit(_read_gdal, plan, href, asset_index, window, creds, label)
+                results[j] = through_gdal(j)
             else:
                 aligned.append((j, how))
         if aligned:
@@ -344,16 +186,7 @@ def read_window(
             for (j, _), array in zip(aligned, arrays, strict=True):
                 if isinstance(array, GridMismatch):
                     logger.warning("%s; reading it through GDAL", array)
-                    _, item_index, href, _ = jobs[j]
-                    results[j] = pool.submit(
-                        _read_gdal,
-                        plan,
-                        href,
-                        asset_index,
-                        window,
-                        creds,
-                        _label(plan, item_index),
-                    )
+                    results[j] = through_gdal(j)
                 else:
                     results[j] = array
         filled: set[int] = set()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pystac
 import requests
 from pystac_client import Client
+from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
@@ -50,8 +52,24 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 500
 #: Seconds to wait for the STAC API to connect and to answer.
 TIMEOUT = (10.0, 120.0)
+
+
+class _StacRetry(Retry):
+    """urllib3's ``Retry``, but a 500 is retried once only.
+
+    stac-fastapi answers 500 for a query its database rejects (pgstac: an unknown
+    operator, a bad paging token), which no retry mends; 429/502/503/504 and dropped
+    connections are the transient ones.
+    """
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code == 500 and any(h.status == 500 for h in self.history or ()):
+            return False
+        return super().is_retry(method, status_code, has_retry_after)
+
+
 #: Retries with exponential backoff on connection errors and 429/5xx answers (POST included).
-RETRY = Retry(
+RETRY = _StacRetry(
     total=5,
     backoff_factor=0.5,
     status_forcelist=(429, 500, 502, 503, 504),
@@ -110,9 +128,24 @@ def stac_client() -> Client:
     url = config.stac_url()
     try:
         with _stac_call():
-            return Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
+            client = Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
     except (APIError, requests.RequestException) as err:
         raise _failure(err, f"Opening the STAC API at {url}") from err
+    _accept_later_versions(client)
+    return client
+
+
+def _accept_later_versions(client: Client) -> None:
+    """Count conformance to a later STAC API 1.x (``.../v1.1.0/item-search#sort``, as
+    stac-fastapi 5+ declares it) as conformance: pystac-client 0.9 matches ``v1.0.*``
+    only, and would warn ``DoesNotConformTo`` on every sorted search."""
+    declared = client.get_conforms_to()
+    for conformance in ConformanceClasses:
+        later = re.compile(
+            rf"https://api\.stacspec\.org/v1\.\d+\.[^/]*{re.escape(conformance.value)}$"
+        )
+        if not client.conforms_to(conformance) and any(later.match(u) for u in declared):
+            client.add_conforms_to(conformance.name)
 
 
 def _failure(err: Exception, what: str) -> SearchError:
@@ -123,7 +156,15 @@ def _failure(err: Exception, what: str) -> SearchError:
             f"{what} failed: the server could not be reached ({str(err)[:300]}). Check the "
             f"network or TERRASCOPE_STAC_URL (now {config.stac_url()})."
         )
-    return SearchError(f"{what} failed with HTTP {status}: {str(err)[:500]}", status_code=status)
+    hint = (
+        " (stac-fastapi answers 500 when its database rejects a query: check the filter "
+        "and the other search arguments)"
+        if status == 500
+        else ""
+    )
+    return SearchError(
+        f"{what} failed with HTTP {status}: {str(err)[:500]}{hint}", status_code=status
+    )
 
 
 def list_collections() -> list[str]:
@@ -214,15 +255,25 @@ def search(
     if interval is not None:
         params["datetime"] = interval
     if cloud is not None:
-        cloud_filter = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, cloud]}
+        # terra-stac-api (OpenSearch) needs the full path; pgstac takes either name.
+        prop = {"property": "properties.eo:cloud_cover"}
+        cloud_filter = {"op": "<=", "args": [prop, cloud]}
         user_filter = params.get("filter")
         params["filter"] = (
             {"op": "and", "args": [user_filter, cloud_filter]} if user_filter else cloud_filter
         )
         params["filter_lang"] = "cql2-json"
     if limit is not None:
-        # The earliest `limit` items: ask the server to sort ascending and stop there.
-        params.setdefault("sortby", [{"field": "properties.datetime", "direction": "asc"}])
+        # The earliest `limit` items: ask the server to sort ascending and stop there;
+        # tiles of one acquisition share a datetime, so the id orders them the same on
+        # every server.
+        params.setdefault(
+            "sortby",
+            [
+                {"field": "properties.datetime", "direction": "asc"},
+                {"field": "id", "direction": "asc"},
+            ],
+        )
         params["max_items"] = limit
     params.setdefault("limit", min(PAGE_SIZE, limit or PAGE_SIZE))
 

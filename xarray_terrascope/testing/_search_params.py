@@ -217,6 +217,37 @@ def _parse_filter(value: Any, lang: Any) -> Any:
     return expr
 
 
+#: Query-extension operators and their CQL2 counterparts (a LIKE pattern for the text ones).
+_QUERY_OPS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_QUERY_LIKE = {"startsWith": "{}%", "endsWith": "%{}", "contains": "%{}%"}
+
+
+def _query_as_cql2(query: Any) -> dict[str, Any]:
+    """The STAC Query extension's ``{"prop": {"op": value}}`` as one CQL2-JSON ``and``."""
+    if isinstance(query, str):
+        try:
+            query = json.loads(query)
+        except json.JSONDecodeError as err:
+            raise _bad(f"query must be a JSON object: {err}") from err
+    if not isinstance(query, dict) or not query:
+        raise _bad(f"query must be an object {{property: {{operator: value}}}}, got {query!r}")
+    args: list[dict[str, Any]] = []
+    for name, ops in query.items():
+        if not isinstance(ops, dict) or not ops:
+            raise _bad(f"query[{name!r}] must be an object {{operator: value}}, got {ops!r}")
+        prop = {"property": name}
+        for op, value in ops.items():
+            if op in _QUERY_OPS:
+                args.append({"op": _QUERY_OPS[op], "args": [prop, value]})
+            elif op in _QUERY_LIKE and isinstance(value, str):
+                args.append({"op": "like", "args": [prop, _QUERY_LIKE[op].format(value)]})
+            elif op == "in" and isinstance(value, list):
+                args.append({"op": "in", "args": [prop, value]})
+            else:
+                raise _bad(f"Unsupported query operator {op!r} (or value {value!r}) for {name!r}")
+    return args[0] if len(args) == 1 else {"op": "and", "args": args}
+
+
 @dataclass
 class SearchParams:
     """Checked item-search parameters."""
@@ -234,8 +265,6 @@ class SearchParams:
     @classmethod
     def _build(cls, get: Any) -> SearchParams:
         params = cls()
-        if get("query") is not None:
-            raise _bad("The query extension is not supported; use filter (CQL2)")
         for name in ("collections", "ids"):
             value = get(name)
             if value is None:
@@ -261,6 +290,9 @@ class SearchParams:
             if crs not in (None, "http://www.opengis.net/def/crs/OGC/1.3/CRS84"):
                 raise _bad(f"filter-crs {crs!r} is not supported; use CRS84")
             params.filter = _parse_filter(get("filter"), get("filter-lang"))
+        if get("query") is not None:
+            query = _parse_filter(_query_as_cql2(get("query")), "cql2-json")
+            params.filter = query if params.filter is None else params.filter + query
         if get("sortby") is not None:
             params.sort = _parse_sortby(get("sortby"))
         if get("token") is not None:

@@ -3,14 +3,16 @@
 ``GET``/``HEAD /download/<path>`` serves the world's COGs with HTTP ranges (single,
 multipart for several ranges, 416 when unsatisfiable); ``GET /download/`` lists the
 root. Like Terrascope: no credentials -> 302 to the SSO login page (HTML), wrong
-credentials or an expired token -> 401, too many parallel requests -> 429.
+credentials or an expired token -> 401, too many parallel requests (or, with
+``max_rate``, too many per second) -> 429.
 
 Switches (constructor arguments, and attributes settable at any time from any
-thread): ``latency``, ``max_concurrent``, ``fault_rate``, ``drop_rate``,
+thread): ``latency``, ``max_concurrent``, ``max_rate``, ``fault_rate``, ``drop_rate``,
 ``bearer``, ``token_lifetime``, ``redirect_to`` (answer authenticated file requests with
 a 302 to an S3-presigned-looking URL under that root, as a download service that moved
 its files to object storage would), ``multirange`` (False: a request for several ranges
-gets the whole file, 200, as from S3 or nginx with ``max_ranges 1``); plus
+gets the whole file, 200, as from S3 or nginx with ``max_ranges 1``), ``listing``
+(False: the root answers an authenticated request 403, as nginx without ``autoindex``); plus
 :meth:`DownloadApp.fail_next` for exact faults and :meth:`DownloadApp.expire_tokens`.
 Every request is recorded in ``log``.
 
@@ -69,12 +71,14 @@ _SIGN_IN = (
 _SWITCHES = (
     "latency",
     "max_concurrent",
+    "max_rate",
     "fault_rate",
     "drop_rate",
     "bearer",
     "token_lifetime",
     "redirect_to",
     "multirange",
+    "listing",
 )
 
 
@@ -131,6 +135,13 @@ class DownloadApp:
         Seconds slept at the start of every ``/download`` request.
     max_concurrent : int, optional
         In-flight ``/download`` requests allowed; more get 429 with ``Retry-After``.
+    max_rate : float, optional
+        ``/download`` requests per second allowed, as nginx's ``limit_req`` with
+        ``nodelay`` does it: a token bucket of ``rate_burst`` tokens filled at
+        ``max_rate`` per second; a request finding it empty gets 429 without
+        ``Retry-After``, before any authentication.
+    rate_burst : int
+        Size of that bucket (requests allowed at once after a quiet spell).
     fault_rate, drop_rate : float
         Fractions of authenticated ``/download`` requests answered 503, or dropped
         (connection closed half-way through the body, or before any response).
@@ -153,6 +164,8 @@ class DownloadApp:
     multirange : bool
         Answer a request for several ranges with ``multipart/byteranges`` (True), or
         with the whole file (False).
+    listing : bool
+        Answer ``GET /download/`` with a directory listing (True), or 403 (False).
     """
 
     def __init__(
@@ -162,6 +175,8 @@ class DownloadApp:
         *,
         latency: float = 0.0,
         max_concurrent: int | None = None,
+        max_rate: float | None = None,
+        rate_burst: int = 5,
         fault_rate: float = 0.0,
         drop_rate: float = 0.0,
         bearer: bool = False,
@@ -171,12 +186,17 @@ class DownloadApp:
         clock: Callable[[], float] = time.monotonic,
         redirect_to: str | None = None,
         multirange: bool = True,
+        listing: bool = True,
         public: bool = False,
     ) -> None:
         self.world = world
         self.users = dict(users)
         self.seed = seed
         self.retry_after = retry_after
+        if int(rate_burst) < 1:
+            raise ValueError(f"rate_burst must be >= 1, got {rate_burst!r}")
+        self.rate_burst = int(rate_burst)
+        self._bucket = (float(self.rate_burst), time.monotonic())  # (tokens, when)
         self.clock = clock
         self.public = bool(public)
         self._default_clock = clock
@@ -190,12 +210,14 @@ class DownloadApp:
         self._defaults = {
             "latency": latency,
             "max_concurrent": max_concurrent,
+            "max_rate": max_rate,
             "fault_rate": fault_rate,
             "drop_rate": drop_rate,
             "bearer": bearer,
             "token_lifetime": token_lifetime,
             "redirect_to": redirect_to,
             "multirange": multirange,
+            "listing": listing,
         }
         for name, value in self._defaults.items():
             setattr(self, name, value)
@@ -217,6 +239,10 @@ class DownloadApp:
             if value is not None and int(value) < 1:
                 raise ValueError(f"max_concurrent must be None or >= 1, got {value!r}")
             return None if value is None else int(value)
+        if name == "max_rate":
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"max_rate must be None or > 0, got {value!r}")
+            return None if value is None else float(value)
         if name == "redirect_to":
             if value is not None and not str(value).endswith("/"):
                 raise ValueError(f"redirect_to must be None or a URL ending with '/': {value!r}")
@@ -233,6 +259,7 @@ class DownloadApp:
             for name, value in self._defaults.items():
                 setattr(self, name, value)
             self._faults.clear()
+            self._bucket = (float(self.rate_burst), time.monotonic())
             self._issuer.clear()
             self._rng.seed(self.seed)
             self.clock = self._default_clock
@@ -379,6 +406,10 @@ class DownloadApp:
         if req.path != PREFIX and not req.path.startswith(PREFIX + "/"):
             return text_reply(404, "Not Found")
         with self._lock:
+            if self.max_rate is not None and not self._take_token(self.max_rate):
+                reply = text_reply(429, "Too Many Requests")
+                reply.fault = "rate"
+                return reply
             limit = self.max_concurrent
             if limit is not None and self._in_flight >= limit:
                 reply = text_reply(
@@ -411,6 +442,15 @@ class DownloadApp:
         if fault == "drop":
             reply.drop, reply.fault = True, "drop"
         return reply
+
+    def _take_token(self, rate: float) -> bool:
+        """Take a token from the rate bucket (call with ``_lock`` held); False if empty."""
+        tokens, when = self._bucket
+        now = time.monotonic()
+        tokens = min(float(self.rate_burst), tokens + (now - when) * rate)
+        taken = tokens >= 1.0
+        self._bucket = (tokens - 1.0 if taken else tokens, now)
+        return taken
 
     def _authenticate(self, ctx: Exchange) -> str:
         header = ctx.request.headers.get("Authorization")
@@ -492,6 +532,8 @@ class DownloadApp:
 
     async def _serve(self, req: Request) -> Reply:
         rel = req.path[len(PREFIX) :].lstrip("/")
+        if rel == "" and not self.listing:
+            return text_reply(403, "Forbidden")
         if rel == "":
             listing = (
                 "<!DOCTYPE html><html><head><title>Index of /download/</title></head>"

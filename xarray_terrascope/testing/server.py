@@ -226,6 +226,8 @@ class Sandbox:
         Seconds added to every STAC API request.
     max_concurrent : int, optional
         In-flight download requests allowed before 429.
+    max_rate : float, optional
+        Download requests per second allowed (a token bucket of 5) before 429.
     fault_rate, drop_rate : float
         Fractions of download requests answered 503 / dropped.
     bearer : bool
@@ -247,6 +249,7 @@ class Sandbox:
         latency: float = 0.0,
         stac_latency: float = 0.0,
         max_concurrent: int | None = None,
+        max_rate: float | None = None,
         fault_rate: float = 0.0,
         drop_rate: float = 0.0,
         bearer: bool = False,
@@ -265,6 +268,7 @@ class Sandbox:
         self._options = {
             "latency": latency,
             "max_concurrent": max_concurrent,
+            "max_rate": max_rate,
             "fault_rate": fault_rate,
             "drop_rate": drop_rate,
             "bearer": bearer,
@@ -402,13 +406,14 @@ class Sandbox:
         self._stopped.set()
 
     def reset(self) -> None:
-        """Restore the download server's switches and clear its request log."""
+        """Restore the servers' switches, end injected faults, clear the request log."""
         if self.download is not None:
             self.download.reset()
         if self.bucket is not None:
             self.bucket.reset()
         if self.stac is not None:
             self.stac.latency = self._stac_latency
+            self.stac.reset_faults()
 
     def serve_forever(self) -> None:
         """Start (if needed) and block until :meth:`stop` or Ctrl-C (then stop)."""

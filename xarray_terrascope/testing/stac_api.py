@@ -4,15 +4,23 @@ Routes: ``GET /``, ``/conformance``, ``/queryables``, ``/collections``,
 ``/collections/{id}``, ``/collections/{id}/items``, ``/collections/{id}/items/{item}``
 and ``GET``/``POST /search`` with ``collections``, ``ids``, ``bbox``, ``intersects``,
 ``datetime``, ``limit`` (default 10, 1..10000), ``filter`` (CQL2-JSON, or CQL2-text
-on GET), ``sortby`` and token pagination through ``next`` links. Errors are JSON
-``{"code": ..., "description": ...}`` as stac-fastapi answers them. The search
+on GET), ``query`` (the Query extension), ``sortby`` and token pagination through
+``next`` links. Errors are JSON ``{"code": ..., "description": ...}`` as stac-fastapi
+answers them. The search
 parameters are parsed and checked in :mod:`._search_params`.
+
+Faults: ``fault_rate`` (a fraction of requests answered 503, as a busy deployment
+behind a proxy does) and :meth:`StacApi.fail_next` (the next requests answered with a
+given status); ``conforms_to`` holds the declared conformance classes (a test may
+declare a later STAC API version, as stac-fastapi 5+ does).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -38,6 +46,7 @@ CONFORMANCE = [
     "https://api.stacspec.org/v1.0.0/ogcapi-features",
     "https://api.stacspec.org/v1.0.0/item-search",
     "https://api.stacspec.org/v1.0.0/item-search#filter",
+    "https://api.stacspec.org/v1.0.0/item-search#query",
     "https://api.stacspec.org/v1.0.0/item-search#sort",
     "https://api.stacspec.org/v1.0.0/ogcapi-features#sort",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
@@ -69,12 +78,30 @@ class StacApi:
         Root of the download server (ends with ``/``); asset hrefs start with it.
     latency : float
         Seconds slept before answering each request (settable at runtime).
+    fault_rate : float
+        Fraction of requests answered 503 (settable at runtime).
+    seed : int
+        Seeds the fault draws.
     """
 
-    def __init__(self, world: World, download_root: str, *, latency: float = 0.0) -> None:
+    def __init__(
+        self,
+        world: World,
+        download_root: str,
+        *,
+        latency: float = 0.0,
+        fault_rate: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.world = world
         self.download_root = download_root
         self.latency = float(latency)
+        self.fault_rate = float(fault_rate)
+        self.conforms_to = list(CONFORMANCE)
+        self.requests = self.injected = 0
+        self._faults: list[int] = []  # statuses of the next requests to fail
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
         self._items: list[dict[str, Any]] = []
         for cid in world.collections:
             self._items.extend(world.item_dicts(cid, download_root))
@@ -101,10 +128,40 @@ class StacApi:
 
     # --- WSGI ---------------------------------------------------------------------------
 
+    def fail_next(self, count: int = 1, status: int = 503) -> None:
+        """Answer the next ``count`` requests with ``status`` (a JSON error body)."""
+        if not 400 <= int(status) <= 599:
+            raise ValueError(f"status must be an HTTP error status, got {status!r}")
+        with self._lock:
+            self._faults.extend([int(status)] * int(count))
+
+    def reset_faults(self) -> None:
+        """No injected faults, the declared conformance classes, the counts at 0."""
+        with self._lock:
+            self._faults.clear()
+            self.fault_rate = 0.0
+            self.conforms_to = list(CONFORMANCE)
+            self.requests = self.injected = 0
+
+    def _fault(self) -> int | None:
+        with self._lock:
+            self.requests += 1
+            fault = None
+            if self._faults:
+                fault = self._faults.pop(0)
+            elif self.fault_rate and self._rng.random() < self.fault_rate:
+                fault = 503
+            self.injected += fault is not None
+            return fault
+
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         if self.latency > 0:
             time.sleep(self.latency)
+        fault = self._fault()
+        if fault is not None:
+            body = {"code": "InjectedFault", "description": f"injected HTTP {fault}"}
+            return _json(body, fault)(environ, start_response)
         adapter = self._urls.bind_to_environ(environ)
         try:
             endpoint, args = adapter.match()
@@ -189,13 +246,13 @@ class StacApi:
                 "id": "terrascope-sandbox",
                 "title": "Terrascope STAC API (xarray-terrascope sandbox)",
                 "description": "Offline stand-in for stac.terrascope.be with synthetic data.",
-                "conformsTo": CONFORMANCE,
+                "conformsTo": self.conforms_to,
                 "links": links,
             }
         )
 
     def _conformance(self, request: Request) -> Response:
-        return _json({"conformsTo": CONFORMANCE})
+        return _json({"conformsTo": self.conforms_to})
 
     def _queryables(self, request: Request, cid: str | None = None) -> Response:
         if cid is not None:
