@@ -4,7 +4,7 @@ Slow start from :data:`INITIAL_CONNECTIONS`, halving on 429/503 with ``Retry-Aft
 honoured, additive growth after runs of successes, careful probing above the level a
 host refused last. A host that still refuses one request at a time limits the request
 *rate* (nginx's ``limit_req``, a token bucket), not the concurrency: requests are then
-also paced, a minimum interval between their starts that doubles on each refusal and
+also paced, a minimum interval between their starts that grows on each refusal and
 shrinks after runs of successes. :mod:`xarray_terrascope._transport` keeps one per origin.
 """
 
