@@ -48,6 +48,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -515,8 +516,14 @@ def _server_check(href: str, sandbox: Any, args: argparse.Namespace) -> dict:
 
 
 def _spec_for(contender: str, sc: dict, plan: dict) -> tuple[dict, dict]:
-    """(child spec, extra environment) for a contender name like ``terrascope.max2``."""
+    """(child spec, extra environment) for a contender name like ``terrascope.max2``.
+
+    Variants, joined by ``-`` after the dot: ``load`` (``.load()`` instead of
+    ``chunks={}``), ``max<N>`` (``TERRASCOPE_MAX_CONNECTIONS=N``, or N connections for
+    the minimal reader), e.g. ``terrascope.load-max64`` for an A/B of the limit.
+    """
     base, _, variant = contender.partition(".")
+    variants = set(variant.split("-")) if variant else set()
     spec = {
         "contender": base,
         "bbox": sc["bbox"],
@@ -525,11 +532,11 @@ def _spec_for(contender: str, sc: dict, plan: dict) -> tuple[dict, dict]:
         "grid": plan["grid"],
     }
     env: dict[str, str] = {}
-    if variant == "load":
+    if "load" in variants:
         spec["mode"] = "load"
-    if variant == "max2":
-        env["TERRASCOPE_MAX_CONNECTIONS"] = "2"
-        spec["connections"] = 2
+    for limit in (v for v in variants if re.fullmatch(r"max\d+", v)):
+        env["TERRASCOPE_MAX_CONNECTIONS"] = limit[3:]
+        spec["connections"] = int(limit[3:])
     if sc["name"] == "year-search" and base == "terrascope":
         spec["open_only"] = True
     return spec, env
@@ -869,7 +876,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"comma-separated, from {', '.join([*SCENARIOS, 'memory'])}",
     )
-    parser.add_argument("--contenders", default=None, help="comma-separated subset")
+    parser.add_argument(
+        "--contenders",
+        default=None,
+        help="comma-separated subset; variants such as terrascope.max64 or "
+        "terrascope.load-max64 are added to the scenarios of their contender",
+    )
     parser.add_argument("--memory", action="store_true", help="run the memory scenario only")
     parser.add_argument("--memory-start", default="2023-01-01")
     parser.add_argument("--memory-bytes", type=float, default=2.05e9)
@@ -905,9 +917,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.contenders:
-        keep = set(args.contenders.split(","))
+        wanted = args.contenders.split(",")
+        bases = {c.partition(".")[0] for sc in SCENARIOS.values() for c in sc["contenders"]}
+        unknown = [c for c in wanted if c.partition(".")[0] not in bases]
+        if unknown:
+            parser.error(f"unknown contenders {unknown}; known: {sorted(bases)}")
         for sc in SCENARIOS.values():
-            sc["contenders"] = [c for c in sc["contenders"] if c in keep or c == REFERENCE]
+            own = {c.partition(".")[0] for c in sc["contenders"]}
+            extra = [c for c in wanted if c not in sc["contenders"] and c.partition(".")[0] in own]
+            sc["contenders"] = [
+                c for c in sc["contenders"] if c in wanted or c == REFERENCE
+            ] + extra  # variants (``terrascope.max64``) of a scenario's own contenders
     report = run(args)
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     text = table(report)
