@@ -359,9 +359,10 @@ def test_errors_are_printed_not_raised(terrascope_env, capsys):
 
 
 def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
+    """With a rate limit: a burst of downloads beyond the bucket is refused with 429."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xarray_terrascope.cli", "sandbox"],
+        [sys.executable, "-m", "xarray_terrascope.cli", "sandbox", "--max-rate", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -385,6 +386,12 @@ def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
         assert exports["TERRASCOPE_STAC_URL"].startswith("http://127.0.0.1:")
         landing = requests.get(exports["TERRASCOPE_STAC_URL"], timeout=10)
         assert landing.status_code == 200 and landing.json()["type"] == "Catalog"
+        auth = (exports["TERRASCOPE_USERNAME"], exports["TERRASCOPE_PASSWORD"])
+        statuses = [
+            requests.get(exports["TERRASCOPE_DOWNLOAD_URL"], auth=auth, timeout=10).status_code
+            for _ in range(8)
+        ]
+        assert statuses[:5] == [200] * 5 and 429 in statuses[5:], statuses
     finally:
         interrupt(proc)
     assert proc.returncode == 0

@@ -319,7 +319,15 @@ def _print_exports(sandbox) -> None:
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     from .testing import Sandbox
 
-    sandbox = Sandbox(seed=args.seed, latency=args.latency, cache_dir=args.cache_dir).start()
+    sandbox = Sandbox(
+        seed=args.seed,
+        latency=args.latency,
+        cache_dir=args.cache_dir,
+        max_concurrent=args.max_concurrent,
+        max_rate=args.max_rate,
+        fault_rate=args.fault_rate,
+        drop_rate=args.drop_rate,
+    ).start()
     try:
         print("# Terrascope sandbox running on loopback; paste these lines in another shell:")
         _print_exports(sandbox)
@@ -424,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added per download")
     p.add_argument("--cache-dir", help="keep generated COGs here between runs")
+    p.add_argument("--max-concurrent", type=int, help="downloads in flight allowed; more get 429")
+    p.add_argument(
+        "--max-rate", type=float, help="downloads per second allowed (a bucket of 5); more get 429"
+    )
+    p.add_argument("--fault-rate", type=float, default=0.0, help="share of downloads answered 503")
+    p.add_argument(
+        "--drop-rate", type=float, default=0.0, help="share of downloads dropped mid-answer"
+    )
     p.set_defaults(func=_cmd_sandbox)
 
     p = sub.add_parser(
