@@ -6,8 +6,7 @@ and ``GET``/``POST /search`` with ``collections``, ``ids``, ``bbox``, ``intersec
 ``datetime``, ``limit`` (default 10, 1..10000), ``filter`` (CQL2-JSON, or CQL2-text
 on GET), ``query`` (the Query extension), ``sortby`` and token pagination through
 ``next`` links. Errors are JSON ``{"code": ..., "description": ...}`` as stac-fastapi
-answers them. The search
-parameters are parsed and checked in :mod:`._search_params`.
+answers them. The search parameters are parsed and checked in :mod:`._search_params`.
 
 Faults: ``fault_rate`` (a fraction of requests answered 503, as a busy deployment
 behind a proxy does) and :meth:`StacApi.fail_next` (the next requests answered with a
@@ -96,7 +95,7 @@ class StacApi:
         self.world = world
         self.download_root = download_root
         self.latency = float(latency)
-        self.fault_rate = float(fault_rate)
+        self.fault_rate = self._default_fault_rate = float(fault_rate)
         self.conforms_to = list(CONFORMANCE)
         self.requests = self.injected = 0
         self._faults: list[int] = []  # statuses of the next requests to fail
@@ -136,10 +135,11 @@ class StacApi:
             self._faults.extend([int(status)] * int(count))
 
     def reset_faults(self) -> None:
-        """No injected faults, the declared conformance classes, the counts at 0."""
+        """The constructor's fault rate, no pending faults, the declared conformance
+        classes, the counts at 0."""
         with self._lock:
             self._faults.clear()
-            self.fault_rate = 0.0
+            self.fault_rate = self._default_fault_rate
             self.conforms_to = list(CONFORMANCE)
             self.requests = self.injected = 0
 
