@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import os
 import pickle
 import threading
@@ -22,6 +23,23 @@ from xarray_terrascope.testing import SAMPLE_FIELD
 from .conftest import tif_records
 
 ONE_DAY = {"start": "2025-06-10", "end": "2025-06-10"}
+
+
+@contextlib.contextmanager
+def _download_service(app, monkeypatch):
+    """Serve the WSGI ``app`` on loopback as the download service (URL and allowed host)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host = f"127.0.0.1:{server.server_port}"
+        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", f"http://{host}/download/")
+        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", f"http://{host}")
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def _secret_forms(password: str) -> list[str]:
@@ -113,18 +131,11 @@ def test_redirect_to_the_login_page_is_an_authentication_error(sandbox_urls, mon
         )
         return response(environ, start_response)
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host = f"127.0.0.1:{server.server_port}"
-        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", f"http://{host}/download/")
-        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", f"http://{host}")
-        with pytest.raises(AuthenticationError, match="redirected to the login page"):
-            xts.login("someone", "pw")
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with (
+        _download_service(app, monkeypatch),
+        pytest.raises(AuthenticationError, match="redirected to the login page"),
+    ):
+        xts.login("someone", "pw")
 
 
 def test_validate_false_makes_no_request(sandbox_urls):
@@ -302,17 +313,10 @@ def test_login_that_cannot_tell_says_so(monkeypatch):
         return Response("Not Found", status=404)(environ, start_response)
 
     xts.logout()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        host = f"127.0.0.1:{server.server_port}"
-        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", f"http://{host}/download/")
-        monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", f"http://{host}")
-        with pytest.raises(TerrascopeError, match="HTTP 404 with the credentials") as info:
-            xts.login("someone", "pw")
-        assert not isinstance(info.value, AuthenticationError)
-        assert auth.current_credentials() is None
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+    with (
+        _download_service(app, monkeypatch),
+        pytest.raises(TerrascopeError, match="HTTP 404 with the credentials") as info,
+    ):
+        xts.login("someone", "pw")
+    assert not isinstance(info.value, AuthenticationError)
+    assert auth.current_credentials() is None

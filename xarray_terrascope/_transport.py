@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
+import contextlib
 import functools
 import logging
 import os
 import random
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -222,15 +224,24 @@ def _multirange(state: dict, url: str) -> bool | None:
     return state.get(origin(url) or url)
 
 
-async def _settled(state: dict, url: str) -> bool | None:
-    """What is known of the origin's multi-range answers, once no request of this loop is
-    finding it out: one multi-range request per origin goes first, so an origin that
-    answers with whole files sends one, not one per request in flight."""
+@contextlib.asynccontextmanager
+async def _multirange_turn(url: str) -> AsyncIterator[bool | None]:
+    """What is known of the origin's multi-range answers, once no other request of this
+    loop is finding it out. None: this request finds out, and the others wait for it, so
+    an origin that answers with whole files sends one, not one per request in flight."""
+    state = _aio.loop_state().setdefault("multirange", {})
     probes = _aio.loop_state().setdefault("multirange_probes", {})
     key = origin(url) or url
-    while _multirange(state, url) is None and key in probes:
+    while state.get(key) is None and key in probes:
         await probes[key].wait()
-    return _multirange(state, url)
+    known = state.get(key)
+    if known is None:
+        probes[key] = asyncio.Event()
+    try:
+        yield known
+    finally:
+        if known is None:
+            probes.pop(key).set()
 
 
 async def _attempt(
@@ -424,25 +435,20 @@ async def get_ranges(
     ReadError
         On any other failure, after retrying the transient ones.
     """
-    state = _aio.loop_state().setdefault("multirange", {})
-    if len(spans) > 1 and await _settled(state, url) is not False:
-        probes = _aio.loop_state().setdefault("multirange_probes", {})
-        key = origin(url) or url
-        probing = _multirange(state, url) is None
-        if probing:  # the others wait for this answer instead of risking whole files
-            probes[key] = asyncio.Event()
-        try:
-            answers = [  # rarely more than one group: one after the other
-                await _with_retries(url, spans[i : i + MAX_RANGES_PER_REQUEST], auth_header, label)
-                for i in range(0, len(spans), MAX_RANGES_PER_REQUEST)
-            ]
-        except _NoMultiRange as err:
-            logger.debug("%s; one request per range from now on", err)
-        else:
-            return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
-        finally:
-            if probing:
-                probes.pop(key).set()
+    if len(spans) > 1:
+        async with _multirange_turn(url) as known:
+            if known is not False:
+                try:
+                    answers = [  # rarely more than one group: one after the other
+                        await _with_retries(
+                            url, spans[i : i + MAX_RANGES_PER_REQUEST], auth_header, label
+                        )
+                        for i in range(0, len(spans), MAX_RANGES_PER_REQUEST)
+                    ]
+                except _NoMultiRange as err:
+                    logger.debug("%s; one request per range from now on", err)
+                else:
+                    return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
     if len(spans) == 1:
         return await _with_retries(url, spans, auth_header, label)
     answers = await asyncio.gather(
