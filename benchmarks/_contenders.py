@@ -485,13 +485,22 @@ def main(spec_path: str) -> None:
     with open(spec_path) as handle:
         spec = json.load(handle)
     _preimport(spec["contender"])
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     cube, dates, extra = CONTENDERS[spec["contender"]](spec)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     if cube is not None:
         np.save(spec["out"] + ".npy", cube)
     with open(spec["out"] + ".json", "w") as handle:
-        json.dump({"wall_s": wall, "dates": dates, "peak_rss_bytes": peak_rss(), **extra}, handle)
+        json.dump(
+            {
+                "wall_s": wall,
+                "child_cpu_s": cpu,
+                "dates": dates,
+                "peak_rss_bytes": peak_rss(),
+                **extra,
+            },
+            handle,
+        )
 
 
 if __name__ == "__main__":

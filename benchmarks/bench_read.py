@@ -371,6 +371,8 @@ def run(args: argparse.Namespace) -> dict:
     from xarray_terrascope.testing import Sandbox
 
     work = Path(tempfile.mkdtemp(prefix="bench-read-"))
+    global _BASELINE
+    _BASELINE = _export_baseline(args.baseline, work) if args.baseline else None
     names = (
         args.scenarios.split(",")
         if args.scenarios
@@ -382,7 +384,12 @@ def run(args: argparse.Namespace) -> dict:
         "versions": _versions(),
         "package_imported_from": str(Path(xts.__file__).parent),
         "commit": _commit(Path(xts.__file__).parent),
-        "settings": {"latency_s": args.latency, "repeats": args.repeats, "quick": args.quick},
+        "settings": {
+            "latency_s": args.latency,
+            "repeats": args.repeats,
+            "quick": args.quick,
+            "baseline": args.baseline,
+        },
         "scenarios": {},
     }
     period = {"start": "2025-01-01", "end": "2025-12-31"}
@@ -520,7 +527,8 @@ def _spec_for(contender: str, sc: dict, plan: dict) -> tuple[dict, dict]:
 
     Variants, joined by ``-`` after the dot: ``load`` (``.load()`` instead of
     ``chunks={}``), ``max<N>`` (``TERRASCOPE_MAX_CONNECTIONS=N``, or N connections for
-    the minimal reader), e.g. ``terrascope.load-max64`` for an A/B of the limit.
+    the minimal reader), ``base`` (the package as of ``--baseline``), e.g.
+    ``terrascope.load-max64`` for an A/B of the limit.
     """
     base, _, variant = contender.partition(".")
     variants = set(variant.split("-")) if variant else set()
@@ -537,9 +545,32 @@ def _spec_for(contender: str, sc: dict, plan: dict) -> tuple[dict, dict]:
     for limit in (v for v in variants if re.fullmatch(r"max\d+", v)):
         env["TERRASCOPE_MAX_CONNECTIONS"] = limit[3:]
         spec["connections"] = int(limit[3:])
+    if "base" in variants:
+        if _BASELINE is None:
+            raise SystemExit(f"{contender}: the 'base' variant needs --baseline REF")
+        env["PYTHONPATH"] = str(_BASELINE)
     if sc["name"] == "year-search" and base == "terrascope":
         spec["open_only"] = True
     return spec, env
+
+
+#: An export of the package at ``--baseline`` (the ``base`` variant imports it).
+_BASELINE: Path | None = None
+
+
+def _export_baseline(ref: str, work: Path) -> Path:
+    """``git archive`` of the package at ``ref`` into ``work``; returns the directory to
+    put first on ``PYTHONPATH``."""
+    dest = work / "baseline"
+    dest.mkdir()
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", ref, "xarray_terrascope"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def _scenario_runs(name, sc, plan, args, sandbox, counter, child_env, work) -> dict:
@@ -905,6 +936,13 @@ def main(argv: list[str] | None = None) -> int:
         "--cog-cache",
         default=None,
         help="directory for the sandbox's rendered COGs, kept between runs (same world only)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REF",
+        help="git ref of the package that the 'base' variant runs (terrascope.base): an "
+        "A/B of two versions in the same interleaved repeats",
     )
     parser.add_argument(
         "--replace",

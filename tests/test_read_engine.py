@@ -38,6 +38,7 @@ def header_cache_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("TERRASCOPE_HEADER_CACHE", raising=False)
     headers.clear_memory()
     yield folder
+    assert headers.flush(30), "the header cache's writer thread is stuck"
     headers.clear_memory()
 
 
@@ -140,6 +141,7 @@ def test_requests_one_header_per_file_and_none_at_open(logged_in, header_cache_d
     logged_in.log.clear()
     ds.NDVI.mean(["x", "y"]).compute()
     assert tif_records(logged_in) and not _header_requests(tif_records(logged_in))
+    assert headers.flush(30)
     assert len(list(header_cache_dir.glob("headers/*/*"))) == len(files)
 
 
@@ -224,6 +226,7 @@ def test_a_new_process_reuses_the_persisted_headers(logged_in, header_cache_dir)
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
     first = ds.NDVI.load().values
     assert _header_requests(tif_records(logged_in))
+    assert headers.flush(30)  # the writer thread's files, as at this process's exit
     logged_in.log.clear()
     script = textwrap.dedent(
         f"""
@@ -242,6 +245,66 @@ def test_a_new_process_reuses_the_persisted_headers(logged_in, header_cache_dir)
     assert records, "the new process read pixels"
     assert _header_requests(records) == []
     np.testing.assert_array_equal(np.load(out), first)
+
+
+def test_headers_are_written_to_disk_by_their_own_thread_and_parsed_once(
+    logged_in, header_cache_dir, monkeypatch
+):
+    """The engine's loop never blocks on the disk, and a header request's parse serves
+    the read that follows it (one TIFF parse per file, not two)."""
+    writers, parses = [], []
+    store, open_tiff = headers._store, cog.TIFF.open
+
+    def spy_store(*args):
+        writers.append(threading.current_thread().name)
+        return store(*args)
+
+    async def spy_open(*args, **kwargs):
+        parses.append(args[0])
+        return await open_tiff(*args, **kwargs)
+
+    monkeypatch.setattr(headers, "_store", spy_store)
+    monkeypatch.setattr(cog.TIFF, "open", spy_open)
+    values = _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-10"}).NDVI.load()
+    files = {r.path for r in tif_records(logged_in)}
+    assert len(files) >= 4
+    assert len(parses) == len(set(parses)) == len(files)
+    assert headers.flush(30)
+    assert set(writers) == {"terrascope-header-cache"} and len(writers) == len(files)
+    assert len(list(header_cache_dir.glob("headers/*/*"))) == len(files)
+    # a new process (no header in memory) reads the same values from the disk entries
+    headers.clear_memory()
+    logged_in.log.clear()
+    again = _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-10"}).NDVI.load()
+    assert not _header_requests(tif_records(logged_in))
+    np.testing.assert_array_equal(again.values, values.values)
+
+
+def test_a_dropped_header_is_not_loaded_again_before_its_removal_lands(
+    header_cache_dir, monkeypatch
+):
+    """``drop`` (a header found stale) is queued behind the writes before it; meanwhile
+    the disk entry must not be read back."""
+    from xarray_terrascope._headers import Header
+
+    url, other = "https://example.test/download/a.tif", "https://example.test/download/b.tif"
+    headers.put(url, Header(b"II*\x00old", 100, '"v1"'))
+    assert headers.flush(30)
+    headers.clear_memory()
+    assert headers.get(url)[0].etag == '"v1"'  # from disk
+    gate, store = threading.Event(), headers._store
+    monkeypatch.setattr(headers, "_store", lambda *args: (gate.wait(30), store(*args)))
+    try:
+        headers.put(other, Header(b"II*\x00new", 50, None))  # the writer waits on the gate
+        headers.drop(url)  # its removal is queued behind that write
+        assert headers.get(url) == (None, False)
+        assert headers.flush(0.2) is False
+    finally:
+        gate.set()
+    assert headers.flush(30)
+    assert headers.get(url) == (None, False)
+    (left,) = header_cache_dir.glob("headers/*/*")
+    assert left.read_bytes().endswith(b"II*\x00new")
 
 
 def test_header_cache_can_be_turned_off(logged_in, header_cache_dir, monkeypatch):

@@ -10,17 +10,24 @@ lives in ``platformdirs.user_cache_dir("xarray-terrascope")/headers``; set
 ``TERRASCOPE_CACHE_DIR`` to move it and ``TERRASCOPE_HEADER_CACHE=0`` to turn persisting
 off. Entries read from disk are validated by the reader against the size and ETag of
 the first pixel response and dropped on mismatch (see :mod:`xarray_terrascope.cog`).
+
+Writing to disk happens on a writer thread of its own, never on the engine's event loop
+(whose every blocking call would hold up the reads); the writes still pending when the
+interpreter exits are finished then (:meth:`HeaderCache.flush`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import queue
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,11 @@ ENV_HEADER_CACHE = "TERRASCOPE_HEADER_CACHE"
 MEMORY_BYTES = 64 * 2**20
 #: Header files kept on disk (the oldest are removed beyond this).
 DISK_ENTRIES = 20_000
+#: Disk writes (and removals) waiting for the writer thread; beyond this a new header
+#: is only kept in memory.
+PENDING_WRITES = 4096
+#: Seconds the interpreter's exit waits for the pending writes.
+EXIT_FLUSH_SECONDS = 10.0
 _MAGIC = b"XTSHDR1\n"
 
 
@@ -81,6 +93,12 @@ class HeaderCache:
         self._entries: OrderedDict[str, Header] = OrderedDict()
         self._bytes = 0
         self._writes = 0
+        # (folder, key, header or None for a removal), written in order by one thread
+        self._queue: queue.Queue[tuple[Path, str, Header | None]] = queue.Queue(PENDING_WRITES)
+        self._writer: threading.Thread | None = None
+        self._writer_pid: int | None = None
+        # keys dropped whose removal from disk is still pending: not to be loaded again
+        self._dropped: set[str] = set()
 
     def get(self, url: str) -> tuple[Header | None, bool]:
         """The header of ``url`` and whether it came from disk (so is not yet validated)."""
@@ -94,11 +112,14 @@ class HeaderCache:
         return header, header is not None
 
     def put(self, url: str, header: Header, *, persist: bool = True) -> None:
-        """Remember ``header`` in memory (and on disk unless ``persist`` is False)."""
+        """Remember ``header`` in memory (and on disk, in the background, unless
+        ``persist`` is False)."""
         key = _key(url)
         self._remember(key, header)
         if persist:
-            self._store(key, header)
+            folder = cache_dir()
+            if folder is not None:
+                self._enqueue(folder, key, header)
 
     def validated(self, url: str, header: Header) -> None:
         """Keep a disk entry in memory once a pixel response confirmed it."""
@@ -112,9 +133,24 @@ class HeaderCache:
             if old is not None:
                 self._bytes -= len(old.data)
         folder = cache_dir()
-        if folder is not None:
-            with contextlib.suppress(OSError):
-                (folder / key[:2] / key).unlink()
+        if folder is not None:  # removed after any write of it still pending
+            with self._lock:
+                self._dropped.add(key)
+            self._enqueue(folder, key, None)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the pending disk writes are done (at most ``timeout`` seconds);
+        returns whether they are."""
+        if self._writer_pid != os.getpid():  # no writer in this process (or a fork's)
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._queue.all_tasks_done.wait(left)
+        return True
 
     def clear_memory(self) -> None:
         """Forget every in-memory entry (the disk stays: it is validated before use)."""
@@ -135,7 +171,7 @@ class HeaderCache:
 
     def _load(self, key: str) -> Header | None:
         folder = cache_dir()
-        if folder is None:
+        if folder is None or key in self._dropped:
             return None
         try:
             blob = (folder / key[:2] / key).read_bytes()
@@ -154,10 +190,47 @@ class HeaderCache:
             logger.debug("ignoring a broken header cache entry %s: %s", key, err)
             return None
 
-    def _store(self, key: str, header: Header) -> None:
-        folder = cache_dir()
-        if folder is None:
-            return
+    def _enqueue(self, folder: Path, key: str, header: Header | None) -> None:
+        with self._lock:
+            if self._writer is None or self._writer_pid != os.getpid():  # none yet, or forked
+                self._queue = queue.Queue(PENDING_WRITES)
+                self._writer = threading.Thread(
+                    target=self._write_forever,
+                    args=(self._queue,),
+                    name="terrascope-header-cache",
+                    daemon=True,
+                )
+                self._writer.start()
+                self._writer_pid = os.getpid()
+            pending = self._queue
+        try:
+            pending.put_nowait((folder, key, header))
+        except queue.Full:
+            if header is not None:
+                logger.debug("header cache writes are behind: %s kept in memory only", key)
+                return
+            with contextlib.suppress(OSError):  # a removal must happen: do it now
+                (folder / key[:2] / key).unlink()
+            with self._lock:
+                self._dropped.discard(key)
+
+    def _write_forever(self, pending: queue.Queue) -> None:
+        while True:
+            folder, key, header = pending.get()
+            try:
+                if header is None:
+                    with contextlib.suppress(OSError):
+                        (folder / key[:2] / key).unlink()
+                    with self._lock:
+                        self._dropped.discard(key)
+                else:
+                    self._store(folder, key, header)
+            except Exception:  # a writer that dies would leave flush() waiting
+                logger.exception("could not persist a COG header in %s", folder)
+            finally:
+                pending.task_done()
+
+    def _store(self, folder: Path, key: str, header: Header) -> None:
         meta = json.dumps({"length": len(header.data), "size": header.size, "etag": header.etag})
         target = folder / key[:2] / key
         try:
@@ -190,3 +263,4 @@ class HeaderCache:
 
 #: The process's header cache.
 headers = HeaderCache()
+atexit.register(headers.flush, EXIT_FLUSH_SECONDS)

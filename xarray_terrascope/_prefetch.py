@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _aio
 from ._warp import Native, Target, read_warped
-from .cog import Grid, fetch_header, read_aligned
+from .cog import Grid, fetch_header, forget_parsed, read_aligned
 
 __all__ = ["Spec", "clear", "read", "read_ahead", "warm_headers"]
 
@@ -174,13 +174,15 @@ async def _warm(todo: list[tuple[str, str, str | None]]) -> None:
 
 
 def clear() -> None:
-    """Cancel and forget every read-ahead result (after a change of credentials)."""
+    """Cancel and forget every read-ahead result and parsed header waiting for its read
+    (after a change of credentials)."""
 
     async def drop() -> None:
         table = _table()
         for task, _ in table.values():
             task.cancel()
         table.clear()
+        forget_parsed()
 
     if not _aio.in_loop_thread():
         _aio.run(drop())

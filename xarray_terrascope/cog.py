@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -208,12 +209,37 @@ async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header
         remote.etag if remote else None,
     )
     headers.put(url, header)
+    source.header = header  # from here on it reads as any source of a known header
+    parsed = _parsed()
+    parsed[url, auth_header] = (tiff, source)
+    while len(parsed) > PARSED_ENTRIES:
+        parsed.popitem(last=False)
     return header
+
+
+#: ``loop_state()`` table of the TIFFs parsed by header requests, by URL and credentials,
+#: each handed to the first read of its file (which then does not parse the header again).
+_PARSED = "parsed_headers"
+#: The most parsed headers waiting for their read.
+PARSED_ENTRIES = 256
+
+
+def _parsed() -> OrderedDict[tuple[str, str | None], tuple[TIFF, _Source]]:
+    return _aio.loop_state().setdefault(_PARSED, OrderedDict())
+
+
+def forget_parsed() -> None:
+    """Drop the parsed headers waiting for their reads (on the loop; they hold the
+    credentials' ``Authorization`` value)."""
+    _parsed().clear()
 
 
 async def _open(url: str, label: str, auth_header: str | None) -> tuple[TIFF, _Source, bool]:
     """Parse the file's header (no request when it is cached) into a TIFF for one read."""
     header, from_disk = await fetch_header(url, label, auth_header)
+    parsed = _parsed().pop((url, auth_header), None)
+    if parsed is not None and parsed[1].header is header:  # parsed by its header request
+        return parsed[0], parsed[1], from_disk
     source = _Source(url, label, auth_header, header)
     tiff = await TIFF.open(url, store=source, prefetch=len(header.data))
     return tiff, source, from_disk
