@@ -8,11 +8,14 @@ from datetime import UTC, date, datetime
 
 import pytest
 import shapely.geometry
+import xarray as xr
 
 import xarray_terrascope as xts
 from xarray_terrascope.exceptions import (
+    AuthenticationError,
     CollectionNotFoundError,
     InvalidArgumentError,
+    ProtectedCollectionError,
     SearchError,
 )
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
@@ -215,6 +218,48 @@ def test_a_500_is_retried_once_and_named(sandbox_urls):
     sandbox_urls.stac.reset_faults()
     sandbox_urls.stac.fail_next(1, status=500)
     assert xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
+
+
+def test_a_protected_collection_is_named_not_retried(sandbox_urls):
+    """Terrascope keeps some collections for OIDC roles: its STAC API answers 401 with
+    ``WWW-Authenticate: Bearer``. That is an authentication problem of this collection,
+    said at once, not a failed search retried five times."""
+    import requests
+
+    protected = FAPAR  # protected here
+    sandbox_urls.stac.protected = {protected}
+    answer = requests.post(
+        f"{sandbox_urls.env['TERRASCOPE_STAC_URL']}search",
+        json={"collections": [protected]},
+        timeout=10,
+    )
+    assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer")
+    before = sandbox_urls.stac.requests
+    with pytest.raises(
+        ProtectedCollectionError, match=rf"{protected}.*HTTP 401.*access token"
+    ) as info:
+        xts.search(protected, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
+    assert isinstance(info.value, AuthenticationError) and isinstance(info.value, SearchError)
+    assert info.value.status_code == 401
+    assert sandbox_urls.stac.requests - before == 2  # the landing page and one search
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    with pytest.raises(ProtectedCollectionError, match=protected):
+        xr.open_dataset(
+            list(SAMPLE_FIELD),
+            engine="terrascope",
+            collection=protected,
+            start="2025-06-01",
+            end="2025-06-10",
+        )
+    # a search of another collection still works, and a Bearer token without the role: 403
+    assert xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
+    refused = requests.post(
+        f"{sandbox_urls.env['TERRASCOPE_STAC_URL']}search",
+        json={"collections": [protected]},
+        headers={"Authorization": "Bearer some-token"},
+        timeout=10,
+    )
+    assert refused.status_code == 403
 
 
 def test_busy_stac_api_answers_are_retried(sandbox_urls):

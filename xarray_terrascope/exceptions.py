@@ -7,6 +7,7 @@ __all__ = [
     "CollectionNotFoundError",
     "InvalidArgumentError",
     "NoItemsFoundError",
+    "ProtectedCollectionError",
     "ReadError",
     "SearchError",
     "TerrascopeError",
@@ -41,6 +42,11 @@ class SearchError(TerrascopeError):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class ProtectedCollectionError(SearchError, AuthenticationError):
+    """The STAC API keeps the collection for accounts with a role: it answered 401 (an
+    OIDC access token is needed) or 403 (the account lacks the role)."""
 
 
 class NoItemsFoundError(TerrascopeError):

@@ -30,7 +30,12 @@ from ._arguments import (
     check_dates,
 )
 from ._items import item_day, item_moment
-from .exceptions import CollectionNotFoundError, InvalidArgumentError, SearchError
+from .exceptions import (
+    CollectionNotFoundError,
+    InvalidArgumentError,
+    ProtectedCollectionError,
+    SearchError,
+)
 
 __all__ = [
     "BBoxLike",
@@ -167,6 +172,21 @@ def _failure(err: Exception, what: str) -> SearchError:
     )
 
 
+def _protected(collection: str, status: int) -> ProtectedCollectionError:
+    why = (
+        "it is one of Terrascope's protected collections, which need an OIDC access token "
+        "with the collection's role"
+        if status == 401
+        else "the account lacks the role this protected collection needs"
+    )
+    return ProtectedCollectionError(
+        f"The STAC API at {config.stac_url()} refused to search {collection!r} (HTTP "
+        f"{status}): {why}. This package signs in to the download service only (Basic "
+        f"auth) and sends no access token to the STAC API, so it cannot search it.",
+        status_code=status,
+    )
+
+
 def list_collections() -> list[str]:
     """Return the ids of the catalogue's collections, sorted.
 
@@ -283,8 +303,11 @@ def search(
         with _stac_call():
             items = list(client.search(**params).items())
     except (APIError, requests.RequestException) as err:
-        if getattr(err, "status_code", None) in (400, 404):
+        status = getattr(err, "status_code", None)
+        if status in (400, 404):
             _ensure_collection_exists(collection)
+        if status in (401, 403):
+            raise _protected(collection, status) from err
         raise _failure(err, f"The STAC search at {config.stac_url()}") from err
     if not items:
         _ensure_collection_exists(collection)

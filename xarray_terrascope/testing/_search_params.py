@@ -43,11 +43,14 @@ _TOKEN_PREFIX = "offset:"
 class ApiError(Exception):
     """An error answered as JSON ``{"code": ..., "description": ...}``."""
 
-    def __init__(self, status: int, code: str, description: str) -> None:
+    def __init__(
+        self, status: int, code: str, description: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(description)
         self.status = status
         self.code = code
         self.description = description
+        self.headers = dict(headers or {})
 
 
 def _bad(description: str) -> ApiError:

@@ -81,6 +81,14 @@ class StacApi:
         Fraction of requests answered 503 (settable at runtime).
     seed : int
         Seeds the fault draws.
+
+    Attributes
+    ----------
+    protected : set of str
+        Collections readable with an OIDC role only, as Terrascope's (settable at
+        runtime): a request naming one answers 401 with ``WWW-Authenticate: Bearer``
+        without a Bearer token and 403 (a missing role) with one; a search that names no
+        collection leaves their items out.
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class StacApi:
         self.latency = float(latency)
         self.fault_rate = self._default_fault_rate = float(fault_rate)
         self.conforms_to = list(CONFORMANCE)
+        self.protected: set[str] = set()
         self.requests = self.injected = 0
         self._faults: list[int] = []  # statuses of the next requests to fail
         self._rng = random.Random(seed)
@@ -136,11 +145,12 @@ class StacApi:
 
     def reset_faults(self) -> None:
         """The constructor's fault rate, no pending faults, the declared conformance
-        classes, the counts at 0."""
+        classes, no protected collection, the counts at 0."""
         with self._lock:
             self._faults.clear()
             self.fault_rate = self._default_fault_rate
             self.conforms_to = list(CONFORMANCE)
+            self.protected = set()
             self.requests = self.injected = 0
 
     def _fault(self) -> int | None:
@@ -168,6 +178,7 @@ class StacApi:
             response = getattr(self, f"_{endpoint}")(request, **args)
         except ApiError as err:
             response = _json({"code": err.code, "description": err.description}, err.status)
+            response.headers.extend(err.headers)
         except HTTPException as err:
             code = {404: "NotFoundError", 405: "MethodNotAllowed"}.get(err.code or 500, "HTTPError")
             response = _json({"code": code, "description": err.description}, err.code or 500)
@@ -209,9 +220,25 @@ class StacApi:
         ]
         return out
 
-    def _require_collection(self, cid: str) -> None:
+    def _require_collection(self, cid: str, request: Request | None = None) -> None:
         if cid not in self.world.collections:
             raise ApiError(404, "NotFoundError", f"Collection {cid} not found")
+        if request is not None:
+            self._require_access(request, {cid})
+
+    def _require_access(self, request: Request, cids: set[str] | None) -> None:
+        """401 without a Bearer token, 403 with one, for a protected collection."""
+        locked = sorted((cids or set()) & self.protected)
+        if not locked:
+            return
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            raise ApiError(
+                401,
+                "Unauthorized",
+                f"Collection {locked[0]} needs an access token",
+                {"WWW-Authenticate": 'Bearer realm="terrascope"'},
+            )
+        raise ApiError(403, "Forbidden", f"Missing a role to read collection {locked[0]}")
 
     # --- endpoints ----------------------------------------------------------------------
 
@@ -256,7 +283,7 @@ class StacApi:
 
     def _queryables(self, request: Request, cid: str | None = None) -> Response:
         if cid is not None:
-            self._require_collection(cid)
+            self._require_collection(cid, request)
         props = {
             "id": {"type": "string"},
             "collection": {"type": "string"},
@@ -297,18 +324,18 @@ class StacApi:
         )
 
     def _collection(self, request: Request, cid: str) -> Response:
-        self._require_collection(cid)
+        self._require_collection(cid, request)
         return _json(self._collection_doc(self._base(request), cid))
 
     def _item(self, request: Request, cid: str, iid: str) -> Response:
-        self._require_collection(cid)
+        self._require_collection(cid, request)
         item = self._by_id.get((cid, iid))
         if item is None:
             raise ApiError(404, "NotFoundError", f"Item {iid} in collection {cid} not found")
         return _json(self._with_links(self._base(request), item), mimetype=GEOJSON)
 
     def _collection_items(self, request: Request, cid: str) -> Response:
-        self._require_collection(cid)
+        self._require_collection(cid, request)
         args = {
             k: v
             for k, v in request.args.items()
@@ -328,9 +355,11 @@ class StacApi:
             if not isinstance(body, dict):
                 raise ApiError(400, "RequestValidationError", "The body must be a JSON object")
             params = SearchParams.from_body(body)
+            self._require_access(request, params.collections)
             return self._page(request, params, f"{self._base(request)}search", body, post=True)
         args = dict(request.args.items())
         params = SearchParams.from_query(args)
+        self._require_access(request, params.collections)
         return self._page(request, params, f"{self._base(request)}search", args, post=False)
 
     # --- searching ------------------------------------------------------------------------
@@ -345,6 +374,8 @@ class StacApi:
         for item in self._items:
             if params.collections is not None and item["collection"] not in params.collections:
                 continue
+            if params.collections is None and item["collection"] in self.protected:
+                continue  # an unscoped search shows what the caller may read
             if params.ids is not None and item["id"] not in params.ids:
                 continue
             if tiles is not None and item["id"].split("_")[2] not in tiles:
