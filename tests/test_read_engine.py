@@ -307,6 +307,38 @@ def test_a_dropped_header_is_not_loaded_again_before_its_removal_lands(
     assert left.read_bytes().endswith(b"II*\x00new")
 
 
+def test_a_forked_child_persists_headers_with_its_own_writer(header_cache_dir):
+    """A fork while another thread holds the cache's lock (or its writer runs) must not
+    leave the child's cache locked, nor waiting on the parent's writer thread."""
+    from xarray_terrascope._headers import Header
+
+    headers.put("https://example.test/download/a.tif", Header(b"II*\x00a", 7, None))
+    assert headers.flush(30)
+    headers._lock.acquire()  # as another thread of the parent might at the fork
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: a put, its write, and a read of it from disk
+            code = 1
+            try:
+                headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, None))
+                headers.clear_memory()
+                ok = headers.flush(10)
+                found, from_disk = headers.get("https://example.test/download/b.tif")
+                code = 0 if ok and from_disk and found.data == b"II*\x00b" else 1
+            finally:
+                os._exit(code)
+    finally:
+        headers._lock.release()
+    deadline = time.monotonic() + 30
+    while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not done[0]:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the header cache")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
 def test_header_cache_can_be_turned_off(logged_in, header_cache_dir, monkeypatch):
     monkeypatch.setenv("TERRASCOPE_HEADER_CACHE", "0")
     _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-05"}).NDVI.load()

@@ -99,6 +99,14 @@ class HeaderCache:
         self._writer_pid: int | None = None
         # keys dropped whose removal from disk is still pending: not to be loaded again
         self._dropped: set[str] = set()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # a lock held by another thread at the fork would stay held in the child; the
+        # parent's writer thread and its queue are not the child's
+        self._lock = threading.Lock()
+        self._queue = queue.Queue(PENDING_WRITES)
+        self._writer = self._writer_pid = None
 
     def get(self, url: str) -> tuple[Header | None, bool]:
         """The header of ``url`` and whether it came from disk (so is not yet validated)."""
