@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's two commands, each complete on a fresh Debian 12 machine with Python 3.11+:
 #   bash scripts/run.sh demo    # set up, then run the main job on the embedded sandbox
-#   bash scripts/run.sh test    # set up (venv, pip packages, Chromium, nginx), then run the tests
+#   bash scripts/run.sh test    # set up (venv, pip packages, Chromium, nginx, PostgreSQL +
+#                               # stac-fastapi-pgstac), then run the tests
 # Extra arguments after `test` go to pytest. VENV=path overrides the virtualenv (.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +82,43 @@ setup_nginx() {  # a real nginx for tests/test_nginx.py, with no system service 
   export TERRASCOPE_TEST_NGINX="$dest/usr/sbin/nginx"
 }
 
+setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_pgstac.py
+  if [ -n "${TERRASCOPE_TEST_PGSTAC:-}" ]; then
+    return
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  if [ ! -x /usr/lib/postgresql/15/bin/initdb ] \
+    || [ ! -e /usr/share/postgresql/15/extension/postgis.control ]; then
+    echo "--- installing postgresql-15 and postgresql-15-postgis-3 (apt-get)"
+    if ! { $sudo apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        postgresql-15 postgresql-15-postgis-3 >/dev/null; }; then
+      echo "--- could not install PostgreSQL/PostGIS: tests/test_pgstac.py will skip" >&2
+      return
+    fi
+  fi
+  # stac-fastapi's dependencies (FastAPI, pydantic, asyncpg...) in a virtualenv of their own,
+  # never mixed with the package's
+  local pins="stac-fastapi.pgstac==7.2.0 pypgstac[psycopg]==0.10.0 uvicorn==0.54.0"
+  local venv="$VENV-pgstac"
+  local stamp
+  stamp="$venv/.pgstac-$(echo "$pins" | sha256sum | cut -c1-16)"
+  if [ ! -e "$stamp" ]; then
+    echo "--- installing $pins into $venv"
+    # shellcheck disable=SC2086  # $pins is a list of requirements
+    if ! { { [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"; } \
+      && "$venv/bin/python" -m pip install -q --upgrade pip \
+      && "$venv/bin/python" -m pip install -q $pins; }; then
+      echo "--- could not install stac-fastapi-pgstac: tests/test_pgstac.py will skip" >&2
+      return
+    fi
+    touch "$stamp"
+  fi
+  TERRASCOPE_TEST_PGSTAC="$(cd "$venv" && pwd)"
+  export TERRASCOPE_TEST_PGSTAC
+}
+
 case "${1:-}" in
   demo)
     shift
@@ -92,6 +130,7 @@ case "${1:-}" in
     setup_browser
     setup_python test
     setup_nginx
+    setup_pgstac
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
     ;;
   *)

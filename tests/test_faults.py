@@ -251,6 +251,33 @@ def test_refusals_at_one_request_pace_the_requests_until_successes_end_it():
     assert successes <= 8 * _limiter.PACE_RUN
 
 
+def test_paced_starts_stay_apart_when_the_machine_stalls():
+    """A busy machine wakes a paced request late: the next one must still wait the whole
+    interval after that late start, or the server's bucket sees two at once."""
+    import asyncio
+    import time
+
+    async def scenario():
+        limiter = _transport.Limiter(16)
+        for _ in range(2):  # 4 -> 2 -> 1
+            await limiter.release(await limiter.acquire(), busy=True, success=False)
+        await limiter.release(await limiter.acquire(), busy=True, success=False, rate_limited=True)
+        interval = limiter.interval
+        loop = asyncio.get_running_loop()
+        starts = []
+        for stall in (False, True, False):
+            if stall:  # the loop blocked through this request's reserved start
+                loop.call_later(0.2 * interval, time.sleep, 1.2 * interval)
+            generation = await limiter.acquire()
+            starts.append(loop.time())
+            await limiter.release(generation, busy=False, success=True)
+        return interval, np.diff(starts)
+
+    interval, gaps = asyncio.run(scenario())
+    assert gaps[0] > 1.2 * interval  # the stalled start came late...
+    assert gaps[1] >= 0.95 * interval, (interval, gaps)  # ...and the next waited after it
+
+
 def test_random_503s_do_not_build_up_pacing(monkeypatch):
     """A flaky server (one request in ten answered 503, whatever the rate) must not be
     taken for a rate limit that slowing down would satisfy: the pacing never grows."""

@@ -89,6 +89,7 @@ class Limiter:
         self.interval = 0.0
         self._pace_run = PACE_RUN
         self._next_start = 0.0
+        self._last_start = float("-inf")
         self._cond = asyncio.Condition()
 
     async def acquire(self) -> int:
@@ -109,15 +110,26 @@ class Limiter:
                     self._next_start = start + self.interval if self.interval else 0.0
                     break
                 await self._cond.wait()
-        if start > now:
+        if start > now or self.interval:
             try:
-                await asyncio.sleep(start - now)
+                await self._pace(start - now)
             except asyncio.CancelledError:
                 async with self._cond:
                     self.in_flight -= 1
                     self._cond.notify_all()
                 raise
         return generation
+
+    async def _pace(self, delay: float) -> None:
+        """Sleep ``delay`` (the slot reserved), then until ``interval`` after the last
+        actual start: requests whose sleeps all ended late (a busy machine) go one by
+        one, not as a burst the server's bucket refuses."""
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while (wait := self._last_start + self.interval - loop.time()) > 0:
+            await asyncio.sleep(wait)
+        self._last_start = loop.time()
 
     async def release(
         self,

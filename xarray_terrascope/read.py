@@ -30,6 +30,7 @@ from rasterio.windows import Window
 
 from . import _aio, _gdal_read, _prefetch, _transport, auth
 from ._headers import headers
+from ._pieces import Pieces
 from ._prefetch import Spec
 from ._tiles import tiles
 from ._warp import Native, Target
@@ -194,11 +195,13 @@ def read_window(
             result = results[j]
             data = result.result() if isinstance(result, Future) else result
             target = out[out_index]
-            if out_index not in filled:  # the date's first file: the whole window is nodata
+            if isinstance(data, Pieces):  # tiles of a file on the grid: pasted here
+                data.paste(target, only_nodata=nodata if out_index in filled else None)
+            elif out_index not in filled:  # the date's first file: the window is nodata
                 target[...] = data
-                filled.add(out_index)
             else:
                 np.copyto(target, data, where=np.isnan(target) if nan_fill else target == nodata)
+            filled.add(out_index)
     finally:
         for result in results:
             if isinstance(result, Future):
