@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from . import _aio
-from ._pieces import Pieces
 from ._warp import Native, Target, read_warped
 from .cog import Grid, fetch_header, forget_parsed, read_aligned
 
@@ -36,8 +35,7 @@ READAHEAD_FILES = 32
 #: dates nearest the read (a read of one date of a long cube must not fetch the headers
 #: of every file).
 WARM_FILES = 32
-#: Decoded bytes the read-ahead results may hold per process (the tiles they hold once
-#: read, the windows' size before).
+#: Decoded bytes the read-ahead results may hold per process.
 READAHEAD_BYTES = 128 * 2**20
 #: Seconds after which a read-ahead result nobody took may make room for others.
 READAHEAD_STALE = 30.0
@@ -106,9 +104,8 @@ class Spec:
         )
 
 
-def _table() -> OrderedDict[tuple, tuple[asyncio.Future, float, int]]:
-    """Read-ahead results by :attr:`Spec.key`: the task, the loop time it started, and
-    the window's bytes."""
+def _table() -> OrderedDict[tuple, tuple[asyncio.Future, float]]:
+    """Read-ahead results by :attr:`Spec.key`: the task and the loop time it started."""
     return _aio.loop_state().setdefault("readahead", OrderedDict())
 
 
@@ -117,10 +114,10 @@ def _table() -> OrderedDict[tuple, tuple[asyncio.Future, float, int]]:
 _READING = "reading"
 
 
-async def read(spec: Spec) -> Pieces | np.ndarray:
+async def read(spec: Spec) -> np.ndarray:
     """Read ``spec``, taking a read-ahead result or a read under way when there is one
-    (on the loop): the file's tiles (:class:`~._pieces.Pieces`), or a warped window."""
-    task, _, _ = _table().pop(spec.key, (None, 0.0, 0))
+    (on the loop)."""
+    task, _ = _table().pop(spec.key, (None, 0.0))
     if task is not None:
         try:
             return await task
@@ -137,28 +134,19 @@ async def _start(specs: list[Spec]) -> None:
     make room. A full table starts nothing.
     """
     table, reading = _table(), _aio.loop_state().setdefault(_READING, {})
+    limit = max(4, READAHEAD_BYTES // max(1, max(s.nbytes for s in specs)))
     now = asyncio.get_running_loop().time()
-    for key in [k for k, (_, started, _) in table.items() if now - started > READAHEAD_STALE]:
+    for key in [k for k, (_, started) in table.items() if now - started > READAHEAD_STALE]:
         table.pop(key)[0].cancel()
-    held = sum(_held(task, nbytes) for task, _, nbytes in table.values())
     for spec in specs:
-        if len(table) >= 4 and held + spec.nbytes > READAHEAD_BYTES:
-            logger.debug("read-ahead table full (%d B): %s not read ahead", held, spec.label)
+        if len(table) >= limit:
+            logger.debug("read-ahead table full (%d): %s not read ahead", limit, spec.label)
             break
         if spec.key in table or spec.key in reading:
             continue
         task = asyncio.ensure_future(spec.run())
         task.add_done_callback(_aio.retrieve)
-        table[spec.key] = (task, now, spec.nbytes)
-        held += spec.nbytes
-
-
-def _held(task: asyncio.Future, window_bytes: int) -> int:
-    """Bytes a read-ahead result holds: its tiles once read (:class:`~._pieces.Pieces`,
-    or a warped window), the window's size until then."""
-    if task.done() and not task.cancelled() and task.exception() is None:
-        return max(window_bytes, task.result().nbytes)
-    return window_bytes
+        table[spec.key] = (task, now)
 
 
 def read_ahead(specs: list[Spec]) -> None:
@@ -191,7 +179,7 @@ def clear() -> None:
 
     async def drop() -> None:
         table = _table()
-        for task, _, _ in table.values():
+        for task, _ in table.values():
             task.cancel()
         table.clear()
         forget_parsed()

@@ -4,9 +4,8 @@ For one file and one output window, :func:`read_aligned` takes the file's header
 header cache (or reads it in one request), parses it with async-tiff, checks that the
 file's pixel grid is the one the plan announced (same EPSG, resolution, integer offset),
 fetches the internal tiles that intersect the window (their byte ranges coalesced when
-the gaps are small) and decodes them with async-tiff (Rust, off the event loop); the
-thread that wants the window pastes them (:mod:`xarray_terrascope._pieces`). No TIFF
-parsing or decompression is written here.
+the gaps are small), decodes them with async-tiff (Rust, off the event loop) and pastes
+them into the window. No TIFF parsing or decompression is written here.
 
 A header read from the persistent cache is validated against the size and ETag of the
 first pixel response: on a mismatch the entry is dropped and the file is read again
@@ -27,7 +26,6 @@ from async_tiff import TIFF
 
 from . import _aio, _transport
 from ._headers import Header, headers
-from ._pieces import Pieces
 from ._tiles import tiles
 from .exceptions import AuthenticationError, ReadError
 
@@ -293,11 +291,8 @@ async def read_aligned(
     dtype: np.dtype,
     fill,
     cube: tuple[int, int] | None = None,
-) -> Pieces:
+) -> np.ndarray:
     """Read output window ``rows, cols`` from a file sitting on the output grid.
-
-    Returns the decoded tiles and where they go (:class:`~._pieces.Pieces`): the caller's
-    thread pastes them, not the event loop.
 
     Parameters
     ----------
@@ -368,7 +363,7 @@ def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception
 
 async def _read_tiles(
     tiff, source, grid, shape, rows, cols, dtype, fill, label, cube=None
-) -> Pieces:
+) -> np.ndarray:
     ifd = tiff.ifds[0]
     check_grid(ifd, grid, shape, np.dtype(dtype), label)
     height, width = shape
@@ -377,8 +372,12 @@ async def _read_tiles(
     c0 = max(cols.start + grid.col_offset, 0)
     c1 = min(cols.stop + grid.col_offset, width)
     size = (rows.stop - rows.start, cols.stop - cols.start)
+    if (r1 - r0, c1 - c0) == size:  # the file covers the window: the tiles fill all of it
+        out = np.empty(size, dtype=dtype)
+    else:
+        out = np.full(size, fill, dtype=dtype)
     if r0 >= r1 or c0 >= c1:
-        return Pieces(size, np.dtype(dtype), fill, ())
+        return out
     th, tw = ifd.tile_height, ifd.tile_width
     xy = [
         (tx, ty)
@@ -406,20 +405,15 @@ async def _read_tiles(
         )
 
     blocks = await tiles_of(tiff, source, xy, shared)
-    # each tile's part of the file window (file pixels), and where it lands in the window
-    dr, dc = grid.row_offset + rows.start, grid.col_offset + cols.start
-    parts = []
     for (tx, ty), block in zip(xy, blocks, strict=True):
+        # this tile's part of the file window, in file pixels
         fr0, fc0 = max(r0, ty * th), max(c0, tx * tw)
         fr1, fc1 = min(r1, (ty + 1) * th), min(c1, (tx + 1) * tw)
-        parts.append(
-            (
-                block,
-                (slice(fr0 - ty * th, fr1 - ty * th), slice(fc0 - tx * tw, fc1 - tx * tw)),
-                (slice(fr0 - dr, fr1 - dr), slice(fc0 - dc, fc1 - dc)),
-            )
-        )
-    return Pieces(size, np.dtype(dtype), fill, tuple(parts))
+        out[
+            fr0 - grid.row_offset - rows.start : fr1 - grid.row_offset - rows.start,
+            fc0 - grid.col_offset - cols.start : fc1 - grid.col_offset - cols.start,
+        ] = block[fr0 - ty * th : fr1 - ty * th, fc0 - tx * tw : fc1 - tx * tw].view(dtype)
+    return out
 
 
 async def tiles_of(tiff, source, xy, keep) -> list[np.ndarray]:

@@ -30,7 +30,6 @@ from rasterio.windows import Window
 
 from . import _aio, _gdal_read, _prefetch, _transport, auth
 from ._headers import headers
-from ._pieces import Pieces
 from ._prefetch import Spec
 from ._tiles import tiles
 from ._warp import Native, Target
@@ -159,7 +158,6 @@ def read_window(
 
     results: list[np.ndarray | Future | None] = [None] * len(jobs)
     aligned: list[tuple[int, Any]] = []
-    batch: Future | None = None
     pool = _gdal_read.io_pool()
 
     def through_gdal(j: int) -> Future:
@@ -180,81 +178,51 @@ def read_window(
             _prefetch_around(
                 plan, asset_index, time_indices, rows, cols, window, creds, dtype, nodata
             )
-            batch, futures = _submit_aligned(
-                plan, asset_index, jobs, aligned, rows, cols, creds, dtype, nodata
+            arrays = _aio.run(
+                _read_aligned_all(
+                    plan, asset_index, jobs, aligned, rows, cols, creds, dtype, nodata
+                )
             )
-            for (j, _), future in zip(aligned, futures, strict=True):
-                results[j] = future
+            for (j, _), array in zip(aligned, arrays, strict=True):
+                if isinstance(array, GridMismatch):
+                    logger.warning("%s; reading it through GDAL", array)
+                    results[j] = through_gdal(j)
+                else:
+                    results[j] = array
         filled: set[int] = set()
         for j, (out_index, _, _, _) in enumerate(jobs):  # priority order within each date
             result = results[j]
             data = result.result() if isinstance(result, Future) else result
-            if isinstance(data, GridMismatch):
-                logger.warning("%s; reading it through GDAL", data)
-                data = through_gdal(j).result()
             target = out[out_index]
-            if isinstance(data, Pieces):  # tiles of a file on the grid: pasted here
-                data.paste(target, only_nodata=nodata if out_index in filled else None)
-            elif out_index not in filled:  # the date's first file: the window is nodata
+            if out_index not in filled:  # the date's first file: the whole window is nodata
                 target[...] = data
+                filled.add(out_index)
             else:
                 np.copyto(target, data, where=np.isnan(target) if nan_fill else target == nodata)
-            filled.add(out_index)
     finally:
         for result in results:
             if isinstance(result, Future):
                 result.cancel()
-        if batch is not None:
-            batch.cancel()
     return out
 
 
-def _submit_aligned(
-    plan, asset_index, jobs, aligned, rows, cols, creds, dtype, fill
-) -> tuple[Future, list[Future]]:
-    """Start the async reads of ``aligned`` on the engine loop, all at once.
-
-    Returns the batch's future (cancel it to stop them all) and one future per read,
-    done as soon as that read is: the caller pastes each file while the others are
-    still in flight. A read's result is its :class:`~._pieces.Pieces`, a warped window,
-    or the :class:`~.cog.GridMismatch` that sends the file through GDAL.
-    """
+async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds, dtype, fill):
     import asyncio
-    import concurrent.futures
 
-    futures: list[Future] = [Future() for _ in aligned]
-
-    async def one(future: Future, j: int, how) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
+    async def one(j: int, how):
         _, item_index, url, _ = jobs[j]
         spec = _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fill)
         try:
-            result = await _prefetch.read(spec)
+            return await _prefetch.read(spec)
         except GridMismatch as err:
-            result = err
-        except asyncio.CancelledError:
-            future.set_exception(concurrent.futures.CancelledError())
-            raise
-        except BaseException as err:
-            future.set_exception(err)
-            return
-        future.set_result(result)
+            return err
 
-    async def batch() -> None:
-        tasks = [
-            asyncio.ensure_future(one(future, j, how))
-            for future, (j, how) in zip(futures, aligned, strict=True)
-        ]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-
-    if _aio.in_loop_thread():
-        raise RuntimeError("read_window() was called from the engine's own event loop thread")
-    return _aio.submit(batch()), futures
+    tasks = [asyncio.ensure_future(one(j, how)) for j, how in aligned]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 #: Windows this process has read recently, with the dates read (for warm-up and read-ahead).
