@@ -145,6 +145,23 @@ def test_requests_one_header_per_file_and_none_at_open(logged_in, header_cache_d
     assert len(list(header_cache_dir.glob("headers/*/*"))) == len(files)
 
 
+def test_a_thin_remainder_of_chunks_is_joined_not_read_again(logged_in):
+    """351 rows in chunks of 300 would leave a 51-row chunk row that reads the tiles of
+    the same files a second time: it joins the chunk above, one tile request per file
+    and column of chunks."""
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS, chunks={}, chunksize=300)
+    chunks = dict(zip(ds.NDVI.dims, ds.NDVI.chunks, strict=True))
+    assert ds.sizes["y"] == 351 and chunks["y"] == (351,) and chunks["x"] == (300, 133)
+    logged_in.log.clear()
+    values = ds.NDVI.compute().values
+    records = tif_records(logged_in)
+    files = {r.path for r in records}
+    tile_requests = [r for r in records if r not in _header_requests(records)]
+    assert len(_header_requests(records)) == len(files)
+    assert len(tile_requests) <= 2 * len(files)  # one per column of chunks at most
+    np.testing.assert_array_equal(values, _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values)
+
+
 def test_windows_that_cut_cog_tiles_fetch_each_tile_once(logged_in):
     """Dask chunks of 100 px cut the 256 px COG tiles: the tiles along the cuts are
     shared between neighbouring windows, not fetched (and decoded) again."""

@@ -91,7 +91,8 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         resampling : str, default "nearest"
             rasterio resampling name for tiles that must be reprojected or resized.
         chunksize : int, default 1024
-            Spatial size of the stacking chunks (``chunks={}`` uses them).
+            Spatial size of the stacking chunks (``chunks={}`` uses them); a remainder
+            under a quarter of it joins the last chunk of its row or column.
         prefer_local : bool, optional
             Terrascope assets carry an alternate ``local`` href (``/data/MTDA/...``),
             readable on Terrascope's own notebooks and VMs. None (default): read the local

@@ -146,17 +146,34 @@ def _check_chunksize(chunksize: Any) -> int:
     return int(chunksize)
 
 
-def dates_per_partition(shape: tuple[int, int], chunksize: int) -> int:
-    """Dates per ``chunks={}`` partition: about :data:`PARTITION_BYTES` decoded (float32)
-    per partition, between 1 and :data:`MAX_DATES_PER_PARTITION`.
+def dates_per_partition(chunk: tuple[int, int]) -> int:
+    """Dates per ``chunks={}`` partition of spatial ``chunk`` (its largest ``(height,
+    width)``): about :data:`PARTITION_BYTES` decoded (float32) per partition, between 1
+    and :data:`MAX_DATES_PER_PARTITION`.
 
     Examples
     --------
-    >>> dates_per_partition((10980, 10980), 1024), dates_per_partition((351, 433), 1024)
+    >>> dates_per_partition((1024, 1024)), dates_per_partition((351, 433))
     (4, 8)
     """
-    pixels = min(shape[0], chunksize) * min(shape[1], chunksize)
+    pixels = chunk[0] * chunk[1]
     return max(1, min(MAX_DATES_PER_PARTITION, PARTITION_BYTES // (4 * max(pixels, 1))))
+
+
+def spatial_chunks(size: int, chunksize: int) -> int | tuple[int, ...]:
+    """Chunks along ``y`` or ``x``: ``chunksize`` each, with a remainder under a quarter
+    of it joined to the last chunk (a thin row of chunks would read the tiles of the same
+    files again, for few pixels).
+
+    Examples
+    --------
+    >>> spatial_chunks(1141, 1024), spatial_chunks(2100, 1024), spatial_chunks(1337, 1024)
+    ((1141,), (1024, 1076), 1024)
+    """
+    whole, rest = divmod(size, chunksize)
+    if whole == 0 or rest == 0 or rest >= chunksize // 4:
+        return chunksize
+    return (chunksize,) * (whole - 1) + (chunksize + rest,)
 
 
 def _check_prefer_local(prefer_local: Any) -> bool | None:
@@ -287,7 +304,12 @@ def open_cube(
         *plan.shape,
         plan.epsg,
     )
-    preferred = {"time": dates_per_partition(plan.shape, chunksize), "y": chunksize, "x": chunksize}
+    ys, xs = (spatial_chunks(size, chunksize) for size in plan.shape)
+    largest = tuple(
+        max(c) if isinstance(c, tuple) else min(c, size)
+        for c, size in zip((ys, xs), plan.shape, strict=True)
+    )
+    preferred = {"time": dates_per_partition(largest), "y": ys, "x": xs}
     variables = {}
     for index, key in enumerate(plan.assets):
         if drop_variables and key in drop_variables:
