@@ -96,7 +96,6 @@ class HeaderCache:
         # (folder, key, header or None for a removal), written in order by one thread
         self._queue: queue.Queue[tuple[Path, str, Header | None]] = queue.Queue(PENDING_WRITES)
         self._writer: threading.Thread | None = None
-        self._writer_pid: int | None = None
         # keys dropped whose removal from disk is still pending: not to be loaded again
         self._dropped: set[str] = set()
         os.register_at_fork(after_in_child=self._after_fork)
@@ -106,7 +105,7 @@ class HeaderCache:
         # parent's writer thread and its queue are not the child's
         self._lock = threading.Lock()
         self._queue = queue.Queue(PENDING_WRITES)
-        self._writer = self._writer_pid = None
+        self._writer = None
 
     def get(self, url: str) -> tuple[Header | None, bool]:
         """The header of ``url`` and whether it came from disk (so is not yet validated)."""
@@ -149,8 +148,6 @@ class HeaderCache:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the pending disk writes are done (at most ``timeout`` seconds);
         returns whether they are."""
-        if self._writer_pid != os.getpid():  # no writer in this process (or a fork's)
-            return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._queue.all_tasks_done:
             while self._queue.unfinished_tasks:
@@ -200,8 +197,7 @@ class HeaderCache:
 
     def _enqueue(self, folder: Path, key: str, header: Header | None) -> None:
         with self._lock:
-            if self._writer is None or self._writer_pid != os.getpid():  # none yet, or forked
-                self._queue = queue.Queue(PENDING_WRITES)
+            if self._writer is None:  # the first write of this process (or of a fork)
                 self._writer = threading.Thread(
                     target=self._write_forever,
                     args=(self._queue,),
@@ -209,34 +205,33 @@ class HeaderCache:
                     daemon=True,
                 )
                 self._writer.start()
-                self._writer_pid = os.getpid()
             pending = self._queue
         try:
             pending.put_nowait((folder, key, header))
         except queue.Full:
             if header is not None:
                 logger.debug("header cache writes are behind: %s kept in memory only", key)
-                return
-            with contextlib.suppress(OSError):  # a removal must happen: do it now
-                (folder / key[:2] / key).unlink()
-            with self._lock:
-                self._dropped.discard(key)
+            else:  # a removal must happen: do it now
+                self._remove(folder, key)
 
     def _write_forever(self, pending: queue.Queue) -> None:
         while True:
             folder, key, header = pending.get()
             try:
                 if header is None:
-                    with contextlib.suppress(OSError):
-                        (folder / key[:2] / key).unlink()
-                    with self._lock:
-                        self._dropped.discard(key)
+                    self._remove(folder, key)
                 else:
                     self._store(folder, key, header)
             except Exception:  # a writer that dies would leave flush() waiting
                 logger.exception("could not persist a COG header in %s", folder)
             finally:
                 pending.task_done()
+
+    def _remove(self, folder: Path, key: str) -> None:
+        with contextlib.suppress(OSError):
+            (folder / key[:2] / key).unlink()
+        with self._lock:
+            self._dropped.discard(key)
 
     def _store(self, folder: Path, key: str, header: Header) -> None:
         meta = json.dumps({"length": len(header.data), "size": header.size, "etag": header.etag})
