@@ -34,13 +34,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+
+from ._harness import HOST, Harness, free_port
 
 __all__ = ["ENV_NGINX", "Nginx", "NginxError", "Record", "find_nginx"]
 
 #: Environment variable naming the nginx binary to test against.
 ENV_NGINX = "TERRASCOPE_TEST_NGINX"
-HOST = "127.0.0.1"
 #: Seconds :meth:`Nginx.start` waits for the port to accept connections.
 START_TIMEOUT = 10.0
 #: Seconds :meth:`Nginx.stop` waits after SIGTERM before killing.
@@ -106,12 +106,6 @@ def _ssha(password: str) -> str:
     salt = secrets.token_bytes(8)
     digest = hashlib.sha1(password.encode() + salt).digest()
     return "{SSHA}" + base64.b64encode(digest + salt).decode("ascii")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -191,7 +185,7 @@ def _parse(line: str) -> Record:
     )
 
 
-class Nginx:
+class Nginx(Harness):
     """nginx serving ``root`` at ``/download/`` with HTTP Basic auth, on a free port.
 
     Parameters
@@ -401,10 +395,10 @@ http {{
             (d / "temp" / name).mkdir(parents=True)
         lines = "".join(f"{user}:{_ssha(password)}\n" for user, password in self.users.items())
         (d / "htpasswd").write_text(lines)
-        self.port = _free_port()
-        self.bucket_port = _free_port() if self.bucket else 0
+        self.port = free_port()
+        self.bucket_port = free_port() if self.bucket else 0
         while self.bucket and self.bucket_port == self.port:
-            self.bucket_port = _free_port()
+            self.bucket_port = free_port()
         (d / "nginx.conf").write_text(self.config())
         for log in ("download.log", "bucket.log"):
             (d / log).touch()
@@ -447,17 +441,6 @@ http {{
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
-
-    def __enter__(self) -> Nginx:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # --- logs ---------------------------------------------------------------------------
 

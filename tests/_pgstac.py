@@ -31,7 +31,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -39,8 +38,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from ._harness import HOST, Harness, free_port
 
 __all__ = ["ENV_PGSTAC", "Pgstac", "PgstacError", "Record", "unavailable"]
 
@@ -50,7 +50,6 @@ ENV_PGSTAC = "TERRASCOPE_TEST_PGSTAC"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 #: PostGIS's extension control file for PostgreSQL 15 (pgstac's schema needs PostGIS).
 POSTGIS_CONTROL = Path("/usr/share/postgresql/15/extension/postgis.control")
-HOST = "127.0.0.1"
 #: The OS account that runs PostgreSQL when the tests run as root.
 PG_OS_USER = "postgres"
 #: The database superuser, and the database the STAC API reads.
@@ -119,12 +118,6 @@ def unavailable(venv: str | None = None) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Record:
     """One request as uvicorn logged it.
@@ -145,7 +138,7 @@ class Record:
     status: int
 
 
-class Pgstac:
+class Pgstac(Harness):
     """stac-fastapi-pgstac serving the sandbox's collections and items, on a free port.
 
     Parameters
@@ -278,17 +271,6 @@ class Pgstac:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
-    def __enter__(self) -> Pgstac:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     # --- the steps ------------------------------------------------------------------------
 
     def _run(
@@ -407,7 +389,7 @@ class Pgstac:
         assert d is not None
         self._postgres_up = True  # from here on, stop() runs pg_ctl stop
         for attempt in range(attempts):  # another process may take the free port first
-            self.db_port = _free_port()
+            self.db_port = free_port()
             last = attempt == attempts - 1
             options = f"-p {self.db_port}"
             done = self._pg_ctl("start", "-l", str(d / "postgres.log"), "-o", options, check=last)
@@ -443,7 +425,7 @@ class Pgstac:
         (d / "api").mkdir(exist_ok=True)  # its working directory: no stray .env is read
         env = self._env(ENABLE_TRANSACTIONS_EXTENSIONS="false", PYTHONUNBUFFERED="1")
         for attempt in range(attempts):
-            self.port = _free_port()
+            self.port = free_port()
             with open(d / "uvicorn.log", "wb") as log:
                 self._proc = subprocess.Popen(
                     [
