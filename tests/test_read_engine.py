@@ -324,6 +324,51 @@ def test_a_dropped_header_is_not_loaded_again_before_its_removal_lands(
     assert left.read_bytes().endswith(b"II*\x00new")
 
 
+def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatch):
+    """A header reaches the disk once the read engine has been idle a moment (the writes
+    would take CPU and the GIL from the reads), at once on ``flush()``, and after
+    ``WRITE_DEFER_SECONDS`` even while the engine never stops."""
+    from xarray_terrascope import _headers
+    from xarray_terrascope._headers import Header
+
+    def on_disk() -> int:
+        return len(list(header_cache_dir.glob("headers/*/*")))
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 20
+        while on_disk() < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert on_disk() == count
+
+    release = threading.Event()
+
+    async def reading():  # the engine has work in flight until released
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+
+    running = _aio.submit(reading())
+    try:
+        assert _aio.idle_for() == 0.0
+        headers.put("https://example.test/download/a.tif", Header(b"II*\x00a", 7, None))
+        time.sleep(4 * _headers.IDLE_SECONDS)
+        assert on_disk() == 0  # held back while the engine reads
+        assert headers.flush(30)  # written now, busy or not
+        assert on_disk() == 1
+        monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 0.5)
+        headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, None))
+        wait_for(2)  # no longer held back than that
+        assert not running.done()
+        monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 30.0)
+        headers.put("https://example.test/download/c.tif", Header(b"II*\x00c", 7, None))
+        time.sleep(4 * _headers.IDLE_SECONDS)
+        assert on_disk() == 2
+    finally:
+        release.set()
+        running.result(10)
+    wait_for(3)  # the engine is idle: written without a flush
+    assert _aio.idle_for() > 0.0
+
+
 def test_a_forked_child_persists_headers_with_its_own_writer(header_cache_dir):
     """A fork while another thread holds the cache's lock (or its writer runs) must not
     leave the child's cache locked, nor waiting on the parent's writer thread."""
@@ -603,6 +648,7 @@ def test_no_secret_in_logs_or_cache(logged_in, all_logs, header_cache_dir):
     assert "xarray_terrascope" in " ".join(r.name for r in all_logs.records)
     for form in forms:
         assert form not in text
+    assert headers.flush(30)  # the writes wait for the engine to be idle
     blobs = b"".join(p.read_bytes() for p in header_cache_dir.rglob("*") if p.is_file())
     assert blobs
     for form in forms:

@@ -16,10 +16,11 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["in_loop_thread", "loop_state", "retrieve", "run", "shared", "submit"]
+__all__ = ["idle_for", "in_loop_thread", "loop_state", "retrieve", "run", "shared", "submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +31,18 @@ _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _pid: int | None = None
 _state: dict[str, Any] = {}
+#: Work submitted to the loop and not finished yet, and when the last one finished
+#: (see :func:`idle_for`).
+_in_flight = 0
+_idle_since = 0.0
 
 
 def _reset_after_fork() -> None:
     """In a forked child: forget the parent's loop (its thread does not exist here)."""
-    global _loop, _thread, _pid, _lock
+    global _loop, _thread, _pid, _lock, _in_flight
     _lock = threading.Lock()
     _loop = _thread = _pid = None
+    _in_flight = 0
     _state.clear()
 
 
@@ -84,7 +90,42 @@ def in_loop_thread() -> bool:
 
 def submit(coro: Coroutine[Any, Any, T]):
     """Schedule ``coro`` on the engine's loop and return a ``concurrent.futures.Future``."""
-    return asyncio.run_coroutine_threadsafe(coro, _get_loop())
+    global _in_flight
+    loop = _get_loop()
+    with _lock:
+        _in_flight += 1
+    try:
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+    except BaseException:
+        _finished(None)
+        raise
+    future.add_done_callback(_finished)
+    return future
+
+
+def _finished(_future) -> None:
+    global _in_flight, _idle_since
+    with _lock:
+        _in_flight -= 1
+        _idle_since = time.monotonic()
+
+
+def idle_for() -> float:
+    """Seconds since the engine's loop last had work in flight (reads, read-ahead, header
+    fetches); 0.0 while it has. Background chores, such as writing the header cache,
+    wait for a quiet moment with it.
+
+    Examples
+    --------
+    >>> async def nothing():
+    ...     pass
+    >>> run(nothing())
+    >>> idle_for() >= 0.0
+    True
+    """
+    if _in_flight > 0:
+        return 0.0
+    return time.monotonic() - _idle_since
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

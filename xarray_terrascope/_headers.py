@@ -12,8 +12,10 @@ off. Entries read from disk are validated by the reader against the size and ETa
 the first pixel response and dropped on mismatch (see :mod:`xarray_terrascope.cog`).
 
 Writing to disk happens on a writer thread of its own, never on the engine's event loop
-(whose every blocking call would hold up the reads); the writes still pending when the
-interpreter exits are finished then (:meth:`HeaderCache.flush`).
+(whose every blocking call would hold up the reads), and only while the engine is idle:
+a write waits for the reads in flight to end (at most :data:`WRITE_DEFER_SECONDS`), so
+the disk and the writer's share of the GIL are not taken from a read. The writes still
+pending when the interpreter exits are finished then (:meth:`HeaderCache.flush`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from . import _aio
 
 __all__ = ["ENV_CACHE_DIR", "ENV_HEADER_CACHE", "Header", "HeaderCache", "cache_dir", "headers"]
 
@@ -48,6 +53,12 @@ DISK_ENTRIES = 20_000
 PENDING_WRITES = 4096
 #: Seconds the interpreter's exit waits for the pending writes.
 EXIT_FLUSH_SECONDS = 10.0
+#: Seconds a disk write waits for the read engine to be idle; an older one is written
+#: while the engine reads (a process that never stops reading still persists).
+WRITE_DEFER_SECONDS = 30.0
+#: Seconds the engine must have been idle before a disk write (the gaps between the
+#: partitions of one dask computation are shorter).
+IDLE_SECONDS = 0.2
 _MAGIC = b"XTSHDR1\n"
 
 
@@ -87,15 +98,24 @@ def _key(url: str) -> str:
 class HeaderCache:
     """Thread-safe LRU of :class:`Header` by URL, bounded by bytes, backed by a directory."""
 
-    def __init__(self, max_bytes: int = MEMORY_BYTES) -> None:
+    def __init__(
+        self, max_bytes: int = MEMORY_BYTES, idle_for: Callable[[], float] | None = None
+    ) -> None:
         self.max_bytes = max_bytes
+        # seconds the engine has been idle: disk writes wait for IDLE_SECONDS of it
+        self._idle_for = idle_for
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, Header] = OrderedDict()
         self._bytes = 0
         self._writes = 0
-        # (folder, key, header or None for a removal), written in order by one thread
-        self._queue: queue.Queue[tuple[Path, str, Header | None]] = queue.Queue(PENDING_WRITES)
+        # (folder, key, header or None for a removal, when queued), written in order by
+        # one thread
+        self._queue: queue.Queue[tuple[Path, str, Header | None, float]] = queue.Queue(
+            PENDING_WRITES
+        )
         self._writer: threading.Thread | None = None
+        self._flushing = 0  # flush() calls waiting: the writer no longer waits for idle
+        self._wake = threading.Event()  # set while one does
         # keys dropped whose removal from disk is still pending: not to be loaded again
         self._dropped: set[str] = set()
         os.register_at_fork(after_in_child=self._after_fork)
@@ -106,6 +126,8 @@ class HeaderCache:
         self._lock = threading.Lock()
         self._queue = queue.Queue(PENDING_WRITES)
         self._writer = None
+        self._flushing = 0
+        self._wake = threading.Event()
 
     def get(self, url: str) -> tuple[Header | None, bool]:
         """The header of ``url`` and whether it came from disk (so is not yet validated)."""
@@ -146,16 +168,25 @@ class HeaderCache:
             self._enqueue(folder, key, None)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the pending disk writes are done (at most ``timeout`` seconds);
-        returns whether they are."""
+        """Write the pending entries now, even while the engine reads, and wait until
+        they are done (at most ``timeout`` seconds); returns whether they are."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._queue.all_tasks_done:
-            while self._queue.unfinished_tasks:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._queue.all_tasks_done.wait(left)
-        return True
+        with self._lock:
+            self._flushing += 1
+            self._wake.set()
+        try:
+            with self._queue.all_tasks_done:
+                while self._queue.unfinished_tasks:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._queue.all_tasks_done.wait(left)
+            return True
+        finally:
+            with self._lock:
+                self._flushing -= 1
+                if not self._flushing:
+                    self._wake.clear()
 
     def clear_memory(self) -> None:
         """Forget every in-memory entry (the disk stays: it is validated before use)."""
@@ -207,7 +238,7 @@ class HeaderCache:
                 self._writer.start()
             pending = self._queue
         try:
-            pending.put_nowait((folder, key, header))
+            pending.put_nowait((folder, key, header, time.monotonic()))
         except queue.Full:
             if header is not None:
                 logger.debug("header cache writes are behind: %s kept in memory only", key)
@@ -216,8 +247,9 @@ class HeaderCache:
 
     def _write_forever(self, pending: queue.Queue) -> None:
         while True:
-            folder, key, header = pending.get()
+            folder, key, header, queued = pending.get()
             try:
+                self._wait_for_idle(queued)
                 if header is None:
                     self._remove(folder, key)
                 else:
@@ -226,6 +258,15 @@ class HeaderCache:
                 logger.exception("could not persist a COG header in %s", folder)
             finally:
                 pending.task_done()
+
+    def _wait_for_idle(self, queued: float) -> None:
+        if self._idle_for is None:
+            return
+        while not self._flushing and (waited := time.monotonic() - queued) < WRITE_DEFER_SECONDS:
+            quiet = self._idle_for()
+            if quiet >= IDLE_SECONDS:
+                return
+            self._wake.wait(min(IDLE_SECONDS - quiet, WRITE_DEFER_SECONDS - waited))
 
     def _remove(self, folder: Path, key: str) -> None:
         with contextlib.suppress(OSError):
@@ -264,6 +305,6 @@ class HeaderCache:
             logger.debug("could not prune the header cache %s: %s", folder, err)
 
 
-#: The process's header cache.
-headers = HeaderCache()
+#: The process's header cache (its disk writes wait while the read engine is busy).
+headers = HeaderCache(idle_for=_aio.idle_for)
 atexit.register(headers.flush, EXIT_FLUSH_SECONDS)
