@@ -693,3 +693,78 @@ def test_local_alternate_files_are_read_from_disk(logged_in):
     ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), decode=False)
     np.testing.assert_array_equal(ds.NDVI.load().values, expected)
     assert tif_records(logged_in) == [], "local files must not be downloaded"
+
+
+def _with_local_hrefs(items, path_of):
+    for item in items:
+        href = f"file://{path_of(item)}"
+        item.assets["NDVI"].extra_fields["alternate"] = {"local": {"href": href}}
+    return items
+
+
+def test_prefer_local_forces_either_source(logged_in, tmp_path):
+    """``prefer_local=False`` downloads although the local files exist; ``True`` reads
+    them, and fails naming the item when one is missing (None, the default, would
+    download that one)."""
+    import xarray_terrascope as xts
+    from xarray_terrascope.exceptions import InvalidArgumentError, ReadError
+
+    days = ("2025-06-01", "2025-06-05")
+    items = _with_local_hrefs(
+        xts.search(NDVI, list(SAMPLE_FIELD), *days), lambda i: logged_in.world.cog_path(i.id)
+    )
+    expected = _open(SAMPLE_FIELD, {"start": days[0], "end": days[1]}).NDVI.load().values
+
+    def load(prefer_local):
+        logged_in.log.clear()
+        return (
+            xr.open_dataset(
+                items,
+                engine="terrascope",
+                bbox=list(SAMPLE_FIELD),
+                decode=False,
+                prefer_local=prefer_local,
+            )
+            .NDVI.load()
+            .values
+        )
+
+    np.testing.assert_array_equal(load(False), expected)
+    assert {r.path.rsplit("/", 1)[-1] for r in tif_records(logged_in)} == {
+        os.path.basename(str(logged_in.world.cog_path(i.id))) for i in items
+    }
+    np.testing.assert_array_equal(load(True), expected)
+    assert tif_records(logged_in) == []
+    gone = items[1]
+    gone.assets["NDVI"].extra_fields["alternate"]["local"]["href"] = f"file://{tmp_path}/x.tif"
+    with pytest.raises(ReadError, match=f"prefer_local=True but the local file of {gone.id}"):
+        load(True)
+    np.testing.assert_array_equal(load(None), expected)  # that one file downloaded
+    assert len(tif_records(logged_in)) >= 1
+    with pytest.raises(InvalidArgumentError, match="prefer_local must be"):
+        load("yes")
+
+
+def test_local_files_under_a_missing_directory_cost_one_look(tmp_path, monkeypatch):
+    """Off Terrascope's machines the local hrefs all lie under a missing directory: after
+    the first look, the other files (and the next reads) ask the file system nothing."""
+    looks = []
+    isfile, isdir = os.path.isfile, os.path.isdir
+    monkeypatch.setattr(os.path, "isfile", lambda p: looks.append(p) or isfile(p))
+    monkeypatch.setattr(os.path, "isdir", lambda p: looks.append(p) or isdir(p))
+    root = tmp_path / "data" / "MTDA"
+    hrefs = [f"file://{root}/2025/06/{day:02d}/S2_{day}.tif" for day in range(1, 31)]
+    assert [cog.local_path(h) for h in hrefs] == [None] * 30
+    assert looks[0] == hrefs[0][len("file://") :]
+    assert looks[-1] == str(tmp_path)  # up to the first directory that exists
+    first = len(looks)
+    assert [cog.local_path(h) for h in hrefs] == [None] * 30
+    assert len(looks) == first
+    # a directory that appears is seen once the absence is forgotten
+    made = root / "2025" / "06" / "07" / "S2_7.tif"
+    made.parent.mkdir(parents=True)
+    made.write_bytes(b"II*\x00")
+    assert cog.local_path(hrefs[6]) is None  # still remembered as missing
+    monkeypatch.setattr(cog, "LOCAL_ABSENCE_SECONDS", 0.0)
+    assert cog.local_path(hrefs[6]) == str(made)
+    assert cog.local_path(hrefs[7]) is None
