@@ -353,15 +353,20 @@ def run_memory(spec: dict) -> tuple[np.ndarray, list[str], dict]:
     workers = spec.get("workers", 0)
     client = cluster = None
     if workers:
+        import dask
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=spec.get("threads", 1),
-            processes=True,
-            dashboard_address=None,
-            memory_limit=None,
-        )
+        environ = spec.get("environ")
+        with dask.config.set(
+            {} if environ is None else {"distributed.nanny.pre-spawn-environ": environ}
+        ):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=spec.get("threads", 1),
+                processes=True,
+                dashboard_address=None,
+                memory_limit=None,
+            )
         client = Client(cluster)
         client.run(lambda: None)  # workers up before the clock starts
     try:
