@@ -346,6 +346,7 @@ def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatc
         while not release.is_set():
             await asyncio.sleep(0.01)
 
+    monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 30.0)
     running = _aio.submit(reading())
     try:
         assert _aio.idle_for() == 0.0

@@ -54,8 +54,10 @@ PENDING_WRITES = 4096
 #: Seconds the interpreter's exit waits for the pending writes.
 EXIT_FLUSH_SECONDS = 10.0
 #: Seconds a disk write waits for the read engine to be idle; an older one is written
-#: while the engine reads (a process that never stops reading still persists).
-WRITE_DEFER_SECONDS = 30.0
+#: while the engine reads, so that a process that never stops reading still persists,
+#: and the other workers of a cluster on the same machine (sharing the directory) find
+#: the headers this one fetched before they fetch them again.
+WRITE_DEFER_SECONDS = 2.0
 #: Seconds the engine must have been idle before a disk write (the gaps between the
 #: partitions of one dask computation are shorter).
 IDLE_SECONDS = 0.2
