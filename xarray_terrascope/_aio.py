@@ -111,17 +111,10 @@ def _finished(_future) -> None:
 
 
 def idle_for() -> float:
-    """Seconds since the engine's loop last had work in flight (reads, read-ahead, header
-    fetches); 0.0 while it has. Background chores, such as writing the header cache,
-    wait for a quiet moment with it.
-
-    Examples
-    --------
-    >>> async def nothing():
-    ...     pass
-    >>> run(nothing())
-    >>> idle_for() >= 0.0
-    True
+    """Seconds since the engine's loop last had work in flight (what :func:`submit` and
+    :func:`run` gave it: reads, header prefetches); 0.0 while it has. Read-ahead tasks,
+    which the loop starts for itself and nobody waits for, do not count. Background
+    chores, such as writing the header cache, wait for a quiet moment with it.
     """
     if _in_flight > 0:
         return 0.0
