@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import pytest
 
@@ -76,14 +77,31 @@ def cluster():
 
 
 def interrupt(proc) -> None:
-    """Stop a child process the way a user does (Ctrl-C), by its own PID; kill it only
-    if it has not exited 30 s later; close its pipes. ``proc.returncode`` tells how it
-    ended."""
+    """Stop a child process the way a user does (Ctrl-C), by its own PID; close its
+    pipes. ``proc.returncode`` tells how it ended.
+
+    A child that has not exited 30 s later fails the test: it gets SIGABRT, which a
+    child started with ``-X faulthandler`` (:data:`PYTHON_CHILD`) answers by writing the
+    stack of each of its threads to stderr, and that stderr goes into the failure.
+    """
     import signal
+    import subprocess
 
     proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            tail = proc.stderr.read()[-8000:] if proc.stderr is not None else ""
+            raise AssertionError(
+                f"{proc.args} did not stop within 30 s of Ctrl-C; its stderr ends with:\n{tail}"
+            ) from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -91,3 +109,7 @@ def interrupt(proc) -> None:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+#: How tests start a Python child that :func:`interrupt` may have to diagnose.
+PYTHON_CHILD = [sys.executable, "-X", "faulthandler"]

@@ -22,7 +22,7 @@ import xarray_terrascope as xts
 from xarray_terrascope import auth, cli
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import interrupt
+from .conftest import PYTHON_CHILD, interrupt
 
 BBOX = ",".join(str(v) for v in SAMPLE_FIELD)
 WINDOW = ["--start", "2025-06-01", "--end", "2025-06-12"]
@@ -362,7 +362,7 @@ def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
     """With a rate limit: a burst of downloads beyond the bucket is refused with 429."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xarray_terrascope.cli", "sandbox", "--max-rate", "1"],
+        [*PYTHON_CHILD, "-m", "xarray_terrascope.cli", "sandbox", "--max-rate", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -27,7 +27,6 @@ import queue
 import re
 import shlex
 import subprocess
-import sys
 import textwrap
 import threading
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import xarray_terrascope as xts
 from xarray_terrascope import cli, read
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import interrupt
+from .conftest import PYTHON_CHILD, interrupt
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -55,6 +54,10 @@ EXPECTED_SKIPS = {
 SUBSTITUTIONS = {
     # no scheduler at that address offline: a LocalCluster on loopback stands in
     '"tcp://scheduler:8786"': lambda ctx: repr(ctx["scheduler_address"]),
+    # a test's dashboard takes a free port, not distributed's default 8787
+    "LocalCluster(n_workers=2, threads_per_worker=1)": lambda ctx: (
+        'LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0")'
+    ),
     # "alice" is the sandbox's second account, whose password is made per session
     'xts.Credentials("alice", "alices-password")': lambda ctx: (
         f"xts.Credentials({ctx['second_user']!r}, {ctx['second_password']!r})"
@@ -236,7 +239,7 @@ def _readline_until(proc, marker: str, timeout: float) -> list[str]:
 def _run_long_running(argv: list[str]) -> list[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xarray_terrascope.cli", *argv],
+        [*PYTHON_CHILD, "-m", "xarray_terrascope.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
