@@ -113,3 +113,13 @@ def interrupt(proc) -> None:
 
 #: How tests start a Python child that :func:`interrupt` may have to diagnose.
 PYTHON_CHILD = [sys.executable, "-X", "faulthandler"]
+
+
+def restore_sigint() -> None:
+    """``preexec_fn`` of a child that :func:`interrupt` stops: Ctrl-C's default action
+    in it even when this test run itself ignores SIGINT, as a background job of a
+    non-interactive shell (or ``nohup``) does, which a child would inherit and Python
+    would honour by never raising ``KeyboardInterrupt``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

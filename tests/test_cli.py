@@ -22,7 +22,7 @@ import xarray_terrascope as xts
 from xarray_terrascope import auth, cli
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import PYTHON_CHILD, interrupt
+from .conftest import PYTHON_CHILD, interrupt, restore_sigint
 
 BBOX = ",".join(str(v) for v in SAMPLE_FIELD)
 WINDOW = ["--start", "2025-06-01", "--end", "2025-06-12"]
@@ -363,6 +363,7 @@ def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
     proc = subprocess.Popen(
         [*PYTHON_CHILD, "-m", "xarray_terrascope.cli", "sandbox", "--max-rate", "1"],
+        preexec_fn=restore_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -395,6 +396,37 @@ def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
     finally:
         interrupt(proc)
     assert proc.returncode == 0
+
+
+def test_sandbox_command_stops_cleanly_on_sigterm(tmp_path):
+    """``kill``, ``docker stop`` and systemd send SIGTERM: the sandbox stops its servers
+    and removes its temporary COG directory, as on Ctrl-C."""
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [*PYTHON_CHILD, "-m", "xarray_terrascope.cli", "sandbox"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("export TERRASCOPE_STAC_URL="):
+                url = line.strip().split("=", 1)[1]
+            if line.startswith("# Ctrl-C"):
+                break
+        assert [p.name[:19] for p in tmp_path.iterdir()] == ["terrascope-sandbox-"]
+        assert requests.get(url, timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        assert list(tmp_path.iterdir()) == []
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url, timeout=5)
+    finally:
+        interrupt(proc)
 
 
 def test_demo_job_writes_the_table_the_curves_the_composites_and_the_slider(

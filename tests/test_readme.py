@@ -38,7 +38,7 @@ import xarray_terrascope as xts
 from xarray_terrascope import cli, read
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import PYTHON_CHILD, interrupt
+from .conftest import PYTHON_CHILD, interrupt, restore_sigint
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -240,6 +240,7 @@ def _run_long_running(argv: list[str]) -> list[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
     proc = subprocess.Popen(
         [*PYTHON_CHILD, "-m", "xarray_terrascope.cli", *argv],
+        preexec_fn=restore_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -316,25 +316,39 @@ def _print_exports(sandbox) -> None:
         print(f"export {key}={value}")
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, docker stop, systemd) stops as Ctrl-C does
+
+
 def _cmd_sandbox(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from .testing import Sandbox
 
-    sandbox = Sandbox(
-        seed=args.seed,
-        latency=args.latency,
-        cache_dir=args.cache_dir,
-        max_concurrent=args.max_concurrent,
-        max_rate=args.max_rate,
-        fault_rate=args.fault_rate,
-        drop_rate=args.drop_rate,
-    ).start()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        print("# Terrascope sandbox running on loopback; paste these lines in another shell:")
-        _print_exports(sandbox)
-        print("# Ctrl-C stops it.", flush=True)
-        sandbox.serve_forever()  # returns after Ctrl-C, with the servers stopped
-    except KeyboardInterrupt:  # Ctrl-C before serve_forever took over
-        sandbox.stop()
+        sandbox = Sandbox(
+            seed=args.seed,
+            latency=args.latency,
+            cache_dir=args.cache_dir,
+            max_concurrent=args.max_concurrent,
+            max_rate=args.max_rate,
+            fault_rate=args.fault_rate,
+            drop_rate=args.drop_rate,
+        ).start()
+        try:
+            print("# Terrascope sandbox running on loopback; paste these lines in another shell:")
+            _print_exports(sandbox)
+            print("# Ctrl-C (or SIGTERM) stops it.", flush=True)
+            sandbox.serve_forever()  # returns after Ctrl-C, with the servers stopped
+        except KeyboardInterrupt:  # Ctrl-C before serve_forever took over
+            sandbox.stop()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
