@@ -220,11 +220,10 @@ class StacApi:
         ]
         return out
 
-    def _require_collection(self, cid: str, request: Request | None = None) -> None:
+    def _require_collection(self, cid: str, request: Request) -> None:
         if cid not in self.world.collections:
             raise ApiError(404, "NotFoundError", f"Collection {cid} not found")
-        if request is not None:
-            self._require_access(request, {cid})
+        self._require_access(request, {cid})
 
     def _require_access(self, request: Request, cids: set[str] | None) -> None:
         """401 without a Bearer token, 403 with one, for a protected collection."""
