@@ -345,6 +345,7 @@ def open_cube(
         if value is not None:
             attrs[name] = value if isinstance(value, (int, float)) else str(value)
     ds = xr.Dataset(variables, coords=coords, attrs=attrs)
-    ds = ds.rio.write_crs(f"EPSG:{plan.epsg}")
+    # in place: the default copy is deep, and would copy every variable's lazy array
+    ds.rio.write_crs(f"EPSG:{plan.epsg}", inplace=True)
     ds.rio.write_transform(plan.transform, inplace=True)
     return ds
