@@ -19,7 +19,7 @@ import xarray as xr
 
 from xarray_terrascope import _aio, _limiter, _transport, cog, read
 from xarray_terrascope._headers import headers
-from xarray_terrascope._tiles import tiles
+from xarray_terrascope._tiles import TileCache, tiles
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from .conftest import NDVI, tif_records
@@ -176,6 +176,41 @@ def test_windows_that_cut_cog_tiles_fetch_each_tile_once(logged_in):
     with dask.config.set(scheduler="threads", num_workers=4):
         np.testing.assert_array_equal(chunked.NDVI.load().values, reference)
     assert sum(r.bytes for r in tif_records(logged_in)) <= 1.05 * once
+
+
+def test_tile_store_lets_taken_tiles_go_before_waiting_ones():
+    """When full, the store drops tiles another read has already taken (oldest use first)
+    before the ones still waiting for their neighbour (oldest first). Plain LRU dropped
+    the waiting ones: taking a tile made it the newest."""
+    store = TileCache(max_bytes=3 * 64)
+
+    def put(key):
+        store.claim(key)
+        store.finish(key, np.full(64, key, np.uint8), keep=True)
+
+    async def scenario():
+        for key in (1, 2, 3):
+            put(key)
+        assert store.get(1)[0] == 1  # taken by the neighbouring window
+        put(4)  # full: 1 (taken) goes, 2 and 3 still wait
+        assert store.get(1) is None
+        assert [store.get(key)[0] for key in (2, 3)] == [2, 3]  # both taken now
+        put(5)
+        assert store.get(2) is None and store.get(4)[0] == 4  # the oldest taken went
+        put(6)
+        put(7)  # 3, then 4 (taken, oldest uses) made room; 5 and 6 wait, 7 is new
+        assert (store.get(3), store.get(4)) == (None, None)
+        assert [store.get(key)[0] for key in (5, 6, 7)] == [5, 6, 7]
+        put(8)  # only taken tiles now: the one taken longest ago (5) goes
+        assert store.get(5) is None and len(store) == 3
+        future = store.claim(9)  # a fetch in progress answers with its future
+        assert store.get(9) is future
+        store.finish(9, None, keep=True)  # nothing to keep: the store is unchanged
+        assert len(store) == 3 and await future is None
+        store.clear()
+        assert len(store) == 0
+
+    asyncio.run(scenario())
 
 
 def _pixel_requests(records):

@@ -28,26 +28,36 @@ DEFAULT_BYTES = 64 * 2**20
 
 
 class TileCache:
-    """A bounded LRU of decoded tiles plus the tiles being fetched right now.
+    """A bounded store of decoded tiles plus the tiles being fetched right now.
+
+    A stored tile waits for a neighbouring window; once another read has taken it, it has
+    most likely served its purpose (only a tile at a chunk corner serves more than two
+    windows). When the store is full, the tiles already taken go first, oldest use first;
+    then the waiting ones, oldest first. Plain LRU would do worse when dask reads one
+    spatial chunk for every date before its neighbour (the order of a reduction over
+    time): the neighbour's tiles would be the oldest, so the first to go.
 
     Parameters
     ----------
     max_bytes : int
-        Decoded bytes kept at most; the least recently used tiles go first.
+        Decoded bytes kept at most.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
         self.max_bytes = int(max_bytes)
-        self._done: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._waiting: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._taken: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._pending: dict[Hashable, asyncio.Future] = {}
 
     def get(self, key: Hashable) -> np.ndarray | asyncio.Future | None:
-        """The tile, the future of its fetch in progress, or None."""
-        done = self._done.get(key)
-        if done is not None:
-            self._done.move_to_end(key)
-            return done
+        """The tile (now counted as taken), the future of its fetch in progress, or None."""
+        tile = self._waiting.pop(key, None)
+        if tile is None:
+            tile = self._taken.pop(key, None)
+        if tile is not None:
+            self._taken[key] = tile
+            return tile
         return self._pending.get(key)
 
     def claim(self, key: Hashable) -> asyncio.Future:
@@ -63,10 +73,16 @@ class TileCache:
         if future is not None and not future.done():
             future.set_result(tile)
         if keep and tile is not None and tile.nbytes <= self.max_bytes:
-            self._done[key] = tile
+            old = self._waiting.pop(key, None)
+            if old is None:
+                old = self._taken.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._waiting[key] = tile
             self._bytes += tile.nbytes
             while self._bytes > self.max_bytes:
-                self._bytes -= self._done.popitem(last=False)[1].nbytes
+                first = self._taken if self._taken else self._waiting
+                self._bytes -= first.popitem(last=False)[1].nbytes
 
     def fail(self, key: Hashable, error: BaseException) -> None:
         """Resolve the claim on ``key`` with ``error`` (its waiters raise it)."""
@@ -76,10 +92,10 @@ class TileCache:
 
     def clear(self) -> None:
         """Forget every stored tile (fetches in progress finish for their waiters)."""
-        self._done, self._bytes = OrderedDict(), 0
+        self._waiting, self._taken, self._bytes = OrderedDict(), OrderedDict(), 0
 
     def __len__(self) -> int:
-        return len(self._done)
+        return len(self._waiting) + len(self._taken)
 
 
 #: The process's tile cache.
