@@ -77,6 +77,51 @@ def test_one_connection_allowed_still_gives_the_exact_cube(logged_in, clean_cube
     assert any(r.status == 429 for r in tif_records(logged_in))
 
 
+def test_the_connection_setting_caps_the_requests_in_flight(
+    logged_in, clean_cube, monkeypatch, tmp_path
+):
+    """``TERRASCOPE_MAX_CONNECTIONS=2`` against a server that refuses a fourth concurrent
+    request (one above the setting: a server may count a request a moment longer than
+    the client): no refusal. Without the setting the same read is refused at times."""
+    logged_in.download.max_concurrent = 3
+    logged_in.download.latency = 0.01
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "2")
+    _transport.reset_limiters()
+    try:
+        np.testing.assert_array_equal(_field(chunks={}).NDVI.load().values, clean_cube)
+        capped = tif_records(logged_in)
+        assert capped and not [r for r in capped if r.status == 429]
+        monkeypatch.delenv("TERRASCOPE_MAX_CONNECTIONS")
+        _transport.reset_limiters()
+        headers.clear_memory()
+        monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache-uncapped"))
+        read.clear_reader_cache()
+        logged_in.log.clear()
+        np.testing.assert_array_equal(_field(chunks={}).NDVI.load().values, clean_cube)
+        assert [r for r in tif_records(logged_in) if r.status == 429]
+    finally:
+        _transport.reset_limiters()
+
+
+def test_bad_numeric_settings_warn_and_keep_the_default(monkeypatch, caplog):
+    from xarray_terrascope._tiles import DEFAULT_MB, tiles
+
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "lots")
+    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "-5")
+    with caplog.at_level("WARNING", logger="xarray_terrascope.config"):
+        assert _transport.max_connections() == _transport.DEFAULT_MAX_CONNECTIONS
+        assert tiles.max_bytes == DEFAULT_MB * 2**20
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("TERRASCOPE_MAX_CONNECTIONS='lots'" in m for m in messages), messages
+    assert any("TERRASCOPE_TILE_CACHE_MB='-5'" in m for m in messages), messages
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "0")  # below its minimum, 1
+    assert _transport.max_connections() == _transport.DEFAULT_MAX_CONNECTIONS
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", " 7 ")
+    assert _transport.max_connections() == 7
+    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")  # allowed: keep no tile
+    assert tiles.max_bytes == 0
+
+
 def test_a_missing_file_names_the_item_and_the_status(logged_in):
     items = xts.search(NDVI, list(SAMPLE_FIELD), "2025-06-01", "2025-06-03")
     broken = items[0].clone()

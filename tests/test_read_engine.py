@@ -178,6 +178,29 @@ def test_windows_that_cut_cog_tiles_fetch_each_tile_once(logged_in):
     assert sum(r.bytes for r in tif_records(logged_in)) <= 1.05 * once
 
 
+def test_the_tile_store_size_comes_from_the_environment(logged_in, monkeypatch):
+    """``TERRASCOPE_TILE_CACHE_MB=0`` keeps no tile: the windows of the cut above then
+    fetch the tiles along their cuts again (one window at a time, so none is shared
+    while in flight either)."""
+    reference = _open(SAMPLE_FIELD, WIDE_DAYS).NDVI.load().values
+
+    def chunked_bytes() -> int:
+        read.clear_reader_cache()
+        ds = _open(SAMPLE_FIELD, WIDE_DAYS, chunks={"time": 1}, chunksize=100)
+        _ = ds.NDVI.isel(time=0).values  # the headers: not part of the comparison
+        logged_in.log.clear()
+        with dask.config.set(scheduler="threads", num_workers=1):
+            np.testing.assert_array_equal(ds.NDVI.load().values, reference)
+        return sum(r.bytes for r in tif_records(logged_in))
+
+    shared = chunked_bytes()
+    assert len(tiles) > 0
+    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")
+    alone = chunked_bytes()
+    assert len(tiles) == 0
+    assert alone > 3 * shared  # 11.6x when measured
+
+
 def test_tile_store_lets_taken_tiles_go_before_waiting_ones():
     """When full, the store drops tiles another read has already taken (oldest use first)
     before the ones still waiting for their neighbour (oldest first). Plain LRU dropped

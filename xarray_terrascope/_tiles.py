@@ -19,12 +19,16 @@ from collections.abc import Hashable
 
 import numpy as np
 
-from . import _aio
+from . import _aio, config
 
-__all__ = ["TileCache", "tiles"]
+__all__ = ["DEFAULT_MB", "ENV_TILE_CACHE_MB", "TileCache", "tiles"]
 
-#: Decoded bytes kept at most (a few hundred 256 px or a few dozen 1024 px tiles).
-DEFAULT_BYTES = 64 * 2**20
+#: Environment variable: MiB of decoded tiles kept per process for neighbouring windows
+#: (read at each store; ``0`` keeps none).
+ENV_TILE_CACHE_MB = "TERRASCOPE_TILE_CACHE_MB"
+#: MiB kept when the variable is not set (a few hundred 256 px or a few dozen 1024 px
+#: tiles).
+DEFAULT_MB = 64
 
 
 class TileCache:
@@ -39,16 +43,24 @@ class TileCache:
 
     Parameters
     ----------
-    max_bytes : int
-        Decoded bytes kept at most.
+    max_bytes : int, optional
+        Decoded bytes kept at most; by default ``TERRASCOPE_TILE_CACHE_MB`` MiB (read at
+        each store), else :data:`DEFAULT_MB`.
     """
 
-    def __init__(self, max_bytes: int = DEFAULT_BYTES) -> None:
-        self.max_bytes = int(max_bytes)
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._max_bytes = None if max_bytes is None else int(max_bytes)
         self._waiting: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._taken: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._pending: dict[Hashable, asyncio.Future] = {}
+
+    @property
+    def max_bytes(self) -> int:
+        """Decoded bytes kept at most (read now)."""
+        if self._max_bytes is not None:
+            return self._max_bytes
+        return config.int_setting(ENV_TILE_CACHE_MB, DEFAULT_MB, minimum=0) * 2**20
 
     def get(self, key: Hashable) -> np.ndarray | asyncio.Future | None:
         """The tile (now counted as taken), the future of its fetch in progress, or None."""
@@ -72,7 +84,10 @@ class TileCache:
         future = self._pending.pop(key, None)
         if future is not None and not future.done():
             future.set_result(tile)
-        if keep and tile is not None and tile.nbytes <= self.max_bytes:
+        if not keep or tile is None:
+            return
+        budget = self.max_bytes
+        if tile.nbytes <= budget:
             old = self._waiting.pop(key, None)
             if old is None:
                 old = self._taken.pop(key, None)
@@ -80,9 +95,9 @@ class TileCache:
                 self._bytes -= old.nbytes
             self._waiting[key] = tile
             self._bytes += tile.nbytes
-            while self._bytes > self.max_bytes:
-                first = self._taken if self._taken else self._waiting
-                self._bytes -= first.popitem(last=False)[1].nbytes
+        while self._bytes > budget:  # also after the budget was lowered
+            first = self._taken if self._taken else self._waiting
+            self._bytes -= first.popitem(last=False)[1].nbytes
 
     def fail(self, key: Hashable, error: BaseException) -> None:
         """Resolve the claim on ``key`` with ``error`` (its waiters raise it)."""

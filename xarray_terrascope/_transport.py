@@ -33,7 +33,6 @@ import base64
 import contextlib
 import functools
 import logging
-import os
 import random
 import re
 from collections.abc import AsyncIterator
@@ -43,7 +42,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-from . import _aio
+from . import _aio, config
 from ._limiter import Limiter
 from .config import origin as _parse_origin
 from .exceptions import AuthenticationError, ReadError
@@ -92,22 +91,7 @@ def _public(url: str) -> str:
 
 def max_connections() -> int:
     """Requests in flight allowed per host, from ``TERRASCOPE_MAX_CONNECTIONS`` (read now)."""
-    raw = os.environ.get(ENV_MAX_CONNECTIONS, "").strip()
-    if not raw:
-        return DEFAULT_MAX_CONNECTIONS
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        logger.warning(
-            "%s=%r is not a positive integer; using %d",
-            ENV_MAX_CONNECTIONS,
-            raw,
-            DEFAULT_MAX_CONNECTIONS,
-        )
-        return DEFAULT_MAX_CONNECTIONS
-    return value
+    return config.int_setting(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)
 
 
 def basic_header(username: str, password: str) -> str:

@@ -6,6 +6,7 @@ variable) between two calls takes effect on the second call.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -17,9 +18,12 @@ __all__ = [
     "DecodeInfo",
     "download_hosts",
     "download_url",
+    "int_setting",
     "origin",
     "stac_url",
 ]
+
+logger = logging.getLogger(__name__)
 
 ENV_STAC_URL = "TERRASCOPE_STAC_URL"
 ENV_DOWNLOAD_URL = "TERRASCOPE_DOWNLOAD_URL"
@@ -41,6 +45,30 @@ def stac_url() -> str:
 def download_url() -> str:
     """Return the download service root, from ``TERRASCOPE_DOWNLOAD_URL`` or the default."""
     return os.environ.get(ENV_DOWNLOAD_URL) or DEFAULT_DOWNLOAD_URL
+
+
+def int_setting(name: str, default: int, *, minimum: int = 1) -> int:
+    """The integer in environment variable ``name`` (read now), or ``default`` when it is
+    unset, empty, not an integer or below ``minimum`` (then with a warning).
+
+    Examples
+    --------
+    >>> int_setting("TERRASCOPE_EXAMPLE_UNSET", 32)
+    32
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        logger.warning(
+            "%s=%r is not an integer of at least %d; using %d", name, raw, minimum, default
+        )
+        return default
+    return value
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
