@@ -35,11 +35,12 @@ class TileCache:
     """A bounded store of decoded tiles plus the tiles being fetched right now.
 
     A stored tile waits for a neighbouring window; once another read has taken it, it has
-    most likely served its purpose (only a tile at a chunk corner serves more than two
-    windows). When the store is full, the tiles already taken go first, oldest use first;
-    then the waiting ones, oldest first. Plain LRU would do worse when dask reads one
-    spatial chunk for every date before its neighbour (the order of a reduction over
-    time): the neighbour's tiles would be the oldest, so the first to go.
+    most likely served its purpose (only a tile at a chunk corner, or one wider than a
+    chunk, serves more than two windows). When the store is full, the tiles already taken
+    go first, oldest use first; then the waiting ones, oldest first. Plain LRU would do
+    worse when dask reads one spatial chunk for every date before its neighbour (the
+    order of a reduction over time): the neighbour's tiles would be the oldest, so the
+    first to go.
 
     Parameters
     ----------

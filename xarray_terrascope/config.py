@@ -47,9 +47,14 @@ def download_url() -> str:
     return os.environ.get(ENV_DOWNLOAD_URL) or DEFAULT_DOWNLOAD_URL
 
 
+#: ``(variable, value)`` pairs already warned about (a setting read per tile warns once).
+_warned: set[tuple[str, str]] = set()
+
+
 def int_setting(name: str, default: int, *, minimum: int = 1) -> int:
     """The integer in environment variable ``name`` (read now), or ``default`` when it is
-    unset, empty, not an integer or below ``minimum`` (then with a warning).
+    unset, empty, not an integer or below ``minimum`` (then with a warning, once per
+    value).
 
     Examples
     --------
@@ -64,9 +69,11 @@ def int_setting(name: str, default: int, *, minimum: int = 1) -> int:
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        logger.warning(
-            "%s=%r is not an integer of at least %d; using %d", name, raw, minimum, default
-        )
+        if (name, raw) not in _warned:
+            _warned.add((name, raw))
+            logger.warning(
+                "%s=%r is not an integer of at least %d; using %d", name, raw, minimum, default
+            )
         return default
     return value
 
