@@ -116,6 +116,18 @@ def test_valid_pixel_wins_over_no_data_in_the_mosaic(logged_in, wide_week):
     np.testing.assert_array_equal(got, want)
 
 
+def file_offsets(ds: xr.Dataset, tile: str) -> tuple[int, int]:
+    """``(rows, cols)`` from the files of MGRS ``tile`` to the cube: output pixel
+    ``(r, c)`` is their pixel ``(r + rows, c + cols)`` (from the items' ``proj:transform``)."""
+    res = float(ds.attrs["resolution"])
+    west, north = float(ds.x[0]) - res / 2, float(ds.y[0]) + res / 2
+    item = next(i for i in ds.terrascope.items if f"_{tile}_" in i.id)
+    transform = (
+        item.assets["NDVI"].extra_fields.get("proj:transform") or item.properties["proj:transform"]
+    )
+    return round((transform[5] - north) / res), round((west - transform[2]) / res)
+
+
 def test_opening_reads_no_pixel_and_chunks_follow_the_stacking_grid(logged_in):
     logged_in.log.clear()
     ds = xr.open_dataset(
@@ -129,14 +141,18 @@ def test_opening_reads_no_pixel_and_chunks_follow_the_stacking_grid(logged_in):
     assert tif_records(logged_in) == []
     data = ds.NDVI.data
     assert isinstance(data, dask.array.Array)
-    ny, nx = ds.sizes["y"], ds.sizes["x"]
-    # 256 px, a remainder under 64 px joined to the last chunk of the row or column
-    for size, chunks in ((ny, data.chunks[1]), (nx, data.chunks[2])):
-        whole, rest = divmod(size, 256)
-        if whole and 0 < rest < 64:
-            assert chunks == (256,) * (whole - 1) + (256 + rest,)
-        else:
-            assert chunks == (256,) * whole + ((rest,) if rest else ())
+    # 256 px, edges on the pixel grid of one zone-31 tile's files (multiples of 256 px
+    # from their corner), a piece under 64 px at either end joined to its neighbour
+    offsets = [file_offsets(ds, tile) for tile in ("31UFS", "31UGS")]
+    for axis, chunks in enumerate(data.chunks[1:]):
+        assert sum(chunks) == ds.sizes["yx"[axis]]
+        if len(chunks) == 1:  # under 1.25 x 256, or one edge left with a thin piece each side
+            assert chunks[0] < 384
+            continue
+        assert set(chunks[1:-1]) <= {256} and 64 <= chunks[0] < 320 and 64 <= chunks[-1] < 320
+        edges = np.cumsum(chunks[:-1])
+        assert any(all((edges + off[axis]) % 256 == 0) for off in offsets), (chunks, offsets)
+    assert len(data.chunks[2]) > 5
     # several dates per partition (read concurrently), never the whole series at once
     step, n = dates_per_partition((max(data.chunks[1]), max(data.chunks[2]))), ds.sizes["time"]
     assert 1 < step < n

@@ -95,7 +95,7 @@ def test_field_equals_the_gdal_path_and_the_world(logged_in, gdal_only, mode):
 
 
 def test_wide_cube_with_a_warped_zone_is_exact_and_window_independent(logged_in, gdal_only):
-    ds = _open(WIDE, WIDE_DAYS, chunks={}, chunksize=256)
+    ds = _open(WIDE, WIDE_DAYS, chunks={}, chunksize=128)
     assert len(ds.chunks["x"]) > 1 and len(ds.chunks["y"]) > 1
     logged_in.log.clear()
     fast = ds.NDVI.load().values
@@ -116,7 +116,7 @@ def test_wide_cube_with_a_warped_zone_is_exact_and_window_independent(logged_in,
     np.testing.assert_array_equal(fast[:, rows, cols], want)
     # GDAL's warper interpolates its transforms: it may pick a neighbour, rarely
     gdal_only()
-    slow = _open(WIDE, WIDE_DAYS, chunks={}, chunksize=256).NDVI.load().values
+    slow = _open(WIDE, WIDE_DAYS, chunks={}, chunksize=128).NDVI.load().values
     differ = slow != fast
     assert differ.mean() < 1e-4
     assert (fast != 255).sum() > 10000
@@ -151,7 +151,7 @@ def test_a_thin_remainder_of_chunks_is_joined_not_read_again(logged_in):
     and column of chunks."""
     ds = _open(SAMPLE_FIELD, FIELD_DAYS, chunks={}, chunksize=300)
     chunks = dict(zip(ds.NDVI.dims, ds.NDVI.chunks, strict=True))
-    assert ds.sizes["y"] == 351 and chunks["y"] == (351,) and chunks["x"] == (300, 133)
+    assert ds.sizes["y"] == 351 and chunks["y"] == (351,) and len(chunks["x"]) == 2
     logged_in.log.clear()
     values = ds.NDVI.compute().values
     records = tif_records(logged_in)
@@ -160,6 +160,56 @@ def test_a_thin_remainder_of_chunks_is_joined_not_read_again(logged_in):
     assert len(_header_requests(records)) == len(files)
     assert len(tile_requests) <= 2 * len(files)  # one per column of chunks at most
     np.testing.assert_array_equal(values, _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values)
+
+
+def _asked_twice(records, name: str) -> int:
+    """Bytes of the files whose path holds ``name`` that were asked for more than once."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for record in records:
+        if name in record.path and record.range:
+            for part in record.range.removeprefix("bytes=").split(","):
+                first, last = part.split("-")
+                spans.setdefault(record.path, []).append((int(first), int(last) + 1))
+    twice = 0
+    for ranges in spans.values():
+        covered = 0  # the union of the ranges, from the sorted list
+        end = -1
+        for first, stop in sorted(ranges):
+            covered += max(0, stop - max(first, end))
+            end = max(end, stop)
+        twice += sum(stop - first for first, stop in ranges) - covered
+    return twice
+
+
+def test_chunk_edges_fall_on_the_files_tile_edges(logged_in, monkeypatch):
+    """``chunks={}`` puts its chunk edges on the files' own pixel grid (multiples of
+    ``chunksize`` from their corner; the sandbox's COG tiles are 256 px), so no tile of
+    those files straddles two chunks: with no tile store at all, no byte of them is asked
+    twice. Chunks as large from the cube's corner cut the tiles, which are fetched again."""
+    from .test_engine import file_offsets
+
+    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")
+    bbox = (5.81, 51.21, 5.95, 51.29)  # 31UFS, and 31UGS over its east part
+    reference = _open(bbox, WIDE_DAYS).NDVI.load().values
+
+    def asked_twice(**chunks) -> tuple[xr.Dataset, tuple, int]:
+        read.clear_reader_cache()
+        ds = _open(bbox, WIDE_DAYS, **chunks)
+        layout = ds.NDVI.chunks
+        logged_in.log.clear()
+        with dask.config.set(scheduler="threads", num_workers=1):
+            np.testing.assert_array_equal(ds.NDVI.load().values, reference)
+        return ds, layout, _asked_twice(tif_records(logged_in), "_31UFS_")
+
+    aligned, (_, y_chunks, x_chunks), twice = asked_twice(chunks={}, chunksize=256)
+    rows, cols = file_offsets(aligned, "31UFS")
+    assert rows % 256 and cols % 256  # the cube's corner is not a tile corner
+    assert len(y_chunks) >= 3 and len(x_chunks) >= 3
+    assert all((np.cumsum(y_chunks[:-1]) + rows) % 256 == 0)
+    assert all((np.cumsum(x_chunks[:-1]) + cols) % 256 == 0)
+    assert twice == 0
+    *_, cut = asked_twice(chunks={"time": 1, "y": 256, "x": 256})
+    assert cut > 100_000
 
 
 def test_windows_that_cut_cog_tiles_fetch_each_tile_once(logged_in):

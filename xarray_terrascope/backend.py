@@ -91,8 +91,10 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         resampling : str, default "nearest"
             rasterio resampling name for tiles that must be reprojected or resized.
         chunksize : int, default 1024
-            Spatial size of the stacking chunks (``chunks={}`` uses them); a remainder
-            under a quarter of it joins the last chunk of its row or column.
+            Spatial size of the stacking chunks (``chunks={}`` uses them), their edges
+            at multiples of it from the files' own corner (so on COG tile edges); a
+            piece under a quarter of it at either end of a row or column joins its
+            neighbour.
         prefer_local : bool, optional
             Terrascope assets carry an alternate ``local`` href (``/data/MTDA/...``),
             readable on Terrascope's own notebooks and VMs. None (default): read the local

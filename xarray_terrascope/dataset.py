@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +34,7 @@ __all__ = ["CubeArray", "open_cube"]
 
 logger = logging.getLogger(__name__)
 
-#: Spatial chunk size (pixels) of the stacking grid; one time step per chunk.
+#: Spatial chunk size (pixels) of the stacking grid (see :func:`spatial_chunks`).
 DEFAULT_CHUNKSIZE = 1024
 #: Decoded bytes a ``chunks={}`` partition aims at: its dates are read concurrently, so
 #: more dates per partition means more requests in flight on few cores.
@@ -160,20 +160,59 @@ def dates_per_partition(chunk: tuple[int, int]) -> int:
     return max(1, min(MAX_DATES_PER_PARTITION, PARTITION_BYTES // (4 * max(pixels, 1))))
 
 
-def spatial_chunks(size: int, chunksize: int) -> int | tuple[int, ...]:
-    """Chunks along ``y`` or ``x``: ``chunksize`` each, with a remainder under a quarter
-    of it joined to the last chunk (a thin row of chunks would read the tiles of the same
-    files again, for few pixels).
+def spatial_chunks(size: int, chunksize: int, phase: int = 0) -> tuple[int, ...]:
+    """Chunks along ``y`` or ``x``: ``chunksize`` each, their edges at ``phase`` plus
+    multiples of ``chunksize`` (on the files' own pixel grid, see :func:`file_grid_phase`),
+    and a piece under a quarter of ``chunksize`` at either end joined to its neighbour (a
+    thin row of chunks would read the tiles of the same files again, for few pixels). A
+    size that one chunk of up to 1.25 x ``chunksize`` holds stays one chunk.
 
     Examples
     --------
     >>> spatial_chunks(1141, 1024), spatial_chunks(2100, 1024), spatial_chunks(1337, 1024)
-    ((1141,), (1024, 1076), 1024)
+    ((1141,), (1024, 1076), (1024, 313))
+    >>> spatial_chunks(2100, 1024, phase=400), spatial_chunks(2100, 1024, phase=100)
+    ((400, 1024, 676), (1124, 976))
+    >>> spatial_chunks(1141, 1024, phase=400)
+    (1141,)
     """
-    whole, rest = divmod(size, chunksize)
-    if whole == 0 or rest == 0 or rest >= chunksize // 4:
-        return chunksize
-    return (chunksize,) * (whole - 1) + (chunksize + rest,)
+    if size < chunksize + chunksize // 4:
+        return (size,)
+    edges = [0, *range(phase % chunksize or chunksize, size, chunksize), size]
+    sizes = np.diff(edges).tolist()
+    if len(sizes) > 1 and sizes[-1] < chunksize // 4:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    if len(sizes) > 1 and sizes[0] < chunksize // 4:
+        sizes[:2] = [sizes[0] + sizes[1]]
+    return tuple(sizes)
+
+
+def file_grid_phase(plan: CubePlan, chunksize: int) -> tuple[int, int]:
+    """``(row, col)`` of the output grid's first chunk edge on the files' own pixel grid.
+
+    When ``chunksize`` is a multiple of the files' COG tile size (the default 1024 is,
+    for tiles of 256, 512 or 1024 px; the sandbox's are 256), chunk edges at multiples of
+    ``chunksize`` from the files' corner are also tile edges: no tile straddles two
+    chunks, so each tile is fetched by one task, not by the tasks on both sides (kept in
+    memory for the other side in one process, read twice by two cluster workers). Files
+    on several grids (a cube across two MGRS tiles) vote with the area they give the cube;
+    with no file on the output grid (another CRS or resolution) the grid starts at the
+    cube's corner, ``(0, 0)``.
+    """
+    votes: tuple[Counter[int], Counter[int]] = (Counter(), Counter())
+    west, south, east, north = plan.bounds
+    for item_index, per_asset in enumerate(plan.item_bounds):
+        for asset_index, bounds in enumerate(per_asset):
+            offset = plan.pixel_offset(item_index, asset_index) if bounds else None
+            if offset is None:
+                continue
+            area = max(0.0, min(east, bounds[2]) - max(west, bounds[0])) * max(
+                0.0, min(north, bounds[3]) - max(south, bounds[1])
+            )
+            for axis, off in enumerate(offset):
+                votes[axis][-off % chunksize] += area
+    row, col = (v.most_common(1)[0][0] if v else 0 for v in votes)
+    return row, col
 
 
 def _check_prefer_local(prefer_local: Any) -> bool | None:
@@ -304,12 +343,11 @@ def open_cube(
         *plan.shape,
         plan.epsg,
     )
-    ys, xs = (spatial_chunks(size, chunksize) for size in plan.shape)
-    largest = tuple(
-        max(c) if isinstance(c, tuple) else min(c, size)
-        for c, size in zip((ys, xs), plan.shape, strict=True)
+    ys, xs = (
+        spatial_chunks(size, chunksize, phase)
+        for size, phase in zip(plan.shape, file_grid_phase(plan, chunksize), strict=True)
     )
-    preferred = {"time": dates_per_partition(largest), "y": ys, "x": xs}
+    preferred = {"time": dates_per_partition((max(ys), max(xs))), "y": ys, "x": xs}
     variables = {}
     for index, key in enumerate(plan.assets):
         if drop_variables and key in drop_variables:

@@ -65,21 +65,11 @@ def _auth_header(plan: CubePlan, url: str, creds: auth.Credentials | None) -> st
 
 def _aligned_grid(plan: CubePlan, item_index: int, asset_index: int) -> Grid | None:
     """Where the asset's pixels sit on the output grid, when they sit on it exactly."""
-    if not plan.native:
+    offset = plan.pixel_offset(item_index, asset_index)
+    if offset is None:
         return None
-    native = plan.native[item_index][asset_index]
-    if native is None:
-        return None
-    epsg, (a, b, c, d, e, f), _shape = native
-    res = plan.resolution
-    tol = 1e-9 * res
-    if epsg != plan.epsg or b or d or abs(a - res) > tol or abs(e + res) > tol:
-        return None
-    col_off = (plan.bounds[0] - c) / res
-    row_off = (f - plan.bounds[3]) / res
-    if abs(col_off - round(col_off)) > 1e-6 or abs(row_off - round(row_off)) > 1e-6:
-        return None
-    return Grid(epsg, c, f, res, round(row_off), round(col_off))
+    _epsg, (_a, _b, c, _d, _e, f), _shape = plan.native[item_index][asset_index]
+    return Grid(plan.epsg, c, f, plan.resolution, *offset)
 
 
 def _async_how(plan: CubePlan, item_index: int, asset_index: int) -> Grid | tuple | None:

@@ -222,6 +222,25 @@ class CubePlan:
 
         return RasterSpec(self.epsg, self.bounds, (self.resolution, self.resolution))
 
+    def pixel_offset(self, item_index: int, asset_index: int) -> tuple[int, int] | None:
+        """``(rows, cols)`` such that output pixel ``(r, c)`` is the asset's own file pixel
+        ``(r + rows, c + cols)``, when the file's pixels are output pixels (same EPSG and
+        resolution, a whole-pixel offset: the usual Terrascope case); None otherwise, or
+        when the asset's grid is unknown."""
+        native = self.native[item_index][asset_index] if self.native else None
+        if native is None:
+            return None
+        epsg, (a, b, c, d, e, f), _shape = native
+        res = self.resolution
+        tol = 1e-9 * res
+        if epsg != self.epsg or b or d or abs(a - res) > tol or abs(e + res) > tol:
+            return None
+        col_off = (self.bounds[0] - c) / res
+        row_off = (f - self.bounds[3]) / res
+        if abs(col_off - round(col_off)) > 1e-6 or abs(row_off - round(row_off)) > 1e-6:
+            return None
+        return round(row_off), round(col_off)
+
     def x_coords(self) -> np.ndarray:
         """Pixel-centre x coordinates."""
         west = self.bounds[0]
