@@ -169,3 +169,42 @@ def test_workers_can_use_their_own_environment(cluster, sandbox_urls, monkeypatc
             assert np.isfinite(c.compute(ds.NDVI.isel(time=0).mean()).result())
         finally:
             c.run(lambda: [os.environ.pop(k, None) for k in TERRASCOPE_VARS])
+
+
+def _read_dates(array: xr.DataArray, dates: list[int]) -> None:
+    """On a worker: read one date after another (each ``load`` is one read)."""
+    for t in dates:
+        array.isel(time=t).load()
+
+
+def test_a_worker_reads_ahead_only_as_far_as_its_own_run_of_dates(client, sandbox_urls):
+    """Workers take turns on a window's partitions, so a worker reads ahead only while it
+    has read the window's dates as one unbroken run, and only as many dates as that run
+    held: dates 0, 2, 3 (date 1 went to another worker) read nothing ahead; dates 5, 6, 7
+    read date 7 ahead after date 6, then dates 8 and 9 after 7, and no further. (One
+    process reads ahead up to 32 files at once: ``test_read_engine``.)"""
+    import time
+
+    from .test_read_engine import _pixel_requests
+
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", decode=False, **DAYS)
+    assert ds.sizes["time"] > 11
+    names = [["_".join(i.split("_")[1:3]) for i in str(v).split()] for v in ds.item_ids.values]
+    worker = sorted(client.scheduler_info()["workers"])[0]
+
+    def fetched_dates() -> list[int]:
+        time.sleep(1.0)  # any read ahead has started by now
+        paths = [r.path for r in _pixel_requests(tif_records(sandbox_urls)) if r.status == 206]
+        return [t for t, files in enumerate(names) for p in paths if any(n in p for n in files)]
+
+    sandbox_urls.log.clear()
+    client.submit(_read_dates, ds.NDVI, [0, 2, 3], workers=[worker], pure=False).result()
+    assert sorted(set(fetched_dates())) == [0, 2, 3]
+
+    window = ds.NDVI.isel(y=slice(0, 200))  # another window: its own run of dates
+    sandbox_urls.log.clear()
+    client.submit(_read_dates, window, [5, 6, 7], workers=[worker], pure=False).result()
+    dates = fetched_dates()
+    assert sorted(set(dates)) == [5, 6, 7, 8, 9]
+    assert len(dates) == sum(len(names[t]) for t in set(dates))  # each file fetched once

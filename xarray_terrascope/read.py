@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -260,6 +261,14 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
         backwards = not forwards and any(t + 1 in seen for t in time_indices)
         seen.update(time_indices)
         seen_now = set(seen)
+    dates_ahead = len(plan.groups)
+    if _in_worker():
+        # The workers of a cluster take turns on a window's partitions: dates read ahead
+        # here would often be read again by the worker that gets them. A worker reads
+        # ahead only while it has read the window's dates as one unbroken run, and only
+        # as many dates as that run held before this read.
+        unbroken = max(seen_now) - min(seen_now) + 1 == len(seen_now)
+        dates_ahead = len(seen_now) - len(set(time_indices)) if unbroken else 0
 
     def aligned_files(times):
         for t in times:
@@ -284,7 +293,7 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
     _prefetch.warm_headers(
         [(url, _label(plan, i), _auth_header(plan, url, creds)) for i, url in new]
     )
-    if forwards or backwards:
+    if (forwards or backwards) and dates_ahead:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
             if forwards
@@ -292,13 +301,26 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
         )
         ahead: list[Spec] = []
         for t in later:
-            if len(ahead) >= _prefetch.READAHEAD_FILES:
+            if len(ahead) >= _prefetch.READAHEAD_FILES or dates_ahead == 0:
                 break
             if t in seen_now:
                 continue
+            dates_ahead -= 1
             for i, url, how in aligned_files([t]):
                 ahead.append(_spec(plan, asset_index, i, url, how, rows, cols, creds, dtype, fill))
         _prefetch.read_ahead(ahead)
+
+
+def _in_worker() -> bool:
+    """Whether this thread runs a task of a ``dask.distributed`` worker."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:  # never imported: no worker in this process
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:  # distributed's answer outside a worker's task
+        return False
+    return True
 
 
 def _outwards(lo: int, hi: int, size: int):
