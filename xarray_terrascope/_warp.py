@@ -2,11 +2,13 @@
 
 A file in another CRS (the next UTM zone) or at another resolution than the output grid
 is read by the async engine in its own pixels, then each output pixel takes the source
-pixel under its centre, found with an exact PROJ transform of that centre (pyproj), the
-rule of GDAL's nearest-neighbour warper (``floor`` of the source pixel coordinate). No
-approximate transformer is used, so a pixel's value never depends on the window it was
-read in (GDAL's warper interpolates transforms over each window it warps: ``chunks={}``
-and ``.load()`` could differ on a few pixels).
+pixel under its centre, as an exact PROJ transform of that centre (pyproj) finds it, the
+rule of GDAL's nearest-neighbour warper (``floor`` of the source pixel coordinate). A
+large window is interpolated between exact nodes, with a measured error bound and exact
+transforms of every centre the bound leaves in doubt (:func:`_warped_uv`), so a pixel's
+value never depends on the window it was read in (GDAL's approximate transformer
+interpolates over each window it warps without such a check: ``chunks={}`` and
+``.load()`` could differ on a few pixels).
 
 The map from output pixels to source pixels is computed once per (file grid, output
 window) and kept in a bounded cache: every date of one Sentinel-2 tile shares it.
