@@ -83,3 +83,26 @@ def test_few_centres_go_through_proj(case, share, monkeypatch):
     pixel_map(native, target, rows, cols)
     window = (rows.stop - rows.start) * (cols.stop - cols.start)
     assert 0 < sum(counted) < share * window
+
+
+def test_centres_proj_cannot_transform_fall_outside_and_the_rest_stay_exact(monkeypatch):
+    """Where PROJ answers inf (outside a projection's domain), those pixels are outside
+    the file (-1) and the window is transformed exactly everywhere, not interpolated
+    across the hole."""
+    native, target, rows, cols = CASES["zone 31 into 32"]
+    rows, cols = slice(*rows), slice(*cols)
+    real = _warp._transformer(target.epsg, native.epsg)
+    edge = target.x0 + 700 * target.resolution  # no answer east of output column 700
+
+    class Bounded:
+        def transform(self, xs, ys):
+            out_x, out_y = real.transform(xs, ys)
+            hole = np.asarray(xs) > edge
+            return np.where(hole, np.inf, out_x), np.where(hole, np.inf, out_y)
+
+    monkeypatch.setattr(_warp, "_transformer", lambda *crs: Bounded())
+    rr, cc = pixel_map(native, target, rows, cols)
+    want_r, want_c = exact_map(native, target, rows, cols)
+    want_r[:, 700:], want_c[:, 700:] = -1, -1
+    np.testing.assert_array_equal(rr, want_r)
+    np.testing.assert_array_equal(cc, want_c)

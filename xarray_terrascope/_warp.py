@@ -185,11 +185,11 @@ def _warped_uv(native: Native, transformer, x: np.ndarray, y: np.ndarray):
     mid_x = x[0] + (j[:-1] + j[1:]) / 2 * res_x
     mid_y = y[0] + (i[:-1] + i[1:]) / 2 * res_y
     mids = exact(*np.meshgrid(mid_x, mid_y))
-    error = 0.0
-    for node, mid in zip(nodes, mids, strict=True):
-        guess = (node[:-1, :-1] + node[1:, :-1] + node[:-1, 1:] + node[1:, 1:]) / 4
-        error = max(error, float(np.max(np.abs(guess - mid))))
-    if not np.isfinite(error) or error > EXACT_BAND / 8:
+    errors = [  # NaN where PROJ failed at a node or a centre: then no interpolation
+        np.abs((node[:-1, :-1] + node[1:, :-1] + node[:-1, 1:] + node[1:, 1:]) / 4 - mid)
+        for node, mid in zip(nodes, mids, strict=True)
+    ]
+    if not all(bool(np.all(error <= EXACT_BAND / 8)) for error in errors):
         return exact(*np.meshgrid(x, y))
     u, v = (_bilinear(node, i, j, height, width) for node in nodes)
     frac_u, frac_v = (u + _EPSILON) % 1.0, (v + _EPSILON) % 1.0
