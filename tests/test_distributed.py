@@ -185,12 +185,12 @@ def test_a_worker_reads_ahead_only_as_far_as_its_own_run_of_dates(client, sandbo
     process reads ahead up to 32 files at once: ``test_read_engine``.)"""
     import time
 
-    from .test_read_engine import _pixel_requests
+    from .test_read_engine import _pixel_requests, files_per_date
 
     xts.login(sandbox_urls.username, sandbox_urls.password)
     ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", decode=False, **DAYS)
     assert ds.sizes["time"] > 11
-    names = [["_".join(i.split("_")[1:3]) for i in str(v).split()] for v in ds.item_ids.values]
+    names = files_per_date(ds)
     worker = sorted(client.scheduler_info()["workers"])[0]
 
     def fetched_dates() -> list[int]:

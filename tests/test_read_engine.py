@@ -605,8 +605,7 @@ def test_dates_read_in_order_are_read_ahead_again_on_a_second_pass(logged_in):
     """Reading a window date after date reads the next dates in the background, and so
     does the next pass over the same window (a second compute of the same cube)."""
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)  # lazy, no dask: each indexing is one read
-    # item S2B_20250605T103621_31UFS_NDVI_10M_V210 -> ..._20250605T103621_31UFS_... .tif
-    files = [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
+    files = files_per_date(ds)
     for _ in range(2):
         tiles.clear()
         logged_in.log.clear()
@@ -618,6 +617,12 @@ def test_dates_read_in_order_are_read_ahead_again_on_a_second_pass(logged_in):
         ds.NDVI.isel(time=slice(2, 5)).load()  # (reads further dates ahead meanwhile)
         again = _pixels_fetched(logged_in)
         assert not [n for n in later if any(n in p for p in again)], "read twice"
+
+
+def files_per_date(ds) -> list[list[str]]:
+    """Per date, a name part of each of its files' paths: item
+    S2B_20250605T103621_31UFS_NDVI_10M_V210 -> ..._20250605T103621_31UFS_... .tif"""
+    return [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
 
 
 def _pixels_fetched(sandbox) -> set[str]:
@@ -639,7 +644,7 @@ def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
     """dask often computes a window's last partition first: reading dates 4 then 3 reads
     dates 2, 1, 0 in the background, and those reads are the ones used."""
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
-    files = [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
+    files = files_per_date(ds)
     tiles.clear()
     ds.NDVI.isel(time=slice(4, 5)).load()
     ds.NDVI.isel(time=slice(3, 4)).load()
@@ -657,7 +662,7 @@ def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(log
     from xarray_terrascope import _prefetch
 
     ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
-    files = [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
+    files = files_per_date(ds)
     assert sum(map(len, files)) > 3 * _prefetch.WARM_FILES
     logged_in.log.clear()
     ds.NDVI.isel(time=40).load()
@@ -693,7 +698,7 @@ def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, mon
 
     monkeypatch.setattr(_prefetch, "READAHEAD_BYTES", 1)  # room for the minimum, 4
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
-    files = [["_".join(i.split("_")[1:3]) for i in str(ids).split()] for ids in ds.item_ids.values]
+    files = files_per_date(ds)
     later = [n for names in files[2:] for n in names]
     assert len(later) > 8, "the test needs more dates"
     tiles.clear()

@@ -65,13 +65,16 @@ class TileCache:
 
     def get(self, key: Hashable) -> np.ndarray | asyncio.Future | None:
         """The tile (now counted as taken), the future of its fetch in progress, or None."""
-        tile = self._waiting.pop(key, None)
-        if tile is None:
-            tile = self._taken.pop(key, None)
+        tile = self._pop(key)
         if tile is not None:
             self._taken[key] = tile
             return tile
         return self._pending.get(key)
+
+    def _pop(self, key: Hashable) -> np.ndarray | None:
+        """Remove the stored tile ``key`` (waiting or taken) and return it, or None."""
+        tile = self._waiting.pop(key, None)
+        return tile if tile is not None else self._taken.pop(key, None)
 
     def claim(self, key: Hashable) -> asyncio.Future:
         """Announce that the caller fetches ``key``; others may await the returned future."""
@@ -89,9 +92,7 @@ class TileCache:
             return
         budget = self.max_bytes
         if tile.nbytes <= budget:
-            old = self._waiting.pop(key, None)
-            if old is None:
-                old = self._taken.pop(key, None)
+            old = self._pop(key)
             if old is not None:
                 self._bytes -= old.nbytes
             self._waiting[key] = tile
