@@ -178,7 +178,9 @@ def test_gdal_options_are_scoped_to_the_download_hosts(sandbox_urls):
     assert inside["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
     assert int(inside["GDAL_HTTP_MAX_RETRY"]) > 0
     outside = xts.gdal_options("http://127.0.0.1:1/download/a.tif", creds)
-    assert "GDAL_HTTP_USERPWD" not in outside and "GDAL_HTTP_AUTH" not in outside
+    # an empty pair overrides one left in the environment; ANYSAFE never sends it up front
+    assert outside["GDAL_HTTP_USERPWD"] == "" and outside["GDAL_HTTP_AUTH"] == "ANYSAFE"
+    assert outside["GDAL_HTTP_NETRC"] == "NO"
     assert outside["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
 
 

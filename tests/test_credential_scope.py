@@ -47,15 +47,17 @@ CREDS = xts.Credentials("alice", "pw")
 def test_credentials_go_to_the_exact_origin_only(monkeypatch, hosts, url, sends):
     monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", hosts)
     options = xts.gdal_options(url, CREDS)
-    assert ("GDAL_HTTP_USERPWD" in options) is sends, url
+    assert (options["GDAL_HTTP_USERPWD"] == "alice:pw") is sends, url
+    assert options["GDAL_HTTP_AUTH"] == ("BASIC" if sends else "ANYSAFE"), url
 
 
 def test_the_default_allow_list_is_the_download_url_origin(monkeypatch):
     monkeypatch.delenv("TERRASCOPE_DOWNLOAD_HOSTS", raising=False)
     monkeypatch.delenv("TERRASCOPE_DOWNLOAD_URL", raising=False)
     assert config.download_hosts() == {"https://services.terrascope.be:443"}
-    assert "GDAL_HTTP_USERPWD" not in xts.gdal_options(
-        "http://services.terrascope.be/download/x.tif", CREDS
+    assert (
+        xts.gdal_options("http://services.terrascope.be/download/x.tif", CREDS)["GDAL_HTTP_USERPWD"]
+        == ""
     )
 
 

@@ -1,0 +1,141 @@
+"""Who receives credentials, checked on the wire for both read paths (the async engine and
+GDAL's warper) with one table of origins: only the exact allowed origin, never another
+port, host name or scheme, whatever ``~/.netrc`` or GDAL settings left in the
+environment say."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xarray_terrascope as xts
+from xarray_terrascope import read
+from xarray_terrascope.testing import SAMPLE_FIELD
+
+from ._recording import RecordingProxy
+from .conftest import NDVI
+
+DAY = "2025-06-10"
+NETRC_PASSWORD = "netrc-password-must-stay-home"
+LEFTOVER_SECRETS = (
+    "leftover-userpwd",
+    "leftover-bearer",
+    "leftover-header-file",
+    "leftover-cookie",
+)
+
+
+@pytest.fixture
+def proxies(logged_in):
+    """Two recording proxies (two ports) in front of the sandbox's download server."""
+    auth = (logged_in.username, logged_in.password)
+    with (
+        RecordingProxy(logged_in.download_url, auth) as main,
+        RecordingProxy(logged_in.download_url, auth) as other,
+    ):
+        yield main, other
+
+
+@pytest.fixture
+def home_netrc(tmp_path, monkeypatch):
+    """A ``~/.netrc`` naming both loopback host names, as a user of curl (and of this
+    package's login) would have; ``NETRC`` names it too (curl reads that variable)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(
+        f"machine 127.0.0.1 login netrc-user password {NETRC_PASSWORD}\n"
+        f"machine localhost login netrc-user password {NETRC_PASSWORD}\n"
+    )
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(netrc))
+
+
+def _items_at(sandbox, origin: str):
+    """The field's items of one day, their hrefs moved to ``origin``."""
+    items = []
+    for item in xts.search(NDVI, list(SAMPLE_FIELD), DAY, DAY):
+        moved = item.clone()
+        asset = moved.assets["NDVI"]
+        asset.href = asset.href.replace(sandbox.download_origin, origin)
+        items.append(moved)
+    return items
+
+
+#: (allowed hosts, where the hrefs point, whether that origin gets the credentials);
+#: ``{main}`` and ``{other}`` are the two proxies' ports.
+ORIGINS = {
+    "exact origin": ("http://127.0.0.1:{main}", "http://127.0.0.1:{main}", True),
+    "another port": ("http://127.0.0.1:{main}", "http://127.0.0.1:{other}", False),
+    "another host name": ("http://127.0.0.1:{main}", "http://localhost:{main}", False),
+    "plain http, https allowed": ("127.0.0.1:{main}", "http://127.0.0.1:{main}", False),
+}
+#: The async engine reads at the native grid; a resampling other than nearest at another
+#: resolution goes through GDAL's warper.
+PATHS = {"async": {}, "gdal": {"resolution": 20, "resampling": "bilinear"}}
+
+
+def _read(sandbox, monkeypatch, proxies, case: str, path: str) -> np.ndarray:
+    main, other = proxies
+    allowed, href_origin, _ = ORIGINS[case]
+    ports = {"main": main.port, "other": other.port}
+    monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", allowed.format(**ports))
+    items = _items_at(sandbox, href_origin.format(**ports))
+    read.clear_reader_cache()
+    ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), **PATHS[path])
+    return ds.NDVI.load().values
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", ORIGINS)
+def test_credentials_reach_the_exact_origin_only(
+    logged_in, proxies, home_netrc, monkeypatch, case, path
+):
+    values = _read(logged_in, monkeypatch, proxies, case, path)
+    assert int(np.isfinite(values).sum()) > 0, "the proxy serves the pixels to anyone"
+    seen = proxies[0].records() + proxies[1].records()
+    assert seen, "the reads must go through the proxies"
+    expected = base64.b64encode(f"{logged_in.username}:{logged_in.password}".encode()).decode()
+    sends = ORIGINS[case][2]
+    for request in seen:
+        assert request.authorization == (f"Basic {expected}" if sends else None), request
+    netrc_pair = base64.b64encode(f"netrc-user:{NETRC_PASSWORD}".encode()).decode()
+    assert not any(netrc_pair in str(r.headers) for r in seen)
+
+
+@pytest.fixture
+def gdal_leftovers(tmp_path, monkeypatch):
+    """GDAL settings another tool (leafmap writes GDAL_HTTP_USERPWD and a header file with
+    a bearer token) left in the environment."""
+    header_file = tmp_path / "gdal-headers.txt"
+    header_file.write_text(
+        "Authorization: Bearer leftover-header-file\nX-Leftover: leftover-header-file\n"
+    )
+    monkeypatch.setenv("GDAL_HTTP_USERPWD", "someone:leftover-userpwd")
+    monkeypatch.setenv("GDAL_HTTP_AUTH", "BEARER")
+    monkeypatch.setenv("GDAL_HTTP_BEARER", "leftover-bearer")
+    monkeypatch.setenv("GDAL_HTTP_HEADER_FILE", str(header_file))
+    monkeypatch.setenv("GDAL_HTTP_COOKIE", "session=leftover-cookie")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", ["exact origin", "another port"])
+def test_gdal_settings_left_in_the_environment_reach_no_request(
+    logged_in, proxies, gdal_leftovers, monkeypatch, case, path
+):
+    values = _read(logged_in, monkeypatch, proxies, case, path)
+    assert int(np.isfinite(values).sum()) > 0
+    seen = proxies[0].records() + proxies[1].records()
+    assert seen
+    for request in seen:
+        text = str(request.headers)
+        assert not any(secret in text for secret in LEFTOVER_SECRETS), request
+        if ORIGINS[case][2]:
+            assert request.authorization is not None
+            assert request.authorization.startswith("Basic "), request
+        else:
+            assert request.authorization is None, request
