@@ -139,3 +139,25 @@ def test_gdal_settings_left_in_the_environment_reach_no_request(
             assert request.authorization.startswith("Basic "), request
         else:
             assert request.authorization is None, request
+
+
+def test_gdal_cache_answers_no_open_without_credentials(logged_in):
+    """After the package's GDAL reads (a warped read with credentials), a plain
+    ``rasterio.open(url)`` of the same file without credentials in the same process is
+    refused as by the server (GDAL's ``/vsicurl/`` cache would have answered it)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start=DAY, end=DAY, **PATHS["gdal"]
+    )
+    assert int(np.isfinite(ds.NDVI.load().values).sum()) > 0
+    url = xts.search(NDVI, list(SAMPLE_FIELD), DAY, DAY)[0].assets["NDVI"].href
+    logged_in.log.clear()
+    with (
+        rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_HTTP_NETRC="NO"),
+        pytest.raises(RasterioIOError, match="not recognized"),  # the login page
+    ):
+        rasterio.open(url).close()
+    asked = [r for r in logged_in.log.records() if r.path.endswith(".tif")]
+    assert asked and not any(r.has_credentials for r in asked)

@@ -183,7 +183,7 @@ def read_gdal(
     for attempt in range(GDAL_ATTEMPTS):
         reader = _reader(plan, url, asset_index, creds)
         try:
-            return reader.read(window)
+            data = reader.read(window)
         except (RuntimeError, RasterioIOError) as err:
             text = str(err.__cause__ or err)
             _forget_reader(plan, url, asset_index, creds)  # a failure must not stick
@@ -210,4 +210,9 @@ def read_gdal(
             delay = min(4.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
             logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
             time.sleep(delay)
+        else:
+            # GDAL's /vsicurl/ cache is the process's, whoever asks: what this read
+            # fetched with credentials must not answer a plain rasterio.open(url)
+            _clear_gdal_url(url)
+            return data
     raise AssertionError("unreachable")  # pragma: no cover
