@@ -35,10 +35,11 @@ import functools
 import logging
 import random
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 
@@ -77,16 +78,16 @@ MAX_RANGES_PER_REQUEST = 64
 #: A 200 answer to a multi-range request larger than this many times the bytes asked for
 #: is not read: the origin ignores multi-range requests and gets one range per request.
 WHOLE_FILE_FACTOR = 4
+#: Bytes of whole files kept per process for origins that ignore ``Range`` (each file's
+#: other ranges are cut from its body instead of downloading it again per request).
+WHOLE_FILES_BYTES = 512 * 2**20
 
 
 #: Origins of URLs seen (a pure function of the URL; parsed once, not per request).
 origin = functools.lru_cache(maxsize=4096)(_parse_origin)
 
 
-def _public(url: str) -> str:
-    """``url`` without query string or fragment (presigned URLs carry signatures there)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
+_public = config.public_url
 
 
 def max_connections() -> int:
@@ -157,11 +158,11 @@ atexit.register(close_session)
 
 def reset_limiters() -> None:
     """Forget what was learnt about every host (its limit, whether it answers multi-range
-    requests): the next request starts afresh."""
+    or any range requests) and the whole files kept: the next request starts afresh."""
 
     async def reset() -> None:
-        _aio.loop_state().pop("limiters", None)
-        _aio.loop_state().pop("multirange", None)
+        for table in ("limiters", "multirange", _IGNORES_RANGES, _WHOLE_FILES, _RANGES_SEEN):
+            _aio.loop_state().pop(table, None)
 
     _aio.run(reset())
 
@@ -253,6 +254,12 @@ async def _attempt(
                 if not location:
                     raise _fail(status, label, url, sent, " (redirect without Location)")
                 target = urljoin(target, location)
+                if origin(target) is None:  # another scheme, user information, a bad port
+                    raise ReadError(
+                        f"Reading {label} ({_public(url)}) failed: HTTP {status} redirects to "
+                        f"{_public(target)!r}, which is not a plain http(s) URL (another "
+                        "scheme, user information or a bad port); such redirects are refused"
+                    )
                 if origin(target) != first_origin:
                     logger.debug(
                         "%s redirects to another origin: following without credentials",
@@ -284,12 +291,15 @@ async def _attempt(
                     _learn((url, target), False)  # the body is left unread
                     raise _NoMultiRange(f"{_public(target)} ignores multi-range requests")
                 body = await resp.read()
-                logger.debug("%s ignored the Range header", _public(url))
-                return [body[start:end] for start, end in spans], Remote(len(body), etag)
+                remote = Remote(len(body), etag)
+                _saw_ranges(url, target)
+                _keep_whole(url, target, body, remote)
+                return [body[start:end] for start, end in spans], remote
             if kind.lower().startswith("multipart/byteranges"):
                 parts = _parts(kind, await resp.read())
             else:
                 parts = [(resp.headers.get("Content-Range", ""), await resp.read())]
+            _saw_ranges(url, target)
             try:
                 blobs, size = _cut(parts, spans, label, url, sent)
             except _NoMultiRange:
@@ -306,6 +316,86 @@ def _learn(urls: tuple[str, ...], supported: bool) -> None:
     state = _aio.loop_state().setdefault("multirange", {})
     for url in urls:
         state[origin(url) or url] = supported
+
+
+#: ``loop_state()`` keys: origins that answered a ranged request with the whole file, and
+#: the bodies of such files (``url -> (body, Remote)``, oldest first).
+_IGNORES_RANGES = "ignores_ranges"
+_WHOLE_FILES = "whole_files"
+#: ``loop_state()`` table of the whole-file downloads under way (see :func:`get_ranges`)
+_WHOLE_PENDING = "whole_files_pending"
+
+
+def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
+    """Remember that the origin of ``url`` (and of its redirect ``target``) ignores
+    ``Range``, saying so once per origin, and keep ``body`` for the file's other ranges
+    while :data:`WHOLE_FILES_BYTES` allows."""
+    state = _aio.loop_state()
+    ignoring = state.setdefault(_IGNORES_RANGES, set())
+    for each in (url, target):
+        key = origin(each) or each
+        if key not in ignoring:
+            ignoring.add(key)
+            logger.warning(
+                "%s answers HTTP Range requests with whole files: each file it serves is "
+                "downloaded whole (%.1f MB for %s) and its parts are cut from memory",
+                key,
+                len(body) / 1e6,
+                _public(each),
+            )
+    files: OrderedDict[str, tuple[bytes, Remote]] = state.setdefault(_WHOLE_FILES, OrderedDict())
+    files.pop(url, None)
+    if len(body) > WHOLE_FILES_BYTES:
+        return
+    files[url] = (body, remote)
+    held = sum(len(b) for b, _ in files.values())
+    while held > WHOLE_FILES_BYTES:
+        held -= len(files.popitem(last=False)[1][0])
+
+
+def _whole(url: str) -> tuple[bytes, Remote] | None:
+    """The body of ``url`` when its origin ignores ``Range`` and it is held in memory."""
+    files = _aio.loop_state().get(_WHOLE_FILES)
+    found = files.get(url) if files else None
+    if found is not None:
+        files.move_to_end(url)
+    return found
+
+
+def _ignores_ranges(url: str) -> bool:
+    return (origin(url) or url) in _aio.loop_state().get(_IGNORES_RANGES, ())
+
+
+#: ``loop_state()`` keys: origins that answered a ranged request (206, or 200 with the
+#: whole file), and the files whose first request is under way while that is not known.
+_RANGES_SEEN = "ranges_seen"
+_RANGE_PROBES = "range_probes"
+
+
+def _saw_ranges(*urls: str) -> None:
+    seen = _aio.loop_state().setdefault(_RANGES_SEEN, set())
+    seen.update(origin(url) or url for url in urls)
+
+
+@contextlib.asynccontextmanager
+async def _range_turn(url: str) -> AsyncIterator[None]:
+    """Until the origin of ``url`` has answered a ranged request, the requests of one file
+    go one at a time (other files' go at once): an origin that answers with whole files
+    then sends each file once, its other parts cut from that body, instead of once per
+    request in flight. Once known, nothing waits."""
+    key = origin(url) or url
+    seen = _aio.loop_state().setdefault(_RANGES_SEEN, set())
+    probes: dict[str, asyncio.Event] = _aio.loop_state().setdefault(_RANGE_PROBES, {})
+    while key not in seen and url in probes:
+        await probes[url].wait()
+    probing = key not in seen
+    if probing:
+        probes[url] = asyncio.Event()
+    try:
+        yield
+    finally:
+        if probing:
+            probes.pop(url).set()
 
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
@@ -419,6 +509,23 @@ async def get_ranges(
     ReadError
         On any other failure, after retrying the transient ones.
     """
+    async with _range_turn(url):
+        return await _get_ranges(url, spans, auth_header, label)
+
+
+async def _get_ranges(
+    url: str, spans: list[tuple[int, int]], auth_header: str | None, label: str
+) -> tuple[list[bytes], Remote]:
+    whole = _whole(url)
+    if whole is None and _ignores_ranges(url):
+        # one download of the file for every read that wants a part of it meanwhile
+        await _aio.shared(
+            _WHOLE_PENDING, url, lambda: _with_retries(url, spans[:1], auth_header, label)
+        )
+        whole = _whole(url)
+    if whole is not None:
+        body, remote = whole
+        return [body[start:end] for start, end in spans], remote
     if len(spans) > 1:
         async with _multirange_turn(url) as known:
             if known is not False:
@@ -461,6 +568,11 @@ async def _with_retries(
             busy, rate_limited = err.status in (429, 503), err.status == 429
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
             last = err
+        except aiohttp.ClientError as err:  # an invalid URL (from a redirect), not transient
+            raise ReadError(
+                f"Reading {label} ({_public(url)}) failed: {type(err).__name__}: "
+                f"{config.redact(str(err))}"
+            ) from err
         finally:
             await limiter.release(generation, busy, success, retry_after, rate_limited)
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
@@ -481,7 +593,8 @@ async def _with_retries(
         detail = f" after {MAX_ATTEMPTS} attempts"
         raise _fail(status, label, url, auth_header is not None, detail) from last
     raise ReadError(
-        f"Reading {label} ({_public(url)}) failed after {MAX_ATTEMPTS} attempts: {last!r}"
+        f"Reading {label} ({_public(url)}) failed after {MAX_ATTEMPTS} attempts: "
+        f"{config.redact(repr(last))}"
     ) from last
 
 

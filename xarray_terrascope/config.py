@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -20,6 +21,8 @@ __all__ = [
     "download_url",
     "int_setting",
     "origin",
+    "public_url",
+    "redact",
     "stac_url",
 ]
 
@@ -108,6 +111,39 @@ def origin(url: str) -> str | None:
     except ValueError:
         return None
     return f"{scheme}://{parts.hostname.lower()}:{port}"
+
+
+def public_url(url: str) -> str:
+    """``url`` without user information, query string or fragment: what messages show
+    (presigned URLs carry their signatures in the query string).
+
+    Examples
+    --------
+    >>> public_url("https://u:p@bucket.example/a.tif?X-Amz-Signature=abc#x")
+    'https://bucket.example/a.tif'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else parts.path
+
+
+#: A URL inside a message (GDAL's and aiohttp's messages quote them in various ways).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}|\\^`]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL in it shown as :func:`public_url` shows it. Every message
+    that quotes a URL, or another library's message that may, goes through this.
+
+    Examples
+    --------
+    >>> redact("'/vsicurl/https://b.example/x.tif?sig=s3cret' not recognized")
+    "'/vsicurl/https://b.example/x.tif' not recognized"
+    """
+    return _URL_IN_TEXT.sub(lambda found: public_url(found.group(0)), text)
 
 
 def _origin_entry(entry: str) -> str:

@@ -11,7 +11,8 @@ thread): ``latency``, ``max_concurrent``, ``max_rate``, ``fault_rate``, ``drop_r
 ``bearer``, ``token_lifetime``, ``redirect_to`` (answer authenticated file requests with
 a 302 to an S3-presigned-looking URL under that root, as a download service that moved
 its files to object storage would), ``multirange`` (False: a request for several ranges
-gets the whole file, 200, as from S3 or nginx with ``max_ranges 1``), ``listing``
+gets the whole file, 200, as from S3 or nginx with ``max_ranges 1``), ``ranges`` (False:
+every request gets the whole file, 200, as from a host that ignores ``Range``), ``listing``
 (False: the root answers an authenticated request 403, as nginx without ``autoindex``); plus
 :meth:`DownloadApp.fail_next` for exact faults and :meth:`DownloadApp.expire_tokens`.
 Every request is recorded in ``log``.
@@ -78,6 +79,7 @@ _SWITCHES = (
     "token_lifetime",
     "redirect_to",
     "multirange",
+    "ranges",
     "listing",
 )
 
@@ -164,6 +166,9 @@ class DownloadApp:
     multirange : bool
         Answer a request for several ranges with ``multipart/byteranges`` (True), or
         with the whole file (False).
+    ranges : bool
+        Answer ranged requests with their ranges (True), or every request with the whole
+        file (False), as a host that ignores ``Range`` does.
     listing : bool
         Answer ``GET /download/`` with a directory listing (True), or 403 (False).
     """
@@ -186,6 +191,7 @@ class DownloadApp:
         clock: Callable[[], float] = time.monotonic,
         redirect_to: str | None = None,
         multirange: bool = True,
+        ranges: bool = True,
         listing: bool = True,
         public: bool = False,
     ) -> None:
@@ -217,6 +223,7 @@ class DownloadApp:
             "token_lifetime": token_lifetime,
             "redirect_to": redirect_to,
             "multirange": multirange,
+            "ranges": ranges,
             "listing": listing,
         }
         for name, value in self._defaults.items():
@@ -555,6 +562,6 @@ class DownloadApp:
             ("Last-Modified", formatdate(last_modified, usegmt=True)),
         ]
         range_header = req.headers.get("Range")
-        if not self.multirange and range_header and "," in range_header:
+        if not self.ranges or (not self.multirange and range_header and "," in range_header):
             range_header = None  # like S3, or nginx with max_ranges 1: the whole file
         return file_reply(path, range_header, base)
