@@ -108,10 +108,12 @@ def basic_header(username: str, password: str) -> str:
 
 @dataclass(frozen=True)
 class Remote:
-    """What a response said about the whole file: its size and ETag (either may be None)."""
+    """What a response said about the whole file: its size, ETag and Last-Modified (any
+    may be None)."""
 
     size: int | None
     etag: str | None
+    last_modified: str | None = None
 
 
 class _Retry(Exception):
@@ -276,7 +278,7 @@ async def _attempt(
                         "TERRASCOPE_DOWNLOAD_HOSTS"
                     )
                 )
-            etag = resp.headers.get("ETag")
+            etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
             if status == 200:  # the server ignored Range: the body is the whole file
                 asked = sum(end - start for start, end in spans)
                 length = resp.content_length
@@ -285,7 +287,7 @@ async def _attempt(
                     raise _NoMultiRange(f"{_public(target)} ignores multi-range requests")
                 body = await resp.read()
                 logger.debug("%s ignored the Range header", _public(url))
-                return [body[start:end] for start, end in spans], Remote(len(body), etag)
+                return [body[start:end] for start, end in spans], Remote(len(body), etag, modified)
             if kind.lower().startswith("multipart/byteranges"):
                 parts = _parts(kind, await resp.read())
             else:
@@ -297,7 +299,7 @@ async def _attempt(
                 raise
             if len(spans) > 1:  # several ranges answered as asked, in one part or more
                 _learn((url, target), True)
-            return blobs, Remote(size, etag)
+            return blobs, Remote(size, etag, modified)
     raise _fail(310, label, url, auth_header is not None, " (too many redirects)")
 
 
