@@ -420,7 +420,7 @@ def test_a_dropped_header_is_not_loaded_again_before_its_removal_lands(
     gate, store = threading.Event(), headers._store
     monkeypatch.setattr(headers, "_store", lambda *args: (gate.wait(30), store(*args)))
     try:
-        headers.put(other, Header(b"II*\x00new", 50, None))  # the writer waits on the gate
+        headers.put(other, Header(b"II*\x00new", 50, '"v2"'))  # the writer waits on the gate
         headers.drop(url)  # its removal is queued behind that write
         assert headers.get(url) == (None, False)
         assert headers.flush(0.2) is False
@@ -458,17 +458,17 @@ def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatc
     running = _aio.submit(reading())
     try:
         assert _aio.idle_for() == 0.0
-        headers.put("https://example.test/download/a.tif", Header(b"II*\x00a", 7, None))
+        headers.put("https://example.test/download/a.tif", Header(b"II*\x00a", 7, '"e"'))
         time.sleep(4 * _headers.IDLE_SECONDS)
         assert on_disk() == 0  # held back while the engine reads
         assert headers.flush(30)  # written now, busy or not
         assert on_disk() == 1
         monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 0.5)
-        headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, None))
+        headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, '"e"'))
         wait_for(2)  # no longer held back than that
         assert not running.done()
         monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 30.0)
-        headers.put("https://example.test/download/c.tif", Header(b"II*\x00c", 7, None))
+        headers.put("https://example.test/download/c.tif", Header(b"II*\x00c", 7, '"e"'))
         time.sleep(4 * _headers.IDLE_SECONDS)
         assert on_disk() == 2
     finally:
@@ -483,7 +483,7 @@ def test_a_forked_child_persists_headers_with_its_own_writer(header_cache_dir):
     leave the child's cache locked, nor waiting on the parent's writer thread."""
     from xarray_terrascope._headers import Header
 
-    headers.put("https://example.test/download/a.tif", Header(b"II*\x00a", 7, None))
+    headers.put("https://example.test/download/a.tif", Header(b"II*\x00a", 7, '"e"'))
     assert headers.flush(30)
     headers._lock.acquire()  # as another thread of the parent might at the fork
     try:
@@ -491,7 +491,7 @@ def test_a_forked_child_persists_headers_with_its_own_writer(header_cache_dir):
         if pid == 0:  # the child: a put, its write, and a read of it from disk
             code = 1
             try:
-                headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, None))
+                headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, '"e"'))
                 headers.clear_memory()
                 ok = headers.flush(10)
                 found, from_disk = headers.get("https://example.test/download/b.tif")

@@ -1,15 +1,29 @@
 """COG header cache: bounded in memory per process, optionally persisted on disk.
 
 An entry is the first bytes of a GeoTIFF, up to the first tile's data (async-tiff's
-``header_byte_size``), with the file size and ETag the server reported when they were
-read. Keys are a hash of the URL without query string or user information: no secret
-ever reaches a key, a file name or the cache's content (only TIFF header bytes).
+``header_byte_size``), with the file size, ETag and Last-Modified the server reported
+when they were read. Keys are a hash of the URL without query string or user
+information: no secret ever reaches a key, a file name or the cache's content (only
+TIFF header bytes).
 
 On disk (so a new process reopening the same items sends no header request) the cache
 lives in ``platformdirs.user_cache_dir("xarray-terrascope")/headers``; set
 ``TERRASCOPE_CACHE_DIR`` to move it and ``TERRASCOPE_HEADER_CACHE=0`` to turn persisting
-off. Entries read from disk are validated by the reader against the size and ETag of
-the first pixel response and dropped on mismatch (see :mod:`xarray_terrascope.cog`).
+off. Only headers with a validator (an ETag or a Last-Modified date) are persisted and
+loaded: without one, a file replaced by another of the same size could not be told from
+the original. Entries read from disk are validated by the reader against the first
+pixel response (size, and ETag, or Last-Modified when either side has no ETag) and
+dropped on mismatch, and a header from any cache whose file does not decode is dropped
+and read again (see :mod:`xarray_terrascope.cog`).
+
+The directory is bounded in bytes: ``TERRASCOPE_HEADER_CACHE_MB`` MiB of disk
+(:data:`DEFAULT_DISK_MB` by default) shared by every process using it. A process scans
+it at its first write and again each time it has written another tenth of the bound,
+removing the least recently used entries (a load counts as a use) until it holds at
+most the bound; so while P processes write, it may exceed the bound by P tenths.
+Loading reads only regular files of at most 4 MiB, never follows a symbolic link or
+blocks on a FIFO, and drops any entry it cannot parse. Directories are created ``0700``,
+files ``0600`` (see :mod:`xarray_terrascope._header_files`).
 
 Writing to disk happens on a writer thread of its own, never on the engine's event loop
 (whose every blocking call would hold up the reads), and only while the engine is idle:
@@ -23,31 +37,45 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import _aio
+from . import _aio, _header_files, config
+from ._header_files import MAX_ENTRY_BYTES, MAX_META_BYTES
 
-__all__ = ["ENV_CACHE_DIR", "ENV_HEADER_CACHE", "Header", "HeaderCache", "cache_dir", "headers"]
+__all__ = [
+    "DEFAULT_DISK_MB",
+    "ENV_CACHE_DIR",
+    "ENV_HEADER_CACHE",
+    "ENV_HEADER_CACHE_MB",
+    "Header",
+    "HeaderCache",
+    "cache_dir",
+    "disk_bytes",
+    "headers",
+]
 
 logger = logging.getLogger(__name__)
 
 ENV_CACHE_DIR = "TERRASCOPE_CACHE_DIR"
 ENV_HEADER_CACHE = "TERRASCOPE_HEADER_CACHE"
+#: Environment variable: MiB of disk the persisted headers take at most (read at each
+#: scan of the directory).
+ENV_HEADER_CACHE_MB = "TERRASCOPE_HEADER_CACHE_MB"
+#: MiB on disk when the variable is not set (tens of thousands of Terrascope headers).
+DEFAULT_DISK_MB = 256
+#: A process scans the directory again once it has written this fraction of the bound.
+SCAN_FRACTION = 0.1
 #: Bytes of headers kept in memory per process.
 MEMORY_BYTES = 64 * 2**20
-#: Header files kept on disk (the oldest are removed beyond this).
-DISK_ENTRIES = 20_000
 #: Disk writes (and removals) waiting for the writer thread; beyond this a new header
 #: is only kept in memory.
 PENDING_WRITES = 4096
@@ -61,22 +89,45 @@ WRITE_DEFER_SECONDS = 2.0
 #: Seconds the engine must have been idle before a disk write (the gaps between the
 #: partitions of one dask computation are shorter).
 IDLE_SECONDS = 0.2
-_MAGIC = b"XTSHDR1\n"
 
 
 @dataclass(frozen=True)
 class Header:
-    """The header bytes of one file and what the server said about the file then."""
+    """The header bytes of one file and what the server said about the file then.
+
+    ``fetched`` is the ``time.monotonic()`` at which this process read it from the
+    server (0.0 for a header loaded from disk); it takes no part in comparisons.
+    """
 
     data: bytes
     size: int | None
     etag: str | None
+    last_modified: str | None = None
+    fetched: float = field(default=0.0, compare=False, repr=False)
 
-    def matches(self, size: int | None, etag: str | None) -> bool:
-        """Whether a later response describes the same file (unknown values pass)."""
+    @property
+    def has_validator(self) -> bool:
+        """Whether a later response can confirm it (it has an ETag or Last-Modified)."""
+        return bool(self.etag or self.last_modified)
+
+    def matches(self, size: int | None, etag: str | None, last_modified: str | None = None) -> bool:
+        """Whether a later response describes the same file: the sizes agree, and the
+        ETags, or the Last-Modified dates when either side has no ETag (an ETag is the
+        stronger validator, RFC 9110 8.8.1). Values one side does not know pass.
+
+        Examples
+        --------
+        >>> old = Header(b"II*", 100, None, "Mon, 02 Jun 2025 10:00:00 GMT")
+        >>> old.matches(100, None, "Tue, 03 Jun 2025 10:00:00 GMT")
+        False
+        >>> old.matches(100, '"v2"', None)
+        True
+        """
         if self.size is not None and size is not None and self.size != size:
             return False
-        return not (self.etag and etag and self.etag != etag)
+        if self.etag and etag:
+            return self.etag == etag
+        return not (self.last_modified and last_modified and self.last_modified != last_modified)
 
 
 def cache_dir() -> Path | None:
@@ -89,6 +140,12 @@ def cache_dir() -> Path | None:
 
         root = platformdirs.user_cache_dir("xarray-terrascope")
     return Path(root) / "headers"
+
+
+def disk_bytes() -> int:
+    """Bytes the persisted headers take at most, from ``TERRASCOPE_HEADER_CACHE_MB``
+    (read now)."""
+    return config.int_setting(ENV_HEADER_CACHE_MB, DEFAULT_DISK_MB) * 2**20
 
 
 def _key(url: str) -> str:
@@ -109,7 +166,9 @@ class HeaderCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, Header] = OrderedDict()
         self._bytes = 0
-        self._writes = 0
+        # bytes this process wrote to disk since its last scan of the directory, or None
+        # before its first write (which scans)
+        self._unscanned: int | None = None
         # (folder, key, header or None for a removal, when queued), written in order by
         # one thread
         self._queue: queue.Queue[tuple[Path, str, Header | None, float]] = queue.Queue(
@@ -130,6 +189,7 @@ class HeaderCache:
         self._writer = None
         self._flushing = 0
         self._wake = threading.Event()
+        self._unscanned = None
 
     def get(self, url: str) -> tuple[Header | None, bool]:
         """The header of ``url`` and whether it came from disk (so is not yet validated)."""
@@ -144,10 +204,13 @@ class HeaderCache:
 
     def put(self, url: str, header: Header, *, persist: bool = True) -> None:
         """Remember ``header`` in memory (and on disk, in the background, unless
-        ``persist`` is False)."""
+        ``persist`` is False or the header has no validator: from disk it could not be
+        told from another file of the same size)."""
         key = _key(url)
         self._remember(key, header)
-        if persist:
+        if not header.has_validator:
+            logger.debug("%s has no ETag nor Last-Modified: kept in memory only", key)
+        elif persist and len(header.data) <= MAX_ENTRY_BYTES - MAX_META_BYTES:
             folder = cache_dir()
             if folder is not None:
                 self._enqueue(folder, key, header)
@@ -211,22 +274,17 @@ class HeaderCache:
         folder = cache_dir()
         if folder is None or key in self._dropped:
             return None
+        path = folder / key[:2] / key
         try:
-            blob = (folder / key[:2] / key).read_bytes()
-        except OSError:
+            blob = _header_files.read(path)
+            if blob is None:
+                return None
+            header = Header(*_header_files.decode(blob))
+        except Exception as err:  # crafted content: RecursionError, MemoryError... too
+            logger.debug("ignoring a broken header cache entry %s: %r", key, err)
             return None
-        try:
-            if not blob.startswith(_MAGIC):
-                raise ValueError("bad magic")
-            meta_end = blob.index(b"\n", len(_MAGIC))
-            meta = json.loads(blob[len(_MAGIC) : meta_end])
-            data = blob[meta_end + 1 :]
-            if len(data) != int(meta["length"]):
-                raise ValueError("truncated")
-            return Header(data, meta.get("size"), meta.get("etag"))
-        except (ValueError, KeyError, TypeError) as err:
-            logger.debug("ignoring a broken header cache entry %s: %s", key, err)
-            return None
+        _header_files.touch(path)  # a use: the scans remove the least recently used first
+        return header
 
     def _enqueue(self, folder: Path, key: str, header: Header | None) -> None:
         with self._lock:
@@ -277,34 +335,19 @@ class HeaderCache:
             self._dropped.discard(key)
 
     def _store(self, folder: Path, key: str, header: Header) -> None:
-        meta = json.dumps({"length": len(header.data), "size": header.size, "etag": header.etag})
-        target = folder / key[:2] / key
+        blob = _header_files.encode(header.data, header.size, header.etag, header.last_modified)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(_MAGIC + meta.encode() + b"\n" + header.data)
-            os.replace(tmp, target)
+            _header_files.write(folder / key[:2] / key, blob)
         except OSError as err:
             logger.debug("could not persist a COG header in %s: %s", folder, err)
             return
+        bound = disk_bytes()
         with self._lock:
-            self._writes += 1
-            prune = self._writes % 500 == 0
-        if prune:
-            self._prune(folder)
-
-    @staticmethod
-    def _prune(folder: Path) -> None:
-        try:
-            files = [p for p in folder.glob("??/*") if not p.name.startswith(".tmp-")]
-            if len(files) <= DISK_ENTRIES:
-                return
-            files.sort(key=lambda p: p.stat().st_mtime)
-            for path in files[: len(files) - DISK_ENTRIES]:
-                path.unlink()
-        except OSError as err:
-            logger.debug("could not prune the header cache %s: %s", folder, err)
+            written = (self._unscanned or 0) + -(-len(blob) // 4096) * 4096
+            scan = self._unscanned is None or written >= SCAN_FRACTION * bound
+            self._unscanned = 0 if scan else written
+        if scan:
+            _header_files.shrink(folder, bound)
 
 
 #: The process's header cache (its disk writes wait while the read engine is busy).

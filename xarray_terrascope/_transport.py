@@ -109,10 +109,12 @@ def basic_header(username: str, password: str) -> str:
 
 @dataclass(frozen=True)
 class Remote:
-    """What a response said about the whole file: its size and ETag (either may be None)."""
+    """What a response said about the whole file: its size, ETag and Last-Modified (any
+    may be None)."""
 
     size: int | None
     etag: str | None
+    last_modified: str | None = None
 
 
 class _Retry(Exception):
@@ -283,7 +285,7 @@ async def _attempt(
                         "TERRASCOPE_DOWNLOAD_HOSTS"
                     )
                 )
-            etag = resp.headers.get("ETag")
+            etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
             if status == 200:  # the server ignored Range: the body is the whole file
                 asked = sum(end - start for start, end in spans)
                 length = resp.content_length
@@ -291,7 +293,7 @@ async def _attempt(
                     _learn((url, target), False)  # the body is left unread
                     raise _NoMultiRange(f"{_public(target)} ignores multi-range requests")
                 body = await resp.read()
-                remote = Remote(len(body), etag)
+                remote = Remote(len(body), etag, modified)
                 _saw_ranges(url, target)
                 _keep_whole(url, target, body, remote)
                 return [body[start:end] for start, end in spans], remote
@@ -307,7 +309,7 @@ async def _attempt(
                 raise
             if len(spans) > 1:  # several ranges answered as asked, in one part or more
                 _learn((url, target), True)
-            return blobs, Remote(size, etag)
+            return blobs, Remote(size, etag, modified)
     raise _fail(310, label, url, auth_header is not None, " (too many redirects)")
 
 

@@ -7,9 +7,13 @@ fetches the internal tiles that intersect the window (their byte ranges coalesce
 the gaps are small), decodes them with async-tiff (Rust, off the event loop) and pastes
 them into the window. No TIFF parsing or decompression is written here.
 
-A header read from the persistent cache is validated against the size and ETag of the
-first pixel response: on a mismatch the entry is dropped and the file is read again
-from the network, never decoded with the stale header.
+A header read from the persistent cache is validated against the size, ETag and
+Last-Modified of the first pixel response: on a mismatch the entry is dropped and the
+file is read again from the network, never decoded with the stale header. A file that
+does not parse or decode with a header from either cache (a file replaced by another of
+the same size, on a server that sends no validator) gets the same treatment: its header
+is dropped and read again once; only a failure with a header fetched for the read itself
+surfaces.
 """
 
 from __future__ import annotations
@@ -147,7 +151,9 @@ class _Source:
         except BaseException as err:
             self.error = self.error or err
             raise
-        if self.header is not None and not self.header.matches(remote.size, remote.etag):
+        if self.header is not None and not self.header.matches(
+            remote.size, remote.etag, remote.last_modified
+        ):
             self.stale = True
             self.error = self.error or _StaleHeader(self.url)
             raise self.error
@@ -208,6 +214,8 @@ async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header
         bytes(source.prefix[:need]),
         remote.size if remote else None,
         remote.etag if remote else None,
+        remote.last_modified if remote else None,
+        fetched=time.monotonic(),
     )
     headers.put(url, header)
     source.header = header  # from here on it reads as any source of a known header
@@ -334,24 +342,75 @@ async def read_aligned(
 
 
 async def with_header(url: str, label: str, auth_header: str | None, body):
-    """Run ``await body(tiff, source)`` on the file's parsed header, once more on a fresh
-    header when the cached one turns out stale; errors surface as the package's own."""
+    """Run ``await body(tiff, source)`` on the file's parsed header; errors surface as the
+    package's own.
+
+    A header taken from a cache (memory or disk) gets one more chance from the server:
+    when a pixel response shows the file changed (size, ETag, Last-Modified), or when
+    the file does not parse or decode with it, the header is dropped and the read done
+    again on a header fetched for it. Only a failure with such a fresh header surfaces.
+    """
     for attempt in range(2):
-        tiff, source, from_disk = await _open(url, label, auth_header)
+        started = time.monotonic()
         try:
-            return await body(tiff, source)
-        except (GridMismatch, AuthenticationError):
+            tiff, source, from_disk = await _open(url, label, auth_header)
+        except (AuthenticationError, ReadError):  # the header request's own failure
+            raise
+        except Exception as err:  # a header that fetch_header took from a cache
+            if attempt:
+                raise ReadError(
+                    f"Parsing the header of {label} ({url}) failed: {_describe(err)}. The "
+                    "file is not a readable GeoTIFF, or it changed while being read."
+                ) from err
+            logger.info(
+                "%s does not parse with its cached header (%s): reading it again",
+                label,
+                _describe(err),
+            )
+            headers.drop(url)
+            continue
+        confirmed = False
+        try:
+            result = await body(tiff, source)
+            confirmed = True
+            return result
+        except GridMismatch:
+            confirmed = True  # the header is the file's; the file is read another way
+            raise
+        except AuthenticationError:
             raise
         except Exception as err:
-            if not source.stale or attempt:
+            cached = source.header is not None and source.header.fetched < started
+            if attempt or not (source.stale or (cached and _not_transport(source))):
                 raise _surface(source, err, label, url) from err
-            logger.info("%s changed since its header was cached: reading it again", label)
+            if source.stale:
+                logger.info("%s changed since its header was cached: reading it again", label)
+            else:
+                logger.info(
+                    "%s does not decode with its cached header (%s): reading it again",
+                    label,
+                    _describe(err),
+                )
             headers.drop(url)
             tiles.clear()  # tiles decoded from the old file must not answer either
         finally:
-            if from_disk and source.remote is not None and not source.stale:
+            if confirmed and from_disk and source.remote is not None:
                 headers.validated(url, source.header)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _not_transport(source: _Source) -> bool:
+    """Whether a failed read failed on its bytes, not on the server's answer (a 416 is
+    the bytes' too: a stale header may name ranges past the file's end)."""
+    error = source.error
+    if isinstance(error, AuthenticationError):
+        return False
+    return not isinstance(error, ReadError) or getattr(error, "status_code", None) == 416
+
+
+def _describe(err: BaseException) -> str:
+    """``str(err)``, or the exception's type when that is empty."""
+    return str(err).strip() or type(err).__name__
 
 
 def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception:
@@ -359,7 +418,15 @@ def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception
         return source.error
     if isinstance(err, (AuthenticationError, ReadError)):
         return err
-    return ReadError(f"Decoding {label} ({url}) failed: {err}")
+    if source.stale:
+        return ReadError(
+            f"{label} ({url}) changed again while being read (its size, ETag or "
+            "Last-Modified differ from its header's); read it again later."
+        )
+    return ReadError(
+        f"Decoding {label} ({url}) failed: {_describe(err)}. Its bytes do not decode with "
+        "its header: the file is corrupt, or it changed while being read."
+    )
 
 
 async def _read_tiles(
