@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,14 +26,31 @@ def _field(**kw):
     return xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", decode=False, **DAYS, **kw)
 
 
-def test_a_host_ignoring_range_sends_each_file_once(logged_in, all_logs):
+@pytest.fixture
+def engine_afresh():
+    """What the engine learns of the sandbox's origin here must not outlive the test."""
+    from xarray_terrascope import read
+
+    _transport.reset_limiters()
+    read.clear_reader_cache()
+    yield
+    _transport.reset_limiters()
+    read.clear_reader_cache()
+
+
+def _quiet(sandbox) -> None:
+    """Wait until the download server answers nothing (reads under way have ended)."""
+    deadline = time.monotonic() + 30
+    while sandbox.download.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox.download.in_flight == 0
+
+
+def test_a_host_ignoring_range_sends_each_file_once(logged_in, all_logs, engine_afresh):
     """Every request answered with the whole file: each file is downloaded once and its
     header and tiles are cut from it (before: a whole file per header and tile request)."""
     clean = _field(chunks={}, chunksize=128).NDVI.load().values
     _transport.reset_limiters()
-    from xarray_terrascope import read
-
-    read.clear_reader_cache()
     logged_in.download.ranges = False
     logged_in.log.clear()
     all_logs.clear()
@@ -53,6 +71,24 @@ def test_a_host_ignoring_range_sends_each_file_once(logged_in, all_logs):
     ]
     assert len(warnings) == 1, warnings
     assert logged_in.download_host in warnings[0]
+
+
+def test_an_origin_that_honours_ranges_again_is_asked_ranges_again(logged_in, engine_afresh):
+    """After whole files, the origin serves ranges again: one request finds it out, and
+    the file's later requests are ranged (206)."""
+    logged_in.download.ranges = False
+    first = _field().NDVI.isel(time=0).load().values
+    assert int((first != 255).sum()) > 0
+    from xarray_terrascope import read
+
+    read.clear_reader_cache()  # stops reading ahead
+    _quiet(logged_in)
+    logged_in.download.ranges = True
+    logged_in.log.clear()
+    values = _field().NDVI.isel(time=slice(0, 3)).load().values
+    np.testing.assert_array_equal(values[0], first)
+    statuses = [r.status for r in logged_in.log.records() if r.path.endswith(".tif")]
+    assert statuses and set(statuses) == {206}
 
 
 class _Redirector:
@@ -123,3 +159,20 @@ def test_redirects_that_are_not_plain_urls_are_read_errors_naming_the_item(locat
             )
         assert "s3cret" not in str(info.value)
         assert other.seen == [], "a refused redirect target gets no request"
+
+
+def test_whole_files_read_with_old_credentials_do_not_answer_new_ones(logged_in, engine_afresh):
+    """A logout and another account's login forget the whole files kept: the new
+    account's read reaches the server under its own name."""
+    (_, _), (second, second_pw) = list(logged_in.users.items())[:2]
+    logged_in.download.ranges = False
+    _field().NDVI.isel(time=0).load()
+    import xarray_terrascope as xts
+
+    xts.logout()  # stops reading ahead
+    _quiet(logged_in)
+    xts.login(second, second_pw)
+    logged_in.log.clear()
+    _field().NDVI.isel(time=0).load()
+    users = {r.user for r in logged_in.log.records() if r.path.endswith(".tif")}
+    assert users == {second}

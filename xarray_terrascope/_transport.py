@@ -169,6 +169,17 @@ def reset_limiters() -> None:
     _aio.run(reset())
 
 
+def forget_files() -> None:
+    """Drop the whole files kept for origins that ignore ``Range`` (on a change of
+    credentials: what was read with the old ones must not answer a later read)."""
+
+    async def forget() -> None:
+        _aio.loop_state().pop(_WHOLE_FILES, None)
+
+    if not _aio.in_loop_thread():
+        _aio.run(forget())
+
+
 def _limiter(url: str) -> Limiter:
     limiters = _aio.loop_state().setdefault("limiters", {})
     key = origin(url) or url
@@ -388,7 +399,7 @@ async def _range_turn(url: str) -> AsyncIterator[None]:
     key = origin(url) or url
     seen = _aio.loop_state().setdefault(_RANGES_SEEN, set())
     probes: dict[str, asyncio.Event] = _aio.loop_state().setdefault(_RANGE_PROBES, {})
-    while key not in seen and url in probes:
+    while url in probes:  # this file's first request: wait even if its origin is known now
         await probes[url].wait()
     probing = key not in seen
     if probing:
@@ -525,6 +536,8 @@ async def _get_ranges(
             _WHOLE_PENDING, url, lambda: _with_retries(url, spans[:1], auth_header, label)
         )
         whole = _whole(url)
+        if whole is None:  # answered with the range after all: the origin honours them now
+            _aio.loop_state()[_IGNORES_RANGES].discard(origin(url) or url)
     if whole is not None:
         body, remote = whole
         return [body[start:end] for start, end in spans], remote
@@ -544,6 +557,17 @@ async def _get_ranges(
                     return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
     if len(spans) == 1:
         return await _with_retries(url, spans, auth_header, label)
+    if (origin(url) or url) not in _aio.loop_state().get(_RANGES_SEEN, ()):
+        # the first range alone: an origin that answers with the whole file sends it once
+        first = await _with_retries(url, spans[:1], auth_header, label)
+        whole = _whole(url)
+        if whole is not None:
+            body, remote = whole
+            return [body[start:end] for start, end in spans], remote
+        rest = await asyncio.gather(
+            *(_with_retries(url, [span], auth_header, label) for span in spans[1:])
+        )
+        return [first[0][0], *(blobs[0] for blobs, _ in rest)], first[1]
     answers = await asyncio.gather(
         *(_with_retries(url, [span], auth_header, label) for span in spans)
     )

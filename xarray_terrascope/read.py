@@ -54,6 +54,7 @@ def clear_reader_cache() -> None:
     headers.clear_memory()
     tiles.clear()
     _prefetch.clear()
+    _transport.forget_files()
     with _recent_lock:  # the windows' read patterns and the headers they warmed
         _recent.clear()
 
