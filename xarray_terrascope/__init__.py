@@ -15,8 +15,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import _credential_sync  # noqa: F401  (readers and clusters follow login/logout)
 from . import accessor as _accessor  # noqa: F401  (registers ds.terrascope)
+from ._credential_sync import share_credentials  # (readers and clusters follow login/logout)
 from .auth import Credentials, gdal_options, login, logout
 from .exceptions import (
     AuthenticationError,
@@ -55,6 +55,7 @@ __all__ = [
     "open_dataset",
     "search",
     "search_ndvi",
+    "share_credentials",
     "stac_client",
 ]
 

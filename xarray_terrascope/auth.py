@@ -4,7 +4,8 @@ Credentials live in this process's memory only. They are never written to
 ``os.environ``, files, logs or reprs, and they never travel inside a dask graph:
 the graph carries an opaque *handle* (a short random string) that each process
 resolves at read time with :func:`resolve`. On a ``dask.distributed`` cluster the
-handles reach the workers through a worker plugin (see ``_distributed.py``).
+credentials a graph needs reach the workers through a worker plugin (see
+``_distributed.py``), which installs them here with :func:`_install`.
 
 This module sits low in the package: it imports neither the readers nor the
 distributed plugin. Modules that hold state tied to credentials (open files, HTTP
@@ -18,7 +19,9 @@ import netrc
 import os
 import secrets
 import threading
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -160,8 +163,25 @@ class Credentials:
 # --- process state -------------------------------------------------------------------
 
 _lock = threading.RLock()
+#: Notified whenever a worker plugin installs credentials in this process.
+_installed_changed = threading.Condition(_lock)
 _default: Credentials | None = None
-_registry: dict[str, Credentials] = {}
+#: Explicit credentials by token, held weakly: each open cube holds its own
+#: :class:`Credentials`, so an entry goes with the last cube that uses it (and on logout()).
+_registry: weakref.WeakValueDictionary[str, Credentials] = weakref.WeakValueDictionary()
+
+#: ``(sender, generation)`` of a credential state shared with a cluster: ``sender`` is a
+#: random id of the client process, ``generation`` grows with each state it shares.
+Stamp = tuple[str, int]
+#: What a worker plugin installed in this process (held strongly: the plugin is the only
+#: holder), and its stamp; kept apart from the process's own login.
+_installed_default: Credentials | None = None
+_installed: dict[str, Credentials] = {}
+_installed_stamp: Stamp | None = None
+#: The stamp the newest graph this process received asks for (see :func:`_expect`).
+_expected: Stamp | None = None
+#: Seconds a dask worker waits for credentials that are on their way (see :func:`resolve`).
+INSTALL_WAIT = 30.0
 
 #: ``"forget"``: credentials changed, drop whatever was read or opened with the old ones;
 #: ``"publish"``: the process's credential state changed, share it (e.g. with a cluster).
@@ -174,8 +194,7 @@ def subscribe(event: Event, callback: Callable[[], None]) -> None:
     it is subscribed).
 
     ``"forget"`` follows a logout or a change of the default credentials, and the
-    installation of a worker's credentials; ``"publish"`` follows any change of the
-    credential state (login, logout, credentials registered for a new cube).
+    installation of a worker's credentials; ``"publish"`` follows a login or a logout.
     """
     if event not in _subscribers:
         raise InvalidArgumentError(f"event must be 'forget' or 'publish', got {event!r}")
@@ -192,8 +211,10 @@ def _notify(event: Event) -> None:
 
 
 def current_credentials() -> Credentials | None:
-    """Return the process default set by :func:`login`, or None."""
-    return _default
+    """Return the process default set by :func:`login` (in a dask worker, else the one
+    the client shared with it), or None."""
+    default = _default
+    return default if default is not None else _installed_default
 
 
 def _set_default(creds: Credentials | None) -> None:
@@ -210,7 +231,9 @@ def credentials_handle(credentials: Credentials | None) -> str:
 
     ``None`` gives :data:`DEFAULT_HANDLE`, resolved at read time to the process default
     (so :func:`logout` and a new :func:`login` are honoured by later computations).
-    Explicit credentials are registered in this process under their random token.
+    Explicit credentials are registered in this process under their random token, weakly:
+    whoever uses the handle must hold ``credentials`` (an open cube does), and
+    :func:`logout` forgets every registration.
     """
     if credentials is None:
         return DEFAULT_HANDLE
@@ -220,26 +243,67 @@ def credentials_handle(credentials: Credentials | None) -> str:
             f"got {type(credentials).__name__}"
         )
     with _lock:
-        known = _registry.get(credentials.token)
         _registry[credentials.token] = credentials
-    if known is None:
-        _notify("publish")
     return credentials.token
 
 
-def _install(default: Credentials | None, handles: dict[str, Credentials]) -> None:
-    """Replace this process's credential state (used by the distributed worker plugin)."""
-    global _default
+def _shareable(handles: Iterable[str]) -> tuple[Credentials | None, dict[str, Credentials]]:
+    """What of ``handles`` this process can share: its login default (for
+    :data:`DEFAULT_HANDLE`) and the explicit credentials still registered."""
     with _lock:
-        _default = default
-        _registry.clear()
-        _registry.update(handles)
+        default = _default if DEFAULT_HANDLE in handles else None
+        explicit = {h: c for h in handles if (c := _registry.get(h)) is not None}
+    return default, explicit
+
+
+def _install(
+    default: Credentials | None, handles: dict[str, Credentials], stamp: Stamp | None
+) -> None:
+    """Replace the credentials a worker plugin installed in this process (the process's
+    own login and registrations stay as they are)."""
+    global _installed_default, _installed, _installed_stamp
+    with _lock:
+        _installed_default, _installed, _installed_stamp = default, dict(handles), stamp
+        _installed_changed.notify_all()
     _notify("forget")
 
 
-def _snapshot() -> tuple[Credentials | None, dict[str, Credentials]]:
+def _expect(stamp: Stamp) -> None:
+    """Note that a graph this process received needs the credential state ``stamp`` (or a
+    later one from the same sender): :func:`resolve` in a dask worker waits for it."""
+    global _expected
     with _lock:
-        return _default, dict(_registry)
+        _expected = stamp
+
+
+def _has_expected() -> bool:
+    expected, installed = _expected, _installed_stamp
+    return expected is None or (
+        installed is not None and installed[0] == expected[0] and installed[1] >= expected[1]
+    )
+
+
+def _wait_for_expected() -> bool:
+    """In a dask worker, wait (at most :data:`INSTALL_WAIT` s) until the credentials the
+    received graphs need are installed; False when they did not arrive in time."""
+    global _expected
+    if _has_expected() or not _in_dask_worker():
+        return True
+    logger.debug("Waiting for the Terrascope credentials the client is sharing")
+    deadline = time.monotonic() + INSTALL_WAIT
+    with _installed_changed:
+        while not _has_expected():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "The Terrascope credentials the client shared did not reach this worker "
+                    "within %.0f s",
+                    INSTALL_WAIT,
+                )
+                _expected = None  # later reads do not wait again for the same state
+                return False
+            _installed_changed.wait(remaining)
+    return True
 
 
 def _from_environment() -> Credentials | None:
@@ -253,26 +317,45 @@ def _from_environment() -> Credentials | None:
 def resolve(handle: str) -> Credentials:
     """Return the credentials a handle stands for in this process.
 
-    The default handle resolves to the process default, else to
-    ``TERRASCOPE_USERNAME``/``TERRASCOPE_PASSWORD`` in this process's environment
-    (how workers that were not reached by the client's login can be configured).
+    The default handle resolves to the process default (in a dask worker, else the one
+    the client shared), else to ``TERRASCOPE_USERNAME``/``TERRASCOPE_PASSWORD`` in this
+    process's environment (how workers that the client's credentials did not reach can
+    be configured). In a dask worker that received a graph whose credentials are still on
+    their way, it first waits for them (at most :data:`INSTALL_WAIT` seconds); elsewhere
+    it never waits.
 
     Raises
     ------
     AuthenticationError
         When this process has no credentials for the handle; the message says how to fix it.
     """
+    arrived = _wait_for_expected()
     with _lock:
-        creds = _default if handle == DEFAULT_HANDLE else _registry.get(handle)
+        if handle == DEFAULT_HANDLE:
+            creds = _default if _default is not None else _installed_default
+        else:
+            creds = _registry.get(handle) or _installed.get(handle)
     if creds is None and handle == DEFAULT_HANDLE:
         creds = _from_environment()
     if creds is None:
         if _in_dask_worker():
+            late = (
+                ""
+                if arrived
+                else f" The credentials the client shared did not arrive within "
+                f"{INSTALL_WAIT:.0f} s."
+            )
             raise AuthenticationError(
-                f"No Terrascope credentials in this dask worker (handle {handle!r}). Call "
-                "xarray_terrascope.login() on the client (with the dask.distributed Client "
-                "already created, or before creating it), or set TERRASCOPE_USERNAME and "
-                "TERRASCOPE_PASSWORD in the environment of the workers."
+                f"No Terrascope credentials in this dask worker (handle {handle!r}).{late} "
+                + (
+                    "Call xarray_terrascope.login() on the client and compute again, or set "
+                    "TERRASCOPE_USERNAME and TERRASCOPE_PASSWORD in the environment of the "
+                    "workers."
+                    if handle == DEFAULT_HANDLE
+                    else "The credentials this cube was opened with did not come with the "
+                    "graph (logout() on the client forgets them): open the cube again with "
+                    "credentials=..., or login(), and compute again."
+                )
             )
         raise AuthenticationError(
             "No Terrascope credentials in this process to read the data (you may have "
@@ -460,9 +543,10 @@ def login(
 
     Credentials come from the arguments, else ``TERRASCOPE_USERNAME`` and
     ``TERRASCOPE_PASSWORD``, else the netrc file (``NETRC`` or ``~/.netrc``, machine =
-    the download host). Nothing is written to ``os.environ``. When a
-    ``dask.distributed`` client is running, its workers receive the credentials
-    through a worker plugin.
+    the download host). Nothing is written to ``os.environ``. A ``dask.distributed``
+    cluster receives them (in a worker plugin) only when a graph with Terrascope reads
+    is computed or persisted on it, or by :func:`~xarray_terrascope.share_credentials`;
+    clusters that received earlier credentials receive the new ones now.
 
     Parameters
     ----------
@@ -499,15 +583,27 @@ def login(
 
 
 def logout() -> None:
-    """Forget the process default credentials (and, on a cluster, the workers' copy).
+    """Forget the process default credentials and every explicit ``credentials=``
+    registration of this process, and remove the credentials from the dask clusters
+    they reached.
+
+    A cube opened before keeps no secret: computing it afterwards fails with an
+    :class:`~xarray_terrascope.AuthenticationError` that says to log in again, or to open
+    it again with ``credentials=``.
 
     Examples
     --------
     >>> import xarray_terrascope as xts
     >>> xts.logout()
     """
-    previous = _default
-    _set_default(None)
+    global _default
+    with _lock:
+        previous, _default = _default, None
+        had_explicit = len(_registry) > 0
+        _registry.clear()
+    if previous is not None or had_explicit:
+        _notify("forget")
+    _notify("publish")
     if previous is not None:
         logger.info("Logged out %s", previous.username)
 

@@ -8,6 +8,7 @@ returns numpy).
 
 from __future__ import annotations
 
+import copy
 import logging
 import secrets
 import threading
@@ -22,7 +23,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from . import auth, config
+from . import _credential_sync, auth, config
 from ._decode import CF_KEYS, Decoder
 from ._items import is_items
 from .exceptions import AuthenticationError, InvalidArgumentError, NoItemsFoundError
@@ -54,15 +55,61 @@ class CubeArray(BackendArray):
     physical ones (decoded inside the read, in one new array per window). Pickles as its
     :class:`~xarray_terrascope.stack.CubePlan` (URLs, grid and an opaque credentials
     handle, never a secret) and the decoder's CF attributes.
+
+    ``credentials``, the explicit credentials the cube was opened with, are held in
+    memory only (never pickled): they keep the plan's handle registered in this process
+    (see :func:`~xarray_terrascope.auth.credentials_handle`) as long as the cube is open.
+    Pickled by a ``dask.distributed`` client for its scheduler, the array has the
+    credentials its reads need sent to that cluster, and carries the stamp of that
+    credential state, for which the workers wait (see :mod:`._credential_sync`).
     """
 
-    def __init__(self, plan: CubePlan, asset_index: int, decoder: Decoder | None = None) -> None:
+    _credentials: auth.Credentials | None = None
+
+    def __init__(
+        self,
+        plan: CubePlan,
+        asset_index: int,
+        decoder: Decoder | None = None,
+        credentials: auth.Credentials | None = None,
+    ) -> None:
         self.plan = plan
         self.asset_index = asset_index
         self.decoder = decoder
         self.shape = (len(plan.groups), *plan.shape)
         stored = np.dtype(plan.decode[asset_index].dtype)
         self.dtype = decoder.dtype if decoder is not None else stored
+        if credentials is not None:
+            self._credentials = credentials
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_credentials"}
+        stamp = _credential_sync.share_for_graph(self.plan.credentials_handle)
+        if stamp is not None:
+            # kept when unpickled: the scheduler pickles the tasks again for the workers
+            state["_credentials_stamp"] = stamp
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        stamp = state.get("_credentials_stamp")
+        if stamp is not None:
+            auth._expect(tuple(stamp))
+
+    def __deepcopy__(self, memo: dict) -> CubeArray:
+        # a copy keeps the credentials alive, as the original does (a pickle never does)
+        clone = CubeArray.__new__(CubeArray)
+        clone.__dict__.update(
+            copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_credentials"}, memo)
+        )
+        if self._credentials is not None:
+            clone._credentials = self._credentials
+        return clone
+
+    def __copy__(self) -> CubeArray:
+        clone = CubeArray.__new__(CubeArray)
+        clone.__dict__.update(self.__dict__)
+        return clone
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
@@ -95,15 +142,18 @@ def _span(key: slice, size: int) -> tuple[slice, int]:
     return slice(start, max(start, stop)), step
 
 
-def _handle_for_open(credentials: auth.Credentials | None) -> str:
-    """The credentials handle for a new cube; fails fast (no network) when there are none."""
+def _handle_for_open(
+    credentials: auth.Credentials | None,
+) -> tuple[str, auth.Credentials | None]:
+    """The credentials handle for a new cube, and the explicit credentials the cube must
+    hold for it (they are registered weakly); fails fast (no network) when there are none."""
     if credentials is not None or auth.current_credentials() is not None:
-        return auth.credentials_handle(credentials)
+        return auth.credentials_handle(credentials), credentials
     if auth._from_environment() is not None:
-        return auth.DEFAULT_HANDLE
+        return auth.DEFAULT_HANDLE, None
     from_netrc = auth._from_netrc()
     if from_netrc is not None:
-        return auth.credentials_handle(from_netrc)
+        return auth.credentials_handle(from_netrc), from_netrc
     raise AuthenticationError(
         "Opening Terrascope data needs credentials: call xarray_terrascope.login() first, "
         "pass credentials=Credentials(user, password), set TERRASCOPE_USERNAME and "
@@ -297,7 +347,7 @@ def open_cube(
     """Search (or take items), plan and return the lazy Dataset; see the engine's docs."""
     assets_list = _check_assets(assets)
     chunksize = _check_chunksize(chunksize)
-    handle = _handle_for_open(credentials)
+    handle, held = _handle_for_open(credentials)
     if is_items(filename_or_obj):
         items = list(filename_or_obj)
         box = check_bbox(bbox) if bbox is not None else None
@@ -361,7 +411,7 @@ def open_cube(
             encoding.update(decoder.encoding)
         variables[key] = xr.Variable(
             ("time", "y", "x"),
-            indexing.LazilyIndexedArray(CubeArray(plan, index, decoder)),
+            indexing.LazilyIndexedArray(CubeArray(plan, index, decoder, held)),
             attrs=attrs,
             encoding={**encoding, "preferred_chunks": preferred},
         )
