@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -187,11 +186,9 @@ def test_unsupported_out_suffix_is_rejected_before_any_request(
     recording_server, tmp_path, capsys, name
 ):
     out = tmp_path / "new-dir" / name
-    started = time.monotonic()
     with pytest.raises(SystemExit) as exc:
         cli.main(["ndvi", "--bbox", BBOX, *WINDOW, "--out", str(out)])
     assert exc.value.code == 2
-    assert time.monotonic() - started < 5
     err = capsys.readouterr().err
     assert "argument --out" in err and ".nc" in err and ".zarr" in err and ".tif" in err
     assert "Traceback" not in err
