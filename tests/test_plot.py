@@ -31,6 +31,8 @@ import xarray as xr
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 from xarray_terrascope.plot import save_html, time_slider
 
+from .conftest import missing_tier
+
 logger = logging.getLogger(__name__)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -405,7 +407,7 @@ def site(tmp_path: Path) -> Iterator[tuple[Path, str, list[str]]]:
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Headless Debian Chromium through its own chromedriver (no Selenium Manager)."""
     if not Path(CHROMEDRIVER).exists():
-        pytest.skip(
+        missing_tier(
             f"{CHROMEDRIVER} is absent: install Debian's chromium and chromium-driver "
             "(bash scripts/run.sh test does)"
         )
