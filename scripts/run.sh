@@ -4,10 +4,20 @@
 #   bash scripts/run.sh test    # set up (venv, pip packages, Chromium, nginx, PostgreSQL +
 #                               # stac-fastapi-pgstac), then run the tests
 # Extra arguments after `test` go to pytest. VENV=path overrides the virtualenv (.venv).
+# With CI=true (GitHub Actions sets it, and so does .ci/run), a real-server tier (nginx,
+# stac-fastapi-pgstac) that cannot be set up fails the run instead of skipping its tests.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+
+unavailable() {  # $1: what could not be set up, $2: the tests that need it
+  if [ "${CI:-}" = "true" ]; then
+    echo "--- $1: CI=true, so this run fails rather than skip $2" >&2
+    exit 1
+  fi
+  echo "--- $1: $2 will skip" >&2
+}
 
 setup_python() {  # $1: the extras to install
   if [ ! -x "$VENV/bin/python" ]; then
@@ -53,7 +63,7 @@ setup_nginx() {  # a real nginx for tests/test_nginx.py, with no system service 
     for package in nginx nginx-light nginx-core; do
       if ! (cd "$work" && apt-get download -qq "$package" 2>/dev/null); then
         if [ -n "$updated" ]; then continue; fi
-        $sudo apt-get update -qq
+        $sudo apt-get update -qq || true  # offline: no package, said below
         updated=yes
         (cd "$work" && apt-get download -qq "$package" 2>/dev/null) || continue
       fi
@@ -67,16 +77,16 @@ setup_nginx() {  # a real nginx for tests/test_nginx.py, with no system service 
     rm -rf "$work"
   fi
   if [ ! -x "$dest/usr/sbin/nginx" ]; then
-    echo "--- no nginx binary in Debian's packages: tests/test_nginx.py will skip" >&2
+    unavailable "no nginx binary in Debian's packages" tests/test_nginx.py
     return
   fi
   if ldd "$dest/usr/sbin/nginx" | grep "not found" >/dev/null; then
     echo "--- installing nginx's libraries (apt-get)"
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-      libcrypt1 libpcre2-8-0 libssl3 zlib1g >/dev/null
+      libcrypt1 libpcre2-8-0 libssl3 zlib1g >/dev/null || true  # checked just below
   fi
   if ! "$dest/usr/sbin/nginx" -v; then
-    echo "--- $dest/usr/sbin/nginx does not run: tests/test_nginx.py will skip" >&2
+    unavailable "$dest/usr/sbin/nginx does not run" tests/test_nginx.py
     return
   fi
   export TERRASCOPE_TEST_NGINX="$dest/usr/sbin/nginx"
@@ -94,7 +104,7 @@ setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_
     if ! { $sudo apt-get update -qq \
       && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         postgresql-15 postgresql-15-postgis-3 >/dev/null; }; then
-      echo "--- could not install PostgreSQL/PostGIS: tests/test_pgstac.py will skip" >&2
+      unavailable "could not install PostgreSQL/PostGIS" tests/test_pgstac.py
       return
     fi
   fi
@@ -110,7 +120,7 @@ setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_
     if ! { { [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"; } \
       && "$venv/bin/python" -m pip install -q --upgrade pip \
       && "$venv/bin/python" -m pip install -q $pins; }; then
-      echo "--- could not install stac-fastapi-pgstac: tests/test_pgstac.py will skip" >&2
+      unavailable "could not install stac-fastapi-pgstac" tests/test_pgstac.py
       return
     fi
     touch "$stamp"
@@ -118,6 +128,10 @@ setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_
   TERRASCOPE_TEST_PGSTAC="$(cd "$venv" && pwd)"
   export TERRASCOPE_TEST_PGSTAC
 }
+
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+  return 0  # sourced (tests/test_run_script.py calls the set-up functions): define only
+fi
 
 case "${1:-}" in
   demo)

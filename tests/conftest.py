@@ -10,12 +10,54 @@ import sys
 import pytest
 
 import xarray_terrascope as xts
-from xarray_terrascope import read
+from xarray_terrascope import _aio, _gdal_read, _transport, read
+from xarray_terrascope._headers import headers
+from xarray_terrascope._tiles import tiles
+
+#: In CI (``CI=true``, set by GitHub Actions and .ci/run) a real-server tier that is
+#: missing fails its tests: a green run must not hide that they never ran.
+IN_CI = os.environ.get("CI") == "true"
+
+
+def missing_tier(reason: str) -> None:
+    """Skip the test for want of a real server or browser (``reason``); fail it in CI."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing test tier fails the run)", pytrace=False)
+    pytest.skip(reason)
+
 
 #: Credentials a process may take from its environment (the workers must not have them).
 TERRASCOPE_VARS = ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD")
 NDVI = "terrascope-s2-ndvi-v2"
 FAPAR = "terrascope-s2-fapar-v2"
+
+
+def _engine_loop_running() -> bool:
+    """Whether this process has started the read engine's event loop (a loop inherited
+    through a fork does not count: its thread does not exist here)."""
+    thread = _aio._thread
+    if _aio._loop is None or _aio._pid != os.getpid():
+        return False
+    return thread is not None and thread.is_alive()
+
+
+@pytest.fixture(autouse=True)
+def fresh_engine_state():
+    """After every test: forget what the read engine learnt and kept in this process, so
+    no test depends on the ones before it (a per-origin limit of 1 taught by one test
+    would otherwise hold back the next). Cleared: the per-origin limiters and multi-range
+    knowledge, the tile store, COG headers in memory, read-ahead results, GDAL readers.
+
+    Cheap, and it starts no event loop: the loop's state is touched only when the loop
+    runs (a test that never read anything has none).
+    """
+    yield
+    tiles.clear()
+    headers.clear_memory()
+    _gdal_read.clear_readers()
+    if _engine_loop_running():
+        read.clear_reader_cache()  # read-ahead and parsed headers live on the loop
+        _transport.reset_limiters()
 
 
 @pytest.fixture

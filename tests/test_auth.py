@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
+import dataclasses
 import os
 import pickle
 import threading
@@ -166,8 +167,9 @@ def test_credentials_never_show_or_pickle_the_password():
         assert "alice" in text
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(creds)
-    with pytest.raises(Exception):  # noqa: B017 - frozen dataclass: FrozenInstanceError
+    with pytest.raises(dataclasses.FrozenInstanceError):
         creds.password = "x"  # type: ignore[misc]
+    assert creds.password == "hunter2-secret"
 
 
 def test_gdal_options_are_scoped_to_the_download_hosts(sandbox_urls):

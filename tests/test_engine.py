@@ -406,19 +406,36 @@ def test_reads_are_retried_through_503s_and_rate_limits(logged_in):
 
 
 def test_a_failing_server_is_a_read_error_with_gdal_cause(logged_in, monkeypatch):
-    """Retries exhausted on 503s: a ReadError naming the file, GDAL's error chained."""
-    from xarray_terrascope import auth
+    """Through GDAL's warper (bilinear at 20 m: not the async engine's case), a server
+    that answers every request 503: a ReadError naming the file and the status, GDAL's
+    (rasterio's) error chained as its cause."""
+    from rasterio.errors import RasterioIOError
+
+    from xarray_terrascope import _gdal_read, _transport, auth
 
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "1")
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.1")
+    monkeypatch.setattr(_gdal_read, "GDAL_ATTEMPTS", 2)
     ds = xr.open_dataset(
-        list(SAMPLE_FIELD), engine="terrascope", start="2025-04-01", end="2025-04-01"
+        list(SAMPLE_FIELD),
+        engine="terrascope",
+        start="2025-04-01",
+        end="2025-04-01",
+        resolution=20,
+        resampling="bilinear",
     )
-    assert all("20250401T" in i for i in ds.item_ids.values[0].split())
-    logged_in.download.fail_next(50, kind="503")
+    ids = ds.item_ids.values[0].split()
+    assert ids and all("20250401T" in i for i in ids)
+    logged_in.download.fault_rate = 1.0  # every authenticated download: 503
     with pytest.raises(xts.ReadError, match="20250401T") as info:
         ds.NDVI.load()
-    assert info.value.__cause__ is not None
+    assert "HTTP 503" in str(info.value) and "GDAL" in str(info.value)
+    causes, cause = [], info.value.__cause__
+    while cause is not None:  # stackstac wraps rasterio's error in a RuntimeError
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    assert any(isinstance(c, RasterioIOError) for c in causes), causes
+    assert not any(isinstance(c, _transport._Retry) for c in causes), causes  # not the engine
     assert logged_in.password not in str(info.value)
 
 
@@ -435,3 +452,118 @@ def test_error_classification_does_not_read_dates_as_status_codes():
     assert type(_explain(corrupt, url, creds, sent=True)) is xts.ReadError
     refused = RasterioIOError("HTTP response code: 401")
     assert type(_explain(refused, url, creds, sent=True)) is AuthenticationError
+
+
+def test_per_date_cloud_cover_is_the_mean_and_platform_the_dates_own(logged_in):
+    """Per date, ``cloud_cover`` is the mean of the date's items' ``eo:cloud_cover`` (the
+    field's two tiles report different covers) and ``platform`` the date's own
+    platforms: both computed here from the world's item properties. One item is given
+    another satellite by hand, so one date has two platforms."""
+    start, end = "2025-05-25", "2025-06-15"
+    items = xts.search(NDVI, SAMPLE_FIELD, start, end)
+    mixed_day = "2025-05-28"
+    changed = next(i for i in items if i.id.startswith("S2A_20250528T") and "_31UGS_" in i.id)
+    changed = changed.clone()
+    changed.properties["platform"] = "sentinel-2c"
+    items = [changed if i.id == changed.id else i for i in items]
+    ds = xr.open_dataset(pystac.ItemCollection(items), engine="terrascope", bbox=SAMPLE_FIELD)
+
+    props = {
+        d["id"]: d["properties"] for d in logged_in.world.item_dicts(NDVI, logged_in.download_url)
+    }
+    props[changed.id] = {**props[changed.id], "platform": "sentinel-2c"}
+    groups = _world_groups(logged_in, NDVI, SAMPLE_FIELD, start, end)
+    assert list(groups) == ds.terrascope.dates()
+    covers = [[props[i]["eo:cloud_cover"] for i in ids] for ids in groups.values()]
+    want_cover = [sum(c) / len(c) for c in covers]
+    np.testing.assert_allclose(ds.cloud_cover.values, want_cover, rtol=1e-6)
+    assert any(max(c) - min(c) > 1 for c in covers)  # the mean is not the max, nor the min
+    want_platform = [
+        ",".join(sorted({props[i]["platform"] for i in ids})) for ids in groups.values()
+    ]
+    assert list(ds.platform.values) == want_platform
+    assert want_platform[list(groups).index(mixed_day)] == "sentinel-2a,sentinel-2c"
+    assert {"sentinel-2a", "sentinel-2b"} <= set(want_platform)  # alternating satellites
+
+
+#: Dates of the sample field: partly cloudy (05-28), overcast (05-31), clear (06-02).
+RESAMPLED_DAYS = {"start": "2025-05-28", "end": "2025-06-02"}
+
+
+def _at_20_m(resampling):
+    """The sample field at 20 m with ``resampling`` (GDAL's warper), as DN, and the
+    output pixel centres. Every 20 m pixel covers exactly 2 x 2 native 10 m pixels: its
+    edges are on the files' 10 m grid (tile origins at multiples of 10 m)."""
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD),
+        engine="terrascope",
+        resolution=20,
+        resampling=resampling,
+        decode=False,
+        **RESAMPLED_DAYS,
+    )
+    assert ds.rio.resolution() == (20.0, -20.0) and ds.rio.crs.to_epsg() == 32631
+    assert (ds.x.values % 10 == 0).all() and (ds.y.values % 10 == 0).all()
+    xs, ys = np.meshgrid(ds.x.values, ds.y.values)
+    return ds, ds.NDVI.load().values, xs, ys
+
+
+def _world_dn(sandbox, item, xs, ys, offsets):
+    """The item's DN (255: no data) at each offset (metres) around each point, from the
+    world: an array ``(len(offsets) ** 2, *xs.shape)``."""
+    return np.stack(
+        [
+            sandbox.world.sample(item, xs + dx, ys + dy, crs="EPSG:32631")
+            for dy in offsets
+            for dx in offsets
+        ]
+    )
+
+
+def test_average_at_20_m_is_the_mean_of_the_native_pixels(logged_in):
+    """``resampling="average"`` at twice the native pixel size: each pixel is the mean of
+    the valid ones among the 2 x 2 native pixels it covers, in the date's mosaic order,
+    the first item with a valid pixel winning. Expected values from the world's pixels
+    with numpy; tolerance 0.5 DN, the rounding of a mean to the file's integer DN. (The
+    world's clouds lie on 20 m cells that these pixels coincide with: a block is all
+    valid or all no data.)"""
+    ds, raw, xs, ys = _at_20_m("average")
+    groups = _world_groups(logged_in, NDVI, SAMPLE_FIELD, **RESAMPLED_DAYS)
+    assert list(groups) == ds.terrascope.dates()
+    checked = 0
+    for t, ids in enumerate(groups.values()):
+        want = np.full(xs.shape, np.nan)
+        for item in ids:  # mosaic priority
+            dn = _world_dn(logged_in, item, xs, ys, (-5, 5)).astype(np.float64)
+            valid = dn != 255
+            count = valid.sum(axis=0)
+            mean = np.where(valid, dn, 0).sum(axis=0) / np.maximum(count, 1)
+            take = np.isnan(want) & (count > 0)
+            want[take] = mean[take]
+        got = raw[t]
+        np.testing.assert_array_equal(got == 255, np.isnan(want), err_msg="no data")
+        valid = ~np.isnan(want)
+        assert (np.abs(got[valid] - want[valid]) <= 0.5).all()
+        checked += int(valid.sum())
+    assert checked > 10000
+
+
+def test_bilinear_at_20_m_is_a_triangle_filter_two_pixels_wide(logged_in):
+    """``resampling="bilinear"`` at twice the native pixel size: GDAL's warper widens the
+    bilinear kernel by the shrinking factor, so along each axis the 4 nearest native
+    pixels weigh 1/8, 3/8, 3/8, 1/8. Expected values from the world's pixels with numpy
+    where the date's first item has all 16 valid; tolerance 0.5 DN (rounding)."""
+    ds, raw, xs, ys = _at_20_m("bilinear")
+    groups = _world_groups(logged_in, NDVI, SAMPLE_FIELD, **RESAMPLED_DAYS)
+    assert list(groups) == ds.terrascope.dates()
+    weights = np.array([1, 3, 3, 1]) / 8
+    kernel = np.outer(weights, weights).ravel()  # same order as _world_dn's offsets
+    checked = 0
+    for t, ids in enumerate(groups.values()):
+        dn = _world_dn(logged_in, ids[0], xs, ys, (-15, -5, 5, 15)).astype(np.float64)
+        full = (dn != 255).all(axis=0)
+        want = np.tensordot(kernel, dn, axes=1)
+        got = raw[t]
+        assert (np.abs(got[full] - want[full]) <= 0.5).all()
+        checked += int(full.sum())
+    assert checked > 10000

@@ -3,6 +3,10 @@ names the item and the HTTP status; refusals are AuthenticationError, never NaN.
 
 from __future__ import annotations
 
+import http.server
+import threading
+import time
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -369,3 +373,99 @@ def test_stac_api_503s_leave_the_cube_exact(logged_in, clean_cube):
     got = _field(chunks={}).NDVI.load().values
     np.testing.assert_array_equal(got, clean_cube)
     assert logged_in.stac.injected >= 2
+
+
+def test_retry_after_pauses_the_host_on_the_loop_clock():
+    """A refusal with ``Retry-After: 0.3`` holds back the next acquire of the host's
+    limiter, whoever asks, until 0.3 s later on the loop's clock (the limiter's own)."""
+    import asyncio
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        limiter = _transport.Limiter(16)
+        refused, other = await limiter.acquire(), await limiter.acquire()
+        refused_at = loop.time()
+        await limiter.release(refused, busy=True, success=False, retry_after=0.3)
+        await limiter.release(other, busy=False, success=True)  # a slot is free
+        await limiter.acquire()
+        return loop.time() - refused_at
+
+    assert asyncio.run(scenario()) >= 0.3
+
+
+#: Seconds the server of :class:`_RefuseFirstHandler` announces in ``Retry-After``.
+RETRY_AFTER = 1
+
+
+class _RefuseFirstHandler(http.server.BaseHTTPRequestHandler):
+    """Answers the first request 429 with ``Retry-After: 1``, every other one the bytes
+    asked for; records arrivals and the 429's departure on the server's clock."""
+
+    def do_GET(self):
+        server = self.server
+        arrived = time.monotonic()
+        with server.lock:
+            server.arrivals.append((arrived, self.path))
+            first = server.refused_at is None
+            if first:
+                server.refused_at = time.monotonic()  # before a byte of the answer leaves
+        if first:
+            self.send_response(429)
+            self.send_header("Retry-After", str(RETRY_AFTER))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start, end = (int(v) for v in self.headers["Range"].split("=")[1].split("-"))
+        body = bytes(range(start, end + 1))
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/256")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def refuse_first_server():
+    """A loopback server of :class:`_RefuseFirstHandler` on a free port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefuseFirstHandler)
+    server.lock, server.arrivals, server.refused_at = threading.Lock(), [], None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_429_with_retry_after_holds_back_every_request_to_the_host(
+    refuse_first_server, monkeypatch
+):
+    """One request at a time to the host (``TERRASCOPE_MAX_CONNECTIONS=1``), two files to
+    read: the first request gets ``429, Retry-After: 1``. Neither its retry nor the
+    other file's request may reach the server sooner than 1 s after the 429 left it
+    (server-side clock; 10 ms allowed for the client loop's millisecond clock)."""
+    import asyncio
+
+    from xarray_terrascope import _aio
+
+    server, root = refuse_first_server
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "1")
+
+    async def both():
+        return await asyncio.gather(
+            *(
+                _transport.get_range(f"{root}/{name}.tif", 10, 20, auth_header=None, label=name)
+                for name in ("a", "b")
+            )
+        )
+
+    answers = _aio.run(both())
+    assert [blob for blob, _ in answers] == [bytes(range(10, 20))] * 2
+    after = sorted(t for t, _ in server.arrivals if t > server.refused_at)
+    assert len(server.arrivals) == 3 and len(after) == 2, server.arrivals
+    assert after[0] - server.refused_at >= RETRY_AFTER - 0.01, (after, server.refused_at)

@@ -228,10 +228,8 @@ def test_plan_aligns_blocks_to_the_file_tiles(field):
     assert (oy, ox) in corners
 
 
-distributed = pytest.importorskip("distributed")
-
-
 def test_on_a_distributed_cluster(cluster, logged_in):
+    distributed = pytest.importorskip("distributed")  # this test alone needs it
     sandbox = logged_in
     xts.login(sandbox.username, sandbox.password)
     ds = _open(SAMPLE_FIELD)

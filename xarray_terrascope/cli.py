@@ -36,6 +36,14 @@ def _add_query_args(parser: argparse.ArgumentParser, *, bbox_required: bool) -> 
     parser.add_argument("--max-cloud-cover", type=float, help="percent, inclusive")
 
 
+def _add_collection_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--collection",
+        default=config.DEFAULT_COLLECTION,
+        help=f"collection id (default: {config.DEFAULT_COLLECTION})",
+    )
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from .search import search
 
@@ -159,11 +167,30 @@ def _output_path(out: Path) -> Path:
     return out
 
 
+def _export_asset(collection: str, asset: str | None) -> None:
+    """``ndvi --asset``: checked against what the package knows of the collection, before
+    any request (a collection it does not know is checked once the cube is open)."""
+    info = config.COLLECTIONS.get(collection)
+    if info is None:
+        return
+    if asset is None and len(info.assets) > 1:
+        raise InvalidArgumentError(
+            f"--asset: {collection} has several assets ({', '.join(info.assets)}); "
+            "choose the one to export with --asset"
+        )
+    if asset is not None and asset not in info.assets:
+        raise InvalidArgumentError(
+            f"--asset: {collection} has no asset {asset!r}; its assets: {', '.join(info.assets)}"
+        )
+
+
 def _cmd_ndvi(args: argparse.Namespace) -> int:
     import xarray as xr
 
     from . import auth
+    from .accessor import decode_raw
 
+    _export_asset(args.collection, args.asset)
     out = _output_path(args.out)
     auth.login(validate=True)
     ds = xr.open_dataset(
@@ -171,13 +198,21 @@ def _cmd_ndvi(args: argparse.Namespace) -> int:
         engine="terrascope",
         start=args.start,
         end=args.end,
+        collection=args.collection,
+        assets=None if args.asset is None else [args.asset],
         max_cloud_cover=args.max_cloud_cover,
         chunks={},
     )
-    ndvi = ds.terrascope.ndvi()
-    print(f"{len(ds.time)} date(s), {ds.sizes['y']} x {ds.sizes['x']} px, writing {out}")
+    if len(ds.data_vars) != 1:  # a collection the package does not know beforehand
+        raise InvalidArgumentError(
+            f"--asset: {args.collection} has several assets ({', '.join(map(str, ds.data_vars))}); "
+            "choose the one to export with --asset"
+        )
+    (name,) = ds.data_vars
+    cube = decode_raw(ds[name])  # physical values, NaN for no data
+    print(f"{len(ds.time)} date(s) of {name}, {ds.sizes['y']} x {ds.sizes['x']} px, writing {out}")
     try:
-        _write(ndvi, _export_attrs(ds), out)
+        _write(cube, _export_attrs(ds), out)
     except OSError as err:
         raise InvalidArgumentError(f"--out: cannot write {str(out)!r}: {err}") from err
     print(f"wrote {out}")
@@ -389,8 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many items, the earliest (default: all)")
     p.set_defaults(func=_cmd_search)
 
-    p = sub.add_parser("ndvi", help="export an NDVI cube to NetCDF, Zarr or GeoTIFF")
+    p = sub.add_parser(
+        "ndvi",
+        help="export an NDVI cube (or another collection's) to NetCDF, Zarr or GeoTIFF",
+        description="Export one variable of a collection (NDVI by default) as physical "
+        "values, NaN for no data.",
+    )
     _add_query_args(p, bbox_required=True)
+    _add_collection_arg(p)
+    p.add_argument(
+        "--asset",
+        help="the asset to export, for a collection with several (e.g. VV of "
+        "terrascope-s1-grd-sigma0-v1; default: the collection's only one)",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -417,11 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", help="first date, e.g. 2025-04-01")
     p.add_argument("--end", help="last date (a date includes that whole day)")
     p.add_argument("--max-cloud-cover", type=float, help="percent, inclusive")
-    p.add_argument(
-        "--collection",
-        default=config.DEFAULT_COLLECTION,
-        help=f"collection id (default: {config.DEFAULT_COLLECTION})",
-    )
+    _add_collection_arg(p)
     p.add_argument(
         "--stats",
         type=_stats_list,
