@@ -7,7 +7,14 @@ threads of a ``dask.distributed`` worker. After ``fork()`` the child gets a new 
 parent's loop thread does not exist there).
 
 Per-loop state (HTTP sessions, limiters) is kept with :func:`loop_state`, so it is
-rebuilt together with the loop in a forked child.
+rebuilt together with the loop in a forked child. The parent's loop and state are kept,
+never closed, in the child: closing them there would act on sockets the parent still
+uses, and collecting them would warn about unclosed sessions.
+
+async-tiff's own runtime (Rust threads that parse and decode COGs) does not survive
+``fork()``: once it has started in a process, its calls never finish in a forked child.
+:func:`native_started` records that it started; :func:`native_usable` tells a child that
+it must read another way (see :mod:`xarray_terrascope.read`).
 """
 
 from __future__ import annotations
@@ -20,7 +27,17 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
-__all__ = ["idle_for", "in_loop_thread", "loop_state", "retrieve", "run", "shared", "submit"]
+__all__ = [
+    "idle_for",
+    "in_loop_thread",
+    "loop_state",
+    "native_started",
+    "native_usable",
+    "retrieve",
+    "run",
+    "shared",
+    "submit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +54,21 @@ _in_flight = 0
 _idle_since = 0.0
 
 
+#: In a forked child: the parent's loop and loop state, kept (never closed) for good.
+_forked_leftovers: list[tuple[asyncio.AbstractEventLoop | None, dict[str, Any]]] = []
+#: The process in which async-tiff's runtime started (None: in none of this process's
+#: ancestors either).
+_native_pid: int | None = None
+
+
 def _reset_after_fork() -> None:
     """In a forked child: forget the parent's loop (its thread does not exist here)."""
-    global _loop, _thread, _pid, _lock, _in_flight
+    global _loop, _thread, _pid, _lock, _in_flight, _state
     _lock = threading.Lock()
+    _forked_leftovers.append((_loop, _state))
     _loop = _thread = _pid = None
     _in_flight = 0
-    _state.clear()
+    _state = {}
 
 
 if hasattr(os, "register_at_fork"):
@@ -153,6 +178,19 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except BaseException:
         future.cancel()
         raise
+
+
+def native_started() -> None:
+    """Record that async-tiff's runtime runs in this process (call before its first use)."""
+    global _native_pid
+    if _native_pid is None:
+        _native_pid = os.getpid()
+
+
+def native_usable() -> bool:
+    """Whether async-tiff works in this process: False in a child forked after it had
+    started (in the parent, or further up)."""
+    return _native_pid is None or _native_pid == os.getpid()
 
 
 def loop_state() -> dict[str, Any]:

@@ -14,6 +14,7 @@ cached state of that URL, so a failure never sticks in the process.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import threading
@@ -52,6 +53,24 @@ _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _readers_lock = threading.Lock()
 _readers: OrderedDict[tuple, Any] = OrderedDict()
+
+
+#: In a forked child: the parent's open readers, kept (never closed: closing would act on
+#: connections the parent still uses).
+_forked_readers: list[OrderedDict[tuple, Any]] = []
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: a pool and readers of its own (the parent's pool threads do
+    not exist here, and a task submitted to its pool would wait for ever)."""
+    global _pool, _pool_lock, _readers, _readers_lock
+    _forked_readers.append(_readers)
+    _pool, _readers = None, OrderedDict()
+    _pool_lock, _readers_lock = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def io_pool() -> ThreadPoolExecutor:

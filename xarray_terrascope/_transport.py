@@ -33,6 +33,7 @@ import base64
 import contextlib
 import functools
 import logging
+import os
 import random
 import re
 from collections import OrderedDict
@@ -156,6 +157,22 @@ def close_session() -> None:
 
 
 atexit.register(close_session)
+
+
+def _disown_parent_session() -> None:
+    """In a forked child: mark the parent's session (kept, never closed, by
+    :mod:`~xarray_terrascope._aio`) as closed without closing its sockets, which the
+    parent still uses; collected at the child's exit, it then warns about nothing."""
+    for _loop, state in _aio._forked_leftovers[-1:]:
+        session = state.get("session")
+        connector = session.connector if session is not None else None
+        if connector is not None:
+            # aiohttp has no public way to let go of a connector without closing it
+            connector._closed = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_parent_session)
 
 
 def reset_limiters() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -99,6 +100,15 @@ class Gather:
 _plans_lock = threading.Lock()
 _plans: OrderedDict[tuple, Gather] = OrderedDict()
 _plans_bytes = 0
+
+
+def _new_lock_after_fork() -> None:
+    global _plans_lock
+    _plans_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 @functools.lru_cache(maxsize=16)

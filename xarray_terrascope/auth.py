@@ -170,6 +170,16 @@ _default: Credentials | None = None
 #: :class:`Credentials`, so an entry goes with the last cube that uses it (and on logout()).
 _registry: weakref.WeakValueDictionary[str, Credentials] = weakref.WeakValueDictionary()
 
+
+def _new_lock_after_fork() -> None:
+    global _lock, _installed_changed
+    _lock = threading.RLock()  # another thread may have held it at the fork
+    _installed_changed = threading.Condition(_lock)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
+
 #: ``(sender, generation)`` of a credential state shared with a cluster: ``sender`` is a
 #: random id of the client process, ``generation`` grows with each state it shares.
 Stamp = tuple[str, int]

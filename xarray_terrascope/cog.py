@@ -198,6 +198,7 @@ async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header
     source = _Source(url, label, auth_header, None)
     await source.fetch(0, _prefetch())  # fills source.prefix
     try:
+        _aio.native_started()
         tiff = await TIFF.open(url, store=source, prefetch=len(source.prefix))
     except Exception as err:
         if source.error is not None:
@@ -250,6 +251,7 @@ async def _open(url: str, label: str, auth_header: str | None) -> tuple[TIFF, _S
     if parsed is not None and parsed[1].header is header:  # parsed by its header request
         return parsed[0], parsed[1], from_disk
     source = _Source(url, label, auth_header, header)
+    _aio.native_started()
     tiff = await TIFF.open(url, store=source, prefetch=len(header.data))
     return tiff, source, from_disk
 

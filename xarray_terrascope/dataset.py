@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import secrets
 import threading
 from collections import Counter, OrderedDict
@@ -46,6 +47,15 @@ MAX_DATES_PER_PARTITION = 8
 _ITEMS_CACHE_SIZE = 32
 _items_lock = threading.Lock()
 _items_cache: OrderedDict[str, list[pystac.Item]] = OrderedDict()
+
+
+def _new_lock_after_fork() -> None:
+    global _items_lock
+    _items_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 class CubeArray(BackendArray):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 import threading
 from collections import OrderedDict
@@ -159,9 +160,12 @@ def read_window(
             _gdal_read.read_gdal, plan, href, asset_index, window, creds, label, header
         )
 
+    native = _aio.native_usable()
+    if not native and jobs:
+        _forked_warning()
     try:
         for j, (_, item_index, _, local) in enumerate(jobs):
-            how = None if local else _async_how(plan, item_index, asset_index)
+            how = None if local or not native else _async_how(plan, item_index, asset_index)
             if how is None:
                 results[j] = through_gdal(j)
             else:
@@ -198,6 +202,23 @@ def read_window(
     return out
 
 
+_forked_warned: list[int] = []
+
+
+def _forked_warning() -> None:
+    """Say once per process why its reads go through GDAL."""
+    if os.getpid() in _forked_warned:
+        return
+    _forked_warned.append(os.getpid())
+    logger.warning(
+        "This process was forked after its parent had started the read engine (async-tiff's "
+        "runtime does not survive fork, the default start method of multiprocessing on "
+        "Linux before Python 3.14): its reads go through GDAL, which is correct but slower. "
+        "For full speed, create the processes with multiprocessing's 'spawn' or "
+        "'forkserver' start method (multiprocessing.get_context('forkserver'))."
+    )
+
+
 async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds, dtype, fill):
     import asyncio
 
@@ -221,6 +242,15 @@ async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds,
 _RECENT_SIZE = 256
 _recent_lock = threading.Lock()
 _recent: OrderedDict[tuple, tuple[set[int], set[str]]] = OrderedDict()  # dates, warmed URLs
+
+
+def _reset_after_fork() -> None:
+    global _recent_lock
+    _recent_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fill) -> Spec:
