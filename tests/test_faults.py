@@ -459,7 +459,7 @@ def test_a_429_with_retry_after_holds_back_every_request_to_the_host(
     async def both():
         return await asyncio.gather(
             *(
-                _transport.get_range(f"{root}/{name}.tif", 10, 20, auth_header=None, label=name)
+                _transport.get_range(f"{root}/{name}.tif", 10, 20, access=None, label=name)
                 for name in ("a", "b")
             )
         )

@@ -173,7 +173,7 @@ async def _read_async(url: str) -> np.ndarray:
     return await cog.read_aligned(
         url,
         label="item",
-        auth_header=None,
+        access=None,
         grid=cog.Grid(32631, 600000.0, 5700000.0, 10.0, 0, 0),
         shape=(SIDE, SIDE),
         rows=slice(0, SIDE),
@@ -196,7 +196,7 @@ _CHILD_READ = textwrap.dedent(
     url, out = sys.argv[1], sys.argv[2]
     try:
         values = _aio.run(cog.read_aligned(
-            url, label="item", auth_header=None,
+            url, label="item", access=None,
             grid=cog.Grid(32631, 600000.0, 5700000.0, 10.0, 0, 0), shape=(512, 512),
             rows=slice(0, 512), cols=slice(0, 512), dtype=np.dtype("uint16"), fill=0,
         ))

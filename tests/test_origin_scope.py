@@ -161,3 +161,102 @@ def test_gdal_cache_answers_no_open_without_credentials(logged_in):
         rasterio.open(url).close()
     asked = [r for r in logged_in.log.records() if r.path.endswith(".tif")]
     assert asked and not any(r.has_credentials for r in asked)
+
+
+def _secret_forms(sandbox) -> list[str]:
+    pair = f"{sandbox.username}:{sandbox.password}"
+    return [sandbox.password, base64.b64encode(pair.encode()).decode()]
+
+
+def _locals_text(err: BaseException) -> str:
+    """A failed read as ``traceback`` prints it with every frame's local variables (as
+    Sentry, rich and ``pytest --showlocals`` do), causes included."""
+    import traceback
+
+    return "".join(traceback.TracebackException.from_exception(err, capture_locals=True).format())
+
+
+@pytest.mark.parametrize("fault", ["404", "drop"])
+@pytest.mark.parametrize("path", PATHS)
+def test_a_failed_read_shows_no_secret_in_its_traceback_locals(logged_in, monkeypatch, fault, path):
+    """A read that fails (a missing file; connections dropped until the retries run
+    out) raises an error whose frames, printed with their locals, hold the credentials'
+    identity only: no password, no ``Authorization`` value."""
+    from xarray_terrascope import _transport
+
+    items = _items_at(logged_in, logged_in.download_origin)
+    if fault == "404":
+        for item in items:
+            item.assets["NDVI"].href = item.assets["NDVI"].href.replace(".tif", "-gone.tif")
+    else:
+        from xarray_terrascope import _gdal_read, auth
+
+        monkeypatch.setattr(_transport, "MAX_ATTEMPTS", 2)
+        monkeypatch.setattr(_transport, "BACKOFF_BASE", 0.01)
+        monkeypatch.setattr(_gdal_read, "GDAL_ATTEMPTS", 1)
+        monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "0")
+        logged_in.download.drop_rate = 1.0
+    ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), **PATHS[path])
+    with pytest.raises(xts.TerrascopeError) as info:
+        ds.NDVI.load()
+    text = _locals_text(info.value)
+    assert "access" in text or "creds" in text, "the frames of the read are in the text"
+    for secret in _secret_forms(logged_in):
+        assert secret not in text
+
+
+def test_caches_key_by_the_credentials_identity_not_their_value(logged_in):
+    """After reads, no key of the tile store or of the read-ahead holds the secret."""
+    from xarray_terrascope._tiles import tiles
+
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", chunks={}, chunksize=128, start=DAY, end=DAY
+    )
+    ds.NDVI.load()
+    keys = list(tiles._waiting) + list(tiles._taken)
+    assert keys, "windows of 128 px share tiles: the store keeps some"
+    for secret in _secret_forms(logged_in):
+        assert secret not in repr(keys)
+
+
+SIGNATURE = "X-Amz-Signature=sig-must-stay-secret"
+
+
+def _chain_text(err: BaseException) -> str:
+    """Every message of an error and of the errors it chains."""
+    import traceback
+
+    return "".join(traceback.TracebackException.from_exception(err).format())
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_presigned_signatures_appear_in_no_error_message(logged_in, path):
+    """A presigned-looking href whose file is missing: the error and its causes (GDAL's
+    messages quote the URL) show the URL without its query string."""
+    items = _items_at(logged_in, logged_in.download_origin)
+    for item in items:
+        asset = item.assets["NDVI"]
+        asset.href = asset.href.replace(".tif", "-gone.tif") + "?" + SIGNATURE
+    ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), **PATHS[path])
+    with pytest.raises(xts.TerrascopeError) as info:
+        ds.NDVI.load()
+    text = _chain_text(info.value)
+    assert "-gone.tif" in text, text
+    assert "sig-must-stay-secret" not in text, text
+
+
+def test_a_decode_error_shows_no_signature(tmp_path):
+    """A file that is no GeoTIFF, behind a presigned-looking URL: the package's error and
+    async-tiff's cause show the URL without its query string."""
+    from xarray_terrascope import _aio, cog
+    from xarray_terrascope.exceptions import ReadError
+
+    from .test_transport import _Redirector
+
+    with _Redirector() as server:  # answers 64 zero bytes: no TIFF
+        url = f"http://127.0.0.1:{server.port}/bad.tif?{SIGNATURE}"
+        with pytest.raises(ReadError) as info:
+            _aio.run(cog.fetch_header(url, "ITEM-7", None))
+    text = _chain_text(info.value)
+    assert "ITEM-7" in text and "bad.tif" in text, text
+    assert "sig-must-stay-secret" not in text, text

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope import _aio, _transport, cog, read
+from xarray_terrascope import _aio, _transport, auth, cog, read
 from xarray_terrascope._headers import headers
 from xarray_terrascope._tiles import TileCache, tiles
 from xarray_terrascope.testing import SAMPLE_FIELD
@@ -782,7 +782,7 @@ def test_coalescing_merges_small_gaps_only():
 def test_basic_auth_is_utf8():
     import base64
 
-    value = _transport.basic_header("user", "pässwörd€")
+    value = auth.basic_header("user", "pässwörd€")
     assert base64.b64decode(value.split()[1]).decode("utf-8") == "user:pässwörd€"
 
 

@@ -14,6 +14,7 @@ import xarray as xr
 from aiohttp import web
 
 from xarray_terrascope import _aio, _transport
+from xarray_terrascope.auth import Credentials, RequestAuth
 from xarray_terrascope.exceptions import ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -155,7 +156,9 @@ def test_redirects_that_are_not_plain_urls_are_read_errors_naming_the_item(locat
         url = f"http://{HOST}:{server.port}/x.tif"
         with pytest.raises(ReadError, match="ITEM-42") as info:
             _aio.run(
-                _transport.get_ranges(url, [(0, 16)], auth_header="Basic dTpw", label="ITEM-42")
+                _transport.get_ranges(
+                    url, [(0, 16)], access=RequestAuth(Credentials("u", "p")), label="ITEM-42"
+                )
             )
         assert "s3cret" not in str(info.value)
         assert other.seen == [], "a refused redirect target gets no request"

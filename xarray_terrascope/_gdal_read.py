@@ -28,6 +28,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from . import _transport, auth, config
+from .auth import RequestAuth
 from .exceptions import AuthenticationError, ReadError
 from .stack import CubePlan, make_reader
 
@@ -191,11 +192,11 @@ def read_gdal(
     window: Window,
     creds: auth.Credentials | None,
     label: str,
-    auth_header: str | None,
+    access: RequestAuth | None,
 ) -> np.ndarray:
     """One GDAL read of ``window`` with diagnosis of failures and retries of transient ones.
 
-    ``label`` names the file to the user (the item id); ``auth_header`` is what the
+    ``label`` names the file to the user (the item id); ``access`` is what the
     diagnosing GET may send (None when the origin may not receive credentials).
     """
     sent = plan.send_credentials.get(url, False) and creds is not None
@@ -210,7 +211,7 @@ def read_gdal(
             if isinstance(explained, AuthenticationError):
                 raise explained from None
             web = url.split(":", 1)[0].lower() in ("http", "https")
-            status = _transport.probe_status(url, auth_header) if web else 404
+            status = _transport.probe_status(url, access) if web else 404
             if status in (401, 403):
                 raise _refused(label, url, status, creds, sent) from None
             if status in (301, 302, 303, 307, 308) and not sent:
@@ -225,7 +226,7 @@ def read_gdal(
                     f"Reading {label} ({url}) failed: HTTP {status} (GDAL: {text[-200:]})"
                 )
                 error.status_code = status  # type: ignore[attr-defined]
-                raise error from err
+                raise error from config.redacted(err)
             delay = min(4.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
             logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
             time.sleep(delay)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import _aio
 from ._warp import Native, Target, read_warped
+from .auth import RequestAuth
 from .cog import Grid, fetch_header, forget_parsed, read_aligned
 
 __all__ = ["Spec", "clear", "read", "read_ahead", "warm_headers"]
@@ -47,7 +48,7 @@ class Spec:
 
     url: str
     label: str
-    auth_header: str | None = field(repr=False)  # a secret: never in a repr or a log
+    access: RequestAuth | None
     grid: Grid | None
     shape: tuple[int, int]
     rows: slice
@@ -60,7 +61,7 @@ class Spec:
 
     @property
     def key(self) -> tuple:
-        # the credentials are part of the key (never logged): another user reads anew
+        # the credentials' identity is part of the key: another user reads anew
         return (
             self.url,
             self.rows.start,
@@ -68,7 +69,7 @@ class Spec:
             self.cols.start,
             self.cols.stop,
             str(self.dtype),
-            self.auth_header,
+            None if self.access is None else self.access.identity,
         )
 
     @property
@@ -82,7 +83,7 @@ class Spec:
             return read_warped(
                 self.url,
                 label=self.label,
-                auth_header=self.auth_header,
+                access=self.access,
                 native=native,
                 target=target,
                 rows=self.rows,
@@ -93,7 +94,7 @@ class Spec:
         return read_aligned(
             self.url,
             label=self.label,
-            auth_header=self.auth_header,
+            access=self.access,
             grid=self.grid,
             shape=self.shape,
             rows=self.rows,
@@ -156,7 +157,7 @@ def read_ahead(specs: list[Spec]) -> None:
 
 
 def warm_headers(todo: list[tuple[str, str, str | None]]) -> None:
-    """Fetch the headers of ``(url, label, auth_header)`` in the background."""
+    """Fetch the headers of ``(url, label, access)`` in the background."""
     if todo:
         _aio.submit(_warm(todo))
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import base64
 import contextlib
 import functools
 import logging
@@ -39,13 +38,13 @@ import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
 
 from . import _aio, config
 from ._limiter import Limiter
+from .auth import RequestAuth
 from .config import origin as _parse_origin
 from .exceptions import AuthenticationError, ReadError
 
@@ -54,7 +53,6 @@ __all__ = [
     "ENV_MAX_CONNECTIONS",
     "Limiter",
     "Remote",
-    "basic_header",
     "get_range",
     "get_ranges",
     "max_connections",
@@ -94,18 +92,6 @@ _public = config.public_url
 def max_connections() -> int:
     """Requests in flight allowed per host, from ``TERRASCOPE_MAX_CONNECTIONS`` (read now)."""
     return config.int_setting(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)
-
-
-def basic_header(username: str, password: str) -> str:
-    """The ``Authorization`` value for HTTP Basic, UTF-8 encoded as RFC 7617 says.
-
-    Examples
-    --------
-    >>> basic_header("u", "p")
-    'Basic dTpw'
-    """
-    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
-    return f"Basic {token}"
 
 
 @dataclass(frozen=True)
@@ -260,7 +246,7 @@ async def _multirange_turn(url: str) -> AsyncIterator[bool | None]:
 
 
 async def _attempt(
-    url: str, spans: list[tuple[int, int]], auth_header: str | None, label: str
+    url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
 ) -> tuple[list[bytes], Remote]:
     """One ranged GET of ``spans`` (redirects followed by hand); raises :class:`_Retry`
     when transient, :class:`_NoMultiRange` when several spans did not come back as such."""
@@ -271,13 +257,12 @@ async def _attempt(
     target = url
     ranges = ",".join(f"{start}-{end - 1}" for start, end in spans)
     for _hop in range(6):
-        headers = {"Range": f"bytes={ranges}", "Accept-Encoding": "identity"}
-        sent = (
-            auth_header is not None and first_origin is not None and origin(target) == first_origin
-        )
-        if sent:
-            headers["Authorization"] = auth_header
-        async with session.get(target, headers=headers, allow_redirects=False) as resp:
+        sent = access is not None and first_origin is not None and origin(target) == first_origin
+        # the Authorization value goes straight into the request: no local variable of
+        # this frame holds it (a traceback printed with its locals shows none)
+        async with session.get(
+            target, headers=_headers(ranges, access if sent else None), allow_redirects=False
+        ) as resp:
             status = resp.status
             if status in _REDIRECTS:
                 location = resp.headers.get("Location")
@@ -308,7 +293,7 @@ async def _attempt(
                     "Terrascope's login page) instead of data"
                     + (
                         ""
-                        if auth_header
+                        if access
                         else ": no credentials were sent because its origin is not in "
                         "TERRASCOPE_DOWNLOAD_HOSTS"
                     )
@@ -338,7 +323,16 @@ async def _attempt(
             if len(spans) > 1:  # several ranges answered as asked, in one part or more
                 _learn((url, target), True)
             return blobs, Remote(size, etag, modified)
-    raise _fail(310, label, url, auth_header is not None, " (too many redirects)")
+    raise _fail(310, label, url, access is not None, " (too many redirects)")
+
+
+def _headers(ranges: str, access: RequestAuth | None) -> dict[str, str]:
+    """Request headers for byte ``ranges`` (``"0-99,200-299"``), with ``access``'s
+    ``Authorization`` value when given."""
+    headers = {"Range": f"bytes={ranges}", "Accept-Encoding": "identity"}
+    if access is not None:
+        headers["Authorization"] = access.header()
+    return headers
 
 
 def _learn(urls: tuple[str, ...], supported: bool) -> None:
@@ -497,16 +491,30 @@ def _cut(
     return blobs, size
 
 
+def _scrubbed(err: BaseException) -> BaseException:
+    """``err`` (and the exceptions it chains) without tracebacks: aiohttp's frames keep
+    the request's headers, ``Authorization`` included, as local variables, which a
+    traceback printed with its locals would show. The type and message stay (URLs in it
+    redacted)."""
+    seen: set[int] = set()
+    each: BaseException | None = err
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        each.__traceback__ = None
+        each = each.__cause__ or each.__context__
+    return config.redacted(err)
+
+
 async def get_range(
-    url: str, start: int, end: int, *, auth_header: str | None, label: str
+    url: str, start: int, end: int, *, access: RequestAuth | None, label: str
 ) -> tuple[bytes, Remote]:
     """GET bytes ``[start, end)`` of ``url``: :func:`get_ranges` with one range."""
-    (blob,), remote = await get_ranges(url, [(start, end)], auth_header=auth_header, label=label)
+    (blob,), remote = await get_ranges(url, [(start, end)], access=access, label=label)
     return blob, remote
 
 
 async def get_ranges(
-    url: str, spans: list[tuple[int, int]], *, auth_header: str | None, label: str
+    url: str, spans: list[tuple[int, int]], *, access: RequestAuth | None, label: str
 ) -> tuple[list[bytes], Remote]:
     """GET byte ranges ``spans`` (``[start, end)`` each) of ``url``, with retries.
 
@@ -522,7 +530,7 @@ async def get_ranges(
     spans : list of (int, int)
         Byte ranges, end exclusive (clipped by the server at the file's end), sorted and
         not overlapping.
-    auth_header : str or None
+    access : str or None
         ``Authorization`` value for ``url``'s own origin (None: send none).
     label : str
         What the file is to the user (the item id), named in errors.
@@ -540,18 +548,16 @@ async def get_ranges(
         On any other failure, after retrying the transient ones.
     """
     async with _range_turn(url):
-        return await _get_ranges(url, spans, auth_header, label)
+        return await _get_ranges(url, spans, access, label)
 
 
 async def _get_ranges(
-    url: str, spans: list[tuple[int, int]], auth_header: str | None, label: str
+    url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
 ) -> tuple[list[bytes], Remote]:
     whole = _whole(url)
     if whole is None and _ignores_ranges(url):
         # one download of the file for every read that wants a part of it meanwhile
-        await _aio.shared(
-            _WHOLE_PENDING, url, lambda: _with_retries(url, spans[:1], auth_header, label)
-        )
+        await _aio.shared(_WHOLE_PENDING, url, lambda: _with_retries(url, spans[:1], access, label))
         whole = _whole(url)
         if whole is None:  # answered with the range after all: the origin honours them now
             _aio.loop_state()[_IGNORES_RANGES].discard(origin(url) or url)
@@ -564,7 +570,7 @@ async def _get_ranges(
                 try:
                     answers = [  # rarely more than one group: one after the other
                         await _with_retries(
-                            url, spans[i : i + MAX_RANGES_PER_REQUEST], auth_header, label
+                            url, spans[i : i + MAX_RANGES_PER_REQUEST], access, label
                         )
                         for i in range(0, len(spans), MAX_RANGES_PER_REQUEST)
                     ]
@@ -573,26 +579,24 @@ async def _get_ranges(
                 else:
                     return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
     if len(spans) == 1:
-        return await _with_retries(url, spans, auth_header, label)
+        return await _with_retries(url, spans, access, label)
     if (origin(url) or url) not in _aio.loop_state().get(_RANGES_SEEN, ()):
         # the first range alone: an origin that answers with the whole file sends it once
-        first = await _with_retries(url, spans[:1], auth_header, label)
+        first = await _with_retries(url, spans[:1], access, label)
         whole = _whole(url)
         if whole is not None:
             body, remote = whole
             return [body[start:end] for start, end in spans], remote
         rest = await asyncio.gather(
-            *(_with_retries(url, [span], auth_header, label) for span in spans[1:])
+            *(_with_retries(url, [span], access, label) for span in spans[1:])
         )
         return [first[0][0], *(blobs[0] for blobs, _ in rest)], first[1]
-    answers = await asyncio.gather(
-        *(_with_retries(url, [span], auth_header, label) for span in spans)
-    )
+    answers = await asyncio.gather(*(_with_retries(url, [span], access, label) for span in spans))
     return [blobs[0] for blobs, _ in answers], answers[0][1]
 
 
 async def _with_retries(
-    url: str, spans: list[tuple[int, int]], auth_header: str | None, label: str
+    url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
 ) -> tuple[list[bytes], Remote]:
     """One request of ``spans`` through the host's limiter, retried when transient."""
     start, end = spans[0][0], spans[-1][1]
@@ -603,19 +607,19 @@ async def _with_retries(
         busy = success = rate_limited = False
         retry_after = None
         try:
-            result = await _attempt(url, spans, auth_header, label)
+            result = await _attempt(url, spans, access, label)
             success = True
             return result
         except _Retry as err:
             last, retry_after = err, err.retry_after
             busy, rate_limited = err.status in (429, 503), err.status == 429
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
-            last = err
+            last = _scrubbed(err)
         except aiohttp.ClientError as err:  # an invalid URL (from a redirect), not transient
             raise ReadError(
                 f"Reading {label} ({_public(url)}) failed: {type(err).__name__}: "
                 f"{config.redact(str(err))}"
-            ) from err
+            ) from _scrubbed(err)
         finally:
             await limiter.release(generation, busy, success, retry_after, rate_limited)
         delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
@@ -634,14 +638,14 @@ async def _with_retries(
     status = last.status if isinstance(last, _Retry) else None
     if status is not None:
         detail = f" after {MAX_ATTEMPTS} attempts"
-        raise _fail(status, label, url, auth_header is not None, detail) from last
+        raise _fail(status, label, url, access is not None, detail) from last
     raise ReadError(
         f"Reading {label} ({_public(url)}) failed after {MAX_ATTEMPTS} attempts: "
         f"{config.redact(repr(last))}"
     ) from last
 
 
-def probe_status(url: str, auth_header: str | None) -> int | None:
+def probe_status(url: str, access: RequestAuth | None) -> int | None:
     """HTTP status of one small ranged GET of ``url`` (no retries); None when unreachable.
 
     Used to name the status behind a GDAL "Read failed". Call from outside the loop thread.
@@ -649,11 +653,10 @@ def probe_status(url: str, auth_header: str | None) -> int | None:
 
     async def probe() -> int | None:
         session = _session()
-        headers: dict[str, Any] = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
-        if auth_header is not None:
-            headers["Authorization"] = auth_header
         try:
-            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+            async with session.get(
+                url, headers=_headers("0-0", access), allow_redirects=False
+            ) as resp:
                 return resp.status
         except (aiohttp.ClientError, TimeoutError):
             return None

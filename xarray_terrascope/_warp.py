@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _aio
+from .auth import RequestAuth
 from .cog import Grid, GridMismatch, check_grid, tiles_of, with_header
 
 __all__ = ["Gather", "Native", "Target", "gather_plan", "pixel_map", "read_warped"]
@@ -263,7 +264,7 @@ async def read_warped(
     url: str,
     *,
     label: str,
-    auth_header: str | None,
+    access: RequestAuth | None,
     native: Native,
     target: Target,
     rows: slice,
@@ -275,7 +276,7 @@ async def read_warped(
 
     Parameters
     ----------
-    url, label, auth_header
+    url, label, access
         As :func:`xarray_terrascope.cog.read_aligned`.
     native : Native
         The file's grid from the item's metadata (checked against the header).
@@ -317,7 +318,7 @@ async def read_warped(
         out[plan.inside] = stack.reshape(-1)[plan.take]
         return out
 
-    return await with_header(url, label, auth_header, body)
+    return await with_header(url, label, access, body)
 
 
 async def _plan_async(native, target, rows, cols, tile_shape) -> Gather:

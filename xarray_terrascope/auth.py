@@ -14,6 +14,8 @@ caches, the cluster plugin) register callbacks with :func:`subscribe`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import netrc
 import os
@@ -36,6 +38,8 @@ from .exceptions import AuthenticationError, InvalidArgumentError, TerrascopeErr
 __all__ = [
     "DEFAULT_HANDLE",
     "Credentials",
+    "RequestAuth",
+    "basic_header",
     "credentials_handle",
     "current_credentials",
     "gdal_options",
@@ -158,6 +162,68 @@ class Credentials:
         ``'ä'`` differs from what the reads send).
         """
         return (self.username.encode("utf-8"), self.password.encode("utf-8"))
+
+
+def basic_header(username: str, password: str) -> str:
+    """The ``Authorization`` value for HTTP Basic, UTF-8 encoded as RFC 7617 says.
+
+    Examples
+    --------
+    >>> basic_header("u", "p")
+    'Basic dTpw'
+    """
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+#: Key of the identities below: random per process, so they match nothing elsewhere.
+_IDENTITY_KEY = secrets.token_bytes(16)
+
+
+class RequestAuth:
+    """What a request to an allowed origin carries, behind an opaque face.
+
+    The read engine passes this around instead of an ``Authorization`` value, so that
+    the value is in no cache key, no ``repr`` and no local variable that a traceback
+    printed with its locals shows (``traceback`` with ``capture_locals=True``, Sentry,
+    rich, ``pytest --showlocals``): it comes out only where a request is built.
+
+    Attributes
+    ----------
+    identity : str
+        The same for equal credentials in this process and different otherwise: a keyed
+        hash that reveals nothing of them. Caches of what was read with these
+        credentials key by it.
+    username : str
+        Shown by ``repr``.
+
+    Examples
+    --------
+    >>> access = RequestAuth(Credentials("alice", "s3cret"))
+    >>> access
+    RequestAuth(user='alice')
+    >>> access.identity == RequestAuth(Credentials("alice", "s3cret")).identity
+    True
+    """
+
+    __slots__ = ("_value", "identity", "username")
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._value = basic_header(credentials.username, credentials.password)
+        self.identity = hashlib.blake2b(
+            self._value.encode(), key=_IDENTITY_KEY, digest_size=12
+        ).hexdigest()
+        self.username = credentials.username
+
+    def header(self) -> str:
+        """The ``Authorization`` value (build it into a request; never keep it)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"RequestAuth(user={self.username!r})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("RequestAuth holds a secret and cannot be pickled")
 
 
 # --- process state -------------------------------------------------------------------

@@ -32,6 +32,8 @@ from async_tiff import TIFF
 from . import _aio, _transport
 from ._headers import Header, headers
 from ._tiles import tiles
+from .auth import RequestAuth
+from .config import redacted
 from .exceptions import AuthenticationError, ReadError
 
 __all__ = ["Grid", "GridMismatch", "read_aligned"]
@@ -124,8 +126,8 @@ class _Source:
     that read only.
     """
 
-    def __init__(self, url: str, label: str, auth_header: str | None, header: Header | None):
-        self.url, self.label, self.auth_header = url, label, auth_header
+    def __init__(self, url: str, label: str, access: RequestAuth | None, header: Header | None):
+        self.url, self.label, self.access = url, label, access
         self.header = header
         self.prefix = header.data if header is not None else b""
         self.remote: _transport.Remote | None = None
@@ -146,7 +148,7 @@ class _Source:
         self.requests += 1
         try:
             blobs, remote = await _transport.get_ranges(
-                self.url, spans, auth_header=self.auth_header, label=self.label
+                self.url, spans, access=self.access, label=self.label
             )
         except BaseException as err:
             self.error = self.error or err
@@ -179,7 +181,7 @@ class _Source:
         return out
 
 
-async def fetch_header(url: str, label: str, auth_header: str | None) -> tuple[Header, bool]:
+async def fetch_header(url: str, label: str, access: RequestAuth | None) -> tuple[Header, bool]:
     """The file's header: from the cache, else in one request (then cached).
 
     Concurrent calls for one URL share one request. Returns the header and whether it
@@ -188,14 +190,12 @@ async def fetch_header(url: str, label: str, auth_header: str | None) -> tuple[H
     cached, from_disk = headers.get(url)
     if cached is not None:
         return cached, from_disk
-    header = await _aio.shared(
-        "pending_headers", url, lambda: _fetch_header(url, label, auth_header)
-    )
+    header = await _aio.shared("pending_headers", url, lambda: _fetch_header(url, label, access))
     return header, False
 
 
-async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header:
-    source = _Source(url, label, auth_header, None)
+async def _fetch_header(url: str, label: str, access: RequestAuth | None) -> Header:
+    source = _Source(url, label, access, None)
     await source.fetch(0, _prefetch())  # fills source.prefix
     try:
         _aio.native_started()
@@ -203,7 +203,7 @@ async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header
     except Exception as err:
         if source.error is not None:
             raise source.error from None
-        raise ReadError(f"{label} ({url}) is not a readable GeoTIFF: {err}") from err
+        raise ReadError(f"{label} ({url}) is not a readable GeoTIFF: {err}") from redacted(err)
     if source.error is not None:
         raise source.error
     need = tiff.header_byte_size or len(source.prefix)
@@ -221,7 +221,7 @@ async def _fetch_header(url: str, label: str, auth_header: str | None) -> Header
     headers.put(url, header)
     source.header = header  # from here on it reads as any source of a known header
     parsed = _parsed()
-    parsed[url, auth_header] = (tiff, source)
+    parsed[url, _identity(access)] = (tiff, source)
     while len(parsed) > PARSED_ENTRIES:
         parsed.popitem(last=False)
     return header
@@ -234,23 +234,28 @@ _PARSED = "parsed_headers"
 PARSED_ENTRIES = 256
 
 
+def _identity(access: RequestAuth | None) -> str | None:
+    """What caches of this module key by for ``access``: never the secret itself."""
+    return access.identity if access is not None else None
+
+
 def _parsed() -> OrderedDict[tuple[str, str | None], tuple[TIFF, _Source]]:
     return _aio.loop_state().setdefault(_PARSED, OrderedDict())
 
 
 def forget_parsed() -> None:
-    """Drop the parsed headers waiting for their reads (on the loop; they hold the
-    credentials' ``Authorization`` value)."""
+    """Drop the parsed headers waiting for their reads (on the loop; their sources hold
+    the credentials' :class:`~xarray_terrascope.auth.RequestAuth`)."""
     _parsed().clear()
 
 
-async def _open(url: str, label: str, auth_header: str | None) -> tuple[TIFF, _Source, bool]:
+async def _open(url: str, label: str, access: RequestAuth | None) -> tuple[TIFF, _Source, bool]:
     """Parse the file's header (no request when it is cached) into a TIFF for one read."""
-    header, from_disk = await fetch_header(url, label, auth_header)
-    parsed = _parsed().pop((url, auth_header), None)
+    header, from_disk = await fetch_header(url, label, access)
+    parsed = _parsed().pop((url, _identity(access)), None)
     if parsed is not None and parsed[1].header is header:  # parsed by its header request
         return parsed[0], parsed[1], from_disk
-    source = _Source(url, label, auth_header, header)
+    source = _Source(url, label, access, header)
     _aio.native_started()
     tiff = await TIFF.open(url, store=source, prefetch=len(header.data))
     return tiff, source, from_disk
@@ -294,7 +299,7 @@ async def read_aligned(
     url: str,
     *,
     label: str,
-    auth_header: str | None,
+    access: RequestAuth | None,
     grid: Grid,
     shape: tuple[int, int],
     rows: slice,
@@ -311,7 +316,7 @@ async def read_aligned(
         The COG.
     label : str
         The item id, named in errors.
-    auth_header : str or None
+    access : RequestAuth or None
         ``Authorization`` for the file's origin, or None.
     grid : Grid
         The file's place on the output grid (from the item's metadata; checked against
@@ -340,10 +345,10 @@ async def read_aligned(
     async def body(tiff, source):
         return await _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label, cube)
 
-    return await with_header(url, label, auth_header, body)
+    return await with_header(url, label, access, body)
 
 
-async def with_header(url: str, label: str, auth_header: str | None, body):
+async def with_header(url: str, label: str, access: RequestAuth | None, body):
     """Run ``await body(tiff, source)`` on the file's parsed header; errors surface as the
     package's own.
 
@@ -355,7 +360,7 @@ async def with_header(url: str, label: str, auth_header: str | None, body):
     for attempt in range(2):
         started = time.monotonic()
         try:
-            tiff, source, from_disk = await _open(url, label, auth_header)
+            tiff, source, from_disk = await _open(url, label, access)
         except (AuthenticationError, ReadError):  # the header request's own failure
             raise
         except Exception as err:  # a header that fetch_header took from a cache
@@ -363,7 +368,7 @@ async def with_header(url: str, label: str, auth_header: str | None, body):
                 raise ReadError(
                     f"Parsing the header of {label} ({url}) failed: {_describe(err)}. The "
                     "file is not a readable GeoTIFF, or it changed while being read."
-                ) from err
+                ) from redacted(err)
             logger.info(
                 "%s does not parse with its cached header (%s): reading it again",
                 label,
@@ -384,7 +389,7 @@ async def with_header(url: str, label: str, auth_header: str | None, body):
         except Exception as err:
             cached = source.header is not None and source.header.fetched < started
             if attempt or not (source.stale or (cached and _not_transport(source))):
-                raise _surface(source, err, label, url) from err
+                raise _surface(source, err, label, url) from redacted(err)
             if source.stale:
                 logger.info("%s changed since its header was cached: reading it again", label)
             else:
@@ -523,8 +528,8 @@ async def tiles_of(tiff, source, xy, keep) -> list[np.ndarray]:
 
 def _tile_key(source: _Source, tx: int, ty: int) -> tuple:
     """A tile is shared only between reads with the same credentials: another account's
-    read asks the server itself (the ``Authorization`` value is never logged)."""
-    return (source.url, source.auth_header, tx, ty)
+    read asks the server itself (keyed by their identity, never their value)."""
+    return (source.url, _identity(source.access), tx, ty)
 
 
 async def _fetch_decode(tiff, source, xy) -> list[np.ndarray]:
@@ -533,7 +538,7 @@ async def _fetch_decode(tiff, source, xy) -> list[np.ndarray]:
     try:
         fetched = await tiff.fetch_tiles(xy, 0)
     except Exception as err:
-        raise source.error or err from err
+        raise source.error or err from redacted(err)
     if source.error is not None:
         raise source.error
     decoded = await asyncio.gather(*(tile.decode() for tile in fetched))

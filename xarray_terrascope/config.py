@@ -6,6 +6,7 @@ variable) between two calls takes effect on the second call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ __all__ = [
     "origin",
     "public_url",
     "redact",
+    "redacted",
     "stac_url",
 ]
 
@@ -144,6 +146,21 @@ def redact(text: str) -> str:
     "'/vsicurl/https://b.example/x.tif' not recognized"
     """
     return _URL_IN_TEXT.sub(lambda found: public_url(found.group(0)), text)
+
+
+def redacted(err: BaseException) -> BaseException:
+    """``err``, with every URL in its arguments (and in those of the exceptions it
+    chains) shown as :func:`public_url` shows it; changed in place. For another
+    library's exception (GDAL's, async-tiff's) kept as the cause of one of ours."""
+    seen: set[int] = set()
+    each: BaseException | None = err
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        # (an exception type whose arguments are fixed keeps them)
+        with contextlib.suppress(AttributeError, TypeError):
+            each.args = tuple(redact(a) if isinstance(a, str) else a for a in each.args)
+        each = each.__cause__ or each.__context__
+    return err
 
 
 def _origin_entry(entry: str) -> str:

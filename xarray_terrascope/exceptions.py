@@ -15,7 +15,18 @@ __all__ = [
 
 
 class TerrascopeError(RuntimeError):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    Every URL in a message is shown without user information, query string or fragment
+    (:func:`xarray_terrascope.config.redact`): presigned URLs carry their signatures
+    there, and messages quote other libraries' texts (GDAL's, aiohttp's) that may hold
+    such URLs.
+    """
+
+    def __init__(self, *args: object) -> None:
+        from .config import redact
+
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class AuthenticationError(TerrascopeError):

@@ -60,10 +60,11 @@ def clear_reader_cache() -> None:
         _recent.clear()
 
 
-def _auth_header(plan: CubePlan, url: str, creds: auth.Credentials | None) -> str | None:
+def _access(plan: CubePlan, url: str, creds: auth.Credentials | None) -> auth.RequestAuth | None:
+    """What a request for ``url`` may carry: ``creds`` when its origin may receive them."""
     if creds is None or not plan.send_credentials.get(url, False):
         return None
-    return _transport.basic_header(creds.username, creds.password)
+    return auth.RequestAuth(creds)
 
 
 def _aligned_grid(plan: CubePlan, item_index: int, asset_index: int) -> Grid | None:
@@ -155,9 +156,9 @@ def read_window(
 
     def through_gdal(j: int) -> Future:
         _, item_index, href, _ = jobs[j]
-        label, header = _label(plan, item_index), _auth_header(plan, href, creds)
+        label, access = _label(plan, item_index), _access(plan, href, creds)
         return pool.submit(
-            _gdal_read.read_gdal, plan, href, asset_index, window, creds, label, header
+            _gdal_read.read_gdal, plan, href, asset_index, window, creds, label, access
         )
 
     native = _aio.native_usable()
@@ -258,7 +259,7 @@ def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fil
     return Spec(
         url=url,
         label=_label(plan, item_index),
-        auth_header=_auth_header(plan, url, creds),
+        access=_access(plan, url, creds),
         grid=None if warp else how,
         shape=plan.native[item_index][asset_index][2],
         rows=rows,
@@ -321,9 +322,7 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
     with _recent_lock:
         new = [(i, url) for i, url, _ in nearest if url not in warmed]
         warmed.update(url for _, url in new)
-    _prefetch.warm_headers(
-        [(url, _label(plan, i), _auth_header(plan, url, creds)) for i, url in new]
-    )
+    _prefetch.warm_headers([(url, _label(plan, i), _access(plan, url, creds)) for i, url in new])
     if (forwards or backwards) and dates_ahead:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
