@@ -424,7 +424,7 @@ IMPORTS = {
         "stackstac",
         "rioxarray",
         "xarray_terrascope",
-        "xarray_terrascope.dataset",
+        "xarray_terrascope.cube.dataset",
         "uvloop",
         "async_geotiff",
         "obstore",
@@ -446,7 +446,7 @@ IMPORTS = {
         "dask.array",
         "distributed",
         "xarray_terrascope",
-        "xarray_terrascope.dataset",
+        "xarray_terrascope.cube.dataset",
         "uvloop",
     ],
 }

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _window(tif: Any, grid_epsg: int, bounds: tuple[float, float, float, float]):
     """Pixel rows/cols of ``tif`` covering ``bounds`` (in ``grid_epsg``), or None."""
@@ -125,3 +127,51 @@ def server_concurrency(
         }
 
     return asyncio.run(main())
+
+
+def tile_floor(path: Any, geometries: Any, *, all_touched: bool = False) -> dict[str, int]:
+    """The full-resolution tiles of a local COG that hold pixels of the geometries.
+
+    The yardstick of the planning: a reader that fetches exactly these tiles (plus the
+    file's header) reads the least any tiled reader can.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A tiled GeoTIFF on disk.
+    geometries : geopandas.GeoSeries
+        With a CRS; reprojected to the file's.
+    all_touched : bool
+        Rasterisation rule, as in :func:`rasterio.features.geometry_mask`.
+
+    Returns
+    -------
+    dict
+        ``tiles`` (count) and ``tile_bytes`` (sum of their ``TileByteCounts``).
+
+    Examples
+    --------
+    >>> tile_floor("S2B_..._NDVI_10M_V210.tif", parcels.geometry)  # doctest: +SKIP
+    {'tiles': 12, 'tile_bytes': 401234}
+    """
+    import rasterio
+    from rasterio import features
+
+    with rasterio.open(path) as src:
+        shapes = [g for g in geometries.to_crs(src.crs) if g is not None and not g.is_empty]
+        if not shapes:
+            return {"tiles": 0, "tile_bytes": 0}
+        mask = features.geometry_mask(
+            shapes,
+            out_shape=src.shape,
+            transform=src.transform,
+            invert=True,
+            all_touched=all_touched,
+        )
+        th, tw = src.block_shapes[0]
+        rows, cols = np.nonzero(mask)
+        tiles = set(zip((rows // th).tolist(), (cols // tw).tolist(), strict=True))
+        size = 0
+        for r, c in tiles:
+            size += int(src.get_tag_item(f"BLOCK_SIZE_{c}_{r}", "TIFF", bidx=1) or 0)
+    return {"tiles": len(tiles), "tile_bytes": size}

@@ -24,7 +24,8 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 import xarray_terrascope as xts
-from xarray_terrascope import _gdal, auth, read
+from xarray_terrascope import auth
+from xarray_terrascope.engine import gdal_cache, read
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
 START, END = "2025-04-01", "2025-07-31"
@@ -32,7 +33,7 @@ START, END = "2025-04-01", "2025-07-31"
 
 def _cold() -> None:
     read.clear_reader_cache()
-    _gdal.clear_http_cache()
+    gdal_cache.clear_http_cache()
 
 
 def _tag_worker(dask_worker) -> None:

@@ -132,7 +132,7 @@ def _run_child(spec: dict, env: dict, workdir: Path, name: str) -> dict:
 
 
 def _floor(sandbox: Any, item_ids: list[str], parcels: Any) -> dict:
-    from xarray_terrascope._sparse import tile_floor
+    from _floor import tile_floor
 
     paths = [sandbox.world.cog_path(i) for i in item_ids]
     per_file = [tile_floor(p, parcels.geometry) for p in paths]

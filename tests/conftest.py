@@ -10,9 +10,9 @@ import sys
 import pytest
 
 import xarray_terrascope as xts
-from xarray_terrascope import _aio, _gdal_read, _transport, read
-from xarray_terrascope._headers import headers
-from xarray_terrascope._tiles import tiles
+from xarray_terrascope.engine import aio, gdal, read, transport
+from xarray_terrascope.engine.header_cache import headers
+from xarray_terrascope.engine.tile_store import tiles
 
 #: In CI (``CI=true``, set by GitHub Actions and .ci/run) a real-server tier that is
 #: missing fails its tests: a green run must not hide that they never ran.
@@ -35,8 +35,8 @@ FAPAR = "terrascope-s2-fapar-v2"
 def _engine_loop_running() -> bool:
     """Whether this process has started the read engine's event loop (a loop inherited
     through a fork does not count: its thread does not exist here)."""
-    thread = _aio._thread
-    if _aio._loop is None or _aio._pid != os.getpid():
+    thread = aio._thread
+    if aio._loop is None or aio._pid != os.getpid():
         return False
     return thread is not None and thread.is_alive()
 
@@ -54,10 +54,10 @@ def fresh_engine_state():
     yield
     tiles.clear()
     headers.clear_memory()
-    _gdal_read.clear_readers()
+    gdal.clear_readers()
     if _engine_loop_running():
         read.clear_reader_cache()  # read-ahead and parsed headers live on the loop
-        _transport.reset_limiters()
+        transport.reset_limiters()
 
 
 @pytest.fixture
@@ -165,3 +165,19 @@ def restore_sigint() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def benchmark_module(name: str):
+    """A module of ``benchmarks/`` (not a package: its scripts import each other by
+    file), loaded from its file; e.g. ``_floor``, the read floors that tests measure
+    against."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # what the module imports of its siblings
+    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

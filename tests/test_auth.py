@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import base64
 import contextlib
 import dataclasses
 import os
 import pickle
 import threading
-from pathlib import Path
 
 import pytest
 import xarray as xr
@@ -18,6 +16,7 @@ from werkzeug.wrappers import Response
 
 import xarray_terrascope as xts
 from xarray_terrascope import auth
+from xarray_terrascope.auth import state
 from xarray_terrascope.exceptions import AuthenticationError, TerrascopeError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -246,35 +245,20 @@ def test_no_gdal_options_linger_in_the_io_threads(logged_in):
     """After authenticated reads, no I/O thread keeps a GDAL environment (the password)."""
     from rasterio.env import hasenv
 
-    from xarray_terrascope import _gdal_read
+    from xarray_terrascope.engine import gdal
 
     xr.open_dataset(
         list(SAMPLE_FIELD), engine="terrascope", start="2025-05-01", end="2025-06-30"
     ).load()
-    barrier = threading.Barrier(_gdal_read.IO_THREADS)
+    barrier = threading.Barrier(gdal.IO_THREADS)
 
     def probe() -> bool:
         barrier.wait(timeout=30)  # one probe per pool thread
         return hasenv()
 
-    pool = _gdal_read.io_pool()
-    results = [f.result() for f in [pool.submit(probe) for _ in range(_gdal_read.IO_THREADS)]]
-    assert results == [False] * _gdal_read.IO_THREADS
-
-
-def test_auth_stands_below_the_readers_and_the_cluster_plugin():
-    """auth imports (at any level, lazily included) neither the read engine nor the
-    distributed plugin: they subscribe to its events instead."""
-    tree = ast.parse(Path(auth.__file__).read_text(encoding="utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            imported.update(f"{node.module or ''}.{a.name}".strip(".") for a in node.names)
-            imported.add(node.module or "")
-        elif isinstance(node, ast.Import):
-            imported.update(a.name for a in node.names)
-    higher = {"read", "dataset", "stack", "_distributed", "cog", "_transport"}
-    assert not {name.rsplit(".", 1)[-1] for name in imported} & higher, sorted(imported)
+    pool = gdal.io_pool()
+    results = [f.result() for f in [pool.submit(probe) for _ in range(gdal.IO_THREADS)]]
+    assert results == [False] * gdal.IO_THREADS
 
 
 def test_credential_changes_reach_the_subscribers(sandbox_urls):
@@ -287,7 +271,7 @@ def test_credential_changes_reach_the_subscribers(sandbox_urls):
         xts.logout()
     finally:
         for event in ("forget", "publish"):
-            auth._subscribers[event] = auth._subscribers[event][:-1]
+            state._subscribers[event] = state._subscribers[event][:-1]
     assert calls == ["publish", "forget", "publish", "forget", "publish"]
 
 

@@ -15,8 +15,8 @@ from async_tiff import TIFF
 from obstore.store import LocalStore
 
 import xarray_terrascope as xts
-from xarray_terrascope import _transport, cog, read
-from xarray_terrascope._headers import headers
+from xarray_terrascope.engine import cog, read, transport
+from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
 ONE_DAY = {"start": "2025-06-10", "end": "2025-06-10"}
@@ -52,7 +52,7 @@ def own_sandbox(tmp_path, monkeypatch):
         yield sandbox
         xts.logout()
         read.clear_reader_cache()
-        _transport.reset_limiters()
+        transport.reset_limiters()
 
 
 def test_packbits_cogs_are_read_through_gdal_exactly(own_sandbox, tmp_path, monkeypatch, caplog):
@@ -69,7 +69,7 @@ def test_packbits_cogs_are_read_through_gdal_exactly(own_sandbox, tmp_path, monk
     monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache-after"))
     headers.clear_memory()
     read.clear_reader_cache()
-    caplog.set_level(logging.WARNING, logger="xarray_terrascope.read")
+    caplog.set_level(logging.WARNING, logger="xarray_terrascope.engine.read")
     got = cube().NDVI.load().values
     np.testing.assert_array_equal(got, reference)
     warned = [r.getMessage() for r in caplog.records if "reading it through GDAL" in r.getMessage()]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope.composite import HOWS, composite
+from xarray_terrascope.analysis.composite import HOWS, composite
 from xarray_terrascope.exceptions import InvalidArgumentError
 from xarray_terrascope.testing import SAMPLE_FIELD
 

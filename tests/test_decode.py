@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope._decode import Decoder
+from xarray_terrascope.cube.decode import Decoder
 
 CASES = [
     # NDVI as Terrascope publishes it

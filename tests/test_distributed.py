@@ -19,6 +19,7 @@ distributed = pytest.importorskip("distributed")
 
 import xarray_terrascope as xts  # noqa: E402
 from xarray_terrascope import auth  # noqa: E402
+from xarray_terrascope.auth import state  # noqa: E402
 from xarray_terrascope.exceptions import AuthenticationError  # noqa: E402
 from xarray_terrascope.testing import SAMPLE_FIELD  # noqa: E402
 
@@ -71,7 +72,6 @@ def _worker_users(client) -> set[str | None]:
     """The user of the default credentials each worker has."""
 
     def user():
-        from xarray_terrascope import auth
 
         creds = auth.current_credentials()
         return creds.username if creds else None
@@ -238,7 +238,7 @@ def test_explicit_credentials_are_forgotten_with_their_cubes_and_on_logout(sandb
         )
     del ds
     gc.collect()
-    assert len(auth._registry) == 0
+    assert len(state._registry) == 0
 
     ds = xr.open_dataset(
         items,
@@ -246,9 +246,9 @@ def test_explicit_credentials_are_forgotten_with_their_cubes_and_on_logout(sandb
         credentials=xts.Credentials(sandbox_urls.username, sandbox_urls.password),
     )
     gc.collect()
-    assert len(auth._registry) == 1  # the open cube keeps its credentials known
+    assert len(state._registry) == 1  # the open cube keeps its credentials known
     xts.logout()
-    assert len(auth._registry) == 0
+    assert len(state._registry) == 0
     with pytest.raises(AuthenticationError, match="open the cube again"):
         ds.NDVI.load()
 
@@ -376,14 +376,14 @@ def _settle_read_ahead() -> int:
     read ahead of the reads before it has started, and is in the table awaited here."""
     import asyncio
 
-    from xarray_terrascope import _aio, _prefetch
+    from xarray_terrascope.engine import aio, readahead
 
     async def settle() -> int:
-        tasks = [task for task, _started in _prefetch._table().values()]
+        tasks = [task for task, _started in readahead._table().values()]
         await asyncio.gather(*tasks, return_exceptions=True)
         return len(tasks)
 
-    return _aio.run(settle())
+    return aio.run(settle())
 
 
 def test_a_worker_reads_ahead_only_as_far_as_its_own_run_of_dates(client, sandbox_urls):

@@ -11,14 +11,14 @@ import shapely.geometry
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope.backend import TerrascopeBackendEntrypoint
-from xarray_terrascope.dataset import dates_per_partition
+from xarray_terrascope.cube.backend import TerrascopeBackendEntrypoint
 from xarray_terrascope.exceptions import (
     AuthenticationError,
     InvalidArgumentError,
     NoItemsFoundError,
     TerrascopeError,
 )
+from xarray_terrascope.plan.chunks import dates_per_partition
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from .conftest import FAPAR, NDVI, tif_records
@@ -371,7 +371,7 @@ def test_module_level_open_dataset_is_the_engine(logged_in):
 
 
 def test_items_are_fetched_again_by_id_when_not_in_memory(logged_in):
-    from xarray_terrascope import dataset
+    from xarray_terrascope.cube import dataset
 
     ds = xr.open_dataset(
         list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
@@ -411,11 +411,12 @@ def test_a_failing_server_is_a_read_error_with_gdal_cause(logged_in, monkeypatch
     (rasterio's) error chained as its cause."""
     from rasterio.errors import RasterioIOError
 
-    from xarray_terrascope import _gdal_read, _transport, auth
+    from xarray_terrascope import auth
+    from xarray_terrascope.engine import gdal, transport
 
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "1")
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.1")
-    monkeypatch.setattr(_gdal_read, "GDAL_ATTEMPTS", 2)
+    monkeypatch.setattr(gdal, "GDAL_ATTEMPTS", 2)
     ds = xr.open_dataset(
         list(SAMPLE_FIELD),
         engine="terrascope",
@@ -435,7 +436,7 @@ def test_a_failing_server_is_a_read_error_with_gdal_cause(logged_in, monkeypatch
         causes.append(cause)
         cause = cause.__cause__ or cause.__context__
     assert any(isinstance(c, RasterioIOError) for c in causes), causes
-    assert not any(isinstance(c, _transport._Retry) for c in causes), causes  # not the engine
+    assert not any(isinstance(c, transport._Retry) for c in causes), causes  # not the engine
     assert logged_in.password not in str(info.value)
 
 
@@ -444,7 +445,7 @@ def test_error_classification_does_not_read_dates_as_status_codes():
     can be made to serve a corrupt file, so this one is a unit test)."""
     from rasterio.errors import RasterioIOError
 
-    from xarray_terrascope._gdal_read import _explain
+    from xarray_terrascope.engine.gdal import _explain
 
     url = "http://127.0.0.1:1/download/Sentinel2/NDVI_V2/2025/04/01/S2A_20250401T103621.tif"
     creds = xts.Credentials("alice", "pw")

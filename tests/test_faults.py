@@ -12,8 +12,8 @@ import pytest
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope import _gdal_read, _transport, read
-from xarray_terrascope._headers import headers
+from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -28,7 +28,7 @@ def fresh_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache"))
     headers.clear_memory()
     read.clear_reader_cache()
-    _transport.reset_limiters()
+    transport.reset_limiters()
     yield
     headers.clear_memory()
     read.clear_reader_cache()
@@ -90,13 +90,13 @@ def test_the_connection_setting_caps_the_requests_in_flight(
     logged_in.download.max_concurrent = 3
     logged_in.download.latency = 0.01
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "2")
-    _transport.reset_limiters()
+    transport.reset_limiters()
     try:
         np.testing.assert_array_equal(_field(chunks={}).NDVI.load().values, clean_cube)
         capped = tif_records(logged_in)
         assert capped and not [r for r in capped if r.status == 429]
         monkeypatch.delenv("TERRASCOPE_MAX_CONNECTIONS")
-        _transport.reset_limiters()
+        transport.reset_limiters()
         headers.clear_memory()
         monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache-uncapped"))
         read.clear_reader_cache()
@@ -104,25 +104,25 @@ def test_the_connection_setting_caps_the_requests_in_flight(
         np.testing.assert_array_equal(_field(chunks={}).NDVI.load().values, clean_cube)
         assert [r for r in tif_records(logged_in) if r.status == 429]
     finally:
-        _transport.reset_limiters()
+        transport.reset_limiters()
 
 
 def test_bad_numeric_settings_warn_and_keep_the_default(monkeypatch, caplog):
-    from xarray_terrascope._tiles import DEFAULT_MB, tiles
+    from xarray_terrascope.engine.tile_store import DEFAULT_MB, tiles
 
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "lots")
     monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "-5")
     with caplog.at_level("WARNING", logger="xarray_terrascope.config"):
-        assert _transport.max_connections() == _transport.DEFAULT_MAX_CONNECTIONS
+        assert transport.max_connections() == transport.DEFAULT_MAX_CONNECTIONS
         assert tiles.max_bytes == DEFAULT_MB * 2**20
         assert tiles.max_bytes == DEFAULT_MB * 2**20  # read per stored tile: warned once
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "TERRASCOPE_MAX_CONNECTIONS='lots'" in m]) == 1, messages
     assert len([m for m in messages if "TERRASCOPE_TILE_CACHE_MB='-5'" in m]) == 1, messages
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "0")  # below its minimum, 1
-    assert _transport.max_connections() == _transport.DEFAULT_MAX_CONNECTIONS
+    assert transport.max_connections() == transport.DEFAULT_MAX_CONNECTIONS
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", " 7 ")
-    assert _transport.max_connections() == 7
+    assert transport.max_connections() == 7
     monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")  # allowed: keep no tile
     assert tiles.max_bytes == 0
 
@@ -168,9 +168,9 @@ def test_redirect_to_another_origin_gets_no_credentials(logged_in, clean_cube):
 def test_gdal_dropped_first_request_does_not_poison_the_process(logged_in, gdal_only):
     clean = _field().NDVI.isel(time=0).load().values
     read.clear_reader_cache()
-    from xarray_terrascope import _gdal
+    from xarray_terrascope.engine import gdal_cache
 
-    _gdal.clear_http_cache()
+    gdal_cache.clear_http_cache()
     ds = _field()
     first = str(ds.item_ids.values[0]).split()[0]
     logged_in.download.fail_next(1, kind="drop", path_contains=first)
@@ -182,10 +182,11 @@ def test_gdal_dropped_first_request_does_not_poison_the_process(logged_in, gdal_
 
 def test_gdal_status_after_the_header_is_cached(logged_in, gdal_only, monkeypatch):
     from xarray_terrascope import auth
+    from xarray_terrascope.engine import gdal
 
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "1")
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.05")
-    monkeypatch.setattr(_gdal_read, "GDAL_ATTEMPTS", 2)
+    monkeypatch.setattr(gdal, "GDAL_ATTEMPTS", 2)
     ds = _field()
     ds.NDVI.isel(time=0, x=slice(0, 10), y=slice(0, 10)).load()  # headers cached by GDAL
     user = logged_in.username
@@ -209,9 +210,9 @@ def test_gdal_status_after_the_header_is_cached(logged_in, gdal_only, monkeypatc
 def test_redirect_on_the_gdal_path_gets_no_credentials(logged_in, gdal_only):
     clean = _field().NDVI.isel(time=slice(0, 3)).load().values
     read.clear_reader_cache()
-    from xarray_terrascope import _gdal
+    from xarray_terrascope.engine import gdal_cache
 
-    _gdal.clear_http_cache()
+    gdal_cache.clear_http_cache()
     bucket = logged_in.start_bucket()
     got = _field().NDVI.isel(time=slice(0, 3)).load().values
     np.testing.assert_array_equal(got, clean)
@@ -224,7 +225,7 @@ def test_the_connection_limit_starts_low_doubles_then_halves_on_refusal():
     import asyncio
 
     async def scenario():
-        limiter = _transport.Limiter(16)
+        limiter = transport.Limiter(16)
         seen = [limiter.limit]
         for _ in range(3):  # three windows of successes: 4 -> 8 -> 16
             generations = [await limiter.acquire() for _ in range(limiter.limit)]
@@ -250,7 +251,7 @@ def test_after_a_429_the_limit_stays_at_the_cut_level():
     import asyncio
 
     async def scenario():
-        limiter = _transport.Limiter(16)
+        limiter = transport.Limiter(16)
         generation = await limiter.acquire()
         await limiter.release(generation, busy=True, success=False, rate_limited=True)
         cut = limiter.limit
@@ -268,10 +269,10 @@ def test_refusals_at_one_request_pace_the_requests_until_successes_end_it():
     (more after each refusal), and runs of successes shrink the spacing to nothing."""
     import asyncio
 
-    from xarray_terrascope import _limiter
+    from xarray_terrascope.engine import limiter
 
     async def scenario():
-        limiter = _transport.Limiter(16)
+        limiter = transport.Limiter(16)
         for _ in range(2):  # 4 -> 2 -> 1, no pacing yet
             await limiter.release(await limiter.acquire(), busy=True, success=False)
         unpaced = limiter.interval
@@ -295,10 +296,10 @@ def test_refusals_at_one_request_pace_the_requests_until_successes_end_it():
 
     unpaced, intervals, gaps, successes, limit = asyncio.run(scenario())
     assert limit == 1 and unpaced == 0.0
-    up = _limiter.PACE_UP
-    assert intervals == pytest.approx([_limiter.PACE_MIN * f for f in (1, up, up * up)])
+    up = limiter.PACE_UP
+    assert intervals == pytest.approx([limiter.PACE_MIN * f for f in (1, up, up * up)])
     assert (gaps >= 0.9 * intervals[-1]).all(), gaps
-    assert successes <= 8 * _limiter.PACE_RUN
+    assert successes <= 8 * limiter.PACE_RUN
 
 
 def test_paced_starts_stay_apart_when_the_machine_stalls():
@@ -308,7 +309,7 @@ def test_paced_starts_stay_apart_when_the_machine_stalls():
     import time
 
     async def scenario():
-        limiter = _transport.Limiter(16)
+        limiter = transport.Limiter(16)
         for _ in range(2):  # 4 -> 2 -> 1
             await limiter.release(await limiter.acquire(), busy=True, success=False)
         await limiter.release(await limiter.acquire(), busy=True, success=False, rate_limited=True)
@@ -333,12 +334,12 @@ def test_random_503s_do_not_build_up_pacing(monkeypatch):
     taken for a rate limit that slowing down would satisfy: the pacing never grows."""
     import asyncio
 
-    from xarray_terrascope import _limiter
+    from xarray_terrascope.engine import limiter
 
-    monkeypatch.setattr(_limiter, "PACE_MIN", 0.002)  # the same dynamics, faster
+    monkeypatch.setattr(limiter, "PACE_MIN", 0.002)  # the same dynamics, faster
 
     async def scenario():
-        limiter = _transport.Limiter(16)
+        limiter = transport.Limiter(16)
         for _ in range(2):  # 4 -> 2 -> 1
             await limiter.release(await limiter.acquire(), busy=True, success=False)
         peak = 0.0
@@ -349,13 +350,13 @@ def test_random_503s_do_not_build_up_pacing(monkeypatch):
         return peak
 
     peak = asyncio.run(scenario())
-    assert 0 < peak < 1.5 * _limiter.PACE_MIN, peak
+    assert 0 < peak < 1.5 * limiter.PACE_MIN, peak
 
 
 def test_a_request_rate_limit_gives_the_exact_cube_with_few_refusals(logged_in, clean_cube):
     """As nginx's ``limit_req`` (token bucket, 429 without Retry-After): the limit of
     requests in flight alone cannot satisfy it, pacing does."""
-    _transport.reset_limiters()  # as in a new process: the clean read grew the limit
+    transport.reset_limiters()  # as in a new process: the clean read grew the limit
     logged_in.download.max_rate = 25.0
     logged_in.download.latency = 0.01
     got = _field(chunks={}).NDVI.load().values
@@ -382,7 +383,7 @@ def test_retry_after_pauses_the_host_on_the_loop_clock():
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        limiter = _transport.Limiter(16)
+        limiter = transport.Limiter(16)
         refused, other = await limiter.acquire(), await limiter.acquire()
         refused_at = loop.time()
         await limiter.release(refused, busy=True, success=False, retry_after=0.3)
@@ -451,7 +452,7 @@ def test_a_429_with_retry_after_holds_back_every_request_to_the_host(
     (server-side clock; 10 ms allowed for the client loop's millisecond clock)."""
     import asyncio
 
-    from xarray_terrascope import _aio
+    from xarray_terrascope.engine import aio
 
     server, root = refuse_first_server
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "1")
@@ -459,12 +460,12 @@ def test_a_429_with_retry_after_holds_back_every_request_to_the_host(
     async def both():
         return await asyncio.gather(
             *(
-                _transport.get_range(f"{root}/{name}.tif", 10, 20, access=None, label=name)
+                transport.get_range(f"{root}/{name}.tif", 10, 20, access=None, label=name)
                 for name in ("a", "b")
             )
         )
 
-    answers = _aio.run(both())
+    answers = aio.run(both())
     assert [blob for blob, _ in answers] == [bytes(range(10, 20))] * 2
     after = sorted(t for t, _ in server.arrivals if t > server.refused_at)
     assert len(server.arrivals) == 3 and len(after) == 2, server.arrivals

@@ -92,12 +92,12 @@ if __name__ == "__main__":
     ds.NDVI.load()  # reads under way (ahead) at the fork, connections in the pool
     pid = os.fork()  # a child that runs the engine's loop, with nothing to read
     if pid == 0:
-        from xarray_terrascope import _aio
+        from xarray_terrascope.engine import aio
 
         async def nothing():
             return None
 
-        _aio.run(nothing())
+        aio.run(nothing())
         gc.collect()
         os._exit(0)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0

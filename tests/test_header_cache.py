@@ -32,9 +32,9 @@ import rasterio
 from affine import Affine
 
 import xarray_terrascope
-from xarray_terrascope import _aio, cog
-from xarray_terrascope._headers import Header, headers
-from xarray_terrascope._tiles import tiles
+from xarray_terrascope.engine import aio, cog
+from xarray_terrascope.engine.header_cache import Header, headers
+from xarray_terrascope.engine.tile_store import tiles
 from xarray_terrascope.exceptions import ReadError
 
 SIDE = 512
@@ -184,18 +184,19 @@ async def _read_async(url: str) -> np.ndarray:
 
 
 def _read_here(url: str) -> np.ndarray:
-    return _aio.run(_read_async(url))
+    return aio.run(_read_async(url))
 
 
 _CHILD_READ = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from xarray_terrascope import _aio, cog
-    from xarray_terrascope._headers import headers
+    from xarray_terrascope.engine import aio
+    from xarray_terrascope.engine import cog
+    from xarray_terrascope.engine.header_cache import headers
     url, out = sys.argv[1], sys.argv[2]
     try:
-        values = _aio.run(cog.read_aligned(
+        values = aio.run(cog.read_aligned(
             url, label="item", access=None,
             grid=cog.Grid(32631, 600000.0, 5700000.0, 10.0, 0, 0), shape=(512, 512),
             rows=slice(0, 512), cols=slice(0, 512), dtype=np.dtype("uint16"), fill=0,
@@ -315,9 +316,9 @@ def test_last_modified_shows_a_replaced_file_before_any_decoding(serve, cache_di
     headers.clear_memory()  # as a new process: the header comes from disk
     tiles.clear()
     _swap(server.root, mtime=1_700_003_600)
-    with caplog.at_level(logging.INFO, logger="xarray_terrascope.cog"):
+    with caplog.at_level(logging.INFO, logger="xarray_terrascope.engine.cog"):
         np.testing.assert_array_equal(_read_here(url), b)
-    said = [r.getMessage() for r in caplog.records if r.name == "xarray_terrascope.cog"]
+    said = [r.getMessage() for r in caplog.records if r.name == "xarray_terrascope.engine.cog"]
     assert any("changed since its header was cached" in m for m in said), said
     assert not any("does not decode" in m for m in said), said
 
@@ -354,7 +355,7 @@ def test_an_error_without_words_is_named_by_its_type():
 _CHILD_WRITE = textwrap.dedent(
     """
     import sys
-    from xarray_terrascope._headers import Header, headers
+    from xarray_terrascope.engine.header_cache import Header, headers
     me, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     for i in range(count):
         data = b"II*\\x00" + bytes([i % 251]) * (size - 4)

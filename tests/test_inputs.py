@@ -10,12 +10,12 @@ import pytest
 import xarray as xr
 
 import xarray_terrascope as xts
+from xarray_terrascope.catalog.search import check_dates
 from xarray_terrascope.exceptions import (
     AuthenticationError,
     InvalidArgumentError,
     NoItemsFoundError,
 )
-from xarray_terrascope.search import check_dates
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from .conftest import FAPAR, NDVI

@@ -33,8 +33,8 @@ import xarray as xr
 from werkzeug.serving import make_server
 
 import xarray_terrascope as xts
-from xarray_terrascope import _transport, read
-from xarray_terrascope._headers import headers
+from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -63,7 +63,7 @@ def _field(**kw: Any) -> xr.Dataset:
 def _clear_caches() -> None:
     headers.clear_memory()
     read.clear_reader_cache()
-    _transport.reset_limiters()
+    transport.reset_limiters()
 
 
 def _tifs(records: Iterable[Record]) -> list[Record]:

@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope import read
+from xarray_terrascope.engine import read
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from ._recording import RecordingProxy
@@ -182,18 +182,18 @@ def test_a_failed_read_shows_no_secret_in_its_traceback_locals(logged_in, monkey
     """A read that fails (a missing file; connections dropped until the retries run
     out) raises an error whose frames, printed with their locals, hold the credentials'
     identity only: no password, no ``Authorization`` value."""
-    from xarray_terrascope import _transport
 
     items = _items_at(logged_in, logged_in.download_origin)
     if fault == "404":
         for item in items:
             item.assets["NDVI"].href = item.assets["NDVI"].href.replace(".tif", "-gone.tif")
     else:
-        from xarray_terrascope import _gdal_read, auth
+        from xarray_terrascope import auth
+        from xarray_terrascope.engine import gdal, transport
 
-        monkeypatch.setattr(_transport, "MAX_ATTEMPTS", 2)
-        monkeypatch.setattr(_transport, "BACKOFF_BASE", 0.01)
-        monkeypatch.setattr(_gdal_read, "GDAL_ATTEMPTS", 1)
+        monkeypatch.setattr(transport, "MAX_ATTEMPTS", 2)
+        monkeypatch.setattr(transport, "BACKOFF_BASE", 0.01)
+        monkeypatch.setattr(gdal, "GDAL_ATTEMPTS", 1)
         monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "0")
         logged_in.download.drop_rate = 1.0
     ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), **PATHS[path])
@@ -207,7 +207,7 @@ def test_a_failed_read_shows_no_secret_in_its_traceback_locals(logged_in, monkey
 
 def test_caches_key_by_the_credentials_identity_not_their_value(logged_in):
     """After reads, no key of the tile store or of the read-ahead holds the secret."""
-    from xarray_terrascope._tiles import tiles
+    from xarray_terrascope.engine.tile_store import tiles
 
     ds = xr.open_dataset(
         list(SAMPLE_FIELD), engine="terrascope", chunks={}, chunksize=128, start=DAY, end=DAY
@@ -248,7 +248,7 @@ def test_presigned_signatures_appear_in_no_error_message(logged_in, path):
 def test_a_decode_error_shows_no_signature(tmp_path):
     """A file that is no GeoTIFF, behind a presigned-looking URL: the package's error and
     async-tiff's cause show the URL without its query string."""
-    from xarray_terrascope import _aio, cog
+    from xarray_terrascope.engine import aio, cog
     from xarray_terrascope.exceptions import ReadError
 
     from .test_transport import _Redirector
@@ -256,7 +256,7 @@ def test_a_decode_error_shows_no_signature(tmp_path):
     with _Redirector() as server:  # answers 64 zero bytes: no TIFF
         url = f"http://127.0.0.1:{server.port}/bad.tif?{SIGNATURE}"
         with pytest.raises(ReadError) as info:
-            _aio.run(cog.fetch_header(url, "ITEM-7", None))
+            aio.run(cog.fetch_header(url, "ITEM-7", None))
     text = _chain_text(info.value)
     assert "ITEM-7" in text and "bad.tif" in text, text
     assert "sig-must-stay-secret" not in text, text

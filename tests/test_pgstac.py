@@ -31,8 +31,8 @@ import shapely.geometry
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope import _transport, read
-from xarray_terrascope._headers import headers
+from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import CollectionNotFoundError, SearchError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -49,7 +49,7 @@ def _pgstac_available():
 
 
 # the package exports the function `search`, which shadows the module of the same name
-search_module = importlib.import_module("xarray_terrascope.search")
+search_module = importlib.import_module("xarray_terrascope.catalog.search")
 
 #: Collections with no items loaded beside the world's three: 15 in all, so that
 #: pgstac's ``/collections`` (10 a page, latest loaded first) has a second page, with
@@ -288,7 +288,7 @@ def test_a_query_the_database_rejects_is_a_search_error_after_one_retry(both):
 def _clear_caches() -> None:
     headers.clear_memory()
     read.clear_reader_cache()
-    _transport.reset_limiters()
+    transport.reset_limiters()
 
 
 def test_open_dataset_gives_the_same_cube(both, logged_in):

@@ -349,7 +349,7 @@ def test_hover_polynomial_matches_pyproj_across_a_whole_tile() -> None:
     from pyproj import Transformer
     from rasterio.crs import CRS
 
-    from xarray_terrascope._plot_overlay import lonlat_fit
+    from xarray_terrascope.plot.overlay import lonlat_fit
 
     # The hover shows 6 decimals of a degree (11 cm of latitude). An error of at most
     # 1e-7 degree (1.1 cm) moves a shown value by one unit of its last digit at most,

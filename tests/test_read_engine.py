@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope import _aio, _transport, auth, cog, read
-from xarray_terrascope._headers import headers
-from xarray_terrascope._tiles import TileCache, tiles
+from xarray_terrascope import auth
+from xarray_terrascope.engine import aio, cog, local, read, transport
+from xarray_terrascope.engine.header_cache import headers
+from xarray_terrascope.engine.tile_store import TileCache, tiles
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from .conftest import NDVI, tif_records
@@ -307,7 +308,7 @@ def test_tile_rows_of_a_file_come_in_one_multi_range_request(logged_in):
 def test_a_server_without_multi_range_gets_one_request_per_range(logged_in):
     reference = _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values
     read.clear_reader_cache()
-    _transport.reset_limiters()  # forget that this origin answers multi-range requests
+    transport.reset_limiters()  # forget that this origin answers multi-range requests
     logged_in.download.multirange = False  # several ranges -> the whole file, 200
     logged_in.log.clear()
     np.testing.assert_array_equal(_open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values, reference)
@@ -318,7 +319,7 @@ def test_a_server_without_multi_range_gets_one_request_per_range(logged_in):
     assert [r.status for r in tried] == [200], [(r.path, r.range, r.status) for r in tried]
     assert len({r.path for r in pixels}) > 4 and len(pixels) > 8
     assert all(r.status == 206 for r in pixels if "," not in r.range)
-    _transport.reset_limiters()
+    transport.reset_limiters()
 
 
 def test_shared_tiles_never_answer_another_account(logged_in):
@@ -411,7 +412,7 @@ def test_a_dropped_header_is_not_loaded_again_before_its_removal_lands(
 ):
     """``drop`` (a header found stale) is queued behind the writes before it; meanwhile
     the disk entry must not be read back."""
-    from xarray_terrascope._headers import Header
+    from xarray_terrascope.engine.header_cache import Header
 
     url, other = "https://example.test/download/a.tif", "https://example.test/download/b.tif"
     headers.put(url, Header(b"II*\x00old", 100, '"v1"'))
@@ -441,8 +442,8 @@ def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatc
     "Not written yet" is asserted once the writer has been seen to hold the write back:
     the engine's idle clock it consults is wrapped (the real one, counted, not replaced).
     """
-    from xarray_terrascope import _headers
-    from xarray_terrascope._headers import Header
+    from xarray_terrascope.engine import header_cache
+    from xarray_terrascope.engine.header_cache import Header
 
     def on_disk() -> int:
         return len(list(header_cache_dir.glob("headers/*/*")))
@@ -456,7 +457,7 @@ def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatc
     busy_seen = []  # one entry each time the writer found the engine busy
 
     def idle_for() -> float:
-        quiet = _aio.idle_for()
+        quiet = aio.idle_for()
         if quiet == 0.0:
             busy_seen.append(time.monotonic())
         return quiet
@@ -478,32 +479,32 @@ def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatc
         while not release.is_set():
             await asyncio.sleep(0.01)
 
-    monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 30.0)
-    running = _aio.submit(reading())
+    monkeypatch.setattr(header_cache, "WRITE_DEFER_SECONDS", 30.0)
+    running = aio.submit(reading())
     try:
-        assert _aio.idle_for() == 0.0
+        assert aio.idle_for() == 0.0
         put_and_see_it_held_back("https://example.test/download/a.tif", b"II*\x00a")
         assert on_disk() == 0  # held back while the engine reads
         assert headers.flush(30)  # written now, busy or not
         assert on_disk() == 1
-        monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 0.5)
+        monkeypatch.setattr(header_cache, "WRITE_DEFER_SECONDS", 0.5)
         headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, '"e"'))
         wait_for(2)  # no longer held back than that
         assert not running.done()
-        monkeypatch.setattr(_headers, "WRITE_DEFER_SECONDS", 30.0)
+        monkeypatch.setattr(header_cache, "WRITE_DEFER_SECONDS", 30.0)
         put_and_see_it_held_back("https://example.test/download/c.tif", b"II*\x00c")
         assert on_disk() == 2
     finally:
         release.set()
         running.result(10)
     wait_for(3)  # the engine is idle: written without a flush
-    assert _aio.idle_for() > 0.0
+    assert aio.idle_for() > 0.0
 
 
 def test_a_forked_child_persists_headers_with_its_own_writer(header_cache_dir):
     """A fork while another thread holds the cache's lock (or its writer runs) must not
     leave the child's cache locked, nor waiting on the parent's writer thread."""
-    from xarray_terrascope._headers import Header
+    from xarray_terrascope.engine.header_cache import Header
 
     headers.put("https://example.test/download/a.tif", Header(b"II*\x00a", 7, '"e"'))
     assert headers.flush(30)
@@ -597,7 +598,7 @@ def test_run_from_many_threads_and_not_from_the_loop():
     results = {}
 
     def worker(i):
-        results[i] = _aio.run(square(i))
+        results[i] = aio.run(square(i))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
     for thread in threads:
@@ -607,10 +608,10 @@ def test_run_from_many_threads_and_not_from_the_loop():
     assert results == {i: i * i for i in range(12)}
 
     async def nested():
-        return _aio.run(square(2))
+        return aio.run(square(2))
 
     with pytest.raises(RuntimeError, match="own event loop"):
-        _aio.run(nested())
+        aio.run(nested())
 
 
 def test_the_engine_loop_is_uvloop_where_installed():
@@ -619,7 +620,7 @@ def test_the_engine_loop_is_uvloop_where_installed():
     async def running():
         return asyncio.get_running_loop()
 
-    assert isinstance(_aio.run(running()), uvloop.Loop)
+    assert isinstance(aio.run(running()), uvloop.Loop)
 
 
 def test_dates_read_in_order_are_read_ahead_again_on_a_second_pass(logged_in):
@@ -666,7 +667,7 @@ def _wait_until_idle(seconds: float = 60) -> None:
     started (read-ahead tasks, which nobody waits for, do not count). The sandbox
     renders a file on its first request, hence the long deadline."""
     deadline = time.monotonic() + seconds
-    while _aio.idle_for() == 0.0:
+    while aio.idle_for() == 0.0:
         assert time.monotonic() < deadline, f"the engine was still busy after {seconds} s"
         time.sleep(0.02)
 
@@ -690,11 +691,11 @@ def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
 def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(logged_in):
     """A read of one date must not fetch the headers of every file of a six-month cube
     (148 files): only those of the nearest dates, up to WARM_FILES, around each read."""
-    from xarray_terrascope import _prefetch
+    from xarray_terrascope.engine import readahead
 
     ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
     files = files_per_date(ds)
-    assert sum(map(len, files)) > 3 * _prefetch.WARM_FILES
+    assert sum(map(len, files)) > 3 * readahead.WARM_FILES
     logged_in.log.clear()
     ds.NDVI.isel(time=40).load()
 
@@ -702,7 +703,7 @@ def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(log
         return {r.path for r in _header_requests(tif_records(logged_in))}
 
     _wait_until_idle()  # every header fetch the read started has ended
-    assert len(fetched()) == _prefetch.WARM_FILES
+    assert len(fetched()) == readahead.WARM_FILES
     near = [n for names in files[30:51] for n in names]  # dates 30..50 around date 40
     assert all(any(n in p for n in near) for p in fetched())
 
@@ -711,7 +712,7 @@ def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(log
     ds.NDVI.isel(time=10).load()
     _wait_until_idle()
     around = [n for names in files[0:21] for n in names]
-    assert len(fetched()) == _prefetch.WARM_FILES
+    assert len(fetched()) == readahead.WARM_FILES
     assert all(any(n in p for n in around) for p in fetched())
 
 
@@ -719,9 +720,9 @@ def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, mon
     """Results waiting to be taken are never dropped for newer ones (their bytes would be
     fetched twice): with room for 4 results, the next 4 files are read ahead, no more,
     and all 4 are used."""
-    from xarray_terrascope import _prefetch
+    from xarray_terrascope.engine import readahead
 
-    monkeypatch.setattr(_prefetch, "READAHEAD_BYTES", 1)  # room for the minimum, 4
+    monkeypatch.setattr(readahead, "READAHEAD_BYTES", 1)  # room for the minimum, 4
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
     files = files_per_date(ds)
     later = [n for names in files[2:] for n in names]
@@ -733,13 +734,13 @@ def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, mon
     _wait_until_idle()  # every read-ahead the reads asked for has been started...
 
     async def read_ahead_finished() -> int:
-        tasks = [task for task, _ in _prefetch._table().values()]
+        tasks = [task for task, _ in readahead._table().values()]
         if tasks:
             await asyncio.wait(tasks)
         return len(tasks)
 
     # ...and is done: nothing else can fetch now
-    assert _aio.run(read_ahead_finished()) == 4
+    assert aio.run(read_ahead_finished()) == 4
     fetched = _pixels_fetched(logged_in)
     assert not [n for n in later[4:] if any(n in p for p in fetched)]
     logged_in.log.clear()
@@ -754,12 +755,12 @@ def test_a_forked_child_gets_its_own_loop():
     async def pid():
         return os.getpid()
 
-    assert _aio.run(pid()) == os.getpid()
+    assert aio.run(pid()) == os.getpid()
     read_fd, write_fd = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         try:
-            ok = _aio.run(pid()) == os.getpid()
+            ok = aio.run(pid()) == os.getpid()
             os.write(write_fd, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -904,17 +905,17 @@ def test_local_files_under_a_missing_directory_cost_one_look(tmp_path, monkeypat
     monkeypatch.setattr(os.path, "isdir", lambda p: looks.append(p) or isdir(p))
     root = tmp_path / "data" / "MTDA"
     hrefs = [f"file://{root}/2025/06/{day:02d}/S2_{day}.tif" for day in range(1, 31)]
-    assert [cog.local_path(h) for h in hrefs] == [None] * 30
+    assert [local.local_path(h) for h in hrefs] == [None] * 30
     assert looks[0] == hrefs[0][len("file://") :]
     assert looks[-1] == str(tmp_path)  # up to the first directory that exists
     first = len(looks)
-    assert [cog.local_path(h) for h in hrefs] == [None] * 30
+    assert [local.local_path(h) for h in hrefs] == [None] * 30
     assert len(looks) == first
     # a directory that appears is seen once the absence is forgotten
     made = root / "2025" / "06" / "07" / "S2_7.tif"
     made.parent.mkdir(parents=True)
     made.write_bytes(b"II*\x00")
-    assert cog.local_path(hrefs[6]) is None  # still remembered as missing
-    monkeypatch.setattr(cog, "LOCAL_ABSENCE_SECONDS", 0.0)
-    assert cog.local_path(hrefs[6]) == str(made)
-    assert cog.local_path(hrefs[7]) is None
+    assert local.local_path(hrefs[6]) is None  # still remembered as missing
+    monkeypatch.setattr(local, "LOCAL_ABSENCE_SECONDS", 0.0)
+    assert local.local_path(hrefs[6]) == str(made)
+    assert local.local_path(hrefs[7]) is None

@@ -35,7 +35,8 @@ from pathlib import Path
 import pytest
 
 import xarray_terrascope as xts
-from xarray_terrascope import cli, read
+from xarray_terrascope import cli
+from xarray_terrascope.engine import read
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from .conftest import PYTHON_CHILD, interrupt, restore_sigint

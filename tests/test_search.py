@@ -23,7 +23,7 @@ from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 from .conftest import FAPAR, NDVI
 
 # the package exports the function `search`, which shadows the module of the same name
-search_module = importlib.import_module("xarray_terrascope.search")
+search_module = importlib.import_module("xarray_terrascope.catalog.search")
 
 
 def _truth(sandbox, collection, bbox=None, start=None, end=None, max_cloud=None):

@@ -13,8 +13,8 @@ import pytest
 import xarray as xr
 from aiohttp import web
 
-from xarray_terrascope import _aio, _transport
 from xarray_terrascope.auth import Credentials, RequestAuth
+from xarray_terrascope.engine import aio, transport
 from xarray_terrascope.exceptions import ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -30,12 +30,12 @@ def _field(**kw):
 @pytest.fixture
 def engine_afresh():
     """What the engine learns of the sandbox's origin here must not outlive the test."""
-    from xarray_terrascope import read
+    from xarray_terrascope.engine import read
 
-    _transport.reset_limiters()
+    transport.reset_limiters()
     read.clear_reader_cache()
     yield
-    _transport.reset_limiters()
+    transport.reset_limiters()
     read.clear_reader_cache()
 
 
@@ -51,7 +51,7 @@ def test_a_host_ignoring_range_sends_each_file_once(logged_in, all_logs, engine_
     """Every request answered with the whole file: each file is downloaded once and its
     header and tiles are cut from it (before: a whole file per header and tile request)."""
     clean = _field(chunks={}, chunksize=128).NDVI.load().values
-    _transport.reset_limiters()
+    transport.reset_limiters()
     logged_in.download.ranges = False
     logged_in.log.clear()
     all_logs.clear()
@@ -80,7 +80,7 @@ def test_an_origin_that_honours_ranges_again_is_asked_ranges_again(logged_in, en
     logged_in.download.ranges = False
     first = _field().NDVI.isel(time=0).load().values
     assert int((first != 255).sum()) > 0
-    from xarray_terrascope import read
+    from xarray_terrascope.engine import read
 
     read.clear_reader_cache()  # stops reading ahead
     _quiet(logged_in)
@@ -155,8 +155,8 @@ def test_redirects_that_are_not_plain_urls_are_read_errors_naming_the_item(locat
         server.location = location.replace("{other}", str(other.port))
         url = f"http://{HOST}:{server.port}/x.tif"
         with pytest.raises(ReadError, match="ITEM-42") as info:
-            _aio.run(
-                _transport.get_ranges(
+            aio.run(
+                transport.get_ranges(
                     url, [(0, 16)], access=RequestAuth(Credentials("u", "p")), label="ITEM-42"
                 )
             )

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from pyproj import Transformer
 
-from xarray_terrascope import _warp
-from xarray_terrascope._warp import Native, Target, pixel_map
+from xarray_terrascope.engine import warp
+from xarray_terrascope.engine.warp import Native, Target, pixel_map
 
 UFS = Native(32631, (10.0, 0.0, 699960.0, 0.0, -10.0, 5700000.0), (10980, 10980))
 
@@ -72,14 +72,14 @@ def test_few_centres_go_through_proj(case, share, monkeypatch):
     native, target, rows, cols = CASES[case]
     rows, cols = slice(*rows), slice(*cols)
     counted: list[int] = []
-    real = _warp._transformer(target.epsg, native.epsg)
+    real = warp._transformer(target.epsg, native.epsg)
 
     class Counting:
         def transform(self, xs, ys):
             counted.append(np.size(xs))
             return real.transform(xs, ys)
 
-    monkeypatch.setattr(_warp, "_transformer", lambda *crs: Counting())
+    monkeypatch.setattr(warp, "_transformer", lambda *crs: Counting())
     pixel_map(native, target, rows, cols)
     window = (rows.stop - rows.start) * (cols.stop - cols.start)
     assert 0 < sum(counted) < share * window
@@ -91,7 +91,7 @@ def test_centres_proj_cannot_transform_fall_outside_and_the_rest_stay_exact(monk
     across the hole."""
     native, target, rows, cols = CASES["zone 31 into 32"]
     rows, cols = slice(*rows), slice(*cols)
-    real = _warp._transformer(target.epsg, native.epsg)
+    real = warp._transformer(target.epsg, native.epsg)
     edge = target.x0 + 700 * target.resolution  # no answer east of output column 700
 
     class Bounded:
@@ -100,7 +100,7 @@ def test_centres_proj_cannot_transform_fall_outside_and_the_rest_stay_exact(monk
             hole = np.asarray(xs) > edge
             return np.where(hole, np.inf, out_x), np.where(hole, np.inf, out_y)
 
-    monkeypatch.setattr(_warp, "_transformer", lambda *crs: Bounded())
+    monkeypatch.setattr(warp, "_transformer", lambda *crs: Bounded())
     rr, cc = pixel_map(native, target, rows, cols)
     want_r, want_c = exact_map(native, target, rows, cols)
     want_r[:, 700:], want_c[:, 700:] = -1, -1

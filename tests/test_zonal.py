@@ -12,12 +12,12 @@ xvec = pytest.importorskip("xvec")
 shapely = pytest.importorskip("shapely")
 
 import xarray_terrascope as xts  # noqa: E402
-from xarray_terrascope import _sparse  # noqa: E402
-from xarray_terrascope._tiles import tiles  # noqa: E402
+from xarray_terrascope.engine.tile_store import tiles  # noqa: E402
 from xarray_terrascope.exceptions import InvalidArgumentError  # noqa: E402
+from xarray_terrascope.plan import sparse  # noqa: E402
 from xarray_terrascope.testing import SAMPLE_FIELD  # noqa: E402
 
-from .conftest import tif_records  # noqa: E402
+from .conftest import benchmark_module, tif_records  # noqa: E402
 
 WEEK = {"start": "2025-05-16", "end": "2025-05-26"}  # clear, overcast, partly...
 ALL = ["mean", "median", "std", "min", "max", "sum", "count", "valid_fraction"]
@@ -179,7 +179,8 @@ def test_reads_only_the_tiles_the_parcels_touch(logged_in):
     records = tif_records(sandbox)
     read = sum(r.bytes for r in records)
     headers = sum(r.bytes for r in records if r.range and r.range.startswith("bytes=0-"))
-    floor = sum(_sparse.tile_floor(p, parcels.geometry)["tile_bytes"] for p in paths)
+    tile_floor = benchmark_module("_floor").tile_floor
+    floor = sum(tile_floor(p, parcels.geometry)["tile_bytes"] for p in paths)
     cube_pixels = ds.sizes["y"] * ds.sizes["x"]
     assert parcels.geometry.to_crs(ds.rio.crs).area.sum() / 100 < 0.03 * cube_pixels
     assert read <= 1.2 * (floor + headers), (read, floor, headers)
@@ -217,9 +218,9 @@ def test_bad_arguments_name_what_is_allowed(field):
 
 def test_plan_aligns_blocks_to_the_file_tiles(field):
     _sandbox, ds, _parcels = field
-    grids = _sparse.item_grids(ds.terrascope.items, ["NDVI"])
+    grids = sparse.item_grids(ds.terrascope.items, ["NDVI"])
     transform = ds.rio.transform()
-    oy, ox = _sparse.grid_origin(transform, grids, 32631, 256)
+    oy, ox = sparse.grid_origin(transform, grids, 32631, 256)
     # the chosen corner is a tile corner of at least one file
     corners = {
         (round((t[5] - transform.f) / -10) % 256, round((t[2] - transform.c) / 10) % 256)

@@ -12,13 +12,21 @@ Examples
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import accessor as _accessor  # noqa: F401  (registers ds.terrascope)
-from ._credential_sync import share_credentials  # (readers and clusters follow login/logout)
-from .auth import Credentials, gdal_options, login, logout
-from .exceptions import (
+from xarray_terrascope import accessor as _accessor  # noqa: F401  (registers ds.terrascope)
+from xarray_terrascope._version import __version__
+from xarray_terrascope.auth import Credentials, gdal_options, login, logout
+from xarray_terrascope.auth.cluster import share_credentials
+from xarray_terrascope.catalog.search import (
+    asset_urls,
+    item_dates,
+    list_collections,
+    search,
+    search_ndvi,
+    stac_client,
+)
+from xarray_terrascope.exceptions import (
     AuthenticationError,
     CollectionNotFoundError,
     InvalidArgumentError,
@@ -28,12 +36,6 @@ from .exceptions import (
     SearchError,
     TerrascopeError,
 )
-from .search import asset_urls, item_dates, list_collections, search, search_ndvi, stac_client
-
-try:
-    __version__ = version("xarray-terrascope")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
 
 __all__ = [
     "AuthenticationError",

@@ -9,8 +9,8 @@ import numpy as np
 import pystac
 import xarray as xr
 
-from ._decode import decode_cf_array
-from .exceptions import InvalidArgumentError, TerrascopeError
+from xarray_terrascope.cube.decode import decode_cf_array
+from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 
 __all__ = ["TerrascopeDataArrayAccessor", "TerrascopeDatasetAccessor", "decode_raw"]
 
@@ -61,18 +61,18 @@ class _TerrascopeAccessor:
     def composite(self, freq: str = "1MS", how: str = "median") -> xr.Dataset:
         """Temporal composites over valid pixels, with the count of valid observations.
 
-        See :func:`xarray_terrascope.composite.composite`.
+        See :func:`xarray_terrascope.analysis.composite.composite`.
 
         Examples
         --------
         >>> ds.terrascope.composite("1MS", "max")  # doctest: +SKIP
         """
-        from .composite import composite
+        from xarray_terrascope.analysis.composite import composite
 
         return composite(self._obj, freq, how)
 
     def _zonal_stats(self, geometries: Any, stats: Any, items: Any, **options: Any) -> Any:
-        from .zonal import zonal_stats
+        from xarray_terrascope.analysis.zonal import zonal_stats
 
         return zonal_stats(self._obj, geometries, stats, items=items, **options)
 
@@ -105,8 +105,8 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
         memory; elsewhere (a worker, a Dataset read back from disk) they are fetched
         again by id.
         """
-        from ._items import item_moment
-        from .dataset import recall_items
+        from xarray_terrascope.catalog.items import item_moment
+        from xarray_terrascope.cube.dataset import recall_items
 
         if "item_ids" not in self._obj.coords:
             raise TerrascopeError(
@@ -118,7 +118,7 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
         wanted = set(ids)
         items = recall_items(self._attr("terrascope_items_key"))
         if items is None:
-            from .search import search
+            from xarray_terrascope.catalog.search import search
 
             items = search(self._attr("collection"), ids=ids) if ids else []
         kept = [item for item in items if item.id in wanted]
@@ -126,7 +126,7 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
 
     def asset_urls(self, asset: str = "NDVI") -> list[str]:
         """Hrefs of ``asset`` for every item of the cube, in datetime order."""
-        from .search import asset_urls
+        from xarray_terrascope.catalog.search import asset_urls
 
         return asset_urls(self.items, asset)
 
@@ -142,7 +142,7 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
 
     def plot_time_slider(self, variable: str | None = None, **kwargs: Any):
         """An hvplot image with a time slider; see :func:`xarray_terrascope.plot.time_slider`."""
-        from .plot import time_slider
+        from xarray_terrascope.plot import time_slider
 
         if variable is None:
             if "NDVI" in self._obj.data_vars:
@@ -174,13 +174,13 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
     ) -> xr.Dataset:
         """Per-geometry statistics reading only the tiles the geometries touch.
 
-        xvec's arguments and layout; see :func:`xarray_terrascope.zonal.zonal_stats`.
+        xvec's arguments and layout; see :func:`xarray_terrascope.analysis.zonal.zonal_stats`.
 
         Examples
         --------
         >>> ds.terrascope.zonal_stats(parcels, ["mean", "count"])  # doctest: +SKIP
         """
-        from .dataset import recall_items
+        from xarray_terrascope.cube.dataset import recall_items
 
         key = self._obj.attrs.get("terrascope_items_key")
         items = recall_items(key) if key else None
@@ -207,7 +207,7 @@ class TerrascopeDataArrayAccessor(_TerrascopeAccessor):
 
     def plot_time_slider(self, **kwargs: Any):
         """An hvplot image with a time slider; see :func:`xarray_terrascope.plot.time_slider`."""
-        from .plot import time_slider
+        from xarray_terrascope.plot import time_slider
 
         return time_slider(decode_raw(self._obj), **kwargs)
 
@@ -225,7 +225,7 @@ class TerrascopeDataArrayAccessor(_TerrascopeAccessor):
     ) -> xr.DataArray:
         """Per-geometry statistics reading only the tiles the geometries touch.
 
-        xvec's arguments and layout; see :func:`xarray_terrascope.zonal.zonal_stats`.
+        xvec's arguments and layout; see :func:`xarray_terrascope.analysis.zonal.zonal_stats`.
         A DataArray does not know its items: pass ``items=ds.terrascope.items`` to align
         the read blocks to the files' tiles (``ds.terrascope.zonal_stats`` does it).
 

@@ -1,4 +1,4 @@
-"""Endpoints, environment variable names and the collection table.
+"""Endpoints, environment variable names, numeric settings, origins and URL redaction.
 
 Everything here is read at call time: changing ``TERRASCOPE_STAC_URL`` (or any other
 variable) between two calls takes effect on the second call.
@@ -10,14 +10,9 @@ import contextlib
 import logging
 import os
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 __all__ = [
-    "COLLECTIONS",
-    "DEFAULT_COLLECTION",
-    "CollectionInfo",
-    "DecodeInfo",
     "download_hosts",
     "download_url",
     "int_setting",
@@ -39,7 +34,6 @@ ENV_NETRC = "NETRC"
 
 DEFAULT_STAC_URL = "https://stac.terrascope.be"
 DEFAULT_DOWNLOAD_URL = "https://services.terrascope.be/download/"
-DEFAULT_COLLECTION = "terrascope-s2-ndvi-v2"
 
 
 def stac_url() -> str:
@@ -168,7 +162,7 @@ def _origin_entry(entry: str) -> str:
     url = text if "://" in text else f"https://{text}"
     found = origin(url)
     if found is None or urlsplit(url).path not in ("", "/"):
-        from .exceptions import InvalidArgumentError
+        from xarray_terrascope.exceptions import InvalidArgumentError
 
         raise InvalidArgumentError(
             f"{ENV_DOWNLOAD_HOSTS} entries must be origins such as "
@@ -203,48 +197,3 @@ def download_hosts() -> frozenset[str]:
         return frozenset(_origin_entry(h) for h in raw.split(",") if h.strip())
     found = origin(download_url())
     return frozenset({found} if found else ())
-
-
-@dataclass(frozen=True)
-class DecodeInfo:
-    """How to turn stored digital numbers (DN) into physical values.
-
-    ``physical = scale * DN + offset`` for DN != ``nodata``.
-    """
-
-    dtype: str
-    nodata: float | None
-    scale: float = 1.0
-    offset: float = 0.0
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    """What the package knows of a collection before asking the catalogue."""
-
-    id: str
-    assets: tuple[str, ...]
-    decode: dict[str, DecodeInfo]
-
-
-_UINT8_NODATA_255 = {"dtype": "uint8", "nodata": 255}
-
-#: Collections the package knows. ``decode`` holds fallbacks used only when an
-#: item's asset has no ``raster:bands``; values a collection's items carry always win.
-#: Only NDVI's scaling is a published fact (0.004 * DN - 0.08); the other biophysical
-#: products are decoded from their items' ``raster:bands``.
-COLLECTIONS: dict[str, CollectionInfo] = {
-    info.id: info
-    for info in (
-        CollectionInfo(
-            "terrascope-s2-ndvi-v2",
-            ("NDVI",),
-            {"NDVI": DecodeInfo(scale=0.004, offset=-0.08, **_UINT8_NODATA_255)},
-        ),
-        CollectionInfo("terrascope-s2-fapar-v2", ("FAPAR",), {}),
-        CollectionInfo("terrascope-s2-fcover-v2", ("FCOVER",), {}),
-        CollectionInfo("terrascope-s2-lai-v2", ("LAI",), {}),
-        CollectionInfo("terrascope-s1-grd-sigma0-v1", ("VV", "VH"), {}),
-        CollectionInfo("esa-worldcover-map-10m-2021-v2", ("Map",), {}),
-    )
-}

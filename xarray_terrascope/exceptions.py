@@ -24,7 +24,7 @@ class TerrascopeError(RuntimeError):
     """
 
     def __init__(self, *args: object) -> None:
-        from .config import redact
+        from xarray_terrascope.config import redact
 
         super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 

@@ -1,0 +1,41 @@
+"""Credentials and where they may go: held in memory (:mod:`.credentials`), the process's
+credential state and its handles (:mod:`.state`), logging in (:mod:`.signin`), which
+origins may receive them and the GDAL options of a read (:mod:`.scope`), and how they
+reach a ``dask.distributed`` cluster that computes Terrascope reads (:mod:`.cluster`,
+:mod:`.plugin`, the only module that imports ``distributed``).
+
+Credentials flow beside the data, never inside it: stages that read take an opaque
+handle from the plan and resolve it here at read time.
+
+May import: :mod:`xarray_terrascope.config` and :mod:`xarray_terrascope.exceptions`
+only; the stages that hold state tied to credentials subscribe to its events instead of
+being called from here.
+"""
+
+from xarray_terrascope.auth.credentials import Credentials, RequestAuth, basic_header
+from xarray_terrascope.auth.scope import BASE_GDAL_OPTIONS, gdal_options, sends_credentials
+from xarray_terrascope.auth.signin import login, logout, validate_credentials
+from xarray_terrascope.auth.state import (
+    DEFAULT_HANDLE,
+    credentials_handle,
+    current_credentials,
+    resolve,
+    subscribe,
+)
+
+__all__ = [
+    "BASE_GDAL_OPTIONS",
+    "DEFAULT_HANDLE",
+    "Credentials",
+    "RequestAuth",
+    "basic_header",
+    "credentials_handle",
+    "current_credentials",
+    "gdal_options",
+    "login",
+    "logout",
+    "resolve",
+    "sends_credentials",
+    "subscribe",
+    "validate_credentials",
+]

@@ -1,0 +1,242 @@
+"""Logging in: credentials from the arguments, the environment or a netrc file, proven
+with one request to the download service, kept as this process's default.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from xarray_terrascope import config
+from xarray_terrascope.auth.credentials import Credentials
+from xarray_terrascope.auth.scope import sends_credentials
+from xarray_terrascope.auth.state import _forget_all, _from_environment, _set_default
+from xarray_terrascope.exceptions import AuthenticationError, TerrascopeError
+
+__all__ = ["login", "logout", "validate_credentials"]
+
+logger = logging.getLogger(__name__)
+
+_VALIDATE_TIMEOUT = 30.0
+
+
+def _netrc_path() -> str:
+    return os.environ.get(config.ENV_NETRC) or os.path.join(os.path.expanduser("~"), ".netrc")
+
+
+def _from_netrc() -> Credentials | None:
+    path = _netrc_path()
+    if not os.path.exists(path):
+        return None
+    host = urlsplit(config.download_url()).hostname or ""
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (netrc.NetrcParseError, OSError) as err:
+        # The parse error text can quote the file's lines: name the file, not its content.
+        raise AuthenticationError(
+            f"Could not read the netrc file {path!r} ({type(err).__name__}); fix its syntax "
+            f"(`machine {host} login USER password PASS`) or pass username/password."
+        ) from None
+    if entry is None:
+        return None
+    login_name, _account, password = entry
+    if not login_name or not password:
+        return None
+    return Credentials(login_name, password)
+
+
+def _resolve_login(username: str | None, password: str | None) -> tuple[Credentials, str]:
+    if username is not None or password is not None:
+        if not username or not password:
+            raise AuthenticationError(
+                "Give both username and password to login(), or neither (then "
+                "TERRASCOPE_USERNAME/TERRASCOPE_PASSWORD or the netrc file are used)."
+            )
+        return Credentials(username, password), "arguments"
+    env = _from_environment()
+    if env is not None:
+        return env, "environment"
+    from_netrc = _from_netrc()
+    if from_netrc is not None:
+        return from_netrc, "netrc"
+    host = urlsplit(config.download_url()).hostname
+    raise AuthenticationError(
+        "No Terrascope credentials found. Provide them in one of three ways:\n"
+        "  1. login(username, password)\n"
+        f"  2. the environment variables {config.ENV_USERNAME} and {config.ENV_PASSWORD}\n"
+        f"  3. a netrc file ({_netrc_path()}, or the path in NETRC) with the line "
+        f"`machine {host} login USER password PASS`"
+    )
+
+
+def _check_allowed(url: str) -> None:
+    if not sends_credentials(url):
+        raise TerrascopeError(
+            f"Refusing to send credentials to {config.origin(url) or url!r}: it is not one "
+            f"of TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
+            "Add its origin (scheme://host:port) there, or point TERRASCOPE_DOWNLOAD_URL "
+            "at a download host."
+        )
+
+
+#: Retries of the validation request on connection errors and 429/5xx answers.
+_VALIDATE_RETRY = Retry(
+    total=4,
+    backoff_factor=0.25,
+    status_forcelist=(429, 500, 502, 503, 504),
+    allowed_methods=None,
+    respect_retry_after_header=True,
+    raise_on_status=False,
+)
+#: Paths of single-sign-on login pages (Keycloak's authorization endpoint).
+_LOGIN_PAGE = ("/protocol/openid-connect/auth", "/login")
+
+
+def _probe(url: str, auth: tuple[bytes, bytes] | None) -> tuple[int, str]:
+    """Status and ``Location`` of one ``GET url`` (redirects not followed, 429/5xx retried)."""
+    with requests.Session() as session:
+        session.trust_env = False  # no netrc or proxy credentials from the environment
+        session.mount("http://", HTTPAdapter(max_retries=_VALIDATE_RETRY))
+        session.mount("https://", HTTPAdapter(max_retries=_VALIDATE_RETRY))
+        with session.get(
+            url, auth=auth, allow_redirects=False, timeout=_VALIDATE_TIMEOUT, stream=True
+        ) as response:
+            return response.status_code, response.headers.get("Location", "")
+
+
+def _asks_to_sign_in(status: int, location: str) -> bool:
+    """Whether an answer asks for credentials: a 401, or a redirect to a login page."""
+    if status == 401:
+        return True
+    return 300 <= status < 400 and any(p in urlsplit(location).path for p in _LOGIN_PAGE)
+
+
+def validate_credentials(creds: Credentials) -> None:
+    """Prove credentials with an authenticated request to ``TERRASCOPE_DOWNLOAD_URL``.
+
+    A 2xx answer proves them; a 401 or a redirect to the single-sign-on login page
+    rejects them. Any other answer (a download root that forbids listing, 403, or is
+    not a page, 404) proves them only if the same request without credentials is
+    asked to sign in: the credentials then got past authentication. Connection errors
+    and 429/5xx answers are retried with backoff.
+
+    Raises
+    ------
+    AuthenticationError
+        On a 401, or a redirect to the single-sign-on login page.
+    TerrascopeError
+        When the download service cannot be reached, keeps failing, or answers the
+        same with and without credentials (so it cannot tell whether they are valid).
+    """
+    url = config.download_url()
+    _check_allowed(url)
+    try:
+        status, location = _probe(url, creds.basic_auth())
+        if _asks_to_sign_in(status, location):
+            reason = (
+                f"redirected to the login page ({location.split('?')[0]})"
+                if status != 401
+                else "HTTP 401"
+            )
+            raise AuthenticationError(
+                f"Terrascope rejected the credentials of user {creds.username!r}: {reason}. "
+                "Check the username and password (https://terrascope.be account)."
+            )
+        if 200 <= status < 300:
+            return
+        if status == 429 or status >= 500:
+            raise TerrascopeError(
+                f"The Terrascope download service answered HTTP {status} at {url} while "
+                f"checking the credentials of {creds.username!r}, also when asked again; "
+                "try again later or use login(..., validate=False)."
+            )
+        anonymous, anonymous_location = _probe(url, None)
+    except requests.RequestException as err:
+        raise TerrascopeError(
+            f"Could not reach the Terrascope download service at {url} to check the "
+            f"credentials of {creds.username!r} ({type(err).__name__}). Check the network "
+            "or TERRASCOPE_DOWNLOAD_URL, or call login(..., validate=False)."
+        ) from err
+    if _asks_to_sign_in(anonymous, anonymous_location):
+        logger.debug("%s answers %d with the credentials, %d without", url, status, anonymous)
+        return
+    raise TerrascopeError(
+        f"The Terrascope download service at {url} answered HTTP {status} with the "
+        f"credentials of {creds.username!r} and HTTP {anonymous} without any, so it cannot "
+        "tell whether they are valid. Point TERRASCOPE_DOWNLOAD_URL at the download "
+        "service's root, or call login(..., validate=False)."
+    )
+
+
+def login(
+    username: str | None = None,
+    password: str | None = None,
+    *,
+    validate: bool = True,
+) -> Credentials:
+    """Log in to Terrascope and keep the credentials as this process's default.
+
+    Credentials come from the arguments, else ``TERRASCOPE_USERNAME`` and
+    ``TERRASCOPE_PASSWORD``, else the netrc file (``NETRC`` or ``~/.netrc``, machine =
+    the download host). Nothing is written to ``os.environ``. A ``dask.distributed``
+    cluster receives them (in a worker plugin) only when a graph with Terrascope reads
+    is computed or persisted on it, or by :func:`~xarray_terrascope.share_credentials`;
+    clusters that received earlier credentials receive the new ones now.
+
+    Parameters
+    ----------
+    username, password : str, optional
+        Both or neither.
+    validate : bool, default True
+        Prove the credentials with a request to ``TERRASCOPE_DOWNLOAD_URL`` (see
+        :func:`validate_credentials`).
+
+    Returns
+    -------
+    Credentials
+
+    Raises
+    ------
+    AuthenticationError
+        When no credentials are found, or Terrascope rejects them.
+    TerrascopeError
+        When the validation cannot reach the download service or cannot tell.
+
+    Examples
+    --------
+    >>> import xarray_terrascope as xts
+    >>> creds = xts.login()  # doctest: +SKIP
+    >>> creds.username  # doctest: +SKIP
+    'alice'
+    """
+    creds, source = _resolve_login(username, password)
+    if validate:
+        validate_credentials(creds)
+    _set_default(creds)
+    logger.info("Authenticated as %s (credentials from %s)", creds.username, source)
+    return creds
+
+
+def logout() -> None:
+    """Forget the process default credentials and every explicit ``credentials=``
+    registration of this process, and remove the credentials from the dask clusters
+    they reached.
+
+    A cube opened before keeps no secret: computing it afterwards fails with an
+    :class:`~xarray_terrascope.AuthenticationError` that says to log in again, or to open
+    it again with ``credentials=``.
+
+    Examples
+    --------
+    >>> import xarray_terrascope as xts
+    >>> xts.logout()
+    """
+    previous = _forget_all()
+    if previous is not None:
+        logger.info("Logged out %s", previous.username)

@@ -1,0 +1,284 @@
+"""This process's credential state: the login default, the explicit credentials of open
+cubes (by opaque handle), what a cluster's worker plugin installed, and who is told when
+any of it changes.
+
+Credentials live in this process's memory only. They are never written to
+``os.environ``, files, logs or reprs, and they never travel inside a dask graph: the
+graph carries an opaque *handle* (a short random string) that each process resolves at
+read time with :func:`resolve`. On a ``dask.distributed`` cluster the credentials a graph
+needs reach the workers through a worker plugin (:mod:`.plugin`), which installs them here
+with :func:`_install`. Modules that hold state tied to credentials (open files, HTTP
+caches, the cluster plugin) register callbacks with :func:`subscribe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from xarray_terrascope import config
+from xarray_terrascope.auth.credentials import Credentials
+from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError
+
+__all__ = [
+    "DEFAULT_HANDLE",
+    "INSTALL_WAIT",
+    "Stamp",
+    "credentials_handle",
+    "current_credentials",
+    "resolve",
+    "subscribe",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The handle that means "this process's default credentials, whatever they are at read time".
+DEFAULT_HANDLE = "default"
+
+_lock = threading.RLock()
+#: Notified whenever a worker plugin installs credentials in this process.
+_installed_changed = threading.Condition(_lock)
+_default: Credentials | None = None
+#: Explicit credentials by token, held weakly: each open cube holds its own
+#: :class:`Credentials`, so an entry goes with the last cube that uses it (and on logout()).
+_registry: weakref.WeakValueDictionary[str, Credentials] = weakref.WeakValueDictionary()
+
+
+def _new_lock_after_fork() -> None:
+    global _lock, _installed_changed
+    _lock = threading.RLock()  # another thread may have held it at the fork
+    _installed_changed = threading.Condition(_lock)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+#: ``(sender, generation)`` of a credential state shared with a cluster: ``sender`` is a
+#: random id of the client process, ``generation`` grows with each state it shares.
+Stamp = tuple[str, int]
+#: What a worker plugin installed in this process (held strongly: the plugin is the only
+#: holder), and its stamp; kept apart from the process's own login.
+_installed_default: Credentials | None = None
+_installed: dict[str, Credentials] = {}
+_installed_stamp: Stamp | None = None
+#: The stamp the newest graph this process received asks for (see :func:`_expect`).
+_expected: Stamp | None = None
+#: Seconds a dask worker waits for credentials that are on their way (see :func:`resolve`).
+INSTALL_WAIT = 30.0
+
+#: ``"forget"``: credentials changed, drop whatever was read or opened with the old ones;
+#: ``"publish"``: the process's credential state changed, share it (e.g. with a cluster).
+Event = Literal["forget", "publish"]
+_subscribers: dict[str, list[Callable[[], None]]] = {"forget": [], "publish": []}
+
+
+def subscribe(event: Event, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` whenever ``event`` happens (once per callback, however often
+    it is subscribed).
+
+    ``"forget"`` follows a logout or a change of the default credentials, and the
+    installation of a worker's credentials; ``"publish"`` follows a login or a logout.
+    """
+    if event not in _subscribers:
+        raise InvalidArgumentError(f"event must be 'forget' or 'publish', got {event!r}")
+    with _lock:
+        if callback not in _subscribers[event]:
+            _subscribers[event].append(callback)
+
+
+def _notify(event: Event) -> None:
+    with _lock:
+        callbacks = list(_subscribers[event])
+    for callback in callbacks:
+        callback()
+
+
+def current_credentials() -> Credentials | None:
+    """Return the process default set by :func:`login` (in a dask worker, else the one
+    the client shared with it), or None."""
+    default = _default
+    return default if default is not None else _installed_default
+
+
+def _set_default(creds: Credentials | None) -> None:
+    global _default
+    with _lock:
+        previous, _default = _default, creds
+    if previous is not None and previous != creds:
+        _notify("forget")
+    _notify("publish")
+
+
+def _forget_all() -> Credentials | None:
+    """Forget the login default and every explicit registration (logout); returns the
+    default that was."""
+    global _default
+    with _lock:
+        previous, _default = _default, None
+        had_explicit = len(_registry) > 0
+        _registry.clear()
+    if previous is not None or had_explicit:
+        _notify("forget")
+    _notify("publish")
+    return previous
+
+
+def credentials_handle(credentials: Credentials | None) -> str:
+    """Return the opaque handle that stands for ``credentials`` in a dask graph.
+
+    ``None`` gives :data:`DEFAULT_HANDLE`, resolved at read time to the process default
+    (so :func:`logout` and a new :func:`login` are honoured by later computations).
+    Explicit credentials are registered in this process under their random token, weakly:
+    whoever uses the handle must hold ``credentials`` (an open cube does), and
+    :func:`logout` forgets every registration.
+    """
+    if credentials is None:
+        return DEFAULT_HANDLE
+    if not isinstance(credentials, Credentials):
+        raise TypeError(
+            "credentials must be an xarray_terrascope.Credentials, "
+            f"got {type(credentials).__name__}"
+        )
+    with _lock:
+        _registry[credentials.token] = credentials
+    return credentials.token
+
+
+def _shareable(handles: Iterable[str]) -> tuple[Credentials | None, dict[str, Credentials]]:
+    """What of ``handles`` this process can share: its login default (for
+    :data:`DEFAULT_HANDLE`) and the explicit credentials still registered."""
+    with _lock:
+        default = _default if DEFAULT_HANDLE in handles else None
+        explicit = {h: c for h in handles if (c := _registry.get(h)) is not None}
+    return default, explicit
+
+
+def _install(
+    default: Credentials | None, handles: dict[str, Credentials], stamp: Stamp | None
+) -> None:
+    """Replace the credentials a worker plugin installed in this process (the process's
+    own login and registrations stay as they are)."""
+    global _installed_default, _installed, _installed_stamp
+    with _lock:
+        _installed_default, _installed, _installed_stamp = default, dict(handles), stamp
+        _installed_changed.notify_all()
+    _notify("forget")
+
+
+def _expect(stamp: Stamp) -> None:
+    """Note that a graph this process received needs the credential state ``stamp`` (or a
+    later one from the same sender): :func:`resolve` in a dask worker waits for it."""
+    global _expected
+    with _lock:
+        _expected = stamp
+
+
+def _has_expected() -> bool:
+    expected, installed = _expected, _installed_stamp
+    return expected is None or (
+        installed is not None and installed[0] == expected[0] and installed[1] >= expected[1]
+    )
+
+
+def _wait_for_expected() -> bool:
+    """In a dask worker, wait (at most :data:`INSTALL_WAIT` s) until the credentials the
+    received graphs need are installed; False when they did not arrive in time."""
+    global _expected
+    if _has_expected() or not _in_dask_worker():
+        return True
+    logger.debug("Waiting for the Terrascope credentials the client is sharing")
+    deadline = time.monotonic() + INSTALL_WAIT
+    with _installed_changed:
+        while not _has_expected():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "The Terrascope credentials the client shared did not reach this worker "
+                    "within %.0f s",
+                    INSTALL_WAIT,
+                )
+                _expected = None  # later reads do not wait again for the same state
+                return False
+            _installed_changed.wait(remaining)
+    return True
+
+
+def _from_environment() -> Credentials | None:
+    user = os.environ.get(config.ENV_USERNAME)
+    password = os.environ.get(config.ENV_PASSWORD)
+    if user and password:
+        return Credentials(user, password)
+    return None
+
+
+def resolve(handle: str) -> Credentials:
+    """Return the credentials a handle stands for in this process.
+
+    The default handle resolves to the process default (in a dask worker, else the one
+    the client shared), else to ``TERRASCOPE_USERNAME``/``TERRASCOPE_PASSWORD`` in this
+    process's environment (how workers that the client's credentials did not reach can
+    be configured). In a dask worker that received a graph whose credentials are still on
+    their way, it first waits for them (at most :data:`INSTALL_WAIT` seconds); elsewhere
+    it never waits.
+
+    Raises
+    ------
+    AuthenticationError
+        When this process has no credentials for the handle; the message says how to fix it.
+    """
+    arrived = _wait_for_expected()
+    with _lock:
+        if handle == DEFAULT_HANDLE:
+            creds = _default if _default is not None else _installed_default
+        else:
+            creds = _registry.get(handle) or _installed.get(handle)
+    if creds is None and handle == DEFAULT_HANDLE:
+        creds = _from_environment()
+    if creds is None:
+        if _in_dask_worker():
+            late = (
+                ""
+                if arrived
+                else f" The credentials the client shared did not arrive within "
+                f"{INSTALL_WAIT:.0f} s."
+            )
+            raise AuthenticationError(
+                f"No Terrascope credentials in this dask worker (handle {handle!r}).{late} "
+                + (
+                    "Call xarray_terrascope.login() on the client and compute again, or set "
+                    "TERRASCOPE_USERNAME and TERRASCOPE_PASSWORD in the environment of the "
+                    "workers."
+                    if handle == DEFAULT_HANDLE
+                    else "The credentials this cube was opened with did not come with the "
+                    "graph (logout() on the client forgets them): open the cube again with "
+                    "credentials=..., or login(), and compute again."
+                )
+            )
+        raise AuthenticationError(
+            "No Terrascope credentials in this process to read the data (you may have "
+            "called logout() after opening the cube). Call xarray_terrascope.login() and "
+            "compute again, or open the cube with credentials=Credentials(user, password)."
+            if handle == DEFAULT_HANDLE
+            else "The credentials this cube was opened with are not known in this process "
+            f"(handle {handle!r}); open the cube again with credentials=..., or login()."
+        )
+    return creds
+
+
+def _in_dask_worker() -> bool:
+    import sys
+
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True

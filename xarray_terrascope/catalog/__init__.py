@@ -1,0 +1,6 @@
+"""The STAC catalogue: checked search arguments, the search itself, item helpers, and
+what the package knows of Terrascope's collections.
+
+May import: :mod:`xarray_terrascope.config`, :mod:`xarray_terrascope.exceptions` (and
+pystac, pystac-client); nothing that plans or reads pixels.
+"""

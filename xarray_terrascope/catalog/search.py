@@ -1,0 +1,383 @@
+"""Searching the Terrascope STAC API: argument checks, search, collections, item helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pystac
+import requests
+from pystac_client import Client
+from pystac_client.conformance import ConformanceClasses
+from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
+from urllib3.util.retry import Retry
+
+from xarray_terrascope import config
+from xarray_terrascope.catalog.arguments import (
+    BBoxLike,
+    DatetimeLike,
+    _check_cloud,
+    _check_collection,
+    _check_limit,
+    _check_query,
+    _interval,
+    check_bbox,
+    check_dates,
+)
+from xarray_terrascope.catalog.items import item_day, item_moment
+from xarray_terrascope.exceptions import (
+    CollectionNotFoundError,
+    InvalidArgumentError,
+    ProtectedCollectionError,
+    SearchError,
+)
+
+__all__ = [
+    "BBoxLike",
+    "DatetimeLike",
+    "asset_urls",
+    "check_bbox",
+    "check_dates",
+    "item_dates",
+    "list_collections",
+    "search",
+    "search_ndvi",
+    "stac_client",
+]
+
+logger = logging.getLogger(__name__)
+
+
+#: Items per page: a year of one tile (~150 items) comes back in one round trip.
+PAGE_SIZE = 500
+#: Seconds to wait for the STAC API to connect and to answer.
+TIMEOUT = (10.0, 120.0)
+
+
+class _StacRetry(Retry):
+    """urllib3's ``Retry``, but a 500 is retried once only.
+
+    stac-fastapi answers 500 for a query its database rejects (pgstac: an unknown
+    operator, a bad paging token), which no retry mends; 429/502/503/504 and dropped
+    connections are the transient ones.
+    """
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if status_code == 500 and any(h.status == 500 for h in self.history or ()):
+            return False
+        return super().is_retry(method, status_code, has_retry_after)
+
+
+#: Retries with exponential backoff on connection errors and 429/5xx answers (POST included).
+RETRY = _StacRetry(
+    total=5,
+    backoff_factor=0.5,
+    status_forcelist=(429, 500, 502, 503, 504),
+    allowed_methods=None,
+    respect_retry_after_header=True,
+    raise_on_status=False,
+)
+
+
+# --- the client --------------------------------------------------------------------------
+
+_IN_STAC_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "xarray_terrascope_stac_call", default=False
+)
+
+
+class _RetriesAtDebug(logging.Filter):
+    """Demote urllib3's "Retrying (...)" warnings to DEBUG during this package's STAC calls.
+
+    The retries stay (see :data:`RETRY`); a user waiting for a down server gets one
+    clear :class:`SearchError` instead of a warning per attempt. Other code's urllib3
+    warnings are left alone.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _IN_STAC_CALL.get() and str(record.msg).startswith("Retrying"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
+_retry_filter = _RetriesAtDebug()
+logging.getLogger("urllib3.connectionpool").addFilter(_retry_filter)
+
+
+@contextlib.contextmanager
+def _stac_call() -> Iterator[None]:
+    token = _IN_STAC_CALL.set(True)
+    try:
+        yield
+    finally:
+        _IN_STAC_CALL.reset(token)
+
+
+def stac_client() -> Client:
+    """Open a pystac-client ``Client`` on ``TERRASCOPE_STAC_URL`` (read now, never cached).
+
+    It retries 429/5xx answers with backoff and times out after two minutes.
+
+    Examples
+    --------
+    >>> client = stac_client()  # doctest: +SKIP
+    >>> client.id  # doctest: +SKIP
+    'terrascope'
+    """
+    url = config.stac_url()
+    try:
+        with _stac_call():
+            client = Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
+    except (APIError, requests.RequestException) as err:
+        raise _failure(err, f"Opening the STAC API at {url}") from err
+    _accept_later_versions(client)
+    return client
+
+
+def _accept_later_versions(client: Client) -> None:
+    """Count conformance to a later STAC API 1.x (``.../v1.1.0/item-search#sort``, as
+    stac-fastapi 5+ declares it) as conformance: pystac-client 0.9 matches ``v1.0.*``
+    only, and would warn ``DoesNotConformTo`` on every sorted search."""
+    declared = client.get_conforms_to()
+    for conformance in ConformanceClasses:
+        later = re.compile(
+            rf"https://api\.stacspec\.org/v1\.\d+\.[^/]*{re.escape(conformance.value)}$"
+        )
+        if not client.conforms_to(conformance) and any(later.match(u) for u in declared):
+            client.add_conforms_to(conformance.name)
+
+
+def _failure(err: Exception, what: str) -> SearchError:
+    """A SearchError for a failed STAC request, keeping the HTTP status when there was one."""
+    status = getattr(err, "status_code", None)
+    if status is None:
+        return SearchError(
+            f"{what} failed: the server could not be reached ({str(err)[:300]}). Check the "
+            f"network or TERRASCOPE_STAC_URL (now {config.stac_url()})."
+        )
+    hint = (
+        " (stac-fastapi answers 500 when its database rejects a query: check the filter "
+        "and the other search arguments)"
+        if status == 500
+        else ""
+    )
+    return SearchError(
+        f"{what} failed with HTTP {status}: {str(err)[:500]}{hint}", status_code=status
+    )
+
+
+def _protected(collection: str, status: int) -> ProtectedCollectionError:
+    why = (
+        "it is one of Terrascope's protected collections, which need an OIDC access token "
+        "with the collection's role"
+        if status == 401
+        else "the account lacks the role this protected collection needs"
+    )
+    return ProtectedCollectionError(
+        f"The STAC API at {config.stac_url()} refused to search {collection!r} (HTTP "
+        f"{status}): {why}. This package signs in to the download service only (Basic "
+        f"auth) and sends no access token to the STAC API, so it cannot search it.",
+        status_code=status,
+    )
+
+
+def list_collections() -> list[str]:
+    """Return the ids of the catalogue's collections, sorted.
+
+    Examples
+    --------
+    >>> "terrascope-s2-ndvi-v2" in list_collections()  # doctest: +SKIP
+    True
+    """
+    client = stac_client()
+    try:
+        with _stac_call():
+            return sorted(c.id for c in client.get_collections())
+    except (APIError, requests.RequestException) as err:
+        raise _failure(err, f"Listing collections at {config.stac_url()}") from err
+
+
+def _ensure_collection_exists(collection: str) -> None:
+    available = list_collections()
+    if collection not in available:
+        raise CollectionNotFoundError(
+            f"Unknown collection {collection!r} at {config.stac_url()}. "
+            f"Available: {', '.join(available)}"
+        )
+
+
+def search(
+    collection: str,
+    bbox: BBoxLike | None = None,
+    start: DatetimeLike = None,
+    end: DatetimeLike = None,
+    *,
+    max_cloud_cover: float | None = None,
+    limit: int | None = None,
+    **query: Any,
+) -> list[pystac.Item]:
+    """Search a Terrascope collection; return every matching item, sorted by datetime.
+
+    No tile is dropped: items of the same date (neighbouring tiles) are all returned
+    and merged later, when stacking.
+
+    Parameters
+    ----------
+    collection : str
+        Collection id, e.g. ``"terrascope-s2-ndvi-v2"``.
+    bbox : sequence of 4 floats, optional
+        ``[west, south, east, north]`` in WGS84 degrees.
+    start, end : str, date or datetime, optional
+        Naive datetimes are UTC; a date-only ``end`` includes that whole day.
+    max_cloud_cover : float, optional
+        Upper bound (percent, inclusive) on ``eo:cloud_cover``, sent as a CQL2-JSON filter.
+    limit : int, optional
+        Return at most this many items (the earliest ones).
+    **query
+        Passed to :meth:`pystac_client.Client.search` (e.g. ``intersects``, ``ids``, ``filter``).
+
+    Returns
+    -------
+    list of pystac.Item
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a bad bbox, date, cloud cover or limit.
+    CollectionNotFoundError
+        When the collection does not exist (the message lists the available ones).
+    SearchError
+        When the STAC API fails.
+
+    Examples
+    --------
+    >>> items = search("terrascope-s2-ndvi-v2", [5.0, 51.2, 5.1, 51.3],
+    ...                "2025-05-01", "2025-06-01", max_cloud_cover=20)  # doctest: +SKIP
+    """
+    collection = _check_collection(collection)
+    _check_query(query)
+    box = check_bbox(bbox) if bbox is not None else None
+    first, last = check_dates(start, end)
+    cloud = _check_cloud(max_cloud_cover)
+    limit = _check_limit(limit)
+
+    params: dict[str, Any] = dict(query)
+    params["collections"] = [collection]
+    if box is not None:
+        params["bbox"] = list(box)
+    interval = _interval(first, last)
+    if interval is not None:
+        params["datetime"] = interval
+    if cloud is not None:
+        # terra-stac-api (OpenSearch) needs the full path; pgstac takes either name.
+        prop = {"property": "properties.eo:cloud_cover"}
+        cloud_filter = {"op": "<=", "args": [prop, cloud]}
+        user_filter = params.get("filter")
+        params["filter"] = (
+            {"op": "and", "args": [user_filter, cloud_filter]} if user_filter else cloud_filter
+        )
+        params["filter_lang"] = "cql2-json"
+    if limit is not None:
+        # The earliest `limit` items: ask the server to sort ascending and stop there;
+        # tiles of one acquisition share a datetime, so the id orders them the same on
+        # every server.
+        params.setdefault(
+            "sortby",
+            [
+                {"field": "properties.datetime", "direction": "asc"},
+                {"field": "id", "direction": "asc"},
+            ],
+        )
+        params["max_items"] = limit
+    params.setdefault("limit", min(PAGE_SIZE, limit or PAGE_SIZE))
+
+    client = stac_client()
+    logger.debug("STAC search at %s: %s", config.stac_url(), params)
+    try:
+        with _stac_call():
+            items = list(client.search(**params).items())
+    except (APIError, requests.RequestException) as err:
+        status = getattr(err, "status_code", None)
+        if status in (400, 404):
+            _ensure_collection_exists(collection)
+        if status in (401, 403):
+            raise _protected(collection, status) from err
+        raise _failure(err, f"The STAC search at {config.stac_url()}") from err
+    if not items:
+        _ensure_collection_exists(collection)
+    items.sort(key=lambda item: (item_moment(item), item.id))
+    logger.info("Found %d item(s) in %s", len(items), collection)
+    return items
+
+
+def search_ndvi(
+    bbox: BBoxLike,
+    start: DatetimeLike,
+    end: DatetimeLike,
+    max_cloud_cover: float | None = 10.0,
+    **kw: Any,
+) -> list[pystac.Item]:
+    """Search Sentinel-2 NDVI (``terrascope-s2-ndvi-v2``); see :func:`search`.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When ``bbox`` is None (a bbox is required: the whole catalogue is not an area).
+
+    Examples
+    --------
+    >>> items = search_ndvi([5.0, 51.2, 5.1, 51.3], "2025-05-01", "2025-06-01")  # doctest: +SKIP
+    """
+    if bbox is None:
+        raise InvalidArgumentError(
+            "search_ndvi needs a bbox [west, south, east, north] in degrees; for another "
+            "area selection use search('terrascope-s2-ndvi-v2', intersects=...)"
+        )
+    return search("terrascope-s2-ndvi-v2", bbox, start, end, max_cloud_cover=max_cloud_cover, **kw)
+
+
+# --- helpers on lists of items -------------------------------------------------------
+
+
+def asset_urls(items: Iterable[pystac.Item], asset: str = "NDVI") -> list[str]:
+    """Return the href of ``asset`` of each item that has it, in the items' order.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When no item has that asset (the message lists the assets they have).
+
+    Examples
+    --------
+    >>> asset_urls([])
+    []
+    """
+    items = list(items)
+    urls = [item.assets[asset].href for item in items if asset in item.assets]
+    if items and not urls:
+        keys = sorted({key for item in items for key in item.assets})
+        raise InvalidArgumentError(
+            f"No item has an asset {asset!r}; their assets are: {', '.join(keys)}"
+        )
+    if len(urls) < len(items):
+        logger.warning(
+            "%d of %d item(s) have no %r asset", len(items) - len(urls), len(items), asset
+        )
+    return urls
+
+
+def item_dates(items: Iterable[pystac.Item]) -> list[str]:
+    """Return the sorted, unique acquisition dates (UTC, ``YYYY-MM-DD``) of the items.
+
+    Examples
+    --------
+    >>> item_dates([])
+    []
+    """
+    return sorted({item_day(item).isoformat() for item in items})

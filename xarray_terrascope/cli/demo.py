@@ -1,0 +1,247 @@
+"""The main job, on the embedded sandbox: parcel NDVI curves per crop, monthly max-NDVI
+composites and a time slider with the parcel outlines (``xarray-terrascope demo``).
+
+What a Terrascope user runs over a season of farmland, end to end and offline:
+
+1. start the sandbox (STAC API and download server on loopback) and log in;
+2. take the sandbox's parcels (with their crop types) in the sample field and open
+   the season's NDVI over their bounds, skipping scenes above the cloud limit;
+3. ``ds.terrascope.zonal_stats`` per parcel and date (mean NDVI and valid fraction),
+   reading only the COG tiles the parcels touch; ``ds.terrascope.composite`` for the
+   monthly max-NDVI;
+4. print a table (per date: valid fraction over the parcels, mean NDVI per crop), and
+   write ``ndvi_by_crop.png`` (one curve per crop), ``ndvi_monthly_max.png`` (one
+   panel per month) and ``ndvi_time_slider.html`` (the clear dates at 20 m with the
+   parcel outlines; lon/lat in the hover; works offline).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from xarray_terrascope import config
+
+__all__ = ["DEMO_END", "DEMO_MAX_CLOUD_COVER", "DEMO_START", "run_demo"]
+
+DEMO_START = "2025-04-01"
+DEMO_END = "2025-09-30"
+#: Scenes above this ``eo:cloud_cover`` (percent) are not searched: a user's first filter,
+#: and the demo's largest saving (the sandbox renders every file it serves).
+DEMO_MAX_CLOUD_COVER = 10.0
+#: A parcel's value on a date counts when at least this share of its pixels is valid.
+MIN_VALID = 0.8
+#: A crop's curve has a point on a date when this share of its parcels counts.
+MIN_PARCELS = 0.5
+#: Threads for the dask scheduler: reads wait on the network, not on the CPU.
+READ_THREADS = 8
+_ENDPOINTS = (config.ENV_STAC_URL, config.ENV_DOWNLOAD_URL, config.ENV_DOWNLOAD_HOSTS)
+
+
+def _crop_curves(stats: Any, parcels: Any) -> Any:
+    """Mean NDVI per crop and date (``pandas.DataFrame``, dates x crops), NaN where too few
+    of the crop's parcels are clear enough."""
+    import pandas as pd
+
+    mean = stats.sel(zonal_statistics="mean").transpose("geometry", "time").values
+    valid = stats.sel(zonal_statistics="valid_fraction").transpose("geometry", "time").values
+    usable = valid >= MIN_VALID
+    dates = pd.DatetimeIndex(stats["time"].values).normalize()
+    curves = {}
+    for crop in sorted(parcels["crop"].unique()):
+        rows = (parcels["crop"] == crop).to_numpy()
+        ok = usable[rows]
+        values = pd.DataFrame(mean[rows], columns=dates).where(ok)
+        enough = ok.mean(axis=0) >= MIN_PARCELS
+        curves[crop] = values.mean(axis=0).where(enough)
+    return pd.DataFrame(curves)
+
+
+def _clearest_per_half_month(dates: list[str], valid: Any) -> list[int]:
+    """Indices of the clearest date of each half month, among those >= :data:`MIN_VALID`."""
+    best: dict[tuple[str, bool], int] = {}
+    for i, (day, fraction) in enumerate(zip(dates, valid, strict=True)):
+        if fraction < MIN_VALID:
+            continue
+        key = (day[:7], int(day[8:10]) > 15)
+        if key not in best or fraction > valid[best[key]]:
+            best[key] = i
+    return sorted(best.values())
+
+
+def _print_table(curves: Any, valid: Any, dates: list[str], counts: dict[str, int]) -> None:
+    crops = list(curves.columns)
+    width = max(12, *(len(c) + 1 for c in crops))
+    print("parcels: " + ", ".join(f"{counts[c]} {c}" for c in crops))
+    print(f"{'date':<12}{'valid':>8}" + "".join(f"{c:>{width}}" for c in crops))
+    for day, fraction, (_, row) in zip(dates, valid, curves.iterrows(), strict=True):
+        cells = "".join(f"{'-':>{width}}" if v != v else f"{v:{width}.3f}" for v in row)
+        print(f"{day:<12}{fraction:8.1%}{cells}")
+
+
+def _plot_curves(curves: Any, path: Path, start: str, end: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for crop in curves.columns:
+        series = curves[crop].dropna()
+        ax.plot(series.index, series.values, "o-", ms=3.5, lw=1.6, label=crop)
+    ax.set(
+        title=f"Mean NDVI per crop type, {start} to {end} (sandbox parcels, "
+        f"dates with >= {MIN_VALID:.0%} valid pixels)",
+        ylabel="NDVI (mean over the parcels of the crop)",
+        ylim=(0.0, 1.0),
+    )
+    ax.title.set_fontsize(10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower center", ncols=len(curves.columns), fontsize=8, frameon=False)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_composites(composite: Any, parcels_utm: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    months = composite["time"].values
+    columns = (len(months) + 1) // 2
+    fig, axes = plt.subplots(
+        2, columns, figsize=(2.9 * columns + 1.2, 5.6), squeeze=False, layout="constrained"
+    )
+    x, y = composite["x"].values, composite["y"].values
+    extent = (x[0] - 5, x[-1] + 5, y[-1] - 5, y[0] + 5)
+    image = None
+    for ax, month in zip(axes.ravel(), months, strict=False):
+        frame = composite["NDVI"].sel(time=month)
+        count = composite["valid_count"].sel(time=month)
+        image = ax.imshow(frame.values, cmap="RdYlGn", vmin=-0.08, vmax=0.92, extent=extent)
+        parcels_utm.boundary.plot(ax=ax, color="black", linewidth=0.3)
+        ax.set_title(
+            f"{pd.Timestamp(month):%B %Y}\n{int(np.median(count.values))} clear scenes per pixel",
+            fontsize=9,
+        )
+        ax.set_axis_off()
+    for ax in axes.ravel()[len(months) :]:
+        ax.set_visible(False)
+    fig.suptitle("Monthly max-NDVI composite (ds.terrascope.composite('1MS', 'max'))")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="NDVI")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def run_demo(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    start: str = DEMO_START,
+    end: str = DEMO_END,
+    max_cloud_cover: float | None = DEMO_MAX_CLOUD_COVER,
+) -> dict:
+    """The main job on the embedded sandbox; returns what it wrote and measured.
+
+    Returns
+    -------
+    dict
+        ``png`` (the NDVI curves per crop), ``composite_png``, ``html`` (the slider
+        page), ``table`` (mean NDVI, dates x crops, ``pandas.DataFrame``), ``valid``
+        (the valid share of the parcels' pixels per date), ``dates``, ``parcels``,
+        ``requests`` (download server log) and ``seconds``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import dask
+    import pandas as pd
+    import shapely
+    import xarray as xr
+
+    from xarray_terrascope import auth
+    from xarray_terrascope.plot import save_html
+    from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
+
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Sandbox(seed=seed) as sandbox:
+        saved = {k: os.environ.get(k) for k in _ENDPOINTS}
+        # Endpoints only: the credentials go to login(), never into the environment.
+        os.environ[config.ENV_STAC_URL] = sandbox.stac_url
+        os.environ[config.ENV_DOWNLOAD_URL] = sandbox.download_url
+        os.environ[config.ENV_DOWNLOAD_HOSTS] = sandbox.download_origin
+        try:
+            creds = auth.login(sandbox.username, sandbox.password)
+            print(f"sandbox STAC API {sandbox.stac_url}, logged in as {creds.username}")
+            parcels = sandbox.parcels()
+            parcels = parcels[parcels.within(shapely.box(*SAMPLE_FIELD))].reset_index(drop=True)
+            bbox = [round(float(v), 5) for v in parcels.total_bounds]
+            ds = xr.open_dataset(
+                bbox,
+                engine="terrascope",
+                start=start,
+                end=end,
+                max_cloud_cover=max_cloud_cover,
+                chunks={},
+            )
+            dates = ds.terrascope.dates()
+            print(
+                f"{len(parcels)} parcels in {bbox}; {len(dates)} date(s) from {start} to {end} "
+                f"with cloud cover <= {max_cloud_cover}%, {ds.sizes['y']} x {ds.sizes['x']} px "
+                f"in {ds.rio.crs}"
+            )
+            with dask.config.set(num_workers=READ_THREADS):
+                # the composite reads every pixel, many files at once; zonal_stats then
+                # reads only the tiles the parcels touch (files the server has made)
+                composite = ds.terrascope.composite("1MS", "max").compute()
+                stats = ds.terrascope.zonal_stats(parcels, ["mean", "valid_fraction"]).NDVI
+                stats = stats.compute()
+            curves = _crop_curves(stats, parcels)
+            # valid share of all parcel pixels per date (parcels weighted by their size)
+            pixels = parcels["area_ha"].to_numpy()[:, None]
+            valid_share = (stats.sel(zonal_statistics="valid_fraction").values * pixels).sum(
+                axis=0
+            ) / pixels.sum()
+            counts = parcels["crop"].value_counts().to_dict()
+            _print_table(curves, valid_share, dates, counts)
+            png = _plot_curves(curves, out_dir / "ndvi_by_crop.png", start, end)
+            parcels_utm = parcels.to_crs(ds.rio.crs)
+            composite_png = _plot_composites(
+                composite, parcels_utm, out_dir / "ndvi_monthly_max.png"
+            )
+            # The page embeds every frame: keep it small with the clearest date of each
+            # half month (when clear enough), at 20 m.
+            clear = _clearest_per_half_month(dates, valid_share)
+            with dask.config.set(num_workers=READ_THREADS):
+                page = ds.terrascope.ndvi().isel(time=clear)
+                page = page.coarsen(x=2, y=2, boundary="trim").mean().astype("float32").load()
+            html = save_html(
+                page.terrascope.plot_time_slider(title="NDVI (20 m)", overlay=parcels),
+                out_dir / "ndvi_time_slider.html",
+            )
+            seconds = time.monotonic() - started
+            print(f"wrote {png}, {composite_png} and {html} ({len(clear)} dates on the slider)")
+            return {
+                "png": png,
+                "composite_png": composite_png,
+                "html": html,
+                "table": curves,
+                "valid": pd.Series(valid_share, index=curves.index, name="valid"),
+                "dates": len(dates),
+                "parcels": len(parcels),
+                "requests": len(sandbox.log.records()),
+                "seconds": seconds,
+            }
+        finally:
+            auth.logout()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

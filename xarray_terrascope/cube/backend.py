@@ -1,0 +1,128 @@
+"""The ``terrascope`` xarray engine: a thin entrypoint over :func:`dataset.open_cube`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from xarray.backends import BackendEntrypoint
+
+from xarray_terrascope.catalog.items import is_items
+
+__all__ = ["TerrascopeBackendEntrypoint"]
+
+
+class TerrascopeBackendEntrypoint(BackendEntrypoint):
+    """Open Terrascope STAC items as a lazy ``(time, y, x)`` Dataset.
+
+    ``filename_or_obj`` is a WGS84 bbox ``[west, south, east, north]`` (a STAC search
+    runs) or a list of ``pystac.Item`` / an ``ItemCollection`` (stacked as given).
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> ds = xr.open_dataset([5.90, 51.24, 5.96, 51.27], engine="terrascope",
+    ...                      start="2025-05-01", end="2025-06-30", chunks={})  # doctest: +SKIP
+    """
+
+    description = "Terrascope (VITO) Sentinel-1/2 products through its STAC API"
+    url = "https://github.com/xarray-terrascope/xarray-terrascope"
+    open_dataset_parameters = (
+        "filename_or_obj",
+        "drop_variables",
+        "start",
+        "end",
+        "collection",
+        "assets",
+        "max_cloud_cover",
+        "crs",
+        "resolution",
+        "credentials",
+        "bbox",
+        "decode",
+        "resampling",
+        "chunksize",
+        "prefer_local",
+    )
+
+    def open_dataset(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+        collection: str = "terrascope-s2-ndvi-v2",
+        assets: Sequence[str] | str | None = None,
+        max_cloud_cover: float | None = None,
+        crs: Any = None,
+        resolution: float | None = None,
+        credentials: Any = None,
+        bbox: Sequence[float] | None = None,
+        decode: bool = True,
+        resampling: str = "nearest",
+        chunksize: int = 1024,
+        prefer_local: bool | None = None,
+    ):
+        """Search, plan and return the lazy Dataset; no pixel is read.
+
+        Parameters
+        ----------
+        filename_or_obj
+            WGS84 bbox ``[west, south, east, north]``, or pystac Items.
+        start, end : str, date or datetime, optional
+            Search interval; a date-only ``end`` includes its whole day; naive = UTC.
+        collection : str
+            Collection id (default NDVI).
+        assets : str or list of str, optional
+            Asset keys, one variable each; default: the collection's.
+        max_cloud_cover : float, optional
+            Upper bound on ``eo:cloud_cover`` (percent).
+        crs : int, str or CRS, optional
+            Output CRS; default: the UTM zone of the bbox centre.
+        resolution : float, optional
+            Output pixel size in CRS units; default: native.
+        credentials : Credentials, optional
+            Default: the process default from ``login()``.
+        bbox : sequence of 4 floats, optional
+            Clip box when ``filename_or_obj`` is a list of items.
+        decode : bool, default True
+            Physical values as float32 with NaN for no data; False keeps the stored DN.
+        resampling : str, default "nearest"
+            rasterio resampling name for tiles that must be reprojected or resized.
+        chunksize : int, default 1024
+            Spatial size of the stacking chunks (``chunks={}`` uses them), their edges
+            at multiples of it from the files' own corner (so on COG tile edges); a
+            piece under a quarter of it at either end of a row or column joins its
+            neighbour.
+        prefer_local : bool, optional
+            Terrascope assets carry an alternate ``local`` href (``/data/MTDA/...``),
+            readable on Terrascope's own notebooks and VMs. None (default): read the local
+            file when it exists on this machine, else the network; True: local files only
+            (a missing one is an error); False: always the network.
+        """
+        from xarray_terrascope.cube.dataset import open_cube
+
+        if isinstance(drop_variables, str):
+            drop_variables = [drop_variables]
+        return open_cube(
+            filename_or_obj,
+            start=start,
+            end=end,
+            collection=collection,
+            assets=assets,
+            max_cloud_cover=max_cloud_cover,
+            crs=crs,
+            resolution=resolution,
+            credentials=credentials,
+            bbox=bbox,
+            decode=decode,
+            resampling=resampling,
+            chunksize=chunksize,
+            prefer_local=prefer_local,
+            drop_variables=list(drop_variables) if drop_variables else None,
+        )
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        """True for pystac Items or an ItemCollection; never touches the network."""
+        return is_items(filename_or_obj)

@@ -1,0 +1,385 @@
+"""Building the xarray Dataset: search -> plan -> lazy variables (decoded in the read) -> CRS.
+
+The variables are backed by :class:`CubeArray`, an xarray ``BackendArray``, so xarray
+itself honours both ``chunks={}`` (dask arrays on the stacking chunk grid, through
+``encoding["preferred_chunks"]``) and ``chunks=None`` (lazy until ``.load()``, which
+returns numpy).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pystac
+import rioxarray  # noqa: F401  (registers the .rio accessor used below)
+import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from xarray_terrascope import auth, config
+from xarray_terrascope.auth import cluster, signin, state
+from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
+from xarray_terrascope.catalog.items import is_items
+from xarray_terrascope.catalog.search import check_bbox, search
+from xarray_terrascope.cube.decode import CF_KEYS, Decoder
+from xarray_terrascope.engine.read import read_window
+from xarray_terrascope.exceptions import (
+    AuthenticationError,
+    InvalidArgumentError,
+    NoItemsFoundError,
+)
+from xarray_terrascope.plan.chunks import (
+    DEFAULT_CHUNKSIZE,
+    dates_per_partition,
+    file_grid_phase,
+    spatial_chunks,
+)
+from xarray_terrascope.plan.planner import CubePlan, plan_cube
+
+__all__ = ["CubeArray", "open_cube"]
+
+logger = logging.getLogger(__name__)
+
+#: How many cubes' items this process remembers for ``ds.terrascope.items``.
+_ITEMS_CACHE_SIZE = 32
+_items_lock = threading.Lock()
+_items_cache: OrderedDict[str, list[pystac.Item]] = OrderedDict()
+
+
+def _new_lock_after_fork() -> None:
+    global _items_lock
+    _items_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
+class CubeArray(BackendArray):
+    """Lazy ``(time, y, x)`` array of one asset; reads on indexing only.
+
+    Gives the stored values, or with a :class:`~xarray_terrascope.cube.decode.Decoder` the
+    physical ones (decoded inside the read, in one new array per window). Pickles as its
+    :class:`~xarray_terrascope.plan.planner.CubePlan` (URLs, grid and an opaque credentials
+    handle, never a secret) and the decoder's CF attributes.
+
+    ``credentials``, the explicit credentials the cube was opened with, are held in
+    memory only (never pickled): they keep the plan's handle registered in this process
+    (see :func:`~xarray_terrascope.auth.credentials_handle`) as long as the cube is open.
+    Pickled by a ``dask.distributed`` client for its scheduler, the array has the
+    credentials its reads need sent to that cluster, and carries the stamp of that
+    credential state, for which the workers wait (see :mod:`xarray_terrascope.auth.cluster`).
+    """
+
+    _credentials: auth.Credentials | None = None
+
+    def __init__(
+        self,
+        plan: CubePlan,
+        asset_index: int,
+        decoder: Decoder | None = None,
+        credentials: auth.Credentials | None = None,
+    ) -> None:
+        self.plan = plan
+        self.asset_index = asset_index
+        self.decoder = decoder
+        self.shape = (len(plan.groups), *plan.shape)
+        stored = np.dtype(plan.packing[asset_index].dtype)
+        self.dtype = decoder.dtype if decoder is not None else stored
+        if credentials is not None:
+            self._credentials = credentials
+
+    def __getstate__(self) -> dict[str, Any]:
+        pickled = {k: v for k, v in self.__dict__.items() if k != "_credentials"}
+        stamp = cluster.share_for_graph(self.plan.credentials_handle)
+        if stamp is not None:
+            # kept when unpickled: the scheduler pickles the tasks again for the workers
+            pickled["_credentials_stamp"] = stamp
+        return pickled
+
+    def __setstate__(self, pickled: dict[str, Any]) -> None:
+        self.__dict__.update(pickled)
+        stamp = pickled.get("_credentials_stamp")
+        if stamp is not None:
+            state._expect(tuple(stamp))
+
+    def __deepcopy__(self, memo: dict) -> CubeArray:
+        # a copy keeps the credentials alive, as the original does (a pickle never does)
+        clone = CubeArray.__new__(CubeArray)
+        clone.__dict__.update(
+            copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "_credentials"}, memo)
+        )
+        if self._credentials is not None:
+            clone._credentials = self._credentials
+        return clone
+
+    def __copy__(self) -> CubeArray:
+        clone = CubeArray.__new__(CubeArray)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+        )
+
+    def _getitem(self, key: tuple) -> np.ndarray:
+        squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
+        t_key, y_key, x_key = (
+            slice(int(k), int(k) + 1) if isinstance(k, (int, np.integer)) else k for k in key
+        )
+        times = range(self.shape[0])[t_key]
+        rows, row_step = _span(y_key, self.shape[1])
+        cols, col_step = _span(x_key, self.shape[2])
+        data = read_window(self.plan, self.asset_index, list(times), rows, cols)
+        if row_step != 1 or col_step != 1:
+            data = data[:, ::row_step, ::col_step]
+        if self.decoder is not None:
+            data = self.decoder(data)
+        return data.squeeze(axis=squeeze) if squeeze else data
+
+
+def _span(key: slice, size: int) -> tuple[slice, int]:
+    start, stop, step = key.indices(size)
+    if step < 0:  # read the covering window forwards, then let numpy reverse it
+        indices = range(start, stop, step)
+        if not indices:
+            return slice(0, 0), 1
+        return slice(indices[-1], indices[0] + 1), step
+    return slice(start, max(start, stop)), step
+
+
+def _handle_for_open(
+    credentials: auth.Credentials | None,
+) -> tuple[str, auth.Credentials | None]:
+    """The credentials handle for a new cube, and the explicit credentials the cube must
+    hold for it (they are registered weakly); fails fast (no network) when there are none."""
+    if credentials is not None or auth.current_credentials() is not None:
+        return auth.credentials_handle(credentials), credentials
+    if state._from_environment() is not None:
+        return auth.DEFAULT_HANDLE, None
+    from_netrc = signin._from_netrc()
+    if from_netrc is not None:
+        return auth.credentials_handle(from_netrc), from_netrc
+    raise AuthenticationError(
+        "Opening Terrascope data needs credentials: call xarray_terrascope.login() first, "
+        "pass credentials=Credentials(user, password), set TERRASCOPE_USERNAME and "
+        "TERRASCOPE_PASSWORD, or add the download host to your netrc file."
+    )
+
+
+def _default_assets(collection: str, items: Sequence[pystac.Item]) -> list[str]:
+    info = COLLECTIONS.get(collection)
+    if info is not None:
+        return list(info.assets)
+    keys: list[str] = []
+    for item in items:
+        for key, asset in item.assets.items():
+            if "data" in (asset.roles or []) and key not in keys:
+                keys.append(key)
+    if not keys:
+        raise InvalidArgumentError(
+            f"Collection {collection!r} is not known to xarray-terrascope and its items have no "
+            "assets with role 'data'; pass assets=[...]"
+        )
+    return keys
+
+
+def _check_assets(assets: Any) -> list[str] | None:
+    if assets is None:
+        return None
+    if isinstance(assets, str):
+        return [assets]
+    if not isinstance(assets, (list, tuple)) or not all(isinstance(a, str) for a in assets):
+        raise InvalidArgumentError(f"assets must be an asset key or a list of them, got {assets!r}")
+    if not assets:
+        raise InvalidArgumentError("assets must not be empty; None means the collection's default")
+    return list(assets)
+
+
+def _check_chunksize(chunksize: Any) -> int:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, (int, np.integer)) or chunksize < 1:
+        raise InvalidArgumentError(f"chunksize must be a positive int (pixels), got {chunksize!r}")
+    return int(chunksize)
+
+
+def _check_prefer_local(prefer_local: Any) -> bool | None:
+    if prefer_local is not None and not isinstance(prefer_local, bool):
+        raise InvalidArgumentError(
+            f"prefer_local must be None (local files when present), True or False, "
+            f"got {prefer_local!r}"
+        )
+    return prefer_local
+
+
+def _cf_attrs(plan: CubePlan, asset_index: int) -> dict:
+    spec = plan.packing[asset_index]
+    attrs: dict[str, Any] = {"long_name": plan.assets[asset_index]}
+    if spec.scale != 1.0:
+        attrs["scale_factor"] = np.float32(spec.scale)
+    if spec.offset != 0.0:
+        attrs["add_offset"] = np.float32(spec.offset)
+    if spec.nodata is not None:
+        attrs["_FillValue"] = np.dtype(spec.dtype).type(spec.nodata)
+    return attrs
+
+
+def _planned_items(plan: CubePlan, items: Sequence[pystac.Item]) -> list[pystac.Item]:
+    """The items the plan kept (those intersecting the bbox), in plan order."""
+    by_id = {item.id: item for item in items}
+    return [by_id[item_id] for item_id in plan.item_ids]
+
+
+def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]:
+    """Per-date coordinates; ``items`` are the planned items (see :func:`_planned_items`)."""
+    platforms, clouds, ids = [], [], []
+    for group in plan.groups:
+        members = [items[i] for i in group]
+        platforms.append(",".join(sorted({str(m.properties.get("platform", "")) for m in members})))
+        cover = [m.properties.get("eo:cloud_cover") for m in members]
+        cover = [float(c) for c in cover if c is not None]
+        clouds.append(float(np.mean(cover)) if cover else np.nan)
+        ids.append(" ".join(m.id for m in members))
+    return {
+        "time": ("time", np.array(plan.times, dtype="datetime64[ns]")),
+        "platform": ("time", np.array(platforms, dtype=str)),
+        "cloud_cover": ("time", np.array(clouds, dtype="float32"), {"units": "%"}),
+        "item_ids": ("time", np.array(ids, dtype=str)),
+    }
+
+
+def remember_items(items: Sequence[pystac.Item]) -> str:
+    """Keep ``items`` in this process under a new id (stored in the Dataset's attrs)."""
+    key = secrets.token_hex(8)
+    with _items_lock:
+        _items_cache[key] = list(items)
+        while len(_items_cache) > _ITEMS_CACHE_SIZE:
+            _items_cache.popitem(last=False)
+    return key
+
+
+def recall_items(key: str) -> list[pystac.Item] | None:
+    """The items remembered under ``key`` in this process, or None."""
+    with _items_lock:
+        return _items_cache.get(key)
+
+
+def open_cube(
+    filename_or_obj: Any,
+    *,
+    start: Any = None,
+    end: Any = None,
+    collection: str = DEFAULT_COLLECTION,
+    assets: Sequence[str] | str | None = None,
+    max_cloud_cover: float | None = None,
+    crs: Any = None,
+    resolution: float | None = None,
+    credentials: auth.Credentials | None = None,
+    bbox: Sequence[float] | None = None,
+    decode: bool = True,
+    resampling: str = "nearest",
+    chunksize: int = DEFAULT_CHUNKSIZE,
+    prefer_local: bool | None = None,
+    drop_variables: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """Search (or take items), plan and return the lazy Dataset; see the engine's docs."""
+    assets_list = _check_assets(assets)
+    chunksize = _check_chunksize(chunksize)
+    handle, held = _handle_for_open(credentials)
+    if is_items(filename_or_obj):
+        items = list(filename_or_obj)
+        box = check_bbox(bbox) if bbox is not None else None
+        if start is not None or end is not None or max_cloud_cover is not None:
+            raise InvalidArgumentError(
+                "start, end and max_cloud_cover filter a search; with a list of items, "
+                "select the items yourself"
+            )
+        collections = sorted({str(item.collection_id) for item in items})
+        if len(collections) > 1:
+            raise InvalidArgumentError(
+                f"The items come from several collections ({', '.join(collections)}); "
+                "open one collection at a time and combine the Datasets with xarray."
+            )
+        collection = collections[0] if collections[0] != "None" else collection
+    else:
+        if bbox is not None:
+            raise InvalidArgumentError("give the bbox once, as the first argument")
+        box = check_bbox(filename_or_obj, name="bbox (first argument)")
+        items = search(collection, box, start, end, max_cloud_cover=max_cloud_cover)
+        if not items:
+            raise NoItemsFoundError(
+                f"No {collection} items for bbox {list(box)}, start {start!r}, end {end!r}"
+                + (f", max_cloud_cover {max_cloud_cover}" if max_cloud_cover is not None else "")
+                + ". Widen the dates or the bbox, or relax max_cloud_cover."
+            )
+    assets_list = assets_list or _default_assets(collection, items)
+    plan = plan_cube(
+        items,
+        assets=assets_list,
+        bbox=box,
+        crs=crs,
+        resolution=resolution,
+        collection=collection,
+        credentials_handle=handle,
+        resampling=resampling,
+        prefer_local=_check_prefer_local(prefer_local),
+    )
+    logger.info(
+        "Cube of %d item(s) -> %d date(s) x %d x %d px in EPSG:%d",
+        len(items),
+        len(plan.groups),
+        *plan.shape,
+        plan.epsg,
+    )
+    ys, xs = (
+        spatial_chunks(size, chunksize, phase)
+        for size, phase in zip(plan.shape, file_grid_phase(plan, chunksize), strict=True)
+    )
+    preferred = {"time": dates_per_partition((max(ys), max(xs))), "y": ys, "x": xs}
+    variables = {}
+    for index, key in enumerate(plan.assets):
+        if drop_variables and key in drop_variables:
+            continue
+        attrs = _cf_attrs(plan, index)
+        encoding: dict[str, Any] = {"dtype": np.dtype(plan.packing[index].dtype)}
+        decoder = None
+        if decode:  # decoded in the read: the CF attributes move to encoding, as decode_cf does
+            decoder = Decoder(plan.packing[index].dtype, attrs)
+            attrs = {k: v for k, v in attrs.items() if k not in CF_KEYS}
+            encoding.update(decoder.encoding)
+        variables[key] = xr.Variable(
+            ("time", "y", "x"),
+            indexing.LazilyIndexedArray(CubeArray(plan, index, decoder, held)),
+            attrs=attrs,
+            encoding={**encoding, "preferred_chunks": preferred},
+        )
+    items = _planned_items(plan, items)
+    coords = _time_coords(plan, items)
+    coords["y"] = ("y", plan.y_coords(), {"units": "m", "standard_name": "projection_y_coordinate"})
+    coords["x"] = ("x", plan.x_coords(), {"units": "m", "standard_name": "projection_x_coordinate"})
+    attrs: dict[str, Any] = {
+        "collection": collection,
+        "assets": list(plan.assets),
+        "resolution": plan.resolution,
+        "stac_url": config.stac_url(),
+        "terrascope_items_key": remember_items(items),
+        "source": "xarray-terrascope",
+    }
+    if box is not None:
+        attrs["bbox"] = list(box)
+    for name, value in (("start", start), ("end", end), ("max_cloud_cover", max_cloud_cover)):
+        if value is not None:
+            attrs[name] = value if isinstance(value, (int, float)) else str(value)
+    ds = xr.Dataset(variables, coords=coords, attrs=attrs)
+    # in place: the default copy is deep, and would copy every variable's lazy array
+    ds.rio.write_crs(f"EPSG:{plan.epsg}", inplace=True)
+    ds.rio.write_transform(plan.transform, inplace=True)
+    return ds

@@ -1,0 +1,546 @@
+"""Async reads of COG pixels on the output grid: header once, coalesced tiles, Rust decode.
+
+For one file and one output window, :func:`read_aligned` takes the file's header from the
+header cache (or reads it in one request), parses it with async-tiff, checks that the
+file's pixel grid is the one the plan announced (same EPSG, resolution, integer offset),
+fetches the internal tiles that intersect the window (their byte ranges coalesced when
+the gaps are small), decodes them with async-tiff (Rust, off the event loop) and pastes
+them into the window. No TIFF parsing or decompression is written here.
+
+A header read from the persistent cache is validated against the size, ETag and
+Last-Modified of the first pixel response: on a mismatch the entry is dropped and the
+file is read again from the network, never decoded with the stale header. A file that
+does not parse or decode with a header from either cache (a file replaced by another of
+the same size, on a server that sends no validator) gets the same treatment: its header
+is dropped and read again once; only a failure with a header fetched for the read itself
+surfaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from async_tiff import TIFF
+
+from xarray_terrascope.auth import RequestAuth
+from xarray_terrascope.config import redacted
+from xarray_terrascope.engine import aio, transport
+from xarray_terrascope.engine.header_cache import Header, headers
+from xarray_terrascope.engine.tile_store import tiles
+from xarray_terrascope.exceptions import AuthenticationError, ReadError
+
+__all__ = ["Grid", "GridMismatch", "read_aligned"]
+
+logger = logging.getLogger(__name__)
+
+#: First header read when nothing is known yet (Terrascope headers are a few KiB).
+DEFAULT_PREFETCH = 16 * 1024
+MAX_PREFETCH = 256 * 1024
+#: Two tile ranges of one file are fetched together when the bytes between them are at
+#: most this many, or at most this fraction of the useful bytes of the merged request.
+COALESCE_BYTES = 2048
+COALESCE_FRACTION = 0.1
+
+#: TIFF compressions async-tiff decodes bit for bit as GDAL does (checked with
+#: predictors 1, 2 and 3 on 8/16-bit integers and float32): none, LZW, Deflate (both
+#: codes), ZSTD. Others (JPEG decodes differently, PackBits is not supported, LERC,
+#: WebP) go through GDAL.
+EXACT_COMPRESSIONS = frozenset({1, 5, 8, 32946, 50000})
+
+_learned = {"header": 0}
+
+
+def _prefetch() -> int:
+    seen = _learned["header"]
+    if not seen:
+        return DEFAULT_PREFETCH
+    size = int(seen * 1.25) + 1024
+    return min(MAX_PREFETCH, -(-size // 4096) * 4096)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a file's pixels sit on the output grid.
+
+    Attributes
+    ----------
+    epsg : int
+        The CRS both share.
+    x0, y0 : float
+        The file's upper-left corner.
+    resolution : float
+        Pixel size of both.
+    row_offset, col_offset : int
+        Output pixel ``(r, c)`` is file pixel ``(r + row_offset, c + col_offset)``.
+    """
+
+    epsg: int
+    x0: float
+    y0: float
+    resolution: float
+    row_offset: int
+    col_offset: int
+
+
+class GridMismatch(Exception):
+    """The file's header disagrees with the plan's grid: read it another way."""
+
+
+class _StaleHeader(Exception):
+    """A pixel response describes another file than the cached header."""
+
+
+def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Merge sorted-or-not byte ranges whose gaps are small; returns sorted ranges.
+
+    Examples
+    --------
+    >>> coalesce([(10, 20), (0, 5), (5000, 6000)])
+    [(0, 20), (5000, 6000)]
+    """
+    merged: list[list[int]] = []
+    useful = 0
+    for start, end in sorted(ranges):
+        if merged:
+            gap = start - merged[-1][1]
+            if gap <= max(COALESCE_BYTES, COALESCE_FRACTION * (useful + end - start)):
+                merged[-1][1] = max(merged[-1][1], end)
+                useful += end - start
+                continue
+        merged.append([start, end])
+        useful = end - start
+    return [(s, e) for s, e in merged]
+
+
+class _Source:
+    """obspec input for async-tiff: one file, header bytes from memory, the rest over HTTP.
+
+    Made per read, so the credentials, the error seen and the validation state belong to
+    that read only.
+    """
+
+    def __init__(self, url: str, label: str, access: RequestAuth | None, header: Header | None):
+        self.url, self.label, self.access = url, label, access
+        self.header = header
+        self.prefix = header.data if header is not None else b""
+        self.remote: transport.Remote | None = None
+        self.error: BaseException | None = None
+        self.stale = False
+        self.requests = 0
+
+    async def fetch(self, start: int, end: int) -> bytes:
+        if end <= len(self.prefix):
+            return self.prefix[start:end]
+        (data,) = await self.fetch_many([(start, end)])
+        if start == len(self.prefix) and self.header is None:
+            self.prefix += bytes(data)  # header reads past the prefix extend it
+        return data
+
+    async def fetch_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        """Byte ranges of the file in one request (multi-range) where the server allows."""
+        self.requests += 1
+        try:
+            blobs, remote = await transport.get_ranges(
+                self.url, spans, access=self.access, label=self.label
+            )
+        except BaseException as err:
+            self.error = self.error or err
+            raise
+        if self.header is not None and not self.header.matches(
+            remote.size, remote.etag, remote.last_modified
+        ):
+            self.stale = True
+            self.error = self.error or _StaleHeader(self.url)
+            raise self.error
+        self.remote = self.remote or remote
+        return blobs
+
+    async def get_range_async(self, path, *, start, end=None, length=None):
+        return await self.fetch(start, start + length if end is None else end)
+
+    async def get_ranges_async(self, path, *, starts, ends=None, lengths=None):
+        ends = [s + n for s, n in zip(starts, lengths, strict=True)] if ends is None else list(ends)
+        wanted = list(zip(starts, ends, strict=True))
+        spans = coalesce(wanted)
+        beyond = [(s, e) for s, e in spans if e > len(self.prefix)]
+        fetched = dict(zip(beyond, await self.fetch_many(beyond), strict=True)) if beyond else {}
+        blobs = [fetched[s, e] if (s, e) in fetched else self.prefix[s:e] for s, e in spans]
+        out = []
+        for start, end in wanted:
+            for (s, e), blob in zip(spans, blobs, strict=True):
+                if s <= start and end <= e:
+                    out.append(memoryview(blob)[start - s : end - s])
+                    break
+        return out
+
+
+async def fetch_header(url: str, label: str, access: RequestAuth | None) -> tuple[Header, bool]:
+    """The file's header: from the cache, else in one request (then cached).
+
+    Concurrent calls for one URL share one request. Returns the header and whether it
+    came from disk (so is not validated in this process yet).
+    """
+    cached, from_disk = headers.get(url)
+    if cached is not None:
+        return cached, from_disk
+    header = await aio.shared("pending_headers", url, lambda: _fetch_header(url, label, access))
+    return header, False
+
+
+async def _fetch_header(url: str, label: str, access: RequestAuth | None) -> Header:
+    source = _Source(url, label, access, None)
+    await source.fetch(0, _prefetch())  # fills source.prefix
+    try:
+        aio.native_started()
+        tiff = await TIFF.open(url, store=source, prefetch=len(source.prefix))
+    except Exception as err:
+        if source.error is not None:
+            raise source.error from None
+        raise ReadError(f"{label} ({url}) is not a readable GeoTIFF: {err}") from redacted(err)
+    if source.error is not None:
+        raise source.error
+    need = tiff.header_byte_size or len(source.prefix)
+    if need > len(source.prefix):
+        await source.fetch(len(source.prefix), need)  # extends source.prefix
+    _learned["header"] = max(_learned["header"], need)
+    remote = source.remote
+    header = Header(
+        bytes(source.prefix[:need]),
+        remote.size if remote else None,
+        remote.etag if remote else None,
+        remote.last_modified if remote else None,
+        fetched=time.monotonic(),
+    )
+    headers.put(url, header)
+    source.header = header  # from here on it reads as any source of a known header
+    parsed = _parsed()
+    parsed[url, _identity(access)] = (tiff, source)
+    while len(parsed) > PARSED_ENTRIES:
+        parsed.popitem(last=False)
+    return header
+
+
+#: ``loop_state()`` table of the TIFFs parsed by header requests, by URL and credentials,
+#: each handed to the first read of its file (which then does not parse the header again).
+_PARSED = "parsed_headers"
+#: The most parsed headers waiting for their read.
+PARSED_ENTRIES = 256
+
+
+def _identity(access: RequestAuth | None) -> str | None:
+    """What caches of this module key by for ``access``: never the secret itself."""
+    return access.identity if access is not None else None
+
+
+def _parsed() -> OrderedDict[tuple[str, str | None], tuple[TIFF, _Source]]:
+    return aio.loop_state().setdefault(_PARSED, OrderedDict())
+
+
+def forget_parsed() -> None:
+    """Drop the parsed headers waiting for their reads (on the loop; their sources hold
+    the credentials' :class:`~xarray_terrascope.auth.RequestAuth`)."""
+    _parsed().clear()
+
+
+async def _open(url: str, label: str, access: RequestAuth | None) -> tuple[TIFF, _Source, bool]:
+    """Parse the file's header (no request when it is cached) into a TIFF for one read."""
+    header, from_disk = await fetch_header(url, label, access)
+    parsed = _parsed().pop((url, _identity(access)), None)
+    if parsed is not None and parsed[1].header is header:  # parsed by its header request
+        return parsed[0], parsed[1], from_disk
+    source = _Source(url, label, access, header)
+    aio.native_started()
+    tiff = await TIFF.open(url, store=source, prefetch=len(header.data))
+    return tiff, source, from_disk
+
+
+def _epsg(ifd) -> int | None:
+    geo = ifd.geo_key_directory
+    if geo is None:
+        return None
+    return geo.projected_type or geo.geographic_type
+
+
+def check_grid(ifd, grid: Grid, shape: tuple[int, int], dtype: np.dtype, label: str) -> None:
+    scale, tie = ifd.model_pixel_scale, ifd.model_tiepoint
+    problems = []
+    if ifd.tile_width is None or ifd.tile_height is None:
+        problems.append("not tiled")
+    if _epsg(ifd) != grid.epsg:
+        problems.append(f"EPSG {_epsg(ifd)} != {grid.epsg}")
+    if scale is None or tie is None or tie[0] != 0 or tie[1] != 0:
+        problems.append("no plain tie point and pixel scale")
+    elif (
+        abs(scale[0] - grid.resolution) > 1e-9 * grid.resolution
+        or abs(scale[1] - grid.resolution) > 1e-9 * grid.resolution
+        or abs(tie[3] - grid.x0) > 1e-6
+        or abs(tie[4] - grid.y0) > 1e-6
+    ):
+        problems.append(f"origin/resolution {tie[3:5]}/{scale[:2]} differ from the item's")
+    if (ifd.image_height, ifd.image_width) != tuple(shape):
+        problems.append(f"shape {(ifd.image_height, ifd.image_width)} != {tuple(shape)}")
+    if ifd.samples_per_pixel != 1 or ifd.bits_per_sample != [dtype.itemsize * 8]:
+        problems.append("not one band of the expected type")
+    if int(ifd.compression) not in EXACT_COMPRESSIONS:
+        name = getattr(ifd.compression, "name", ifd.compression)
+        problems.append(f"compression {name} is not decoded here exactly")
+    if problems:
+        raise GridMismatch(f"{label}: {'; '.join(problems)}")
+
+
+async def read_aligned(
+    url: str,
+    *,
+    label: str,
+    access: RequestAuth | None,
+    grid: Grid,
+    shape: tuple[int, int],
+    rows: slice,
+    cols: slice,
+    dtype: np.dtype,
+    fill,
+    cube: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Read output window ``rows, cols`` from a file sitting on the output grid.
+
+    Parameters
+    ----------
+    url : str
+        The COG.
+    label : str
+        The item id, named in errors.
+    access : RequestAuth or None
+        ``Authorization`` for the file's origin, or None.
+    grid : Grid
+        The file's place on the output grid (from the item's metadata; checked against
+        the header).
+    shape : tuple of int
+        The file's ``(height, width)`` from the item's metadata.
+    rows, cols : slice
+        The output window (steps of 1).
+    dtype : numpy.dtype
+        Storage dtype.
+    fill
+        Value of the window's pixels outside the file.
+    cube : tuple of int, optional
+        ``(height, width)`` of the whole output grid. Tiles that cross a side of the
+        window inside the cube (a neighbouring window will want them) are kept a while
+        for that neighbour; None keeps none.
+
+    Raises
+    ------
+    GridMismatch
+        When the header disagrees with ``grid`` (the caller reads the file another way).
+    AuthenticationError, ReadError
+        As :func:`xarray_terrascope.engine.transport.get_range`.
+    """
+
+    async def body(tiff, source):
+        return await _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label, cube)
+
+    return await with_header(url, label, access, body)
+
+
+async def with_header(url: str, label: str, access: RequestAuth | None, body):
+    """Run ``await body(tiff, source)`` on the file's parsed header; errors surface as the
+    package's own.
+
+    A header taken from a cache (memory or disk) gets one more chance from the server:
+    when a pixel response shows the file changed (size, ETag, Last-Modified), or when
+    the file does not parse or decode with it, the header is dropped and the read done
+    again on a header fetched for it. Only a failure with such a fresh header surfaces.
+    """
+    for attempt in range(2):
+        started = time.monotonic()
+        try:
+            tiff, source, from_disk = await _open(url, label, access)
+        except (AuthenticationError, ReadError):  # the header request's own failure
+            raise
+        except Exception as err:  # a header that fetch_header took from a cache
+            if attempt:
+                raise ReadError(
+                    f"Parsing the header of {label} ({url}) failed: {_describe(err)}. The "
+                    "file is not a readable GeoTIFF, or it changed while being read."
+                ) from redacted(err)
+            logger.info(
+                "%s does not parse with its cached header (%s): reading it again",
+                label,
+                _describe(err),
+            )
+            headers.drop(url)
+            continue
+        confirmed = False
+        try:
+            result = await body(tiff, source)
+            confirmed = True
+            return result
+        except GridMismatch:
+            confirmed = True  # the header is the file's; the file is read another way
+            raise
+        except AuthenticationError:
+            raise
+        except Exception as err:
+            cached = source.header is not None and source.header.fetched < started
+            if attempt or not (source.stale or (cached and _not_transport(source))):
+                raise _surface(source, err, label, url) from redacted(err)
+            if source.stale:
+                logger.info("%s changed since its header was cached: reading it again", label)
+            else:
+                logger.info(
+                    "%s does not decode with its cached header (%s): reading it again",
+                    label,
+                    _describe(err),
+                )
+            headers.drop(url)
+            tiles.clear()  # tiles decoded from the old file must not answer either
+        finally:
+            if confirmed and from_disk and source.remote is not None:
+                headers.validated(url, source.header)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _not_transport(source: _Source) -> bool:
+    """Whether a failed read failed on its bytes, not on the server's answer (a 416 is
+    the bytes' too: a stale header may name ranges past the file's end)."""
+    error = source.error
+    if isinstance(error, AuthenticationError):
+        return False
+    return not isinstance(error, ReadError) or getattr(error, "status_code", None) == 416
+
+
+def _describe(err: BaseException) -> str:
+    """``str(err)``, or the exception's type when that is empty."""
+    return str(err).strip() or type(err).__name__
+
+
+def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception:
+    if isinstance(source.error, (AuthenticationError, ReadError)):
+        return source.error
+    if isinstance(err, (AuthenticationError, ReadError)):
+        return err
+    if source.stale:
+        return ReadError(
+            f"{label} ({url}) changed again while being read (its size, ETag or "
+            "Last-Modified differ from its header's); read it again later."
+        )
+    return ReadError(
+        f"Decoding {label} ({url}) failed: {_describe(err)}. Its bytes do not decode with "
+        "its header: the file is corrupt, or it changed while being read."
+    )
+
+
+async def _read_tiles(
+    tiff, source, grid, shape, rows, cols, dtype, fill, label, cube=None
+) -> np.ndarray:
+    ifd = tiff.ifds[0]
+    check_grid(ifd, grid, shape, np.dtype(dtype), label)
+    height, width = shape
+    r0 = max(rows.start + grid.row_offset, 0)
+    r1 = min(rows.stop + grid.row_offset, height)
+    c0 = max(cols.start + grid.col_offset, 0)
+    c1 = min(cols.stop + grid.col_offset, width)
+    size = (rows.stop - rows.start, cols.stop - cols.start)
+    if (r1 - r0, c1 - c0) == size:  # the file covers the window: the tiles fill all of it
+        out = np.empty(size, dtype=dtype)
+    else:
+        out = np.full(size, fill, dtype=dtype)
+    if r0 >= r1 or c0 >= c1:
+        return out
+    th, tw = ifd.tile_height, ifd.tile_width
+    xy = [
+        (tx, ty)
+        for ty in range(r0 // th, (r1 - 1) // th + 1)
+        for tx in range(c0 // tw, (c1 - 1) // tw + 1)
+    ]
+    # the window's sides that a neighbouring window of the cube shares (file pixels)
+    top, bottom, left, right = (
+        (-1, -1, -1, -1)
+        if cube is None
+        else (
+            r0 if rows.start > 0 else -1,
+            r1 if rows.stop < cube[0] else -1,
+            c0 if cols.start > 0 else -1,
+            c1 if cols.stop < cube[1] else -1,
+        )
+    )
+
+    def shared(tx: int, ty: int) -> bool:  # crosses a side a neighbouring window shares
+        return (
+            ty * th < top < (ty + 1) * th
+            or ty * th < bottom < (ty + 1) * th
+            or tx * tw < left < (tx + 1) * tw
+            or tx * tw < right < (tx + 1) * tw
+        )
+
+    blocks = await tiles_of(tiff, source, xy, shared)
+    for (tx, ty), block in zip(xy, blocks, strict=True):
+        # this tile's part of the file window, in file pixels
+        fr0, fc0 = max(r0, ty * th), max(c0, tx * tw)
+        fr1, fc1 = min(r1, (ty + 1) * th), min(c1, (tx + 1) * tw)
+        out[
+            fr0 - grid.row_offset - rows.start : fr1 - grid.row_offset - rows.start,
+            fc0 - grid.col_offset - cols.start : fc1 - grid.col_offset - cols.start,
+        ] = block[fr0 - ty * th : fr1 - ty * th, fc0 - tx * tw : fc1 - tx * tw].view(dtype)
+    return out
+
+
+async def tiles_of(tiff, source, xy, keep) -> list[np.ndarray]:
+    """Decoded tiles ``xy`` of the file, through the process's
+    :data:`~xarray_terrascope.engine.tile_store.tiles`.
+
+    Tiles another read holds or is fetching are taken from it; the others are fetched in
+    one batch (coalesced ranges), and those for which ``keep(tx, ty)`` is true (a
+    neighbouring window will want them) are kept.
+    """
+    found: dict[tuple[int, int], np.ndarray] = {}
+    waits: dict[tuple[int, int], asyncio.Future] = {}
+    mine: list[tuple[int, int]] = []
+    for tx, ty in xy:
+        entry = tiles.get(_tile_key(source, tx, ty))
+        if isinstance(entry, np.ndarray):
+            found[tx, ty] = entry
+        elif entry is not None:
+            waits[tx, ty] = entry
+        else:
+            tiles.claim(_tile_key(source, tx, ty))
+            mine.append((tx, ty))
+    try:
+        for (tx, ty), block in zip(mine, await _fetch_decode(tiff, source, mine), strict=True):
+            tiles.finish(_tile_key(source, tx, ty), block, keep=keep(tx, ty))
+            found[tx, ty] = block
+    except BaseException as err:
+        for tx, ty in mine:
+            tiles.fail(_tile_key(source, tx, ty), err)
+        raise
+    for key, future in waits.items():
+        try:
+            found[key] = await future
+        except Exception:  # the other read failed (its own error): fetch it ourselves
+            (found[key],) = await _fetch_decode(tiff, source, [key])
+    return [found[key] for key in xy]
+
+
+def _tile_key(source: _Source, tx: int, ty: int) -> tuple:
+    """A tile is shared only between reads with the same credentials: another account's
+    read asks the server itself (keyed by their identity, never their value)."""
+    return (source.url, _identity(source.access), tx, ty)
+
+
+async def _fetch_decode(tiff, source, xy) -> list[np.ndarray]:
+    if not xy:
+        return []
+    try:
+        fetched = await tiff.fetch_tiles(xy, 0)
+    except Exception as err:
+        raise source.error or err from redacted(err)
+    if source.error is not None:
+        raise source.error
+    decoded = await asyncio.gather(*(tile.decode() for tile in fetched))
+    blocks = [np.asarray(array) for array in decoded]
+    return [block[..., 0] if block.ndim == 3 else block for block in blocks]

@@ -1,0 +1,227 @@
+"""GDAL's path: files warped with a resampling other than nearest, and local files.
+
+These go through stackstac's reader (a ``WarpedVRT``, see
+:func:`~xarray_terrascope.plan.planner.make_reader`) in a pool of I/O threads, beside the async
+reads. Open readers are cached per file, grid and credentials.
+
+A failed GDAL read is diagnosed with one ranged GET (same scoped credentials), so 401/403
+become :class:`~xarray_terrascope.exceptions.AuthenticationError` and other failures a
+:class:`~xarray_terrascope.exceptions.ReadError` naming the item and the HTTP status;
+transient failures (dropped connections, 429, 5xx) are retried after dropping GDAL's
+cached state of that URL, so a failure never sticks in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from xarray_terrascope import auth, config
+from xarray_terrascope.auth import RequestAuth
+from xarray_terrascope.engine import gdal_cache, transport
+from xarray_terrascope.exceptions import AuthenticationError, ReadError
+from xarray_terrascope.plan.planner import CubePlan, make_reader
+
+__all__ = [
+    "GDAL_ATTEMPTS",
+    "IO_THREADS",
+    "READER_CACHE_SIZE",
+    "clear_readers",
+    "io_pool",
+    "read_gdal",
+]
+
+logger = logging.getLogger(__name__)
+
+#: GDAL reads in flight at once per process (network-bound, so well above the core count).
+IO_THREADS = 16
+#: Open GDAL readers kept per process (each holds a GDAL dataset per thread that used it).
+READER_CACHE_SIZE = 256
+#: Attempts of one GDAL read through transient failures.
+GDAL_ATTEMPTS = 6
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_readers_lock = threading.Lock()
+_readers: OrderedDict[tuple, Any] = OrderedDict()
+
+
+#: In a forked child: the parent's open readers, kept (never closed: closing would act on
+#: connections the parent still uses).
+_forked_readers: list[OrderedDict[tuple, Any]] = []
+
+
+def _reset_after_fork() -> None:
+    """In a forked child: a pool and readers of its own (the parent's pool threads do
+    not exist here, and a task submitted to its pool would wait for ever)."""
+    global _pool, _pool_lock, _readers, _readers_lock
+    _forked_readers.append(_readers)
+    _pool, _readers = None, OrderedDict()
+    _pool_lock, _readers_lock = threading.Lock(), threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def io_pool() -> ThreadPoolExecutor:
+    """The process's pool of threads running GDAL reads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="terrascope-io")
+        return _pool
+
+
+def clear_readers() -> None:
+    """Close and forget every open GDAL reader of this process."""
+    with _readers_lock:
+        readers = list(_readers.values())
+        _readers.clear()
+    for reader in readers:
+        reader.close()
+
+
+def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None):
+    """The process's open GDAL reader for this file, grid and credentials."""
+    key = _reader_key(plan, url, asset_index, creds)
+    with _readers_lock:
+        reader = _readers.get(key)
+        if reader is not None:
+            _readers.move_to_end(key)
+            return reader
+    allowed = plan.send_credentials.get(url, False)
+    reader = make_reader(plan, url, asset_index, auth.gdal_options(url, creds, allowed=allowed))
+    with _readers_lock:
+        _readers[key] = reader
+        while len(_readers) > READER_CACHE_SIZE:
+            _readers.popitem(last=False)[1].close()
+    return reader
+
+
+def _reader_key(plan: CubePlan, url: str, asset_index: int, creds) -> tuple:
+    allowed = plan.send_credentials.get(url, False)
+    return (
+        url,
+        plan.epsg,
+        plan.bounds,
+        plan.resolution,
+        plan.resampling,
+        plan.packing[asset_index].dtype,
+        creds.token if (creds and allowed) else None,
+    )
+
+
+def _forget_reader(plan: CubePlan, url: str, asset_index: int, creds) -> None:
+    with _readers_lock:
+        reader = _readers.pop(_reader_key(plan, url, asset_index, creds), None)
+    if reader is not None:
+        reader.close()
+    gdal_cache.clear_url(url)
+
+
+#: How GDAL's /vsicurl/ reports a refused request (the URL may contain "401", e.g. 0401).
+_REFUSED = re.compile(r"HTTP response code: (401|403)\b")
+_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def _refused(label: str, url: str, status: Any, creds, sent: bool) -> AuthenticationError:
+    who = f"user {creds.username!r}" if creds and sent else "a request without credentials"
+    err = AuthenticationError(
+        f"Terrascope refused {who} reading {label} ({url}): HTTP {status}. Check the "
+        "credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
+    )
+    err.status_code = status  # type: ignore[attr-defined]
+    return err
+
+
+def _explain(
+    err: Exception,
+    url: str,
+    creds: auth.Credentials | None,
+    sent: bool,
+    label: str | None = None,
+) -> Exception:
+    """What GDAL's error text alone says: a refusal, a non-raster answer, or a failure.
+
+    ``label`` names the file to the user (the item id; default: the URL).
+    """
+    text = str(err.__cause__ or err)
+    refused = _REFUSED.search(text)
+    if refused:
+        return _refused(label or url, url, refused.group(1), creds, sent)
+    where = f"{label} ({url})" if label else url
+    if "not recognized as" in text or "not recognised as" in text:
+        if not sent:
+            return AuthenticationError(
+                f"{where} did not answer with a GeoTIFF, most likely Terrascope's login page: "
+                f"no credentials were sent because its origin is not in "
+                f"TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
+                "Add it there."
+            )
+        return ReadError(f"{where} is not a readable raster (GDAL: {text[-200:]})")
+    return ReadError(f"Reading {where} failed: {text[-300:]}")
+
+
+def read_gdal(
+    plan: CubePlan,
+    url: str,
+    asset_index: int,
+    window: Window,
+    creds: auth.Credentials | None,
+    label: str,
+    access: RequestAuth | None,
+) -> np.ndarray:
+    """One GDAL read of ``window`` with diagnosis of failures and retries of transient ones.
+
+    ``label`` names the file to the user (the item id); ``access`` is what the
+    diagnosing GET may send (None when the origin may not receive credentials).
+    """
+    sent = plan.send_credentials.get(url, False) and creds is not None
+    for attempt in range(GDAL_ATTEMPTS):
+        reader = _reader(plan, url, asset_index, creds)
+        try:
+            data = reader.read(window)
+        except (RuntimeError, RasterioIOError) as err:
+            text = str(err.__cause__ or err)
+            _forget_reader(plan, url, asset_index, creds)  # a failure must not stick
+            explained = _explain(err, url, creds, sent, label)
+            if isinstance(explained, AuthenticationError):
+                raise explained from None
+            web = url.split(":", 1)[0].lower() in ("http", "https")
+            status = transport.probe_status(url, access) if web else 404
+            if status in (401, 403):
+                raise _refused(label, url, status, creds, sent) from None
+            if status in (301, 302, 303, 307, 308) and not sent:
+                raise AuthenticationError(
+                    f"{label} ({url}) redirects to a login page: no credentials were sent "
+                    "because its origin is not in TERRASCOPE_DOWNLOAD_HOSTS "
+                    f"({', '.join(sorted(config.download_hosts()))}). Add it there."
+                ) from None
+            transient = status is None or status in _TRANSIENT or status in (200, 206, 302)
+            if not transient or attempt == GDAL_ATTEMPTS - 1:
+                error = ReadError(
+                    f"Reading {label} ({url}) failed: HTTP {status} (GDAL: {text[-200:]})"
+                )
+                error.status_code = status  # type: ignore[attr-defined]
+                raise error from config.redacted(err)
+            delay = min(4.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
+            time.sleep(delay)
+        else:
+            # GDAL's /vsicurl/ cache is the process's, whoever asks: what this read
+            # fetched with credentials must not answer a plain rasterio.open(url)
+            gdal_cache.clear_url(url)
+            return data
+    raise AssertionError("unreachable")  # pragma: no cover

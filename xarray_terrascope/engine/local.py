@@ -1,0 +1,49 @@
+"""Terrascope's local copies: assets carry an alternate ``local`` href
+(``file:///data/MTDA/...``), readable on Terrascope's own notebooks and VMs. Which of
+them exist on this machine, asked of the file system as rarely as possible."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+
+__all__ = ["LOCAL_ABSENCE_SECONDS", "local_path"]
+
+#: Seconds a missing local directory is remembered as missing (see :func:`local_path`).
+LOCAL_ABSENCE_SECONDS = 60.0
+#: Missing directories remembered at most.
+_ABSENT_DIRS_SIZE = 64
+#: ``{directory: when it was found missing}``: the top missing directory of the local
+#: hrefs looked up (``/data`` off Terrascope's machines), so that the other files under
+#: it cost no system call.
+_absent_dirs: OrderedDict[str, float] = OrderedDict()
+
+
+def local_path(href: str | None) -> str | None:
+    """The local file an alternate href names, when it exists on this machine.
+
+    Off Terrascope's machines every item's local href lies under a directory that does
+    not exist (``/data/MTDA``): that directory is remembered as missing for
+    :data:`LOCAL_ABSENCE_SECONDS`, so the reads of a cube ask the file system once, not
+    once per file and read (each such call gives up the GIL in the middle of a read).
+    """
+    if not href:
+        return None
+    path = href[len("file://") :] if href.startswith("file://") else href
+    if not path.startswith("/"):
+        return None
+    now = time.monotonic()
+    for missing, since in tuple(_absent_dirs.items()):  # a snapshot: other threads add
+        if path.startswith(missing) and now - since < LOCAL_ABSENCE_SECONDS:
+            return None
+    if os.path.isfile(path):
+        return path
+    folder, top = os.path.dirname(path), None
+    while len(folder) > 1 and not os.path.isdir(folder):
+        top, folder = folder, os.path.dirname(folder)
+    if top is not None:
+        _absent_dirs[top + "/"] = now
+        while len(_absent_dirs) > _ABSENT_DIRS_SIZE:
+            _absent_dirs.popitem(last=False)
+    return None

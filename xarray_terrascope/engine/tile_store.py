@@ -1,0 +1,120 @@
+"""Decoded COG tiles shared between neighbouring windows of one process.
+
+A dask chunk boundary rarely falls on a COG tile boundary, so the tiles along it are
+needed by two windows. Without sharing, each window fetches and decodes them: more
+requests and bytes than the file's tiles (and, when both windows are read at once, the
+same range twice at the same moment). :class:`TileCache` keeps the decoded tiles that a
+window used only in part (the ones a neighbour will want), bounded in bytes, and lets a
+read wait for a tile another read is fetching instead of fetching it again.
+
+Used on the engine's event loop only (no locks); :meth:`TileCache.clear` may be called
+from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Hashable
+
+import numpy as np
+
+from xarray_terrascope import config
+from xarray_terrascope.engine import aio
+
+__all__ = ["DEFAULT_MB", "ENV_TILE_CACHE_MB", "TileCache", "tiles"]
+
+#: Environment variable: MiB of decoded tiles kept per process for neighbouring windows
+#: (read at each store; ``0`` keeps none).
+ENV_TILE_CACHE_MB = "TERRASCOPE_TILE_CACHE_MB"
+#: MiB kept when the variable is not set (a few hundred 256 px or a few dozen 1024 px
+#: tiles).
+DEFAULT_MB = 64
+
+
+class TileCache:
+    """A bounded store of decoded tiles plus the tiles being fetched right now.
+
+    A stored tile waits for a neighbouring window; once another read has taken it, it has
+    most likely served its purpose (only a tile at a chunk corner, or one wider than a
+    chunk, serves more than two windows). When the store is full, the tiles already taken
+    go first, oldest use first; then the waiting ones, oldest first. Plain LRU would do
+    worse when dask reads one spatial chunk for every date before its neighbour (the
+    order of a reduction over time): the neighbour's tiles would be the oldest, so the
+    first to go.
+
+    Parameters
+    ----------
+    max_bytes : int, optional
+        Decoded bytes kept at most; by default ``TERRASCOPE_TILE_CACHE_MB`` MiB (read at
+        each store), else :data:`DEFAULT_MB`.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._max_bytes = None if max_bytes is None else int(max_bytes)
+        self._waiting: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._taken: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._pending: dict[Hashable, asyncio.Future] = {}
+
+    @property
+    def max_bytes(self) -> int:
+        """Decoded bytes kept at most (read now)."""
+        if self._max_bytes is not None:
+            return self._max_bytes
+        return config.int_setting(ENV_TILE_CACHE_MB, DEFAULT_MB, minimum=0) * 2**20
+
+    def get(self, key: Hashable) -> np.ndarray | asyncio.Future | None:
+        """The tile (now counted as taken), the future of its fetch in progress, or None."""
+        tile = self._pop(key)
+        if tile is not None:
+            self._taken[key] = tile
+            return tile
+        return self._pending.get(key)
+
+    def _pop(self, key: Hashable) -> np.ndarray | None:
+        """Remove the stored tile ``key`` (waiting or taken) and return it, or None."""
+        tile = self._waiting.pop(key, None)
+        return tile if tile is not None else self._taken.pop(key, None)
+
+    def claim(self, key: Hashable) -> asyncio.Future:
+        """Announce that the caller fetches ``key``; others may await the returned future."""
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(aio.retrieve)
+        self._pending[key] = future
+        return future
+
+    def finish(self, key: Hashable, tile: np.ndarray | None, *, keep: bool) -> None:
+        """Resolve the claim on ``key`` with ``tile``; ``keep`` stores it for later reads."""
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(tile)
+        if not keep or tile is None:
+            return
+        budget = self.max_bytes
+        if tile.nbytes <= budget:
+            old = self._pop(key)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._waiting[key] = tile
+            self._bytes += tile.nbytes
+        while self._bytes > budget:  # also after the budget was lowered
+            first = self._taken if self._taken else self._waiting
+            self._bytes -= first.popitem(last=False)[1].nbytes
+
+    def fail(self, key: Hashable, error: BaseException) -> None:
+        """Resolve the claim on ``key`` with ``error`` (its waiters raise it)."""
+        future = self._pending.pop(key, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    def clear(self) -> None:
+        """Forget every stored tile (fetches in progress finish for their waiters)."""
+        self._waiting, self._taken, self._bytes = OrderedDict(), OrderedDict(), 0
+
+    def __len__(self) -> int:
+        return len(self._waiting) + len(self._taken)
+
+
+#: The process's tile cache.
+tiles = TileCache()

@@ -1,0 +1,665 @@
+"""HTTP range requests for the async engine: per-host adaptive limits, retries, exact errors.
+
+One ``aiohttp`` session per event loop (see :mod:`xarray_terrascope.engine.aio`) sends every
+ranged ``GET``; it never sends ``HEAD``. Several ranges of one file go in one request
+(answered ``multipart/byteranges``) while the origin answers them so; an origin that
+answers with the whole file (S3, nginx with ``max_ranges 1``) gets one request per range
+from then on, the whole-file body left unread (the first multi-range request to an origin
+goes alone, so that happens once, not once per request in flight). Each origin
+(``scheme://host:port``) has a :class:`Limiter`: at most ``TERRASCOPE_MAX_CONNECTIONS``
+requests in flight (default :data:`DEFAULT_MAX_CONNECTIONS`), halved on 429/503 (pausing
+the host for ``Retry-After``), grown by one after a run of successes (AIMD), and paced
+when even one request at a time is refused (a request-rate limit). Failed requests (5xx,
+429, dropped or cut connections, timeouts) are retried with exponential backoff and
+jitter, the first request of a file included.
+
+Credentials: HTTP Basic, UTF-8 encoded (RFC 7617), added per request, only when the
+caller says the URL's origin may receive them, and never on a redirect to another origin
+(redirects are followed by hand). The session itself holds no secret and ignores netrc
+and proxy credentials from the environment (``trust_env=False``). Log lines name URLs
+(without query strings) and statuses, never an ``Authorization`` value.
+
+Errors: 401/403 (and a login page instead of data) raise
+:class:`~xarray_terrascope.exceptions.AuthenticationError`; anything else
+:class:`~xarray_terrascope.exceptions.ReadError` naming the item, the URL and the HTTP
+status (also kept as the exception's ``status_code`` attribute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import logging
+import os
+import random
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import aiohttp
+
+from xarray_terrascope import config
+from xarray_terrascope.auth import RequestAuth
+from xarray_terrascope.config import origin as _parse_origin
+from xarray_terrascope.engine import aio
+from xarray_terrascope.engine.limiter import Limiter
+from xarray_terrascope.exceptions import AuthenticationError, ReadError
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "ENV_MAX_CONNECTIONS",
+    "Limiter",
+    "Remote",
+    "get_range",
+    "get_ranges",
+    "max_connections",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable: the most requests in flight per host and process.
+ENV_MAX_CONNECTIONS = "TERRASCOPE_MAX_CONNECTIONS"
+#: Requests in flight per host when ``TERRASCOPE_MAX_CONNECTIONS`` is not set.
+DEFAULT_MAX_CONNECTIONS = 32
+#: Attempts per request before giving up on a transient failure.
+MAX_ATTEMPTS = 10
+#: Backoff: first delay and cap, seconds (doubled per attempt, with jitter).
+BACKOFF_BASE = 0.05
+BACKOFF_CAP = 4.0
+_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+#: Byte ranges sent in one multi-range request (keeps the Range header well under 4 KiB).
+MAX_RANGES_PER_REQUEST = 64
+#: A 200 answer to a multi-range request larger than this many times the bytes asked for
+#: is not read: the origin ignores multi-range requests and gets one range per request.
+WHOLE_FILE_FACTOR = 4
+#: Bytes of whole files kept per process for origins that ignore ``Range`` (each file's
+#: other ranges are cut from its body instead of downloading it again per request).
+WHOLE_FILES_BYTES = 512 * 2**20
+
+
+#: Origins of URLs seen (a pure function of the URL; parsed once, not per request).
+origin = functools.lru_cache(maxsize=4096)(_parse_origin)
+
+
+_public = config.public_url
+
+
+def max_connections() -> int:
+    """Requests in flight allowed per host, from ``TERRASCOPE_MAX_CONNECTIONS`` (read now)."""
+    return config.int_setting(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What a response said about the whole file: its size, ETag and Last-Modified (any
+    may be None)."""
+
+    size: int | None
+    etag: str | None
+    last_modified: str | None = None
+
+
+class _Retry(Exception):
+    """A transient failure worth another attempt."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _session() -> aiohttp.ClientSession:
+    state = aio.loop_state()
+    session = state.get("session")
+    if session is None or session.closed:
+        from xarray_terrascope._version import __version__
+
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,  # no netrc or proxy credentials picked up behind our back
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
+            headers={"User-Agent": f"xarray-terrascope/{__version__}"},
+            auto_decompress=False,
+        )
+        state["session"] = session
+    return session
+
+
+def close_session() -> None:
+    """Close this process's HTTP session (at exit; a later request opens a new one)."""
+    session = aio.loop_state().get("session")
+    if session is None or session.closed or aio.in_loop_thread():
+        return
+    try:
+        aio.run(asyncio.wait_for(session.close(), 5))
+    except (RuntimeError, TimeoutError) as err:  # interpreter shutting down
+        logger.debug("could not close the HTTP session: %s", err)
+
+
+atexit.register(close_session)
+
+
+def _disown_parent_session() -> None:
+    """In a forked child: mark the parent's session (kept, never closed, by
+    :mod:`~xarray_terrascope.engine.aio`) as closed without closing its sockets, which the
+    parent still uses; collected at the child's exit, it then warns about nothing."""
+    for _loop, state in aio._forked_leftovers[-1:]:
+        session = state.get("session")
+        connector = session.connector if session is not None else None
+        if connector is not None:
+            # aiohttp has no public way to let go of a connector without closing it
+            connector._closed = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_parent_session)
+
+
+def reset_limiters() -> None:
+    """Forget what was learnt about every host (its limit, whether it answers multi-range
+    or any range requests) and the whole files kept: the next request starts afresh."""
+
+    async def reset() -> None:
+        for table in ("limiters", "multirange", _IGNORES_RANGES, _WHOLE_FILES, _RANGES_SEEN):
+            aio.loop_state().pop(table, None)
+
+    aio.run(reset())
+
+
+def forget_files() -> None:
+    """Drop the whole files kept for origins that ignore ``Range`` (on a change of
+    credentials: what was read with the old ones must not answer a later read)."""
+
+    async def forget() -> None:
+        aio.loop_state().pop(_WHOLE_FILES, None)
+
+    if not aio.in_loop_thread():
+        aio.run(forget())
+
+
+def _limiter(url: str) -> Limiter:
+    limiters = aio.loop_state().setdefault("limiters", {})
+    key = origin(url) or url
+    limiter = limiters.get(key)
+    maximum = max_connections()
+    if limiter is None or limiter.maximum != maximum:
+        limiter = limiters[key] = Limiter(maximum)
+    return limiter
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(max(float(value), 0.0), 60.0)
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _fail(status: int, label: str, url: str, sent: bool, detail: str = "") -> Exception:
+    where = f"{label} ({_public(url)})"
+    if status in (401, 403):
+        who = "the credentials" if sent else "a request without credentials"
+        err: Exception = AuthenticationError(
+            f"Terrascope refused {who} reading {where}: HTTP {status}. Check the credentials "
+            "(xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
+        )
+    else:
+        err = ReadError(f"Reading {where} failed: HTTP {status}{detail}")
+    err.status_code = status  # type: ignore[attr-defined]
+    return err
+
+
+class _NoMultiRange(Exception):
+    """The origin answered a multi-range request with something else: ask range by range."""
+
+
+def _multirange(state: dict, url: str) -> bool | None:
+    """What this loop learnt of the origin's multi-range answers (None: not tried yet)."""
+    return state.get(origin(url) or url)
+
+
+@contextlib.asynccontextmanager
+async def _multirange_turn(url: str) -> AsyncIterator[bool | None]:
+    """What is known of the origin's multi-range answers, once no other request of this
+    loop is finding it out. None: this request finds out, and the others wait for it, so
+    an origin that answers with whole files sends one, not one per request in flight."""
+    state = aio.loop_state().setdefault("multirange", {})
+    probes = aio.loop_state().setdefault("multirange_probes", {})
+    key = origin(url) or url
+    while state.get(key) is None and key in probes:
+        await probes[key].wait()
+    known = state.get(key)
+    if known is None:
+        probes[key] = asyncio.Event()
+    try:
+        yield known
+    finally:
+        if known is None:
+            probes.pop(key).set()
+
+
+async def _attempt(
+    url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
+) -> tuple[list[bytes], Remote]:
+    """One ranged GET of ``spans`` (redirects followed by hand); raises :class:`_Retry`
+    when transient, :class:`_NoMultiRange` when several spans did not come back as such."""
+    if len(spans) > 1 and _multirange(aio.loop_state().get("multirange", {}), url) is False:
+        raise _NoMultiRange(f"{_public(url)} ignores multi-range requests")  # learnt meanwhile
+    session = _session()
+    first_origin = origin(url)  # None for a URL that may not carry credentials
+    target = url
+    ranges = ",".join(f"{start}-{end - 1}" for start, end in spans)
+    for _hop in range(6):
+        sent = access is not None and first_origin is not None and origin(target) == first_origin
+        # the Authorization value goes straight into the request: no local variable of
+        # this frame holds it (a traceback printed with its locals shows none)
+        async with session.get(
+            target, headers=_headers(ranges, access if sent else None), allow_redirects=False
+        ) as resp:
+            status = resp.status
+            if status in _REDIRECTS:
+                location = resp.headers.get("Location")
+                if not location:
+                    raise _fail(status, label, url, sent, " (redirect without Location)")
+                target = urljoin(target, location)
+                if origin(target) is None:  # another scheme, user information, a bad port
+                    raise ReadError(
+                        f"Reading {label} ({_public(url)}) failed: HTTP {status} redirects to "
+                        f"{_public(target)!r}, which is not a plain http(s) URL (another "
+                        "scheme, user information or a bad port); such redirects are refused"
+                    )
+                if origin(target) != first_origin:
+                    logger.debug(
+                        "%s redirects to another origin: following without credentials",
+                        _public(url),
+                    )
+                continue
+            if status in _RETRY_STATUS:
+                wait = _retry_after(resp.headers.get("Retry-After"))
+                raise _Retry(f"HTTP {status}", status, wait)
+            if status not in (200, 206):
+                raise _fail(status, label, url, sent)
+            kind = resp.headers.get("Content-Type", "")
+            if "html" in kind.lower():
+                raise AuthenticationError(
+                    f"{label} ({_public(url)}) answered with a web page (most likely "
+                    "Terrascope's login page) instead of data"
+                    + (
+                        ""
+                        if access
+                        else ": no credentials were sent because its origin is not in "
+                        "TERRASCOPE_DOWNLOAD_HOSTS"
+                    )
+                )
+            etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+            if status == 200:  # the server ignored Range: the body is the whole file
+                asked = sum(end - start for start, end in spans)
+                length = resp.content_length
+                if len(spans) > 1 and length is not None and length > WHOLE_FILE_FACTOR * asked:
+                    _learn((url, target), False)  # the body is left unread
+                    raise _NoMultiRange(f"{_public(target)} ignores multi-range requests")
+                body = await resp.read()
+                remote = Remote(len(body), etag, modified)
+                _saw_ranges(url, target)
+                _keep_whole(url, target, body, remote)
+                return [body[start:end] for start, end in spans], remote
+            if kind.lower().startswith("multipart/byteranges"):
+                parts = _parts(kind, await resp.read())
+            else:
+                parts = [(resp.headers.get("Content-Range", ""), await resp.read())]
+            _saw_ranges(url, target)
+            try:
+                blobs, size = _cut(parts, spans, label, url, sent)
+            except _NoMultiRange:
+                _learn((url, target), False)
+                raise
+            if len(spans) > 1:  # several ranges answered as asked, in one part or more
+                _learn((url, target), True)
+            return blobs, Remote(size, etag, modified)
+    raise _fail(310, label, url, access is not None, " (too many redirects)")
+
+
+def _headers(ranges: str, access: RequestAuth | None) -> dict[str, str]:
+    """Request headers for byte ``ranges`` (``"0-99,200-299"``), with ``access``'s
+    ``Authorization`` value when given."""
+    headers = {"Range": f"bytes={ranges}", "Accept-Encoding": "identity"}
+    if access is not None:
+        headers["Authorization"] = access.header()
+    return headers
+
+
+def _learn(urls: tuple[str, ...], supported: bool) -> None:
+    """Remember how the origins of a request (and of its redirect target) answer."""
+    state = aio.loop_state().setdefault("multirange", {})
+    for url in urls:
+        state[origin(url) or url] = supported
+
+
+#: ``loop_state()`` keys: origins that answered a ranged request with the whole file, and
+#: the bodies of such files (``url -> (body, Remote)``, oldest first).
+_IGNORES_RANGES = "ignores_ranges"
+_WHOLE_FILES = "whole_files"
+#: ``loop_state()`` table of the whole-file downloads under way (see :func:`get_ranges`)
+_WHOLE_PENDING = "whole_files_pending"
+
+
+def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
+    """Remember that the origin of ``url`` (and of its redirect ``target``) ignores
+    ``Range``, saying so once per origin, and keep ``body`` for the file's other ranges
+    while :data:`WHOLE_FILES_BYTES` allows."""
+    state = aio.loop_state()
+    ignoring = state.setdefault(_IGNORES_RANGES, set())
+    for each in (url, target):
+        key = origin(each) or each
+        if key not in ignoring:
+            ignoring.add(key)
+            logger.warning(
+                "%s answers HTTP Range requests with whole files: each file it serves is "
+                "downloaded whole (%.1f MB for %s) and its parts are cut from memory",
+                key,
+                len(body) / 1e6,
+                _public(each),
+            )
+    files: OrderedDict[str, tuple[bytes, Remote]] = state.setdefault(_WHOLE_FILES, OrderedDict())
+    files.pop(url, None)
+    if len(body) > WHOLE_FILES_BYTES:
+        return
+    files[url] = (body, remote)
+    held = sum(len(b) for b, _ in files.values())
+    while held > WHOLE_FILES_BYTES:
+        held -= len(files.popitem(last=False)[1][0])
+
+
+def _whole(url: str) -> tuple[bytes, Remote] | None:
+    """The body of ``url`` when its origin ignores ``Range`` and it is held in memory."""
+    files = aio.loop_state().get(_WHOLE_FILES)
+    found = files.get(url) if files else None
+    if found is not None:
+        files.move_to_end(url)
+    return found
+
+
+def _ignores_ranges(url: str) -> bool:
+    return (origin(url) or url) in aio.loop_state().get(_IGNORES_RANGES, ())
+
+
+#: ``loop_state()`` keys: origins that answered a ranged request (206, or 200 with the
+#: whole file), and the files whose first request is under way while that is not known.
+_RANGES_SEEN = "ranges_seen"
+_RANGE_PROBES = "range_probes"
+
+
+def _saw_ranges(*urls: str) -> None:
+    seen = aio.loop_state().setdefault(_RANGES_SEEN, set())
+    seen.update(origin(url) or url for url in urls)
+
+
+@contextlib.asynccontextmanager
+async def _range_turn(url: str) -> AsyncIterator[None]:
+    """Until the origin of ``url`` has answered a ranged request, the requests of one file
+    go one at a time (other files' go at once): an origin that answers with whole files
+    then sends each file once, its other parts cut from that body, instead of once per
+    request in flight. Once known, nothing waits."""
+    key = origin(url) or url
+    seen = aio.loop_state().setdefault(_RANGES_SEEN, set())
+    probes: dict[str, asyncio.Event] = aio.loop_state().setdefault(_RANGE_PROBES, {})
+    while url in probes:  # this file's first request: wait even if its origin is known now
+        await probes[url].wait()
+    probing = key not in seen
+    if probing:
+        probes[url] = asyncio.Event()
+    try:
+        yield
+    finally:
+        if probing:
+            probes.pop(url).set()
+
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+
+
+def _parts(kind: str, body: bytes) -> list[tuple[str, bytes]]:
+    """``(Content-Range, bytes)`` of each part of a ``multipart/byteranges`` body.
+
+    Each part's length comes from its ``Content-Range``, so the binary data is never
+    searched for the boundary (fast for large parts, exact whatever bytes they hold).
+    """
+    found = _BOUNDARY.search(kind)
+    if found is None:
+        raise _Retry("multipart answer without a boundary")
+    delimiter = b"--" + found.group(1).encode("latin-1")
+    parts = []
+    pos = body.find(delimiter)
+    while pos >= 0:
+        pos += len(delimiter)
+        if body[pos : pos + 2] == b"--":  # the closing delimiter
+            return parts
+        head_end = body.find(b"\r\n\r\n", pos)
+        if head_end < 0:
+            break
+        content_range = ""
+        for line in body[pos:head_end].decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-range":
+                content_range = value.strip()
+        match = _CONTENT_RANGE.match(content_range)
+        if match is None:
+            raise _Retry("multipart part without a Content-Range")
+        start = head_end + 4
+        stop = start + int(match.group(2)) + 1 - int(match.group(1))
+        if stop > len(body):
+            break
+        parts.append((content_range, body[start:stop]))
+        pos = body.find(delimiter, stop)
+    raise _Retry("short multipart answer")
+
+
+def _cut(
+    parts: list[tuple[str, bytes]], spans: list[tuple[int, int]], label: str, url: str, sent: bool
+) -> tuple[list[bytes], int | None]:
+    """Each span's bytes from the answered parts (a part may hold several spans)."""
+    held = []
+    size = None
+    for content_range, body in parts:
+        match = _CONTENT_RANGE.match(content_range)
+        if match is None:
+            raise _fail(206, label, url, sent, " (unexpected Content-Range)")
+        first, last = int(match.group(1)), int(match.group(2))
+        if match.group(3) != "*":
+            size = int(match.group(3))
+        if len(body) != last + 1 - first:
+            raise _Retry(f"short body ({len(body)} of {last + 1 - first} bytes)")
+        held.append((first, body))
+    blobs = []
+    for start, end in spans:
+        stop = min(end, size) if size is not None else end
+        for first, body in held:
+            if first <= start and stop <= first + len(body):
+                blobs.append(body[start - first : stop - first])
+                break
+        else:
+            if len(spans) > 1:
+                raise _NoMultiRange(f"{_public(url)} answered other ranges than asked")
+            raise _fail(206, label, url, sent, " (unexpected Content-Range)")
+    return blobs, size
+
+
+def _scrubbed(err: BaseException) -> BaseException:
+    """``err`` (and the exceptions it chains) without tracebacks: aiohttp's frames keep
+    the request's headers, ``Authorization`` included, as local variables, which a
+    traceback printed with its locals would show. The type and message stay (URLs in it
+    redacted)."""
+    seen: set[int] = set()
+    each: BaseException | None = err
+    while each is not None and id(each) not in seen:
+        seen.add(id(each))
+        each.__traceback__ = None
+        each = each.__cause__ or each.__context__
+    return config.redacted(err)
+
+
+async def get_range(
+    url: str, start: int, end: int, *, access: RequestAuth | None, label: str
+) -> tuple[bytes, Remote]:
+    """GET bytes ``[start, end)`` of ``url``: :func:`get_ranges` with one range."""
+    (blob,), remote = await get_ranges(url, [(start, end)], access=access, label=label)
+    return blob, remote
+
+
+async def get_ranges(
+    url: str, spans: list[tuple[int, int]], *, access: RequestAuth | None, label: str
+) -> tuple[list[bytes], Remote]:
+    """GET byte ranges ``spans`` (``[start, end)`` each) of ``url``, with retries.
+
+    Several ranges go in one multi-range request (``multipart/byteranges`` answer) while
+    the origin answers them as such; an origin that does not gets one request per range
+    from then on (learnt once per process and origin). Each request passes the host's
+    limiter.
+
+    Parameters
+    ----------
+    url : str
+        The file.
+    spans : list of (int, int)
+        Byte ranges, end exclusive (clipped by the server at the file's end), sorted and
+        not overlapping.
+    access : str or None
+        ``Authorization`` value for ``url``'s own origin (None: send none).
+    label : str
+        What the file is to the user (the item id), named in errors.
+
+    Returns
+    -------
+    list of bytes, Remote
+        The bodies, one per span, and what the responses said about the file.
+
+    Raises
+    ------
+    AuthenticationError
+        On 401/403 or a login page.
+    ReadError
+        On any other failure, after retrying the transient ones.
+    """
+    async with _range_turn(url):
+        return await _get_ranges(url, spans, access, label)
+
+
+async def _get_ranges(
+    url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
+) -> tuple[list[bytes], Remote]:
+    whole = _whole(url)
+    if whole is None and _ignores_ranges(url):
+        # one download of the file for every read that wants a part of it meanwhile
+        await aio.shared(_WHOLE_PENDING, url, lambda: _with_retries(url, spans[:1], access, label))
+        whole = _whole(url)
+        if whole is None:  # answered with the range after all: the origin honours them now
+            aio.loop_state()[_IGNORES_RANGES].discard(origin(url) or url)
+    if whole is not None:
+        body, remote = whole
+        return [body[start:end] for start, end in spans], remote
+    if len(spans) > 1:
+        async with _multirange_turn(url) as known:
+            if known is not False:
+                try:
+                    answers = [  # rarely more than one group: one after the other
+                        await _with_retries(
+                            url, spans[i : i + MAX_RANGES_PER_REQUEST], access, label
+                        )
+                        for i in range(0, len(spans), MAX_RANGES_PER_REQUEST)
+                    ]
+                except _NoMultiRange as err:
+                    logger.debug("%s; one request per range from now on", err)
+                else:
+                    return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
+    if len(spans) == 1:
+        return await _with_retries(url, spans, access, label)
+    if (origin(url) or url) not in aio.loop_state().get(_RANGES_SEEN, ()):
+        # the first range alone: an origin that answers with the whole file sends it once
+        first = await _with_retries(url, spans[:1], access, label)
+        whole = _whole(url)
+        if whole is not None:
+            body, remote = whole
+            return [body[start:end] for start, end in spans], remote
+        rest = await asyncio.gather(
+            *(_with_retries(url, [span], access, label) for span in spans[1:])
+        )
+        return [first[0][0], *(blobs[0] for blobs, _ in rest)], first[1]
+    answers = await asyncio.gather(*(_with_retries(url, [span], access, label) for span in spans))
+    return [blobs[0] for blobs, _ in answers], answers[0][1]
+
+
+async def _with_retries(
+    url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
+) -> tuple[list[bytes], Remote]:
+    """One request of ``spans`` through the host's limiter, retried when transient."""
+    start, end = spans[0][0], spans[-1][1]
+    limiter = _limiter(url)
+    last: _Retry | Exception | None = None
+    for attempt in range(MAX_ATTEMPTS):
+        generation = await limiter.acquire()
+        busy = success = rate_limited = False
+        retry_after = None
+        try:
+            result = await _attempt(url, spans, access, label)
+            success = True
+            return result
+        except _Retry as err:
+            last, retry_after = err, err.retry_after
+            busy, rate_limited = err.status in (429, 503), err.status == 429
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as err:
+            last = _scrubbed(err)
+        except aiohttp.ClientError as err:  # an invalid URL (from a redirect), not transient
+            raise ReadError(
+                f"Reading {label} ({_public(url)}) failed: {type(err).__name__}: "
+                f"{config.redact(str(err))}"
+            ) from _scrubbed(err)
+        finally:
+            await limiter.release(generation, busy, success, retry_after, rate_limited)
+        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+        if retry_after:
+            delay = max(delay, retry_after)
+        logger.debug(
+            "%s bytes %d-%d: %s; retry %d in %.2f s",
+            _public(url),
+            start,
+            end - 1,
+            last if isinstance(last, _Retry) else type(last).__name__,
+            attempt + 1,
+            delay,
+        )
+        await asyncio.sleep(delay)
+    status = last.status if isinstance(last, _Retry) else None
+    if status is not None:
+        detail = f" after {MAX_ATTEMPTS} attempts"
+        raise _fail(status, label, url, access is not None, detail) from last
+    raise ReadError(
+        f"Reading {label} ({_public(url)}) failed after {MAX_ATTEMPTS} attempts: "
+        f"{config.redact(repr(last))}"
+    ) from last
+
+
+def probe_status(url: str, access: RequestAuth | None) -> int | None:
+    """HTTP status of one small ranged GET of ``url`` (no retries); None when unreachable.
+
+    Used to name the status behind a GDAL "Read failed". Call from outside the loop thread.
+    """
+
+    async def probe() -> int | None:
+        session = _session()
+        try:
+            async with session.get(
+                url, headers=_headers("0-0", access), allow_redirects=False
+            ) as resp:
+                return resp.status
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    return aio.run(probe())

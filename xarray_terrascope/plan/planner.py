@@ -1,0 +1,453 @@
+"""STAC items -> a plan for a lazy, time-indexed cube, and the reads that fill it.
+
+This is the only module that imports stackstac (0.5.1, pinned, unmaintained). From it
+we use :func:`stackstac.prepare.prepare_items` (output grid and per-asset bounds) and
+:class:`stackstac.rio_reader.AutoParallelRioReader` (thread-safe GDAL reads through a
+``WarpedVRT``, reprojecting tiles of other UTM zones), with stackstac's default GDAL
+options plus the scoped credentials of :mod:`xarray_terrascope.auth`.
+
+We do *not* use stackstac's dask graph: it pickles the GDAL options, credentials
+included, into every task. A :class:`CubePlan` holds only what is needed to read (URLs,
+grid, per-date item groups, an opaque credentials handle) and is safe to pickle.
+:mod:`xarray_terrascope.engine.read` runs the reads (a per-process pool of I/O threads and a
+cache of open readers, per-date mosaics).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pystac
+from rasterio.enums import Resampling
+
+from xarray_terrascope import auth, config
+from xarray_terrascope.catalog.collections import COLLECTIONS, Packing
+from xarray_terrascope.catalog.items import item_day, item_moment
+from xarray_terrascope.exceptions import InvalidArgumentError, NoItemsFoundError
+
+__all__ = ["CubePlan", "make_reader", "plan_cube", "utm_epsg"]
+
+logger = logging.getLogger(__name__)
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """Return the EPSG code of the WGS84 UTM zone containing ``(lon, lat)``.
+
+    Examples
+    --------
+    >>> utm_epsg(5.05, 51.25)
+    32631
+    """
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def _epsg_of(crs: Any) -> int:
+    if isinstance(crs, bool):
+        raise InvalidArgumentError(f"crs must be an EPSG code or CRS, got {crs!r}")
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        parsed = CRS.from_epsg(int(crs)) if isinstance(crs, (int, np.integer)) else None
+        parsed = parsed or CRS.from_user_input(crs)
+    except (CRSError, TypeError, ValueError, OverflowError) as err:
+        raise InvalidArgumentError(
+            f"crs must be an EPSG code (e.g. 32631 or 'EPSG:32631') or a CRS, got {crs!r}"
+        ) from err
+    code = parsed.to_epsg()
+    if code is None:
+        raise InvalidArgumentError(f"crs {crs!r} has no EPSG code; give one that does")
+    return code
+
+
+def _check_resolution(resolution: Any) -> float | None:
+    if resolution is None:
+        return None
+    if isinstance(resolution, (bool, np.bool_)) or not isinstance(
+        resolution, (int, float, np.integer, np.floating)
+    ):
+        raise InvalidArgumentError(
+            f"resolution must be a positive number of CRS units (e.g. 10 or 20.0), "
+            f"got {resolution!r} ({type(resolution).__name__})"
+        )
+    value = float(resolution)
+    if not np.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"resolution must be a positive number, got {resolution!r}")
+    return value
+
+
+def _check_hrefs(items: Sequence[dict], assets: Sequence[str]) -> None:
+    """Refuse, before any request, hrefs that hide where they go (user info, backslashes)."""
+    for item in items:
+        for key in assets:
+            href = (item["assets"].get(key) or {}).get("href")
+            if not isinstance(href, str):
+                continue
+            web = href.split(":", 1)[0].lower() in ("http", "https")
+            if "\\" in href or (web and config.origin(href) is None):
+                raise InvalidArgumentError(
+                    f"Asset {key!r} of item {item['id']!r} has an href that is not a plain "
+                    f"URL (user information, a backslash or a bad port): {href[:120]!r}. "
+                    "Such hrefs are refused: they could send requests, or credentials, "
+                    "somewhere else than they seem to."
+                )
+
+
+def _asset_epsg(item: dict, asset: dict) -> int | None:
+    """``proj:epsg`` of an asset, filled from ``proj:code`` (pystac >= 1.12 writes only that)."""
+    for source in (asset, item["properties"]):
+        if source.get("proj:epsg") is not None:
+            return int(source["proj:epsg"])
+        code = source.get("proj:code")
+        if isinstance(code, str) and code.upper().startswith("EPSG:"):
+            return int(code.split(":", 1)[1])
+    return None
+
+
+def _packing(collection: str | None, asset_key: str, items: Sequence[dict]) -> Packing:
+    for item in items:
+        asset = item["assets"].get(asset_key)
+        bands = asset.get("raster:bands") if asset else None
+        if bands:
+            band = bands[0]
+            return Packing(
+                dtype=str(band.get("data_type") or "float32"),
+                nodata=band.get("nodata"),
+                scale=float(band.get("scale", 1.0)),
+                offset=float(band.get("offset", 0.0)),
+            )
+    info = COLLECTIONS.get(collection or "")
+    fallback = info.packing.get(asset_key) if info else None
+    if fallback is not None:
+        return fallback
+    logger.warning(
+        "No raster:bands for asset %r of %s and no known packing: reading it as float32 "
+        "without scaling",
+        asset_key,
+        collection,
+    )
+    return Packing("float32", None, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class CubePlan:
+    """Everything needed to read a cube; picklable and free of secrets.
+
+    Attributes
+    ----------
+    epsg, bounds, resolution
+        The output grid (``bounds`` in the output CRS, snapped to ``resolution``).
+    assets
+        Asset keys, one variable each.
+    item_ids
+        Id of each planned item (the items that intersect the bbox, in plan order).
+    urls
+        ``urls[i][a]``: href of asset ``a`` of item ``i`` (None when the item lacks it).
+    item_bounds
+        ``item_bounds[i][a]``: that asset's footprint in the output CRS.
+    groups
+        Item indices per time step, in mosaic priority order (first valid pixel wins).
+    times
+        One timestamp per group (the earliest acquisition of that date).
+    packing
+        How each asset stores its values (:class:`~xarray_terrascope.catalog.collections.Packing`).
+    send_credentials
+        Per URL: whether its host may receive credentials (decided at open time).
+    credentials_handle
+        Opaque handle that :func:`xarray_terrascope.auth.resolve` turns into credentials.
+    resampling
+        GDAL resampling name for tiles that must be warped.
+    native
+        ``native[i][a]``: ``(epsg, (a, b, c, d, e, f), (height, width))`` of that asset's
+        own pixel grid from ``proj:*`` metadata, or None when unknown.
+    local_hrefs
+        ``local_hrefs[i][a]``: the asset's alternate ``local`` href, or None.
+    prefer_local
+        Read from ``local_hrefs`` when the file exists on this machine (None: when it
+        exists), never (False), or always (True: a missing local file is an error).
+    """
+
+    epsg: int
+    bounds: tuple[float, float, float, float]
+    resolution: float
+    assets: tuple[str, ...]
+    item_ids: tuple[str, ...]
+    urls: tuple[tuple[str | None, ...], ...]
+    item_bounds: tuple[tuple[tuple[float, float, float, float] | None, ...], ...]
+    groups: tuple[tuple[int, ...], ...]
+    times: tuple[pd.Timestamp, ...]
+    packing: tuple[Packing, ...]
+    send_credentials: dict[str, bool]
+    credentials_handle: str
+    resampling: str = "nearest"
+    native: tuple[tuple[tuple[int, tuple[float, ...], tuple[int, int]] | None, ...], ...] = ()
+    local_hrefs: tuple[tuple[str | None, ...], ...] = ()
+    prefer_local: bool | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the output grid."""
+        return self._spec().shape
+
+    @property
+    def transform(self):
+        """Affine transform of the output grid."""
+        return self._spec().transform
+
+    def _spec(self):
+        from stackstac.raster_spec import RasterSpec
+
+        return RasterSpec(self.epsg, self.bounds, (self.resolution, self.resolution))
+
+    def pixel_offset(self, item_index: int, asset_index: int) -> tuple[int, int] | None:
+        """``(rows, cols)`` such that output pixel ``(r, c)`` is the asset's own file pixel
+        ``(r + rows, c + cols)``, when the file's pixels are output pixels (same EPSG and
+        resolution, a whole-pixel offset: the usual Terrascope case); None otherwise, or
+        when the asset's grid is unknown."""
+        native = self.native[item_index][asset_index] if self.native else None
+        if native is None:
+            return None
+        epsg, (a, b, c, d, e, f), _shape = native
+        res = self.resolution
+        tol = 1e-9 * res
+        if epsg != self.epsg or b or d or abs(a - res) > tol or abs(e + res) > tol:
+            return None
+        col_off = (self.bounds[0] - c) / res
+        row_off = (f - self.bounds[3]) / res
+        if abs(col_off - round(col_off)) > 1e-6 or abs(row_off - round(row_off)) > 1e-6:
+            return None
+        return round(row_off), round(col_off)
+
+    def x_coords(self) -> np.ndarray:
+        """Pixel-centre x coordinates."""
+        west = self.bounds[0]
+        return west + (np.arange(self.shape[1]) + 0.5) * self.resolution
+
+    def y_coords(self) -> np.ndarray:
+        """Pixel-centre y coordinates (north to south)."""
+        north = self.bounds[3]
+        return north - (np.arange(self.shape[0]) + 0.5) * self.resolution
+
+
+def _plain(items: Sequence[pystac.Item | dict]) -> list[dict]:
+    plain = []
+    for item in items:
+        if isinstance(item, pystac.Item):
+            plain.append(item.to_dict(include_self_link=False, transform_hrefs=False))
+        elif isinstance(item, dict):
+            plain.append(item)
+        else:
+            raise InvalidArgumentError(
+                f"items must be pystac.Item objects or STAC item dicts, got {type(item).__name__}"
+            )
+    return plain
+
+
+def _with_epsg(item: dict, assets: Sequence[str]) -> dict:
+    """Copy of ``item`` whose assets carry ``proj:epsg`` (stackstac reads nothing else)."""
+    out = dict(item)
+    out["assets"] = dict(item["assets"])
+    for key in assets:
+        asset = out["assets"].get(key)
+        if asset is not None and asset.get("proj:epsg") is None:
+            epsg = _asset_epsg(item, asset)
+            if epsg is not None:
+                out["assets"][key] = dict(asset, **{"proj:epsg": epsg})
+    return out
+
+
+def _native_resolution(items: Sequence[dict], assets: Sequence[str], epsg: int) -> float | None:
+    found: list[float] = []
+    for item in items:
+        for key in assets:
+            asset = item["assets"].get(key)
+            transform = (asset or {}).get("proj:transform") or item["properties"].get(
+                "proj:transform"
+            )
+            if asset is not None and transform and _asset_epsg(item, asset) == epsg:
+                found.append(abs(float(transform[0])))
+    return min(found) if found else None
+
+
+def plan_cube(
+    items: Sequence[pystac.Item | dict],
+    *,
+    assets: Sequence[str],
+    bbox: tuple[float, float, float, float] | None,
+    crs: Any = None,
+    resolution: float | None = None,
+    collection: str | None = None,
+    credentials_handle: str = auth.DEFAULT_HANDLE,
+    resampling: str = "nearest",
+    prefer_local: bool | None = None,
+) -> CubePlan:
+    """Plan the cube of ``items``: grid, per-date mosaic groups, decoding. No pixel is read.
+
+    Parameters
+    ----------
+    items
+        STAC items (any order; same-date items become one time step).
+    assets
+        Asset keys to stack.
+    bbox
+        WGS84 ``(west, south, east, north)`` to clip to; None: the items' union.
+    crs
+        Output CRS; None: the UTM zone of the bbox centre. Tiles in other CRSs are
+        reprojected, never dropped.
+    resolution
+        Output pixel size in CRS units; None: the native resolution of the items.
+    prefer_local
+        See :class:`CubePlan`.
+    """
+    from stackstac.prepare import prepare_items
+
+    plain = [_with_epsg(item, assets) for item in _plain(items)]
+    if not plain:
+        raise InvalidArgumentError("No items to stack")
+    _check_hrefs(plain, assets)
+    if bbox is None:
+        boxes = np.array([item["bbox"] for item in plain], dtype=float)
+        bbox = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
+    epsg = (
+        _epsg_of(crs)
+        if crs is not None
+        else utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
+    )
+    try:
+        resampling_enum = Resampling[resampling]
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(
+            f"resampling must be one of {', '.join(r.name for r in Resampling)}, got {resampling!r}"
+        ) from None
+    resolution = _check_resolution(resolution)
+    if resolution is None:
+        resolution = _native_resolution(plain, assets, epsg)
+    missing = [key for key in assets if not any(key in item["assets"] for item in plain)]
+    if missing:
+        available = sorted({key for item in plain for key in item["assets"]})
+        raise InvalidArgumentError(
+            f"assets {missing} are in none of the items; available: {', '.join(available)}"
+        )
+
+    # stackstac leaves out the items (and assets) that miss the bbox: everything below
+    # indexes the list it returns, never the list given.
+    asset_table, spec, kept_assets, plain = prepare_items(
+        plain,
+        assets=list(assets),
+        epsg=epsg,
+        resolution=resolution,
+        bounds_latlon=bbox,
+        snap_bounds=True,
+        rescale=False,
+        dtype=np.dtype("float32"),
+    )
+    if not plain:
+        raise NoItemsFoundError(
+            f"None of the {len(items)} item(s) intersects the bbox {[float(v) for v in bbox]}; "
+            "give a bbox inside their footprints, or leave bbox out to use their extent."
+        )
+    if list(kept_assets) != list(assets):
+        lost = [key for key in assets if key not in kept_assets]
+        raise InvalidArgumentError(
+            f"assets {lost} are in none of the items that intersect the bbox; "
+            f"leave them out of assets= or widen the bbox"
+        )
+
+    # Mosaic priority within a date: tiles already in the output CRS first (no resampling),
+    # then by time and id, so the result does not depend on the search order.
+    def priority(index: int) -> tuple:
+        item = plain[index]
+        first_asset = next(item["assets"][k] for k in assets if k in item["assets"])
+        return (_asset_epsg(item, first_asset) != epsg, item_moment(item), item["id"])
+
+    days: dict[Any, list[int]] = {}
+    for index, item in enumerate(plain):
+        days.setdefault(item_day(item), []).append(index)
+    groups = tuple(tuple(sorted(days[day], key=priority)) for day in sorted(days))
+    times = tuple(
+        pd.Timestamp(min(item_moment(plain[i]) for i in group)).tz_convert(None) for group in groups
+    )
+    urls = tuple(tuple(entry["url"] for entry in row) for row in asset_table)
+    item_bounds = tuple(
+        tuple(tuple(float(v) for v in entry["bounds"]) if entry["url"] else None for entry in row)
+        for row in asset_table
+    )
+    send = {url: auth.sends_credentials(url) for row in urls for url in row if url}
+    return CubePlan(
+        epsg=int(spec.epsg),
+        bounds=tuple(float(v) for v in spec.bounds),
+        resolution=float(spec.resolutions_xy[0]),
+        assets=tuple(assets),
+        item_ids=tuple(str(item["id"]) for item in plain),
+        urls=urls,
+        item_bounds=item_bounds,
+        groups=groups,
+        times=times,
+        packing=tuple(_packing(collection, key, plain) for key in assets),
+        send_credentials=send,
+        credentials_handle=credentials_handle,
+        resampling=resampling_enum.name,
+        native=tuple(tuple(_native_grid(item, key) for key in assets) for item in plain),
+        local_hrefs=tuple(tuple(_local_href(item, key) for key in assets) for item in plain),
+        prefer_local=prefer_local,
+    )
+
+
+def _native_grid(item: dict, key: str) -> tuple[int, tuple[float, ...], tuple[int, int]] | None:
+    """``(epsg, transform, shape)`` of an asset's pixel grid from its ``proj:*`` fields."""
+    asset = item["assets"].get(key)
+    if asset is None:
+        return None
+    props = item["properties"]
+    transform = asset.get("proj:transform") or props.get("proj:transform")
+    shape = asset.get("proj:shape") or props.get("proj:shape")
+    epsg = _asset_epsg(item, asset)
+    if epsg is None or not transform or len(transform) < 6 or not shape or len(shape) != 2:
+        return None
+    return (
+        int(epsg),
+        tuple(float(v) for v in transform[:6]),
+        (int(shape[0]), int(shape[1])),
+    )
+
+
+def _local_href(item: dict, key: str) -> str | None:
+    asset = item["assets"].get(key) or {}
+    local = (asset.get("alternate") or {}).get("local") or {}
+    href = local.get("href")
+    return str(href) if href else None
+
+
+def make_reader(plan: CubePlan, url: str, asset_index: int, gdal_options: dict[str, str]):
+    """A stackstac reader of one asset file onto the plan's grid, raw values, no rescaling.
+
+    ``gdal_options`` are layered over stackstac's defaults (``updated`` keeps them:
+    ``GDAL_DISABLE_READDIR_ON_OPEN``, ``VSI_CACHE`` on open, multi-range reads). Errors are
+    never turned into no data.
+    """
+    from stackstac.raster_spec import RasterSpec
+    from stackstac.rio_reader import DEFAULT_GDAL_ENV, AutoParallelRioReader
+
+    spec = plan.packing[asset_index]
+    # stackstac enters `gdal_env.open_vrt` inside `gdal_env.open`. Without options of its
+    # own, `open_vrt` is the very same rasterio.Env object, and re-entering one Env object
+    # makes its exit restore instead of clear: the thread would keep these options, the
+    # password included, for every later read of any host. Its own copy of the `open`
+    # options makes it a distinct Env (stackstac 0.5.1's private `_open`, pinned).
+    env = DEFAULT_GDAL_ENV.updated(always=gdal_options, open_vrt=dict(DEFAULT_GDAL_ENV._open))
+    return AutoParallelRioReader(
+        url=url,
+        spec=RasterSpec(plan.epsg, plan.bounds, (plan.resolution, plan.resolution)),
+        resampling=Resampling[plan.resampling],
+        dtype=np.dtype(spec.dtype),
+        fill_value=spec.fill_value,
+        scale_offset=(1, 0),
+        gdal_env=env,
+        errors_as_nodata=(),
+    )
