@@ -81,6 +81,16 @@ def sandbox_urls(terrascope_sandbox, monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def options():
+    """``xts.set_options`` for one test, as ``monkeypatch`` is for attributes: whatever
+    it sets is undone after the test."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **values: stack.enter_context(xts.set_options(**values))
+
+
+@pytest.fixture
 def logged_in(sandbox_urls):
     """The sandbox, with its main account logged in as the process default."""
     xts.login(sandbox_urls.username, sandbox_urls.password)

@@ -10,7 +10,6 @@ import pytest
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope import config
 from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -54,7 +53,7 @@ def test_credentials_go_to_the_exact_origin_only(monkeypatch, hosts, url, sends)
 def test_the_default_allow_list_is_the_download_url_origin(monkeypatch):
     monkeypatch.delenv("TERRASCOPE_DOWNLOAD_HOSTS", raising=False)
     monkeypatch.delenv("TERRASCOPE_DOWNLOAD_URL", raising=False)
-    assert config.download_hosts() == {"https://services.terrascope.be:443"}
+    assert xts.get_options().allowed_origins == {"https://services.terrascope.be:443"}
     assert (
         xts.gdal_options("http://services.terrascope.be/download/x.tif", CREDS)["GDAL_HTTP_USERPWD"]
         == ""
@@ -65,7 +64,7 @@ def test_the_default_allow_list_is_the_download_url_origin(monkeypatch):
 def test_an_allow_list_entry_that_is_no_origin_is_refused(monkeypatch, entry):
     monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", entry)
     with pytest.raises(InvalidArgumentError, match="TERRASCOPE_DOWNLOAD_HOSTS"):
-        config.download_hosts()
+        xts.get_options().allowed_origins  # noqa: B018 (checked when used)
 
 
 @pytest.mark.parametrize(

@@ -108,23 +108,26 @@ def test_the_connection_setting_caps_the_requests_in_flight(
 
 
 def test_bad_numeric_settings_warn_and_keep_the_default(monkeypatch, caplog):
-    from xarray_terrascope.engine.tile_store import DEFAULT_MB, tiles
+    from xarray_terrascope.engine.tile_store import tiles
 
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "lots")
     monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "-5")
-    with caplog.at_level("WARNING", logger="xarray_terrascope.config"):
-        assert transport.max_connections() == transport.DEFAULT_MAX_CONNECTIONS
-        assert tiles.max_bytes == DEFAULT_MB * 2**20
-        assert tiles.max_bytes == DEFAULT_MB * 2**20  # read per stored tile: warned once
+    with caplog.at_level("WARNING", logger="xarray_terrascope.options"):
+        assert xts.get_options().max_connections == 32
+        assert tiles.max_bytes == 64 * 2**20
+        assert tiles.max_bytes == 64 * 2**20  # read per stored tile: warned once
     messages = [r.getMessage() for r in caplog.records]
     assert len([m for m in messages if "TERRASCOPE_MAX_CONNECTIONS='lots'" in m]) == 1, messages
     assert len([m for m in messages if "TERRASCOPE_TILE_CACHE_MB='-5'" in m]) == 1, messages
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "0")  # below its minimum, 1
-    assert transport.max_connections() == transport.DEFAULT_MAX_CONNECTIONS
+    assert xts.get_options().max_connections == 32
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", " 7 ")
-    assert transport.max_connections() == 7
+    assert xts.get_options().max_connections == 7
     monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")  # allowed: keep no tile
     assert tiles.max_bytes == 0
+    with xts.set_options(max_connections=3):  # an option set wins over its variable
+        assert xts.get_options().max_connections == 3
+    assert xts.get_options().max_connections == 7
 
 
 def test_a_missing_file_names_the_item_and_the_status(logged_in):

@@ -434,15 +434,14 @@ def test_a_dropped_header_is_not_loaded_again_before_its_removal_lands(
     assert left.read_bytes().endswith(b"II*\x00new")
 
 
-def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatch):
+def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatch, options):
     """A header reaches the disk once the read engine has been idle a moment (the writes
     would take CPU and the GIL from the reads), at once on ``flush()``, and after
-    ``WRITE_DEFER_SECONDS`` even while the engine never stops.
+    the ``header_write_defer`` option's seconds even while the engine never stops.
 
     "Not written yet" is asserted once the writer has been seen to hold the write back:
     the engine's idle clock it consults is wrapped (the real one, counted, not replaced).
     """
-    from xarray_terrascope.engine import header_cache
     from xarray_terrascope.engine.header_cache import Header
 
     def on_disk() -> int:
@@ -479,7 +478,7 @@ def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatc
         while not release.is_set():
             await asyncio.sleep(0.01)
 
-    monkeypatch.setattr(header_cache, "WRITE_DEFER_SECONDS", 30.0)
+    options(header_write_defer=30.0)
     running = aio.submit(reading())
     try:
         assert aio.idle_for() == 0.0
@@ -487,11 +486,11 @@ def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatc
         assert on_disk() == 0  # held back while the engine reads
         assert headers.flush(30)  # written now, busy or not
         assert on_disk() == 1
-        monkeypatch.setattr(header_cache, "WRITE_DEFER_SECONDS", 0.5)
+        options(header_write_defer=0.5)
         headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, '"e"'))
         wait_for(2)  # no longer held back than that
         assert not running.done()
-        monkeypatch.setattr(header_cache, "WRITE_DEFER_SECONDS", 30.0)
+        options(header_write_defer=30.0)
         put_and_see_it_held_back("https://example.test/download/c.tif", b"II*\x00c")
         assert on_disk() == 2
     finally:
@@ -716,13 +715,13 @@ def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(log
     assert all(any(n in p for n in around) for p in fetched())
 
 
-def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, monkeypatch):
+def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, options):
     """Results waiting to be taken are never dropped for newer ones (their bytes would be
     fetched twice): with room for 4 results, the next 4 files are read ahead, no more,
     and all 4 are used."""
     from xarray_terrascope.engine import readahead
 
-    monkeypatch.setattr(readahead, "READAHEAD_BYTES", 1)  # room for the minimum, 4
+    options(readahead_mb=0)  # room for the minimum, 4
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
     files = files_per_date(ds)
     later = [n for names in files[2:] for n in names]
@@ -896,7 +895,7 @@ def test_prefer_local_forces_either_source(logged_in, tmp_path):
         load("yes")
 
 
-def test_local_files_under_a_missing_directory_cost_one_look(tmp_path, monkeypatch):
+def test_local_files_under_a_missing_directory_cost_one_look(tmp_path, monkeypatch, options):
     """Off Terrascope's machines the local hrefs all lie under a missing directory: after
     the first look, the other files (and the next reads) ask the file system nothing."""
     looks = []
@@ -916,6 +915,6 @@ def test_local_files_under_a_missing_directory_cost_one_look(tmp_path, monkeypat
     made.parent.mkdir(parents=True)
     made.write_bytes(b"II*\x00")
     assert local.local_path(hrefs[6]) is None  # still remembered as missing
-    monkeypatch.setattr(local, "LOCAL_ABSENCE_SECONDS", 0.0)
+    options(local_absence_seconds=0.0)
     assert local.local_path(hrefs[6]) == str(made)
     assert local.local_path(hrefs[7]) is None

@@ -308,3 +308,17 @@ def test_the_notebook_places_the_sample_field_in_dutch_limburg():
     assert "[5.90, 51.24, 5.96, 51.27]" in code  # the field the text describes
     assert "Belgian Limburg" not in text and "Belgium" not in text.replace("(VITO, Belgium)", "")
     assert "Dutch Limburg" in text and "Netherlands" in text
+
+
+def test_the_configuration_table_is_the_options_table():
+    """The README's table is generated from the options themselves (one source)."""
+    from xarray_terrascope.options import options_table
+
+    text = README.read_text(encoding="utf-8")
+    start = text.index("<!-- options-table:")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- end options-table -->")
+    assert text[start:end].strip() == options_table(), (
+        "regenerate the table: python -c 'from xarray_terrascope.options import "
+        "options_table; print(options_table())'"
+    )

@@ -36,6 +36,7 @@ from xarray_terrascope.exceptions import (
     SearchError,
     TerrascopeError,
 )
+from xarray_terrascope.options import get_options, set_options
 
 __all__ = [
     "AuthenticationError",
@@ -50,6 +51,7 @@ __all__ = [
     "__version__",
     "asset_urls",
     "gdal_options",
+    "get_options",
     "item_dates",
     "list_collections",
     "login",
@@ -57,6 +59,7 @@ __all__ = [
     "open_dataset",
     "search",
     "search_ndvi",
+    "set_options",
     "share_credentials",
     "stac_client",
 ]

@@ -1,81 +1,21 @@
-"""Endpoints, environment variable names, numeric settings, origins and URL redaction.
-
-Everything here is read at call time: changing ``TERRASCOPE_STAC_URL`` (or any other
-variable) between two calls takes effect on the second call.
-"""
+"""Origins (who may receive credentials) and URLs as messages show them (redacted)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from urllib.parse import urlsplit
 
 __all__ = [
-    "download_hosts",
-    "download_url",
-    "int_setting",
+    "hosts_from_text",
     "origin",
     "public_url",
     "redact",
     "redacted",
-    "stac_url",
 ]
 
 logger = logging.getLogger(__name__)
-
-ENV_STAC_URL = "TERRASCOPE_STAC_URL"
-ENV_DOWNLOAD_URL = "TERRASCOPE_DOWNLOAD_URL"
-ENV_DOWNLOAD_HOSTS = "TERRASCOPE_DOWNLOAD_HOSTS"
-ENV_USERNAME = "TERRASCOPE_USERNAME"
-ENV_PASSWORD = "TERRASCOPE_PASSWORD"
-ENV_NETRC = "NETRC"
-
-DEFAULT_STAC_URL = "https://stac.terrascope.be"
-DEFAULT_DOWNLOAD_URL = "https://services.terrascope.be/download/"
-
-
-def stac_url() -> str:
-    """Return the STAC API root, from ``TERRASCOPE_STAC_URL`` or the public default."""
-    return os.environ.get(ENV_STAC_URL) or DEFAULT_STAC_URL
-
-
-def download_url() -> str:
-    """Return the download service root, from ``TERRASCOPE_DOWNLOAD_URL`` or the default."""
-    return os.environ.get(ENV_DOWNLOAD_URL) or DEFAULT_DOWNLOAD_URL
-
-
-#: ``(variable, value)`` pairs already warned about (a setting read per tile warns once).
-_warned: set[tuple[str, str]] = set()
-
-
-def int_setting(name: str, default: int, *, minimum: int = 1) -> int:
-    """The integer in environment variable ``name`` (read now), or ``default`` when it is
-    unset, empty, not an integer or below ``minimum`` (then with a warning, once per
-    value).
-
-    Examples
-    --------
-    >>> int_setting("TERRASCOPE_EXAMPLE_UNSET", 32)
-    32
-    """
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        if (name, raw) not in _warned:
-            _warned.add((name, raw))
-            logger.warning(
-                "%s=%r is not an integer of at least %d; using %d", name, raw, minimum, default
-            )
-        return default
-    return value
-
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -165,19 +105,17 @@ def _origin_entry(entry: str) -> str:
         from xarray_terrascope.exceptions import InvalidArgumentError
 
         raise InvalidArgumentError(
-            f"{ENV_DOWNLOAD_HOSTS} entries must be origins such as "
-            f"'https://services.terrascope.be', 'http://127.0.0.1:8080' or a bare "
+            "TERRASCOPE_DOWNLOAD_HOSTS (the download_hosts option) entries must be origins "
+            "such as 'https://services.terrascope.be', 'http://127.0.0.1:8080' or a bare "
             f"'host[:port]' (meaning https), got {text!r}"
         )
     return found
 
 
-def download_hosts() -> frozenset[str]:
-    """Return the origins (``scheme://host:port``) that may receive credentials.
-
-    From ``TERRASCOPE_DOWNLOAD_HOSTS`` (comma-separated ``https://host[:port]``,
-    ``http://host[:port]``, or a bare ``host[:port]`` meaning https), else the origin of
-    :func:`download_url`. Credentials go to these exact scheme, host and port only.
+def hosts_from_text(text: str) -> frozenset[str]:
+    """The origins (``scheme://host:port``) in a comma-separated list of
+    ``https://host[:port]``, ``http://host[:port]`` or bare ``host[:port]`` (https): the
+    ``download_hosts`` option. Credentials go to these exact scheme, host and port only.
 
     Raises
     ------
@@ -186,14 +124,7 @@ def download_hosts() -> frozenset[str]:
 
     Examples
     --------
-    >>> import os
-    >>> os.environ[ENV_DOWNLOAD_HOSTS] = "services.terrascope.be, http://127.0.0.1:8080"
-    >>> sorted(download_hosts())
+    >>> sorted(hosts_from_text("services.terrascope.be, http://127.0.0.1:8080"))
     ['http://127.0.0.1:8080', 'https://services.terrascope.be:443']
-    >>> del os.environ[ENV_DOWNLOAD_HOSTS]
     """
-    raw = os.environ.get(ENV_DOWNLOAD_HOSTS)
-    if raw and raw.strip():
-        return frozenset(_origin_entry(h) for h in raw.split(",") if h.strip())
-    found = origin(download_url())
-    return frozenset({found} if found else ())
+    return frozenset(_origin_entry(h) for h in text.split(",") if h.strip())

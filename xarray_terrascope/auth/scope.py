@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from xarray_terrascope import config
 from xarray_terrascope.auth.credentials import Credentials
+from xarray_terrascope.options import get_options
 
 __all__ = ["BASE_GDAL_OPTIONS", "gdal_options", "sends_credentials"]
 
@@ -50,23 +51,21 @@ _COOKIE_OPTIONS = ("GDAL_HTTP_COOKIE", "GDAL_HTTP_COOKIEFILE", "GDAL_HTTP_COOKIE
 
 
 def sends_credentials(url: str) -> bool:
-    """Whether ``url``'s origin (scheme, host and port) is one of
-    ``TERRASCOPE_DOWNLOAD_HOSTS`` (read now).
+    """Whether ``url``'s origin (scheme, host and port) is one of the allowed origins
+    (the ``download_hosts`` option, ``TERRASCOPE_DOWNLOAD_HOSTS``, read now).
 
     Examples
     --------
-    >>> import os
-    >>> os.environ["TERRASCOPE_DOWNLOAD_HOSTS"] = "services.terrascope.be"
-    >>> sends_credentials("https://services.terrascope.be/download/a.tif")
+    >>> from xarray_terrascope.options import set_options
+    >>> with set_options(download_hosts="services.terrascope.be"):
+    ...     sends_credentials("https://services.terrascope.be/download/a.tif")
     True
-    >>> sends_credentials("http://services.terrascope.be/download/a.tif")  # plain http
+    >>> with set_options(download_hosts="services.terrascope.be"):  # plain http
+    ...     sends_credentials("http://services.terrascope.be/download/a.tif")
     False
-    >>> sends_credentials("https://services.terrascope.be:8443/download/a.tif")
-    False
-    >>> del os.environ["TERRASCOPE_DOWNLOAD_HOSTS"]
     """
     found = config.origin(url)
-    return found is not None and found in config.download_hosts()
+    return found is not None and found in get_options().allowed_origins
 
 
 def gdal_options(url: str, credentials: Credentials | None, *, allowed: bool | None = None) -> dict:

@@ -16,25 +16,35 @@ from urllib3.util.retry import Retry
 from xarray_terrascope import config
 from xarray_terrascope.auth.credentials import Credentials
 from xarray_terrascope.auth.scope import sends_credentials
-from xarray_terrascope.auth.state import _forget_all, _from_environment, _set_default
+from xarray_terrascope.auth.state import (
+    ENV_PASSWORD,
+    ENV_USERNAME,
+    _forget_all,
+    _from_environment,
+    _set_default,
+)
 from xarray_terrascope.exceptions import AuthenticationError, TerrascopeError
+from xarray_terrascope.options import get_options
 
 __all__ = ["login", "logout", "validate_credentials"]
 
 logger = logging.getLogger(__name__)
 
+#: The netrc file's path, when not ``~/.netrc`` (curl reads the same variable).
+ENV_NETRC = "NETRC"
+
 _VALIDATE_TIMEOUT = 30.0
 
 
 def _netrc_path() -> str:
-    return os.environ.get(config.ENV_NETRC) or os.path.join(os.path.expanduser("~"), ".netrc")
+    return os.environ.get(ENV_NETRC) or os.path.join(os.path.expanduser("~"), ".netrc")
 
 
 def _from_netrc() -> Credentials | None:
     path = _netrc_path()
     if not os.path.exists(path):
         return None
-    host = urlsplit(config.download_url()).hostname or ""
+    host = urlsplit(get_options().download_url).hostname or ""
     try:
         entry = netrc.netrc(path).authenticators(host)
     except (netrc.NetrcParseError, OSError) as err:
@@ -65,11 +75,11 @@ def _resolve_login(username: str | None, password: str | None) -> tuple[Credenti
     from_netrc = _from_netrc()
     if from_netrc is not None:
         return from_netrc, "netrc"
-    host = urlsplit(config.download_url()).hostname
+    host = urlsplit(get_options().download_url).hostname
     raise AuthenticationError(
         "No Terrascope credentials found. Provide them in one of three ways:\n"
         "  1. login(username, password)\n"
-        f"  2. the environment variables {config.ENV_USERNAME} and {config.ENV_PASSWORD}\n"
+        f"  2. the environment variables {ENV_USERNAME} and {ENV_PASSWORD}\n"
         f"  3. a netrc file ({_netrc_path()}, or the path in NETRC) with the line "
         f"`machine {host} login USER password PASS`"
     )
@@ -79,7 +89,7 @@ def _check_allowed(url: str) -> None:
     if not sends_credentials(url):
         raise TerrascopeError(
             f"Refusing to send credentials to {config.origin(url) or url!r}: it is not one "
-            f"of TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
+            f"of TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(get_options().allowed_origins))}). "
             "Add its origin (scheme://host:port) there, or point TERRASCOPE_DOWNLOAD_URL "
             "at a download host."
         )
@@ -134,7 +144,7 @@ def validate_credentials(creds: Credentials) -> None:
         When the download service cannot be reached, keeps failing, or answers the
         same with and without credentials (so it cannot tell whether they are valid).
     """
-    url = config.download_url()
+    url = get_options().download_url
     _check_allowed(url)
     try:
         status, location = _probe(url, creds.basic_auth())

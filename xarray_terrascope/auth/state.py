@@ -21,7 +21,6 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-from xarray_terrascope import config
 from xarray_terrascope.auth.credentials import Credentials
 from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError
 
@@ -36,6 +35,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Environment variables the default credentials may come from (not options: an option
+#: can be printed, a password never).
+ENV_USERNAME = "TERRASCOPE_USERNAME"
+ENV_PASSWORD = "TERRASCOPE_PASSWORD"
 
 #: The handle that means "this process's default credentials, whatever they are at read time".
 DEFAULT_HANDLE = "default"
@@ -209,8 +213,8 @@ def _wait_for_expected() -> bool:
 
 
 def _from_environment() -> Credentials | None:
-    user = os.environ.get(config.ENV_USERNAME)
-    password = os.environ.get(config.ENV_PASSWORD)
+    user = os.environ.get(ENV_USERNAME)
+    password = os.environ.get(ENV_PASSWORD)
     if user and password:
         return Credentials(user, password)
     return None

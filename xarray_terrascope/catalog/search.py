@@ -17,7 +17,6 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
-from xarray_terrascope import config
 from xarray_terrascope.catalog.arguments import (
     BBoxLike,
     DatetimeLike,
@@ -36,6 +35,7 @@ from xarray_terrascope.exceptions import (
     ProtectedCollectionError,
     SearchError,
 )
+from xarray_terrascope.options import get_options
 
 __all__ = [
     "BBoxLike",
@@ -130,7 +130,7 @@ def stac_client() -> Client:
     >>> client.id  # doctest: +SKIP
     'terrascope'
     """
-    url = config.stac_url()
+    url = get_options().stac_url
     try:
         with _stac_call():
             client = Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
@@ -159,7 +159,7 @@ def _failure(err: Exception, what: str) -> SearchError:
     if status is None:
         return SearchError(
             f"{what} failed: the server could not be reached ({str(err)[:300]}). Check the "
-            f"network or TERRASCOPE_STAC_URL (now {config.stac_url()})."
+            f"network or TERRASCOPE_STAC_URL (now {get_options().stac_url})."
         )
     hint = (
         " (stac-fastapi answers 500 when its database rejects a query: check the filter "
@@ -180,7 +180,7 @@ def _protected(collection: str, status: int) -> ProtectedCollectionError:
         else "the account lacks the role this protected collection needs"
     )
     return ProtectedCollectionError(
-        f"The STAC API at {config.stac_url()} refused to search {collection!r} (HTTP "
+        f"The STAC API at {get_options().stac_url} refused to search {collection!r} (HTTP "
         f"{status}): {why}. This package signs in to the download service only (Basic "
         f"auth) and sends no access token to the STAC API, so it cannot search it.",
         status_code=status,
@@ -200,14 +200,14 @@ def list_collections() -> list[str]:
         with _stac_call():
             return sorted(c.id for c in client.get_collections())
     except (APIError, requests.RequestException) as err:
-        raise _failure(err, f"Listing collections at {config.stac_url()}") from err
+        raise _failure(err, f"Listing collections at {get_options().stac_url}") from err
 
 
 def _ensure_collection_exists(collection: str) -> None:
     available = list_collections()
     if collection not in available:
         raise CollectionNotFoundError(
-            f"Unknown collection {collection!r} at {config.stac_url()}. "
+            f"Unknown collection {collection!r} at {get_options().stac_url}. "
             f"Available: {', '.join(available)}"
         )
 
@@ -298,7 +298,7 @@ def search(
     params.setdefault("limit", min(PAGE_SIZE, limit or PAGE_SIZE))
 
     client = stac_client()
-    logger.debug("STAC search at %s: %s", config.stac_url(), params)
+    logger.debug("STAC search at %s: %s", get_options().stac_url, params)
     try:
         with _stac_call():
             items = list(client.search(**params).items())
@@ -308,7 +308,7 @@ def search(
             _ensure_collection_exists(collection)
         if status in (401, 403):
             raise _protected(collection, status) from err
-        raise _failure(err, f"The STAC search at {config.stac_url()}") from err
+        raise _failure(err, f"The STAC search at {get_options().stac_url}") from err
     if not items:
         _ensure_collection_exists(collection)
     items.sort(key=lambda item: (item_moment(item), item.id))

@@ -17,12 +17,9 @@ What a Terrascope user runs over a season of farmland, end to end and offline:
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
-
-from xarray_terrascope import config
 
 __all__ = ["DEMO_END", "DEMO_MAX_CLOUD_COVER", "DEMO_START", "run_demo"]
 
@@ -37,7 +34,6 @@ MIN_VALID = 0.8
 MIN_PARCELS = 0.5
 #: Threads for the dask scheduler: reads wait on the network, not on the CPU.
 READ_THREADS = 8
-_ENDPOINTS = (config.ENV_STAC_URL, config.ENV_DOWNLOAD_URL, config.ENV_DOWNLOAD_HOSTS)
 
 
 def _crop_curves(stats: Any, parcels: Any) -> Any:
@@ -164,18 +160,15 @@ def run_demo(
     import xarray as xr
 
     from xarray_terrascope import auth
+    from xarray_terrascope.options import set_options
     from xarray_terrascope.plot import save_html
     from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
     started = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with Sandbox(seed=seed) as sandbox:
-        saved = {k: os.environ.get(k) for k in _ENDPOINTS}
-        # Endpoints only: the credentials go to login(), never into the environment.
-        os.environ[config.ENV_STAC_URL] = sandbox.stac_url
-        os.environ[config.ENV_DOWNLOAD_URL] = sandbox.download_url
-        os.environ[config.ENV_DOWNLOAD_HOSTS] = sandbox.download_origin
+    # endpoints only: the credentials go to login(), never into the environment
+    with Sandbox(seed=seed) as sandbox, set_options(**sandbox.options):
         try:
             creds = auth.login(sandbox.username, sandbox.password)
             print(f"sandbox STAC API {sandbox.stac_url}, logged in as {creds.username}")
@@ -240,8 +233,3 @@ def run_demo(
             }
         finally:
             auth.logout()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value

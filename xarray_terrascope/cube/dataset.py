@@ -24,7 +24,7 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from xarray_terrascope import auth, config
+from xarray_terrascope import auth
 from xarray_terrascope.auth import cluster, signin, state
 from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
 from xarray_terrascope.catalog.items import is_items
@@ -36,6 +36,7 @@ from xarray_terrascope.exceptions import (
     InvalidArgumentError,
     NoItemsFoundError,
 )
+from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.chunks import (
     DEFAULT_CHUNKSIZE,
     dates_per_partition,
@@ -369,7 +370,7 @@ def open_cube(
         "collection": collection,
         "assets": list(plan.assets),
         "resolution": plan.resolution,
-        "stac_url": config.stac_url(),
+        "stac_url": get_options().stac_url,
         "terrascope_items_key": remember_items(items),
         "source": "xarray-terrascope",
     }

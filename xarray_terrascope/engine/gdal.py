@@ -31,6 +31,7 @@ from xarray_terrascope import auth, config
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import gdal_cache, transport
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
+from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.planner import CubePlan, make_reader
 
 __all__ = [
@@ -167,7 +168,7 @@ def _explain(
             return AuthenticationError(
                 f"{where} did not answer with a GeoTIFF, most likely Terrascope's login page: "
                 f"no credentials were sent because its origin is not in "
-                f"TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(config.download_hosts()))}). "
+                f"TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(get_options().allowed_origins))}). "
                 "Add it there."
             )
         return ReadError(f"{where} is not a readable raster (GDAL: {text[-200:]})")
@@ -207,7 +208,7 @@ def read_gdal(
                 raise AuthenticationError(
                     f"{label} ({url}) redirects to a login page: no credentials were sent "
                     "because its origin is not in TERRASCOPE_DOWNLOAD_HOSTS "
-                    f"({', '.join(sorted(config.download_hosts()))}). Add it there."
+                    f"({', '.join(sorted(get_options().allowed_origins))}). Add it there."
                 ) from None
             transient = status is None or status in _TRANSIENT or status in (200, 206, 302)
             if not transient or attempt == GDAL_ATTEMPTS - 1:

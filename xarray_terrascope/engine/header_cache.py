@@ -48,15 +48,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from xarray_terrascope import config
 from xarray_terrascope.engine import aio, header_files
 from xarray_terrascope.engine.header_files import MAX_ENTRY_BYTES, MAX_META_BYTES
+from xarray_terrascope.options import get_options
 
 __all__ = [
-    "DEFAULT_DISK_MB",
-    "ENV_CACHE_DIR",
-    "ENV_HEADER_CACHE",
-    "ENV_HEADER_CACHE_MB",
     "Header",
     "HeaderCache",
     "cache_dir",
@@ -66,13 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ENV_CACHE_DIR = "TERRASCOPE_CACHE_DIR"
-ENV_HEADER_CACHE = "TERRASCOPE_HEADER_CACHE"
-#: Environment variable: MiB of disk the persisted headers take at most (read at each
-#: scan of the directory).
-ENV_HEADER_CACHE_MB = "TERRASCOPE_HEADER_CACHE_MB"
-#: MiB on disk when the variable is not set (tens of thousands of Terrascope headers).
-DEFAULT_DISK_MB = 256
 #: A process scans the directory again once it has written this fraction of the bound.
 SCAN_FRACTION = 0.1
 #: Bytes of headers kept in memory per process.
@@ -82,11 +71,6 @@ MEMORY_BYTES = 64 * 2**20
 PENDING_WRITES = 4096
 #: Seconds the interpreter's exit waits for the pending writes.
 EXIT_FLUSH_SECONDS = 10.0
-#: Seconds a disk write waits for the read engine to be idle; an older one is written
-#: while the engine reads, so that a process that never stops reading still persists,
-#: and the other workers of a cluster on the same machine (sharing the directory) find
-#: the headers this one fetched before they fetch them again.
-WRITE_DEFER_SECONDS = 2.0
 #: Seconds the engine must have been idle before a disk write (the gaps between the
 #: partitions of one dask computation are shorter).
 IDLE_SECONDS = 0.2
@@ -132,21 +116,23 @@ class Header:
 
 
 def cache_dir() -> Path | None:
-    """Where headers are persisted, or None when ``TERRASCOPE_HEADER_CACHE=0`` (read now)."""
-    if os.environ.get(ENV_HEADER_CACHE, "1").strip().lower() in ("0", "false", "no", "off"):
+    """Where headers are persisted (the ``cache_dir`` option), or None when the
+    ``header_cache`` option is off (read now)."""
+    options = get_options()
+    if not options.header_cache:
         return None
-    root = os.environ.get(ENV_CACHE_DIR)
-    if not root:
+    root = options.cache_dir
+    if root is None:
         import platformdirs
 
-        root = platformdirs.user_cache_dir("xarray-terrascope")
-    return Path(root) / "headers"
+        root = Path(platformdirs.user_cache_dir("xarray-terrascope"))
+    return root / "headers"
 
 
 def disk_bytes() -> int:
-    """Bytes the persisted headers take at most, from ``TERRASCOPE_HEADER_CACHE_MB``
-    (read now)."""
-    return config.int_setting(ENV_HEADER_CACHE_MB, DEFAULT_DISK_MB) * 2**20
+    """Bytes the persisted headers take at most (the ``header_cache_mb`` option, read
+    now)."""
+    return get_options().header_cache_mb * 2**20
 
 
 def _key(url: str) -> str:
@@ -323,11 +309,16 @@ class HeaderCache:
     def _wait_for_idle(self, queued: float) -> None:
         if self._idle_for is None:
             return
-        while not self._flushing and (waited := time.monotonic() - queued) < WRITE_DEFER_SECONDS:
+        # a write waits for the read engine to be idle at most this long; an older one is
+        # written while the engine reads, so that a process that never stops reading
+        # still persists, and the other workers of a cluster on the same machine (sharing
+        # the directory) find the headers this one fetched before they fetch them again
+        defer = get_options().header_write_defer
+        while not self._flushing and (waited := time.monotonic() - queued) < defer:
             quiet = self._idle_for()
             if quiet >= IDLE_SECONDS:
                 return
-            self._wake.wait(min(IDLE_SECONDS - quiet, WRITE_DEFER_SECONDS - waited))
+            self._wake.wait(min(IDLE_SECONDS - quiet, defer - waited))
 
     def _remove(self, folder: Path, key: str) -> None:
         with contextlib.suppress(OSError):

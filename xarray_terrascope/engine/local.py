@@ -8,10 +8,10 @@ import os
 import time
 from collections import OrderedDict
 
-__all__ = ["LOCAL_ABSENCE_SECONDS", "local_path"]
+from xarray_terrascope.options import get_options
 
-#: Seconds a missing local directory is remembered as missing (see :func:`local_path`).
-LOCAL_ABSENCE_SECONDS = 60.0
+__all__ = ["local_path"]
+
 #: Missing directories remembered at most.
 _ABSENT_DIRS_SIZE = 64
 #: ``{directory: when it was found missing}``: the top missing directory of the local
@@ -25,7 +25,7 @@ def local_path(href: str | None) -> str | None:
 
     Off Terrascope's machines every item's local href lies under a directory that does
     not exist (``/data/MTDA``): that directory is remembered as missing for
-    :data:`LOCAL_ABSENCE_SECONDS`, so the reads of a cube ask the file system once, not
+    the ``local_absence_seconds`` option, so the reads of a cube ask the file system once, not
     once per file and read (each such call gives up the GIL in the middle of a read).
     """
     if not href:
@@ -34,8 +34,9 @@ def local_path(href: str | None) -> str | None:
     if not path.startswith("/"):
         return None
     now = time.monotonic()
+    remembered = get_options().local_absence_seconds
     for missing, since in tuple(_absent_dirs.items()):  # a snapshot: other threads add
-        if path.startswith(missing) and now - since < LOCAL_ABSENCE_SECONDS:
+        if path.startswith(missing) and now - since < remembered:
             return None
     if os.path.isfile(path):
         return path

@@ -39,6 +39,7 @@ from xarray_terrascope.engine.readahead import Spec
 from xarray_terrascope.engine.tile_store import tiles
 from xarray_terrascope.engine.warp import Native, Target
 from xarray_terrascope.exceptions import ReadError
+from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.planner import CubePlan
 
 __all__ = ["clear_reader_cache", "read_window"]
@@ -294,6 +295,7 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
         seen.update(time_indices)
         seen_now = set(seen)
     dates_ahead = len(plan.groups)
+    files_ahead = get_options().readahead_files
     if _in_worker():
         # The workers of a cluster take turns on a window's partitions: dates read ahead
         # here would often be read again by the worker that gets them. A worker reads
@@ -331,7 +333,7 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
         )
         ahead: list[Spec] = []
         for t in later:
-            if len(ahead) >= readahead.READAHEAD_FILES or dates_ahead == 0:
+            if len(ahead) >= files_ahead or dates_ahead == 0:
                 break
             if t in seen_now:
                 continue

@@ -25,19 +25,16 @@ from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import aio
 from xarray_terrascope.engine.cog import Grid, fetch_header, forget_parsed, read_aligned
 from xarray_terrascope.engine.warp import Native, Target, read_warped
+from xarray_terrascope.options import get_options
 
 __all__ = ["Spec", "clear", "read", "read_ahead", "warm_headers"]
 
 logger = logging.getLogger(__name__)
 
-#: Files read ahead (beyond what dask asks for) per sequential window.
-READAHEAD_FILES = 32
 #: Headers fetched in the background around each read: those of this many files of the
 #: dates nearest the read (a read of one date of a long cube must not fetch the headers
 #: of every file).
 WARM_FILES = 32
-#: Decoded bytes the read-ahead results may hold per process.
-READAHEAD_BYTES = 128 * 2**20
 #: Seconds after which a read-ahead result nobody took may make room for others.
 READAHEAD_STALE = 30.0
 
@@ -136,7 +133,8 @@ async def _start(specs: list[Spec]) -> None:
     make room. A full table starts nothing.
     """
     table, reading = _table(), aio.loop_state().setdefault(_READING, {})
-    limit = max(4, READAHEAD_BYTES // max(1, max(s.nbytes for s in specs)))
+    budget = get_options().readahead_mb * 2**20
+    limit = max(4, budget // max(1, max(s.nbytes for s in specs)))
     now = asyncio.get_running_loop().time()
     for key in [k for k, (_, started) in table.items() if now - started > READAHEAD_STALE]:
         table.pop(key)[0].cancel()

@@ -19,17 +19,10 @@ from collections.abc import Hashable
 
 import numpy as np
 
-from xarray_terrascope import config
 from xarray_terrascope.engine import aio
+from xarray_terrascope.options import get_options
 
-__all__ = ["DEFAULT_MB", "ENV_TILE_CACHE_MB", "TileCache", "tiles"]
-
-#: Environment variable: MiB of decoded tiles kept per process for neighbouring windows
-#: (read at each store; ``0`` keeps none).
-ENV_TILE_CACHE_MB = "TERRASCOPE_TILE_CACHE_MB"
-#: MiB kept when the variable is not set (a few hundred 256 px or a few dozen 1024 px
-#: tiles).
-DEFAULT_MB = 64
+__all__ = ["TileCache", "tiles"]
 
 
 class TileCache:
@@ -46,8 +39,8 @@ class TileCache:
     Parameters
     ----------
     max_bytes : int, optional
-        Decoded bytes kept at most; by default ``TERRASCOPE_TILE_CACHE_MB`` MiB (read at
-        each store), else :data:`DEFAULT_MB`.
+        Decoded bytes kept at most; by default the ``tile_cache_mb`` option (read at each
+        store).
     """
 
     def __init__(self, max_bytes: int | None = None) -> None:
@@ -62,7 +55,7 @@ class TileCache:
         """Decoded bytes kept at most (read now)."""
         if self._max_bytes is not None:
             return self._max_bytes
-        return config.int_setting(ENV_TILE_CACHE_MB, DEFAULT_MB, minimum=0) * 2**20
+        return get_options().tile_cache_mb * 2**20
 
     def get(self, key: Hashable) -> np.ndarray | asyncio.Future | None:
         """The tile (now counted as taken), the future of its fetch in progress, or None."""

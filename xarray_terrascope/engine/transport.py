@@ -6,8 +6,8 @@ ranged ``GET``; it never sends ``HEAD``. Several ranges of one file go in one re
 answers with the whole file (S3, nginx with ``max_ranges 1``) gets one request per range
 from then on, the whole-file body left unread (the first multi-range request to an origin
 goes alone, so that happens once, not once per request in flight). Each origin
-(``scheme://host:port``) has a :class:`Limiter`: at most ``TERRASCOPE_MAX_CONNECTIONS``
-requests in flight (default :data:`DEFAULT_MAX_CONNECTIONS`), halved on 429/503 (pausing
+(``scheme://host:port``) has a :class:`Limiter`: at most the ``max_connections`` option
+(``TERRASCOPE_MAX_CONNECTIONS``) requests in flight, halved on 429/503 (pausing
 the host for ``Retry-After``), grown by one after a run of successes (AIMD), and paced
 when even one request at a time is refused (a request-rate limit). Failed requests (5xx,
 429, dropped or cut connections, timeouts) are retried with exponential backoff and
@@ -48,23 +48,17 @@ from xarray_terrascope.config import origin as _parse_origin
 from xarray_terrascope.engine import aio
 from xarray_terrascope.engine.limiter import Limiter
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
+from xarray_terrascope.options import get_options
 
 __all__ = [
-    "DEFAULT_MAX_CONNECTIONS",
-    "ENV_MAX_CONNECTIONS",
     "Limiter",
     "Remote",
     "get_range",
     "get_ranges",
-    "max_connections",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable: the most requests in flight per host and process.
-ENV_MAX_CONNECTIONS = "TERRASCOPE_MAX_CONNECTIONS"
-#: Requests in flight per host when ``TERRASCOPE_MAX_CONNECTIONS`` is not set.
-DEFAULT_MAX_CONNECTIONS = 32
 #: Attempts per request before giving up on a transient failure.
 MAX_ATTEMPTS = 10
 #: Backoff: first delay and cap, seconds (doubled per attempt, with jitter).
@@ -78,9 +72,6 @@ MAX_RANGES_PER_REQUEST = 64
 #: A 200 answer to a multi-range request larger than this many times the bytes asked for
 #: is not read: the origin ignores multi-range requests and gets one range per request.
 WHOLE_FILE_FACTOR = 4
-#: Bytes of whole files kept per process for origins that ignore ``Range`` (each file's
-#: other ranges are cut from its body instead of downloading it again per request).
-WHOLE_FILES_BYTES = 512 * 2**20
 
 
 #: Origins of URLs seen (a pure function of the URL; parsed once, not per request).
@@ -88,11 +79,6 @@ origin = functools.lru_cache(maxsize=4096)(_parse_origin)
 
 
 _public = config.public_url
-
-
-def max_connections() -> int:
-    """Requests in flight allowed per host, from ``TERRASCOPE_MAX_CONNECTIONS`` (read now)."""
-    return config.int_setting(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)
 
 
 @dataclass(frozen=True)
@@ -188,7 +174,7 @@ def _limiter(url: str) -> Limiter:
     limiters = aio.loop_state().setdefault("limiters", {})
     key = origin(url) or url
     limiter = limiters.get(key)
-    maximum = max_connections()
+    maximum = get_options().max_connections
     if limiter is None or limiter.maximum != maximum:
         limiter = limiters[key] = Limiter(maximum)
     return limiter
@@ -354,7 +340,7 @@ _WHOLE_PENDING = "whole_files_pending"
 def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
     """Remember that the origin of ``url`` (and of its redirect ``target``) ignores
     ``Range``, saying so once per origin, and keep ``body`` for the file's other ranges
-    while :data:`WHOLE_FILES_BYTES` allows."""
+    while the ``whole_files_mb`` option allows."""
     state = aio.loop_state()
     ignoring = state.setdefault(_IGNORES_RANGES, set())
     for each in (url, target):
@@ -370,11 +356,12 @@ def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
             )
     files: OrderedDict[str, tuple[bytes, Remote]] = state.setdefault(_WHOLE_FILES, OrderedDict())
     files.pop(url, None)
-    if len(body) > WHOLE_FILES_BYTES:
+    budget = get_options().whole_files_mb * 2**20
+    if len(body) > budget:
         return
     files[url] = (body, remote)
     held = sum(len(b) for b, _ in files.values())
-    while held > WHOLE_FILES_BYTES:
+    while held > budget:
         held -= len(files.popitem(last=False)[1][0])
 
 

@@ -317,6 +317,19 @@ class Sandbox:
             "TERRASCOPE_PASSWORD": self.password,
         }
 
+    @property
+    def options(self) -> dict[str, str]:
+        """The package's options pointing at this sandbox (endpoints only, no
+        credentials): ``xts.set_options(**sandbox.options)``, then
+        ``xts.login(sandbox.username, sandbox.password)``."""
+        if not self.running:
+            raise RuntimeError("the sandbox is not started")
+        return {
+            "stac_url": self.stac_url,
+            "download_url": self.download_url,
+            "download_hosts": self.download_origin,
+        }
+
     def __repr__(self) -> str:
         state = (
             f"stac_url={self.stac_url!r}, download_url={self.download_url!r}"
