@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from xarray.core import indexing
 
 from xarray_terrascope import auth
 from xarray_terrascope.auth import cluster, signin, state
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
 from xarray_terrascope.catalog.items import is_items
 from xarray_terrascope.catalog.search import check_bbox, search
@@ -51,13 +51,11 @@ logger = logging.getLogger(__name__)
 
 #: How many cubes' items this process remembers for ``ds.terrascope.items``.
 _ITEMS_CACHE_SIZE = 32
-_items_lock = threading.Lock()
-_items_cache: OrderedDict[str, list[pystac.Item]] = OrderedDict()
+_items_cache: BoundedCache[str, list[pystac.Item]] = BoundedCache(_ITEMS_CACHE_SIZE)
 
 
 def _new_lock_after_fork() -> None:
-    global _items_lock
-    _items_lock = threading.Lock()  # another thread may have held it at the fork
+    _items_cache.lock = threading.RLock()  # another thread may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):
@@ -260,16 +258,14 @@ def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]
 def remember_items(items: Sequence[pystac.Item]) -> str:
     """Keep ``items`` in this process under a new id (stored in the Dataset's attrs)."""
     key = secrets.token_hex(8)
-    with _items_lock:
-        _items_cache[key] = list(items)
-        while len(_items_cache) > _ITEMS_CACHE_SIZE:
-            _items_cache.popitem(last=False)
+    with _items_cache.lock:
+        _items_cache.put(key, list(items))
     return key
 
 
 def recall_items(key: str) -> list[pystac.Item] | None:
     """The items remembered under ``key`` in this process, or None."""
-    with _items_lock:
+    with _items_cache.lock:
         return _items_cache.get(key)
 
 

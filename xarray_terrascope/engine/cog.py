@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ import numpy as np
 from async_tiff import TIFF
 
 from xarray_terrascope.auth import RequestAuth
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.config import redacted
 from xarray_terrascope.engine import aio, transport
 from xarray_terrascope.engine.header_cache import Header, headers
@@ -219,10 +219,7 @@ async def _fetch_header(url: str, label: str, access: RequestAuth | None) -> Hea
     )
     headers.put(url, header)
     source.header = header  # from here on it reads as any source of a known header
-    parsed = _parsed()
-    parsed[url, _identity(access)] = (tiff, source)
-    while len(parsed) > PARSED_ENTRIES:
-        parsed.popitem(last=False)
+    _parsed().put((url, _identity(access)), (tiff, source))
     return header
 
 
@@ -238,8 +235,8 @@ def _identity(access: RequestAuth | None) -> str | None:
     return access.identity if access is not None else None
 
 
-def _parsed() -> OrderedDict[tuple[str, str | None], tuple[TIFF, _Source]]:
-    return aio.loop_state().setdefault(_PARSED, OrderedDict())
+def _parsed() -> BoundedCache[tuple[str, str | None], tuple[TIFF, _Source]]:
+    return aio.loop_state().setdefault(_PARSED, BoundedCache(PARSED_ENTRIES))
 
 
 def forget_parsed() -> None:

@@ -19,7 +19,6 @@ import random
 import re
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +28,7 @@ from rasterio.windows import Window
 
 from xarray_terrascope import auth, config
 from xarray_terrascope.auth import RequestAuth
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import gdal_cache, transport
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.options import get_options
@@ -54,22 +54,24 @@ GDAL_ATTEMPTS = 6
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
-_readers_lock = threading.Lock()
-_readers: OrderedDict[tuple, Any] = OrderedDict()
+#: Open readers by file, grid and credentials; the least recently used are closed.
+_readers: BoundedCache[tuple, Any] = BoundedCache(
+    READER_CACHE_SIZE, on_evict=lambda _key, reader: reader.close()
+)
 
 
 #: In a forked child: the parent's open readers, kept (never closed: closing would act on
 #: connections the parent still uses).
-_forked_readers: list[OrderedDict[tuple, Any]] = []
+_forked_readers: list[BoundedCache[tuple, Any]] = []
 
 
 def _reset_after_fork() -> None:
     """In a forked child: a pool and readers of its own (the parent's pool threads do
     not exist here, and a task submitted to its pool would wait for ever)."""
-    global _pool, _pool_lock, _readers, _readers_lock
+    global _pool, _pool_lock, _readers
     _forked_readers.append(_readers)
-    _pool, _readers = None, OrderedDict()
-    _pool_lock, _readers_lock = threading.Lock(), threading.Lock()
+    _pool, _pool_lock = None, threading.Lock()
+    _readers = BoundedCache(READER_CACHE_SIZE, on_evict=lambda _key, reader: reader.close())
 
 
 if hasattr(os, "register_at_fork"):
@@ -87,7 +89,7 @@ def io_pool() -> ThreadPoolExecutor:
 
 def clear_readers() -> None:
     """Close and forget every open GDAL reader of this process."""
-    with _readers_lock:
+    with _readers.lock:
         readers = list(_readers.values())
         _readers.clear()
     for reader in readers:
@@ -97,17 +99,14 @@ def clear_readers() -> None:
 def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None):
     """The process's open GDAL reader for this file, grid and credentials."""
     key = _reader_key(plan, url, asset_index, creds)
-    with _readers_lock:
+    with _readers.lock:
         reader = _readers.get(key)
         if reader is not None:
-            _readers.move_to_end(key)
             return reader
     allowed = plan.send_credentials.get(url, False)
     reader = make_reader(plan, url, asset_index, auth.gdal_options(url, creds, allowed=allowed))
-    with _readers_lock:
-        _readers[key] = reader
-        while len(_readers) > READER_CACHE_SIZE:
-            _readers.popitem(last=False)[1].close()
+    with _readers.lock:
+        _readers.put(key, reader)
     return reader
 
 
@@ -125,7 +124,7 @@ def _reader_key(plan: CubePlan, url: str, asset_index: int, creds) -> tuple:
 
 
 def _forget_reader(plan: CubePlan, url: str, asset_index: int, creds) -> None:
-    with _readers_lock:
+    with _readers.lock:
         reader = _readers.pop(_reader_key(plan, url, asset_index, creds), None)
     if reader is not None:
         reader.close()

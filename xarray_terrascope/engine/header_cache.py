@@ -42,12 +42,12 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio, header_files
 from xarray_terrascope.engine.header_files import MAX_ENTRY_BYTES, MAX_META_BYTES
 from xarray_terrascope.options import get_options
@@ -147,12 +147,12 @@ class HeaderCache:
     def __init__(
         self, max_bytes: int = MEMORY_BYTES, idle_for: Callable[[], float] | None = None
     ) -> None:
-        self.max_bytes = max_bytes
         # seconds the engine has been idle: disk writes wait for IDLE_SECONDS of it
         self._idle_for = idle_for
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, Header] = OrderedDict()
-        self._bytes = 0
+        self._entries: BoundedCache[str, Header] = BoundedCache(
+            max_bytes, getsizeof=lambda header: len(header.data)
+        )
         # bytes this process wrote to disk since its last scan of the directory, or None
         # before its first write (which scans)
         self._unscanned: int | None = None
@@ -184,7 +184,6 @@ class HeaderCache:
         with self._lock:
             header = self._entries.get(key)
             if header is not None:
-                self._entries.move_to_end(key)
                 return header, False
         header = self._load(key)
         return header, header is not None
@@ -210,9 +209,7 @@ class HeaderCache:
         """Forget ``url`` in memory and on disk."""
         key = _key(url)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old.data)
+            self._entries.pop(key, None)
         folder = cache_dir()
         if folder is not None:  # removed after any write of it still pending
             with self._lock:
@@ -244,18 +241,10 @@ class HeaderCache:
         """Forget every in-memory entry (the disk stays: it is validated before use)."""
         with self._lock:
             self._entries.clear()
-            self._bytes = 0
 
     def _remember(self, key: str, header: Header) -> None:
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= len(old.data)
-            self._entries[key] = header
-            self._bytes += len(header.data)
-            while self._bytes > self.max_bytes and len(self._entries) > 1:
-                _, evicted = self._entries.popitem(last=False)
-                self._bytes -= len(evicted.data)
+            self._entries.put(key, header)
 
     def _load(self, key: str) -> Header | None:
         folder = cache_dir()

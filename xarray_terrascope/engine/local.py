@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
 
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.options import get_options
 
 __all__ = ["local_path"]
@@ -17,7 +17,7 @@ _ABSENT_DIRS_SIZE = 64
 #: ``{directory: when it was found missing}``: the top missing directory of the local
 #: hrefs looked up (``/data`` off Terrascope's machines), so that the other files under
 #: it cost no system call.
-_absent_dirs: OrderedDict[str, float] = OrderedDict()
+_absent_dirs: BoundedCache[str, float] = BoundedCache(_ABSENT_DIRS_SIZE)
 
 
 def local_path(href: str | None) -> str | None:
@@ -35,7 +35,9 @@ def local_path(href: str | None) -> str | None:
         return None
     now = time.monotonic()
     remembered = get_options().local_absence_seconds
-    for missing, since in tuple(_absent_dirs.items()):  # a snapshot: other threads add
+    with _absent_dirs.lock:  # other threads add
+        known = tuple(_absent_dirs.items())
+    for missing, since in known:
         if path.startswith(missing) and now - since < remembered:
             return None
     if os.path.isfile(path):
@@ -44,7 +46,6 @@ def local_path(href: str | None) -> str | None:
     while len(folder) > 1 and not os.path.isdir(folder):
         top, folder = folder, os.path.dirname(folder)
     if top is not None:
-        _absent_dirs[top + "/"] = now
-        while len(_absent_dirs) > _ABSENT_DIRS_SIZE:
-            _absent_dirs.popitem(last=False)
+        with _absent_dirs.lock:
+            _absent_dirs.put(top + "/", now)
     return None

@@ -22,7 +22,6 @@ import logging
 import os
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from xarray_terrascope import auth
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio, gdal, gdal_cache, readahead, transport
 from xarray_terrascope.engine.cog import Grid, GridMismatch
 from xarray_terrascope.engine.header_cache import headers
@@ -59,7 +59,7 @@ def clear_reader_cache() -> None:
     tiles.clear()
     readahead.clear()
     transport.forget_files()
-    with _recent_lock:  # the windows' read patterns and the headers they warmed
+    with _recent.lock:  # the windows' read patterns and the headers they warmed
         _recent.clear()
 
 
@@ -242,13 +242,11 @@ async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds,
 
 #: Windows this process has read recently, with the dates read (for warm-up and read-ahead).
 _RECENT_SIZE = 256
-_recent_lock = threading.Lock()
-_recent: OrderedDict[tuple, tuple[set[int], set[str]]] = OrderedDict()  # dates, warmed URLs
+_recent: BoundedCache[tuple, tuple[set[int], set[str]]] = BoundedCache(_RECENT_SIZE)
 
 
 def _reset_after_fork() -> None:
-    global _recent_lock
-    _recent_lock = threading.Lock()  # another thread may have held it at the fork
+    _recent.lock = threading.RLock()  # another thread may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):
@@ -278,13 +276,11 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
     Reads of a window date after date, up or down: read the next dates' files ahead in
     that direction."""
     key = (hash(plan.urls), asset_index, rows.start, rows.stop, cols.start, cols.stop)
-    with _recent_lock:
-        state = _recent.get(key)
+    with _recent.lock:
+        state = _recent.get(key)  # now the most recent
         if state is None:
-            state = _recent[key] = (set(), set())
-            while len(_recent) > _RECENT_SIZE:
-                _recent.popitem(last=False)
-        _recent.move_to_end(key)
+            state = (set(), set())
+            _recent.put(key, state)
         seen, warmed = state
         if any(t in seen for t in time_indices):  # the window is read again: a new pass
             seen.clear()
@@ -321,7 +317,7 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
     nearest = itertools.islice(
         aligned_files(_outwards(lo, hi, len(plan.groups))), readahead.WARM_FILES
     )
-    with _recent_lock:
+    with _recent.lock:
         new = [(i, url) for i, url, _ in nearest if url not in warmed]
         warmed.update(url for _, url in new)
     readahead.warm_headers([(url, _label(plan, i), _access(plan, url, creds)) for i, url in new])

@@ -14,11 +14,11 @@ from any thread.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Hashable
 
 import numpy as np
 
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio
 from xarray_terrascope.options import get_options
 
@@ -45,9 +45,9 @@ class TileCache:
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self._max_bytes = None if max_bytes is None else int(max_bytes)
-        self._waiting: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._taken: OrderedDict[Hashable, np.ndarray] = OrderedDict()
-        self._bytes = 0
+        budget = self.max_bytes
+        self._waiting: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
+        self._taken: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
         self._pending: dict[Hashable, asyncio.Future] = {}
 
     @property
@@ -61,7 +61,7 @@ class TileCache:
         """The tile (now counted as taken), the future of its fetch in progress, or None."""
         tile = self._pop(key)
         if tile is not None:
-            self._taken[key] = tile
+            self._taken.put(key, tile)
             return tile
         return self._pending.get(key)
 
@@ -85,15 +85,12 @@ class TileCache:
         if not keep or tile is None:
             return
         budget = self.max_bytes
-        if tile.nbytes <= budget:
-            old = self._pop(key)
-            if old is not None:
-                self._bytes -= old.nbytes
-            self._waiting[key] = tile
-            self._bytes += tile.nbytes
-        while self._bytes > budget:  # also after the budget was lowered
-            first = self._taken if self._taken else self._waiting
-            self._bytes -= first.popitem(last=False)[1].nbytes
+        if budget != self._waiting.maxsize:  # the option changed
+            self._waiting, self._taken = self._waiting.resized(budget), self._taken.resized(budget)
+        self._taken.pop(key, None)
+        self._waiting.put(key, tile)
+        while self._waiting.currsize + self._taken.currsize > budget:
+            (self._taken if self._taken else self._waiting).popitem()
 
     def fail(self, key: Hashable, error: BaseException) -> None:
         """Resolve the claim on ``key`` with ``error`` (its waiters raise it)."""
@@ -103,10 +100,15 @@ class TileCache:
 
     def clear(self) -> None:
         """Forget every stored tile (fetches in progress finish for their waiters)."""
-        self._waiting, self._taken, self._bytes = OrderedDict(), OrderedDict(), 0
+        self._waiting.clear()
+        self._taken.clear()
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._taken)
+
+
+def _nbytes(tile: np.ndarray) -> int:
+    return int(tile.nbytes)
 
 
 #: The process's tile cache.

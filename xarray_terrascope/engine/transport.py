@@ -35,7 +35,6 @@ import logging
 import os
 import random
 import re
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urljoin
@@ -44,6 +43,7 @@ import aiohttp
 
 from xarray_terrascope import config
 from xarray_terrascope.auth import RequestAuth
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.config import origin as _parse_origin
 from xarray_terrascope.engine import aio
 from xarray_terrascope.engine.limiter import Limiter
@@ -354,24 +354,23 @@ def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
                 len(body) / 1e6,
                 _public(each),
             )
-    files: OrderedDict[str, tuple[bytes, Remote]] = state.setdefault(_WHOLE_FILES, OrderedDict())
-    files.pop(url, None)
     budget = get_options().whole_files_mb * 2**20
-    if len(body) > budget:
-        return
-    files[url] = (body, remote)
-    held = sum(len(b) for b, _ in files.values())
-    while held > budget:
-        held -= len(files.popitem(last=False)[1][0])
+    files: BoundedCache[str, tuple[bytes, Remote]] | None = state.get(_WHOLE_FILES)
+    if files is None or files.maxsize != budget:
+        files = state[_WHOLE_FILES] = (
+            files.resized(budget) if files is not None else BoundedCache(budget, getsizeof=_held)
+        )
+    files.put(url, (body, remote))
+
+
+def _held(entry: tuple[bytes, Remote]) -> int:
+    return len(entry[0])
 
 
 def _whole(url: str) -> tuple[bytes, Remote] | None:
     """The body of ``url`` when its origin ignores ``Range`` and it is held in memory."""
     files = aio.loop_state().get(_WHOLE_FILES)
-    found = files.get(url) if files else None
-    if found is not None:
-        files.move_to_end(url)
-    return found
+    return files.get(url) if files else None
 
 
 def _ignores_ranges(url: str) -> bool:

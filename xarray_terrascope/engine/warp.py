@@ -21,12 +21,12 @@ import asyncio
 import functools
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from xarray_terrascope.auth import RequestAuth
+from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio
 from xarray_terrascope.engine.cog import Grid, GridMismatch, check_grid, tiles_of, with_header
 
@@ -98,14 +98,12 @@ class Gather:
         return self.inside.nbytes + self.take.nbytes
 
 
-_plans_lock = threading.Lock()
-_plans: OrderedDict[tuple, Gather] = OrderedDict()
-_plans_bytes = 0
+#: Gather plans by (file grid, output grid, window, tile shape), bounded in bytes.
+_plans: BoundedCache[tuple, Gather] = BoundedCache(MAP_CACHE_BYTES, getsizeof=lambda p: p.nbytes)
 
 
 def _new_lock_after_fork() -> None:
-    global _plans_lock
-    _plans_lock = threading.Lock()  # another thread may have held it at the fork
+    _plans.lock = threading.RLock()  # another thread may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):
@@ -231,12 +229,10 @@ def gather_plan(
 
     Cached per process (bounded by :data:`MAP_CACHE_BYTES`).
     """
-    global _plans_bytes
     key = (native, target, rows.start, rows.stop, cols.start, cols.stop, tile_shape)
-    with _plans_lock:
+    with _plans.lock:
         found = _plans.get(key)
         if found is not None:
-            _plans.move_to_end(key)
             return found
     rr, cc = pixel_map(native, target, rows, cols)
     th, tw = tile_shape
@@ -252,11 +248,8 @@ def gather_plan(
         take=take,
         edge=frozenset(_edge_tiles(rr, cc, th, tw)),
     )
-    with _plans_lock:
-        _plans[key] = plan
-        _plans_bytes += plan.nbytes
-        while _plans_bytes > MAP_CACHE_BYTES and len(_plans) > 1:
-            _plans_bytes -= _plans.popitem(last=False)[1].nbytes
+    with _plans.lock:
+        _plans.put(key, plan)
     return plan
 
 
