@@ -135,6 +135,15 @@ def test_a_search_asks_for_search_errors_even_on_401(status):
     assert str(err) == f"The STAC search (http://127.0.0.1:9/stac/) failed: HTTP {status}"
 
 
+def test_a_url_that_the_message_redaction_cannot_delimit_is_shown_without_its_query():
+    """A href with a space (an unencoded one, as a catalogue may hold): the redaction of
+    the message text stops at the space, so the map must shorten the URL itself."""
+    url = "https://download.example/a dir/S2A_1.tif?X-Amz-Signature=sig123"
+    for status in (403, 404):
+        text = str(error_for(status, what="reading S2A_1", url=url, credentials_sent=True))
+        assert "(https://download.example/a dir/S2A_1.tif)" in text and "sig123" not in text
+
+
 def test_no_answer_is_said_so():
     err = error_for(None, what="reading S2A_1", url=SIGNED, credentials_sent=True)
     assert type(err) is ReadError and err.status_code is None

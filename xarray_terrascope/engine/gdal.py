@@ -29,7 +29,7 @@ from rasterio.windows import Window
 from xarray_terrascope import auth, config, http_policy
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import gdal_cache, transport
-from xarray_terrascope.exceptions import AuthenticationError, ReadError
+from xarray_terrascope.exceptions import AuthenticationError, ReadError, TerrascopeError
 from xarray_terrascope.plan.planner import CubePlan, make_reader
 
 __all__ = [
@@ -136,7 +136,7 @@ _REFUSED = re.compile(r"HTTP response code: (401|403)\b")
 
 def _failed(
     label: str, url: str, status: int | None, creds, sent: bool, detail: str = ""
-) -> Exception:
+) -> TerrascopeError:
     """The error for a read of ``url`` answered ``status`` (see
     :func:`~xarray_terrascope.http_policy.error_for`)."""
     return http_policy.error_for(
