@@ -39,6 +39,7 @@ __all__ = [
     "GDAL",
     "LOGIN",
     "REFUSED",
+    "REQUESTS_TRANSIENT",
     "SEARCH",
     "TRANSIENT",
     "PolicyRetry",
@@ -310,15 +311,16 @@ def error_for(
 ENGINE = RetryPolicy(attempts=10, backoff_base=0.05, backoff_cap=4.0)
 #: GDAL's reads (each retry reopens the file: GDAL's state of it is dropped first).
 GDAL = RetryPolicy(attempts=6, backoff_base=0.1, backoff_cap=4.0)
+#: Statuses the requests-based callers (search, login) retry: 408 and 425 never were.
+REQUESTS_TRANSIENT = frozenset({429, 500, 502, 503, 504})
 #: STAC API requests (a search may be a POST), timed as urllib3 times them (no jitter,
-#: the first retry at once, a 120 s cap): waits of 0, 1, 2, 4 and 8 s. 408 and 425 are
-#: not retried here (they never were).
+#: the first retry at once, a 120 s cap): waits of 0, 1, 2, 4 and 8 s.
 SEARCH = RetryPolicy(
     attempts=6,
     backoff_base=0.5,
     backoff_cap=120.0,
     jitter=0.0,
-    transient=frozenset({429, 500, 502, 503, 504}),
+    transient=REQUESTS_TRANSIENT,
     retry_after_cap=None,
     first_retry_at_once=True,
 )
@@ -329,7 +331,7 @@ LOGIN = RetryPolicy(
     backoff_base=0.25,
     backoff_cap=120.0,
     jitter=0.0,
-    transient=frozenset({429, 500, 502, 503, 504}),
+    transient=REQUESTS_TRANSIENT,
     retry_after_cap=None,
     first_retry_at_once=True,
 )
