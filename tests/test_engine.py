@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask.array
 import numpy as np
 import pystac
@@ -416,7 +418,7 @@ def test_a_failing_server_is_a_read_error_with_gdal_cause(logged_in, monkeypatch
 
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "1")
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.1")
-    monkeypatch.setattr(gdal, "GDAL_ATTEMPTS", 2)
+    monkeypatch.setattr(gdal, "RETRY", dataclasses.replace(gdal.RETRY, attempts=2))
     ds = xr.open_dataset(
         list(SAMPLE_FIELD),
         engine="terrascope",

@@ -3,6 +3,7 @@ names the item and the HTTP status; refusals are AuthenticationError, never NaN.
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import threading
 import time
@@ -189,7 +190,7 @@ def test_gdal_status_after_the_header_is_cached(logged_in, gdal_only, monkeypatc
 
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "1")
     monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_RETRY_DELAY", "0.05")
-    monkeypatch.setattr(gdal, "GDAL_ATTEMPTS", 2)
+    monkeypatch.setattr(gdal, "RETRY", dataclasses.replace(gdal.RETRY, attempts=2))
     ds = _field()
     ds.NDVI.isel(time=0, x=slice(0, 10), y=slice(0, 10)).load()  # headers cached by GDAL
     user = logged_in.username

@@ -6,6 +6,7 @@ environment say."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import numpy as np
 import pytest
@@ -191,9 +192,9 @@ def test_a_failed_read_shows_no_secret_in_its_traceback_locals(logged_in, monkey
         from xarray_terrascope import auth
         from xarray_terrascope.engine import gdal, transport
 
-        monkeypatch.setattr(transport, "MAX_ATTEMPTS", 2)
-        monkeypatch.setattr(transport, "BACKOFF_BASE", 0.01)
-        monkeypatch.setattr(gdal, "GDAL_ATTEMPTS", 1)
+        quick = dataclasses.replace(transport.RETRY, attempts=2, backoff_base=0.01)
+        monkeypatch.setattr(transport, "RETRY", quick)
+        monkeypatch.setattr(gdal, "RETRY", dataclasses.replace(gdal.RETRY, attempts=1))
         monkeypatch.setitem(auth.BASE_GDAL_OPTIONS, "GDAL_HTTP_MAX_RETRY", "0")
         logged_in.download.drop_rate = 1.0
     ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), **PATHS[path])

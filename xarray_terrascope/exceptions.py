@@ -21,12 +21,35 @@ class TerrascopeError(RuntimeError):
     (:func:`xarray_terrascope.config.redact`): presigned URLs carry their signatures
     there, and messages quote other libraries' texts (GDAL's, aiohttp's) that may hold
     such URLs.
+
+    Parameters
+    ----------
+    *args : object
+        The message (text arguments have their URLs redacted).
+    status_code : int, optional
+        The HTTP status of the failed answer behind the error, when there was one.
+
+    Attributes
+    ----------
+    status_code : int | None
+        The HTTP status of the failed answer, or None (no answer, or no HTTP involved).
+
+    Examples
+    --------
+    >>> err = TerrascopeError("https://h.example/a.tif?sig=abc failed", status_code=503)
+    >>> str(err), err.status_code
+    ('https://h.example/a.tif failed', 503)
+    >>> TerrascopeError("no request").status_code is None
+    True
     """
 
-    def __init__(self, *args: object) -> None:
+    status_code: int | None
+
+    def __init__(self, *args: object, status_code: int | None = None) -> None:
         from xarray_terrascope.config import redact
 
         super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
+        self.status_code = status_code
 
 
 class AuthenticationError(TerrascopeError):
@@ -42,17 +65,8 @@ class CollectionNotFoundError(InvalidArgumentError):
 
 
 class SearchError(TerrascopeError):
-    """The STAC API answered with an error or could not be reached.
-
-    Attributes
-    ----------
-    status_code : int | None
-        The HTTP status of the failed answer, when there was one.
-    """
-
-    def __init__(self, message: str, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+    """The STAC API answered with an error (its status in ``status_code``) or could not
+    be reached (``status_code`` None)."""
 
 
 class ProtectedCollectionError(SearchError, AuthenticationError):
@@ -65,4 +79,5 @@ class NoItemsFoundError(TerrascopeError):
 
 
 class ReadError(TerrascopeError):
-    """A raster could not be read for a reason other than authentication."""
+    """A raster could not be read for a reason other than authentication (the HTTP
+    status, when there was one, in ``status_code``)."""

@@ -7,9 +7,9 @@ reach a ``dask.distributed`` cluster that computes Terrascope reads (:mod:`.clus
 Credentials flow beside the data, never inside it: stages that read take an opaque
 handle from the plan and resolve it here at read time.
 
-May import: :mod:`xarray_terrascope.config` and :mod:`xarray_terrascope.exceptions`
-only; the stages that hold state tied to credentials subscribe to its events instead of
-being called from here.
+May import: :mod:`xarray_terrascope.config`, :mod:`xarray_terrascope.exceptions` and
+:mod:`xarray_terrascope.http_policy` only; the stages that hold state tied to credentials
+subscribe to its events instead of being called from here.
 """
 
 from xarray_terrascope.auth.credentials import Credentials, RequestAuth, basic_header

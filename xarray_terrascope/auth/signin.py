@@ -11,9 +11,8 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from xarray_terrascope import config
+from xarray_terrascope import config, http_policy
 from xarray_terrascope.auth.credentials import Credentials
 from xarray_terrascope.auth.scope import sends_credentials
 from xarray_terrascope.auth.state import (
@@ -96,14 +95,7 @@ def _check_allowed(url: str) -> None:
 
 
 #: Retries of the validation request on connection errors and 429/5xx answers.
-_VALIDATE_RETRY = Retry(
-    total=4,
-    backoff_factor=0.25,
-    status_forcelist=(429, 500, 502, 503, 504),
-    allowed_methods=None,
-    respect_retry_after_header=True,
-    raise_on_status=False,
-)
+_VALIDATE_RETRY = http_policy.LOGIN.urllib3_retry()
 #: Paths of single-sign-on login pages (Keycloak's authorization endpoint).
 _LOGIN_PAGE = ("/protocol/openid-connect/auth", "/login")
 

@@ -15,8 +15,8 @@ from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
-from urllib3.util.retry import Retry
 
+from xarray_terrascope import http_policy
 from xarray_terrascope.catalog.arguments import (
     BBoxLike,
     DatetimeLike,
@@ -34,6 +34,7 @@ from xarray_terrascope.exceptions import (
     InvalidArgumentError,
     ProtectedCollectionError,
     SearchError,
+    TerrascopeError,
 )
 from xarray_terrascope.options import get_options
 
@@ -59,8 +60,8 @@ PAGE_SIZE = 500
 TIMEOUT = (10.0, 120.0)
 
 
-class _StacRetry(Retry):
-    """urllib3's ``Retry``, but a 500 is retried once only.
+class _StacRetry(http_policy.PolicyRetry):
+    """The search policy's urllib3 ``Retry``, but a 500 is retried once only.
 
     stac-fastapi answers 500 for a query its database rejects (pgstac: an unknown
     operator, a bad paging token), which no retry mends; 429/502/503/504 and dropped
@@ -73,15 +74,9 @@ class _StacRetry(Retry):
         return super().is_retry(method, status_code, has_retry_after)
 
 
-#: Retries with exponential backoff on connection errors and 429/5xx answers (POST included).
-RETRY = _StacRetry(
-    total=5,
-    backoff_factor=0.5,
-    status_forcelist=(429, 500, 502, 503, 504),
-    allowed_methods=None,
-    respect_retry_after_header=True,
-    raise_on_status=False,
-)
+#: Retries with exponential backoff on connection errors and 429/5xx answers (POST
+#: included), as :data:`~xarray_terrascope.http_policy.SEARCH` says.
+RETRY = http_policy.SEARCH.urllib3_retry(_StacRetry)
 
 
 # --- the client --------------------------------------------------------------------------
@@ -135,7 +130,7 @@ def stac_client() -> Client:
         with _stac_call():
             client = Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
     except (APIError, requests.RequestException) as err:
-        raise _failure(err, f"Opening the STAC API at {url}") from err
+        raise _failure(err, "opening the STAC API") from err
     _accept_later_versions(client)
     return client
 
@@ -153,22 +148,26 @@ def _accept_later_versions(client: Client) -> None:
             client.add_conforms_to(conformance.name)
 
 
-def _failure(err: Exception, what: str) -> SearchError:
-    """A SearchError for a failed STAC request, keeping the HTTP status when there was one."""
+def _failure(err: Exception, what: str) -> TerrascopeError:
+    """The :class:`SearchError` for a failed STAC request (``what``: "listing
+    collections"), keeping the HTTP status when there was one."""
     status = getattr(err, "status_code", None)
     if status is None:
-        return SearchError(
-            f"{what} failed: the server could not be reached ({str(err)[:300]}). Check the "
-            f"network or TERRASCOPE_STAC_URL (now {get_options().stac_url})."
+        detail = f" ({str(err)[:300]}). Check the network or TERRASCOPE_STAC_URL."
+    elif status == 500:
+        detail = (
+            f": {str(err)[:500]} (stac-fastapi answers 500 when its database rejects a "
+            "query: check the filter and the other search arguments)"
         )
-    hint = (
-        " (stac-fastapi answers 500 when its database rejects a query: check the filter "
-        "and the other search arguments)"
-        if status == 500
-        else ""
-    )
-    return SearchError(
-        f"{what} failed with HTTP {status}: {str(err)[:500]}{hint}", status_code=status
+    else:
+        detail = f": {str(err)[:500]}"
+    return http_policy.error_for(
+        status,
+        what=what,
+        url=get_options().stac_url,
+        credentials_sent=False,
+        detail=detail,
+        kind=SearchError,
     )
 
 
@@ -200,7 +199,7 @@ def list_collections() -> list[str]:
         with _stac_call():
             return sorted(c.id for c in client.get_collections())
     except (APIError, requests.RequestException) as err:
-        raise _failure(err, f"Listing collections at {get_options().stac_url}") from err
+        raise _failure(err, "listing collections") from err
 
 
 def _ensure_collection_exists(collection: str) -> None:
@@ -308,7 +307,7 @@ def search(
             _ensure_collection_exists(collection)
         if status in (401, 403):
             raise _protected(collection, status) from err
-        raise _failure(err, f"The STAC search at {get_options().stac_url}") from err
+        raise _failure(err, "the STAC search") from err
     if not items:
         _ensure_collection_exists(collection)
     items.sort(key=lambda item: (item_moment(item), item.id))

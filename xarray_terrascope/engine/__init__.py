@@ -11,5 +11,6 @@ plan: it chooses the path per file and mosaics the dates.
 
 May import: :mod:`xarray_terrascope.plan`, :mod:`xarray_terrascope.catalog`,
 :mod:`xarray_terrascope.auth`, :mod:`xarray_terrascope.config`,
-:mod:`xarray_terrascope.exceptions`; never the cube, analyses, plots or the CLI.
+:mod:`xarray_terrascope.exceptions`, :mod:`xarray_terrascope.http_policy`; never the cube,
+analyses, plots or the CLI.
 """

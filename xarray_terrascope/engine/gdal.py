@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -26,18 +25,18 @@ import numpy as np
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from xarray_terrascope import auth, config
+from xarray_terrascope import auth, config, http_policy
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import gdal_cache, transport
-from xarray_terrascope.exceptions import AuthenticationError, ReadError
+from xarray_terrascope.exceptions import AuthenticationError, ReadError, TerrascopeError
 from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.planner import CubePlan, make_reader
 
 __all__ = [
-    "GDAL_ATTEMPTS",
     "IO_THREADS",
     "READER_CACHE_SIZE",
+    "RETRY",
     "clear_readers",
     "io_pool",
     "read_gdal",
@@ -49,8 +48,8 @@ logger = logging.getLogger(__name__)
 IO_THREADS = 16
 #: Open GDAL readers kept per process (each holds a GDAL dataset per thread that used it).
 READER_CACHE_SIZE = 256
-#: Attempts of one GDAL read through transient failures.
-GDAL_ATTEMPTS = 6
+#: How a GDAL read is retried through transient failures (attempts, backoff, statuses).
+RETRY = http_policy.GDAL
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -133,17 +132,21 @@ def _forget_reader(plan: CubePlan, url: str, asset_index: int, creds) -> None:
 
 #: How GDAL's /vsicurl/ reports a refused request (the URL may contain "401", e.g. 0401).
 _REFUSED = re.compile(r"HTTP response code: (401|403)\b")
-_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-def _refused(label: str, url: str, status: Any, creds, sent: bool) -> AuthenticationError:
-    who = f"user {creds.username!r}" if creds and sent else "a request without credentials"
-    err = AuthenticationError(
-        f"Terrascope refused {who} reading {label} ({url}): HTTP {status}. Check the "
-        "credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
+def _failed(
+    label: str, url: str, status: int | None, creds, sent: bool, detail: str = ""
+) -> TerrascopeError:
+    """The error for a read of ``url`` answered ``status`` (see
+    :func:`~xarray_terrascope.http_policy.error_for`)."""
+    return http_policy.error_for(
+        status,
+        what=f"reading {label}",
+        url=url,
+        credentials_sent=sent,
+        detail=detail,
+        user=creds.username if creds else None,
     )
-    err.status_code = status  # type: ignore[attr-defined]
-    return err
 
 
 def _explain(
@@ -160,7 +163,7 @@ def _explain(
     text = str(err.__cause__ or err)
     refused = _REFUSED.search(text)
     if refused:
-        return _refused(label or url, url, refused.group(1), creds, sent)
+        return _failed(label or url, url, int(refused.group(1)), creds, sent)
     where = f"{label} ({url})" if label else url
     if "not recognized as" in text or "not recognised as" in text:
         if not sent:
@@ -189,7 +192,7 @@ def read_gdal(
     diagnosing GET may send (None when the origin may not receive credentials).
     """
     sent = plan.send_credentials.get(url, False) and creds is not None
-    for attempt in range(GDAL_ATTEMPTS):
+    for attempt in range(RETRY.attempts):
         reader = _reader(plan, url, asset_index, creds)
         try:
             data = reader.read(window)
@@ -201,22 +204,19 @@ def read_gdal(
                 raise explained from None
             web = url.split(":", 1)[0].lower() in ("http", "https")
             status = transport.probe_status(url, access) if web else 404
-            if status in (401, 403):
-                raise _refused(label, url, status, creds, sent) from None
+            if status in http_policy.REFUSED:
+                raise _failed(label, url, status, creds, sent) from None
             if status in (301, 302, 303, 307, 308) and not sent:
                 raise AuthenticationError(
                     f"{label} ({url}) redirects to a login page: no credentials were sent "
                     "because its origin is not in TERRASCOPE_DOWNLOAD_HOSTS "
                     f"({', '.join(sorted(get_options().allowed_origins))}). Add it there."
                 ) from None
-            transient = status is None or status in _TRANSIENT or status in (200, 206, 302)
-            if not transient or attempt == GDAL_ATTEMPTS - 1:
-                error = ReadError(
-                    f"Reading {label} ({url}) failed: HTTP {status} (GDAL: {text[-200:]})"
-                )
-                error.status_code = status  # type: ignore[attr-defined]
-                raise error from config.redacted(err)
-            delay = min(4.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            transient = status is None or status in RETRY.transient or status in (200, 206, 302)
+            if not transient or attempt == RETRY.attempts - 1:
+                detail = f" (GDAL: {text[-200:]})"
+                raise _failed(label, url, status, creds, sent, detail) from config.redacted(err)
+            delay = RETRY.delay(attempt)
             logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
             time.sleep(delay)
         else:

@@ -33,7 +33,6 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from xarray_terrascope import config
+from xarray_terrascope import config, http_policy
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.config import origin as _parse_origin
@@ -59,12 +58,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Attempts per request before giving up on a transient failure.
-MAX_ATTEMPTS = 10
-#: Backoff: first delay and cap, seconds (doubled per attempt, with jitter).
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 4.0
-_RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: How requests are retried (attempts, backoff, transient statuses, ``Retry-After``).
+RETRY = http_policy.ENGINE
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 #: Byte ranges sent in one multi-range request (keeps the Range header well under 4 KiB).
@@ -180,27 +175,10 @@ def _limiter(url: str) -> Limiter:
     return limiter
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return min(max(float(value), 0.0), 60.0)
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-
-
 def _fail(status: int, label: str, url: str, sent: bool, detail: str = "") -> Exception:
-    where = f"{label} ({_public(url)})"
-    if status in (401, 403):
-        who = "the credentials" if sent else "a request without credentials"
-        err: Exception = AuthenticationError(
-            f"Terrascope refused {who} reading {where}: HTTP {status}. Check the credentials "
-            "(xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS."
-        )
-    else:
-        err = ReadError(f"Reading {where} failed: HTTP {status}{detail}")
-    err.status_code = status  # type: ignore[attr-defined]
-    return err
+    return http_policy.error_for(
+        status, what=f"reading {label}", url=url, credentials_sent=sent, detail=detail
+    )
 
 
 class _NoMultiRange(Exception):
@@ -268,8 +246,8 @@ async def _attempt(
                         _public(url),
                     )
                 continue
-            if status in _RETRY_STATUS:
-                wait = _retry_after(resp.headers.get("Retry-After"))
+            if status in RETRY.transient:
+                wait = RETRY.retry_after(resp.headers.get("Retry-After"))
                 raise _Retry(f"HTTP {status}", status, wait)
             if status not in (200, 206):
                 raise _fail(status, label, url, sent)
@@ -589,7 +567,7 @@ async def _with_retries(
     start, end = spans[0][0], spans[-1][1]
     limiter = _limiter(url)
     last: _Retry | Exception | None = None
-    for attempt in range(MAX_ATTEMPTS):
+    for attempt in range(RETRY.attempts):
         generation = await limiter.acquire()
         busy = success = rate_limited = False
         retry_after = None
@@ -609,9 +587,7 @@ async def _with_retries(
             ) from _scrubbed(err)
         finally:
             await limiter.release(generation, busy, success, retry_after, rate_limited)
-        delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
-        if retry_after:
-            delay = max(delay, retry_after)
+        delay = RETRY.delay(attempt, retry_after)
         logger.debug(
             "%s bytes %d-%d: %s; retry %d in %.2f s",
             _public(url),
@@ -624,10 +600,10 @@ async def _with_retries(
         await asyncio.sleep(delay)
     status = last.status if isinstance(last, _Retry) else None
     if status is not None:
-        detail = f" after {MAX_ATTEMPTS} attempts"
+        detail = f" after {RETRY.attempts} attempts"
         raise _fail(status, label, url, access is not None, detail) from last
     raise ReadError(
-        f"Reading {label} ({_public(url)}) failed after {MAX_ATTEMPTS} attempts: "
+        f"Reading {label} ({_public(url)}) failed after {RETRY.attempts} attempts: "
         f"{config.redact(repr(last))}"
     ) from last
 
