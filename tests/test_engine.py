@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 
 import dask.array
 import numpy as np
@@ -14,6 +16,7 @@ import xarray as xr
 
 import xarray_terrascope as xts
 from xarray_terrascope.cube.backend import TerrascopeBackendEntrypoint
+from xarray_terrascope.cube.dataset import open_cube
 from xarray_terrascope.exceptions import (
     AuthenticationError,
     InvalidArgumentError,
@@ -271,6 +274,46 @@ def test_items_can_be_opened_directly(logged_in):
         list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
     ).load()
     xr.testing.assert_identical(from_items.NDVI, from_bbox.NDVI)
+
+
+#: The engine's keywords and defaults, as the README's "Opening data" table promises them.
+ENGINE_DEFAULTS = {
+    "drop_variables": None,
+    "start": None,
+    "end": None,
+    "collection": "terrascope-s2-ndvi-v2",
+    "assets": None,
+    "max_cloud_cover": None,
+    "crs": None,
+    "resolution": None,
+    "credentials": None,
+    "bbox": None,
+    "decode": True,
+    "resampling": "nearest",
+    "chunksize": 1024,
+    "prefer_local": None,
+}
+
+
+def _keyword_defaults(function) -> dict:
+    parameters = inspect.signature(function).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def test_the_engine_takes_exactly_open_cubes_keywords_and_defaults():
+    """The entry point xarray registers (its parameters read off its signature) and
+    :func:`open_cube` take the same keywords with the same defaults: a keyword added to
+    one and not the other fails here, and so does a changed default."""
+    engine = xr.backends.list_engines()["terrascope"]
+    assert isinstance(engine, TerrascopeBackendEntrypoint)
+    assert engine.open_dataset_parameters == ("filename_or_obj", *ENGINE_DEFAULTS)
+    assert _keyword_defaults(engine.open_dataset) == ENGINE_DEFAULTS
+    assert _keyword_defaults(open_cube) == ENGINE_DEFAULTS
+    # the docstring's "name : type, default value" lines say the same
+    documented = re.findall(r"^\s+(\w+) : [^\n]*, default (.+)$", engine.open_dataset.__doc__, re.M)
+    assert {name for name, _ in documented} == {"collection", "decode", "resampling", "chunksize"}
+    for name, text in documented:
+        assert text.strip('"') == str(ENGINE_DEFAULTS[name]), name
 
 
 def test_other_collection_decodes_with_its_own_scale(logged_in):

@@ -16,11 +16,14 @@ The rules, all visible here:
   cannot exist offline); each must occur exactly once in the README.
 - A ``python`` block that defines ``test_*`` functions (the pytest example) has them
   called, with the sandbox for their ``terrascope_env`` argument.
-- Untagged blocks (a netrc line) are data, not code.
+- Untagged blocks (a netrc line) are data, not code; a ``mermaid`` block is a diagram
+  (GitHub draws it), not run either: the modules it names must exist, and it must name
+  every stage of the layer contract in ``pyproject.toml``.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import queue
@@ -29,6 +32,7 @@ import shlex
 import subprocess
 import textwrap
 import threading
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +124,7 @@ def cli_lines() -> list[tuple[int, list[str]]]:
 
 
 def test_readme_blocks_are_all_run_or_skipped_on_purpose():
-    assert {b.lang for b in BLOCKS} <= {"python", "bash", ""}
+    assert {b.lang for b in BLOCKS} <= {"python", "bash", "mermaid", ""}
     assert {b.first_line for b in BLOCKS if b.skip} == EXPECTED_SKIPS
     assert all(b.lang == "bash" for b in BLOCKS if b.skip)
     assert len([b for b in BLOCKS if b.lang == "python"]) >= 5
@@ -148,6 +152,40 @@ def test_readme_parser_sees_fences_markers_and_indented_blocks():
         ("", "machine h login u", 10, None),
         ("python", "x = 1", 13, None),
     ]
+
+
+def _stages() -> set[str]:
+    """The stages of the layer contract (``a | b`` and ``a : b`` are several), less the CLI
+    and the base modules (config, exceptions, version), which the diagram leaves out."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    (layers,) = [
+        c["layers"] for c in pyproject["tool"]["importlinter"]["contracts"] if c["id"] == "stages"
+    ]
+    names = {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
+    return names - {"cli", "config", "exceptions", "_version"}
+
+
+def _resolve(dotted: str) -> object:
+    """``xarray_terrascope.<dotted>``: a module, or an attribute of one; raises if neither."""
+    head, *rest = dotted.split(".")
+    obj = importlib.import_module(f"xarray_terrascope.{head}")
+    for depth, name in enumerate(rest, start=2):
+        if hasattr(obj, name):
+            obj = getattr(obj, name)
+        else:
+            module = ".".join(dotted.split(".")[:depth])
+            obj = importlib.import_module(f"xarray_terrascope.{module}")
+    return obj
+
+
+def test_readme_diagram_names_every_stage_and_only_real_modules():
+    (diagram,) = [b.code for b in BLOCKS if b.lang == "mermaid"]
+    stages = _stages()
+    assert {"catalog", "plan", "cube", "engine", "auth"} <= stages  # the contract's names
+    named = re.findall(rf"\b(?:{'|'.join(sorted(stages))})(?:\.\w+)*", diagram)
+    assert {name.split(".")[0] for name in named} == stages
+    for name in named:
+        _resolve(name)  # ImportError or AttributeError: the diagram names what is not there
 
 
 @pytest.fixture

@@ -7,7 +7,10 @@ from typing import Any
 
 from xarray.backends import BackendEntrypoint
 
+from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.catalog.items import is_items
+from xarray_terrascope.plan.chunks import DEFAULT_CHUNKSIZE
+from xarray_terrascope.plan.planner import CubePlan
 
 __all__ = ["TerrascopeBackendEntrypoint"]
 
@@ -27,23 +30,8 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
 
     description = "Terrascope (VITO) Sentinel-1/2 products through its STAC API"
     url = "https://github.com/xarray-terrascope/xarray-terrascope"
-    open_dataset_parameters = (
-        "filename_or_obj",
-        "drop_variables",
-        "start",
-        "end",
-        "collection",
-        "assets",
-        "max_cloud_cover",
-        "crs",
-        "resolution",
-        "credentials",
-        "bbox",
-        "decode",
-        "resampling",
-        "chunksize",
-        "prefer_local",
-    )
+    # ``open_dataset_parameters`` is left unset: xarray reads it off the signature below
+    # (``xarray.backends.plugins.detect_parameters``), so the two cannot disagree.
 
     def open_dataset(  # type: ignore[override]
         self,
@@ -52,7 +40,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         drop_variables: str | Iterable[str] | None = None,
         start: Any = None,
         end: Any = None,
-        collection: str = "terrascope-s2-ndvi-v2",
+        collection: str = DEFAULT_COLLECTION,
         assets: Sequence[str] | str | None = None,
         max_cloud_cover: float | None = None,
         crs: Any = None,
@@ -60,8 +48,8 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         credentials: Any = None,
         bbox: Sequence[float] | None = None,
         decode: bool = True,
-        resampling: str = "nearest",
-        chunksize: int = 1024,
+        resampling: str = CubePlan.resampling,  # the planner's default
+        chunksize: int = DEFAULT_CHUNKSIZE,
         prefer_local: bool | None = None,
     ):
         """Search, plan and return the lazy Dataset; no pixel is read.
@@ -70,10 +58,12 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         ----------
         filename_or_obj
             WGS84 bbox ``[west, south, east, north]``, or pystac Items.
+        drop_variables : str or list of str, optional
+            Asset keys to leave out of the Dataset.
         start, end : str, date or datetime, optional
             Search interval; a date-only ``end`` includes its whole day; naive = UTC.
-        collection : str
-            Collection id (default NDVI).
+        collection : str, default "terrascope-s2-ndvi-v2"
+            Collection id (Sentinel-2 NDVI by default).
         assets : str or list of str, optional
             Asset keys, one variable each; default: the collection's.
         max_cloud_cover : float, optional

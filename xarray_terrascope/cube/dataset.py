@@ -282,7 +282,7 @@ def open_cube(
     credentials: auth.Credentials | None = None,
     bbox: Sequence[float] | None = None,
     decode: bool = True,
-    resampling: str = "nearest",
+    resampling: str = CubePlan.resampling,  # the planner's default
     chunksize: int = DEFAULT_CHUNKSIZE,
     prefer_local: bool | None = None,
     drop_variables: Sequence[str] | None = None,

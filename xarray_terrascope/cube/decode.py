@@ -1,12 +1,11 @@
 """Stored values to physical values inside the read, exactly as xarray's CF decoding.
 
-The engine used to hand xarray the stored values with ``scale_factor``, ``add_offset``
-and ``_FillValue`` attributes and let :func:`xarray.decode_cf` wrap them: per chunk that
-is a mask, a float copy and two passes over it, each in new memory. :class:`Decoder`
-does the same arithmetic in one float array per chunk. For 8 and 16 bit stored types
-(every Terrascope product) it checks once, on every possible stored value, that its
-result is bit for bit xarray's; any other type, or a disagreement, keeps xarray's own
-decoder.
+:class:`Decoder` applies ``scale_factor``, ``add_offset`` and ``_FillValue`` to each
+window the engine reads, in one new float array (xarray's lazy :func:`xarray.decode_cf`
+chain on the same attributes takes a mask, a float copy and two passes per chunk). For
+8 and 16 bit stored types (every Terrascope product) it checks once, on every possible
+stored value, that its result is bit for bit xarray's; any other type, or a
+disagreement, keeps xarray's own decoder.
 """
 
 from __future__ import annotations

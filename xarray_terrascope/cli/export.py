@@ -1,0 +1,183 @@
+"""``xarray-terrascope ndvi``: export one variable of a cube (NDVI by default) as
+physical values to NetCDF, Zarr or GeoTIFF."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xarray_terrascope.catalog.collections import COLLECTIONS
+from xarray_terrascope.cli.arguments import add_collection_arg, add_query_args, output_path
+from xarray_terrascope.exceptions import InvalidArgumentError
+
+__all__ = ["OUTPUT_FORMATS", "register"]
+
+
+#: ``--out`` suffixes and the format each one writes.
+OUTPUT_FORMATS = {
+    ".nc": "netcdf",
+    ".nc4": "netcdf",
+    ".netcdf": "netcdf",
+    ".zarr": "zarr",
+    ".tif": "geotiff",
+    ".tiff": "geotiff",
+}
+# Dataset attributes that only mean something inside this process (the key under which
+# the cube's items are remembered): never written to a file.
+_PROCESS_LOCAL_ATTRS = ("terrascope_items_key",)
+
+
+def _out_path(text: str) -> Path:
+    """``--out``: checked when the arguments are parsed, before any request."""
+    path = Path(text)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        allowed = ", ".join(OUTPUT_FORMATS)
+        raise argparse.ArgumentTypeError(
+            f"the output format comes from the suffix: one of {allowed} (got {text!r})"
+        )
+    return path
+
+
+def _export_attrs(ds) -> dict:
+    """The Dataset's attributes as they are written to a file (search parameters, no secret)."""
+    return {k: v for k, v in ds.attrs.items() if k not in _PROCESS_LOCAL_ATTRS}
+
+
+def _tag_text(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _write_geotiff(da, attrs: dict, path: Path) -> None:
+    """One band per date: description ``YYYY-MM-DD``, tags ``date``, ``item_ids``, ..."""
+    import rasterio
+
+    dates = da.terrascope.dates()
+    out = da.copy()
+    # rioxarray writes a sequence long_name as the band descriptions
+    out.attrs = {"long_name": tuple(dates)}
+    out.rio.to_raster(path, tiled=True, compress="DEFLATE")
+    per_date = {c: da[c].values for c in ("platform", "cloud_cover", "item_ids") if c in da.coords}
+    times = da["time"].values
+    with rasterio.open(path, "r+") as dst:
+        tags = {k: _tag_text(v) for k, v in attrs.items()}
+        tags.update(variable=str(da.name), dates=",".join(dates))
+        dst.update_tags(**tags)
+        for band, day in enumerate(dates, start=1):
+            dst.set_band_description(band, day)
+            tags = {"date": day, "datetime": str(times[band - 1])[:19] + "Z"}
+            tags.update({name: str(values[band - 1]) for name, values in per_date.items()})
+            dst.update_tags(band, **tags)
+
+
+def _write_zarr(da, attrs: dict, path: Path) -> None:
+    """Zarr format 2 with consolidated metadata: float32 values, NaN for no data.
+
+    Format 2 because zarr-python 3 warns on both alternatives in format 3 (fixed-length
+    strings have no v3 specification; consolidated metadata is not in the v3 spec, and
+    without it ``xr.open_zarr`` warns). Values are written decoded, as float32: JSON
+    attributes cannot keep ``scale_factor`` a float32, so packed bytes would reopen as
+    float64.
+    """
+    ds = da.to_dataset()
+    ds.attrs = attrs
+    grid_mapping = da.encoding.get("grid_mapping")
+    ds[da.name].encoding = {"grid_mapping": grid_mapping} if grid_mapping else {}
+    for name, coord in list(ds.coords.items()):
+        if coord.dtype.kind == "U":  # variable-length strings instead of fixed-length
+            ds.coords[name] = (coord.dims, coord.values.astype(object), coord.attrs)
+    ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
+
+
+def _write(da, attrs: dict, path: Path) -> None:
+    from dask.diagnostics import ProgressBar
+
+    kind = OUTPUT_FORMATS[path.suffix.lower()]
+    with ProgressBar(out=sys.stderr):
+        if kind == "netcdf":
+            ds = da.to_dataset()
+            ds.attrs = attrs
+            ds.to_netcdf(path)  # packed to the stored bytes again (uint8, scale, offset)
+        elif kind == "zarr":
+            _write_zarr(da, attrs, path)
+        else:
+            _write_geotiff(da, attrs, path)
+
+
+def _export_asset(collection: str, asset: str | None) -> None:
+    """``ndvi --asset``: checked against what the package knows of the collection, before
+    any request (a collection it does not know is checked once the cube is open)."""
+    info = COLLECTIONS.get(collection)
+    if info is None:
+        return
+    if asset is None and len(info.assets) > 1:
+        raise InvalidArgumentError(
+            f"--asset: {collection} has several assets ({', '.join(info.assets)}); "
+            "choose the one to export with --asset"
+        )
+    if asset is not None and asset not in info.assets:
+        raise InvalidArgumentError(
+            f"--asset: {collection} has no asset {asset!r}; its assets: {', '.join(info.assets)}"
+        )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import xarray as xr
+
+    from xarray_terrascope import auth
+    from xarray_terrascope.accessor import decode_raw
+
+    _export_asset(args.collection, args.asset)
+    out = output_path(args.out)
+    auth.login(validate=True)
+    ds = xr.open_dataset(
+        args.bbox,
+        engine="terrascope",
+        start=args.start,
+        end=args.end,
+        collection=args.collection,
+        assets=None if args.asset is None else [args.asset],
+        max_cloud_cover=args.max_cloud_cover,
+        chunks={},
+    )
+    if len(ds.data_vars) != 1:  # a collection the package does not know beforehand
+        raise InvalidArgumentError(
+            f"--asset: {args.collection} has several assets ({', '.join(map(str, ds.data_vars))}); "
+            "choose the one to export with --asset"
+        )
+    (name,) = ds.data_vars
+    cube = decode_raw(ds[name])  # physical values, NaN for no data
+    print(f"{len(ds.time)} date(s) of {name}, {ds.sizes['y']} x {ds.sizes['x']} px, writing {out}")
+    try:
+        _write(cube, _export_attrs(ds), out)
+    except OSError as err:
+        raise InvalidArgumentError(f"--out: cannot write {str(out)!r}: {err}") from err
+    print(f"wrote {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``ndvi`` command to the console script's subcommands."""
+    p = sub.add_parser(
+        "ndvi",
+        help="export an NDVI cube (or another collection's) to NetCDF, Zarr or GeoTIFF",
+        description="Export one variable of a collection (NDVI by default) as physical "
+        "values, NaN for no data.",
+    )
+    add_query_args(p, bbox_required=True)
+    add_collection_arg(p)
+    p.add_argument(
+        "--asset",
+        help="the asset to export, for a collection with several (e.g. VV of "
+        "terrascope-s1-grd-sigma0-v1; default: the collection's only one)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=_out_path,
+        help="output path ending in .nc (NetCDF), .zarr (Zarr) or .tif (GeoTIFF, one band "
+        "per date); missing parent directories are created",
+    )
+    p.set_defaults(func=_run)
