@@ -8,12 +8,13 @@ import pytest
 from pyproj import Transformer
 
 from xarray_terrascope.engine import warp
-from xarray_terrascope.engine.warp import Native, Target, pixel_map
+from xarray_terrascope.engine.warp import pixel_map
+from xarray_terrascope.plan.planner import NativeGrid, OutputGrid
 
-UFS = Native(32631, (10.0, 0.0, 699960.0, 0.0, -10.0, 5700000.0), (10980, 10980))
+UFS = NativeGrid(32631, (10.0, 0.0, 699960.0, 0.0, -10.0, 5700000.0), (10980, 10980))
 
 
-def exact_map(native: Native, target: Target, rows: slice, cols: slice):
+def exact_map(native: NativeGrid, target: OutputGrid, rows: slice, cols: slice):
     """Every centre through PROJ, then GDAL's nearest-neighbour rule (no shortcut)."""
     res = target.resolution
     x = target.x0 + (np.arange(cols.start, cols.stop) + 0.5) * res
@@ -30,24 +31,24 @@ def exact_map(native: Native, target: Target, rows: slice, cols: slice):
 
 CASES = {
     # 31UGS's pixels into UTM 32 at 10 m (the benchmark's cross-zone cube)
-    "zone 31 into 32": (UFS, Target(32632, 10.0, 290000.0, 5685000.0), (0, 722), (0, 1423)),
+    "zone 31 into 32": (UFS, OutputGrid(32632, 10.0, 290000.0, 5685000.0), (0, 722), (0, 1423)),
     # into the other zone, a window that straddles the file's east edge
     "zone 32 into 31": (
-        Native(32632, (10.0, 0.0, 199980.0, 0.0, -10.0, 5700000.0), (10980, 10980)),
-        Target(32631, 10.0, 700000.0, 5690000.0),
+        NativeGrid(32632, (10.0, 0.0, 199980.0, 0.0, -10.0, 5700000.0), (10980, 10980)),
+        OutputGrid(32631, 10.0, 700000.0, 5690000.0),
         (100, 1124),
         (37, 1061),
     ),
     # 20 m pixels into 10 m: half the centres sit on a source pixel's edge, and ETRS89's
     # UTM differs from WGS 84's by a hair: the pixels the exact transform decides
     "ETRS89 20 m into WGS 84 10 m": (
-        Native(32631, (20.0, 0.0, 699960.0, 0.0, -20.0, 5700000.0), (5490, 5490)),
-        Target(25831, 10.0, 700000.0, 5690000.0),
+        NativeGrid(32631, (20.0, 0.0, 699960.0, 0.0, -20.0, 5700000.0), (5490, 5490)),
+        OutputGrid(25831, 10.0, 700000.0, 5690000.0),
         (0, 600),
         (0, 700),
     ),
     # thinner than two node steps: every centre is transformed
-    "a thin strip": (UFS, Target(32632, 10.0, 290000.0, 5685000.0), (5, 30), (0, 3000)),
+    "a thin strip": (UFS, OutputGrid(32632, 10.0, 290000.0, 5685000.0), (5, 30), (0, 3000)),
 }
 
 

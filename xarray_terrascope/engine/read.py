@@ -37,7 +37,6 @@ from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.engine.local import local_path
 from xarray_terrascope.engine.readahead import Spec
 from xarray_terrascope.engine.tile_store import tiles
-from xarray_terrascope.engine.warp import Native, Target
 from xarray_terrascope.exceptions import ReadError
 from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.planner import CubePlan
@@ -75,24 +74,22 @@ def _aligned_grid(plan: CubePlan, item_index: int, asset_index: int) -> Grid | N
     offset = plan.pixel_offset(item_index, asset_index)
     if offset is None:
         return None
-    _epsg, (_a, _b, c, _d, _e, f), _shape = plan.native[item_index][asset_index]
+    native = plan.native[item_index][asset_index]
+    assert native is not None  # a pixel offset needs the file's grid
+    _a, _b, c, _d, _e, f = native.transform
     return Grid(plan.epsg, c, f, plan.resolution, *offset)
 
 
 def _async_how(plan: CubePlan, item_index: int, asset_index: int) -> Grid | tuple | None:
     """How the async engine reads this asset: a :class:`Grid` (its pixels are output
-    pixels), a ``(Native, Target)`` nearest-neighbour warp, or None (GDAL's warper)."""
+    pixels), a ``(NativeGrid, OutputGrid)`` nearest-neighbour warp, or None (GDAL's warper)."""
     grid = _aligned_grid(plan, item_index, asset_index)
     if grid is not None or plan.resampling != "nearest" or not plan.native:
         return grid
     native = plan.native[item_index][asset_index]
     if native is None:
         return None
-    epsg, transform, shape = native
-    west, _, _, north = plan.bounds
-    return Native(epsg, tuple(transform), tuple(shape)), Target(
-        plan.epsg, plan.resolution, west, north
-    )
+    return native, plan.output_grid
 
 
 def _source(plan: CubePlan, item_index: int, asset_index: int, url: str) -> tuple[str, bool]:
@@ -260,7 +257,7 @@ def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fil
         label=_label(plan, item_index),
         access=_access(plan, url, creds),
         grid=None if warp else how,
-        shape=plan.native[item_index][asset_index][2],
+        shape=plan.native[item_index][asset_index].shape,
         rows=rows,
         cols=cols,
         dtype=dtype,

@@ -24,8 +24,9 @@ import numpy as np
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import aio
 from xarray_terrascope.engine.cog import Grid, fetch_header, forget_parsed, read_aligned
-from xarray_terrascope.engine.warp import Native, Target, read_warped
+from xarray_terrascope.engine.warp import read_warped
 from xarray_terrascope.options import get_options
+from xarray_terrascope.plan.planner import NativeGrid, OutputGrid
 
 __all__ = ["Spec", "clear", "read", "read_ahead", "warm_headers"]
 
@@ -55,7 +56,7 @@ class Spec:
     fill: Any
     cube: tuple[int, int] | None = None
     #: for a file on another grid: its grid and the output grid (nearest-neighbour warp)
-    warp: tuple[Native, Target] | None = None
+    warp: tuple[NativeGrid, OutputGrid] | None = None
 
     @property
     def key(self) -> tuple:

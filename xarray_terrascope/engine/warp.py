@@ -29,8 +29,9 @@ from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio
 from xarray_terrascope.engine.cog import Grid, GridMismatch, check_grid, tiles_of, with_header
+from xarray_terrascope.plan.planner import NativeGrid, OutputGrid
 
-__all__ = ["Gather", "Native", "Target", "gather_plan", "pixel_map", "read_warped"]
+__all__ = ["Gather", "gather_plan", "pixel_map", "read_warped"]
 
 #: Bytes of gather plans (pixel maps turned into tile indices) kept per process.
 MAP_CACHE_BYTES = 64 * 2**20
@@ -41,34 +42,6 @@ NODE_STEP = 16
 EXACT_BAND = 1e-3
 #: GDAL's nearest-neighbour kernel adds this before ``floor`` (gdalwarpkernel.cpp).
 _EPSILON = 1e-10
-
-
-@dataclass(frozen=True)
-class Native:
-    """A file's own grid, from the item's ``proj:*`` metadata.
-
-    Attributes
-    ----------
-    epsg : int
-    transform : tuple of float
-        The affine ``(a, b, c, d, e, f)``.
-    shape : tuple of int
-        ``(height, width)``.
-    """
-
-    epsg: int
-    transform: tuple[float, ...]
-    shape: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class Target:
-    """The output grid: its CRS and north-up transform ``(resolution, x0, y0)``."""
-
-    epsg: int
-    resolution: float
-    x0: float
-    y0: float
 
 
 @dataclass(frozen=True)
@@ -120,7 +93,7 @@ def _transformer(src: int, dst: int):
 
 
 def pixel_map(
-    native: Native, target: Target, rows: slice, cols: slice
+    native: NativeGrid, target: OutputGrid, rows: slice, cols: slice
 ) -> tuple[np.ndarray, np.ndarray]:
     """Source ``(row, col)`` of each pixel of output window ``rows, cols`` (-1: outside).
 
@@ -130,8 +103,8 @@ def pixel_map(
 
     Examples
     --------
-    >>> native = Native(32631, (10.0, 0.0, 600000.0, 0.0, -10.0, 5700000.0), (100, 100))
-    >>> rr, cc = pixel_map(native, Target(32631, 20.0, 600000.0, 5700000.0),
+    >>> native = NativeGrid(32631, (10.0, 0.0, 600000.0, 0.0, -10.0, 5700000.0), (100, 100))
+    >>> rr, cc = pixel_map(native, OutputGrid(32631, 20.0, 600000.0, 5700000.0),
     ...                    slice(0, 2), slice(0, 3))
     >>> rr.tolist(), cc.tolist()
     ([[1, 1, 1], [3, 3, 3]], [[1, 3, 5], [1, 3, 5]])
@@ -156,7 +129,7 @@ def pixel_map(
     return rr, cc
 
 
-def _uv(native: Native, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _uv(native: NativeGrid, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Source pixel coordinates (column, row; pixel edges) of points in the file's CRS."""
     a, b, c, d, e, f = native.transform
     det = a * e - b * d
@@ -164,7 +137,7 @@ def _uv(native: Native, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.
     return (e * dx - b * dy) / det, (a * dy - d * dx) / det  # the inverse affine
 
 
-def _warped_uv(native: Native, transformer, x: np.ndarray, y: np.ndarray):
+def _warped_uv(native: NativeGrid, transformer, x: np.ndarray, y: np.ndarray):
     """Source pixel coordinates of the output pixel centres ``x`` by ``y`` (a grid), whose
     ``floor`` is that of an exact transform of every centre.
 
@@ -223,7 +196,7 @@ def _bilinear(values: np.ndarray, i: np.ndarray, j: np.ndarray, height: int, wid
 
 
 def gather_plan(
-    native: Native, target: Target, rows: slice, cols: slice, tile_shape: tuple[int, int]
+    native: NativeGrid, target: OutputGrid, rows: slice, cols: slice, tile_shape: tuple[int, int]
 ) -> Gather:
     """The :class:`Gather` of an output window from a file tiled ``tile_shape``.
 
@@ -258,8 +231,8 @@ async def read_warped(
     *,
     label: str,
     access: RequestAuth | None,
-    native: Native,
-    target: Target,
+    native: NativeGrid,
+    target: OutputGrid,
     rows: slice,
     cols: slice,
     dtype: np.dtype,
@@ -271,9 +244,9 @@ async def read_warped(
     ----------
     url, label, access
         As :func:`xarray_terrascope.engine.cog.read_aligned`.
-    native : Native
+    native : NativeGrid
         The file's grid from the item's metadata (checked against the header).
-    target : Target
+    target : OutputGrid
         The output grid.
     rows, cols : slice
         The output window.

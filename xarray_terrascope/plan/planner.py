@@ -30,7 +30,7 @@ from xarray_terrascope.catalog.collections import COLLECTIONS, Packing
 from xarray_terrascope.catalog.items import item_day, item_moment
 from xarray_terrascope.exceptions import InvalidArgumentError, NoItemsFoundError
 
-__all__ = ["CubePlan", "make_reader", "plan_cube", "utm_epsg"]
+__all__ = ["CubePlan", "NativeGrid", "OutputGrid", "make_reader", "plan_cube", "utm_epsg"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,35 @@ def _packing(collection: str | None, asset_key: str, items: Sequence[dict]) -> P
 
 
 @dataclass(frozen=True)
+class NativeGrid:
+    """A file's own pixel grid, from its item's ``proj:*`` metadata.
+
+    Attributes
+    ----------
+    epsg : int
+    transform : tuple of float
+        The affine ``(a, b, c, d, e, f)``.
+    shape : tuple of int
+        ``(height, width)``.
+    """
+
+    epsg: int
+    transform: tuple[float, float, float, float, float, float]
+    shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """The cube's grid as a warp sees it: its CRS and north-up transform (``resolution``,
+    upper-left corner ``x0, y0``)."""
+
+    epsg: int
+    resolution: float
+    x0: float
+    y0: float
+
+
+@dataclass(frozen=True)
 class CubePlan:
     """Everything needed to read a cube; picklable and free of secrets.
 
@@ -164,8 +193,8 @@ class CubePlan:
     resampling
         GDAL resampling name for tiles that must be warped.
     native
-        ``native[i][a]``: ``(epsg, (a, b, c, d, e, f), (height, width))`` of that asset's
-        own pixel grid from ``proj:*`` metadata, or None when unknown.
+        ``native[i][a]``: that asset's own pixel grid (:class:`NativeGrid`) from its
+        ``proj:*`` metadata, or None when unknown.
     local_hrefs
         ``local_hrefs[i][a]``: the asset's alternate ``local`` href, or None.
     prefer_local
@@ -186,7 +215,7 @@ class CubePlan:
     send_credentials: dict[str, bool]
     credentials_handle: str
     resampling: str = "nearest"
-    native: tuple[tuple[tuple[int, tuple[float, ...], tuple[int, int]] | None, ...], ...] = ()
+    native: tuple[tuple[NativeGrid | None, ...], ...] = ()
     local_hrefs: tuple[tuple[str | None, ...], ...] = ()
     prefer_local: bool | None = None
 
@@ -194,6 +223,12 @@ class CubePlan:
     def shape(self) -> tuple[int, int]:
         """``(height, width)`` of the output grid."""
         return self._spec().shape
+
+    @property
+    def output_grid(self) -> OutputGrid:
+        """The cube's grid as a warp sees it."""
+        west, _south, _east, north = self.bounds
+        return OutputGrid(self.epsg, self.resolution, west, north)
 
     @property
     def transform(self):
@@ -213,7 +248,7 @@ class CubePlan:
         native = self.native[item_index][asset_index] if self.native else None
         if native is None:
             return None
-        epsg, (a, b, c, d, e, f), _shape = native
+        epsg, (a, b, c, d, e, f) = native.epsg, native.transform
         res = self.resolution
         tol = 1e-9 * res
         if epsg != self.epsg or b or d or abs(a - res) > tol or abs(e + res) > tol:
@@ -399,8 +434,8 @@ def plan_cube(
     )
 
 
-def _native_grid(item: dict, key: str) -> tuple[int, tuple[float, ...], tuple[int, int]] | None:
-    """``(epsg, transform, shape)`` of an asset's pixel grid from its ``proj:*`` fields."""
+def _native_grid(item: dict, key: str) -> NativeGrid | None:
+    """An asset's own pixel grid from its ``proj:*`` fields (or the item's), or None."""
     asset = item["assets"].get(key)
     if asset is None:
         return None
@@ -410,11 +445,8 @@ def _native_grid(item: dict, key: str) -> tuple[int, tuple[float, ...], tuple[in
     epsg = _asset_epsg(item, asset)
     if epsg is None or not transform or len(transform) < 6 or not shape or len(shape) != 2:
         return None
-    return (
-        int(epsg),
-        tuple(float(v) for v in transform[:6]),
-        (int(shape[0]), int(shape[1])),
-    )
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    return NativeGrid(int(epsg), (a, b, c, d, e, f), (int(shape[0]), int(shape[1])))
 
 
 def _local_href(item: dict, key: str) -> str | None:
