@@ -12,7 +12,6 @@ import pytest
 import xarray_terrascope as xts
 from xarray_terrascope.engine import aio, gdal, read, transport
 from xarray_terrascope.engine.header_cache import headers
-from xarray_terrascope.engine.tile_store import tiles
 
 #: In CI (``CI=true``, set by GitHub Actions and .ci/run) a real-server tier that is
 #: missing fails its tests: a green run must not hide that they never ran.
@@ -32,15 +31,6 @@ NDVI = "terrascope-s2-ndvi-v2"
 FAPAR = "terrascope-s2-fapar-v2"
 
 
-def _engine_loop_running() -> bool:
-    """Whether this process has started the read engine's event loop (a loop inherited
-    through a fork does not count: its thread does not exist here)."""
-    thread = aio._thread
-    if aio._loop is None or aio._pid != os.getpid():
-        return False
-    return thread is not None and thread.is_alive()
-
-
 @pytest.fixture(autouse=True)
 def fresh_engine_state():
     """After every test: forget what the read engine learnt and kept in this process, so
@@ -52,11 +42,10 @@ def fresh_engine_state():
     runs (a test that never read anything has none).
     """
     yield
-    tiles.clear()
     headers.clear_memory()
     gdal.clear_readers()
-    if _engine_loop_running():
-        read.clear_reader_cache()  # read-ahead and parsed headers live on the loop
+    if aio.started() is not None:  # the engine runs in this process (not inherited)
+        read.clear_reader_cache()  # tiles, read-ahead and parsed headers live on its loop
         transport.reset_limiters()
 
 

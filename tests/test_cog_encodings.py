@@ -17,6 +17,7 @@ from obstore.store import LocalStore
 import xarray_terrascope as xts
 from xarray_terrascope.engine import cog, read, transport
 from xarray_terrascope.engine.header_cache import headers
+from xarray_terrascope.engine.requests import Placement
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
 ONE_DAY = {"start": "2025-06-10", "end": "2025-06-10"}
@@ -95,7 +96,7 @@ def test_only_exactly_decoded_compressions_stay_on_the_async_path(tmp_path, comp
         return tiff.ifds[0]
 
     ifd = asyncio.run(first_ifd())
-    grid = cog.Grid(32631, 600000.0, 5700000.0, 10.0, 0, 0)
+    grid = Placement(32631, 600000.0, 5700000.0, 10.0, 0, 0)
     if exact:
         cog.check_grid(ifd, grid, (512, 512), np.dtype("uint8"), "x")
     else:

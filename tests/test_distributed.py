@@ -376,10 +376,10 @@ def _settle_read_ahead() -> int:
     read ahead of the reads before it has started, and is in the table awaited here."""
     import asyncio
 
-    from xarray_terrascope.engine import aio, readahead
+    from xarray_terrascope.engine import aio
 
     async def settle() -> int:
-        tasks = [task for task, _started in readahead._table().values()]
+        tasks = [task for task, _started in aio.engine().readahead.values()]
         await asyncio.gather(*tasks, return_exceptions=True)
         return len(tasks)
 

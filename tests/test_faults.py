@@ -37,7 +37,10 @@ def fresh_caches(tmp_path, monkeypatch):
 
 @pytest.fixture
 def gdal_only(monkeypatch):
-    monkeypatch.setattr(read, "_async_how", lambda *args: None)
+    original = read._request
+    monkeypatch.setattr(
+        read, "_request", lambda *args, **kw: original(*args, **{**kw, "native": False})
+    )
     read.clear_reader_cache()
 
 
@@ -109,7 +112,9 @@ def test_the_connection_setting_caps_the_requests_in_flight(
 
 
 def test_bad_numeric_settings_warn_and_keep_the_default(monkeypatch, caplog):
-    from xarray_terrascope.engine.tile_store import tiles
+    from xarray_terrascope.engine import aio
+
+    tiles = aio.engine().tiles
 
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "lots")
     monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "-5")

@@ -34,7 +34,7 @@ from affine import Affine
 import xarray_terrascope
 from xarray_terrascope.engine import aio, cog
 from xarray_terrascope.engine.header_cache import Header, headers
-from xarray_terrascope.engine.tile_store import tiles
+from xarray_terrascope.engine.requests import AlignedRead, Placement, Window
 from xarray_terrascope.exceptions import ReadError
 
 SIDE = 512
@@ -120,11 +120,11 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("TERRASCOPE_HEADER_CACHE", raising=False)
     monkeypatch.delenv("TERRASCOPE_HEADER_CACHE_MB", raising=False)
     headers.clear_memory()
-    tiles.clear()
+    aio.engine().tiles.clear()
     yield folder
     assert headers.flush(30), "the header cache's writer thread is stuck"
     headers.clear_memory()
-    tiles.clear()
+    aio.engine().tiles.clear()
 
 
 def _write_cog(path: Path, seed: int) -> np.ndarray:
@@ -169,18 +169,21 @@ def _swap(folder: Path, *, mtime: float | None = None) -> None:
         os.utime(folder / "a.tif", (mtime, mtime))
 
 
-async def _read_async(url: str) -> np.ndarray:
-    return await cog.read_aligned(
-        url,
+def _request(url: str) -> AlignedRead:
+    """The whole file as one window of a cube on its own grid."""
+    return AlignedRead(
+        url=url,
         label="item",
-        access=None,
-        grid=cog.Grid(32631, 600000.0, 5700000.0, 10.0, 0, 0),
-        shape=(SIDE, SIDE),
-        rows=slice(0, SIDE),
-        cols=slice(0, SIDE),
+        window=Window(0, SIDE, 0, SIDE),
         dtype=np.dtype("uint16"),
-        fill=0,
+        fill=np.uint16(0),
+        placement=Placement(32631, 600000.0, 5700000.0, 10.0, 0, 0),
+        shape=(SIDE, SIDE),
     )
+
+
+async def _read_async(url: str) -> np.ndarray:
+    return await cog.read_aligned(_request(url))
 
 
 def _read_here(url: str) -> np.ndarray:
@@ -194,13 +197,14 @@ _CHILD_READ = textwrap.dedent(
     from xarray_terrascope.engine import aio
     from xarray_terrascope.engine import cog
     from xarray_terrascope.engine.header_cache import headers
+    from xarray_terrascope.engine.requests import AlignedRead, Placement, Window
     url, out = sys.argv[1], sys.argv[2]
     try:
-        values = aio.run(cog.read_aligned(
-            url, label="item", access=None,
-            grid=cog.Grid(32631, 600000.0, 5700000.0, 10.0, 0, 0), shape=(512, 512),
-            rows=slice(0, 512), cols=slice(0, 512), dtype=np.dtype("uint16"), fill=0,
-        ))
+        values = aio.run(cog.read_aligned(AlignedRead(
+            url=url, label="item", window=Window(0, 512, 0, 512), dtype=np.dtype("uint16"),
+            fill=np.uint16(0), placement=Placement(32631, 600000.0, 5700000.0, 10.0, 0, 0),
+            shape=(512, 512),
+        )))
         np.save(out, values)
         result = {"error": None}
     except Exception as err:
@@ -298,7 +302,7 @@ def test_a_header_in_memory_is_fetched_again_when_its_file_no_longer_decodes(ser
     url = server.url("a.tif")
     np.testing.assert_array_equal(_read_here(url), a)
     _swap(server.root)
-    tiles.clear()
+    aio.engine().tiles.clear()
     np.testing.assert_array_equal(_read_here(url), b)
     assert server.header_requests() == 2
 
@@ -314,7 +318,7 @@ def test_last_modified_shows_a_replaced_file_before_any_decoding(serve, cache_di
     assert headers.flush(30)
     assert len(_entries(cache_dir)) == 1
     headers.clear_memory()  # as a new process: the header comes from disk
-    tiles.clear()
+    aio.engine().tiles.clear()
     _swap(server.root, mtime=1_700_003_600)
     with caplog.at_level(logging.INFO, logger="xarray_terrascope.engine.cog"):
         np.testing.assert_array_equal(_read_here(url), b)
@@ -345,7 +349,7 @@ def test_a_corrupt_file_fails_once_per_read_with_a_message_naming_the_cause(serv
 def test_an_error_without_words_is_named_by_its_type():
     """A decoder exception whose text is empty must not give ``... failed: ``."""
     url = "http://127.0.0.1:9/x.tif"
-    source = cog._Source(url, "item", None, None)
+    source = cog.Source(url, "item", None, None)
     message = str(cog._surface(source, TimeoutError(), "item", url))
     assert "TimeoutError" in message and not message.rstrip().endswith("failed:"), message
 

@@ -208,12 +208,13 @@ def test_a_failed_read_shows_no_secret_in_its_traceback_locals(logged_in, monkey
 
 def test_caches_key_by_the_credentials_identity_not_their_value(logged_in):
     """After reads, no key of the tile store or of the read-ahead holds the secret."""
-    from xarray_terrascope.engine.tile_store import tiles
+    from xarray_terrascope.engine import aio
 
     ds = xr.open_dataset(
         list(SAMPLE_FIELD), engine="terrascope", chunks={}, chunksize=128, start=DAY, end=DAY
     )
     ds.NDVI.load()
+    tiles = aio.engine().tiles
     keys = list(tiles._waiting) + list(tiles._taken)
     assert keys, "windows of 128 px share tiles: the store keeps some"
     for secret in _secret_forms(logged_in):

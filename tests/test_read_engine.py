@@ -20,7 +20,7 @@ import xarray as xr
 from xarray_terrascope import auth
 from xarray_terrascope.engine import aio, cog, local, read, transport
 from xarray_terrascope.engine.header_cache import headers
-from xarray_terrascope.engine.tile_store import TileCache, tiles
+from xarray_terrascope.engine.tile_store import TileCache
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from .conftest import NDVI, tif_records
@@ -48,7 +48,10 @@ def gdal_only(monkeypatch):
     """Switch the async path off: every file goes through GDAL's WarpedVRT."""
 
     def use_gdal():
-        monkeypatch.setattr(read, "_async_how", lambda *args: None)
+        original = read._request
+        monkeypatch.setattr(
+            read, "_request", lambda *args, **kw: original(*args, **{**kw, "native": False})
+        )
         read.clear_reader_cache()
 
     return use_gdal
@@ -138,7 +141,7 @@ def test_requests_one_header_per_file_and_none_at_open(logged_in, header_cache_d
     assert set(per_file.values()) == {1}
     assert all(r.status == 206 for r in records)
     # a second computation in this process (decoded tiles forgotten): no header request
-    tiles.clear()
+    aio.engine().tiles.clear()
     logged_in.log.clear()
     ds.NDVI.mean(["x", "y"]).compute()
     assert tif_records(logged_in) and not _header_requests(tif_records(logged_in))
@@ -245,10 +248,10 @@ def test_the_tile_store_size_comes_from_the_environment(logged_in, monkeypatch):
         return sum(r.bytes for r in tif_records(logged_in))
 
     shared = chunked_bytes()
-    assert len(tiles) > 0
+    assert len(aio.engine().tiles) > 0
     monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")
     alone = chunked_bytes()
-    assert len(tiles) == 0
+    assert len(aio.engine().tiles) == 0
     assert alone > 3 * shared  # 11.6x when measured
 
 
@@ -333,7 +336,7 @@ def test_shared_tiles_never_answer_another_account(logged_in):
     with dask.config.set(scheduler="threads", num_workers=4):
         values = a.NDVI.load().values
     bytes_a = sum(r.bytes for r in tif_records(logged_in))
-    assert len(tiles) > 0, "the chunked read must have kept shared tiles"
+    assert len(aio.engine().tiles) > 0, "the chunked read must have kept shared tiles"
     b = _open(
         SAMPLE_FIELD,
         WIDE_DAYS,
@@ -628,7 +631,7 @@ def test_dates_read_in_order_are_read_ahead_again_on_a_second_pass(logged_in):
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)  # lazy, no dask: each indexing is one read
     files = files_per_date(ds)
     for _ in range(2):
-        tiles.clear()
+        aio.engine().tiles.clear()
         logged_in.log.clear()
         ds.NDVI.isel(time=slice(0, 1)).load()
         ds.NDVI.isel(time=slice(1, 2)).load()
@@ -676,7 +679,7 @@ def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
     dates 2, 1, 0 in the background, and those reads are the ones used."""
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
     files = files_per_date(ds)
-    tiles.clear()
+    aio.engine().tiles.clear()
     ds.NDVI.isel(time=slice(4, 5)).load()
     ds.NDVI.isel(time=slice(3, 4)).load()
     below = [n for names in files[0:3] for n in names]
@@ -719,21 +722,20 @@ def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, opt
     """Results waiting to be taken are never dropped for newer ones (their bytes would be
     fetched twice): with room for 4 results, the next 4 files are read ahead, no more,
     and all 4 are used."""
-    from xarray_terrascope.engine import readahead
 
     options(readahead_mb=0)  # room for the minimum, 4
     ds = _open(SAMPLE_FIELD, FIELD_DAYS)
     files = files_per_date(ds)
     later = [n for names in files[2:] for n in names]
     assert len(later) > 8, "the test needs more dates"
-    tiles.clear()
+    aio.engine().tiles.clear()
     ds.NDVI.isel(time=slice(0, 1)).load()
     ds.NDVI.isel(time=slice(1, 2)).load()
     _wait_until_fetched(logged_in, later[:4], "the next 4 files")
     _wait_until_idle()  # every read-ahead the reads asked for has been started...
 
     async def read_ahead_finished() -> int:
-        tasks = [task for task, _ in readahead._table().values()]
+        tasks = [task for task, _ in aio.engine().readahead.values()]
         if tasks:
             await asyncio.wait(tasks)
         return len(tasks)

@@ -1,15 +1,14 @@
-"""One asyncio event loop per process, on its own daemon thread, shared by every caller.
+"""The read engine of a process: one asyncio event loop on a thread of its own, and
+everything kept on it between reads (:class:`Engine`).
 
-The read engine's network I/O runs here, so its concurrency does not depend on how many
-threads dask (or the user) calls it from. :func:`run` is a blocking call usable from any
-thread, including one that already runs an event loop (a Jupyter kernel) and the task
-threads of a ``dask.distributed`` worker. After ``fork()`` the child gets a new loop (the
-parent's loop thread does not exist there).
+The engine's network I/O runs on that loop, so its concurrency does not depend on how
+many threads dask (or the user) calls it from. :func:`run` is a blocking call usable from
+any thread, including one that already runs an event loop (a Jupyter kernel) and the task
+threads of a ``dask.distributed`` worker.
 
-Per-loop state (HTTP sessions, limiters) is kept with :func:`loop_state`, so it is
-rebuilt together with the loop in a forked child. The parent's loop and state are kept,
-never closed, in the child: closing them there would act on sockets the parent still
-uses, and collecting them would warn about unclosed sessions.
+A forked child gets a new :class:`Engine` (the parent's loop thread does not exist
+there); the parent's is kept, never closed, in the child: closing it there would act on
+sockets the parent still uses, and collecting it would warn about unclosed sessions.
 
 async-tiff's own runtime (Rust threads that parse and decode COGs) does not survive
 ``fork()``: once it has started in a process, its calls never finish in a forked child.
@@ -25,12 +24,29 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any, TypeVar
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from xarray_terrascope.cache import BoundedCache
+
+if TYPE_CHECKING:  # the engine's other modules import this one
+    import aiohttp
+    import numpy as np
+    from async_tiff import TIFF
+
+    from xarray_terrascope.engine.cog import Source
+    from xarray_terrascope.engine.header_cache import Header
+    from xarray_terrascope.engine.limiter import Limiter
+    from xarray_terrascope.engine.tile_store import TileCache
+    from xarray_terrascope.engine.transport import Remote
+    from xarray_terrascope.engine.warp import Gather
 
 __all__ = [
+    "Engine",
+    "engine",
     "idle_for",
     "in_loop_thread",
-    "loop_state",
     "native_started",
     "native_usable",
     "retrieve",
@@ -42,33 +58,97 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+#: Parsed headers waiting for the first read of their file, at most.
+PARSED_ENTRIES = 256
+
+
+def _tile_cache() -> TileCache:
+    from xarray_terrascope.engine.tile_store import TileCache
+
+    return TileCache()
+
+
+@dataclass(eq=False)
+class Engine:
+    """The read engine of one process: its event loop and thread, and what the reads keep
+    on that loop between them. Its fields are touched from the loop's thread only, except
+    :attr:`tiles`'s ``clear()``.
+
+    Attributes
+    ----------
+    session
+        The HTTP session of :mod:`.transport` (created at the first request).
+    limiters
+        Per origin: its adaptive limit of requests in flight.
+    multirange, multirange_probes
+        Per origin: whether it answers several ranges in one request (unknown: absent),
+        and the request finding that out.
+    ranges_seen, range_probes, ignores_ranges
+        Origins that answered a ranged request; the first request of each file while its
+        origin's answer is unknown; origins that answer ranges with the whole file.
+    whole_files
+        Bodies of files from origins that ignore ``Range`` (bounded by an option, so made
+        when first needed).
+    parsed
+        TIFFs parsed by header requests, handed to the first read of their file.
+    tiles
+        Decoded tiles kept for neighbouring windows, and tiles being fetched.
+    readahead, reading
+        Windows read ahead (with when they started) and reads under way, by read key.
+    pending_headers, pending_whole_files, pending_gathers
+        The one task per key of work that concurrent reads share (see :func:`shared`).
+    """
+
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    pid: int
+    session: aiohttp.ClientSession | None = None
+    limiters: dict[str, Limiter] = field(default_factory=dict)
+    multirange: dict[str, bool] = field(default_factory=dict)
+    multirange_probes: dict[str, asyncio.Event] = field(default_factory=dict)
+    ranges_seen: set[str] = field(default_factory=set)
+    range_probes: dict[str, asyncio.Event] = field(default_factory=dict)
+    ignores_ranges: set[str] = field(default_factory=set)
+    whole_files: BoundedCache[str, tuple[bytes, Remote]] | None = None
+    parsed: BoundedCache[tuple[str, str | None], tuple[TIFF, Source]] = field(
+        default_factory=lambda: BoundedCache(PARSED_ENTRIES)
+    )
+    tiles: TileCache = field(default_factory=_tile_cache)
+    readahead: dict[Hashable, tuple[asyncio.Task[np.ndarray], float]] = field(default_factory=dict)
+    reading: dict[Hashable, asyncio.Task[np.ndarray]] = field(default_factory=dict)
+    pending_headers: dict[str, asyncio.Task[Header]] = field(default_factory=dict)
+    pending_whole_files: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    pending_gathers: dict[Hashable, asyncio.Task[Gather]] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        """Whether this engine's loop serves this process."""
+        return self.pid == os.getpid() and self.thread.is_alive()
+
 
 _lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-_thread: threading.Thread | None = None
-_pid: int | None = None
-_state: dict[str, Any] = {}
+_engine: Engine | None = None
 #: Work submitted to the loop and not finished yet, and when the last one finished
 #: (see :func:`idle_for`).
 _in_flight = 0
 _idle_since = 0.0
-
-
-#: In a forked child: the parent's loop and loop state, kept (never closed) for good.
-_forked_leftovers: list[tuple[asyncio.AbstractEventLoop | None, dict[str, Any]]] = []
+#: In a forked child: the parent's engine, kept (never closed) for good.
+_forked_leftovers: list[Engine] = []
 #: The process in which async-tiff's runtime started (None: in none of this process's
 #: ancestors either).
 _native_pid: int | None = None
 
 
 def _reset_after_fork() -> None:
-    """In a forked child: forget the parent's loop (its thread does not exist here)."""
-    global _loop, _thread, _pid, _lock, _in_flight, _state
+    """In a forked child: forget the parent's engine (its loop thread does not exist
+    here), keeping it referenced so that nothing of it is closed or collected."""
+    global _engine, _lock, _in_flight
     _lock = threading.Lock()
-    _forked_leftovers.append((_loop, _state))
-    _loop = _thread = _pid = None
+    if _engine is not None:
+        _forked_leftovers.append(_engine)
+    _engine = None
     _in_flight = 0
-    _state = {}
 
 
 if hasattr(os, "register_at_fork"):
@@ -85,13 +165,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _get_loop() -> asyncio.AbstractEventLoop:
-    global _loop, _thread, _pid
+def engine() -> Engine:
+    """This process's engine, its loop started on a thread of its own when needed."""
+    global _engine
     with _lock:
-        if _loop is not None and _pid == os.getpid() and _thread is not None and _thread.is_alive():
-            return _loop
-        if _pid != os.getpid():
-            _state.clear()
+        if _engine is not None and _engine.alive():
+            return _engine
         loop = _new_loop()
         ready = threading.Event()
 
@@ -103,20 +182,27 @@ def _get_loop() -> asyncio.AbstractEventLoop:
         thread = threading.Thread(target=serve, name="terrascope-aio", daemon=True)
         thread.start()
         ready.wait()
-        _loop, _thread, _pid = loop, thread, os.getpid()
-        logger.debug("started the read engine's event loop in pid %d", _pid)
-        return loop
+        _engine = Engine(loop=loop, thread=thread, pid=os.getpid())
+        logger.debug("started the read engine's event loop in pid %d", _engine.pid)
+        return _engine
+
+
+def started() -> Engine | None:
+    """This process's engine if it runs, without starting one."""
+    current = _engine
+    return current if current is not None and current.alive() else None
 
 
 def in_loop_thread() -> bool:
     """Whether the calling thread is the engine's loop thread."""
-    return _thread is not None and threading.current_thread() is _thread
+    current = _engine
+    return current is not None and threading.current_thread() is current.thread
 
 
-def submit(coro: Coroutine[Any, Any, T]):
+def submit(coro: Coroutine[Any, Any, T]) -> Future[T]:
     """Schedule ``coro`` on the engine's loop and return a ``concurrent.futures.Future``."""
     global _in_flight
-    loop = _get_loop()
+    loop = engine().loop
     with _lock:
         _in_flight += 1
     try:
@@ -128,7 +214,7 @@ def submit(coro: Coroutine[Any, Any, T]):
     return future
 
 
-def _finished(_future) -> None:
+def _finished(_future: object) -> None:
     global _in_flight, _idle_since
     with _lock:
         _in_flight -= 1
@@ -193,28 +279,24 @@ def native_usable() -> bool:
     return _native_pid is None or _native_pid == os.getpid()
 
 
-def loop_state() -> dict[str, Any]:
-    """A dict that lives as long as the current loop (cleared in a forked child).
-
-    Only touch it from the loop thread.
-    """
-    return _state
-
-
-def retrieve(future: asyncio.Future) -> None:
+def retrieve(future: asyncio.Future[Any]) -> None:
     """Done callback marking a shared future's exception as seen (its awaiters raise it
     themselves): no "exception was never retrieved" noise."""
     if not future.cancelled():
         future.exception()
 
 
-async def shared(table: str, key: Hashable, start: Callable[[], Awaitable[T]]) -> T:
-    """The result of the one task for ``key`` in ``loop_state()[table]``: started with
-    ``start()`` when none runs, awaited by every caller that asks meanwhile (a caller's
-    cancellation does not cancel it). Only on the loop thread."""
-    pending = loop_state().setdefault(table, {})
-    task = pending.get(key)
+async def shared(tasks: dict[K, asyncio.Task[T]], key: K, start: Callable[[], Awaitable[T]]) -> T:
+    """The result of the one task for ``key`` in ``tasks`` (a table of the engine): started
+    with ``start()`` when none runs, awaited by every caller that asks meanwhile (a
+    caller's cancellation does not cancel it). Only on the loop thread."""
+    task = tasks.get(key)
     if task is None:
-        task = pending[key] = asyncio.ensure_future(start())
-        task.add_done_callback(lambda done: (pending.pop(key, None), retrieve(done)))
+        task = tasks[key] = asyncio.ensure_future(start())
+
+        def done(finished: asyncio.Task[T]) -> None:
+            tasks.pop(key, None)
+            retrieve(finished)
+
+        task.add_done_callback(done)
     return await asyncio.shield(task)

@@ -21,21 +21,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import numpy as np
-from async_tiff import TIFF
+import numpy.typing as npt
+from async_tiff import TIFF, ImageFileDirectory
 
 from xarray_terrascope.auth import RequestAuth
-from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.config import redacted
 from xarray_terrascope.engine import aio, transport
 from xarray_terrascope.engine.header_cache import Header, headers
-from xarray_terrascope.engine.tile_store import tiles
+from xarray_terrascope.engine.requests import AlignedRead, Placement
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 
-__all__ = ["Grid", "GridMismatch", "read_aligned"]
+__all__ = ["AlignedReader", "GridMismatch", "Source", "check_grid", "coalesce", "read_aligned"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,30 +62,6 @@ def _prefetch() -> int:
         return DEFAULT_PREFETCH
     size = int(seen * 1.25) + 1024
     return min(MAX_PREFETCH, -(-size // 4096) * 4096)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Where a file's pixels sit on the output grid.
-
-    Attributes
-    ----------
-    epsg : int
-        The CRS both share.
-    x0, y0 : float
-        The file's upper-left corner.
-    resolution : float
-        Pixel size of both.
-    row_offset, col_offset : int
-        Output pixel ``(r, c)`` is file pixel ``(r + row_offset, c + col_offset)``.
-    """
-
-    epsg: int
-    x0: float
-    y0: float
-    resolution: float
-    row_offset: int
-    col_offset: int
 
 
 class GridMismatch(Exception):
@@ -118,7 +94,7 @@ def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, e) for s, e in merged]
 
 
-class _Source:
+class Source:
     """obspec input for async-tiff: one file, header bytes from memory, the rest over HTTP.
 
     Made per read, so the credentials, the error seen and the validation state belong to
@@ -189,12 +165,13 @@ async def fetch_header(url: str, label: str, access: RequestAuth | None) -> tupl
     cached, from_disk = headers.get(url)
     if cached is not None:
         return cached, from_disk
-    header = await aio.shared("pending_headers", url, lambda: _fetch_header(url, label, access))
+    pending = aio.engine().pending_headers
+    header = await aio.shared(pending, url, lambda: _fetch_header(url, label, access))
     return header, False
 
 
 async def _fetch_header(url: str, label: str, access: RequestAuth | None) -> Header:
-    source = _Source(url, label, access, None)
+    source = Source(url, label, access, None)
     await source.fetch(0, _prefetch())  # fills source.prefix
     try:
         aio.native_started()
@@ -219,15 +196,9 @@ async def _fetch_header(url: str, label: str, access: RequestAuth | None) -> Hea
     )
     headers.put(url, header)
     source.header = header  # from here on it reads as any source of a known header
-    _parsed().put((url, _identity(access)), (tiff, source))
+    # handed to the first read of the file, which then does not parse the header again
+    aio.engine().parsed.put((url, _identity(access)), (tiff, source))
     return header
-
-
-#: ``loop_state()`` table of the TIFFs parsed by header requests, by URL and credentials,
-#: each handed to the first read of its file (which then does not parse the header again).
-_PARSED = "parsed_headers"
-#: The most parsed headers waiting for their read.
-PARSED_ENTRIES = 256
 
 
 def _identity(access: RequestAuth | None) -> str | None:
@@ -235,23 +206,13 @@ def _identity(access: RequestAuth | None) -> str | None:
     return access.identity if access is not None else None
 
 
-def _parsed() -> BoundedCache[tuple[str, str | None], tuple[TIFF, _Source]]:
-    return aio.loop_state().setdefault(_PARSED, BoundedCache(PARSED_ENTRIES))
-
-
-def forget_parsed() -> None:
-    """Drop the parsed headers waiting for their reads (on the loop; their sources hold
-    the credentials' :class:`~xarray_terrascope.auth.RequestAuth`)."""
-    _parsed().clear()
-
-
-async def _open(url: str, label: str, access: RequestAuth | None) -> tuple[TIFF, _Source, bool]:
+async def _open(url: str, label: str, access: RequestAuth | None) -> tuple[TIFF, Source, bool]:
     """Parse the file's header (no request when it is cached) into a TIFF for one read."""
     header, from_disk = await fetch_header(url, label, access)
-    parsed = _parsed().pop((url, _identity(access)), None)
+    parsed = aio.engine().parsed.pop((url, _identity(access)), None)
     if parsed is not None and parsed[1].header is header:  # parsed by its header request
         return parsed[0], parsed[1], from_disk
-    source = _Source(url, label, access, header)
+    source = Source(url, label, access, header)
     aio.native_started()
     tiff = await TIFF.open(url, store=source, prefetch=len(header.data))
     return tiff, source, from_disk
@@ -264,7 +225,15 @@ def _epsg(ifd) -> int | None:
     return geo.projected_type or geo.geographic_type
 
 
-def check_grid(ifd, grid: Grid, shape: tuple[int, int], dtype: np.dtype, label: str) -> None:
+def check_grid(
+    ifd: ImageFileDirectory,
+    grid: Placement,
+    shape: tuple[int, int],
+    dtype: np.dtype[Any],
+    label: str,
+) -> None:
+    """Raise :class:`GridMismatch` when the file's header says another grid, type,
+    layout or compression than the item (the file is then read another way)."""
     scale, tie = ifd.model_pixel_scale, ifd.model_tiepoint
     problems = []
     if ifd.tile_width is None or ifd.tile_height is None:
@@ -291,57 +260,32 @@ def check_grid(ifd, grid: Grid, shape: tuple[int, int], dtype: np.dtype, label: 
         raise GridMismatch(f"{label}: {'; '.join(problems)}")
 
 
-async def read_aligned(
-    url: str,
-    *,
-    label: str,
-    access: RequestAuth | None,
-    grid: Grid,
-    shape: tuple[int, int],
-    rows: slice,
-    cols: slice,
-    dtype: np.dtype,
-    fill,
-    cube: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Read output window ``rows, cols`` from a file sitting on the output grid.
+async def read_aligned(request: AlignedRead) -> npt.NDArray[Any]:
+    """The window's values from a file whose pixels are pixels of the cube.
 
-    Parameters
-    ----------
-    url : str
-        The COG.
-    label : str
-        The item id, named in errors.
-    access : RequestAuth or None
-        ``Authorization`` for the file's origin, or None.
-    grid : Grid
-        The file's place on the output grid (from the item's metadata; checked against
-        the header).
-    shape : tuple of int
-        The file's ``(height, width)`` from the item's metadata.
-    rows, cols : slice
-        The output window (steps of 1).
-    dtype : numpy.dtype
-        Storage dtype.
-    fill
-        Value of the window's pixels outside the file.
-    cube : tuple of int, optional
-        ``(height, width)`` of the whole output grid. Tiles that cross a side of the
-        window inside the cube (a neighbouring window will want them) are kept a while
-        for that neighbour; None keeps none.
+    Tiles that cross a side of the window inside the cube (a neighbouring window will
+    want them) are kept a while for that neighbour when ``request.cube`` is given.
 
     Raises
     ------
     GridMismatch
-        When the header disagrees with ``grid`` (the caller reads the file another way).
+        When the header disagrees with ``request.placement`` (the caller reads the file
+        another way).
     AuthenticationError, ReadError
-        As :func:`xarray_terrascope.engine.transport.get_range`.
+        As :func:`xarray_terrascope.engine.transport.get_ranges`.
     """
 
-    async def body(tiff, source):
-        return await _read_tiles(tiff, source, grid, shape, rows, cols, dtype, fill, label, cube)
+    async def body(tiff: TIFF, source: Source) -> npt.NDArray[Any]:
+        return await _read_tiles(tiff, source, request)
 
-    return await with_header(url, label, access, body)
+    return await with_header(request.url, request.label, request.access, body)
+
+
+class AlignedReader:
+    """The :class:`~xarray_terrascope.engine.requests.Reader` of :class:`AlignedRead`."""
+
+    async def read(self, request: AlignedRead) -> npt.NDArray[Any]:
+        return await read_aligned(request)
 
 
 async def with_header(url: str, label: str, access: RequestAuth | None, body):
@@ -395,14 +339,14 @@ async def with_header(url: str, label: str, access: RequestAuth | None, body):
                     _describe(err),
                 )
             headers.drop(url)
-            tiles.clear()  # tiles decoded from the old file must not answer either
+            aio.engine().tiles.clear()  # tiles decoded from the old file must not answer either
         finally:
             if confirmed and from_disk and source.remote is not None:
                 headers.validated(url, source.header)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _not_transport(source: _Source) -> bool:
+def _not_transport(source: Source) -> bool:
     """Whether a failed read failed on its bytes, not on the server's answer (a 416 is
     the bytes' too: a stale header may name ranges past the file's end)."""
     error = source.error
@@ -416,7 +360,7 @@ def _describe(err: BaseException) -> str:
     return str(err).strip() or type(err).__name__
 
 
-def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception:
+def _surface(source: Source, err: Exception, label: str, url: str) -> Exception:
     if isinstance(source.error, (AuthenticationError, ReadError)):
         return source.error
     if isinstance(err, (AuthenticationError, ReadError)):
@@ -432,21 +376,21 @@ def _surface(source: _Source, err: Exception, label: str, url: str) -> Exception
     )
 
 
-async def _read_tiles(
-    tiff, source, grid, shape, rows, cols, dtype, fill, label, cube=None
-) -> np.ndarray:
+async def _read_tiles(tiff: TIFF, source: Source, request: AlignedRead) -> npt.NDArray[Any]:
     ifd = tiff.ifds[0]
-    check_grid(ifd, grid, shape, np.dtype(dtype), label)
-    height, width = shape
-    r0 = max(rows.start + grid.row_offset, 0)
-    r1 = min(rows.stop + grid.row_offset, height)
-    c0 = max(cols.start + grid.col_offset, 0)
-    c1 = min(cols.stop + grid.col_offset, width)
-    size = (rows.stop - rows.start, cols.stop - cols.start)
+    grid, window, dtype, cube = request.placement, request.window, request.dtype, request.cube
+    check_grid(ifd, grid, request.shape, dtype, request.label)
+    height, width = request.shape
+    rows, cols = window.rows, window.cols
+    r0 = max(window.row0 + grid.row_offset, 0)
+    r1 = min(window.row1 + grid.row_offset, height)
+    c0 = max(window.col0 + grid.col_offset, 0)
+    c1 = min(window.col1 + grid.col_offset, width)
+    size = window.shape
     if (r1 - r0, c1 - c0) == size:  # the file covers the window: the tiles fill all of it
         out = np.empty(size, dtype=dtype)
     else:
-        out = np.full(size, fill, dtype=dtype)
+        out = np.full(size, request.fill, dtype=dtype)
     if r0 >= r1 or c0 >= c1:
         return out
     th, tw = ifd.tile_height, ifd.tile_width
@@ -487,16 +431,22 @@ async def _read_tiles(
     return out
 
 
-async def tiles_of(tiff, source, xy, keep) -> list[np.ndarray]:
-    """Decoded tiles ``xy`` of the file, through the process's
-    :data:`~xarray_terrascope.engine.tile_store.tiles`.
+async def tiles_of(
+    tiff: TIFF,
+    source: Source,
+    xy: Sequence[tuple[int, int]],
+    keep: Callable[[int, int], bool],
+) -> list[npt.NDArray[Any]]:
+    """Decoded tiles ``xy`` of the file, through the engine's tile store
+    (:class:`~xarray_terrascope.engine.tile_store.TileCache`).
 
     Tiles another read holds or is fetching are taken from it; the others are fetched in
     one batch (coalesced ranges), and those for which ``keep(tx, ty)`` is true (a
     neighbouring window will want them) are kept.
     """
-    found: dict[tuple[int, int], np.ndarray] = {}
-    waits: dict[tuple[int, int], asyncio.Future] = {}
+    tiles = aio.engine().tiles
+    found: dict[tuple[int, int], npt.NDArray[Any]] = {}
+    waits: dict[tuple[int, int], asyncio.Future[npt.NDArray[Any]]] = {}
     mine: list[tuple[int, int]] = []
     for tx, ty in xy:
         entry = tiles.get(_tile_key(source, tx, ty))
@@ -523,13 +473,15 @@ async def tiles_of(tiff, source, xy, keep) -> list[np.ndarray]:
     return [found[key] for key in xy]
 
 
-def _tile_key(source: _Source, tx: int, ty: int) -> tuple:
+def _tile_key(source: Source, tx: int, ty: int) -> Hashable:
     """A tile is shared only between reads with the same credentials: another account's
     read asks the server itself (keyed by their identity, never their value)."""
     return (source.url, _identity(source.access), tx, ty)
 
 
-async def _fetch_decode(tiff, source, xy) -> list[np.ndarray]:
+async def _fetch_decode(
+    tiff: TIFF, source: Source, xy: Sequence[tuple[int, int]]
+) -> list[npt.NDArray[Any]]:
     if not xy:
         return []
     try:

@@ -13,6 +13,7 @@ cached state of that URL, so a failure never sticks in the process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -21,14 +22,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from xarray_terrascope import auth, config, http_policy
-from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import gdal_cache, transport
+from xarray_terrascope.engine.requests import GdalRead
 from xarray_terrascope.exceptions import AuthenticationError, ReadError, TerrascopeError
 from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.planner import CubePlan, make_reader
@@ -37,6 +38,7 @@ __all__ = [
     "IO_THREADS",
     "READER_CACHE_SIZE",
     "RETRY",
+    "GdalReader",
     "clear_readers",
     "io_pool",
     "read_gdal",
@@ -177,25 +179,20 @@ def _explain(
     return ReadError(f"Reading {where} failed: {text[-300:]}")
 
 
-def read_gdal(
-    plan: CubePlan,
-    url: str,
-    asset_index: int,
-    window: Window,
-    creds: auth.Credentials | None,
-    label: str,
-    access: RequestAuth | None,
-) -> np.ndarray:
-    """One GDAL read of ``window`` with diagnosis of failures and retries of transient ones.
-
-    ``label`` names the file to the user (the item id); ``access`` is what the
-    diagnosing GET may send (None when the origin may not receive credentials).
+def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
+    """One GDAL read of the request's window, on this thread, with diagnosis of failures
+    and retries of transient ones (a refusal is diagnosed with one ranged GET that
+    carries what ``request.access`` allows).
     """
+    plan, url, asset_index = request.plan, request.url, request.asset_index
+    creds, label, access = request.credentials, request.label, request.access
+    height, width = request.window.shape
+    window = Window(request.window.col0, request.window.row0, width, height)
     sent = plan.send_credentials.get(url, False) and creds is not None
     for attempt in range(RETRY.attempts):
         reader = _reader(plan, url, asset_index, creds)
         try:
-            data = reader.read(window)
+            data: npt.NDArray[Any] = reader.read(window)
         except (RuntimeError, RasterioIOError) as err:
             text = str(err.__cause__ or err)
             _forget_reader(plan, url, asset_index, creds)  # a failure must not stick
@@ -225,3 +222,12 @@ def read_gdal(
             gdal_cache.clear_url(url)
             return data
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class GdalReader:
+    """The :class:`~xarray_terrascope.engine.requests.Reader` of :class:`GdalRead`: runs
+    :func:`read_gdal` in the process's pool of I/O threads, beside the async reads."""
+
+    async def read(self, request: GdalRead) -> npt.NDArray[Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(io_pool(), read_gdal, request)

@@ -17,26 +17,33 @@ new credentials are honoured; they go only to origins the plan allows.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
-from concurrent.futures import Future
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
+import numpy.typing as npt
 
 from xarray_terrascope import auth
 from xarray_terrascope.cache import BoundedCache
-from xarray_terrascope.engine import aio, gdal, gdal_cache, readahead, transport
-from xarray_terrascope.engine.cog import Grid, GridMismatch
+from xarray_terrascope.engine import aio, gdal, gdal_cache, readahead, readers, transport
+from xarray_terrascope.engine.cog import GridMismatch
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.engine.local import local_path
-from xarray_terrascope.engine.readahead import Spec
-from xarray_terrascope.engine.tile_store import tiles
+from xarray_terrascope.engine.mosaic import mosaic
+from xarray_terrascope.engine.requests import (
+    AlignedRead,
+    FileRead,
+    GdalRead,
+    Placement,
+    WarpedRead,
+    Window,
+)
 from xarray_terrascope.exceptions import ReadError
 from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.planner import CubePlan
@@ -49,13 +56,15 @@ logger = logging.getLogger(__name__)
 def clear_reader_cache() -> None:
     """Close and forget every open reader and in-memory COG header of this process.
 
-    Called by :mod:`xarray_terrascope.auth` on logout and on new credentials. Persisted
+    Called on logout and on new credentials (see :func:`forget_credentials`). Persisted
     headers stay on disk: they hold no secret and are validated by the next pixel
     response, which carries the then current credentials.
     """
     gdal.clear_readers()
     headers.clear_memory()
-    tiles.clear()
+    current = aio.started()
+    if current is not None:
+        current.tiles.clear()
     readahead.clear()
     transport.forget_files()
     with _recent.lock:  # the windows' read patterns and the headers they warmed
@@ -69,27 +78,14 @@ def _access(plan: CubePlan, url: str, creds: auth.Credentials | None) -> auth.Re
     return auth.RequestAuth(creds)
 
 
-def _aligned_grid(plan: CubePlan, item_index: int, asset_index: int) -> Grid | None:
-    """Where the asset's pixels sit on the output grid, when they sit on it exactly."""
+def _placement(plan: CubePlan, item_index: int, asset_index: int) -> Placement | None:
+    """Where the asset's pixels sit on the cube's grid, when they are pixels of it."""
     offset = plan.pixel_offset(item_index, asset_index)
-    if offset is None:
+    native = plan.native[item_index][asset_index] if plan.native else None
+    if offset is None or native is None:
         return None
-    native = plan.native[item_index][asset_index]
-    assert native is not None  # a pixel offset needs the file's grid
     _a, _b, c, _d, _e, f = native.transform
-    return Grid(plan.epsg, c, f, plan.resolution, *offset)
-
-
-def _async_how(plan: CubePlan, item_index: int, asset_index: int) -> Grid | tuple | None:
-    """How the async engine reads this asset: a :class:`Grid` (its pixels are output
-    pixels), a ``(NativeGrid, OutputGrid)`` nearest-neighbour warp, or None (GDAL's warper)."""
-    grid = _aligned_grid(plan, item_index, asset_index)
-    if grid is not None or plan.resampling != "nearest" or not plan.native:
-        return grid
-    native = plan.native[item_index][asset_index]
-    if native is None:
-        return None
-    return native, plan.output_grid
+    return Placement(plan.epsg, c, f, plan.resolution, *offset)
 
 
 def _source(plan: CubePlan, item_index: int, asset_index: int, url: str) -> tuple[str, bool]:
@@ -108,13 +104,66 @@ def _source(plan: CubePlan, item_index: int, asset_index: int, url: str) -> tupl
     return url, False
 
 
+def _request(
+    plan: CubePlan,
+    asset_index: int,
+    item_index: int,
+    window: Window,
+    creds: auth.Credentials | None,
+    *,
+    native: bool = True,
+) -> FileRead | None:
+    """How to read the item's file for the window: an :class:`AlignedRead` when its
+    pixels are the cube's, a :class:`WarpedRead` for a nearest-neighbour warp, a
+    :class:`GdalRead` otherwise (another resampling, a local file, or ``native`` False: a
+    process where async-tiff does not run); None when the file misses the window."""
+    url = plan.urls[item_index][asset_index]
+    if url is None or not _overlaps(plan, plan.item_bounds[item_index][asset_index], window):
+        return None
+    href, local = _source(plan, item_index, asset_index, url)
+    packing = plan.packing[asset_index]
+    common: dict[str, Any] = {
+        "url": href,
+        "label": _label(plan, item_index),
+        "window": window,
+        "dtype": np.dtype(packing.dtype),
+        "fill": packing.fill_value,
+        "access": _access(plan, href, creds),
+    }
+    grid = plan.native[item_index][asset_index] if plan.native else None
+    placement = _placement(plan, item_index, asset_index)
+    if native and not local and grid is not None:
+        if placement is not None:
+            return AlignedRead(**common, placement=placement, shape=grid.shape, cube=plan.shape)
+        if plan.resampling == "nearest":
+            return WarpedRead(**common, native=grid, target=plan.output_grid)
+    return _through_gdal(FileRead(**common), plan, asset_index, creds)
+
+
+def _through_gdal(
+    request: FileRead, plan: CubePlan, asset_index: int, creds: auth.Credentials | None
+) -> GdalRead:
+    """The same read through GDAL's warper."""
+    return GdalRead(
+        url=request.url,
+        label=request.label,
+        window=request.window,
+        dtype=request.dtype,
+        fill=request.fill,
+        access=request.access,
+        plan=plan,
+        asset_index=asset_index,
+        credentials=creds,
+    )
+
+
 def read_window(
     plan: CubePlan,
     asset_index: int,
     time_indices: Sequence[int],
     rows: slice,
     cols: slice,
-) -> np.ndarray:
+) -> npt.NDArray[Any]:
     """Read raw values of one asset for some time steps and a window of the grid.
 
     Same-date items are mosaicked in priority order: the first valid (not nodata) pixel
@@ -129,76 +178,27 @@ def read_window(
     """
     needs_creds = any(plan.send_credentials.values())
     creds = auth.resolve(plan.credentials_handle) if needs_creds else None
-    spec = plan.packing[asset_index]
-    dtype = np.dtype(spec.dtype)
-    nodata = spec.fill_value
-    nan_fill = dtype.kind == "f" and bool(np.isnan(nodata))
-    height = rows.stop - rows.start
-    width = cols.stop - cols.start
-    out = np.full((len(time_indices), height, width), nodata, dtype=dtype)
-    if height == 0 or width == 0:
+    packing = plan.packing[asset_index]
+    window = Window.of(rows, cols)
+    out = np.full((len(time_indices), *window.shape), packing.fill_value, packing.dtype)
+    if out.size == 0:
         return out
-    window = Window(cols.start, rows.start, width, height)
-
-    jobs: list[tuple[int, int, str, bool]] = []  # out index, item, href, local
-    for out_index, t in enumerate(time_indices):
-        for item_index in plan.groups[t]:
-            url = plan.urls[item_index][asset_index]
-            bounds = plan.item_bounds[item_index][asset_index]
-            if url is None or not _overlaps(plan, bounds, window):
-                continue
-            href, local = _source(plan, item_index, asset_index, url)
-            jobs.append((out_index, item_index, href, local))
-
-    results: list[np.ndarray | Future | None] = [None] * len(jobs)
-    aligned: list[tuple[int, Any]] = []
-    pool = gdal.io_pool()
-
-    def through_gdal(j: int) -> Future:
-        _, item_index, href, _ = jobs[j]
-        label, access = _label(plan, item_index), _access(plan, href, creds)
-        return pool.submit(gdal.read_gdal, plan, href, asset_index, window, creds, label, access)
-
     native = aio.native_usable()
+    jobs = [
+        (out_index, request)
+        for out_index, t in enumerate(time_indices)
+        for item_index in plan.groups[t]
+        if (request := _request(plan, asset_index, item_index, window, creds, native=native))
+        is not None
+    ]
     if not native and jobs:
         _forked_warning()
-    try:
-        for j, (_, item_index, _, local) in enumerate(jobs):
-            how = None if local or not native else _async_how(plan, item_index, asset_index)
-            if how is None:
-                results[j] = through_gdal(j)
-            else:
-                aligned.append((j, how))
-        if aligned:
-            _prefetch_around(
-                plan, asset_index, time_indices, rows, cols, window, creds, dtype, nodata
-            )
-            arrays = aio.run(
-                _read_aligned_all(
-                    plan, asset_index, jobs, aligned, rows, cols, creds, dtype, nodata
-                )
-            )
-            for (j, _), array in zip(aligned, arrays, strict=True):
-                if isinstance(array, GridMismatch):
-                    logger.warning("%s; reading it through GDAL", array)
-                    results[j] = through_gdal(j)
-                else:
-                    results[j] = array
-        filled: set[int] = set()
-        for j, (out_index, _, _, _) in enumerate(jobs):  # priority order within each date
-            result = results[j]
-            data = result.result() if isinstance(result, Future) else result
-            target = out[out_index]
-            if out_index not in filled:  # the date's first file: the whole window is nodata
-                target[...] = data
-                filled.add(out_index)
-            else:
-                np.copyto(target, data, where=np.isnan(target) if nan_fill else target == nodata)
-    finally:
-        for result in results:
-            if isinstance(result, Future):
-                result.cancel()
-    return out
+    if any(not isinstance(request, GdalRead) for _, request in jobs):
+        _prefetch_around(plan, asset_index, time_indices, window, creds)
+    requests = [request for _, request in jobs]
+    arrays = aio.run(_read_all(requests, plan, asset_index, creds))
+    layers = [(out_index, array) for (out_index, _), array in zip(jobs, arrays, strict=True)]
+    return mosaic(out, layers, packing.fill_value)
 
 
 _forked_warned: list[int] = []
@@ -218,20 +218,27 @@ def _forked_warning() -> None:
     )
 
 
-async def _read_aligned_all(plan, asset_index, jobs, aligned, rows, cols, creds, dtype, fill):
-    import asyncio
+async def _read_all(
+    requests: Sequence[FileRead],
+    plan: CubePlan,
+    asset_index: int,
+    creds: auth.Credentials | None,
+) -> list[npt.NDArray[Any]]:
+    """Every request's values at once (on the loop), in their order. A file whose header
+    disagrees with its item is read through GDAL."""
 
-    async def one(j: int, how):
-        _, item_index, url, _ = jobs[j]
-        spec = _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fill)
+    async def one(request: FileRead) -> npt.NDArray[Any]:
+        if isinstance(request, GdalRead):
+            return await readers.read(request)
         try:
-            return await readahead.read(spec)
+            return await readahead.read(request)
         except GridMismatch as err:
-            return err
+            logger.warning("%s; reading it through GDAL", err)
+            return await readers.read(_through_gdal(request, plan, asset_index, creds))
 
-    tasks = [asyncio.ensure_future(one(j, how)) for j, how in aligned]
+    tasks = [asyncio.ensure_future(one(request)) for request in requests]
     try:
-        return await asyncio.gather(*tasks)
+        return list(await asyncio.gather(*tasks))
     finally:
         for task in tasks:
             task.cancel()
@@ -250,29 +257,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _spec(plan, asset_index, item_index, url, how, rows, cols, creds, dtype, fill) -> Spec:
-    warp = None if isinstance(how, Grid) else how
-    return Spec(
-        url=url,
-        label=_label(plan, item_index),
-        access=_access(plan, url, creds),
-        grid=None if warp else how,
-        shape=plan.native[item_index][asset_index].shape,
-        rows=rows,
-        cols=cols,
-        dtype=dtype,
-        fill=fill,
-        cube=plan.shape,
-        warp=warp,
-    )
-
-
-def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds, dtype, fill):
+def _prefetch_around(
+    plan: CubePlan,
+    asset_index: int,
+    time_indices: Sequence[int],
+    window: Window,
+    creds: auth.Credentials | None,
+) -> None:
     """Fetch the headers of the files of the dates nearest the read (up to
-    :data:`~xarray_terrascope.engine.readahead.WARM_FILES` files, its own first) in the background.
-    Reads of a window date after date, up or down: read the next dates' files ahead in
-    that direction."""
-    key = (hash(plan.urls), asset_index, rows.start, rows.stop, cols.start, cols.stop)
+    :data:`~xarray_terrascope.engine.readahead.WARM_FILES` files, its own first) in the
+    background. Reads of a window date after date, up or down: read the next dates'
+    files ahead in that direction."""
+    key = (hash(plan.urls), asset_index, window)
     with _recent.lock:
         state = _recent.get(key)  # now the most recent
         if state is None:
@@ -297,42 +293,36 @@ def _prefetch_around(plan, asset_index, time_indices, rows, cols, window, creds,
         unbroken = max(seen_now) - min(seen_now) + 1 == len(seen_now)
         dates_ahead = len(seen_now) - len(set(time_indices)) if unbroken else 0
 
-    def aligned_files(times):
+    def async_reads(times: Iterable[int]) -> Iterator[FileRead]:
+        """The async engine's requests of the window for dates ``times``."""
         for t in times:
             for item_index in plan.groups[t]:
-                url = plan.urls[item_index][asset_index]
-                if (
-                    url is not None
-                    and _overlaps(plan, plan.item_bounds[item_index][asset_index], window)
-                    and not _source(plan, item_index, asset_index, url)[1]
-                ):
-                    how = _async_how(plan, item_index, asset_index)
-                    if how is not None:
-                        yield item_index, url, how
+                request = _request(plan, asset_index, item_index, window, creds)
+                if request is not None and not isinstance(request, GdalRead):
+                    yield request
 
     # the headers of the files of the nearest dates (a window that moves with the reads)
     nearest = itertools.islice(
-        aligned_files(_outwards(lo, hi, len(plan.groups))), readahead.WARM_FILES
+        async_reads(_outwards(lo, hi, len(plan.groups))), readahead.WARM_FILES
     )
     with _recent.lock:
-        new = [(i, url) for i, url, _ in nearest if url not in warmed]
-        warmed.update(url for _, url in new)
-    readahead.warm_headers([(url, _label(plan, i), _access(plan, url, creds)) for i, url in new])
+        new = [request for request in nearest if request.url not in warmed]
+        warmed.update(request.url for request in new)
+    readahead.warm_headers([(r.url, r.label, r.access) for r in new])
     if (forwards or backwards) and dates_ahead:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
             if forwards
             else range(min(time_indices) - 1, -1, -1)
         )
-        ahead: list[Spec] = []
+        ahead: list[FileRead] = []
         for t in later:
             if len(ahead) >= files_ahead or dates_ahead == 0:
                 break
             if t in seen_now:
                 continue
             dates_ahead -= 1
-            for i, url, how in aligned_files([t]):
-                ahead.append(_spec(plan, asset_index, i, url, how, rows, cols, creds, dtype, fill))
+            ahead.extend(async_reads([t]))
         readahead.read_ahead(ahead)
 
 
@@ -371,15 +361,18 @@ def _label(plan: CubePlan, item_index: int) -> str:
     return str(ids[item_index]) if ids else f"item {item_index}"
 
 
-def _overlaps(plan: CubePlan, bounds, window: Window) -> bool:
+def _overlaps(
+    plan: CubePlan, bounds: tuple[float, float, float, float] | None, window: Window
+) -> bool:
+    """Whether a file's footprint (in the cube's CRS) overlaps the window."""
     if bounds is None:
         return False
     west, south, east, north = bounds
     res = plan.resolution
-    x0 = plan.bounds[0] + window.col_off * res
-    x1 = x0 + window.width * res
-    y1 = plan.bounds[3] - window.row_off * res
-    y0 = y1 - window.height * res
+    x0 = plan.bounds[0] + window.col0 * res
+    x1 = plan.bounds[0] + window.col1 * res
+    y1 = plan.bounds[3] - window.row0 * res
+    y0 = plan.bounds[3] - window.row1 * res
     return west < x1 and east > x0 and south < y1 and north > y0
 
 

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 
 from xarray_terrascope.auth import RequestAuth
-from xarray_terrascope.engine import aio
-from xarray_terrascope.engine.cog import Grid, fetch_header, forget_parsed, read_aligned
-from xarray_terrascope.engine.warp import read_warped
+from xarray_terrascope.engine import aio, readers
+from xarray_terrascope.engine.cog import fetch_header
+from xarray_terrascope.engine.requests import FileRead
 from xarray_terrascope.options import get_options
-from xarray_terrascope.plan.planner import NativeGrid, OutputGrid
 
-__all__ = ["Spec", "clear", "read", "read_ahead", "warm_headers"]
+__all__ = ["clear", "read", "read_ahead", "warm_headers"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,129 +38,57 @@ WARM_FILES = 32
 READAHEAD_STALE = 30.0
 
 
-@dataclass(frozen=True)
-class Spec:
-    """One file's part of one output window (the arguments of
-    :func:`~xarray_terrascope.engine.cog.read_aligned`)."""
-
-    url: str
-    label: str
-    access: RequestAuth | None
-    grid: Grid | None
-    shape: tuple[int, int]
-    rows: slice
-    cols: slice
-    dtype: Any
-    fill: Any
-    cube: tuple[int, int] | None = None
-    #: for a file on another grid: its grid and the output grid (nearest-neighbour warp)
-    warp: tuple[NativeGrid, OutputGrid] | None = None
-
-    @property
-    def key(self) -> tuple:
-        # the credentials' identity is part of the key: another user reads anew
-        return (
-            self.url,
-            self.rows.start,
-            self.rows.stop,
-            self.cols.start,
-            self.cols.stop,
-            str(self.dtype),
-            None if self.access is None else self.access.identity,
-        )
-
-    @property
-    def nbytes(self) -> int:
-        size = (self.rows.stop - self.rows.start) * (self.cols.stop - self.cols.start)
-        return size * np.dtype(self.dtype).itemsize
-
-    def run(self):
-        if self.warp is not None:
-            native, target = self.warp
-            return read_warped(
-                self.url,
-                label=self.label,
-                access=self.access,
-                native=native,
-                target=target,
-                rows=self.rows,
-                cols=self.cols,
-                dtype=self.dtype,
-                fill=self.fill,
-            )
-        return read_aligned(
-            self.url,
-            label=self.label,
-            access=self.access,
-            grid=self.grid,
-            shape=self.shape,
-            rows=self.rows,
-            cols=self.cols,
-            dtype=self.dtype,
-            fill=self.fill,
-            cube=self.cube,
-        )
-
-
-def _table() -> OrderedDict[tuple, tuple[asyncio.Future, float]]:
-    """Read-ahead results by :attr:`Spec.key`: the task and the loop time it started."""
-    return aio.loop_state().setdefault("readahead", OrderedDict())
-
-
-#: ``loop_state()`` table of the reads under way that a caller asked for (never evicted,
-#: never read ahead again).
-_READING = "reading"
-
-
-async def read(spec: Spec) -> np.ndarray:
-    """Read ``spec``, taking a read-ahead result or a read under way when there is one
+async def read(request: FileRead) -> npt.NDArray[Any]:
+    """Read ``request``, taking a read-ahead result or a read under way when there is one
     (on the loop)."""
-    task, _ = _table().pop(spec.key, (None, 0.0))
+    state = aio.engine()
+    task, _ = state.readahead.pop(request.key, (None, 0.0))
     if task is not None:
         try:
             return await task
         except Exception:
-            logger.debug("read-ahead of %s failed; reading it again", spec.label)
-    return await aio.shared(_READING, spec.key, spec.run)
+            logger.debug("read-ahead of %s failed; reading it again", request.label)
+    return await aio.shared(state.reading, request.key, lambda: readers.read(request))
 
 
-async def _start(specs: list[Spec]) -> None:
-    """Start reading ``specs`` ahead while the table has room.
+async def _start(requests: Sequence[FileRead]) -> None:
+    """Start reading ``requests`` ahead while the table has room.
 
     A result waiting to be taken is never dropped for a newer one (its bytes would be
     fetched twice); only results nobody took within :data:`READAHEAD_STALE` seconds
     make room. A full table starts nothing.
     """
-    table, reading = _table(), aio.loop_state().setdefault(_READING, {})
+    state = aio.engine()
+    table, reading = state.readahead, state.reading
     budget = get_options().readahead_mb * 2**20
-    limit = max(4, budget // max(1, max(s.nbytes for s in specs)))
+    limit = max(4, budget // max(1, max(r.nbytes for r in requests)))
     now = asyncio.get_running_loop().time()
     for key in [k for k, (_, started) in table.items() if now - started > READAHEAD_STALE]:
         table.pop(key)[0].cancel()
-    for spec in specs:
+    for request in requests:
         if len(table) >= limit:
-            logger.debug("read-ahead table full (%d): %s not read ahead", limit, spec.label)
+            logger.debug("read-ahead table full (%d): %s not read ahead", limit, request.label)
             break
-        if spec.key in table or spec.key in reading:
+        if request.key in table or request.key in reading:
             continue
-        task = asyncio.ensure_future(spec.run())
+        task = asyncio.ensure_future(readers.read(request))
         task.add_done_callback(aio.retrieve)
-        table[spec.key] = (task, now)
+        table[request.key] = (task, now)
 
 
-def read_ahead(specs: list[Spec]) -> None:
-    """Start reading ``specs`` in the background (from any thread but the loop's)."""
-    if specs:
-        aio.submit(_start(specs))
+def read_ahead(requests: Sequence[FileRead]) -> None:
+    """Start reading ``requests`` in the background (from any thread but the loop's)."""
+    if requests:
+        aio.submit(_start(requests))
 
 
-def warm_headers(todo: list[tuple[str, str, str | None]]) -> None:
+def warm_headers(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
     """Fetch the headers of ``(url, label, access)`` in the background."""
     if todo:
         aio.submit(_warm(todo))
 
 
-async def _warm(todo: list[tuple[str, str, str | None]]) -> None:
+async def _warm(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
     first = todo[0]  # one header first: its size sizes the others' single request
     results: list[Any] = await asyncio.gather(fetch_header(*first), return_exceptions=True)
     results += await asyncio.gather(
@@ -179,11 +105,11 @@ def clear() -> None:
     (after a change of credentials)."""
 
     async def drop() -> None:
-        table = _table()
-        for task, _ in table.values():
+        state = aio.engine()
+        for task, _ in state.readahead.values():
             task.cancel()
-        table.clear()
-        forget_parsed()
+        state.readahead.clear()
+        state.parsed.clear()
 
-    if not aio.in_loop_thread():
+    if aio.started() is not None and not aio.in_loop_thread():
         aio.run(drop())

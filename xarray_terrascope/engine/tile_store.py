@@ -22,7 +22,7 @@ from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio
 from xarray_terrascope.options import get_options
 
-__all__ = ["TileCache", "tiles"]
+__all__ = ["TileCache"]
 
 
 class TileCache:
@@ -109,7 +109,3 @@ class TileCache:
 
 def _nbytes(tile: np.ndarray) -> int:
     return int(tile.nbytes)
-
-
-#: The process's tile cache.
-tiles = TileCache()

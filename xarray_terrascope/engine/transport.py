@@ -96,8 +96,8 @@ class _Retry(Exception):
 
 
 def _session() -> aiohttp.ClientSession:
-    state = aio.loop_state()
-    session = state.get("session")
+    state = aio.engine()
+    session = state.session
     if session is None or session.closed:
         from xarray_terrascope._version import __version__
 
@@ -109,13 +109,14 @@ def _session() -> aiohttp.ClientSession:
             headers={"User-Agent": f"xarray-terrascope/{__version__}"},
             auto_decompress=False,
         )
-        state["session"] = session
+        state.session = session
     return session
 
 
 def close_session() -> None:
     """Close this process's HTTP session (at exit; a later request opens a new one)."""
-    session = aio.loop_state().get("session")
+    current = aio.started()
+    session = current.session if current is not None else None
     if session is None or session.closed or aio.in_loop_thread():
         return
     try:
@@ -131,8 +132,8 @@ def _disown_parent_session() -> None:
     """In a forked child: mark the parent's session (kept, never closed, by
     :mod:`~xarray_terrascope.engine.aio`) as closed without closing its sockets, which the
     parent still uses; collected at the child's exit, it then warns about nothing."""
-    for _loop, state in aio._forked_leftovers[-1:]:
-        session = state.get("session")
+    for parent in aio._forked_leftovers[-1:]:
+        session = parent.session
         connector = session.connector if session is not None else None
         if connector is not None:
             # aiohttp has no public way to let go of a connector without closing it
@@ -148,8 +149,10 @@ def reset_limiters() -> None:
     or any range requests) and the whole files kept: the next request starts afresh."""
 
     async def reset() -> None:
-        for table in ("limiters", "multirange", _IGNORES_RANGES, _WHOLE_FILES, _RANGES_SEEN):
-            aio.loop_state().pop(table, None)
+        state = aio.engine()
+        for table in (state.limiters, state.multirange, state.ignores_ranges, state.ranges_seen):
+            table.clear()
+        state.whole_files = None
 
     aio.run(reset())
 
@@ -159,14 +162,14 @@ def forget_files() -> None:
     credentials: what was read with the old ones must not answer a later read)."""
 
     async def forget() -> None:
-        aio.loop_state().pop(_WHOLE_FILES, None)
+        aio.engine().whole_files = None
 
-    if not aio.in_loop_thread():
+    if aio.started() is not None and not aio.in_loop_thread():
         aio.run(forget())
 
 
 def _limiter(url: str) -> Limiter:
-    limiters = aio.loop_state().setdefault("limiters", {})
+    limiters = aio.engine().limiters
     key = origin(url) or url
     limiter = limiters.get(key)
     maximum = get_options().max_connections
@@ -185,9 +188,9 @@ class _NoMultiRange(Exception):
     """The origin answered a multi-range request with something else: ask range by range."""
 
 
-def _multirange(state: dict, url: str) -> bool | None:
+def _multirange(url: str) -> bool | None:
     """What this loop learnt of the origin's multi-range answers (None: not tried yet)."""
-    return state.get(origin(url) or url)
+    return aio.engine().multirange.get(origin(url) or url)
 
 
 @contextlib.asynccontextmanager
@@ -195,8 +198,7 @@ async def _multirange_turn(url: str) -> AsyncIterator[bool | None]:
     """What is known of the origin's multi-range answers, once no other request of this
     loop is finding it out. None: this request finds out, and the others wait for it, so
     an origin that answers with whole files sends one, not one per request in flight."""
-    state = aio.loop_state().setdefault("multirange", {})
-    probes = aio.loop_state().setdefault("multirange_probes", {})
+    state, probes = aio.engine().multirange, aio.engine().multirange_probes
     key = origin(url) or url
     while state.get(key) is None and key in probes:
         await probes[key].wait()
@@ -215,7 +217,7 @@ async def _attempt(
 ) -> tuple[list[bytes], Remote]:
     """One ranged GET of ``spans`` (redirects followed by hand); raises :class:`_Retry`
     when transient, :class:`_NoMultiRange` when several spans did not come back as such."""
-    if len(spans) > 1 and _multirange(aio.loop_state().get("multirange", {}), url) is False:
+    if len(spans) > 1 and _multirange(url) is False:
         raise _NoMultiRange(f"{_public(url)} ignores multi-range requests")  # learnt meanwhile
     session = _session()
     first_origin = origin(url)  # None for a URL that may not carry credentials
@@ -302,25 +304,17 @@ def _headers(ranges: str, access: RequestAuth | None) -> dict[str, str]:
 
 def _learn(urls: tuple[str, ...], supported: bool) -> None:
     """Remember how the origins of a request (and of its redirect target) answer."""
-    state = aio.loop_state().setdefault("multirange", {})
+    known = aio.engine().multirange
     for url in urls:
-        state[origin(url) or url] = supported
-
-
-#: ``loop_state()`` keys: origins that answered a ranged request with the whole file, and
-#: the bodies of such files (``url -> (body, Remote)``, oldest first).
-_IGNORES_RANGES = "ignores_ranges"
-_WHOLE_FILES = "whole_files"
-#: ``loop_state()`` table of the whole-file downloads under way (see :func:`get_ranges`)
-_WHOLE_PENDING = "whole_files_pending"
+        known[origin(url) or url] = supported
 
 
 def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
     """Remember that the origin of ``url`` (and of its redirect ``target``) ignores
     ``Range``, saying so once per origin, and keep ``body`` for the file's other ranges
     while the ``whole_files_mb`` option allows."""
-    state = aio.loop_state()
-    ignoring = state.setdefault(_IGNORES_RANGES, set())
+    state = aio.engine()
+    ignoring = state.ignores_ranges
     for each in (url, target):
         key = origin(each) or each
         if key not in ignoring:
@@ -333,9 +327,9 @@ def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
                 _public(each),
             )
     budget = get_options().whole_files_mb * 2**20
-    files: BoundedCache[str, tuple[bytes, Remote]] | None = state.get(_WHOLE_FILES)
+    files = state.whole_files
     if files is None or files.maxsize != budget:
-        files = state[_WHOLE_FILES] = (
+        files = state.whole_files = (
             files.resized(budget) if files is not None else BoundedCache(budget, getsizeof=_held)
         )
     files.put(url, (body, remote))
@@ -347,23 +341,16 @@ def _held(entry: tuple[bytes, Remote]) -> int:
 
 def _whole(url: str) -> tuple[bytes, Remote] | None:
     """The body of ``url`` when its origin ignores ``Range`` and it is held in memory."""
-    files = aio.loop_state().get(_WHOLE_FILES)
+    files = aio.engine().whole_files
     return files.get(url) if files else None
 
 
 def _ignores_ranges(url: str) -> bool:
-    return (origin(url) or url) in aio.loop_state().get(_IGNORES_RANGES, ())
-
-
-#: ``loop_state()`` keys: origins that answered a ranged request (206, or 200 with the
-#: whole file), and the files whose first request is under way while that is not known.
-_RANGES_SEEN = "ranges_seen"
-_RANGE_PROBES = "range_probes"
+    return (origin(url) or url) in aio.engine().ignores_ranges
 
 
 def _saw_ranges(*urls: str) -> None:
-    seen = aio.loop_state().setdefault(_RANGES_SEEN, set())
-    seen.update(origin(url) or url for url in urls)
+    aio.engine().ranges_seen.update(origin(url) or url for url in urls)
 
 
 @contextlib.asynccontextmanager
@@ -373,8 +360,7 @@ async def _range_turn(url: str) -> AsyncIterator[None]:
     then sends each file once, its other parts cut from that body, instead of once per
     request in flight. Once known, nothing waits."""
     key = origin(url) or url
-    seen = aio.loop_state().setdefault(_RANGES_SEEN, set())
-    probes: dict[str, asyncio.Event] = aio.loop_state().setdefault(_RANGE_PROBES, {})
+    seen, probes = aio.engine().ranges_seen, aio.engine().range_probes
     while url in probes:  # this file's first request: wait even if its origin is known now
         await probes[url].wait()
     probing = key not in seen
@@ -522,10 +508,11 @@ async def _get_ranges(
     whole = _whole(url)
     if whole is None and _ignores_ranges(url):
         # one download of the file for every read that wants a part of it meanwhile
-        await aio.shared(_WHOLE_PENDING, url, lambda: _with_retries(url, spans[:1], access, label))
+        pending = aio.engine().pending_whole_files
+        await aio.shared(pending, url, lambda: _with_retries(url, spans[:1], access, label))
         whole = _whole(url)
         if whole is None:  # answered with the range after all: the origin honours them now
-            aio.loop_state()[_IGNORES_RANGES].discard(origin(url) or url)
+            aio.engine().ignores_ranges.discard(origin(url) or url)
     if whole is not None:
         body, remote = whole
         return [body[start:end] for start, end in spans], remote
@@ -545,7 +532,7 @@ async def _get_ranges(
                     return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
     if len(spans) == 1:
         return await _with_retries(url, spans, access, label)
-    if (origin(url) or url) not in aio.loop_state().get(_RANGES_SEEN, ()):
+    if (origin(url) or url) not in aio.engine().ranges_seen:
         # the first range alone: an origin that answers with the whole file sends it once
         first = await _with_retries(url, spans[:1], access, label)
         whole = _whole(url)

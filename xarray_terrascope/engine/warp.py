@@ -22,16 +22,19 @@ import functools
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from async_tiff import TIFF
 
-from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio
-from xarray_terrascope.engine.cog import Grid, GridMismatch, check_grid, tiles_of, with_header
+from xarray_terrascope.engine.cog import GridMismatch, Source, check_grid, tiles_of, with_header
+from xarray_terrascope.engine.requests import Placement, WarpedRead, Window
 from xarray_terrascope.plan.planner import NativeGrid, OutputGrid
 
-__all__ = ["Gather", "gather_plan", "pixel_map", "read_warped"]
+__all__ = ["Gather", "WarpedReader", "gather_plan", "pixel_map", "read_warped"]
 
 #: Bytes of gather plans (pixel maps turned into tile indices) kept per process.
 MAP_CACHE_BYTES = 64 * 2**20
@@ -226,53 +229,30 @@ def gather_plan(
     return plan
 
 
-async def read_warped(
-    url: str,
-    *,
-    label: str,
-    access: RequestAuth | None,
-    native: NativeGrid,
-    target: OutputGrid,
-    rows: slice,
-    cols: slice,
-    dtype: np.dtype,
-    fill,
-) -> np.ndarray:
-    """Read output window ``rows, cols`` of a file on another grid (nearest neighbour).
-
-    Parameters
-    ----------
-    url, label, access
-        As :func:`xarray_terrascope.engine.cog.read_aligned`.
-    native : NativeGrid
-        The file's grid from the item's metadata (checked against the header).
-    target : OutputGrid
-        The output grid.
-    rows, cols : slice
-        The output window.
-    dtype : numpy.dtype
-        Storage dtype.
-    fill
-        Value of output pixels outside the file.
+async def read_warped(request: WarpedRead) -> npt.NDArray[Any]:
+    """The window's values from a file on another grid, with nearest neighbour: each
+    output pixel takes the file pixel under its centre (see :func:`pixel_map`).
 
     Raises
     ------
     GridMismatch
-        When the header disagrees with ``native`` or is not a north-up square-pixel grid
-        (the caller reads the file through GDAL).
+        When the header disagrees with ``request.native`` or the grid is not north-up
+        with square pixels (the caller reads the file through GDAL).
     AuthenticationError, ReadError
-        As :func:`xarray_terrascope.engine.transport.get_range`.
+        As :func:`xarray_terrascope.engine.transport.get_ranges`.
     """
+    native, dtype, fill = request.native, request.dtype, request.fill
     a, b, c, d, e, f = native.transform
     if b or d or abs(a + e) > 1e-9 * abs(a):
-        raise GridMismatch(f"{label}: rotated or non-square pixels")
-    grid = Grid(native.epsg, c, f, a, 0, 0)
+        raise GridMismatch(f"{request.label}: rotated or non-square pixels")
+    grid = Placement(native.epsg, c, f, a, 0, 0)
 
-    async def body(tiff, source):
+    async def body(tiff: TIFF, source: Source) -> npt.NDArray[Any]:
         ifd = tiff.ifds[0]
-        check_grid(ifd, grid, native.shape, np.dtype(dtype), label)
+        check_grid(ifd, grid, native.shape, dtype, request.label)
         th, tw = ifd.tile_height, ifd.tile_width
-        plan = await _plan_async(native, target, rows, cols, (th, tw))
+        assert th is not None and tw is not None  # check_grid: the file is tiled
+        plan = await _plan_async(native, request.target, request.window, (th, tw))
         out = np.full(plan.inside.shape, fill, dtype=dtype)
         if not plan.tiles:
             return out
@@ -284,15 +264,25 @@ async def read_warped(
         out[plan.inside] = stack.reshape(-1)[plan.take]
         return out
 
-    return await with_header(url, label, access, body)
+    return await with_header(request.url, request.label, request.access, body)
 
 
-async def _plan_async(native, target, rows, cols, tile_shape) -> Gather:
+class WarpedReader:
+    """The :class:`~xarray_terrascope.engine.requests.Reader` of :class:`WarpedRead`."""
+
+    async def read(self, request: WarpedRead) -> npt.NDArray[Any]:
+        return await read_warped(request)
+
+
+async def _plan_async(
+    native: NativeGrid, target: OutputGrid, window: Window, tile_shape: tuple[int, int]
+) -> Gather:
     """:func:`gather_plan` off the event loop, computed once when many reads want it."""
-    key = (native, target, rows.start, rows.stop, cols.start, cols.stop, tile_shape)
+    key = (native, target, window, tile_shape)
     loop = asyncio.get_running_loop()
+    rows, cols = window.rows, window.cols
     return await aio.shared(
-        "gather_plans",
+        aio.engine().pending_gathers,
         key,
         lambda: loop.run_in_executor(None, gather_plan, native, target, rows, cols, tile_shape),
     )

@@ -1,0 +1,197 @@
+"""What a window read asks of one file: frozen, typed values, and the readers' protocol.
+
+:func:`xarray_terrascope.engine.read.read_window` turns a window of the cube into one
+request per file: an :class:`AlignedRead` when the file's pixels are pixels of the cube
+(the usual Terrascope case), a :class:`WarpedRead` when they must be warped with nearest
+neighbour, a :class:`GdalRead` otherwise (another resampling, a local file, a file the
+async engine does not decode exactly). Each has its :class:`Reader`, and every reader
+returns the window's stored values for its file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from xarray_terrascope.auth import Credentials, RequestAuth
+    from xarray_terrascope.plan.planner import CubePlan, NativeGrid, OutputGrid
+
+__all__ = [
+    "AlignedRead",
+    "FileRead",
+    "GdalRead",
+    "Placement",
+    "Reader",
+    "WarpedRead",
+    "Window",
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window of the cube's grid: rows ``row0`` to ``row1`` and columns ``col0`` to
+    ``col1`` (ends excluded).
+
+    Examples
+    --------
+    >>> window = Window.of(slice(10, 20), slice(0, 5))
+    >>> window.shape, window.rows
+    ((10, 5), slice(10, 20, None))
+    """
+
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+
+    @classmethod
+    def of(cls, rows: slice, cols: slice) -> Window:
+        """The window of ``rows`` and ``cols`` (slices with a step of 1)."""
+        return cls(int(rows.start), int(rows.stop), int(cols.start), int(cols.stop))
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.row0, self.row1)
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.col0, self.col1)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.row1 - self.row0, self.col1 - self.col0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a file's pixels sit on the cube's grid, when they are pixels of it.
+
+    Attributes
+    ----------
+    epsg : int
+        The CRS both share.
+    x0, y0 : float
+        The file's upper-left corner.
+    resolution : float
+        Pixel size of both.
+    row_offset, col_offset : int
+        Cube pixel ``(r, c)`` is file pixel ``(r + row_offset, c + col_offset)``.
+    """
+
+    epsg: int
+    x0: float
+    y0: float
+    resolution: float
+    row_offset: int
+    col_offset: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRead:
+    """One file's part of one window of the cube.
+
+    Attributes
+    ----------
+    url : str
+        The file (an http(s) URL, or a local path for a :class:`GdalRead`).
+    label : str
+        What the file is to the user (its item id), named in errors.
+    window : Window
+        The window of the cube's grid.
+    dtype : numpy.dtype
+        The stored type.
+    fill : numpy scalar
+        Value of the window's pixels outside the file.
+    access : RequestAuth or None
+        What a request for the file may carry (None: no credentials).
+    """
+
+    url: str
+    label: str
+    window: Window
+    dtype: np.dtype[Any]
+    fill: Any
+    access: RequestAuth | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> Hashable:
+        """What reads of the same pixels with the same credentials share: never the
+        secret, only the credentials' identity."""
+        identity = None if self.access is None else self.access.identity
+        return (type(self).__name__, self.url, self.window, self.dtype.str, identity)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the window's values."""
+        height, width = self.window.shape
+        return height * width * self.dtype.itemsize
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlignedRead(FileRead):
+    """A file whose pixels are pixels of the cube (same CRS and resolution, a whole-pixel
+    offset), read by the async engine.
+
+    Attributes
+    ----------
+    placement : Placement
+        Where the file's pixels sit (from the item; checked against the file's header).
+    shape : tuple of int
+        The file's ``(height, width)`` from the item.
+    cube : tuple of int or None
+        ``(height, width)`` of the cube: tiles crossing a side of the window that a
+        neighbouring window shares are kept for it (None: none are kept).
+    """
+
+    placement: Placement
+    shape: tuple[int, int]
+    cube: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarpedRead(FileRead):
+    """A file on another grid (another UTM zone, another resolution), read by the async
+    engine in its own pixels and warped with nearest neighbour."""
+
+    native: NativeGrid
+    target: OutputGrid
+
+
+@dataclass(frozen=True, kw_only=True)
+class GdalRead(FileRead):
+    """A file read by GDAL's warper (another resampling, a local file, a file the async
+    engine does not decode exactly), onto the plan's grid."""
+
+    plan: CubePlan
+    asset_index: int
+    credentials: Credentials | None = field(default=None, compare=False, repr=False)
+
+
+R_contra = TypeVar("R_contra", bound=FileRead, contravariant=True)
+
+
+class Reader(Protocol[R_contra]):
+    """Reads the stored values of a file's part of a window.
+
+    Implemented by :class:`~xarray_terrascope.engine.cog.AlignedReader`,
+    :class:`~xarray_terrascope.engine.warp.WarpedReader` and
+    :class:`~xarray_terrascope.engine.gdal.GdalReader`.
+    """
+
+    async def read(self, request: R_contra) -> npt.NDArray[Any]:
+        """The window's values (``request.window.shape``, ``request.dtype``); pixels
+        outside the file are ``request.fill``.
+
+        Raises
+        ------
+        AuthenticationError
+            When the server refuses the credentials (or their absence).
+        ReadError
+            For any other failure, naming the item.
+        """
+        ...
