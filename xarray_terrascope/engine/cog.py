@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,8 @@ from xarray_terrascope.exceptions import AuthenticationError, ReadError
 __all__ = ["AlignedReader", "GridMismatch", "Source", "check_grid", "coalesce", "read_aligned"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: First header read when nothing is known yet (Terrascope headers are a few KiB).
 DEFAULT_PREFETCH = 16 * 1024
@@ -101,7 +103,9 @@ class Source:
     that read only.
     """
 
-    def __init__(self, url: str, label: str, access: RequestAuth | None, header: Header | None):
+    def __init__(
+        self, url: str, label: str, access: RequestAuth | None, header: Header | None
+    ) -> None:
         self.url, self.label, self.access = url, label, access
         self.header = header
         self.prefix = header.data if header is not None else b""
@@ -137,17 +141,33 @@ class Source:
         self.remote = self.remote or remote
         return blobs
 
-    async def get_range_async(self, path, *, start, end=None, length=None):
-        return await self.fetch(start, start + length if end is None else end)
+    async def get_range_async(
+        self, path: str, *, start: int, end: int | None = None, length: int | None = None
+    ) -> bytes:
+        """obspec's single range (async-tiff asks for the header this way)."""
+        if end is None:
+            assert length is not None, "obspec gives an end or a length"
+            end = start + length
+        return await self.fetch(start, end)
 
-    async def get_ranges_async(self, path, *, starts, ends=None, lengths=None):
-        ends = [s + n for s, n in zip(starts, lengths, strict=True)] if ends is None else list(ends)
+    async def get_ranges_async(
+        self,
+        path: str,
+        *,
+        starts: Sequence[int],
+        ends: Sequence[int] | None = None,
+        lengths: Sequence[int] | None = None,
+    ) -> list[memoryview]:
+        """obspec's several ranges (async-tiff asks for tiles this way): one request."""
+        if ends is None:
+            assert lengths is not None, "obspec gives ends or lengths"
+            ends = [s + n for s, n in zip(starts, lengths, strict=True)]
         wanted = list(zip(starts, ends, strict=True))
         spans = coalesce(wanted)
         beyond = [(s, e) for s, e in spans if e > len(self.prefix)]
         fetched = dict(zip(beyond, await self.fetch_many(beyond), strict=True)) if beyond else {}
         blobs = [fetched[s, e] if (s, e) in fetched else self.prefix[s:e] for s, e in spans]
-        out = []
+        out: list[memoryview] = []
         for start, end in wanted:
             for (s, e), blob in zip(spans, blobs, strict=True):
                 if s <= start and end <= e:
@@ -218,11 +238,12 @@ async def _open(url: str, label: str, access: RequestAuth | None) -> tuple[TIFF,
     return tiff, source, from_disk
 
 
-def _epsg(ifd) -> int | None:
+def _epsg(ifd: ImageFileDirectory) -> int | None:
     geo = ifd.geo_key_directory
     if geo is None:
         return None
-    return geo.projected_type or geo.geographic_type
+    code: int | None = geo.projected_type or geo.geographic_type
+    return code
 
 
 def check_grid(
@@ -288,7 +309,12 @@ class AlignedReader:
         return await read_aligned(request)
 
 
-async def with_header(url: str, label: str, access: RequestAuth | None, body):
+async def with_header(
+    url: str,
+    label: str,
+    access: RequestAuth | None,
+    body: Callable[[TIFF, Source], Awaitable[T]],
+) -> T:
     """Run ``await body(tiff, source)`` on the file's parsed header; errors surface as the
     package's own.
 
@@ -341,7 +367,7 @@ async def with_header(url: str, label: str, access: RequestAuth | None, body):
             headers.drop(url)
             aio.engine().tiles.clear()  # tiles decoded from the old file must not answer either
         finally:
-            if confirmed and from_disk and source.remote is not None:
+            if confirmed and from_disk and source.remote is not None and source.header:
                 headers.validated(url, source.header)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -394,6 +420,7 @@ async def _read_tiles(tiff: TIFF, source: Source, request: AlignedRead) -> npt.N
     if r0 >= r1 or c0 >= c1:
         return out
     th, tw = ifd.tile_height, ifd.tile_width
+    assert th is not None and tw is not None  # check_grid: the file is tiled
     xy = [
         (tx, ty)
         for ty in range(r0 // th, (r1 - 1) // th + 1)
@@ -446,7 +473,7 @@ async def tiles_of(
     """
     tiles = aio.engine().tiles
     found: dict[tuple[int, int], npt.NDArray[Any]] = {}
-    waits: dict[tuple[int, int], asyncio.Future[npt.NDArray[Any]]] = {}
+    waits: dict[tuple[int, int], asyncio.Future[npt.NDArray[Any] | None]] = {}
     mine: list[tuple[int, int]] = []
     for tx, ty in xy:
         entry = tiles.get(_tile_key(source, tx, ty))
@@ -467,9 +494,12 @@ async def tiles_of(
         raise
     for key, future in waits.items():
         try:
-            found[key] = await future
+            tile = await future
         except Exception:  # the other read failed (its own error): fetch it ourselves
-            (found[key],) = await _fetch_decode(tiff, source, [key])
+            tile = None
+        if tile is None:
+            (tile,) = await _fetch_decode(tiff, source, [key])
+        found[key] = tile
     return [found[key] for key in xy]
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -56,14 +57,14 @@ RETRY = http_policy.GDAL
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 #: Open readers by file, grid and credentials; the least recently used are closed.
-_readers: BoundedCache[tuple, Any] = BoundedCache(
+_readers: BoundedCache[Hashable, Any] = BoundedCache(
     READER_CACHE_SIZE, on_evict=lambda _key, reader: reader.close()
 )
 
 
 #: In a forked child: the parent's open readers, kept (never closed: closing would act on
 #: connections the parent still uses).
-_forked_readers: list[BoundedCache[tuple, Any]] = []
+_forked_readers: list[BoundedCache[Hashable, Any]] = []
 
 
 def _reset_after_fork() -> None:
@@ -97,8 +98,9 @@ def clear_readers() -> None:
         reader.close()
 
 
-def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None):
-    """The process's open GDAL reader for this file, grid and credentials."""
+def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None) -> Any:
+    """The process's open GDAL reader (stackstac's, untyped) for this file, grid and
+    credentials."""
     key = _reader_key(plan, url, asset_index, creds)
     with _readers.lock:
         reader = _readers.get(key)
@@ -111,7 +113,9 @@ def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials 
     return reader
 
 
-def _reader_key(plan: CubePlan, url: str, asset_index: int, creds) -> tuple:
+def _reader_key(
+    plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None
+) -> Hashable:
     allowed = plan.send_credentials.get(url, False)
     return (
         url,
@@ -124,7 +128,9 @@ def _reader_key(plan: CubePlan, url: str, asset_index: int, creds) -> tuple:
     )
 
 
-def _forget_reader(plan: CubePlan, url: str, asset_index: int, creds) -> None:
+def _forget_reader(
+    plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None
+) -> None:
     with _readers.lock:
         reader = _readers.pop(_reader_key(plan, url, asset_index, creds), None)
     if reader is not None:
@@ -137,7 +143,12 @@ _REFUSED = re.compile(r"HTTP response code: (401|403)\b")
 
 
 def _failed(
-    label: str, url: str, status: int | None, creds, sent: bool, detail: str = ""
+    label: str,
+    url: str,
+    status: int | None,
+    creds: auth.Credentials | None,
+    sent: bool,
+    detail: str = "",
 ) -> TerrascopeError:
     """The error for a read of ``url`` answered ``status`` (see
     :func:`~xarray_terrascope.http_policy.error_for`)."""

@@ -281,7 +281,7 @@ class HeaderCache:
             else:  # a removal must happen: do it now
                 self._remove(folder, key)
 
-    def _write_forever(self, pending: queue.Queue) -> None:
+    def _write_forever(self, pending: queue.Queue[tuple[Path, str, Header | None, float]]) -> None:
         while True:
             folder, key, header, queued = pending.get()
             try:

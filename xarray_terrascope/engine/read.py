@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -246,7 +246,7 @@ async def _read_all(
 
 #: Windows this process has read recently, with the dates read (for warm-up and read-ahead).
 _RECENT_SIZE = 256
-_recent: BoundedCache[tuple, tuple[set[int], set[str]]] = BoundedCache(_RECENT_SIZE)
+_recent: BoundedCache[Hashable, tuple[set[int], set[str]]] = BoundedCache(_RECENT_SIZE)
 
 
 def _reset_after_fork() -> None:
@@ -270,7 +270,7 @@ def _prefetch_around(
     files ahead in that direction."""
     key = (hash(plan.urls), asset_index, window)
     with _recent.lock:
-        state = _recent.get(key)  # now the most recent
+        state: tuple[set[int], set[str]] | None = _recent.get(key)  # now the most recent
         if state is None:
             state = (set(), set())
             _recent.put(key, state)
@@ -338,7 +338,7 @@ def _in_worker() -> bool:
     return True
 
 
-def _outwards(lo: int, hi: int, size: int):
+def _outwards(lo: int, hi: int, size: int) -> Iterator[int]:
     """Time indices from ``lo..hi`` outwards: ``lo..hi``, then ``hi + 1``, ``lo - 1``, ...
 
     Examples

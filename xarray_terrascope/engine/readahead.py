@@ -90,7 +90,7 @@ def warm_headers(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
 
 async def _warm(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
     first = todo[0]  # one header first: its size sizes the others' single request
-    results: list[Any] = await asyncio.gather(fetch_header(*first), return_exceptions=True)
+    results: list[Any] = list(await asyncio.gather(fetch_header(*first), return_exceptions=True))
     results += await asyncio.gather(
         *(fetch_header(url, label, auth) for url, label, auth in todo[1:]),
         return_exceptions=True,

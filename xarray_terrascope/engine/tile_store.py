@@ -48,7 +48,7 @@ class TileCache:
         budget = self.max_bytes
         self._waiting: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
         self._taken: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
-        self._pending: dict[Hashable, asyncio.Future] = {}
+        self._pending: dict[Hashable, asyncio.Future[np.ndarray | None]] = {}
 
     @property
     def max_bytes(self) -> int:
@@ -57,7 +57,7 @@ class TileCache:
             return self._max_bytes
         return get_options().tile_cache_mb * 2**20
 
-    def get(self, key: Hashable) -> np.ndarray | asyncio.Future | None:
+    def get(self, key: Hashable) -> np.ndarray | asyncio.Future[np.ndarray | None] | None:
         """The tile (now counted as taken), the future of its fetch in progress, or None."""
         tile = self._pop(key)
         if tile is not None:
@@ -70,7 +70,7 @@ class TileCache:
         tile = self._waiting.pop(key, None)
         return tile if tile is not None else self._taken.pop(key, None)
 
-    def claim(self, key: Hashable) -> asyncio.Future:
+    def claim(self, key: Hashable) -> asyncio.Future[np.ndarray | None]:
         """Announce that the caller fetches ``key``; others may await the returned future."""
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(aio.retrieve)

@@ -386,7 +386,7 @@ def _parts(kind: str, body: bytes) -> list[tuple[str, bytes]]:
     if found is None:
         raise _Retry("multipart answer without a boundary")
     delimiter = b"--" + found.group(1).encode("latin-1")
-    parts = []
+    parts: list[tuple[str, bytes]] = []
     pos = body.find(delimiter)
     while pos >= 0:
         pos += len(delimiter)
@@ -553,7 +553,7 @@ async def _with_retries(
     """One request of ``spans`` through the host's limiter, retried when transient."""
     start, end = spans[0][0], spans[-1][1]
     limiter = _limiter(url)
-    last: _Retry | Exception | None = None
+    last: BaseException | None = None
     for attempt in range(RETRY.attempts):
         generation = await limiter.acquire()
         busy = success = rate_limited = False
@@ -574,6 +574,8 @@ async def _with_retries(
             ) from _scrubbed(err)
         finally:
             await limiter.release(generation, busy, success, retry_after, rate_limited)
+        if attempt == RETRY.attempts - 1:
+            break  # no wait after the last attempt
         delay = RETRY.delay(attempt, retry_after)
         logger.debug(
             "%s bytes %d-%d: %s; retry %d in %.2f s",

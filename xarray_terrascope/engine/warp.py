@@ -21,12 +21,14 @@ import asyncio
 import functools
 import os
 import threading
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from async_tiff import TIFF
+from pyproj import Transformer
 
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio
@@ -43,6 +45,8 @@ NODE_STEP = 16
 #: Pixels whose interpolated source coordinate is this close (in source pixels) to a
 #: pixel edge are transformed exactly.
 EXACT_BAND = 1e-3
+#: Coordinates of many points (float64 arrays).
+Coords = npt.NDArray[np.float64]
 #: GDAL's nearest-neighbour kernel adds this before ``floor`` (gdalwarpkernel.cpp).
 _EPSILON = 1e-10
 
@@ -64,10 +68,10 @@ class Gather:
         Tiles under the window's outer pixels (neighbouring windows need them too).
     """
 
-    inside: np.ndarray
+    inside: npt.NDArray[np.bool_]
     tiles: tuple[tuple[int, int], ...]
-    take: np.ndarray
-    edge: frozenset
+    take: npt.NDArray[np.intp]
+    edge: frozenset[tuple[int, int]]
 
     @property
     def nbytes(self) -> int:
@@ -75,7 +79,9 @@ class Gather:
 
 
 #: Gather plans by (file grid, output grid, window, tile shape), bounded in bytes.
-_plans: BoundedCache[tuple, Gather] = BoundedCache(MAP_CACHE_BYTES, getsizeof=lambda p: p.nbytes)
+_plans: BoundedCache[Hashable, Gather] = BoundedCache(
+    MAP_CACHE_BYTES, getsizeof=lambda plan: plan.nbytes
+)
 
 
 def _new_lock_after_fork() -> None:
@@ -87,11 +93,9 @@ if hasattr(os, "register_at_fork"):
 
 
 @functools.lru_cache(maxsize=16)
-def _transformer(src: int, dst: int):
+def _transformer(src: int, dst: int) -> Transformer:
     """A PROJ transformer (built once per CRS pair: about 0.1 s; thread-safe since
     pyproj 3.1)."""
-    from pyproj import Transformer
-
     return Transformer.from_crs(src, dst, always_xy=True)
 
 
@@ -140,7 +144,9 @@ def _uv(native: NativeGrid, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray,
     return (e * dx - b * dy) / det, (a * dy - d * dx) / det  # the inverse affine
 
 
-def _warped_uv(native: NativeGrid, transformer, x: np.ndarray, y: np.ndarray):
+def _warped_uv(
+    native: NativeGrid, transformer: Transformer, x: Coords, y: Coords
+) -> tuple[Coords, Coords]:
     """Source pixel coordinates of the output pixel centres ``x`` by ``y`` (a grid), whose
     ``floor`` is that of an exact transform of every centre.
 
@@ -155,7 +161,7 @@ def _warped_uv(native: NativeGrid, transformer, x: np.ndarray, y: np.ndarray):
     of the centres are transformed, and the error is near 1e-6 pixel.
     """
 
-    def exact(xs, ys):
+    def exact(xs: Coords, ys: Coords) -> tuple[Coords, Coords]:
         with np.errstate(invalid="ignore"):
             return _uv(native, *transformer.transform(xs, ys))
 
@@ -186,7 +192,9 @@ def _warped_uv(native: NativeGrid, transformer, x: np.ndarray, y: np.ndarray):
     return u, v
 
 
-def _bilinear(values: np.ndarray, i: np.ndarray, j: np.ndarray, height: int, width: int):
+def _bilinear(
+    values: Coords, i: npt.NDArray[np.intp], j: npt.NDArray[np.intp], height: int, width: int
+) -> Coords:
     """``values`` at node rows ``i`` and columns ``j``, interpolated to every pixel."""
     cols = np.arange(width)
     k = np.clip(np.searchsorted(j, cols, side="right") - 1, 0, len(j) - 2)
@@ -195,7 +203,8 @@ def _bilinear(values: np.ndarray, i: np.ndarray, j: np.ndarray, height: int, wid
     rows = np.arange(height)
     m = np.clip(np.searchsorted(i, rows, side="right") - 1, 0, len(i) - 2)
     s = ((rows - i[m]) / (i[m + 1] - i[m]))[:, None]
-    return across[m] * (1 - s) + across[m + 1] * s
+    interpolated: Coords = across[m] * (1 - s) + across[m + 1] * s
+    return interpolated
 
 
 def gather_plan(
@@ -207,7 +216,7 @@ def gather_plan(
     """
     key = (native, target, rows.start, rows.stop, cols.start, cols.stop, tile_shape)
     with _plans.lock:
-        found = _plans.get(key)
+        found: Gather | None = _plans.get(key)
         if found is not None:
             return found
     rr, cc = pixel_map(native, target, rows, cols)
