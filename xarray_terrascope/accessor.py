@@ -11,6 +11,7 @@ import xarray as xr
 
 from xarray_terrascope.cube.decode import decode_cf_array
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
+from xarray_terrascope.plan.sparse import DEFAULT_BLOCK_SIZE
 
 __all__ = ["TerrascopeDataArrayAccessor", "TerrascopeDatasetAccessor", "decode_raw"]
 
@@ -170,7 +171,7 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
         index: bool | None = None,
         all_touched: bool = False,
         method: str = "rasterize",
-        block_size: int = 256,
+        block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> xr.Dataset:
         """Per-geometry statistics reading only the tiles the geometries touch.
 
