@@ -33,7 +33,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
     # ``open_dataset_parameters`` is left unset: xarray reads it off the signature below
     # (``xarray.backends.plugins.detect_parameters``), so the two cannot disagree.
 
-    def open_dataset(  # type: ignore[override]
+    def open_dataset(
         self,
         filename_or_obj: Any,
         *,
