@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's two commands, each complete on a fresh Debian 12 machine with Python 3.11+:
 #   bash scripts/run.sh demo    # set up, then run the main job on the embedded sandbox
-#   bash scripts/run.sh test    # set up (venv, pip packages, Chromium, nginx, PostgreSQL +
-#                               # stac-fastapi-pgstac), then run the tests
+#   bash scripts/run.sh test    # set up (venv, pip packages), check the import contracts
+#                               # (lint-imports) and the types (mypy), set up the rest
+#                               # (Chromium, nginx, PostgreSQL + stac-fastapi-pgstac), then
+#                               # run the tests; a failed check fails the run before them
 # Extra arguments after `test` go to pytest. VENV=path overrides the virtualenv (.venv).
 # With CI=true (GitHub Actions sets it, and so does .ci/run), a real-server tier (nginx,
 # stac-fastapi-pgstac) that cannot be set up fails the run instead of skipping its tests.
@@ -129,6 +131,21 @@ setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_
   export TERRASCOPE_TEST_PGSTAC
 }
 
+static_checks() {  # in the project root: the tools and their configuration in pyproject.toml
+  local failed=()
+  echo "--- lint-imports: the stages' import contracts ([tool.importlinter])"
+  "$VENV/bin/lint-imports" || failed+=("lint-imports (an import contract is broken)")
+  echo "--- mypy: the type check ([tool.mypy])"
+  "$VENV/bin/mypy" || failed+=("mypy (type errors)")
+  if [ "${#failed[@]}" -gt 0 ]; then
+    local each
+    for each in "${failed[@]}"; do
+      echo "--- FAILED: $each; see its output above" >&2
+    done
+    exit 1
+  fi
+}
+
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then
   return 0  # sourced (tests/test_run_script.py calls the set-up functions): define only
 fi
@@ -141,8 +158,9 @@ case "${1:-}" in
     ;;
   test)
     shift
-    setup_browser
     setup_python test
+    static_checks
+    setup_browser
     setup_nginx
     setup_pgstac
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -95,3 +95,63 @@ def test_a_missing_tier_skips_its_tests_but_fails_them_in_ci(module, missing):
     assert failed.returncode == 1, failed.stdout[-3000:]
     assert "CI=true: a missing test tier fails the run" in failed.stdout
     assert " passed" not in failed.stdout
+
+
+_TOY_PYPROJECT = """\
+[tool.mypy]
+files = ["toy"]
+
+[tool.importlinter]
+root_package = "toy"
+
+[[tool.importlinter.contracts]]
+name = "low never imports high"
+type = "layers"
+containers = ["toy"]
+layers = ["high", "low"]
+"""
+
+
+def _toy_project(root: Path, *, contract_broken: bool, type_broken: bool) -> Path:
+    """A two-module project with a layers contract and a mypy configuration, in the
+    shape of this one's pyproject.toml, optionally with a broken contract or a type error."""
+    package = root / "toy"
+    package.mkdir(parents=True)
+    (root / "pyproject.toml").write_text(_TOY_PYPROJECT)
+    (package / "__init__.py").write_text("")
+    low = "def half(x: int) -> float:\n    return x / 2\n"
+    (package / "low.py").write_text(low + ("\nfrom toy import high\n" if contract_broken else ""))
+    kind = "str" if type_broken else "float"
+    (package / "high.py").write_text(f"from toy.low import half\n\nVALUE: {kind} = half(3)\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("contract_broken", "type_broken"), [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_the_static_checks_run_both_tools_and_fail_naming_each_that_failed(
+    tmp_path, contract_broken, type_broken
+):
+    """``static_checks`` (run before pytest by ``run.sh test``) runs the real lint-imports
+    and mypy of the virtualenv in the current directory, as it does in the project root;
+    a small project stands in for this one so that each can be broken in turn."""
+    project = _toy_project(tmp_path, contract_broken=contract_broken, type_broken=type_broken)
+    venv = Path(sys.executable).parents[1]  # the one running the tests, as under run.sh
+    env = {k: v for k, v in os.environ.items() if k != "CI"} | {"VENV": str(venv)}
+    done = subprocess.run(
+        ["bash", "-c", f'source "{RUN_SH}"; cd "{project}"; static_checks; echo "checks passed"'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "--- lint-imports" in done.stdout and "--- mypy" in done.stdout  # both always run
+    assert ("FAILED: lint-imports" in done.stderr) == contract_broken, done.stderr
+    assert ("FAILED: mypy" in done.stderr) == type_broken, done.stderr
+    if contract_broken:
+        assert "toy.low -> toy.high" in done.stdout
+    if type_broken:
+        assert "toy/high.py:3: error: Incompatible types in assignment" in done.stdout
+    ok = not (contract_broken or type_broken)
+    assert done.returncode == (0 if ok else 1), (done.stdout, done.stderr)
+    assert ("checks passed" in done.stdout) == ok

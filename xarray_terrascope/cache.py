@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import cachetools
 
@@ -22,7 +22,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class BoundedCache(cachetools.LRUCache, Generic[K, V]):  # type: ignore[type-arg]
+class BoundedCache(cachetools.LRUCache[K, V]):
     """A least-recently-used cache bounded in entries, or in bytes with ``getsizeof``.
 
     Reading an entry (``cache[key]``, ``cache.get(key)``) makes it the most recent; when

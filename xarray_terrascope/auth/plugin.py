@@ -33,6 +33,7 @@ import threading
 import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 from distributed import WorkerPlugin
@@ -156,7 +157,7 @@ def serializing_client() -> Client | None:
     this thread (the caller is being pickled into it), or None."""
     if _GRAPH_TO_FUTURES is None:
         return None
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is _GRAPH_TO_FUTURES:
             client = frame.f_locals.get("self")
@@ -236,8 +237,16 @@ def share_for_graph(handle: str) -> state.Stamp | None:
         stamp = shared.stamp if shared.wanted is not None else None
     if changed:
         # The client holds its locks while it serializes: never wait here.
-        client.loop.add_callback(_flush_logged, client, shared)
+        _flush_soon(client, shared)
     return stamp
+
+
+def _flush_soon(client: Client, shared: _Shared) -> None:
+    """Schedule :func:`_flush_logged` on the client's own loop, without waiting."""
+    loop = client.loop
+    # typed `IOLoop | None`, but distributed raises rather than give None
+    assert loop is not None
+    loop.add_callback(_flush_logged, client, shared)
 
 
 def republish() -> None:
@@ -253,7 +262,7 @@ def republish() -> None:
     for client, shared in changed:
         if client.status != "running" or client.asynchronous or in_async_call(client.loop):
             # cannot wait here: the client's own loop sends it soon
-            client.loop.add_callback(_flush_logged, client, shared)
+            _flush_soon(client, shared)
             continue
         try:
             client.sync(_flush, client, shared, callback_timeout=_SYNC_TIMEOUT)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import HTTPBasicAuth
 
 from xarray_terrascope import config, http_policy
 from xarray_terrascope.auth.credentials import Credentials
@@ -107,7 +108,11 @@ def _probe(url: str, auth: tuple[bytes, bytes] | None) -> tuple[int, str]:
         session.mount("http://", HTTPAdapter(max_retries=_VALIDATE_RETRY))
         session.mount("https://", HTTPAdapter(max_retries=_VALIDATE_RETRY))
         with session.get(
-            url, auth=auth, allow_redirects=False, timeout=_VALIDATE_TIMEOUT, stream=True
+            url,
+            auth=None if auth is None else HTTPBasicAuth(*auth),  # what requests makes of a pair
+            allow_redirects=False,
+            timeout=_VALIDATE_TIMEOUT,
+            stream=True,
         ) as response:
             return response.status_code, response.headers.get("Location", "")
 

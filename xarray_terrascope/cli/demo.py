@@ -176,7 +176,8 @@ def run_demo(
             parcels = parcels[parcels.within(shapely.box(*SAMPLE_FIELD))].reset_index(drop=True)
             bbox = [round(float(v), 5) for v in parcels.total_bounds]
             ds = xr.open_dataset(
-                bbox,
+                # xarray types a path or a store here: the terrascope engine takes a bbox too
+                bbox,  # type: ignore[arg-type]
                 engine="terrascope",
                 start=start,
                 end=end,

@@ -114,7 +114,8 @@ def _run(args: argparse.Namespace) -> int:
     bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
     auth.login(validate=True)
     ds = xr.open_dataset(
-        bbox,
+        # xarray types a path or a store here: the terrascope engine takes a bbox too
+        bbox,  # type: ignore[arg-type]
         engine="terrascope",
         start=args.start,
         end=args.end,

@@ -10,7 +10,7 @@ from xarray.backends import BackendEntrypoint
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.catalog.items import is_items
 from xarray_terrascope.plan.chunks import DEFAULT_CHUNKSIZE
-from xarray_terrascope.plan.planner import CubePlan
+from xarray_terrascope.plan.planner import DEFAULT_RESAMPLING
 
 __all__ = ["TerrascopeBackendEntrypoint"]
 
@@ -33,7 +33,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
     # ``open_dataset_parameters`` is left unset: xarray reads it off the signature below
     # (``xarray.backends.plugins.detect_parameters``), so the two cannot disagree.
 
-    def open_dataset(  # type: ignore[override]
+    def open_dataset(
         self,
         filename_or_obj: Any,
         *,
@@ -48,7 +48,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         credentials: Any = None,
         bbox: Sequence[float] | None = None,
         decode: bool = True,
-        resampling: str = CubePlan.resampling,  # the planner's default
+        resampling: str = DEFAULT_RESAMPLING,
         chunksize: int = DEFAULT_CHUNKSIZE,
         prefer_local: bool | None = None,
     ):

@@ -43,7 +43,7 @@ from xarray_terrascope.plan.chunks import (
     file_grid_phase,
     spatial_chunks,
 )
-from xarray_terrascope.plan.planner import CubePlan, plan_cube
+from xarray_terrascope.plan.planner import DEFAULT_RESAMPLING, CubePlan, plan_cube
 
 __all__ = ["CubeArray", "open_cube"]
 
@@ -243,8 +243,8 @@ def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]
     for group in plan.groups:
         members = [items[i] for i in group]
         platforms.append(",".join(sorted({str(m.properties.get("platform", "")) for m in members})))
-        cover = [m.properties.get("eo:cloud_cover") for m in members]
-        cover = [float(c) for c in cover if c is not None]
+        reported = [m.properties.get("eo:cloud_cover") for m in members]
+        cover = [float(c) for c in reported if c is not None]
         clouds.append(float(np.mean(cover)) if cover else np.nan)
         ids.append(" ".join(m.id for m in members))
     return {
@@ -282,7 +282,7 @@ def open_cube(
     credentials: auth.Credentials | None = None,
     bbox: Sequence[float] | None = None,
     decode: bool = True,
-    resampling: str = CubePlan.resampling,  # the planner's default
+    resampling: str = DEFAULT_RESAMPLING,
     chunksize: int = DEFAULT_CHUNKSIZE,
     prefer_local: bool | None = None,
     drop_variables: Sequence[str] | None = None,
@@ -345,17 +345,17 @@ def open_cube(
     for index, key in enumerate(plan.assets):
         if drop_variables and key in drop_variables:
             continue
-        attrs = _cf_attrs(plan, index)
+        var_attrs = _cf_attrs(plan, index)
         encoding: dict[str, Any] = {"dtype": np.dtype(plan.packing[index].dtype)}
         decoder = None
         if decode:  # decoded in the read: the CF attributes move to encoding, as decode_cf does
-            decoder = Decoder(plan.packing[index].dtype, attrs)
-            attrs = {k: v for k, v in attrs.items() if k not in CF_KEYS}
+            decoder = Decoder(plan.packing[index].dtype, var_attrs)
+            var_attrs = {k: v for k, v in var_attrs.items() if k not in CF_KEYS}
             encoding.update(decoder.encoding)
         variables[key] = xr.Variable(
             ("time", "y", "x"),
             indexing.LazilyIndexedArray(CubeArray(plan, index, decoder, held)),
-            attrs=attrs,
+            attrs=var_attrs,
             encoding={**encoding, "preferred_chunks": preferred},
         )
     items = _planned_items(plan, items)

@@ -4,8 +4,6 @@ functions of the plan's grid."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from xarray_terrascope.plan.planner import CubePlan
@@ -81,17 +79,21 @@ def file_grid_phase(plan: CubePlan, chunksize: int) -> tuple[int, int]:
     with no file on the output grid (another CRS or resolution) the grid starts at the
     cube's corner, ``(0, 0)``.
     """
-    votes: tuple[Counter[int], Counter[int]] = (Counter(), Counter())
+    votes: tuple[dict[int, float], dict[int, float]] = ({}, {})  # area per phase
     west, south, east, north = plan.bounds
     for item_index, per_asset in enumerate(plan.item_bounds):
         for asset_index, bounds in enumerate(per_asset):
-            offset = plan.pixel_offset(item_index, asset_index) if bounds else None
+            if bounds is None:
+                continue
+            offset = plan.pixel_offset(item_index, asset_index)
             if offset is None:
                 continue
             area = max(0.0, min(east, bounds[2]) - max(west, bounds[0])) * max(
                 0.0, min(north, bounds[3]) - max(south, bounds[1])
             )
             for axis, off in enumerate(offset):
-                votes[axis][-off % chunksize] += area
-    row, col = (v.most_common(1)[0][0] if v else 0 for v in votes)
+                phase = -off % chunksize
+                votes[axis][phase] = votes[axis].get(phase, 0.0) + area
+    # the phase of the largest area (the first one seen of equal areas)
+    row, col = (max(v, key=v.__getitem__) if v else 0 for v in votes)
     return row, col

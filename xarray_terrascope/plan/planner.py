@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pystac
+from affine import Affine
 from rasterio.enums import Resampling
 
 from xarray_terrascope import auth, config
@@ -30,9 +33,24 @@ from xarray_terrascope.catalog.collections import COLLECTIONS, Packing
 from xarray_terrascope.catalog.items import item_day, item_moment
 from xarray_terrascope.exceptions import InvalidArgumentError, NoItemsFoundError
 
-__all__ = ["CubePlan", "NativeGrid", "OutputGrid", "make_reader", "plan_cube", "utm_epsg"]
+if TYPE_CHECKING:  # stackstac ships no types: to mypy these are Any
+    from stackstac.raster_spec import RasterSpec
+    from stackstac.rio_reader import AutoParallelRioReader
+
+__all__ = [
+    "DEFAULT_RESAMPLING",
+    "CubePlan",
+    "NativeGrid",
+    "OutputGrid",
+    "make_reader",
+    "plan_cube",
+    "utm_epsg",
+]
 
 logger = logging.getLogger(__name__)
+
+#: GDAL resampling of the tiles that must be warped, unless a cube says otherwise.
+DEFAULT_RESAMPLING = "nearest"
 
 
 def utm_epsg(lon: float, lat: float) -> int:
@@ -82,7 +100,7 @@ def _check_resolution(resolution: Any) -> float | None:
     return value
 
 
-def _check_hrefs(items: Sequence[dict], assets: Sequence[str]) -> None:
+def _check_hrefs(items: Sequence[dict[str, Any]], assets: Sequence[str]) -> None:
     """Refuse, before any request, hrefs that hide where they go (user info, backslashes)."""
     for item in items:
         for key in assets:
@@ -99,7 +117,7 @@ def _check_hrefs(items: Sequence[dict], assets: Sequence[str]) -> None:
                 )
 
 
-def _asset_epsg(item: dict, asset: dict) -> int | None:
+def _asset_epsg(item: dict[str, Any], asset: dict[str, Any]) -> int | None:
     """``proj:epsg`` of an asset, filled from ``proj:code`` (pystac >= 1.12 writes only that)."""
     for source in (asset, item["properties"]):
         if source.get("proj:epsg") is not None:
@@ -110,7 +128,7 @@ def _asset_epsg(item: dict, asset: dict) -> int | None:
     return None
 
 
-def _packing(collection: str | None, asset_key: str, items: Sequence[dict]) -> Packing:
+def _packing(collection: str | None, asset_key: str, items: Sequence[dict[str, Any]]) -> Packing:
     for item in items:
         asset = item["assets"].get(asset_key)
         bands = asset.get("raster:bands") if asset else None
@@ -214,7 +232,7 @@ class CubePlan:
     packing: tuple[Packing, ...]
     send_credentials: dict[str, bool]
     credentials_handle: str
-    resampling: str = "nearest"
+    resampling: str = DEFAULT_RESAMPLING
     native: tuple[tuple[NativeGrid | None, ...], ...] = ()
     local_hrefs: tuple[tuple[str | None, ...], ...] = ()
     prefer_local: bool | None = None
@@ -222,7 +240,8 @@ class CubePlan:
     @property
     def shape(self) -> tuple[int, int]:
         """``(height, width)`` of the output grid."""
-        return self._spec().shape
+        height, width = self._spec().shape
+        return int(height), int(width)
 
     @property
     def output_grid(self) -> OutputGrid:
@@ -231,11 +250,12 @@ class CubePlan:
         return OutputGrid(self.epsg, self.resolution, west, north)
 
     @property
-    def transform(self):
+    def transform(self) -> Affine:
         """Affine transform of the output grid."""
-        return self._spec().transform
+        transform: Affine = self._spec().transform
+        return transform
 
-    def _spec(self):
+    def _spec(self) -> RasterSpec:
         from stackstac.raster_spec import RasterSpec
 
         return RasterSpec(self.epsg, self.bounds, (self.resolution, self.resolution))
@@ -259,19 +279,19 @@ class CubePlan:
             return None
         return round(row_off), round(col_off)
 
-    def x_coords(self) -> np.ndarray:
+    def x_coords(self) -> npt.NDArray[np.float64]:
         """Pixel-centre x coordinates."""
         west = self.bounds[0]
-        return west + (np.arange(self.shape[1]) + 0.5) * self.resolution
+        return west + (np.arange(self.shape[1], dtype=np.float64) + 0.5) * self.resolution
 
-    def y_coords(self) -> np.ndarray:
+    def y_coords(self) -> npt.NDArray[np.float64]:
         """Pixel-centre y coordinates (north to south)."""
         north = self.bounds[3]
-        return north - (np.arange(self.shape[0]) + 0.5) * self.resolution
+        return north - (np.arange(self.shape[0], dtype=np.float64) + 0.5) * self.resolution
 
 
-def _plain(items: Sequence[pystac.Item | dict]) -> list[dict]:
-    plain = []
+def _plain(items: Sequence[pystac.Item | dict[str, Any]]) -> list[dict[str, Any]]:
+    plain: list[dict[str, Any]] = []
     for item in items:
         if isinstance(item, pystac.Item):
             plain.append(item.to_dict(include_self_link=False, transform_hrefs=False))
@@ -284,7 +304,7 @@ def _plain(items: Sequence[pystac.Item | dict]) -> list[dict]:
     return plain
 
 
-def _with_epsg(item: dict, assets: Sequence[str]) -> dict:
+def _with_epsg(item: dict[str, Any], assets: Sequence[str]) -> dict[str, Any]:
     """Copy of ``item`` whose assets carry ``proj:epsg`` (stackstac reads nothing else)."""
     out = dict(item)
     out["assets"] = dict(item["assets"])
@@ -297,7 +317,9 @@ def _with_epsg(item: dict, assets: Sequence[str]) -> dict:
     return out
 
 
-def _native_resolution(items: Sequence[dict], assets: Sequence[str], epsg: int) -> float | None:
+def _native_resolution(
+    items: Sequence[dict[str, Any]], assets: Sequence[str], epsg: int
+) -> float | None:
     found: list[float] = []
     for item in items:
         for key in assets:
@@ -311,7 +333,7 @@ def _native_resolution(items: Sequence[dict], assets: Sequence[str], epsg: int) 
 
 
 def plan_cube(
-    items: Sequence[pystac.Item | dict],
+    items: Sequence[pystac.Item | dict[str, Any]],
     *,
     assets: Sequence[str],
     bbox: tuple[float, float, float, float] | None,
@@ -319,7 +341,7 @@ def plan_cube(
     resolution: float | None = None,
     collection: str | None = None,
     credentials_handle: str = auth.DEFAULT_HANDLE,
-    resampling: str = "nearest",
+    resampling: str = DEFAULT_RESAMPLING,
     prefer_local: bool | None = None,
 ) -> CubePlan:
     """Plan the cube of ``items``: grid, per-date mosaic groups, decoding. No pixel is read.
@@ -396,7 +418,7 @@ def plan_cube(
 
     # Mosaic priority within a date: tiles already in the output CRS first (no resampling),
     # then by time and id, so the result does not depend on the search order.
-    def priority(index: int) -> tuple:
+    def priority(index: int) -> tuple[bool, datetime, str]:
         item = plain[index]
         first_asset = next(item["assets"][k] for k in assets if k in item["assets"])
         return (_asset_epsg(item, first_asset) != epsg, item_moment(item), item["id"])
@@ -410,13 +432,13 @@ def plan_cube(
     )
     urls = tuple(tuple(entry["url"] for entry in row) for row in asset_table)
     item_bounds = tuple(
-        tuple(tuple(float(v) for v in entry["bounds"]) if entry["url"] else None for entry in row)
+        tuple(_four(entry["bounds"]) if entry["url"] else None for entry in row)
         for row in asset_table
     )
     send = {url: auth.sends_credentials(url) for row in urls for url in row if url}
     return CubePlan(
         epsg=int(spec.epsg),
-        bounds=tuple(float(v) for v in spec.bounds),
+        bounds=_four(spec.bounds),
         resolution=float(spec.resolutions_xy[0]),
         assets=tuple(assets),
         item_ids=tuple(str(item["id"]) for item in plain),
@@ -434,7 +456,13 @@ def plan_cube(
     )
 
 
-def _native_grid(item: dict, key: str) -> NativeGrid | None:
+def _four(values: Any) -> tuple[float, float, float, float]:
+    """Four numbers (bounds) as floats."""
+    west, south, east, north = (float(v) for v in values)
+    return west, south, east, north
+
+
+def _native_grid(item: dict[str, Any], key: str) -> NativeGrid | None:
     """An asset's own pixel grid from its ``proj:*`` fields (or the item's), or None."""
     asset = item["assets"].get(key)
     if asset is None:
@@ -449,14 +477,16 @@ def _native_grid(item: dict, key: str) -> NativeGrid | None:
     return NativeGrid(int(epsg), (a, b, c, d, e, f), (int(shape[0]), int(shape[1])))
 
 
-def _local_href(item: dict, key: str) -> str | None:
+def _local_href(item: dict[str, Any], key: str) -> str | None:
     asset = item["assets"].get(key) or {}
     local = (asset.get("alternate") or {}).get("local") or {}
     href = local.get("href")
     return str(href) if href else None
 
 
-def make_reader(plan: CubePlan, url: str, asset_index: int, gdal_options: dict[str, str]):
+def make_reader(
+    plan: CubePlan, url: str, asset_index: int, gdal_options: dict[str, str]
+) -> AutoParallelRioReader:
     """A stackstac reader of one asset file onto the plan's grid, raw values, no rescaling.
 
     ``gdal_options`` are layered over stackstac's defaults (``updated`` keeps them:

@@ -17,9 +17,11 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
+import pystac
 from affine import Affine
 
 __all__ = ["Block", "Plan", "grid_origin", "item_grids", "pixel_boxes", "plan_blocks"]
@@ -73,13 +75,13 @@ class Plan:
 
 
 def pixel_boxes(
-    bounds: np.ndarray, transform: Affine, shape: tuple[int, int], *, pad: int = 0
-) -> np.ndarray:
+    bounds: npt.ArrayLike, transform: Affine, shape: tuple[int, int], *, pad: int = 0
+) -> npt.NDArray[np.int64]:
     """Pixel ranges ``(row0, row1, col0, col1)`` holding each geometry's bounds.
 
     Parameters
     ----------
-    bounds : numpy.ndarray
+    bounds : array_like
         ``(n, 4)`` ``minx, miny, maxx, maxy`` in the cube's CRS (NaN for empty geometries).
     transform : affine.Affine
         The cube's north-up transform.
@@ -106,17 +108,19 @@ def pixel_boxes(
         raise ValueError("pixel_boxes needs a north-up grid without rotation")
     height, width = shape
     b = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
-    empty = ~np.isfinite(b).all(axis=1)
+    # a 2-D array's .all(axis=1) is an array (numpy's stubs say: a bool or an array)
+    empty = cast("npt.NDArray[np.bool_]", ~np.isfinite(b).all(axis=1))
     b = np.where(empty[:, None], 0.0, b)
     col0 = (b[:, 0] - transform.c) / transform.a
     col1 = (b[:, 2] - transform.c) / transform.a
     row_a = (b[:, 3] - transform.f) / transform.e
     row_b = (b[:, 1] - transform.f) / transform.e
     r0, r1 = np.minimum(row_a, row_b), np.maximum(row_a, row_b)
-    boxes = np.column_stack(
+    edges = np.column_stack(
         [np.floor(r0) - pad, np.ceil(r1) + pad, np.floor(col0) - pad, np.ceil(col1) + pad]
     )
-    boxes = np.nan_to_num(boxes, nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
+    boxes: npt.NDArray[np.int64]
+    boxes = np.nan_to_num(edges, nan=0.0, posinf=0.0, neginf=0.0).astype(np.int64)
     boxes[:, 0:2] = boxes[:, 0:2].clip(0, height)
     boxes[:, 2:4] = boxes[:, 2:4].clip(0, width)
     boxes[empty] = 0
@@ -173,7 +177,7 @@ def grid_origin(
 
 
 def plan_blocks(
-    boxes: np.ndarray,
+    boxes: npt.NDArray[np.integer[Any]],
     block_size: int,
     origin: tuple[int, int] = (0, 0),
     *,
@@ -249,7 +253,9 @@ def plan_blocks(
     return Plan(blocks, [tuple(b) for b in of_geometry])
 
 
-def item_grids(items: Sequence[Any], assets: Sequence[str]) -> list[tuple[int, list[float]]]:
+def item_grids(
+    items: Sequence[pystac.Item], assets: Sequence[str]
+) -> list[tuple[int, list[float]]]:
     """``(epsg, proj:transform)`` of the given assets of STAC items (where known)."""
     grids: list[tuple[int, list[float]]] = []
     for item in items:
@@ -260,7 +266,7 @@ def item_grids(items: Sequence[Any], assets: Sequence[str]) -> list[tuple[int, l
                 continue
             extra = asset.extra_fields
             transform = extra.get("proj:transform") or props.get("proj:transform")
-            code = (
+            code: Any = (  # an int, an "EPSG:n" string, or None
                 extra.get("proj:epsg")
                 or props.get("proj:epsg")
                 or extra.get("proj:code")

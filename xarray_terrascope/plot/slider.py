@@ -335,7 +335,8 @@ def _inline_panel_css(stylesheets: dict[str, Any]):
     when saving with inline resources; offline those requests fail. ``stylesheets``
     caches one ``InlineStyleSheet`` per URL, shared by all models.
     """
-    from bokeh.models import ImportedStyleSheet, InlineStyleSheet, UIElement
+    from bokeh.models import ImportedStyleSheet, InlineStyleSheet
+    from bokeh.models.ui.ui_element import UIElement  # not in bokeh.models to a type checker
     from panel.io.resources import CDN_DIST, DIST_DIR
 
     def hook(viewable: Any, root: Any) -> None:

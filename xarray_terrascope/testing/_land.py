@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _parcels, _phenology
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import geopandas
 
     from ._model import ItemInfo, Tile
+    from ._parcels import ZoneRaster
 
 __all__ = ["COVER", "CROPS", "LandMixin"]
 
@@ -45,7 +47,8 @@ class LandMixin:
     def _indices(self, item: ItemInfo, rows: Any, cols: Any) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
 
-    def _zone(self, tile: Tile) -> tuple[_parcels.ZoneRaster, int, int]:
+    # ZoneRaster, not _parcels.ZoneRaster: in this class `_parcels` is the attribute
+    def _zone(self, tile: Tile) -> tuple[ZoneRaster, int, int]:
         raise NotImplementedError
 
     def land_cover(self, item_id: str, rows: Any, cols: Any) -> np.ndarray:
@@ -94,7 +97,8 @@ class LandMixin:
         lon, lat = Transformer.from_crs(_parcels.GEN_EPSG, 4326, always_xy=True).transform(
             quads[..., 0], quads[..., 1]
         )
-        polygons = shapely.polygons(np.stack([lon, lat], axis=-1))
+        # (n, 4, 2) corners give an array of polygons (the stubs: a polygon or an array)
+        polygons = cast("npt.NDArray[np.object_]", shapely.polygons(np.stack([lon, lat], axis=-1)))
         covered = shapely.union_all(
             [shapely.geometry.shape(footprint(t)[0]) for t in self.tiles.values()]
         )

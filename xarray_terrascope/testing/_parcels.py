@@ -187,8 +187,7 @@ def make_landscape(seed: int, extent: tuple[float, float, float, float]) -> Land
     half_u = np.where(np.arange(nu) % 4 == 0, 9.0, 5.0)  # roads along v (constant u)
     half_v = np.where(np.arange(nv) % 3 == 0, 9.0, 5.0)
 
-    i, j = np.meshgrid(np.arange(nu - 1), np.arange(nv - 1), indexing="ij")
-    i, j = i.ravel(), j.ravel()
+    i, j = (g.ravel() for g in np.meshgrid(np.arange(nu - 1), np.arange(nv - 1), indexing="ij"))
     blocks = np.stack([nodes[i, j], nodes[i + 1, j], nodes[i + 1, j + 1], nodes[i, j + 1]], 1)
     # a rotation keeps the orientation: corners (i, j), (i+1, j), (i+1, j+1), (i, j+1) are CCW
     half = np.column_stack([half_v[j], half_u[i + 1], half_v[j + 1], half_u[i]])

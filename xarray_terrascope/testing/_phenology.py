@@ -42,7 +42,7 @@ _FIRST_CROP = 3
 _N_CUTS = 4
 
 
-def _rise(t: np.ndarray, t0: np.ndarray, k: float | np.ndarray) -> np.ndarray:
+def _rise(t: np.ndarray, t0: float, k: float | np.ndarray) -> np.ndarray:
     """Logistic step from 0 to 1 around day ``t0`` with time constant ``k`` days."""
     return 1.0 / (1.0 + np.exp(-(t - t0) / k))
 
@@ -118,12 +118,12 @@ def _crop_curves(doy: float, code: np.ndarray, p: dict[str, np.ndarray]) -> np.n
     return out
 
 
-def ndvi_table(doy: int, code: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+def ndvi_table(doy: float, code: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
     """Return the float32 cloud-free NDVI of every land unit on day of year ``doy``.
 
     Parameters
     ----------
-    doy : int
+    doy : float
         Day of year (1..366).
     code : numpy.ndarray
         Land cover code of each unit (index into :data:`COVER`).

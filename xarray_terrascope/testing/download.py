@@ -173,6 +173,19 @@ class DownloadApp:
         Answer ``GET /download/`` with a directory listing (True), or 403 (False).
     """
 
+    # the switches: set in __init__ and by tests, each checked by __setattr__
+    latency: float
+    max_concurrent: int | None
+    max_rate: float | None
+    fault_rate: float
+    drop_rate: float
+    bearer: bool
+    token_lifetime: float
+    redirect_to: str | None
+    multirange: bool
+    ranges: bool
+    listing: bool
+
     def __init__(
         self,
         world: World,

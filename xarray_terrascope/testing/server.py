@@ -24,6 +24,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -102,6 +103,16 @@ class _AccessLog(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.DEBUG)
 
 
+def _text_fields(form: Mapping[str, object]) -> dict[str, str]:
+    """The text fields of a decoded form body, the first value of each name (as the
+    multidict's ``get`` gives it); files and binary parts are no text and left out."""
+    fields: dict[str, str] = {}
+    for name, value in form.items():
+        if isinstance(value, str):
+            fields.setdefault(name, value)
+    return fields
+
+
 class _DownloadServer:
     """A :class:`DownloadApp` served by aiohttp on an event loop in a daemon thread.
 
@@ -157,7 +168,7 @@ class _DownloadServer:
             # As werkzeug does (aiohttp leaves it to web.Application's router).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the answer proper has not begun
-        form = await request.post() if request.method == "POST" else None
+        form = _text_fields(await request.post()) if request.method == "POST" else None
         exchange = app.arrive(self._sansio(request), form)
         try:
             reply = await app.respond(exchange)
@@ -265,7 +276,7 @@ class Sandbox:
         self.seed = seed
         self.users: dict[str, str] = dict(users)
         self.username = next(iter(self.users))
-        self._options = {
+        self._options: dict[str, Any] = {
             "latency": latency,
             "max_concurrent": max_concurrent,
             "max_rate": max_rate,

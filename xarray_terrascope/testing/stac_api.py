@@ -16,6 +16,7 @@ declare a later STAC API version, as stac-fastapi 5+ does).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -385,7 +386,7 @@ class StacApi:
                 continue
             found.append(item)
         for field, descending in reversed(params.sort):
-            found.sort(key=lambda i, f=field: sort_key(i, f), reverse=descending)
+            found.sort(key=functools.partial(sort_key, field=field), reverse=descending)
         return found
 
     def _page(
