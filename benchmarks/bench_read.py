@@ -570,6 +570,18 @@ def _export_baseline(ref: str, work: Path) -> Path:
         capture_output=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    package = dest / "xarray_terrascope"
+    if not (package / "cube").exists() and (package / "backend.py").exists():
+        # A version from before the subpackages: the installed entry point names
+        # xarray_terrascope.cube.backend, and the children pre-import cube.dataset.
+        (package / "cube").mkdir()
+        (package / "cube" / "__init__.py").write_text("")
+        (package / "cube" / "backend.py").write_text(
+            "from xarray_terrascope.backend import TerrascopeBackendEntrypoint  # noqa: F401\n"
+        )
+        (package / "cube" / "dataset.py").write_text(
+            "from xarray_terrascope.dataset import *  # noqa: F403\n"
+        )
     return dest
 
 
