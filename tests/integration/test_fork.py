@@ -107,7 +107,7 @@ if __name__ == "__main__":
 def test_forked_children_print_no_warnings_about_the_parents_session(logged_in, tmp_path):
     import subprocess
 
-    from .conftest import PYTHON_CHILD
+    from ..support.helpers import PYTHON_CHILD
 
     script = tmp_path / "fork_pool.py"
     script.write_text(SCRIPT)

@@ -23,7 +23,7 @@ from xarray_terrascope.auth import state  # noqa: E402
 from xarray_terrascope.exceptions import AuthenticationError  # noqa: E402
 from xarray_terrascope.testing import SAMPLE_FIELD  # noqa: E402
 
-from .conftest import NDVI, PYTHON_CHILD, TERRASCOPE_VARS, tif_records  # noqa: E402
+from ..support.helpers import NDVI, PYTHON_CHILD, TERRASCOPE_VARS, tif_records  # noqa: E402
 
 #: The name the package registers its worker plugin under.
 PLUGIN = "xarray-terrascope-credentials"

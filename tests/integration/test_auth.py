@@ -20,7 +20,7 @@ from xarray_terrascope.auth import state
 from xarray_terrascope.exceptions import AuthenticationError, TerrascopeError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import tif_records
+from ..support.helpers import tif_records
 
 ONE_DAY = {"start": "2025-06-10", "end": "2025-06-10"}
 

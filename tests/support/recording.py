@@ -18,7 +18,7 @@ from typing import Self
 import aiohttp
 from aiohttp import web
 
-from ._harness import HOST, Harness
+from .harness import HOST, Harness
 
 __all__ = ["RecordingProxy", "Seen"]
 

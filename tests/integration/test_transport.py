@@ -18,7 +18,7 @@ from xarray_terrascope.engine import aio, transport
 from xarray_terrascope.exceptions import ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from ._harness import HOST
+from ..support.harness import HOST
 
 DAYS = {"start": "2025-06-01", "end": "2025-06-20"}
 

@@ -20,7 +20,7 @@ from xarray_terrascope.exceptions import (
 )
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
-from .conftest import FAPAR, NDVI
+from ..support.helpers import FAPAR, NDVI
 
 # the package exports the function `search`, which shadows the module of the same name
 search_module = importlib.import_module("xarray_terrascope.catalog.search")

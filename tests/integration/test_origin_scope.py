@@ -16,8 +16,8 @@ import xarray_terrascope as xts
 from xarray_terrascope.engine import read
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from ._recording import RecordingProxy
-from .conftest import NDVI
+from ..support.helpers import NDVI
+from ..support.recording import RecordingProxy
 
 DAY = "2025-06-10"
 NETRC_PASSWORD = "netrc-password-must-stay-home"

@@ -18,7 +18,7 @@ from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import NDVI, tif_records
+from ..support.helpers import NDVI, tif_records
 
 DAYS = {"start": "2025-05-01", "end": "2025-06-10"}
 

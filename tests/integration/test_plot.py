@@ -31,7 +31,7 @@ import xarray as xr
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 from xarray_terrascope.plot import save_html, time_slider
 
-from .conftest import missing_tier
+from ..support.helpers import missing_tier
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def test_package_imports_without_hvplot_and_says_what_to_install() -> None:
         "else:\n"
         "    sys.exit('no ImportError')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
     )

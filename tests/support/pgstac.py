@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._harness import HOST, Harness, free_port
+from .harness import HOST, Harness, free_port
 
 __all__ = ["ENV_PGSTAC", "Pgstac", "PgstacError", "Record", "unavailable"]
 

@@ -18,7 +18,7 @@ from xarray_terrascope.exceptions import (
 )
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import FAPAR, NDVI
+from ..support.helpers import FAPAR, NDVI
 
 WIDE = [5.80, 51.235, 6.18, 51.255]
 CLIP = [5.81, 51.24, 5.85, 51.25]  # 31UFS only: the 31UGS and 32ULB items miss it

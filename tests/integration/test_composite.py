@@ -10,7 +10,7 @@ from xarray_terrascope.analysis.composite import HOWS, composite
 from xarray_terrascope.exceptions import InvalidArgumentError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import tif_records
+from ..support.helpers import tif_records
 
 #: Two months of a corner of the sample field: clear, partly cloudy and overcast dates.
 SMALL = [5.90, 51.24, 5.92, 51.25]

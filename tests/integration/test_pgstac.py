@@ -1,6 +1,6 @@
 """The package's search against a real stac-fastapi-pgstac (not our sandbox's STAC API).
 
-One stac-fastapi-pgstac on PostgreSQL + PostGIS (:class:`tests._pgstac.Pgstac`) holds
+One stac-fastapi-pgstac on PostgreSQL + PostGIS (:class:`tests.support.pgstac.Pgstac`) holds
 the sandbox's collections and items, their assets on the sandbox's download server,
 for the whole module. Each test runs the package's public functions with
 ``TERRASCOPE_STAC_URL`` at the sandbox's own STAC API, then at pgstac (the download
@@ -36,8 +36,8 @@ from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import CollectionNotFoundError, SearchError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from ._pgstac import ENV_PGSTAC, Pgstac, unavailable
-from .conftest import FAPAR, NDVI, missing_tier
+from ..support.helpers import FAPAR, NDVI, missing_tier
+from ..support.pgstac import ENV_PGSTAC, Pgstac, unavailable
 
 
 @pytest.fixture(autouse=True, scope="module")

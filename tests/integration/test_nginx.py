@@ -38,8 +38,8 @@ from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from ._nginx import ENV_NGINX, Nginx, Record, find_nginx
-from .conftest import NDVI, missing_tier
+from ..support.helpers import NDVI, missing_tier
+from ..support.nginx import ENV_NGINX, Nginx, Record, find_nginx
 
 
 @pytest.fixture(autouse=True, scope="module")

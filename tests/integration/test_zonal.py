@@ -17,7 +17,7 @@ from xarray_terrascope.exceptions import InvalidArgumentError  # noqa: E402
 from xarray_terrascope.plan import sparse  # noqa: E402
 from xarray_terrascope.testing import SAMPLE_FIELD  # noqa: E402
 
-from .conftest import benchmark_module, tif_records  # noqa: E402
+from ..support.helpers import benchmark_module, tif_records  # noqa: E402
 
 WEEK = {"start": "2025-05-16", "end": "2025-05-26"}  # clear, overcast, partly...
 ALL = ["mean", "median", "std", "min", "max", "sum", "count", "valid_fraction"]

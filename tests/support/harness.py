@@ -1,5 +1,6 @@
-"""What the harnesses of real servers (:mod:`tests._nginx`, :mod:`tests._pgstac`) share:
-a free loopback port, and ``with`` over their ``start()`` and ``stop()``."""
+"""What the harnesses of real servers (:mod:`tests.support.nginx`,
+:mod:`tests.support.pgstac`) share: a free loopback port, and ``with`` over their
+``start()`` and ``stop()``."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._harness import HOST, Harness, free_port
+from .harness import HOST, Harness, free_port
 
 __all__ = ["ENV_NGINX", "Nginx", "NginxError", "Record", "find_nginx"]
 

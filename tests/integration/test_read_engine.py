@@ -23,7 +23,7 @@ from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.engine.tile_store import TileCache
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import NDVI, tif_records
+from ..support.helpers import NDVI, tif_records
 
 #: 31UFS only, the 31UFS/31UGS overlap, and 32ULB (another UTM zone, warped in memory).
 WIDE = (5.80, 51.235, 6.18, 51.255)

@@ -13,7 +13,7 @@ import xarray_terrascope as xts
 from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import NDVI, tif_records
+from ..support.helpers import NDVI, tif_records
 
 TEN_DAYS = {"start": "2025-06-01", "end": "2025-06-10"}
 CREDS = xts.Credentials("alice", "pw")

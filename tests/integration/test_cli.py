@@ -21,7 +21,7 @@ import xarray_terrascope as xts
 from xarray_terrascope import auth, cli
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import PYTHON_CHILD, interrupt, restore_sigint
+from ..support.helpers import PYTHON_CHILD, interrupt, restore_sigint
 
 BBOX = ",".join(str(v) for v in SAMPLE_FIELD)
 WINDOW = ["--start", "2025-06-01", "--end", "2025-06-12"]

@@ -43,9 +43,9 @@ from xarray_terrascope import cli
 from xarray_terrascope.engine import read
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import PYTHON_CHILD, interrupt, restore_sigint
+from ..support.helpers import PYTHON_CHILD, interrupt, restore_sigint
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
 NOTEBOOK = ROOT / "notebooks" / "ndvi_time_series.ipynb"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-RUN_SH = Path(__file__).resolve().parents[1] / "scripts" / "run.sh"
+RUN_SH = Path(__file__).resolve().parents[2] / "scripts" / "run.sh"
 
 
 def _offline_machine(tmp_path: Path) -> dict[str, str]:
@@ -49,7 +49,10 @@ def _set_up(function: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     ("function", "tests"),
-    [("setup_nginx", "tests/test_nginx.py"), ("setup_pgstac", "tests/test_pgstac.py")],
+    [
+        ("setup_nginx", "tests/integration/test_nginx.py"),
+        ("setup_pgstac", "tests/integration/test_pgstac.py"),
+    ],
 )
 def test_a_tier_that_cannot_be_set_up_fails_in_ci_and_skips_elsewhere(tmp_path, function, tests):
     if function == "setup_nginx" and Path("/usr/sbin/nginx").exists():
@@ -71,8 +74,8 @@ def test_a_tier_that_cannot_be_set_up_fails_in_ci_and_skips_elsewhere(tmp_path, 
 @pytest.mark.parametrize(
     ("module", "missing"),
     [
-        ("tests/test_nginx.py", {"TERRASCOPE_TEST_NGINX": "/nonexistent/nginx"}),
-        ("tests/test_pgstac.py", {"TERRASCOPE_TEST_PGSTAC": ""}),
+        ("tests/integration/test_nginx.py", {"TERRASCOPE_TEST_NGINX": "/nonexistent/nginx"}),
+        ("tests/integration/test_pgstac.py", {"TERRASCOPE_TEST_PGSTAC": ""}),
     ],
 )
 def test_a_missing_tier_skips_its_tests_but_fails_them_in_ci(module, missing):

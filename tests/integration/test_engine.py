@@ -26,7 +26,7 @@ from xarray_terrascope.exceptions import (
 from xarray_terrascope.plan.chunks import dates_per_partition
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from .conftest import FAPAR, NDVI, tif_records
+from ..support.helpers import FAPAR, NDVI, tif_records
 
 #: From 31UFS-only in the west, across the 31UFS/31UGS overlap, to 32ULB-only in the east;
 #: its centre (5.99 E) is in UTM zone 31.

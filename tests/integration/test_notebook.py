@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "ndvi_time_series.ipynb"
+NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "ndvi_time_series.ipynb"
 
 
 @pytest.mark.slow
