@@ -1,5 +1,6 @@
 """COG encodings the async engine does not decode bit for bit as GDAL (PackBits, JPEG,
-LERC, WebP...) are read through GDAL instead, exactly, from a real server."""
+LERC, WebP...) are read through GDAL instead, exactly, from a real server (which
+compressions stay on the async path: ``unit/engine/test_cog.py``)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ from async_tiff import TIFF
 from obstore.store import LocalStore
 
 import xarray_terrascope as xts
-from xarray_terrascope.engine import cog, read, transport
+from xarray_terrascope.engine import read, transport
 from xarray_terrascope.engine.header_cache import headers
-from xarray_terrascope.engine.requests import Placement
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
 ONE_DAY = {"start": "2025-06-10", "end": "2025-06-10"}
@@ -75,30 +75,3 @@ def test_packbits_cogs_are_read_through_gdal_exactly(own_sandbox, tmp_path, monk
     np.testing.assert_array_equal(got, reference)
     warned = [r.getMessage() for r in caplog.records if "reading it through GDAL" in r.getMessage()]
     assert len(warned) == len(items) and all("PackBits" in m for m in warned), warned
-
-
-@pytest.mark.parametrize(
-    ("compress", "exact"),
-    [("DEFLATE", True), ("LZW", True), ("ZSTD", True), ("JPEG", False), ("LERC", False)],
-)
-def test_only_exactly_decoded_compressions_stay_on_the_async_path(tmp_path, compress, exact):
-    path = tmp_path / f"{compress}.tif"
-    data = np.arange(512 * 512, dtype="uint32").reshape(512, 512).astype("uint8")
-    profile = {"driver": "COG", "width": 512, "height": 512, "count": 1, "dtype": "uint8"}
-    transform = rasterio.transform.from_origin(600000, 5700000, 10, 10)
-    with rasterio.open(
-        path, "w", crs="EPSG:32631", transform=transform, compress=compress, **profile
-    ) as out:
-        out.write(data, 1)
-
-    async def first_ifd():
-        tiff = await TIFF.open(path.name, store=LocalStore(str(tmp_path)))
-        return tiff.ifds[0]
-
-    ifd = asyncio.run(first_ifd())
-    grid = Placement(32631, 600000.0, 5700000.0, 10.0, 0, 0)
-    if exact:
-        cog.check_grid(ifd, grid, (512, 512), np.dtype("uint8"), "x")
-    else:
-        with pytest.raises(cog.GridMismatch, match="compression"):
-            cog.check_grid(ifd, grid, (512, 512), np.dtype("uint8"), "x")

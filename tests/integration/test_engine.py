@@ -1,10 +1,9 @@
-"""The terrascope engine and the accessor, against the sandbox and its ground truth."""
+"""The terrascope engine and the accessor, against the sandbox and its ground truth (the
+entry point's signature and the accessor on a foreign Dataset: ``unit/cube``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 
 import dask.array
 import numpy as np
@@ -16,12 +15,10 @@ import xarray as xr
 
 import xarray_terrascope as xts
 from xarray_terrascope.cube.backend import TerrascopeBackendEntrypoint
-from xarray_terrascope.cube.dataset import open_cube
 from xarray_terrascope.exceptions import (
     AuthenticationError,
     InvalidArgumentError,
     NoItemsFoundError,
-    TerrascopeError,
 )
 from xarray_terrascope.plan.chunks import dates_per_partition
 from xarray_terrascope.testing import SAMPLE_FIELD
@@ -250,18 +247,6 @@ def test_accessor_items_urls_and_slider(logged_in):
     assert len(widget.options) == ds.sizes["time"]
 
 
-def test_accessor_on_a_foreign_dataset_says_what_is_missing():
-    plain = xr.Dataset({"a": ("x", [1.0, 2.0])})
-    with pytest.raises(TerrascopeError, match="terrascope"):
-        _ = plain.terrascope.items
-    with pytest.raises(TerrascopeError, match="'time'"):
-        plain.terrascope.dates()
-    with pytest.raises(TerrascopeError, match="no 'NDVI' variable"):
-        plain.terrascope.ndvi()
-    with pytest.raises(TerrascopeError, match="terrascope"):
-        plain.terrascope.asset_urls()
-
-
 def test_items_can_be_opened_directly(logged_in):
     items = xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
     backend = TerrascopeBackendEntrypoint()
@@ -274,46 +259,6 @@ def test_items_can_be_opened_directly(logged_in):
         list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
     ).load()
     xr.testing.assert_identical(from_items.NDVI, from_bbox.NDVI)
-
-
-#: The engine's keywords and defaults, as the README's "Opening data" table promises them.
-ENGINE_DEFAULTS = {
-    "drop_variables": None,
-    "start": None,
-    "end": None,
-    "collection": "terrascope-s2-ndvi-v2",
-    "assets": None,
-    "max_cloud_cover": None,
-    "crs": None,
-    "resolution": None,
-    "credentials": None,
-    "bbox": None,
-    "decode": True,
-    "resampling": "nearest",
-    "chunksize": 1024,
-    "prefer_local": None,
-}
-
-
-def _keyword_defaults(function) -> dict:
-    parameters = inspect.signature(function).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def test_the_engine_takes_exactly_open_cubes_keywords_and_defaults():
-    """The entry point xarray registers (its parameters read off its signature) and
-    :func:`open_cube` take the same keywords with the same defaults: a keyword added to
-    one and not the other fails here, and so does a changed default."""
-    engine = xr.backends.list_engines()["terrascope"]
-    assert isinstance(engine, TerrascopeBackendEntrypoint)
-    assert engine.open_dataset_parameters == ("filename_or_obj", *ENGINE_DEFAULTS)
-    assert _keyword_defaults(engine.open_dataset) == ENGINE_DEFAULTS
-    assert _keyword_defaults(open_cube) == ENGINE_DEFAULTS
-    # the docstring's "name : type, default value" lines say the same
-    documented = re.findall(r"^\s+(\w+) : [^\n]*, default (.+)$", engine.open_dataset.__doc__, re.M)
-    assert {name for name, _ in documented} == {"collection", "decode", "resampling", "chunksize"}
-    for name, text in documented:
-        assert text.strip('"') == str(ENGINE_DEFAULTS[name]), name
 
 
 def test_other_collection_decodes_with_its_own_scale(logged_in):
@@ -483,21 +428,6 @@ def test_a_failing_server_is_a_read_error_with_gdal_cause(logged_in, monkeypatch
     assert any(isinstance(c, RasterioIOError) for c in causes), causes
     assert not any(isinstance(c, transport._Retry) for c in causes), causes  # not the engine
     assert logged_in.password not in str(info.value)
-
-
-def test_error_classification_does_not_read_dates_as_status_codes():
-    """A URL holding "0401" in a GDAL message is not an HTTP 401 (pure function: no server
-    can be made to serve a corrupt file, so this one is a unit test)."""
-    from rasterio.errors import RasterioIOError
-
-    from xarray_terrascope.engine.gdal import _explain
-
-    url = "http://127.0.0.1:1/download/Sentinel2/NDVI_V2/2025/04/01/S2A_20250401T103621.tif"
-    creds = xts.Credentials("alice", "pw")
-    corrupt = RasterioIOError(f"'/vsicurl/{url}' not recognized as being in a supported format")
-    assert type(_explain(corrupt, url, creds, sent=True)) is xts.ReadError
-    refused = RasterioIOError("HTTP response code: 401")
-    assert type(_explain(refused, url, creds, sent=True)) is AuthenticationError
 
 
 def test_per_date_cloud_cover_is_the_mean_and_platform_the_dates_own(logged_in):

@@ -1,12 +1,11 @@
 """Faults on the read path (async engine and GDAL path): the cube stays exact or the error
-names the item and the HTTP status; refusals are AuthenticationError, never NaN."""
+names the item and the HTTP status; refusals are AuthenticationError, never NaN. (The
+limiter alone: ``unit/engine/test_limiter.py``; the transport against servers a test
+starts, ``Retry-After`` included: ``unit/engine/test_transport.py``.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import http.server
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -111,31 +110,6 @@ def test_the_connection_setting_caps_the_requests_in_flight(
         transport.reset_limiters()
 
 
-def test_bad_numeric_settings_warn_and_keep_the_default(monkeypatch, caplog):
-    from xarray_terrascope.engine import aio
-
-    tiles = aio.engine().tiles
-
-    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "lots")
-    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "-5")
-    with caplog.at_level("WARNING", logger="xarray_terrascope.options"):
-        assert xts.get_options().max_connections == 32
-        assert tiles.max_bytes == 64 * 2**20
-        assert tiles.max_bytes == 64 * 2**20  # read per stored tile: warned once
-    messages = [r.getMessage() for r in caplog.records]
-    assert len([m for m in messages if "TERRASCOPE_MAX_CONNECTIONS='lots'" in m]) == 1, messages
-    assert len([m for m in messages if "TERRASCOPE_TILE_CACHE_MB='-5'" in m]) == 1, messages
-    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "0")  # below its minimum, 1
-    assert xts.get_options().max_connections == 32
-    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", " 7 ")
-    assert xts.get_options().max_connections == 7
-    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")  # allowed: keep no tile
-    assert tiles.max_bytes == 0
-    with xts.set_options(max_connections=3):  # an option set wins over its variable
-        assert xts.get_options().max_connections == 3
-    assert xts.get_options().max_connections == 7
-
-
 def test_a_missing_file_names_the_item_and_the_status(logged_in):
     items = xts.search(NDVI, list(SAMPLE_FIELD), "2025-06-01", "2025-06-03")
     broken = items[0].clone()
@@ -229,139 +203,6 @@ def test_redirect_on_the_gdal_path_gets_no_credentials(logged_in, gdal_only):
     assert served and not [r for r in served if r.has_credentials]
 
 
-def test_the_connection_limit_starts_low_doubles_then_halves_on_refusal():
-    """Slow start to the maximum, a halving per refused window, additive growth after."""
-    import asyncio
-
-    async def scenario():
-        limiter = transport.Limiter(16)
-        seen = [limiter.limit]
-        for _ in range(3):  # three windows of successes: 4 -> 8 -> 16
-            generations = [await limiter.acquire() for _ in range(limiter.limit)]
-            for generation in generations:
-                await limiter.release(generation, busy=False, success=True)
-            seen.append(limiter.limit)
-        generations = [await limiter.acquire() for _ in range(limiter.limit)]
-        for generation in generations:  # a burst of refusals of one window: one cut
-            await limiter.release(generation, busy=True, success=False)
-        seen.append(limiter.limit)
-        generations = [await limiter.acquire() for _ in range(limiter.limit)]
-        for generation in generations:  # after a refusal: +1, not doubling
-            await limiter.release(generation, busy=False, success=True)
-        seen.append(limiter.limit)
-        return seen
-
-    assert asyncio.run(scenario()) == [4, 8, 16, 16, 8, 9]
-
-
-def test_after_a_429_the_limit_stays_at_the_cut_level():
-    """A rate limit (429) is about this client: no growth back towards the refused level
-    (each new refusal would pause the host for Retry-After), until a late probe."""
-    import asyncio
-
-    async def scenario():
-        limiter = transport.Limiter(16)
-        generation = await limiter.acquire()
-        await limiter.release(generation, busy=True, success=False, rate_limited=True)
-        cut = limiter.limit
-        for _ in range(4 * cut):
-            generations = [await limiter.acquire() for _ in range(limiter.limit)]
-            for generation in generations:
-                await limiter.release(generation, busy=False, success=True)
-        return cut, limiter.limit
-
-    assert asyncio.run(scenario()) == (2, 2)
-
-
-def test_refusals_at_one_request_pace_the_requests_until_successes_end_it():
-    """A host that refuses one request at a time limits the rate: starts are spaced out
-    (more after each refusal), and runs of successes shrink the spacing to nothing."""
-    import asyncio
-
-    from xarray_terrascope.engine import limiter
-
-    async def scenario():
-        limiter = transport.Limiter(16)
-        for _ in range(2):  # 4 -> 2 -> 1, no pacing yet
-            await limiter.release(await limiter.acquire(), busy=True, success=False)
-        unpaced = limiter.interval
-        intervals = []
-        for _ in range(3):  # 429s at one request in flight: a rate limit
-            generation = await limiter.acquire()
-            await limiter.release(generation, busy=True, success=False, rate_limited=True)
-            intervals.append(limiter.interval)
-        loop = asyncio.get_running_loop()
-        starts = []
-        for _ in range(4):
-            generation = await limiter.acquire()
-            starts.append(loop.time())
-            await limiter.release(generation, busy=False, success=True)
-        gaps = np.diff(starts)
-        successes = 4
-        while limiter.interval:
-            await limiter.release(await limiter.acquire(), busy=False, success=True)
-            successes += 1
-        return unpaced, intervals, gaps, successes, limiter.limit
-
-    unpaced, intervals, gaps, successes, limit = asyncio.run(scenario())
-    assert limit == 1 and unpaced == 0.0
-    up = limiter.PACE_UP
-    assert intervals == pytest.approx([limiter.PACE_MIN * f for f in (1, up, up * up)])
-    assert (gaps >= 0.9 * intervals[-1]).all(), gaps
-    assert successes <= 8 * limiter.PACE_RUN
-
-
-def test_paced_starts_stay_apart_when_the_machine_stalls():
-    """A busy machine wakes a paced request late: the next one must still wait the whole
-    interval after that late start, or the server's bucket sees two at once."""
-    import asyncio
-    import time
-
-    async def scenario():
-        limiter = transport.Limiter(16)
-        for _ in range(2):  # 4 -> 2 -> 1
-            await limiter.release(await limiter.acquire(), busy=True, success=False)
-        await limiter.release(await limiter.acquire(), busy=True, success=False, rate_limited=True)
-        interval = limiter.interval
-        loop = asyncio.get_running_loop()
-        starts = []
-        for stall in (False, True, False):
-            if stall:  # the loop blocked through this request's reserved start
-                loop.call_later(0.2 * interval, time.sleep, 1.2 * interval)
-            generation = await limiter.acquire()
-            starts.append(loop.time())
-            await limiter.release(generation, busy=False, success=True)
-        return interval, np.diff(starts)
-
-    interval, gaps = asyncio.run(scenario())
-    assert gaps[0] > 1.2 * interval  # the stalled start came late...
-    assert gaps[1] >= 0.95 * interval, (interval, gaps)  # ...and the next waited after it
-
-
-def test_random_503s_do_not_build_up_pacing(monkeypatch):
-    """A flaky server (one request in ten answered 503, whatever the rate) must not be
-    taken for a rate limit that slowing down would satisfy: the pacing never grows."""
-    import asyncio
-
-    from xarray_terrascope.engine import limiter
-
-    monkeypatch.setattr(limiter, "PACE_MIN", 0.002)  # the same dynamics, faster
-
-    async def scenario():
-        limiter = transport.Limiter(16)
-        for _ in range(2):  # 4 -> 2 -> 1
-            await limiter.release(await limiter.acquire(), busy=True, success=False)
-        peak = 0.0
-        for i in range(150):
-            refused = i % 10 == 0
-            await limiter.release(await limiter.acquire(), busy=refused, success=not refused)
-            peak = max(peak, limiter.interval)
-        return peak
-
-    peak = asyncio.run(scenario())
-    assert 0 < peak < 1.5 * limiter.PACE_MIN, peak
-
-
 def test_a_request_rate_limit_gives_the_exact_cube_with_few_refusals(logged_in, clean_cube):
     """As nginx's ``limit_req`` (token bucket, 429 without Retry-After): the limit of
     requests in flight alone cannot satisfy it, pacing does."""
@@ -383,99 +224,3 @@ def test_stac_api_503s_leave_the_cube_exact(logged_in, clean_cube):
     got = _field(chunks={}).NDVI.load().values
     np.testing.assert_array_equal(got, clean_cube)
     assert logged_in.stac.injected >= 2
-
-
-def test_retry_after_pauses_the_host_on_the_loop_clock():
-    """A refusal with ``Retry-After: 0.3`` holds back the next acquire of the host's
-    limiter, whoever asks, until 0.3 s later on the loop's clock (the limiter's own)."""
-    import asyncio
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        limiter = transport.Limiter(16)
-        refused, other = await limiter.acquire(), await limiter.acquire()
-        refused_at = loop.time()
-        await limiter.release(refused, busy=True, success=False, retry_after=0.3)
-        await limiter.release(other, busy=False, success=True)  # a slot is free
-        await limiter.acquire()
-        return loop.time() - refused_at
-
-    assert asyncio.run(scenario()) >= 0.3
-
-
-#: Seconds the server of :class:`_RefuseFirstHandler` announces in ``Retry-After``.
-RETRY_AFTER = 1
-
-
-class _RefuseFirstHandler(http.server.BaseHTTPRequestHandler):
-    """Answers the first request 429 with ``Retry-After: 1``, every other one the bytes
-    asked for; records arrivals and the 429's departure on the server's clock."""
-
-    def do_GET(self):
-        server = self.server
-        arrived = time.monotonic()
-        with server.lock:
-            server.arrivals.append((arrived, self.path))
-            first = server.refused_at is None
-            if first:
-                server.refused_at = time.monotonic()  # before a byte of the answer leaves
-        if first:
-            self.send_response(429)
-            self.send_header("Retry-After", str(RETRY_AFTER))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        start, end = (int(v) for v in self.headers["Range"].split("=")[1].split("-"))
-        body = bytes(range(start, end + 1))
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{end}/256")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def refuse_first_server():
-    """A loopback server of :class:`_RefuseFirstHandler` on a free port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefuseFirstHandler)
-    server.lock, server.arrivals, server.refused_at = threading.Lock(), [], None
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-
-
-def test_a_429_with_retry_after_holds_back_every_request_to_the_host(
-    refuse_first_server, monkeypatch
-):
-    """One request at a time to the host (``TERRASCOPE_MAX_CONNECTIONS=1``), two files to
-    read: the first request gets ``429, Retry-After: 1``. Neither its retry nor the
-    other file's request may reach the server sooner than 1 s after the 429 left it
-    (server-side clock; 10 ms allowed for the client loop's millisecond clock)."""
-    import asyncio
-
-    from xarray_terrascope.engine import aio
-
-    server, root = refuse_first_server
-    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "1")
-
-    async def both():
-        return await asyncio.gather(
-            *(
-                transport.get_range(f"{root}/{name}.tif", 10, 20, access=None, label=name)
-                for name in ("a", "b")
-            )
-        )
-
-    answers = aio.run(both())
-    assert [blob for blob, _ in answers] == [bytes(range(10, 20))] * 2
-    after = sorted(t for t, _ in server.arrivals if t > server.refused_at)
-    assert len(server.arrivals) == 3 and len(after) == 2, server.arrivals
-    assert after[0] - server.refused_at >= RETRY_AFTER - 0.01, (after, server.refused_at)

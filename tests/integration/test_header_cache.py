@@ -346,14 +346,6 @@ def test_a_corrupt_file_fails_once_per_read_with_a_message_naming_the_cause(serv
         assert server.header_requests() == expected_header_requests
 
 
-def test_an_error_without_words_is_named_by_its_type():
-    """A decoder exception whose text is empty must not give ``... failed: ``."""
-    url = "http://127.0.0.1:9/x.tif"
-    source = cog.Source(url, "item", None, None)
-    message = str(cog._surface(source, TimeoutError(), "item", url))
-    assert "TimeoutError" in message and not message.rstrip().endswith("failed:"), message
-
-
 # --- item 6: the directory is bounded in bytes, across processes -----------------------
 
 _CHILD_WRITE = textwrap.dedent(

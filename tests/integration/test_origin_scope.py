@@ -253,9 +253,9 @@ def test_a_decode_error_shows_no_signature(tmp_path):
     from xarray_terrascope.engine import aio, cog
     from xarray_terrascope.exceptions import ReadError
 
-    from .test_transport import _Redirector
+    from ..support.loopback import Redirector
 
-    with _Redirector() as server:  # answers 64 zero bytes: no TIFF
+    with Redirector() as server:  # answers 64 zero bytes: no TIFF
         url = f"http://127.0.0.1:{server.port}/bad.tif?{SIGNATURE}"
         with pytest.raises(ReadError) as info:
             aio.run(cog.fetch_header(url, "ITEM-7", None))

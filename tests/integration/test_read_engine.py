@@ -1,5 +1,6 @@
 """The native async read engine: equal to the GDAL path and the world, few requests,
-headers cached per process and on disk, a shared event loop usable from anywhere."""
+headers cached per process and on disk, the engine in forked children. (Its pieces
+alone, the loop, tile store, header cache and coalescing: ``unit/engine``.)"""
 
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope import auth
-from xarray_terrascope.engine import aio, cog, local, read, transport
+from xarray_terrascope.engine import aio, cog, read, transport
 from xarray_terrascope.engine.header_cache import headers
-from xarray_terrascope.engine.tile_store import TileCache
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from ..support.helpers import NDVI, tif_records
@@ -255,41 +254,6 @@ def test_the_tile_store_size_comes_from_the_environment(logged_in, monkeypatch):
     assert alone > 3 * shared  # 11.6x when measured
 
 
-def test_tile_store_lets_taken_tiles_go_before_waiting_ones():
-    """When full, the store drops tiles another read has already taken (oldest use first)
-    before the ones still waiting for their neighbour (oldest first). Plain LRU dropped
-    the waiting ones: taking a tile made it the newest."""
-    store = TileCache(max_bytes=3 * 64)
-
-    def put(key):
-        store.claim(key)
-        store.finish(key, np.full(64, key, np.uint8), keep=True)
-
-    async def scenario():
-        for key in (1, 2, 3):
-            put(key)
-        assert store.get(1)[0] == 1  # taken by the neighbouring window
-        put(4)  # full: 1 (taken) goes, 2 and 3 still wait
-        assert store.get(1) is None
-        assert [store.get(key)[0] for key in (2, 3)] == [2, 3]  # both taken now
-        put(5)
-        assert store.get(2) is None and store.get(4)[0] == 4  # the oldest taken went
-        put(6)
-        put(7)  # 3, then 4 (taken, oldest uses) made room; 5 and 6 wait, 7 is new
-        assert (store.get(3), store.get(4)) == (None, None)
-        assert [store.get(key)[0] for key in (5, 6, 7)] == [5, 6, 7]
-        put(8)  # only taken tiles now: the one taken longest ago (5) goes
-        assert store.get(5) is None and len(store) == 3
-        future = store.claim(9)  # a fetch in progress answers with its future
-        assert store.get(9) is future
-        store.finish(9, None, keep=True)  # nothing to keep: the store is unchanged
-        assert len(store) == 3 and await future is None
-        store.clear()
-        assert len(store) == 0
-
-    asyncio.run(scenario())
-
-
 def _pixel_requests(records):
     return [r for r in records if not (r.range or "").startswith("bytes=0-")]
 
@@ -410,99 +374,6 @@ def test_headers_are_written_to_disk_by_their_own_thread_and_parsed_once(
     np.testing.assert_array_equal(again.values, values.values)
 
 
-def test_a_dropped_header_is_not_loaded_again_before_its_removal_lands(
-    header_cache_dir, monkeypatch
-):
-    """``drop`` (a header found stale) is queued behind the writes before it; meanwhile
-    the disk entry must not be read back."""
-    from xarray_terrascope.engine.header_cache import Header
-
-    url, other = "https://example.test/download/a.tif", "https://example.test/download/b.tif"
-    headers.put(url, Header(b"II*\x00old", 100, '"v1"'))
-    assert headers.flush(30)
-    headers.clear_memory()
-    assert headers.get(url)[0].etag == '"v1"'  # from disk
-    gate, store = threading.Event(), headers._store
-    monkeypatch.setattr(headers, "_store", lambda *args: (gate.wait(30), store(*args)))
-    try:
-        headers.put(other, Header(b"II*\x00new", 50, '"v2"'))  # the writer waits on the gate
-        headers.drop(url)  # its removal is queued behind that write
-        assert headers.get(url) == (None, False)
-        assert headers.flush(0.2) is False
-    finally:
-        gate.set()
-    assert headers.flush(30)
-    assert headers.get(url) == (None, False)
-    (left,) = header_cache_dir.glob("headers/*/*")
-    assert left.read_bytes().endswith(b"II*\x00new")
-
-
-def test_disk_writes_wait_for_the_engine_to_be_idle(header_cache_dir, monkeypatch, options):
-    """A header reaches the disk once the read engine has been idle a moment (the writes
-    would take CPU and the GIL from the reads), at once on ``flush()``, and after
-    the ``header_write_defer`` option's seconds even while the engine never stops.
-
-    "Not written yet" is asserted once the writer has been seen to hold the write back:
-    the engine's idle clock it consults is wrapped (the real one, counted, not replaced).
-    """
-    from xarray_terrascope.engine.header_cache import Header
-
-    def on_disk() -> int:
-        return len(list(header_cache_dir.glob("headers/*/*")))
-
-    def wait_for(count: int) -> None:
-        deadline = time.monotonic() + 20
-        while on_disk() < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert on_disk() == count
-
-    busy_seen = []  # one entry each time the writer found the engine busy
-
-    def idle_for() -> float:
-        quiet = aio.idle_for()
-        if quiet == 0.0:
-            busy_seen.append(time.monotonic())
-        return quiet
-
-    def put_and_see_it_held_back(url: str, data: bytes) -> None:
-        """Put a header and wait until the writer has twice found the engine busy since
-        (it checks again after IDLE_SECONDS): it is holding that write back."""
-        before = len(busy_seen)
-        headers.put(url, Header(data, 7, '"e"'))
-        deadline = time.monotonic() + 20
-        while len(busy_seen) < before + 2:
-            assert time.monotonic() < deadline, "the writer never asked whether the engine reads"
-            time.sleep(0.02)
-
-    monkeypatch.setattr(headers, "_idle_for", idle_for)
-    release = threading.Event()
-
-    async def reading():  # the engine has work in flight until released
-        while not release.is_set():
-            await asyncio.sleep(0.01)
-
-    options(header_write_defer=30.0)
-    running = aio.submit(reading())
-    try:
-        assert aio.idle_for() == 0.0
-        put_and_see_it_held_back("https://example.test/download/a.tif", b"II*\x00a")
-        assert on_disk() == 0  # held back while the engine reads
-        assert headers.flush(30)  # written now, busy or not
-        assert on_disk() == 1
-        options(header_write_defer=0.5)
-        headers.put("https://example.test/download/b.tif", Header(b"II*\x00b", 7, '"e"'))
-        wait_for(2)  # no longer held back than that
-        assert not running.done()
-        options(header_write_defer=30.0)
-        put_and_see_it_held_back("https://example.test/download/c.tif", b"II*\x00c")
-        assert on_disk() == 2
-    finally:
-        release.set()
-        running.result(10)
-    wait_for(3)  # the engine is idle: written without a flush
-    assert aio.idle_for() > 0.0
-
-
 def test_a_forked_child_persists_headers_with_its_own_writer(header_cache_dir):
     """A fork while another thread holds the cache's lock (or its writer runs) must not
     leave the child's cache locked, nor waiting on the parent's writer thread."""
@@ -590,39 +461,6 @@ def test_reading_inside_a_running_event_loop(logged_in):
 
     got = asyncio.run(notebook_cell())
     np.testing.assert_array_equal(got.values, expected)
-
-
-def test_run_from_many_threads_and_not_from_the_loop():
-    async def square(x):
-        await asyncio.sleep(0.01)
-        return x * x
-
-    results = {}
-
-    def worker(i):
-        results[i] = aio.run(square(i))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert results == {i: i * i for i in range(12)}
-
-    async def nested():
-        return aio.run(square(2))
-
-    with pytest.raises(RuntimeError, match="own event loop"):
-        aio.run(nested())
-
-
-def test_the_engine_loop_is_uvloop_where_installed():
-    uvloop = pytest.importorskip("uvloop")
-
-    async def running():
-        return asyncio.get_running_loop()
-
-    assert isinstance(aio.run(running()), uvloop.Loop)
 
 
 def test_dates_read_in_order_are_read_ahead_again_on_a_second_pass(logged_in):
@@ -771,23 +609,6 @@ def test_a_forked_child_gets_its_own_loop():
     assert answer == b"1"
 
 
-def test_coalescing_merges_small_gaps_only():
-    assert cog.coalesce([(0, 100), (100, 200)]) == [(0, 200)]
-    assert cog.coalesce([(5000, 6000), (0, 100), (1000, 1100)]) == [(0, 1100), (5000, 6000)]
-    far = cog.COALESCE_BYTES + 10_000
-    assert cog.coalesce([(0, 1000), (1000 + far, 2000 + far)]) == [
-        (0, 1000),
-        (1000 + far, 2000 + far),
-    ]
-
-
-def test_basic_auth_is_utf8():
-    import base64
-
-    value = auth.basic_header("user", "pässwörd€")
-    assert base64.b64decode(value.split()[1]).decode("utf-8") == "user:pässwörd€"
-
-
 def test_no_secret_in_logs_or_cache(logged_in, all_logs, header_cache_dir):
     _open(SAMPLE_FIELD, {"start": "2025-06-01", "end": "2025-06-10"}).NDVI.load()
     import base64
@@ -895,28 +716,3 @@ def test_prefer_local_forces_either_source(logged_in, tmp_path):
     }
     with pytest.raises(InvalidArgumentError, match="prefer_local must be"):
         load("yes")
-
-
-def test_local_files_under_a_missing_directory_cost_one_look(tmp_path, monkeypatch, options):
-    """Off Terrascope's machines the local hrefs all lie under a missing directory: after
-    the first look, the other files (and the next reads) ask the file system nothing."""
-    looks = []
-    isfile, isdir = os.path.isfile, os.path.isdir
-    monkeypatch.setattr(os.path, "isfile", lambda p: looks.append(p) or isfile(p))
-    monkeypatch.setattr(os.path, "isdir", lambda p: looks.append(p) or isdir(p))
-    root = tmp_path / "data" / "MTDA"
-    hrefs = [f"file://{root}/2025/06/{day:02d}/S2_{day}.tif" for day in range(1, 31)]
-    assert [local.local_path(h) for h in hrefs] == [None] * 30
-    assert looks[0] == hrefs[0][len("file://") :]
-    assert looks[-1] == str(tmp_path)  # up to the first directory that exists
-    first = len(looks)
-    assert [local.local_path(h) for h in hrefs] == [None] * 30
-    assert len(looks) == first
-    # a directory that appears is seen once the absence is forgotten
-    made = root / "2025" / "06" / "07" / "S2_7.tif"
-    made.parent.mkdir(parents=True)
-    made.write_bytes(b"II*\x00")
-    assert local.local_path(hrefs[6]) is None  # still remembered as missing
-    options(local_absence_seconds=0.0)
-    assert local.local_path(hrefs[6]) == str(made)
-    assert local.local_path(hrefs[7]) is None

@@ -1,24 +1,17 @@
-"""The async engine's HTTP transport against loopback servers: hosts that ignore ``Range``,
-and redirects it must refuse."""
+"""The async engine's HTTP transport against the sandbox: hosts that ignore ``Range``
+(the transport alone, against servers a test starts, is in ``unit/engine``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 
 import numpy as np
 import pytest
 import xarray as xr
-from aiohttp import web
 
-from xarray_terrascope.auth import Credentials, RequestAuth
-from xarray_terrascope.engine import aio, transport
-from xarray_terrascope.exceptions import ReadError
+from xarray_terrascope.engine import transport
 from xarray_terrascope.testing import SAMPLE_FIELD
-
-from ..support.harness import HOST
 
 DAYS = {"start": "2025-06-01", "end": "2025-06-20"}
 
@@ -90,78 +83,6 @@ def test_an_origin_that_honours_ranges_again_is_asked_ranges_again(logged_in, en
     np.testing.assert_array_equal(values[0], first)
     statuses = [r.status for r in logged_in.log.records() if r.path.endswith(".tif")]
     assert statuses and set(statuses) == {206}
-
-
-class _Redirector:
-    """A loopback server answering every request with a 302 to ``location`` (formatted
-    with ``{port}``, its own port), and recording the requests it got."""
-
-    def __init__(self) -> None:
-        self.location = ""
-        self.seen: list[dict[str, str]] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.seen.append(dict(request.headers))
-        if not self.location:
-            return web.Response(
-                body=b"\0" * 64, status=206, headers={"Content-Range": "bytes 0-63/64"}
-            )
-        return web.Response(status=302, headers={"Location": self.location.format(port=self.port)})
-
-    def __enter__(self) -> _Redirector:
-        ready = threading.Event()
-
-        async def up() -> None:
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, HOST, 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-
-        self._thread = threading.Thread(
-            target=lambda: (self._loop.run_until_complete(up()), self._loop.run_forever()),
-            daemon=True,
-        )
-        self._thread.start()
-        assert ready.wait(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(30)
-        self._loop.close()
-
-
-@pytest.mark.parametrize(
-    "location",
-    [
-        "file:///etc/passwd",
-        "ftp://127.0.0.1:{port}/x.tif",
-        "http://127.0.0.1.:{port}/x.tif",  # a trailing dot: aiohttp's InvalidURL
-        "http://someone:s3cret@127.0.0.1:{other}/x.tif",  # aiohttp would send it as Basic
-    ],
-)
-def test_redirects_that_are_not_plain_urls_are_read_errors_naming_the_item(location):
-    with _Redirector() as server, _Redirector() as other:
-        other.location = ""  # answers data, if anything reached it
-        server.location = location.replace("{other}", str(other.port))
-        url = f"http://{HOST}:{server.port}/x.tif"
-        with pytest.raises(ReadError, match="ITEM-42") as info:
-            aio.run(
-                transport.get_ranges(
-                    url, [(0, 16)], access=RequestAuth(Credentials("u", "p")), label="ITEM-42"
-                )
-            )
-        assert "s3cret" not in str(info.value)
-        assert other.seen == [], "a refused redirect target gets no request"
 
 
 def test_whole_files_read_with_old_credentials_do_not_answer_new_ones(logged_in, engine_afresh):
