@@ -46,7 +46,7 @@ setup_browser() {  # Debian's Chromium and ChromeDriver, for the time-slider bro
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
-setup_nginx() {  # a real nginx for tests/test_nginx.py, with no system service started
+setup_nginx() {  # a real nginx for tests/integration/test_nginx.py, with no system service started
   if [ -n "${TERRASCOPE_TEST_NGINX:-}" ] || command -v nginx >/dev/null \
     || [ -x /usr/sbin/nginx ]; then
     return
@@ -79,7 +79,7 @@ setup_nginx() {  # a real nginx for tests/test_nginx.py, with no system service 
     rm -rf "$work"
   fi
   if [ ! -x "$dest/usr/sbin/nginx" ]; then
-    unavailable "no nginx binary in Debian's packages" tests/test_nginx.py
+    unavailable "no nginx binary in Debian's packages" tests/integration/test_nginx.py
     return
   fi
   if ldd "$dest/usr/sbin/nginx" | grep "not found" >/dev/null; then
@@ -88,13 +88,13 @@ setup_nginx() {  # a real nginx for tests/test_nginx.py, with no system service 
       libcrypt1 libpcre2-8-0 libssl3 zlib1g >/dev/null || true  # checked just below
   fi
   if ! "$dest/usr/sbin/nginx" -v; then
-    unavailable "$dest/usr/sbin/nginx does not run" tests/test_nginx.py
+    unavailable "$dest/usr/sbin/nginx does not run" tests/integration/test_nginx.py
     return
   fi
   export TERRASCOPE_TEST_NGINX="$dest/usr/sbin/nginx"
 }
 
-setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_pgstac.py
+setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/integration/test_pgstac.py
   if [ -n "${TERRASCOPE_TEST_PGSTAC:-}" ]; then
     return
   fi
@@ -106,7 +106,7 @@ setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_
     if ! { $sudo apt-get update -qq \
       && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
         postgresql-15 postgresql-15-postgis-3 >/dev/null; }; then
-      unavailable "could not install PostgreSQL/PostGIS" tests/test_pgstac.py
+      unavailable "could not install PostgreSQL/PostGIS" tests/integration/test_pgstac.py
       return
     fi
   fi
@@ -122,7 +122,7 @@ setup_pgstac() {  # PostgreSQL + PostGIS and stac-fastapi-pgstac for tests/test_
     if ! { { [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"; } \
       && "$venv/bin/python" -m pip install -q --upgrade pip \
       && "$venv/bin/python" -m pip install -q $pins; }; then
-      unavailable "could not install stac-fastapi-pgstac" tests/test_pgstac.py
+      unavailable "could not install stac-fastapi-pgstac" tests/integration/test_pgstac.py
       return
     fi
     touch "$stamp"
@@ -147,7 +147,7 @@ static_checks() {  # in the project root: the tools and their configuration in p
 }
 
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then
-  return 0  # sourced (tests/test_run_script.py calls the set-up functions): define only
+  return 0  # sourced (tests/integration/test_run_script.py calls the set-up functions): define only
 fi
 
 case "${1:-}" in

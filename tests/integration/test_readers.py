@@ -12,7 +12,7 @@ from xarray_terrascope.engine import aio, read, readers
 from xarray_terrascope.engine.requests import AlignedRead, GdalRead, WarpedRead, Window
 from xarray_terrascope.plan.planner import plan_cube
 
-from ..conftest import NDVI
+from ..support.helpers import NDVI
 
 DAY = "2025-06-10"
 #: Across the west edge of tile 31UGS (lon 5.864 E): part of the window lies outside it.

@@ -124,3 +124,28 @@ def test_no_module_of_the_package_reads_a_terrascope_variable_but_options_and_au
         if re.search(r"os\.environ(\.get)?[\[(]", text) and "TERRASCOPE_" in text:
             readers.add(path.relative_to(root).as_posix())
     assert readers <= {"options.py", "auth/state.py", "auth/signin.py"}, readers
+
+
+def test_bad_numeric_settings_warn_and_keep_the_default(monkeypatch, caplog):
+    from xarray_terrascope.engine import aio
+
+    tiles = aio.engine().tiles
+
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "lots")
+    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "-5")
+    with caplog.at_level("WARNING", logger="xarray_terrascope.options"):
+        assert xts.get_options().max_connections == 32
+        assert tiles.max_bytes == 64 * 2**20
+        assert tiles.max_bytes == 64 * 2**20  # read per stored tile: warned once
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "TERRASCOPE_MAX_CONNECTIONS='lots'" in m]) == 1, messages
+    assert len([m for m in messages if "TERRASCOPE_TILE_CACHE_MB='-5'" in m]) == 1, messages
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "0")  # below its minimum, 1
+    assert xts.get_options().max_connections == 32
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", " 7 ")
+    assert xts.get_options().max_connections == 7
+    monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", "0")  # allowed: keep no tile
+    assert tiles.max_bytes == 0
+    with xts.set_options(max_connections=3):  # an option set wins over its variable
+        assert xts.get_options().max_connections == 3
+    assert xts.get_options().max_connections == 7

@@ -1,0 +1,37 @@
+"""The starter notebook runs unchanged against the sandbox, configured by environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "ndvi_time_series.ipynb"
+
+
+@pytest.mark.slow
+def test_notebook_runs_against_the_sandbox(terrascope_env, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+    )
+    client.execute(env=dict(os.environ))
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"logged in as {terrascope_env.username}" in text
+    assert "dates have more than half of the field visible" in text
+    # the parcel section: zonal statistics per crop type, over parcels of the sandbox
+    parcels_line = next(line for line in text.splitlines() if "dates with clear parcels" in line)
+    assert int(parcels_line.split()[0]) > 50 and int(parcels_line.split()[2]) > 10
+    # the cube's repr and the slider both rendered
+    rich = [o for o in outputs if o.output_type in ("execute_result", "display_data")]
+    assert any("text/html" in o.get("data", {}) for o in rich)
+    assert terrascope_env.password not in nbformat.writes(nb)

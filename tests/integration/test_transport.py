@@ -1,0 +1,102 @@
+"""The async engine's HTTP transport against the sandbox: hosts that ignore ``Range``
+(the transport alone, against servers a test starts, is in ``unit/engine``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from xarray_terrascope.engine import transport
+from xarray_terrascope.testing import SAMPLE_FIELD
+
+DAYS = {"start": "2025-06-01", "end": "2025-06-20"}
+
+
+def _field(**kw):
+    return xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", decode=False, **DAYS, **kw)
+
+
+@pytest.fixture
+def engine_afresh():
+    """What the engine learns of the sandbox's origin here must not outlive the test."""
+    from xarray_terrascope.engine import read
+
+    transport.reset_limiters()
+    read.clear_reader_cache()
+    yield
+    transport.reset_limiters()
+    read.clear_reader_cache()
+
+
+def _quiet(sandbox) -> None:
+    """Wait until the download server answers nothing (reads under way have ended)."""
+    deadline = time.monotonic() + 30
+    while sandbox.download.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sandbox.download.in_flight == 0
+
+
+def test_a_host_ignoring_range_sends_each_file_once(logged_in, all_logs, engine_afresh):
+    """Every request answered with the whole file: each file is downloaded once and its
+    header and tiles are cut from it (before: a whole file per header and tile request)."""
+    clean = _field(chunks={}, chunksize=128).NDVI.load().values
+    transport.reset_limiters()
+    logged_in.download.ranges = False
+    logged_in.log.clear()
+    all_logs.clear()
+    got = _field(chunks={}, chunksize=128).NDVI.load().values
+    np.testing.assert_array_equal(got, clean)
+    records = [r for r in logged_in.log.records() if r.path.endswith(".tif")]
+    assert records and {r.status for r in records} == {200}
+    per_file: dict[str, int] = {}
+    for r in records:
+        per_file[r.path] = per_file.get(r.path, 0) + 1
+    assert set(per_file.values()) == {1}, per_file
+    sizes = {r.path: r.bytes for r in records}
+    assert logged_in.log.total_bytes(".tif") == sum(sizes.values())
+    warnings = [
+        r.getMessage()
+        for r in all_logs.records
+        if r.levelno == logging.WARNING and "whole files" in r.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert logged_in.download_host in warnings[0]
+
+
+def test_an_origin_that_honours_ranges_again_is_asked_ranges_again(logged_in, engine_afresh):
+    """After whole files, the origin serves ranges again: one request finds it out, and
+    the file's later requests are ranged (206)."""
+    logged_in.download.ranges = False
+    first = _field().NDVI.isel(time=0).load().values
+    assert int((first != 255).sum()) > 0
+    from xarray_terrascope.engine import read
+
+    read.clear_reader_cache()  # stops reading ahead
+    _quiet(logged_in)
+    logged_in.download.ranges = True
+    logged_in.log.clear()
+    values = _field().NDVI.isel(time=slice(0, 3)).load().values
+    np.testing.assert_array_equal(values[0], first)
+    statuses = [r.status for r in logged_in.log.records() if r.path.endswith(".tif")]
+    assert statuses and set(statuses) == {206}
+
+
+def test_whole_files_read_with_old_credentials_do_not_answer_new_ones(logged_in, engine_afresh):
+    """A logout and another account's login forget the whole files kept: the new
+    account's read reaches the server under its own name."""
+    (_, _), (second, second_pw) = list(logged_in.users.items())[:2]
+    logged_in.download.ranges = False
+    _field().NDVI.isel(time=0).load()
+    import xarray_terrascope as xts
+
+    xts.logout()  # stops reading ahead
+    _quiet(logged_in)
+    xts.login(second, second_pw)
+    logged_in.log.clear()
+    _field().NDVI.isel(time=0).load()
+    users = {r.user for r in logged_in.log.records() if r.path.endswith(".tif")}
+    assert users == {second}

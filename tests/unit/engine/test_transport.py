@@ -1,0 +1,329 @@
+"""The async engine's HTTP transport (``engine/transport.py``) against servers started
+here on 127.0.0.1 (port 0): multi-range answers, short and wrong answers, refusals,
+``Retry-After``, and where redirects may take credentials.
+
+Each test's server has a port of its own, so what the engine learns of an origin (its
+limit, whether it answers several ranges at once) is the test's alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import re
+import threading
+import time
+
+import pytest
+from aiohttp import web
+
+from xarray_terrascope.auth import Credentials, RequestAuth
+from xarray_terrascope.auth.credentials import basic_header
+from xarray_terrascope.engine import aio, transport
+from xarray_terrascope.exceptions import AuthenticationError, ReadError
+
+from ...support.harness import HOST
+from ...support.loopback import LoopbackServer, Redirector
+
+#: The boundary of the multipart answers below; the file holds it too, inside a part.
+BOUNDARY = "3d6b6a416f9b5"
+#: The file the servers serve: 16 KiB of varied bytes, the boundary line written into it
+#: at 5010 (inside the part 5000-5099 asked below).
+FILE = bytearray(bytes(range(256)) * 64)
+FILE[5010 : 5010 + len(BOUNDARY) + 4] = f"\r\n--{BOUNDARY}".encode()
+FILE = bytes(FILE)
+SIZE = len(FILE)
+ACCESS = RequestAuth(Credentials("u", "p"))
+
+
+def _asked(request: web.Request) -> list[tuple[int, int]]:
+    """The request's byte ranges, end exclusive."""
+    header = request.headers.get("Range", "")
+    return [(int(a), int(b) + 1) for a, b in re.findall(r"(\d+)-(\d+)", header)]
+
+
+def _ranged(start: int, end: int, *, claimed: tuple[int, int] | None = None) -> web.Response:
+    """206 with ``FILE[start:end]``, its ``Content-Range`` saying ``claimed`` (default:
+    the truth)."""
+    first, stop = claimed or (start, end)
+    return web.Response(
+        status=206,
+        body=FILE[start:end],
+        headers={"Content-Range": f"bytes {first}-{stop - 1}/{SIZE}"},
+    )
+
+
+def _multipart(parts: list[tuple[int, int]]) -> web.Response:
+    """206 ``multipart/byteranges`` with one part per ``(start, end)``, in that order."""
+    body = b""
+    for start, end in parts:
+        body += (
+            (
+                f"--{BOUNDARY}\r\nContent-Type: image/tiff\r\n"
+                f"Content-Range: bytes {start}-{end - 1}/{SIZE}\r\n\r\n"
+            ).encode()
+            + FILE[start:end]
+            + b"\r\n"
+        )
+    body += f"--{BOUNDARY}--\r\n".encode()
+    return web.Response(
+        status=206,
+        body=body,
+        headers={"Content-Type": f'multipart/byteranges; boundary="{BOUNDARY}"'},
+    )
+
+
+def _get(url: str, spans: list[tuple[int, int]], access: RequestAuth | None = ACCESS):
+    """The bodies of ``spans`` of ``url``, read by the engine (label ``ITEM-7``)."""
+    blobs, _remote = aio.run(transport.get_ranges(url, spans, access=access, label="ITEM-7"))
+    return blobs
+
+
+# --- multi-range answers ------------------------------------------------------------------
+
+SPANS = [(0, 10), (5000, 5100), (9000, 9500)]
+
+
+def test_a_multipart_answer_of_several_parts_gives_each_span():
+    async def answer(request: web.Request) -> web.Response:
+        return _multipart(_asked(request))
+
+    with LoopbackServer(answer) as server:
+        got = _get(server.url("/a.tif"), SPANS)
+    assert got == [FILE[start:end] for start, end in SPANS]
+    assert [seen.headers["Range"] for seen in server.seen] == ["bytes=0-9,5000-5099,9000-9499"]
+
+
+def test_parts_holding_several_spans_in_any_order_give_each_span():
+    """A server may merge nearby ranges into one part (RFC 9110 14.6) and send the
+    parts in another order than asked."""
+
+    async def answer(request: web.Request) -> web.Response:
+        assert _asked(request) == SPANS
+        return _multipart([(8990, 9600), (0, 5100)])
+
+    with LoopbackServer(answer) as server:
+        got = _get(server.url("/a.tif"), SPANS)
+    assert got == [FILE[start:end] for start, end in SPANS]
+    assert len(server.seen) == 1
+
+
+def test_a_server_answering_other_ranges_than_asked_is_asked_range_by_range():
+    """Several ranges answered with one part of the first alone: the engine asks for
+    each range on its own from then on, and the bodies are exact."""
+
+    async def answer(request: web.Request) -> web.Response:
+        asked = _asked(request)
+        return _ranged(*asked[0])
+
+    with LoopbackServer(answer) as server:
+        got = _get(server.url("/a.tif"), SPANS)
+        again = _get(server.url("/b.tif"), SPANS)
+    assert got == again == [FILE[start:end] for start, end in SPANS]
+    ranges = [seen.headers["Range"] for seen in server.seen]
+    assert ranges[0] == "bytes=0-9,5000-5099,9000-9499"
+    assert sorted(ranges[1:4]) == ["bytes=0-9", "bytes=5000-5099", "bytes=9000-9499"]
+    assert all("," not in r for r in ranges[4:]) and len(ranges) == 7  # b.tif: learnt
+
+
+# --- short and wrong answers ---------------------------------------------------------------
+
+
+def test_a_short_body_is_retried():
+    """A body shorter than its ``Content-Range`` (a proxy cut it) is asked again."""
+    answers = iter(["short", "whole"])
+
+    async def answer(request: web.Request) -> web.Response:
+        ((start, end),) = _asked(request)
+        if next(answers) == "short":
+            return _ranged(start, end - 40, claimed=(start, end))
+        return _ranged(start, end)
+
+    with LoopbackServer(answer) as server:
+        got = _get(server.url("/a.tif"), [(100, 200)])
+    assert got == [FILE[100:200]]
+    assert [seen.headers["Range"] for seen in server.seen] == ["bytes=100-199"] * 2
+
+
+@pytest.mark.parametrize("content_range", [f"bytes 500-599/{SIZE}", "bytes 100-199", "garbage", ""])
+def test_a_wrong_content_range_is_an_error_naming_the_item(content_range):
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(
+            status=206, body=FILE[100:200], headers={"Content-Range": content_range}
+        )
+
+    with LoopbackServer(answer) as server, pytest.raises(ReadError) as info:
+        _get(server.url("/a.tif"), [(100, 200)])
+    message = str(info.value)
+    assert "ITEM-7" in message and "/a.tif" in message, message
+    assert "unexpected Content-Range" in message, message
+    assert len(server.seen) == 1  # not a transient failure: not retried
+
+
+def test_416_is_a_read_error_naming_the_item_and_the_status():
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{SIZE}"})
+
+    with LoopbackServer(answer) as server, pytest.raises(ReadError) as info:
+        _get(server.url("/a.tif"), [(SIZE + 10, SIZE + 20)])
+    assert not isinstance(info.value, AuthenticationError)
+    assert info.value.status_code == 416
+    assert "ITEM-7" in str(info.value) and "HTTP 416" in str(info.value)
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("access", [ACCESS, None], ids=["credentials", "none"])
+def test_a_web_page_instead_of_data_is_an_authentication_error(access):
+    """A 200 with HTML (Terrascope's login page) is no data; without credentials the
+    error says why none were sent."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=200, text="<html>Sign in</html>", content_type="text/html")
+
+    with LoopbackServer(answer) as server, pytest.raises(AuthenticationError) as info:
+        _get(server.url("/a.tif"), [(0, 100)], access=access)
+    message = str(info.value)
+    assert "ITEM-7" in message and "web page" in message, message
+    assert ("TERRASCOPE_DOWNLOAD_HOSTS" in message) is (access is None), message
+    assert len(server.seen) == 1
+
+
+# --- redirects -------------------------------------------------------------------------------
+
+
+def _authorization(seen) -> str | None:
+    return {k.lower(): v for k, v in seen.headers.items()}.get("authorization")
+
+
+def test_a_redirect_within_the_origin_keeps_the_credentials():
+    async def answer(request: web.Request) -> web.Response:
+        if request.path == "/a.tif":
+            return web.Response(status=302, headers={"Location": "/moved/a.tif"})
+        return _ranged(*_asked(request)[0])
+
+    with LoopbackServer(answer) as server:
+        got = _get(server.url("/a.tif"), [(0, 100)])
+    assert got == [FILE[:100]]
+    assert [seen.path for seen in server.seen] == ["/a.tif", "/moved/a.tif"]
+    assert [_authorization(seen) for seen in server.seen] == [basic_header("u", "p")] * 2
+
+
+def test_a_redirect_to_another_origin_gets_no_credentials():
+    """Another port of the same host is another origin: the bytes come from there,
+    without the ``Authorization`` header the first origin got."""
+
+    async def data(request: web.Request) -> web.Response:
+        return _ranged(*_asked(request)[0])
+
+    with LoopbackServer(data) as bucket:
+
+        async def answer(request: web.Request) -> web.Response:
+            return web.Response(status=307, headers={"Location": bucket.url("/signed/a.tif")})
+
+        with LoopbackServer(answer) as server:
+            got = _get(server.url("/a.tif"), [(0, 100)])
+    assert got == [FILE[:100]]
+    assert [_authorization(seen) for seen in server.seen] == [basic_header("u", "p")]
+    assert [seen.path for seen in bucket.seen] == ["/signed/a.tif"]
+    assert _authorization(bucket.seen[0]) is None
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1:{port}/x.tif",
+        "http://127.0.0.1.:{port}/x.tif",  # a trailing dot: aiohttp's InvalidURL
+        "http://someone:s3cret@127.0.0.1:{other}/x.tif",  # aiohttp would send it as Basic
+    ],
+)
+def test_redirects_that_are_not_plain_urls_are_read_errors_naming_the_item(location):
+    with Redirector() as server, Redirector() as other:
+        other.location = ""  # answers data, if anything reached it
+        server.location = location.replace("{other}", str(other.port))
+        url = f"http://{HOST}:{server.port}/x.tif"
+        with pytest.raises(ReadError, match="ITEM-42") as info:
+            aio.run(
+                transport.get_ranges(
+                    url, [(0, 16)], access=RequestAuth(Credentials("u", "p")), label="ITEM-42"
+                )
+            )
+        assert "s3cret" not in str(info.value)
+        assert other.seen == [], "a refused redirect target gets no request"
+
+
+# --- Retry-After ---------------------------------------------------------------------------
+
+
+#: Seconds the server of :class:`_RefuseFirstHandler` announces in ``Retry-After``.
+RETRY_AFTER = 1
+
+
+class _RefuseFirstHandler(http.server.BaseHTTPRequestHandler):
+    """Answers the first request 429 with ``Retry-After: 1``, every other one the bytes
+    asked for; records arrivals and the 429's departure on the server's clock."""
+
+    def do_GET(self):
+        server = self.server
+        arrived = time.monotonic()
+        with server.lock:
+            server.arrivals.append((arrived, self.path))
+            first = server.refused_at is None
+            if first:
+                server.refused_at = time.monotonic()  # before a byte of the answer leaves
+        if first:
+            self.send_response(429)
+            self.send_header("Retry-After", str(RETRY_AFTER))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start, end = (int(v) for v in self.headers["Range"].split("=")[1].split("-"))
+        body = bytes(range(start, end + 1))
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/256")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def refuse_first_server():
+    """A loopback server of :class:`_RefuseFirstHandler` on a free port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefuseFirstHandler)
+    server.lock, server.arrivals, server.refused_at = threading.Lock(), [], None
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_429_with_retry_after_holds_back_every_request_to_the_host(
+    refuse_first_server, monkeypatch
+):
+    """One request at a time to the host (``TERRASCOPE_MAX_CONNECTIONS=1``), two files to
+    read: the first request gets ``429, Retry-After: 1``. Neither its retry nor the
+    other file's request may reach the server sooner than 1 s after the 429 left it
+    (server-side clock; 10 ms allowed for the client loop's millisecond clock)."""
+    server, root = refuse_first_server
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "1")
+
+    async def both():
+        return await asyncio.gather(
+            *(
+                transport.get_range(f"{root}/{name}.tif", 10, 20, access=None, label=name)
+                for name in ("a", "b")
+            )
+        )
+
+    answers = aio.run(both())
+    assert [blob for blob, _ in answers] == [bytes(range(10, 20))] * 2
+    after = sorted(t for t, _ in server.arrivals if t > server.refused_at)
+    assert len(server.arrivals) == 3 and len(after) == 2, server.arrivals
+    assert after[0] - server.refused_at >= RETRY_AFTER - 0.01, (after, server.refused_at)
