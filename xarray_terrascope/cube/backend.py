@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from xarray.backends import BackendEntrypoint
@@ -48,9 +48,11 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         credentials: Any = None,
         bbox: Sequence[float] | None = None,
         decode: bool = True,
-        resampling: str = DEFAULT_RESAMPLING,
+        resampling: str | Mapping[str, str] = DEFAULT_RESAMPLING,
         chunksize: int = DEFAULT_CHUNKSIZE,
         prefer_local: bool | None = None,
+        mask_clouds: bool = False,
+        min_clear: float | None = None,
     ):
         """Search, plan and return the lazy Dataset; no pixel is read.
 
@@ -78,8 +80,11 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
             Clip box when ``filename_or_obj`` is a list of items.
         decode : bool, default True
             Physical values as float32 with NaN for no data; False keeps the stored DN.
-        resampling : str, default "nearest"
-            rasterio resampling name for tiles that must be reprojected or resized.
+        resampling : str or dict, default "nearest"
+            rasterio resampling name for tiles that must be reprojected or resized, or
+            ``{asset: name}`` per asset (assets left out: nearest). Class assets (scene
+            classification, cloud masks) stay nearest unless named in such a mapping. With
+            nearest, a 20 m or 60 m asset on a 10 m cube is replicated exactly.
         chunksize : int, default 1024
             Spatial size of the stacking chunks (``chunks={}`` uses them), their edges
             at multiples of it from the files' own corner (so on COG tile edges); a
@@ -90,6 +95,19 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
             readable on Terrascope's own notebooks and VMs. None (default): read the local
             file when it exists on this machine, else the network; True: local files only
             (a missing one is an error); False: always the network.
+        mask_clouds : bool, default False
+            Make every measurement NaN where the items' scene classification (``SCL``,
+            ``SCENECLASSIFICATION_20M``) or ``CLOUDMASK`` says no data, defective, cloud,
+            cloud shadow or cirrus, with clouds and shadows grown by 60 m. The mask asset
+            is read (and added to the Dataset) even when not in ``assets``; band tiles
+            that the mask covers entirely are not fetched.
+        min_clear : float, optional
+            Leave out the dates whose clear share of the cube (pixels the mask keeps,
+            without the 60 m growth) is below this share (0..1); reads only the mask asset
+            of every date to decide, at opening. The dropped dates and their shares are
+            logged and kept in ``attrs["dropped_dates"]`` and
+            ``attrs["dropped_clear_shares"]``; the kept dates' shares in the
+            ``clear_share`` coordinate.
         """
         from xarray_terrascope.cube.dataset import open_cube
 
@@ -110,6 +128,8 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
             resampling=resampling,
             chunksize=chunksize,
             prefer_local=prefer_local,
+            mask_clouds=mask_clouds,
+            min_clear=min_clear,
             drop_variables=list(drop_variables) if drop_variables else None,
         )
 

@@ -13,10 +13,12 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pystac
 import rioxarray  # noqa: F401  (registers the .rio accessor used below)
 import xarray as xr
@@ -29,7 +31,15 @@ from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
 from xarray_terrascope.catalog.items import is_items
 from xarray_terrascope.catalog.search import check_bbox, search
+from xarray_terrascope.cube.clouds import DEFAULT_DILATION, dilation_pixels
 from xarray_terrascope.cube.decode import CF_KEYS, Decoder
+from xarray_terrascope.cube.masking import (
+    MaskSpec,
+    check_mask_arguments,
+    clear_shares,
+    dropped_pixels,
+    find_mask_asset,
+)
 from xarray_terrascope.engine.read import read_window
 from xarray_terrascope.exceptions import (
     AuthenticationError,
@@ -43,7 +53,12 @@ from xarray_terrascope.plan.chunks import (
     file_grid_phase,
     spatial_chunks,
 )
-from xarray_terrascope.plan.planner import DEFAULT_RESAMPLING, CubePlan, plan_cube
+from xarray_terrascope.plan.planner import (
+    DEFAULT_RESAMPLING,
+    CubePlan,
+    check_resampling,
+    plan_cube,
+)
 
 __all__ = ["CubeArray", "open_cube"]
 
@@ -79,6 +94,7 @@ class CubeArray(BackendArray):
     """
 
     _credentials: auth.Credentials | None = None
+    mask: MaskSpec | None = None
 
     def __init__(
         self,
@@ -86,10 +102,12 @@ class CubeArray(BackendArray):
         asset_index: int,
         decoder: Decoder | None = None,
         credentials: auth.Credentials | None = None,
+        mask: MaskSpec | None = None,
     ) -> None:
         self.plan = plan
         self.asset_index = asset_index
         self.decoder = decoder
+        self.mask = mask
         self.shape = (len(plan.groups), *plan.shape)
         stored = np.dtype(plan.packing[asset_index].dtype)
         self.dtype = decoder.dtype if decoder is not None else stored
@@ -138,11 +156,19 @@ class CubeArray(BackendArray):
         times = range(self.shape[0])[t_key]
         rows, row_step = _span(y_key, self.shape[1])
         cols, col_step = _span(x_key, self.shape[2])
-        data = read_window(self.plan, self.asset_index, list(times), rows, cols)
+        skip = None
+        if self.mask is not None:
+            skip = dropped_pixels(self.plan, self.mask, tuple(times), rows, cols)
+        data = read_window(self.plan, self.asset_index, list(times), rows, cols, skip=skip)
         if row_step != 1 or col_step != 1:
             data = data[:, ::row_step, ::col_step]
+            skip = skip[:, ::row_step, ::col_step] if skip is not None else None
         if self.decoder is not None:
             data = self.decoder(data)
+        if skip is not None:
+            stored = self.plan.packing[self.asset_index].fill_value
+            fill = np.nan if data.dtype.kind == "f" else stored
+            np.copyto(data, fill, where=skip)
         return data.squeeze(axis=squeeze) if squeeze else data
 
 
@@ -220,8 +246,15 @@ def _check_prefer_local(prefer_local: Any) -> bool | None:
 
 
 def _cf_attrs(plan: CubePlan, asset_index: int) -> dict:
+    """The variable's attributes: band metadata, and the CF packing of a measurement
+    (a class asset's values are codes: they keep no scale and no ``_FillValue``)."""
     spec = plan.packing[asset_index]
+    meta = plan.meta[asset_index] if plan.meta else None
     attrs: dict[str, Any] = {"long_name": plan.assets[asset_index]}
+    if meta is not None:
+        attrs.update(meta.attrs)
+        if meta.classes:
+            return attrs
     if spec.scale != 1.0:
         attrs["scale_factor"] = np.float32(spec.scale)
     if spec.offset != 0.0:
@@ -229,6 +262,39 @@ def _cf_attrs(plan: CubePlan, asset_index: int) -> dict:
     if spec.nodata is not None:
         attrs["_FillValue"] = np.dtype(spec.dtype).type(spec.nodata)
     return attrs
+
+
+def _keep_clear_dates(
+    plan: CubePlan, mask: MaskSpec, min_clear: float
+) -> tuple[CubePlan, dict[str, float], npt.NDArray[np.float64]]:
+    """The plan without the dates whose clear share is below ``min_clear``, the dropped
+    dates with their shares, and the kept dates' shares."""
+    shares = clear_shares(plan, mask)
+    keep = [t for t, share in enumerate(shares) if share >= min_clear]
+    dropped = {
+        str(plan.times[t].date()): float(share)
+        for t, share in enumerate(shares)
+        if share < min_clear
+    }
+    if dropped:
+        logger.info(
+            "min_clear=%s leaves out %d of %d date(s): %s",
+            min_clear,
+            len(dropped),
+            len(shares),
+            ", ".join(f"{day} ({share:.0%} clear)" for day, share in dropped.items()),
+        )
+    if not keep:
+        raise NoItemsFoundError(
+            f"No date has a clear share of at least {min_clear} over the bbox (the best has "
+            f"{shares.max():.2f}); lower min_clear, or widen the dates."
+        )
+    kept = replace(
+        plan,
+        groups=tuple(plan.groups[t] for t in keep),
+        times=tuple(plan.times[t] for t in keep),
+    )
+    return kept, dropped, shares[keep]
 
 
 def _planned_items(plan: CubePlan, items: Sequence[pystac.Item]) -> list[pystac.Item]:
@@ -282,14 +348,18 @@ def open_cube(
     credentials: auth.Credentials | None = None,
     bbox: Sequence[float] | None = None,
     decode: bool = True,
-    resampling: str = DEFAULT_RESAMPLING,
+    resampling: str | Mapping[str, str] = DEFAULT_RESAMPLING,
     chunksize: int = DEFAULT_CHUNKSIZE,
     prefer_local: bool | None = None,
     drop_variables: Sequence[str] | None = None,
+    mask_clouds: bool = False,
+    min_clear: float | None = None,
 ) -> xr.Dataset:
     """Search (or take items), plan and return the lazy Dataset; see the engine's docs."""
     assets_list = _check_assets(assets)
     chunksize = _check_chunksize(chunksize)
+    check_resampling(resampling)
+    min_clear = check_mask_arguments(mask_clouds, min_clear)
     handle, held = _handle_for_open(credentials)
     if is_items(filename_or_obj):
         items = list(filename_or_obj)
@@ -318,6 +388,11 @@ def open_cube(
                 + ". Widen the dates or the bbox, or relax max_cloud_cover."
             )
     assets_list = assets_list or _default_assets(collection, items)
+    mask_key = None
+    if mask_clouds or min_clear is not None:
+        mask_key = find_mask_asset(items, collection)
+        if mask_key not in assets_list:
+            assets_list = [*assets_list, mask_key]
     plan = plan_cube(
         items,
         assets=assets_list,
@@ -336,6 +411,14 @@ def open_cube(
         *plan.shape,
         plan.epsg,
     )
+    mask = None
+    dropped: dict[str, float] = {}
+    if mask_key is not None:
+        index = plan.assets.index(mask_key)
+        kind = plan.meta[index].classification or "scl"
+        mask = MaskSpec(index, kind, None, dilation_pixels(DEFAULT_DILATION, plan.resolution))
+    if mask is not None and min_clear is not None:
+        plan, dropped, shares = _keep_clear_dates(plan, mask, min_clear)
     ys, xs = (
         spatial_chunks(size, chunksize, phase)
         for size, phase in zip(plan.shape, file_grid_phase(plan, chunksize), strict=True)
@@ -348,13 +431,20 @@ def open_cube(
         var_attrs = _cf_attrs(plan, index)
         encoding: dict[str, Any] = {"dtype": np.dtype(plan.packing[index].dtype)}
         decoder = None
-        if decode:  # decoded in the read: the CF attributes move to encoding, as decode_cf does
+        classes = bool(plan.meta) and plan.meta[index].classes
+        if classes and plan.packing[index].nodata is not None:
+            encoding["_FillValue"] = plan.packing[index].fill_value
+        # decoded in the read: the CF attributes move to encoding, as decode_cf does
+        if decode and not classes:
             decoder = Decoder(plan.packing[index].dtype, var_attrs)
             var_attrs = {k: v for k, v in var_attrs.items() if k not in CF_KEYS}
             encoding.update(decoder.encoding)
+        masked_by = mask if mask_clouds and mask is not None and not classes else None
+        if masked_by is not None:
+            var_attrs["cloud_mask"] = f"{key} is NaN where {mask_key} drops a pixel"
         variables[key] = xr.Variable(
             ("time", "y", "x"),
-            indexing.LazilyIndexedArray(CubeArray(plan, index, decoder, held)),
+            indexing.LazilyIndexedArray(CubeArray(plan, index, decoder, held, masked_by)),
             attrs=var_attrs,
             encoding={**encoding, "preferred_chunks": preferred},
         )
@@ -372,6 +462,13 @@ def open_cube(
     }
     if box is not None:
         attrs["bbox"] = list(box)
+    if mask_clouds:
+        attrs["mask_clouds"] = mask_key
+    if min_clear is not None:
+        attrs["min_clear"] = min_clear
+        attrs["dropped_dates"] = list(dropped)
+        attrs["dropped_clear_shares"] = [round(v, 4) for v in dropped.values()]
+        coords["clear_share"] = ("time", shares.astype("float32"), {"units": "1"})
     for name, value in (("start", start), ("end", end), ("max_cloud_cover", max_cloud_cover)):
         if value is not None:
             attrs[name] = value if isinstance(value, (int, float)) else str(value)

@@ -413,8 +413,8 @@ async def _read_tiles(tiff: TIFF, source: Source, request: AlignedRead) -> npt.N
     c0 = max(window.col0 + grid.col_offset, 0)
     c1 = min(window.col1 + grid.col_offset, width)
     size = window.shape
-    if (r1 - r0, c1 - c0) == size:  # the file covers the window: the tiles fill all of it
-        out = np.empty(size, dtype=dtype)
+    if (r1 - r0, c1 - c0) == size and request.needed is None:
+        out = np.empty(size, dtype=dtype)  # the file covers the window: its tiles fill it
     else:
         out = np.full(size, request.fill, dtype=dtype)
     if r0 >= r1 or c0 >= c1:
@@ -426,6 +426,8 @@ async def _read_tiles(tiff: TIFF, source: Source, request: AlignedRead) -> npt.N
         for ty in range(r0 // th, (r1 - 1) // th + 1)
         for tx in range(c0 // tw, (c1 - 1) // tw + 1)
     ]
+    if request.needed is not None:  # the tiles holding a wanted pixel
+        xy = [tile for tile in xy if _wanted(request, tile, th, tw)]
     # the window's sides that a neighbouring window of the cube shares (file pixels)
     top, bottom, left, right = (
         (-1, -1, -1, -1)
@@ -456,6 +458,19 @@ async def _read_tiles(tiff: TIFF, source: Source, request: AlignedRead) -> npt.N
             fc0 - grid.col_offset - cols.start : fc1 - grid.col_offset - cols.start,
         ] = block[fr0 - ty * th : fr1 - ty * th, fc0 - tx * tw : fc1 - tx * tw].view(dtype)
     return out
+
+
+def _wanted(request: AlignedRead, tile: tuple[int, int], th: int, tw: int) -> bool:
+    """Whether file tile ``(tx, ty)`` holds a pixel of the window that is wanted."""
+    assert request.needed is not None
+    tx, ty = tile
+    dr, dc = (
+        request.placement.row_offset + request.window.row0,
+        (request.placement.col_offset + request.window.col0),
+    )
+    rows = slice(max(ty * th - dr, 0), max((ty + 1) * th - dr, 0))
+    cols = slice(max(tx * tw - dc, 0), max((tx + 1) * tw - dc, 0))
+    return bool(request.needed[rows, cols].any())
 
 
 async def tiles_of(

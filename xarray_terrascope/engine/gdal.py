@@ -122,7 +122,7 @@ def _reader_key(
         plan.epsg,
         plan.bounds,
         plan.resolution,
-        plan.resampling,
+        plan.resampling_of(asset_index),
         plan.packing[asset_index].dtype,
         creds.token if (creds and allowed) else None,
     )

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -135,7 +136,7 @@ def _request(
     if native and not local and grid is not None:
         if placement is not None:
             return AlignedRead(**common, placement=placement, shape=grid.shape, cube=plan.shape)
-        if plan.resampling == "nearest":
+        if plan.resampling_of(asset_index) == "nearest":
             return WarpedRead(**common, native=grid, target=plan.output_grid)
     return _through_gdal(FileRead(**common), plan, asset_index, creds)
 
@@ -163,11 +164,16 @@ def read_window(
     time_indices: Sequence[int],
     rows: slice,
     cols: slice,
+    skip: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[Any]:
     """Read raw values of one asset for some time steps and a window of the grid.
 
     Same-date items are mosaicked in priority order: the first valid (not nodata) pixel
     wins. Returns an array ``(len(time_indices), rows, cols)`` of the storage dtype.
+
+    ``skip`` (bool, the result's shape) marks pixels nobody wants (a cloud mask): a date
+    whose pixels are all skipped is not read, a file tile holding only skipped pixels is
+    not fetched (files on the cube's grid), and skipped pixels may hold any value.
 
     Raises
     ------
@@ -187,14 +193,20 @@ def read_window(
     jobs = [
         (out_index, request)
         for out_index, t in enumerate(time_indices)
+        if skip is None or not skip[out_index].all()
         for item_index in plan.groups[t]
         if (request := _request(plan, asset_index, item_index, window, creds, native=native))
         is not None
     ]
+    if skip is not None:
+        jobs = [
+            (i, replace(r, needed=~skip[i]) if isinstance(r, AlignedRead) else r) for i, r in jobs
+        ]
     if not native and jobs:
         _forked_warning()
     if any(not isinstance(request, GdalRead) for _, request in jobs):
-        _prefetch_around(plan, asset_index, time_indices, window, creds)
+        # reads with a mask do not read the next dates ahead: it would fetch masked tiles
+        _prefetch_around(plan, asset_index, time_indices, window, creds, read_ahead=skip is None)
     requests = [request for _, request in jobs]
     arrays = aio.run(_read_all(requests, plan, asset_index, creds))
     layers = [(out_index, array) for (out_index, _), array in zip(jobs, arrays, strict=True)]
@@ -263,11 +275,12 @@ def _prefetch_around(
     time_indices: Sequence[int],
     window: Window,
     creds: auth.Credentials | None,
+    read_ahead: bool = True,
 ) -> None:
     """Fetch the headers of the files of the dates nearest the read (up to
     :data:`~xarray_terrascope.engine.readahead.WARM_FILES` files, its own first) in the
     background. Reads of a window date after date, up or down: read the next dates'
-    files ahead in that direction."""
+    files ahead in that direction (unless ``read_ahead`` is False)."""
     key = (hash(plan.urls), asset_index, window)
     with _recent.lock:
         state: tuple[set[int], set[str]] | None = _recent.get(key)  # now the most recent
@@ -309,7 +322,7 @@ def _prefetch_around(
         new = [request for request in nearest if request.url not in warmed]
         warmed.update(request.url for request in new)
     readahead.warm_headers([(r.url, r.label, r.access) for r in new])
-    if (forwards or backwards) and dates_ahead:
+    if read_ahead and (forwards or backwards) and dates_ahead:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
             if forwards

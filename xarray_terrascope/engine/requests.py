@@ -10,6 +10,7 @@ returns the window's stored values for its file.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -146,11 +147,24 @@ class AlignedRead(FileRead):
     cube : tuple of int or None
         ``(height, width)`` of the cube: tiles crossing a side of the window that a
         neighbouring window shares are kept for it (None: none are kept).
+    needed : numpy.ndarray or None
+        bool, the window's shape: the pixels wanted (a cloud mask drops the others).
+        Tiles holding none of them are not fetched; their pixels are ``fill``. None:
+        every pixel.
     """
 
     placement: Placement
     shape: tuple[int, int]
     cube: tuple[int, int] | None = None
+    needed: npt.NDArray[np.bool_] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> Hashable:
+        """As :attr:`FileRead.key`, and which pixels are wanted."""
+        if self.needed is None:
+            return super().key
+        digest = hashlib.blake2b(np.packbits(self.needed).tobytes(), digest_size=16).digest()
+        return (super().key, digest)
 
 
 @dataclass(frozen=True, kw_only=True)

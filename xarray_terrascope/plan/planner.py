@@ -16,7 +16,7 @@ cache of open readers, per-date mosaics).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,8 @@ from affine import Affine
 from rasterio.enums import Resampling
 
 from xarray_terrascope import auth, config
-from xarray_terrascope.catalog.collections import COLLECTIONS, Packing
+from xarray_terrascope.catalog.assets import AssetMeta, asset_meta
+from xarray_terrascope.catalog.collections import Packing
 from xarray_terrascope.catalog.items import item_day, item_moment
 from xarray_terrascope.exceptions import InvalidArgumentError, NoItemsFoundError
 
@@ -42,6 +43,7 @@ __all__ = [
     "CubePlan",
     "NativeGrid",
     "OutputGrid",
+    "check_resampling",
     "make_reader",
     "plan_cube",
     "utm_epsg",
@@ -128,31 +130,6 @@ def _asset_epsg(item: dict[str, Any], asset: dict[str, Any]) -> int | None:
     return None
 
 
-def _packing(collection: str | None, asset_key: str, items: Sequence[dict[str, Any]]) -> Packing:
-    for item in items:
-        asset = item["assets"].get(asset_key)
-        bands = asset.get("raster:bands") if asset else None
-        if bands:
-            band = bands[0]
-            return Packing(
-                dtype=str(band.get("data_type") or "float32"),
-                nodata=band.get("nodata"),
-                scale=float(band.get("scale", 1.0)),
-                offset=float(band.get("offset", 0.0)),
-            )
-    info = COLLECTIONS.get(collection or "")
-    fallback = info.packing.get(asset_key) if info else None
-    if fallback is not None:
-        return fallback
-    logger.warning(
-        "No raster:bands for asset %r of %s and no known packing: reading it as float32 "
-        "without scaling",
-        asset_key,
-        collection,
-    )
-    return Packing("float32", None, 1.0, 0.0)
-
-
 @dataclass(frozen=True)
 class NativeGrid:
     """A file's own pixel grid, from its item's ``proj:*`` metadata.
@@ -209,7 +186,8 @@ class CubePlan:
     credentials_handle
         Opaque handle that :func:`xarray_terrascope.auth.resolve` turns into credentials.
     resampling
-        GDAL resampling name for tiles that must be warped.
+        Resampling of the tiles that must be warped, unless ``asset_resampling`` says
+        otherwise for an asset.
     native
         ``native[i][a]``: that asset's own pixel grid (:class:`NativeGrid`) from its
         ``proj:*`` metadata, or None when unknown.
@@ -218,6 +196,10 @@ class CubePlan:
     prefer_local
         Read from ``local_hrefs`` when the file exists on this machine (None: when it
         exists), never (False), or always (True: a missing local file is an error).
+    meta
+        What the items say of each asset (:class:`~xarray_terrascope.catalog.assets.AssetMeta`).
+    asset_resampling
+        Per asset, the resampling of its tiles that must be warped (empty: ``resampling``).
     """
 
     epsg: int
@@ -236,6 +218,14 @@ class CubePlan:
     native: tuple[tuple[NativeGrid | None, ...], ...] = ()
     local_hrefs: tuple[tuple[str | None, ...], ...] = ()
     prefer_local: bool | None = None
+    meta: tuple[AssetMeta, ...] = ()
+    asset_resampling: tuple[str, ...] = ()
+
+    def resampling_of(self, asset_index: int) -> str:
+        """The resampling of asset ``asset_index``'s tiles that must be warped."""
+        if self.asset_resampling:
+            return self.asset_resampling[asset_index]
+        return self.resampling
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -341,7 +331,7 @@ def plan_cube(
     resolution: float | None = None,
     collection: str | None = None,
     credentials_handle: str = auth.DEFAULT_HANDLE,
-    resampling: str = DEFAULT_RESAMPLING,
+    resampling: str | Mapping[str, str] = DEFAULT_RESAMPLING,
     prefer_local: bool | None = None,
 ) -> CubePlan:
     """Plan the cube of ``items``: grid, per-date mosaic groups, decoding. No pixel is read.
@@ -359,11 +349,16 @@ def plan_cube(
         reprojected, never dropped.
     resolution
         Output pixel size in CRS units; None: the native resolution of the items.
+    resampling
+        How tiles that are not pixels of the output grid are resampled: one method for
+        every asset, or ``{asset: method}`` (assets left out: ``"nearest"``). Class assets
+        (scene classification, masks) are resampled with ``"nearest"`` unless named.
     prefer_local
         See :class:`CubePlan`.
     """
     from stackstac.prepare import prepare_items
 
+    check_resampling(resampling)
     plain = [_with_epsg(item, assets) for item in _plain(items)]
     if not plain:
         raise InvalidArgumentError("No items to stack")
@@ -376,12 +371,6 @@ def plan_cube(
         if crs is not None
         else utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     )
-    try:
-        resampling_enum = Resampling[resampling]
-    except (KeyError, TypeError):
-        raise InvalidArgumentError(
-            f"resampling must be one of {', '.join(r.name for r in Resampling)}, got {resampling!r}"
-        ) from None
     resolution = _check_resolution(resolution)
     if resolution is None:
         resolution = _native_resolution(plain, assets, epsg)
@@ -416,6 +405,9 @@ def plan_cube(
             f"leave them out of assets= or widen the bbox"
         )
 
+    meta = tuple(asset_meta(collection, key, plain) for key in assets)
+    methods = _resamplings(resampling, meta)
+
     # Mosaic priority within a date: tiles already in the output CRS first (no resampling),
     # then by time and id, so the result does not depend on the search order.
     def priority(index: int) -> tuple[bool, datetime, str]:
@@ -446,14 +438,62 @@ def plan_cube(
         item_bounds=item_bounds,
         groups=groups,
         times=times,
-        packing=tuple(_packing(collection, key, plain) for key in assets),
+        packing=tuple(m.packing for m in meta),
         send_credentials=send,
         credentials_handle=credentials_handle,
-        resampling=resampling_enum.name,
+        resampling=DEFAULT_RESAMPLING
+        if isinstance(resampling, Mapping)
+        else _method(resampling, "resampling"),
         native=tuple(tuple(_native_grid(item, key) for key in assets) for item in plain),
         local_hrefs=tuple(tuple(_local_href(item, key) for key in assets) for item in plain),
         prefer_local=prefer_local,
+        meta=meta,
+        asset_resampling=methods,
     )
+
+
+def _method(value: Any, name: str) -> str:
+    try:
+        return str(Resampling[value].name)
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(
+            f"{name} must be one of {', '.join(r.name for r in Resampling)}, got {value!r}"
+        ) from None
+
+
+def check_resampling(resampling: Any) -> None:
+    """Refuse a resampling that is neither a method name nor ``{asset: method}``.
+
+    Examples
+    --------
+    >>> check_resampling({"B04": "average", "SCL": "nearest"})
+    >>> check_resampling("linear")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xarray_terrascope.exceptions.InvalidArgumentError: resampling must be one of ...
+    """
+    if isinstance(resampling, Mapping):
+        for key, value in resampling.items():
+            _method(value, f"resampling[{key!r}]")
+    else:
+        _method(resampling, "resampling")
+
+
+def _resamplings(resampling: str | Mapping[str, str], meta: Sequence[AssetMeta]) -> tuple[str, ...]:
+    """Each asset's resampling: class assets keep nearest unless named in a mapping."""
+    if isinstance(resampling, Mapping):
+        unknown = sorted(set(resampling) - {m.key for m in meta})
+        if unknown:
+            raise InvalidArgumentError(
+                f"resampling names assets {unknown} that are not in assets= "
+                f"({', '.join(m.key for m in meta)})"
+            )
+        return tuple(
+            _method(resampling.get(m.key, DEFAULT_RESAMPLING), f"resampling[{m.key!r}]")
+            for m in meta
+        )
+    method = _method(resampling, "resampling")
+    return tuple(DEFAULT_RESAMPLING if m.classes else method for m in meta)
 
 
 def _four(values: Any) -> tuple[float, float, float, float]:
@@ -506,7 +546,7 @@ def make_reader(
     return AutoParallelRioReader(
         url=url,
         spec=RasterSpec(plan.epsg, plan.bounds, (plan.resolution, plan.resolution)),
-        resampling=Resampling[plan.resampling],
+        resampling=Resampling[plan.resampling_of(asset_index)],
         dtype=np.dtype(spec.dtype),
         fill_value=spec.fill_value,
         scale_offset=(1, 0),
