@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import pystac
 import xarray as xr
 
+from xarray_terrascope.analysis.clouds import DEFAULT_DILATION
 from xarray_terrascope.cube.decode import decode_cf_array
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 from xarray_terrascope.plan.sparse import DEFAULT_BLOCK_SIZE
@@ -79,8 +80,8 @@ class _TerrascopeAccessor:
 
 
 class TerrascopeDatasetAccessor(_TerrascopeAccessor):
-    """``ds.terrascope``: NDVI, the STAC items, asset URLs, dates, the time slider and the
-    analyses (zonal statistics, composites).
+    """``ds.terrascope``: NDVI and other spectral indices, cloud masking, the STAC items,
+    asset URLs, dates, the time slider and the analyses (zonal statistics, composites).
 
     Examples
     --------
@@ -132,14 +133,96 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
         return asset_urls(self.items, asset)
 
     def ndvi(self) -> xr.DataArray:
-        """NDVI as physical float32 values (NaN = no data), also from a ``decode=False`` cube."""
-        if "NDVI" not in self._obj.data_vars:
+        """NDVI as physical float32 values (NaN = no data).
+
+        The ``NDVI`` variable of an NDVI cube (also from a ``decode=False`` cube); else
+        computed from the red and near-infrared reflectance bands, found by their
+        ``eo:common_name`` (``red``; ``nir``, or ``nir08``), as ``(nir - red) / (nir +
+        red)`` (see :meth:`index`).
+
+        Examples
+        --------
+        >>> ds = xr.open_dataset(bbox, engine="terrascope", collection="terrascope-s2-toc-v2",
+        ...                      assets=["B04", "B08"])  # doctest: +SKIP
+        >>> ds.terrascope.ndvi()  # doctest: +SKIP
+        """
+        if "NDVI" in self._obj.data_vars:
+            return decode_raw(self._obj["NDVI"])
+        from xarray_terrascope.analysis.indices import missing_bands, spectral_index
+
+        lacking = missing_bands(self._obj, "NDVI")
+        if lacking:
             raise TerrascopeError(
                 "This Dataset has no 'NDVI' variable (it has: "
-                f"{', '.join(map(str, self._obj.data_vars)) or 'none'}). Open the collection "
-                "'terrascope-s2-ndvi-v2' with the terrascope engine."
+                f"{', '.join(map(str, self._obj.data_vars)) or 'none'}), nor the red and "
+                "near-infrared reflectance bands to compute it from (found by their "
+                f"'eo:common_name'; missing: {', '.join(lacking)}). Open the collection "
+                "'terrascope-s2-ndvi-v2', or 'terrascope-s2-toc-v2' with "
+                "assets=['B04', 'B08'] (red and nir reflectance)."
             )
-        return decode_raw(self._obj["NDVI"])
+        return spectral_index(self._obj, "NDVI")
+
+    def index(self, name: str, **params: Any) -> xr.DataArray:
+        """A spectral index of the Awesome Spectral Indices catalogue (through spyndex).
+
+        Bands are found by their ``eo:common_name`` (red, nir, green, blue, rededge,
+        swir16...); constants default to the catalogue's and are overridden by
+        ``params``. See :func:`xarray_terrascope.analysis.indices.spectral_index`.
+
+        Parameters
+        ----------
+        name : str
+            ``"NDVI"``, ``"EVI"``, ``"NDWI"``, ``"NDRE"`` (the catalogue's ``NDREI``),
+            ``"NBR"``, ``"SAVI"`` or any other index of the catalogue.
+        **params
+            Constants (``L=0.5``, ``g=2.5``...) or a band's variable (``N="B8A"``).
+
+        Returns
+        -------
+        xarray.DataArray
+            float32, NaN where an input is NaN, lazy on a dask-backed cube.
+
+        Raises
+        ------
+        InvalidArgumentError
+            An unknown index (close names are listed), or a band the cube lacks (with
+            the assets to add).
+
+        Examples
+        --------
+        >>> ds = xr.open_dataset(bbox, engine="terrascope", collection="terrascope-s2-toc-v2",
+        ...                      assets=["B02", "B04", "B08"])  # doctest: +SKIP
+        >>> evi = ds.terrascope.index("EVI")  # doctest: +SKIP
+        >>> savi = ds.terrascope.index("SAVI", L=0.5)  # doctest: +SKIP
+        """
+        from xarray_terrascope.analysis.indices import spectral_index
+
+        return spectral_index(self._obj, name, **params)
+
+    def mask_clouds(
+        self,
+        classes: Iterable[int | str] | int | str | None = None,
+        dilation: float = DEFAULT_DILATION,
+        source: str | None = None,
+    ) -> xr.Dataset:
+        """The cube with every measurement NaN where the mask says cloud, shadow, cirrus,
+        no data or defective.
+
+        Default SCL classes masked: 0, 1, 3, 8, 9, 10 (snow, 11, is kept: add it with
+        ``classes=[*DEFAULT_SCL_CLASSES, 11]``), with a buffer of ``dilation`` metres
+        (default 40) around clouds and shadows; ``source="CLOUDMASK"`` uses the cloud
+        mask instead. See :func:`xarray_terrascope.analysis.clouds.mask_clouds`.
+
+        Examples
+        --------
+        >>> ds = xr.open_dataset(bbox, engine="terrascope", collection="terrascope-s2-toc-v2",
+        ...                      assets=["B04", "B08", "SCL"])  # doctest: +SKIP
+        >>> clear = ds.terrascope.mask_clouds(dilation=60)  # doctest: +SKIP
+        >>> clear.terrascope.ndvi()  # doctest: +SKIP
+        """
+        from xarray_terrascope.analysis.clouds import mask_clouds
+
+        return mask_clouds(self._obj, classes, dilation, source)
 
     def plot_time_slider(self, variable: str | None = None, **kwargs: Any):
         """An hvplot image with a time slider; see :func:`xarray_terrascope.plot.time_slider`."""
