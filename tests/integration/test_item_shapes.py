@@ -322,7 +322,7 @@ def _b04_bytes(server: Nginx, since: int, day: int) -> int:
 
 def test_mask_clouds_at_open_drops_cloudy_pixels_and_skips_their_tiles(cube):
     """``mask_clouds=True``: B04 is NaN where the scene classification says no data,
-    cloud or shadow, grown by 60 m (expected from the known classes with a distance
+    cloud or shadow, grown by 40 m (expected from the known classes with a distance
     transform), the same with any chunking; the band tiles under the day-15 cloud are
     never fetched."""
     open_, numbers, server = cube
@@ -337,7 +337,7 @@ def test_mask_clouds_at_open_drops_cloudy_pixels_and_skips_their_tiles(cube):
     masked_bytes = _b04_bytes(server, start, 15)
     for t, day in enumerate((10, 15)):
         scl = _on_cube(numbers[day, "SCL"], 20, ds, 0)
-        drop = _dropped(scl, 60.0)
+        drop = _dropped(scl, 40.0)
         want = _physical(_on_cube(numbers[day, "B04"], 10, ds, 32767), 32767, 0.0001)
         want[drop] = np.nan
         np.testing.assert_allclose(got.values[t], want, rtol=1e-6, atol=1e-7, err_msg=str(day))
@@ -377,3 +377,22 @@ def test_bad_mask_arguments_are_refused_before_any_request(cube, kw, match):
     with pytest.raises(xts.InvalidArgumentError, match=match):
         open_(**kw)
     assert len(server.records()) == before
+
+
+def test_the_accessor_masks_and_computes_ndvi_on_a_cube_of_real_items(cube):
+    """The accessor finds the mask and the bands of a cube of 2026 items by their
+    metadata: ``mask_clouds()`` drops what the scene classification says (grown by 40 m)
+    and ``ndvi()`` is (nir - red) / (nir + red) of B08 and B04."""
+    open_, numbers, _server = cube
+    ds = open_(assets=["B04", "B08", "SCL"], chunks={}, chunksize=256)
+    masked = ds.terrascope.mask_clouds().load()
+    ndvi = masked.terrascope.ndvi().values
+    for t, day in enumerate((10, 15)):
+        red = _physical(_on_cube(numbers[day, "B04"], 10, ds, 32767), 32767, 0.0001)
+        nir = _physical(_on_cube(numbers[day, "B08"], 10, ds, 32767), 32767, 0.0001)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            want = (nir - red) / (nir + red)
+        want[_dropped(_on_cube(numbers[day, "SCL"], 20, ds, 0), 40.0)] = np.nan
+        np.testing.assert_allclose(ndvi[t], want, rtol=1e-5, atol=1e-6, err_msg=str(day))
+    with pytest.raises(xts.InvalidArgumentError, match="B03"):
+        ds.terrascope.index("NDWI")

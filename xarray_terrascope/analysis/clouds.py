@@ -33,6 +33,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xarray_terrascope.catalog.assets import SCL_CLASSES
+from xarray_terrascope.cube.clouds import (
+    BUFFERED,
+    DEFAULT_CLOUDMASK_CLASSES,
+    DEFAULT_DILATION,
+    DEFAULT_SCL_CLASSES,
+    disk,
+)
 from xarray_terrascope.exceptions import InvalidArgumentError
 
 __all__ = [
@@ -52,35 +60,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Sen2Cor scene classification classes, by value (CF ``flag_meanings`` spelling).
-SCL_CLASSES: dict[int, str] = {
-    0: "no_data",
-    1: "saturated_or_defective",
-    2: "dark_area_pixels",
-    3: "cloud_shadows",
-    4: "vegetation",
-    5: "not_vegetated",
-    6: "water",
-    7: "unclassified",
-    8: "cloud_medium_probability",
-    9: "cloud_high_probability",
-    10: "thin_cirrus",
-    11: "snow",
-}
 #: Terrascope's CLOUDMASK asset, by value.
 CLOUDMASK_CLASSES: dict[int, str] = {0: "clear", 1: "cloud", 255: "no_data"}
 
-#: SCL classes masked by default (see the module's text for the choice).
-DEFAULT_SCL_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
-#: CLOUDMASK values masked by default: cloud and no data.
-DEFAULT_CLOUDMASK_CLASSES: tuple[int, ...] = (1, 255)
-#: Default buffer around clouds and shadows, in metres (two 20 m SCL pixels).
-DEFAULT_DILATION = 40.0
-
 _CLASSES = {"scl": SCL_CLASSES, "cloudmask": CLOUDMASK_CLASSES}
 _DEFAULTS = {"scl": DEFAULT_SCL_CLASSES, "cloudmask": DEFAULT_CLOUDMASK_CLASSES}
-#: The classes a buffer grows from: clouds, their shadows and cirrus, never no data.
-_BUFFERED = {"scl": frozenset({3, 8, 9, 10}), "cloudmask": frozenset({1})}
+_BUFFERED = BUFFERED
 #: Variable names that are masks, by kind (the asset keys Terrascope uses).
 _NAMES = {"SCL": "scl", "SCENECLASSIFICATION_20M": "scl", "CLOUDMASK": "cloudmask"}
 
@@ -227,23 +212,6 @@ def _check_classes(classes: object, kind: str, what: str = "classes") -> tuple[i
     if not chosen:
         raise InvalidArgumentError(f"{what} is empty: give at least one class to mask")
     return tuple(sorted(chosen))
-
-
-def disk(radius_px: float) -> np.ndarray:
-    """The boolean footprint of the pixels whose centre lies within ``radius_px``.
-
-    Examples
-    --------
-    >>> disk(1.5).astype(int)
-    array([[1, 1, 1],
-           [1, 1, 1],
-           [1, 1, 1]])
-    >>> int(disk(4).sum())  # 4 px: 40 m on a 10 m grid
-    49
-    """
-    r = math.floor(radius_px + 1e-9)
-    off = np.arange(-r, r + 1)
-    return (off[:, None] ** 2 + off[None, :] ** 2) <= radius_px**2 * (1 + 1e-9)
 
 
 def _binary_dilation(block: np.ndarray, footprint: np.ndarray) -> np.ndarray:

@@ -98,12 +98,12 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         mask_clouds : bool, default False
             Make every measurement NaN where the items' scene classification (``SCL``,
             ``SCENECLASSIFICATION_20M``) or ``CLOUDMASK`` says no data, defective, cloud,
-            cloud shadow or cirrus, with clouds and shadows grown by 60 m. The mask asset
+            cloud shadow or cirrus, with clouds and shadows grown by 40 m. The mask asset
             is read (and added to the Dataset) even when not in ``assets``; band tiles
             that the mask covers entirely are not fetched.
         min_clear : float, optional
             Leave out the dates whose clear share of the cube (pixels the mask keeps,
-            without the 60 m growth) is below this share (0..1); reads only the mask asset
+            without the 40 m growth) is below this share (0..1); reads only the mask asset
             of every date to decide, at opening. The dropped dates and their shares are
             logged and kept in ``attrs["dropped_dates"]`` and
             ``attrs["dropped_clear_shares"]``; the kept dates' shares in the

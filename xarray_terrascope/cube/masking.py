@@ -14,6 +14,7 @@ the threshold.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Hashable, Iterable, Sequence
@@ -57,14 +58,14 @@ class MaskSpec:
     kind : {"scl", "cloudmask"}
     classes : tuple of int or None
         Codes to drop (None: the defaults of :func:`~xarray_terrascope.cube.clouds.drop_mask`).
-    radius : int
-        Dilation of clouds and shadows, in cube pixels.
+    radius : float
+        Buffer around clouds and shadows, in cube pixels.
     """
 
     asset_index: int
     kind: str
     classes: tuple[int, ...] | None = None
-    radius: int = 0
+    radius: float = 0.0
 
 
 def check_mask_arguments(mask_clouds: Any, min_clear: Any) -> float | None:
@@ -152,7 +153,7 @@ def dropped_pixels(
     if cached is not None:
         return cached
     height, width = plan.shape
-    m = mask.radius
+    m = math.floor(mask.radius + 1e-9)
     r0, r1 = max(rows.start - m, 0), min(rows.stop + m, height)
     c0, c1 = max(cols.start - m, 0), min(cols.stop + m, width)
     codes = read_window(plan, mask.asset_index, list(times), slice(r0, r1), slice(c0, c1))
