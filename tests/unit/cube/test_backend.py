@@ -30,6 +30,8 @@ ENGINE_DEFAULTS = {
     "resampling": "nearest",
     "chunksize": 1024,
     "prefer_local": None,
+    "mask_clouds": False,
+    "min_clear": None,
 }
 
 
@@ -49,7 +51,13 @@ def test_the_engine_takes_exactly_open_cubes_keywords_and_defaults():
     assert _keyword_defaults(open_cube) == ENGINE_DEFAULTS
     # the docstring's "name : type, default value" lines say the same
     documented = re.findall(r"^\s+(\w+) : [^\n]*, default (.+)$", engine.open_dataset.__doc__, re.M)
-    assert {name for name, _ in documented} == {"collection", "decode", "resampling", "chunksize"}
+    assert {name for name, _ in documented} == {
+        "collection",
+        "decode",
+        "resampling",
+        "chunksize",
+        "mask_clouds",
+    }
     for name, text in documented:
         assert text.strip('"') == str(ENGINE_DEFAULTS[name]), name
 
