@@ -181,8 +181,8 @@ class Scene:
     weight : numpy.ndarray or None
         ``(height, width)`` float32 cloud opacity (:func:`opacity`); None on a clear date.
     dim : numpy.ndarray or None
-        ``(height, width)`` float32 shadow dimming (:func:`shadow_dim`); None without
-        shadows.
+        ``(height, width)`` float32 shadow dimming (:func:`shadow_dim`), 0 under clouds;
+        None without shadows.
     """
 
     tile: Tile
@@ -240,8 +240,8 @@ def make_scene(
         cells = np.ix_(sky.row_cell, sky.col_cell)
         classes = sky_classes(cloud, shadow)[cells]
         weight = opacity(cloud)[cells]
-        if len(acq.shadows.blobs):
-            dim = shadow_dim(shadow)[cells]
+        if len(acq.shadows.blobs):  # a cloud hides its shadow
+            dim = np.where(cloud > 0.5, np.float32(0.0), shadow_dim(shadow))[cells]
     else:
         classes = np.zeros(ndvi.shape, np.uint8)
     return Scene(tile, acq.relative_orbit, ndvi, code, classes, weight, dim)

@@ -23,11 +23,14 @@ water          0.05   0      v -0.35: red 0.034, nir 0.016
 The other bands are linear in red and nir (``a_red red + a_nir nir + a_0``, one row for
 land, one for water; :data:`BANDS`), within the ranges Sentinel-2 shows over such covers.
 
-The sky (see ``_scl``): a shadow blocks a share ``k`` of the direct light and leaves a
-blue-ish diffuse light, ``rho -> rho + k (rho_diffuse - rho)``, so the NDVI of a
-shadowed canopy drops (0.85 -> ~0.6); then a cloud of opacity ``w`` pulls every band
-towards its bright, flat reflectance (0.33-0.48, NDVI ~0.01), ``rho -> rho + w
-(rho_cloud - rho)``: an unmasked NDVI is wrong under clouds, shadows and haze.
+The sky (see ``_scl``): a cloud of opacity ``w`` (``_scene.opacity``: up to 0.6 on its
+hazy edge, 1 from density 0.75) pulls every band towards its bright, flat reflectance
+(0.33-0.48, NDVI ~0.01), ``rho -> rho + w (rho_cloud - rho)``; then a shadow blocks a
+share ``k`` (``_scene.shadow_dim``, 0.73-0.85 where masked) of the light on what lies
+under it, hazy cloud edges included (a model: the shadows of this world mostly fall
+beside their clouds, on their hazy edges), and leaves a blue-ish diffuse light, ``rho ->
+rho + k (rho_diffuse - rho)``: dark (< 0.15 in every band) and with a low NDVI. A cloud
+hides its shadow. An unmasked NDVI is wrong under clouds, shadows and haze.
 
 A 20 m or 60 m band is the mean of the 10 m values it covers (``raster:sampling:
 area``). Values are stored as int16 ``DN = floor(rho / 0.0001 + 0.5)``, 32767 outside the
@@ -206,12 +209,12 @@ def ground(band: Band, scene: Scene) -> np.ndarray:
 
 
 def observed(band: Band, rho: np.ndarray, scene: Scene) -> np.ndarray:
-    """Return the reflectance seen through the scene's shadows and clouds (exactly
+    """Return the reflectance seen through the scene's clouds and shadows (exactly
     ``rho`` where the sky is clear)."""
-    if scene.dim is not None:
-        rho = rho + scene.dim * (np.float32(band.diffuse) - rho)
     if scene.weight is not None:
         rho = rho + scene.weight * (np.float32(band.cloud) - rho)
+    if scene.dim is not None:
+        rho = rho + scene.dim * (np.float32(band.diffuse) - rho)
     return rho
 
 
