@@ -108,9 +108,10 @@ class FilesMixin:
     def _write_cog(
         self, item: ItemInfo, key: str, mem: MemoryFile | None, path: str | None
     ) -> None:
-        data = self._raster(item, key)
-        transform, width, height, dtype, nodata = file_layout(item, key)
         main = isinstance(item.product, Product) and key == item.product.asset
+        # the NDVI-like rasters are not kept (the test suite writes hundreds of them)
+        data = self._render_file(item, key, True) if main else self._raster(item, key)
+        transform, width, height, dtype, nodata = file_layout(item, key)
         profile: dict[str, Any] = {
             "driver": "COG",
             "width": width,

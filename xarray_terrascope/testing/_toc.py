@@ -16,7 +16,7 @@ road           0.20   0      v 0.09: red 0.091, nir 0.109
 built-up       0.22   0.10   v 0.20: red 0.096, nir 0.144
 woods          0.20   0.14   v 0.86: red 0.022, nir 0.298
 crops, grass   0.28   0.16   bare soil v 0.15: red 0.129, nir 0.175; canopy v 0.85:
-                             red 0.031, nir 0.387
+                             red 0.031, nir 0.385
 water          0.05   0      v -0.35: red 0.034, nir 0.016
 =============  =====  =====  =====================================================
 
@@ -29,7 +29,7 @@ hazy edge, 1 from density 0.75) pulls every band towards its bright, flat reflec
 share ``k`` (``_scene.shadow_dim``, 0.73-0.85 where masked) of the light on what lies
 under it, hazy cloud edges included (a model: the shadows of this world mostly fall
 beside their clouds, on their hazy edges), and leaves a blue-ish diffuse light, ``rho ->
-rho + k (rho_diffuse - rho)``: dark (< 0.15 in every band) and with a low NDVI. A cloud
+rho + k (rho_diffuse - rho)``: dark (mostly below 0.12 in every band), with a low NDVI. A cloud
 hides its shadow. An unmasked NDVI is wrong under clouds, shadows and haze.
 
 A 20 m or 60 m band is the mean of the 10 m values it covers (``raster:sampling:
@@ -241,9 +241,12 @@ def render_band(scene: Scene, band: Band, *, clouds: bool = True) -> np.ndarray:
 def render_scl(scene: Scene, *, swath: bool, clouds: bool = True) -> np.ndarray:
     """Return the uint8 20 m scene classification (see ``_scl``); 0 outside the swath
     when ``swath``."""
-    water = block_mean(scene.water.astype(np.float32), 2)
-    land = land_classes(water, block_mean(scene.ndvi, 2))
-    return scl_from(scene.sky_at(20, swath=swath, clouds=clouds), land)
+
+    def land() -> np.ndarray:
+        water = block_mean(scene.water.astype(np.float32), 2)
+        return land_classes(water, block_mean(scene.ndvi, 2))
+
+    return scl_from(scene.sky_at(20, swath=swath, clouds=clouds), scene.memo("scl_land", land))
 
 
 def render_aot(scene: Scene, acq: Acquisition, seed: int) -> np.ndarray:

@@ -127,7 +127,9 @@ class World(LandMixin, TruthMixin, FilesMixin):
     Notes
     -----
     ``eo:cloud_cover`` is the percentage of the item's pixels masked by clouds or
-    their shadows, estimated on a 200 m grid and rounded to 2 decimals.
+    their shadows, estimated on a 200 m grid and rounded to 2 decimals; a TOC item has
+    the value of the NDVI item of its acquisition and tile (thin cirrus and the swath
+    edge left out).
 
     The land is rasterised once per UTM zone, on first use of a pixel (about 1 s for
     zone 31), then every item of the zone reuses it.
