@@ -440,7 +440,8 @@ def test_landing_conformance_collections(sb: Sandbox) -> None:
     assert {"self", "root", "conformance", "data"} <= {link["rel"] for link in landing["links"]}
     conf = requests.get(sb.stac_url + "conformance", timeout=30).json()["conformsTo"]
     assert "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text" in conf
-    assert sorted(c.id for c in client.get_collections()) == [FAPAR, LAI, NDVI]
+    ids = sorted(c.id for c in client.get_collections())
+    assert ids == [FAPAR, LAI, NDVI, "terrascope-s2-toc-v2"]
     doc = requests.get(f"{sb.stac_url}collections/{NDVI}", timeout=30).json()
     assert doc["item_assets"]["NDVI"]["raster:bands"][0]["scale"] == 0.004
     assert doc["extent"]["temporal"]["interval"][0][0].startswith("2025-01-01")

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .server import Sandbox
-    from .world import COVER, CROPS, EXTENT, SAMPLE_FIELD, World
+    from .world import COVER, CROPS, EXTENT, SAMPLE_FIELD, TOC, Sky, World
 
-__all__ = ["COVER", "CROPS", "EXTENT", "SAMPLE_FIELD", "Sandbox", "World"]
+__all__ = ["COVER", "CROPS", "EXTENT", "SAMPLE_FIELD", "TOC", "Sandbox", "Sky", "World"]
 
 _WHERE = {
     "Sandbox": ".server",
@@ -27,6 +27,8 @@ _WHERE = {
     "EXTENT": ".world",
     "COVER": ".world",
     "CROPS": ".world",
+    "Sky": ".world",
+    "TOC": ".world",
 }
 
 

@@ -54,7 +54,7 @@ class LandMixin:
     def land_cover(self, item_id: str, rows: Any, cols: Any) -> np.ndarray:
         """Return the land cover code (index into :data:`COVER`) at pixel indices.
 
-        Codes: 0 road, 1 built-up, 2 woods, 3.. the crops in :data:`CROPS` order.
+        Codes: 0 road, 1 built-up, 2 woods, 3-7 the crops in :data:`CROPS` order, 8 water.
         """
         return self.land.code[self.parcel_ids(item_id, rows, cols, units=True)]
 
@@ -62,7 +62,7 @@ class LandMixin:
         """Return the ``parcel_id`` of the parcel holding each pixel, 0 outside parcels.
 
         A pixel belongs to the polygon that contains its centre. With ``units``, the
-        land unit id of every pixel instead (roads 0, then parcels, towns and woods).
+        land unit id of every pixel instead (roads 0, then parcels, towns, woods and lakes).
         """
         item = self._get(item_id)
         r, c, shape = self._indices(item, rows, cols)
@@ -104,7 +104,7 @@ class LandMixin:
         )
         keep = shapely.covered_by(polygons, covered)
         ids = np.arange(1, n + 1)[keep]
-        crop = np.array(CROPS)[self.land.code[ids] - len(COVER) + len(CROPS)]
+        crop = np.array(CROPS)[self.land.code[ids] - _phenology.FIRST_CROP]
         return geopandas.GeoDataFrame(
             {
                 "parcel_id": ids.astype(np.int64),

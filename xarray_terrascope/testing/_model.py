@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, time
 
 import numpy as np
@@ -17,15 +18,19 @@ __all__ = [
     "NODATA",
     "ORBITS",
     "PRODUCTS",
+    "SCL_ASSET",
     "TILE_NAMES",
     "Acquisition",
     "ItemInfo",
     "Product",
     "Tile",
+    "TocProduct",
     "clip_tile",
 ]
 
 NODATA = 255
+#: Asset key of the 20 m scene classification that the NDVI, FAPAR and LAI items carry.
+SCL_ASSET = "SCENECLASSIFICATION_20M"
 FULL_TILE = 10980  # pixels per side of a real Sentinel-2 tile
 _TILE_SPECS = {
     "31UFS": (32631, 600000.0, 5700000.0, (4.95, 6.10)),
@@ -155,6 +160,22 @@ PRODUCTS: dict[str, Product] = {
 
 
 @dataclass(frozen=True)
+class TocProduct:
+    """A product whose items hold several files (the TOC reflectance, ``_toc.ASSETS``)."""
+
+    collection: str
+    folder: str
+    version: str
+    title: str
+    description: str
+
+    @property
+    def asset(self) -> None:
+        """No single asset (an NDVI-like product names its one asset here)."""
+        return None
+
+
+@dataclass(frozen=True)
 class Acquisition:
     """One datatake: every tile is acquired at the same instant."""
 
@@ -185,11 +206,12 @@ class ItemInfo:
     """Where an item's metadata comes from (private to the sandbox)."""
 
     id: str
-    product: Product
+    product: Product | TocProduct
     tile: Tile
     acq: int
-    path: str
+    path: str  # of the main file (the product's asset; B04 for TOC)
     cloud_cover: float
+    files: Mapping[str, str] = field(default_factory=dict)  # asset key -> path
 
 
 def clip_tile(name: str) -> Tile:

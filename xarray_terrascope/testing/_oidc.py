@@ -8,10 +8,26 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["TokenIssuer", "same_secret"]
+__all__ = ["TokenIssuer", "discovery", "same_secret"]
 
 CLIENT_ID = "public"
 REFRESH_LIFETIME = 1800.0
+
+
+def discovery(host_url: str, auth_path: str, token_path: str) -> dict[str, Any]:
+    """The OpenID Connect discovery document of the sandbox's realm, as Keycloak words
+    its main fields (``host_url`` ends with ``/``)."""
+    root = host_url.rstrip("/")
+    return {
+        "issuer": f"{root}/auth/realms/terrascope",
+        "authorization_endpoint": f"{root}{auth_path}",
+        "token_endpoint": f"{root}{token_path}",
+        "grant_types_supported": ["authorization_code", "password", "refresh_token"],
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "profile", "email"],
+    }
 
 
 def same_secret(expected: str | None, given: str | None) -> bool:

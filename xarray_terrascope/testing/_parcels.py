@@ -7,6 +7,8 @@ The landscape is drawn once per seed in UTM zone 31N metres (EPSG:32631):
   nodes, so blocks are irregular quadrilaterals; every 4th / 3rd road is a main road
   (18 m wide), the others 10 m;
 * blocks near a town centre are built-up, blocks near a wood centre are woods;
+* a quarter of the wood blocks are lakes instead (drawn apart, so the rest of the land
+  does not depend on them);
 * farmland blocks are cut into strips along their longer side and some strips across,
   with cut points that differ on opposite edges: irregular quadrilateral parcels of
   1-20 ha (smaller leftovers become farmsteads, built-up).
@@ -39,7 +41,8 @@ __all__ = ["GEN_EPSG", "Landscape", "ZoneRaster", "make_landscape"]
 GEN_EPSG = 32631
 _MIN_HA, _MAX_HA = 1.0, 20.0
 #: Texture amplitude (NDVI per unit of noise) by land cover code.
-_TEXTURE = np.array([0.008, 0.05, 0.025, 0.016, 0.016, 0.016, 0.016, 0.018], np.float32)
+_TEXTURE = np.array([0.008, 0.05, 0.025, 0.016, 0.016, 0.016, 0.016, 0.018, 0.01], np.float32)
+_LAKE_SHARE = 0.25  # of the wood blocks
 _COARSE = 6  # pixels per node of the smooth texture (60 m)
 _GRAIN = 0.1  # pixel noise, relative to the smooth texture
 
@@ -235,6 +238,8 @@ def make_landscape(seed: int, extent: tuple[float, float, float, float]) -> Land
         ]
     )
     params = _phenology.draw_params(rng, code.size)
+    lakes = np.random.default_rng([seed, 6]).random(code.size) < _LAKE_SHARE
+    code[lakes & (code == _phenology.WOODS)] = _phenology.WATER
     return Landscape(quads, code, params, len(parcels))
 
 

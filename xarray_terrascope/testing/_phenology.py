@@ -18,14 +18,15 @@ grassland       green all year, three or four mowing cuts (drop and regrowth ove
 ==============  ===========================================================================
 
 Land cover that is not a parcel: ``road`` (asphalt, low and stable), ``built-up``
-(low, slightly greener in summer), ``woods`` (deciduous).
+(low, slightly greener in summer), ``woods`` (deciduous), ``water`` (lakes and ponds,
+as the Kempen's many sand-extraction lakes: negative all year).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COVER", "CROPS", "draw_params", "ndvi_table"]
+__all__ = ["COVER", "CROPS", "FIRST_CROP", "WATER", "draw_params", "ndvi_table"]
 
 #: Crop types of the parcels, with their share of the farmland.
 CROPS: dict[str, float] = {
@@ -35,10 +36,15 @@ CROPS: dict[str, float] = {
     "potato": 0.10,
     "grassland": 0.35,
 }
-#: Land cover classes by code: 0-2 are not parcels, 3.. are the crops in ``CROPS`` order.
-COVER: tuple[str, ...] = ("road", "built-up", "woods", *CROPS)
+#: Land cover classes by code: 0-2 are not parcels, 3-7 are the crops in ``CROPS`` order,
+#: 8 is water (not a parcel either).
+COVER: tuple[str, ...] = ("road", "built-up", "woods", *CROPS, "water")
 ROAD, BUILT_UP, WOODS = 0, 1, 2
-_FIRST_CROP = 3
+#: Code of the first crop; the crops are ``FIRST_CROP .. FIRST_CROP + len(CROPS) - 1``.
+FIRST_CROP = 3
+#: Code of water (after the crops, so that the crops' codes stay 3..7).
+WATER = FIRST_CROP + len(CROPS)
+_FIRST_CROP = FIRST_CROP
 _N_CUTS = 4
 
 
@@ -140,7 +146,9 @@ def ndvi_table(doy: float, code: np.ndarray, params: dict[str, np.ndarray]) -> n
     t = doy - params["shift"][sel]
     leaves = _rise(t, 118.0, 7.0) * (1.0 - _rise(t, 300.0, 9.0))
     out[sel] = 0.50 + level[sel] + 0.36 * leaves
-    crops = code >= _FIRST_CROP
+    sel = code == WATER
+    out[sel] = -0.35 + level[sel]
+    crops = (code >= _FIRST_CROP) & (code < WATER)
     if crops.any():
         sub = {k: v[crops] for k, v in params.items()}
         out[crops] = _crop_curves(doy, code[crops], sub)

@@ -82,13 +82,16 @@ class TileSky:
             out[r0:r1, c0:c1] += _field.blob_contribution(blob, x, y)
         return out
 
+    def densities(self, acq: Acquisition) -> tuple[np.ndarray, np.ndarray]:
+        """Return the float32 ``(cloud, shadow)`` densities on the whole cell grid."""
+        ux, uy = self.centres(acq)
+        n = len(acq.clouds.blobs)
+        return self._density(acq.clouds, ux[:n], uy[:n]), self._density(acq.shadows, ux[n:], uy[n:])
+
     def cells(self, acq: Acquisition) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return ``(cloud, shadow, haze)`` on the whole cell grid for an acquisition:
         the two masks (density > 0.5) and the haze weight."""
-        ux, uy = self.centres(acq)
-        n = len(acq.clouds.blobs)
-        cloud = self._density(acq.clouds, ux[:n], uy[:n])
-        shadow = self._density(acq.shadows, ux[n:], uy[n:])
+        cloud, shadow = self.densities(acq)
         return cloud > 0.5, shadow > 0.5, haze(cloud)
 
     def points(

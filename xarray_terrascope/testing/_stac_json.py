@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pyproj import Transformer
 
+from ._model import SCL_ASSET, Product
+
 if TYPE_CHECKING:
-    from ._model import Acquisition, ItemInfo, Product, Tile
+    from ._model import Acquisition, ItemInfo, Tile
 
 __all__ = ["ITEM_EXTENSIONS", "MEDIA_TYPE", "collection_json", "footprint", "item_json"]
 
@@ -23,6 +25,7 @@ ITEM_EXTENSIONS = [
     "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
 ]
 _DIGITS = 7  # about 1 cm
+_SCL_BAND = {"data_type": "uint8", "spatial_resolution": 20}
 
 
 @functools.cache
@@ -78,6 +81,8 @@ def _raster_band(product: Product) -> dict[str, Any]:
 def item_json(item: ItemInfo, acq: Acquisition, download_root: str) -> dict[str, Any]:
     """Return a fresh STAC Item dict for ``item`` with its asset under ``download_root``."""
     tile, product = item.tile, item.product
+    if not isinstance(product, Product):
+        raise TypeError(f"{item.id} is not an NDVI-like item; see _stac_toc")
     geometry, bbox = footprint(tile)
     t = tile.transform
     stamp = _stamp(acq)
@@ -119,9 +124,31 @@ def item_json(item: ItemInfo, acq: Acquisition, download_root: str) -> dict[str,
                 "alternate": {
                     "local": {"href": f"/data/MTDA/TERRASCOPE_{item.path}"},
                 },
-            }
+            },
+            **{
+                key: _scl_asset(tile, f"{download_root}{path}", path)
+                for key, path in item.files.items()
+                if key == SCL_ASSET
+            },
         },
         "links": [],
+    }
+
+
+def _scl_asset(tile: Tile, href: str, path: str) -> dict[str, Any]:
+    """The 20 m scene classification beside an NDVI, FAPAR or LAI file (no ``nodata``)."""
+    t = tile.transform
+    return {
+        "href": href,
+        "type": MEDIA_TYPE,
+        "roles": ["data-mask"],
+        "title": "SCENECLASSIFICATION 20M",
+        "description": "Scene classification (Sen2Cor classes 0-11) at 20 m",
+        "proj:epsg": tile.epsg,
+        "proj:shape": [-(-tile.height // 2), -(-tile.width // 2)],
+        "proj:transform": [20.0, 0.0, t.c, 0.0, -20.0, t.f, 0.0, 0.0, 1.0],
+        "raster:bands": [dict(_SCL_BAND)],
+        "alternate": {"local": {"href": f"/data/MTDA/TERRASCOPE_{path}"}},
     }
 
 
@@ -178,7 +205,13 @@ def collection_json(product: Product, items: list[dict[str, Any]]) -> dict[str, 
                 "roles": ["data"],
                 "title": f"{product.asset} 10M",
                 "raster:bands": [_raster_band(product)],
-            }
+            },
+            SCL_ASSET: {
+                "type": MEDIA_TYPE,
+                "roles": ["data-mask"],
+                "title": "SCENECLASSIFICATION 20M",
+                "raster:bands": [dict(_SCL_BAND)],
+            },
         },
         "links": [],
     }

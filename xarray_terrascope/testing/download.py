@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 from werkzeug.sansio.request import Request
 
-from ._oidc import TokenIssuer, same_secret
+from ._oidc import TokenIssuer, discovery, same_secret
 from ._replies import Reply, file_reply, text_reply
 from .request_log import RequestLog, RequestRecord
 from .world import World
@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 SSO_PATH = "/auth/realms/terrascope/protocol/openid-connect/auth"
 TOKEN_PATH = "/auth/realms/terrascope/protocol/openid-connect/token"
+DISCOVERY_PATH = "/auth/realms/terrascope/.well-known/openid-configuration"
 PREFIX = "/download"
 _SIGN_IN = (
     "<!DOCTYPE html><html><head><title>Sign in to terrascope</title></head><body>"
@@ -225,7 +226,7 @@ class DownloadApp:
         self._rng = random.Random(seed)
         self._faults: list[_Fault] = []
         self._issuer = TokenIssuer()
-        self._rendered: set[str] = set()  # items whose COG is in the cache already
+        self._rendered: set[tuple[str, str]] = set()  # (item, asset) whose COG is cached
         self._defaults = {
             "latency": latency,
             "max_concurrent": max_concurrent,
@@ -423,6 +424,9 @@ class DownloadApp:
             return text_reply(200, _SIGN_IN, "text/html; charset=utf-8")
         if req.path == TOKEN_PATH:
             return self._token(req, ctx.form)
+        if req.path == DISCOVERY_PATH:  # what the TOC items' auth:schemes point at
+            body = json.dumps(discovery(req.host_url, SSO_PATH, TOKEN_PATH))
+            return text_reply(200, body, "application/json")
         if req.path != PREFIX and not req.path.startswith(PREFIX + "/"):
             return text_reply(404, "Not Found")
         with self._lock:
@@ -542,12 +546,12 @@ class DownloadApp:
 
     # --- files ----------------------------------------------------------------------------
 
-    async def _cog_path(self, item_id: str) -> Path:
-        """The item's COG; written in a worker thread the first time (seconds of CPU)."""
-        if item_id in self._rendered:
-            return self.world.cog_path(item_id)
-        path = await asyncio.to_thread(self.world.cog_path, item_id)
-        self._rendered.add(item_id)
+    async def _cog_path(self, item_id: str, asset: str) -> Path:
+        """An item's COG; written in a worker thread the first time (seconds of CPU)."""
+        if (item_id, asset) in self._rendered:
+            return self.world.cog_path(item_id, asset)
+        path = await asyncio.to_thread(self.world.cog_path, item_id, asset)
+        self._rendered.add((item_id, asset))
         return path
 
     async def _serve(self, req: Request) -> Reply:
@@ -561,17 +565,17 @@ class DownloadApp:
                 "<li><a href='Sentinel2/'>Sentinel2/</a></li></ul></body></html>"
             )
             return text_reply(200, listing, "text/html; charset=utf-8")
-        item_id = self.world.item_for_path(rel)
-        if item_id is None or req.method not in ("GET", "HEAD"):
+        found = self.world.file_for_path(rel)
+        if found is None or req.method not in ("GET", "HEAD"):
             return text_reply(
-                404 if item_id is None else 405,
-                "Not Found" if item_id is None else "Method Not Allowed",
+                404 if found is None else 405,
+                "Not Found" if found is None else "Method Not Allowed",
             )
-        path = await self._cog_path(item_id)
+        path = await self._cog_path(*found)
         last_modified = self.world.acquisitions[0].datetime.timestamp() + 86400
         base = [
             ("Accept-Ranges", "bytes"),
-            ("ETag", f'"{self.world.seed:x}-{item_id}"'),
+            ("ETag", f'"{self.world.seed:x}-{path.stem}"'),  # the item id for its main file
             ("Last-Modified", formatdate(last_modified, usegmt=True)),
         ]
         range_header = req.headers.get("Range")

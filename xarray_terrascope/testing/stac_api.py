@@ -115,11 +115,15 @@ class StacApi:
         for cid in world.collections:
             self._items.extend(world.item_dicts(cid, download_root))
         self._by_id = {(i["collection"], i["id"]): i for i in self._items}
-        self._tile_shapes: dict[str, Any] = {}
+        # footprints: one per tile, but a TOC item's leaves out what lies beyond a swath
+        # edge, so the items share the few distinct ones
+        self._footprints: dict[str, Any] = {}
+        self._footprint_of: list[str] = []
         for item in self._items:
-            tile = item["id"].split("_")[2]
-            if tile not in self._tile_shapes:
-                self._tile_shapes[tile] = shapely.geometry.shape(item["geometry"])
+            key = json.dumps(item["geometry"]["coordinates"])
+            if key not in self._footprints:
+                self._footprints[key] = shapely.geometry.shape(item["geometry"])
+            self._footprint_of.append(key)
         self._urls = Map(
             [
                 Rule("/", endpoint="landing", methods=["GET"]),
@@ -365,20 +369,18 @@ class StacApi:
     # --- searching ------------------------------------------------------------------------
 
     def _match(self, params: SearchParams) -> list[dict[str, Any]]:
-        tiles = None
+        hits = None
         if params.geometry is not None:
-            tiles = {
-                t for t, shape in self._tile_shapes.items() if shape.intersects(params.geometry)
-            }
+            hits = {k for k, shape in self._footprints.items() if shape.intersects(params.geometry)}
         found = []
-        for item in self._items:
+        for item, footprint in zip(self._items, self._footprint_of, strict=True):
             if params.collections is not None and item["collection"] not in params.collections:
                 continue
             if params.collections is None and item["collection"] in self.protected:
                 continue  # an unscoped search shows what the caller may read
             if params.ids is not None and item["id"] not in params.ids:
                 continue
-            if tiles is not None and item["id"].split("_")[2] not in tiles:
+            if hits is not None and footprint not in hits:
                 continue
             if not params.matches_datetime(item["properties"]["datetime"]):
                 continue
