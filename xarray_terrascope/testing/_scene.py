@@ -194,10 +194,11 @@ class Scene:
     dim: np.ndarray | None
 
     _memo: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    _memo_guard: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _memo_guard: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def memo(self, name: str, make: Callable[[], Any]) -> Any:
-        """Return what ``make()`` returns, made once per scene (``name`` keys it)."""
+        """Return what ``make()`` returns, made once per scene (``name`` keys it; ``make``
+        may ask for another memo: the lock is re-entrant)."""
         with self._memo_guard:
             if name not in self._memo:
                 self._memo[name] = make()

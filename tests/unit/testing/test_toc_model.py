@@ -163,3 +163,31 @@ def test_declared_size_bounds_even_incompressible_files(tmp_path, dtype: str) ->
         out.set_band_description(1, "B04")
     size, declared = path.stat().st_size, declared_size(width, height, dtype)
     assert width * height * np.dtype(dtype).itemsize < size <= declared
+
+
+def test_a_scene_classification_renders_from_a_fresh_scene() -> None:
+    """SCL's land classes are memoised per scene and ask for the scene's water memo
+    inside: that nested memo must not deadlock (it did with a plain lock). Run in a
+    thread, so that a deadlock fails the test instead of hanging the session."""
+    import threading
+
+    from xarray_terrascope.testing._scene import Scene
+    from xarray_terrascope.testing._toc import render_scl
+
+    tile = clip_tile("31UGS")
+    shape = (6, 8)
+    ndvi = np.linspace(-0.4, 0.9, 48, dtype=np.float32).reshape(shape)
+    code = np.full(shape, COVER.index("maize"), np.uint8)
+    code[0, :2] = code[1, :2] = WATER
+    scene = Scene(tile, 8, ndvi, code, np.zeros(shape, np.uint8), None, None)
+    result: list[np.ndarray] = []
+    worker = threading.Thread(
+        target=lambda: result.append(render_scl(scene, swath=False)), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "render_scl deadlocked on the scene's memo"
+    (scl,) = result
+    assert scl.shape == (3, 4) and scl[0, 0] == 6  # two water pixels of four: water
+    expected = np.where(ndvi.reshape(3, 2, 4, 2).mean(axis=(1, 3)) >= 0.4, 4, 5)
+    assert (scl[:, 1:] == expected[:, 1:]).all() and (scl[1:, 0] == expected[1:, 0]).all()
