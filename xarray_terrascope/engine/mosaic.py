@@ -8,18 +8,37 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["mosaic"]
+__all__ = ["empty", "mosaic"]
+
+
+def empty(values: npt.NDArray[Any], nodata: Any) -> npt.NDArray[np.bool_]:
+    """Where ``values`` hold ``nodata`` (NaN counts when ``nodata`` is NaN).
+
+    Examples
+    --------
+    >>> empty(np.array([1.0, np.nan]), np.nan).tolist(), empty(np.array([255, 3]), 255).tolist()
+    ([False, True], [True, False])
+    """
+    result: npt.NDArray[np.bool_]
+    if values.dtype.kind == "f" and bool(np.isnan(nodata)):
+        result = np.isnan(values)
+    else:
+        result = values == nodata
+    return result
 
 
 def mosaic(
     out: npt.NDArray[Any],
     layers: Sequence[tuple[int, npt.NDArray[Any]]],
     nodata: Any,
+    *,
+    fresh: bool = True,
 ) -> npt.NDArray[Any]:
     """Paste ``(date index, values)`` layers into ``out`` (``(dates, rows, cols)``), in
     the mosaic's priority order: a date's first layer fills its window, each later one
     only the pixels still ``nodata`` (NaN counts as nodata when ``nodata`` is NaN). Dates
-    without a layer are left as they are. Returns ``out``.
+    without a layer are left as they are. With ``fresh`` False, ``out`` already holds
+    earlier layers: every layer fills only the pixels still ``nodata``. Returns ``out``.
 
     Examples
     --------
@@ -29,13 +48,12 @@ def mosaic(
     >>> mosaic(out, [(0, first), (0, second)], 255)[0].tolist()
     [[1, 8, 255]]
     """
-    nan_fill = out.dtype.kind == "f" and bool(np.isnan(nodata))
     filled: set[int] = set()
     for index, values in layers:
         target = out[index]
-        if index not in filled:  # the date's first file: the whole window is nodata
+        if fresh and index not in filled:  # the date's first file: the window is nodata
             target[...] = values
             filled.add(index)
         else:
-            np.copyto(target, values, where=np.isnan(target) if nan_fill else target == nodata)
+            np.copyto(target, values, where=empty(target, nodata))
     return out

@@ -36,7 +36,7 @@ from xarray_terrascope.engine import aio, gdal, gdal_cache, readahead, readers, 
 from xarray_terrascope.engine.cog import GridMismatch
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.engine.local import local_path
-from xarray_terrascope.engine.mosaic import mosaic
+from xarray_terrascope.engine.mosaic import empty, mosaic
 from xarray_terrascope.engine.requests import (
     AlignedRead,
     FileRead,
@@ -198,19 +198,42 @@ def read_window(
         if (request := _request(plan, asset_index, item_index, window, creds, native=native))
         is not None
     ]
-    if skip is not None:
-        jobs = [
-            (i, replace(r, needed=~skip[i]) if isinstance(r, AlignedRead) else r) for i, r in jobs
-        ]
     if not native and jobs:
         _forked_warning()
     if any(not isinstance(request, GdalRead) for _, request in jobs):
         # reads with a mask do not read the next dates ahead: it would fetch masked tiles
         _prefetch_around(plan, asset_index, time_indices, window, creds, read_ahead=skip is None)
-    requests = [request for _, request in jobs]
-    arrays = aio.run(_read_all(requests, plan, asset_index, creds))
-    layers = [(out_index, array) for (out_index, _), array in zip(jobs, arrays, strict=True)]
-    return mosaic(out, layers, packing.fill_value)
+    by_date: dict[int, list[FileRead]] = {}
+    for out_index, request in jobs:
+        by_date.setdefault(out_index, []).append(request)
+    # In rounds: every date's first file at once, then its next file for the pixels
+    # still empty (the overlap of two tiles: often none, then that file is not read).
+    for depth in range(max((len(files) for files in by_date.values()), default=0)):
+        todo: list[tuple[int, FileRead]] = []
+        for out_index, files in by_date.items():
+            if depth >= len(files):
+                continue
+            wanted = None if skip is None else ~skip[out_index]
+            if depth:
+                still = empty(out[out_index], packing.fill_value)
+                wanted = still if wanted is None else wanted & still
+            request = _for_pixels(files[depth], wanted)
+            if request is not None:
+                todo.append((out_index, request))
+        arrays = aio.run(_read_all([r for _, r in todo], plan, asset_index, creds))
+        layers = [(out_index, array) for (out_index, _), array in zip(todo, arrays, strict=True)]
+        mosaic(out, layers, packing.fill_value, fresh=depth == 0)
+    return out
+
+
+def _for_pixels(request: FileRead, wanted: npt.NDArray[np.bool_] | None) -> FileRead | None:
+    """``request`` for the ``wanted`` pixels of its window only (None: every pixel): None
+    when none is wanted; an aligned read then skips the tiles holding none of them."""
+    if wanted is None or wanted.all():
+        return request
+    if not wanted.any():
+        return None
+    return replace(request, needed=wanted) if isinstance(request, AlignedRead) else request
 
 
 _forked_warned: list[int] = []
@@ -306,13 +329,18 @@ def _prefetch_around(
         unbroken = max(seen_now) - min(seen_now) + 1 == len(seen_now)
         dates_ahead = len(seen_now) - len(set(time_indices)) if unbroken else 0
 
-    def async_reads(times: Iterable[int]) -> Iterator[FileRead]:
-        """The async engine's requests of the window for dates ``times``."""
+    def async_reads(times: Iterable[int], first: bool = False) -> Iterator[FileRead]:
+        """The async engine's requests of the window for dates ``times`` (``first``: of
+        each date's first file only, the one a read takes whole)."""
         for t in times:
             for item_index in plan.groups[t]:
                 request = _request(plan, asset_index, item_index, window, creds)
-                if request is not None and not isinstance(request, GdalRead):
+                if request is None:
+                    continue
+                if not isinstance(request, GdalRead):
                     yield request
+                if first:
+                    break
 
     # the headers of the files of the nearest dates (a window that moves with the reads)
     nearest = itertools.islice(
@@ -335,7 +363,7 @@ def _prefetch_around(
             if t in seen_now:
                 continue
             dates_ahead -= 1
-            ahead.extend(async_reads([t]))
+            ahead.extend(async_reads([t], first=True))
         readahead.read_ahead(ahead)
 
 
