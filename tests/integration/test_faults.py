@@ -6,6 +6,7 @@ starts, ``Retry-After`` included: ``unit/engine/test_transport.py``.)"""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import xarray as xr
 import xarray_terrascope as xts
 from xarray_terrascope.engine import read, transport
 from xarray_terrascope.engine.header_cache import headers
+from xarray_terrascope.engine.limiter import INITIAL_CONNECTIONS
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -203,19 +205,30 @@ def test_redirect_on_the_gdal_path_gets_no_credentials(logged_in, gdal_only):
     assert served and not [r for r in served if r.has_credentials]
 
 
-def test_a_request_rate_limit_gives_the_exact_cube_with_few_refusals(logged_in, clean_cube):
-    """As nginx's ``limit_req`` (token bucket, 429 without Retry-After): the limit of
-    requests in flight alone cannot satisfy it, pacing does."""
+@pytest.mark.parametrize("chunks", [{}, {"time": -1}], ids=["tasks-of-dates", "one-task"])
+def test_a_request_rate_limit_gives_the_exact_cube_with_few_refusals(logged_in, clean_cube, chunks):
+    """As nginx's ``limit_req`` (a token bucket of 5 filled at 25/s, 429 without
+    Retry-After): the limit of requests in flight alone cannot satisfy it, pacing does.
+
+    What refusals the client can avoid: when the first 4 requests go at once, they all
+    succeed, slow start sends 8 into a bucket of about one token, and up to
+    ``2 * INITIAL_CONNECTIONS - 1`` are refused, the price of learning a rate nobody
+    announced. From that first 429 on, requests are paced, whose probes refuse about
+    6 % of them. In one task (every file's header wanted at once) the first 4 nearly
+    always go together: the order in which the read used to get 13 to 17 refusals, its
+    limiter cutting 8 -> 4 -> 2 -> 1 before pacing, each cut's requests going at once
+    into the empty bucket."""
     transport.reset_limiters()  # as in a new process: the clean read grew the limit
     logged_in.download.max_rate = 25.0
     logged_in.download.latency = 0.01
-    got = _field(chunks={}).NDVI.load().values
+    got = _field(chunks=chunks).NDVI.load().values
     np.testing.assert_array_equal(got, clean_cube)
     records = tif_records(logged_in)
     refused = [r for r in records if r.fault == "rate"]
     served = [r for r in records if r.status == 206]
     assert refused, "the server must have refused some requests"
-    assert len(refused) < 0.25 * len(served), (len(refused), len(served))
+    learning = 2 * INITIAL_CONNECTIONS - 1
+    assert len(refused) <= learning + math.ceil(0.06 * len(served)), (len(refused), len(served))
 
 
 def test_stac_api_503s_leave_the_cube_exact(logged_in, clean_cube):

@@ -2,10 +2,11 @@
 
 Slow start from :data:`INITIAL_CONNECTIONS`, halving on 429/503 with ``Retry-After``
 honoured, additive growth after runs of successes, careful probing above the level a
-host refused last. A host that still refuses one request at a time limits the request
-*rate* (nginx's ``limit_req``, a token bucket), not the concurrency: requests are then
-also paced, a minimum interval between their starts that grows on each refusal and
-shrinks after runs of successes. :mod:`xarray_terrascope.engine.transport` keeps one per origin.
+host refused last. A host that still refuses one request at a time, or answers 429
+without ``Retry-After``, limits the request *rate* (nginx's ``limit_req``, a token
+bucket), not the concurrency: requests are then also paced, a minimum interval between
+their starts that grows on each refusal and shrinks after runs of successes.
+:mod:`xarray_terrascope.engine.transport` keeps one per origin.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ INITIAL_CONNECTIONS = 4
 PROBE_AFTER = 10.0
 PROBE_SUCCESSES = 64
 #: Pacing (seconds between request starts) set by the first refusal at one request in
-#: flight, and the most it grows to. A refusal lengthens it by :data:`PACE_UP` (429: a
-#: rate limit on this client) or :data:`PACE_UP_BUSY` (503: busy, or a random fault); a
-#: run of :data:`PACE_RUN` (429) or :data:`PACE_RUN_BUSY` (503) successes shortens it by
+#: flight or by a 429 without ``Retry-After``, and the most it grows to. A refusal
+#: lengthens it by :data:`PACE_UP` (429: a rate limit on this client) or
+#: :data:`PACE_UP_BUSY` (503: busy, or a random fault); a run of :data:`PACE_RUN` (429)
+#: or :data:`PACE_RUN_BUSY` (503) successes shortens it by
 #: :data:`PACE_DOWN`; it ends below half of :data:`PACE_MIN`. The pacing settles where
 #: about 6 % (429) or 20 % (503) of the requests are refused: random 503s of a flaky
 #: server (10 % or so) end it instead of feeding it.
@@ -65,10 +67,15 @@ class Limiter:
     successes, so a server that allows N connections is not probed (and paused for its
     ``Retry-After``) over and over.
 
-    A refusal while the limit is already one means the host limits the request rate:
-    requests are then paced (``interval`` seconds between starts, from
-    :data:`PACE_MIN`, longer after each refusal, shorter after runs of successes, see
-    :data:`PACE_UP`); the limit grows again only once the pacing has ended.
+    A refusal while the limit is already one means the host limits the request rate,
+    and so does a 429 without ``Retry-After`` at any limit (RFC 6585's "too many
+    requests in a given amount of time", nginx's ``limit_req``): requests are then
+    paced (``interval`` seconds between starts, the first an interval after the
+    refusal, from :data:`PACE_MIN`, longer after each refusal, shorter after runs of
+    successes, see :data:`PACE_UP`); the limit grows again only once the pacing has
+    ended. Pacing at the first such 429, not after the cuts down to one request, spares
+    the requests each cut would send at once into the emptied bucket. A 429 with
+    ``Retry-After`` (the host names its pause) and a 503 only cut the limit.
 
     Parameters
     ----------
@@ -158,11 +165,20 @@ class Limiter:
                 self._last_cut = now
                 if retry_after:
                     self._paused_until = max(self._paused_until, now + retry_after)
-                if old == 1:  # refused one at a time: a rate limit
+                # refused one at a time, or a 429 that names no time to wait: a limit
+                # of the request rate, which no number of requests in flight satisfies
+                if old == 1 or (rate_limited and not retry_after):
                     up = PACE_UP if rate_limited else PACE_UP_BUSY
                     self._pace_run = PACE_RUN if rate_limited else PACE_RUN_BUSY
                     self.interval = min(PACE_MAX, max(PACE_MIN, up * self.interval))
-                    logger.debug("host busy at one request: %.3f s between requests", self.interval)
+                    # the next request starts an interval after the refusal, not at once
+                    # into the bucket that just ran dry
+                    self._next_start = max(self._next_start, now + self.interval)
+                    logger.debug(
+                        "host limits the request rate: %.3f s between requests (limit %d)",
+                        self.interval,
+                        self.limit,
+                    )
                 else:
                     logger.debug("host busy: connection limit %d -> %d", old, self.limit)
             elif success and self.interval:

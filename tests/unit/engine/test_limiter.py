@@ -1,6 +1,7 @@
 """The adaptive limit of requests in flight to one host (``engine/limiter.py``), on a real
 asyncio loop: slow start, one cut per window of refusals, growth after runs of successes,
-probing above a refused level, pacing at one request, ``Retry-After``.
+probing above a refused level, pacing at one request or at once after a 429 without
+``Retry-After``, ``Retry-After``.
 
 Assertions are on the limit's values, on the order in which waiting requests get a slot,
 and on the loop's own clock (the limiter's), never on the wall clock.
@@ -201,6 +202,45 @@ def test_refusals_at_one_request_pace_the_requests_until_successes_end_it():
     assert intervals == pytest.approx([limits.PACE_MIN * f for f in (1, up, up * up)])
     assert (gaps >= 0.9 * intervals[-1]).all(), gaps
     assert successes <= 8 * limits.PACE_RUN
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "paced"),
+    [(429, None, True), (429, 0.01, False), (503, None, False)],
+)
+def test_a_429_naming_no_wait_paces_at_once_whatever_the_limit(status, retry_after, paced):
+    """Slow start at 8, the whole window refused. A 429 without ``Retry-After`` (nginx's
+    ``limit_req``: a token bucket) is a limit of the request rate: pacing starts with
+    the one cut, not after two more cuts brought the limit to one, each sending its
+    requests at once into the empty bucket; the next request starts one interval after
+    the refusal, and the window's other refusals neither cut again nor lengthen it. A
+    429 naming its wait (the host's pause) and a 503 only cut."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        limiter = Limiter(16)
+        await _window(limiter)  # 4 -> 8
+        window = [await limiter.acquire() for _ in range(limiter.limit)]
+        refused_at = loop.time()
+        for generation in window:
+            await limiter.release(
+                generation,
+                busy=True,
+                success=False,
+                retry_after=retry_after,
+                rate_limited=status == 429,
+            )
+        interval = limiter.interval
+        await limiter.acquire()
+        return limiter.limit, interval, loop.time() - refused_at
+
+    limit, interval, waited = asyncio.run(scenario())
+    assert limit == 4
+    if paced:
+        assert interval == limits.PACE_MIN
+        assert waited >= limits.PACE_MIN, waited
+    else:
+        assert interval == 0.0
 
 
 def test_paced_starts_stay_apart_when_the_machine_stalls():

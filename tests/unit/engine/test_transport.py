@@ -327,3 +327,57 @@ def test_a_429_with_retry_after_holds_back_every_request_to_the_host(
     after = sorted(t for t, _ in server.arrivals if t > server.refused_at)
     assert len(server.arrivals) == 3 and len(after) == 2, server.arrivals
     assert after[0] - server.refused_at >= RETRY_AFTER - 0.01, (after, server.refused_at)
+
+
+# --- a request-rate limit ----------------------------------------------------------------
+
+
+class _TokenBucket:
+    """A request-rate limit as nginx's ``limit_req ... nodelay`` applies it: a bucket of
+    ``burst`` tokens filled at ``rate`` per second; a request finding it empty gets 429
+    without ``Retry-After`` at once, the others 10 ms later the 10 bytes asked for.
+    Answers are recorded in order (the handler runs on the server's one loop)."""
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.burst, self.rate = burst, rate
+        self.tokens, self.when = float(burst), time.monotonic()
+        self.statuses: list[int] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.when) * self.rate)
+        self.when = now
+        if self.tokens < 1:
+            self.statuses.append(429)
+            return web.Response(status=429, text="Too Many Requests")
+        self.tokens -= 1
+        self.statuses.append(206)
+        await asyncio.sleep(0.01)
+        (start, end), *_ = _asked(request)
+        return _ranged(start, end)
+
+
+def test_a_429_without_retry_after_is_met_by_pacing_at_once():
+    """24 files' first requests at once against a bucket of 2 tokens filled at 25/s
+    (less than the 4 requests a new host gets at once): 2 of the first 4 are refused.
+    From that refusal on the requests are paced, so at most one more is refused (a
+    probe of the pacing as it shortens). A limiter that only cut its requests in
+    flight (4 -> 2 -> 1) before pacing sent each cut's requests at once into the empty
+    bucket: 5 or 6 refusals."""
+    bucket = _TokenBucket(burst=2, rate=25.0)
+    with LoopbackServer(bucket.handle) as server:
+
+        async def every_file():
+            return await asyncio.gather(
+                *(
+                    transport.get_range(
+                        server.url(f"/f{k}.tif"), 100, 110, access=None, label=f"f{k}"
+                    )
+                    for k in range(24)
+                )
+            )
+
+        answers = aio.run(every_file())
+    assert [blob for blob, _ in answers] == [FILE[100:110]] * 24
+    assert bucket.statuses.count(206) == 24
+    assert bucket.statuses.count(429) <= 3, bucket.statuses
