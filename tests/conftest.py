@@ -65,6 +65,20 @@ def sandbox_urls(terrascope_sandbox, monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def sb(terrascope_sandbox):
+    """The session sandbox, with default switches and an empty log before and after."""
+    terrascope_sandbox.reset()
+    yield terrascope_sandbox
+    terrascope_sandbox.reset()
+
+
+@pytest.fixture(scope="module")
+def world(terrascope_sandbox):
+    """The session sandbox's world (its ground truth)."""
+    return terrascope_sandbox.world
+
+
+@pytest.fixture
 def options():
     """``xts.set_options`` for one test, as ``monkeypatch`` is for attributes: whatever
     it sets is undone after the test."""

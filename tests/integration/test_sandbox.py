@@ -38,19 +38,6 @@ REAL_UL = {
 }
 
 
-@pytest.fixture
-def sb(terrascope_sandbox: Sandbox) -> Sandbox:
-    """The session sandbox, with default switches and an empty log before and after."""
-    terrascope_sandbox.reset()
-    yield terrascope_sandbox
-    terrascope_sandbox.reset()
-
-
-@pytest.fixture(scope="module")
-def world(terrascope_sandbox: Sandbox) -> World:
-    return terrascope_sandbox.world
-
-
 def _auth(sb: Sandbox) -> tuple[str, str]:
     return (sb.username, sb.password)
 

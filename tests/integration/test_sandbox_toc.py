@@ -58,18 +58,6 @@ ASSET_KEYS = {
 }
 
 
-@pytest.fixture
-def sb(terrascope_sandbox: Sandbox) -> Sandbox:
-    terrascope_sandbox.reset()
-    yield terrascope_sandbox
-    terrascope_sandbox.reset()
-
-
-@pytest.fixture(scope="module")
-def world(terrascope_sandbox: Sandbox) -> World:
-    return terrascope_sandbox.world
-
-
 def _pick(world: World, tile: str, *, orbit: int | None = None, clouds: str = "partly") -> str:
     """A TOC item of ``tile`` between May and August with some clouds (or none)."""
     for item_id in world.item_ids(TOC):
