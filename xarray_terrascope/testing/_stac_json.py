@@ -70,6 +70,29 @@ def footprint(tile: Tile) -> tuple[dict[str, Any], list[float]]:
     return {"type": "Polygon", "coordinates": [ring]}, bbox
 
 
+def feature_head(
+    item_id: str,
+    collection: str,
+    extensions: Any,
+    bbox: Any,
+    geometry: dict[str, Any],
+    version: str | None = None,
+) -> dict[str, Any]:
+    """The keys of a STAC Item that come before its properties (a fresh dict)."""
+    return {
+        "type": "Feature",
+        "stac_version": version or STAC_VERSION,
+        "stac_extensions": list(extensions),
+        "id": item_id,
+        "collection": collection,
+        "bbox": list(bbox),
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[list(p) for p in geometry["coordinates"][0]]],
+        },
+    }
+
+
 def _stamp(acq: Acquisition) -> str:
     return acq.datetime.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -87,16 +110,7 @@ def item_json(item: ItemInfo, acq: Acquisition, download_root: str) -> dict[str,
     t = tile.transform
     stamp = _stamp(acq)
     return {
-        "type": "Feature",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": list(ITEM_EXTENSIONS),
-        "id": item.id,
-        "collection": product.collection,
-        "bbox": list(bbox),
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [[list(p) for p in geometry["coordinates"][0]]],
-        },
+        **feature_head(item.id, product.collection, ITEM_EXTENSIONS, bbox, geometry),
         "properties": {
             "datetime": stamp,
             "start_datetime": stamp,

@@ -21,7 +21,7 @@ from shapely.geometry.polygon import orient
 
 from ._files import declared_size
 from ._scene import grid, swath_line
-from ._stac_json import MEDIA_TYPE, footprint
+from ._stac_json import MEDIA_TYPE, feature_head, footprint
 from ._toc import ASSETS, BANDS, TOC
 
 if TYPE_CHECKING:
@@ -138,16 +138,7 @@ def toc_item_json(item: ItemInfo, acq: Acquisition, download_root: str) -> dict[
     geometry, bbox, utm = toc_footprint(tile, acq.relative_orbit)
     stamp = acq.datetime.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
-        "type": "Feature",
-        "stac_version": STAC_VERSION,
-        "stac_extensions": list(TOC_EXTENSIONS),
-        "id": item.id,
-        "collection": TOC.collection,
-        "bbox": list(bbox),
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [[list(p) for p in geometry["coordinates"][0]]],
-        },
+        **feature_head(item.id, TOC.collection, TOC_EXTENSIONS, bbox, geometry, STAC_VERSION),
         "properties": {
             "datetime": stamp,
             "start_datetime": stamp,
