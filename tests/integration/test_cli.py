@@ -426,32 +426,53 @@ def test_sandbox_command_stops_cleanly_on_sigterm(tmp_path):
         interrupt(proc)
 
 
-def test_demo_job_writes_the_table_the_curves_the_composites_and_the_slider(
-    tmp_path, capsys, monkeypatch
-):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The demo on a short season, run once: ``(result, printed lines, TERRASCOPE_*
+    variables in the environment after the run)``."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith("TERRASCOPE_"):
+                mp.delenv(key)
+        with contextlib.redirect_stdout(out):
+            result = cli.run_demo(
+                tmp_path_factory.mktemp("demo"), start="2025-05-01", end="2025-06-15"
+            )
+        leaked = [k for k in os.environ if k.startswith("TERRASCOPE_")]
+    return result, out.getvalue().splitlines(), leaked
+
+
+def _demo_parcels():
     import shapely
+
+    from xarray_terrascope.testing import World
+
+    world = World(seed=0)
+    parcels = world.parcels()
+    return world, parcels[parcels.within(shapely.box(*SAMPLE_FIELD))].reset_index(drop=True)
+
+
+def test_demo_job_writes_the_table_the_curves_the_composites_and_the_slider(demo_run):
     from PIL import Image
 
-    from xarray_terrascope.testing import CROPS, World
+    from xarray_terrascope.testing import CROPS
 
-    for key in list(os.environ):
-        if key.startswith("TERRASCOPE_"):
-            monkeypatch.delenv(key)
-    result = cli.run_demo(tmp_path, start="2025-05-01", end="2025-06-15")
-    out = capsys.readouterr().out
-    table = [line for line in out.splitlines() if line[:4] == "2025"]
+    result, out, leaked = demo_run
+    table = [line for line in out if line[:4] == "2025"]
     assert len(table) == result["dates"] > 3
     assert all(line.split()[1].endswith("%") for line in table)
-    assert not any(k.startswith("TERRASCOPE_") for k in os.environ)
+    assert leaked == []
     assert auth.current_credentials() is None
     assert result["requests"] > 0
 
     # the curves per crop agree with the sandbox's ground truth on the clear dates
     curves = result["table"]
     assert sorted(curves.columns) == sorted(CROPS)
-    world = World(seed=0)
-    parcels = world.parcels()
-    parcels = parcels[parcels.within(shapely.box(*SAMPLE_FIELD))]
+    world, parcels = _demo_parcels()
     assert len(parcels) == result["parcels"] > 50
     clear = result["valid"][result["valid"] > 0.999].index
     assert len(clear) >= 3
@@ -468,18 +489,75 @@ def test_demo_job_writes_the_table_the_curves_the_composites_and_the_slider(
     assert june["potato"] > curves.loc[:"2025-05-20", "potato"].mean() + 0.2
     assert curves.loc[:"2025-05-20", "winter wheat"].min() > 0.7
 
-    for png in (result["png"], result["composite_png"]):
+    pngs = (result["png"], result["composite_png"], result["toc_png"])
+    for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         pixels = np.asarray(Image.open(png).convert("RGB"))
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # drawn, not blank
-    assert [p.name for p in (result["png"], result["composite_png"])] == [
+    assert [p.name for p in pngs] == [
         "ndvi_by_crop.png",
         "ndvi_monthly_max.png",
+        "ndvi_by_crop_toc.png",
     ]
     html = result["html"].read_text(encoding="utf-8")
     assert "bokeh" in html[:200000].lower()
     assert '"MultiLine"' in html and '"longitude"' in html  # parcel outlines, lon/lat hover
     assert len(html) < 6_000_000
+
+
+def test_demo_prints_each_sources_error_against_the_worlds_truth(demo_run):
+    """The error table (NDVI product; TOC with clouds masked; TOC unmasked) is recomputed
+    here from the parcels' means and the world's noise-free parcel NDVI: the masked TOC
+    is right to a few hundredths on every crop, the unmasked one is worse on every crop,
+    and the masked TOC has points on dates the NDVI product's scene filter dropped."""
+    import re
+
+    result, out, _ = demo_run
+    world, parcels = _demo_parcels()
+    crops = sorted(parcels["crop"].unique())
+    at = next(i for i, line in enumerate(out) if line.startswith("error against the world"))
+    assert "RMSE" in out[at] and "parcel_ndvi" in out[at]
+    assert out[at + 1].split()[0] == "source"
+    assert " ".join(out[at + 1].split()[1:]) == " ".join(crops)
+    rows = out[at + 2 : at + 5]
+    assert [row.split(" (")[0] for row in rows] == ["NDVI product", "TOC masked", "TOC unmasked"]
+    # the TOC's scene filter is the looser one, and the output says so
+    assert "(<= 10.0%," in rows[0] and all("(<= 60.0%," in row for row in rows[1:])
+    toc_line = next(line for line in out if line.startswith("TOC reflectance"))
+    assert "cloud cover <= 60.0%" in toc_line and "mask_clouds" in toc_line
+    assert result["toc_dates"] > result["dates"]
+
+    ids = parcels["parcel_id"].to_numpy()
+    rmse = {}
+    for row, source in zip(rows, ("NDVI product", "TOC masked", "TOC unmasked"), strict=True):
+        cells = re.findall(r"(\d+\.\d{3}) \(n=(\d+)\)", row)
+        assert len(cells) == len(crops), row
+        means = result["parcel_means"][source]
+        truth = np.column_stack([world.parcel_ndvi(ids, day) for day in means.columns])
+        error = means.to_numpy() - truth
+        for crop, (printed, n) in zip(crops, cells, strict=True):
+            values = error[(parcels["crop"] == crop).to_numpy()]
+            values = values[~np.isnan(values)]
+            assert int(n) == values.size > 50, (source, crop)
+            rmse[source, crop] = float(np.sqrt(np.mean(values**2)))
+            assert float(printed) == pytest.approx(rmse[source, crop], abs=6e-4), (source, crop)
+    for crop in crops:
+        assert rmse["TOC masked", crop] < 0.05, crop
+        assert rmse["TOC masked", crop] < rmse["TOC unmasked", crop], crop
+
+    # dates the NDVI product lacks (filtered out, or too cloudy over the parcels): the
+    # masked TOC has points there, and they are the truth of the parcels it counted
+    product = result["curves"]["NDVI product"]
+    masked = result["curves"]["TOC masked"]
+    means = result["parcel_means"]["TOC masked"]
+    gained = [d for d in masked.index if d not in product.dropna(how="all").index]
+    gained = [d for d in gained if masked.loc[d].notna().all()]
+    assert len(gained) >= 2, gained
+    for day in gained:
+        counted = means[day].notna().to_numpy()
+        truth = parcels[counted].assign(ndvi=world.parcel_ndvi(ids[counted], day))
+        expected = truth.groupby("crop")["ndvi"].mean()
+        np.testing.assert_allclose(masked.loc[day, expected.index], expected, atol=0.03)
 
 
 # ------------------------------------------- --collection and --max-cloud-cover, for real

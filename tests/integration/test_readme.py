@@ -334,6 +334,8 @@ def test_readme_cli_lines_run(readme_session, capsys, line, argv):
         assert Path("demo-output/ndvi_by_crop.png").stat().st_size > 0, where
         assert Path("demo-output/ndvi_monthly_max.png").stat().st_size > 0, where
         assert Path("demo-output/ndvi_time_slider.html").stat().st_size > 0, where
+        assert Path("demo-output/ndvi_by_crop_toc.png").stat().st_size > 0, where
+        assert "error against the world's truth" in captured.out, where
 
 
 def test_the_notebook_places_the_sample_field_in_dutch_limburg():

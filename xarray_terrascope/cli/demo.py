@@ -1,5 +1,7 @@
 """The main job, on the embedded sandbox: parcel NDVI curves per crop, monthly max-NDVI
-composites and a time slider with the parcel outlines (``xarray-terrascope demo``).
+composites, a time slider with the parcel outlines, and the same curves from top-of-canopy
+reflectance with clouds masked per pixel, against the world's truth
+(``xarray-terrascope demo``).
 
 What a Terrascope user runs over a season of farmland, end to end and offline:
 
@@ -12,7 +14,12 @@ What a Terrascope user runs over a season of farmland, end to end and offline:
 4. print a table (per date: valid fraction over the parcels, mean NDVI per crop), and
    write ``ndvi_by_crop.png`` (one curve per crop), ``ndvi_monthly_max.png`` (one
    panel per month) and ``ndvi_time_slider.html`` (the clear dates at 20 m with the
-   parcel outlines; lon/lat in the hover; works offline).
+   parcel outlines; lon/lat in the hover; works offline);
+5. open ``terrascope-s2-toc-v2`` (B04, B08, SCL) with a looser scene filter, and take
+   the parcels' NDVI from reflectance after ``ds.terrascope.mask_clouds()`` and without
+   it (:mod:`xarray_terrascope.cli.demo_curves`); print each source's error against the
+   world's noise-free parcel NDVI per crop, and write ``ndvi_by_crop_toc.png`` (the
+   three sources and the truth, one panel per crop).
 """
 
 from __future__ import annotations
@@ -21,38 +28,35 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_END", "DEMO_MAX_CLOUD_COVER", "DEMO_START", "run_demo"]
+from xarray_terrascope.cli.demo_curves import (
+    MIN_VALID,
+    READ_THREADS,
+    SOURCES,
+    crop_curves,
+    parcel_means,
+    plot_sources,
+    print_errors,
+    toc_stats,
+    truth_curves,
+    truth_errors,
+)
+
+__all__ = [
+    "DEMO_END",
+    "DEMO_MAX_CLOUD_COVER",
+    "DEMO_START",
+    "DEMO_TOC_MAX_CLOUD_COVER",
+    "run_demo",
+]
 
 DEMO_START = "2025-04-01"
 DEMO_END = "2025-09-30"
 #: Scenes above this ``eo:cloud_cover`` (percent) are not searched: a user's first filter,
 #: and the demo's largest saving (the sandbox renders every file it serves).
 DEMO_MAX_CLOUD_COVER = 10.0
-#: A parcel's value on a date counts when at least this share of its pixels is valid.
-MIN_VALID = 0.8
-#: A crop's curve has a point on a date when this share of its parcels counts.
-MIN_PARCELS = 0.5
-#: Threads for the dask scheduler: reads wait on the network, not on the CPU.
-READ_THREADS = 8
-
-
-def _crop_curves(stats: Any, parcels: Any) -> Any:
-    """Mean NDVI per crop and date (``pandas.DataFrame``, dates x crops), NaN where too few
-    of the crop's parcels are clear enough."""
-    import pandas as pd
-
-    mean = stats.sel(zonal_statistics="mean").transpose("geometry", "time").values
-    valid = stats.sel(zonal_statistics="valid_fraction").transpose("geometry", "time").values
-    usable = valid >= MIN_VALID
-    dates = pd.DatetimeIndex(stats["time"].values).normalize()
-    curves = {}
-    for crop in sorted(parcels["crop"].unique()):
-        rows = (parcels["crop"] == crop).to_numpy()
-        ok = usable[rows]
-        values = pd.DataFrame(mean[rows], columns=dates).where(ok)
-        enough = ok.mean(axis=0) >= MIN_PARCELS
-        curves[crop] = values.mean(axis=0).where(enough)
-    return pd.DataFrame(curves)
+#: The TOC's scene filter: looser, since its clouds are masked per pixel. A scene of 60 %
+#: can be clear over the parcels, one of 10 % cloudy over them.
+DEMO_TOC_MAX_CLOUD_COVER = 60.0
 
 
 def _clearest_per_half_month(dates: list[str], valid: Any) -> list[int]:
@@ -140,16 +144,21 @@ def run_demo(
     start: str = DEMO_START,
     end: str = DEMO_END,
     max_cloud_cover: float | None = DEMO_MAX_CLOUD_COVER,
+    toc_max_cloud_cover: float | None = DEMO_TOC_MAX_CLOUD_COVER,
 ) -> dict:
     """The main job on the embedded sandbox; returns what it wrote and measured.
 
     Returns
     -------
     dict
-        ``png`` (the NDVI curves per crop), ``composite_png``, ``html`` (the slider
-        page), ``table`` (mean NDVI, dates x crops, ``pandas.DataFrame``), ``valid``
-        (the valid share of the parcels' pixels per date), ``dates``, ``parcels``,
-        ``requests`` (download server log) and ``seconds``.
+        ``png`` (the NDVI curves per crop), ``toc_png`` (the three sources per crop
+        against the world's truth), ``composite_png``, ``html`` (the slider page),
+        ``table`` (the NDVI product's mean NDVI, dates x crops, ``pandas.DataFrame``),
+        ``valid`` (the valid share of the parcels' pixels per date), ``curves`` and
+        ``parcel_means`` (per source of :data:`SOURCES`: dates x crops, and parcels x
+        dates with NaN where a parcel is not counted), ``errors`` (the printed error
+        table: sources x ``(crop, "rmse" | "n")``), ``dates``, ``toc_dates``,
+        ``parcels``, ``requests`` (download server log) and ``seconds``.
     """
     import matplotlib
 
@@ -196,7 +205,8 @@ def run_demo(
                 composite = ds.terrascope.composite("1MS", "max").compute()
                 stats = ds.terrascope.zonal_stats(parcels, ["mean", "valid_fraction"]).NDVI
                 stats = stats.compute()
-            curves = _crop_curves(stats, parcels)
+            means = {SOURCES[0]: parcel_means(stats)}
+            curves = crop_curves(means[SOURCES[0]], parcels)
             # valid share of all parcel pixels per date (parcels weighted by their size)
             pixels = parcels["area_ha"].to_numpy()[:, None]
             valid_share = (stats.sel(zonal_statistics="valid_fraction").values * pixels).sum(
@@ -205,6 +215,26 @@ def run_demo(
             counts = parcels["crop"].value_counts().to_dict()
             _print_table(curves, valid_share, dates, counts)
             png = _plot_curves(curves, out_dir / "ndvi_by_crop.png", start, end)
+
+            masked, unmasked, toc_dates = toc_stats(parcels, bbox, start, end, toc_max_cloud_cover)
+            means[SOURCES[1]] = parcel_means(masked)
+            means[SOURCES[2]] = parcel_means(unmasked)
+            by_source = {s: crop_curves(m, parcels) for s, m in means.items()}
+            labels = {
+                SOURCES[0]: f"NDVI product (<= {max_cloud_cover}%, {len(dates)} dates)",
+                SOURCES[1]: f"TOC masked (<= {toc_max_cloud_cover}%, {len(toc_dates)} dates)",
+                SOURCES[2]: f"TOC unmasked (<= {toc_max_cloud_cover}%, {len(toc_dates)} dates)",
+            }
+            errors = truth_errors(means, parcels, sandbox.world)
+            print_errors(errors, labels)
+            toc_png = plot_sources(
+                by_source,
+                truth_curves(sandbox.world, parcels, start, end),
+                counts,
+                labels,
+                out_dir / "ndvi_by_crop_toc.png",
+            )
+
             parcels_utm = parcels.to_crs(ds.rio.crs)
             composite_png = _plot_composites(
                 composite, parcels_utm, out_dir / "ndvi_monthly_max.png"
@@ -220,14 +250,22 @@ def run_demo(
                 out_dir / "ndvi_time_slider.html",
             )
             seconds = time.monotonic() - started
-            print(f"wrote {png}, {composite_png} and {html} ({len(clear)} dates on the slider)")
+            print(
+                f"wrote {png}, {toc_png}, {composite_png} and {html} "
+                f"({len(clear)} dates on the slider)"
+            )
             return {
                 "png": png,
+                "toc_png": toc_png,
                 "composite_png": composite_png,
                 "html": html,
                 "table": curves,
                 "valid": pd.Series(valid_share, index=curves.index, name="valid"),
+                "curves": by_source,
+                "parcel_means": means,
+                "errors": errors,
                 "dates": len(dates),
+                "toc_dates": len(toc_dates),
                 "parcels": len(parcels),
                 "requests": len(sandbox.log.records()),
                 "seconds": seconds,
