@@ -127,6 +127,11 @@ def run_odc(spec: dict) -> tuple[Cube, list[str], dict]:
     extra = {
         "items": len(items),
         "grid": _grid_of(geobox.affine, geobox.shape.yx, geobox.crs.epsg),
+        # what odc-stac took from the items' asset-level raster fields
+        "odc_band_metadata": {
+            name: {"dtype": str(ds[name].dtype), "nodata": ds[name].attrs.get("nodata")}
+            for name in (*BANDS, MASK)
+        },
     }
     dates = [str(d)[:10] for d in ds.time.values]
     return {name: out[name].values for name in out.data_vars}, dates, extra

@@ -111,7 +111,7 @@ def _open_plan(query: dict, collection: str, assets: list[str] | None) -> dict:
         "grid": grid,
         "dates": [str(d)[:10] for d in ds.time.values],
         "item_ids": [item.id for item in items],
-        "first_href": next(iter(items[0].assets.values())).href if items else None,
+        "first_href": (assets and items[0].assets[assets[0]].href) if items else None,
     }
 
 
@@ -254,6 +254,10 @@ def _runs(name, query, grid, contenders, ctx) -> dict[str, list[dict]]:
                 checked = contender.partition(".")[0] in CHECKED
                 if checked and (rep == 0 or not runs or "cube_files" not in runs[0]):
                     res["cube_files"] = [str(p) for p in files]
+                    res["dtypes"] = {
+                        p.name.rsplit(".", 2)[-2]: str(np.load(p, mmap_mode="r").dtype)
+                        for p in files
+                    }
                 else:
                     for path in files:
                         path.unlink()
@@ -288,7 +292,7 @@ def _summarise(runs: list[dict]) -> dict:
         summary["open_s"] = statistics.median(r["open_s"] for r in ok)
     summary["child_cpu_s"] = statistics.median(r.get("child_cpu_s", 0.0) for r in ok)
     for key in ("grid", "dates", "dropped_dates", "dropped_clear_shares", "clear_share",
-                "asset_dates", "cube_files", "items"):  # fmt: skip
+                "asset_dates", "cube_files", "items", "dtypes", "odc_band_metadata"):  # fmt: skip
         if key in first:
             summary[key] = first[key]
     later = [r["same_as_first_run"] for r in ok if "same_as_first_run" in r]
