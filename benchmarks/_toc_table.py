@@ -13,6 +13,16 @@ def _x(value: float | None, fmt: str = "{:.2f}") -> str:
 def table(report: dict) -> str:
     fb = _fmt_bytes
     lines = []
+    check = report.get("server_check")
+    if check:
+        lines += [
+            f"server check: {check['concurrent_requests']} concurrent range GETs in "
+            f"{check['wall_s']:.3f} s = {check['latency_periods']} x the "
+            f"{check['latency_s'] * 1000:.0f} ms latency; over open connections "
+            f"{check['keepalive']['wall_s']:.3f} s; with no added latency "
+            f"{check['no_latency']['wall_s']:.3f} s",
+            "",
+        ]
     head = (
         f"{'scenario':<13} {'contender':<26} {'time s':>7} {'x odc':>6} {'req':>5} "
         f"{'x floor':>7} {'bytes':>9} {'x floor':>7} {'RSS MiB':>7} {'us/px/band':>10} "
@@ -85,7 +95,7 @@ def table(report: dict) -> str:
                             else ""
                         )
                         + (
-                            f", {s['band_bytes_vs_masked_floor']:.2f}x the masked floor "
+                            f", {s['band_bytes_vs_masked_floor']:.3f}x the masked floor "
                             "(target <= 1.0)"
                             if s.get("band_bytes_vs_masked_floor") is not None
                             else ""

@@ -1,8 +1,8 @@
 """A TOC cube (B04 + B08 + SCL, 10 and 20 m) on the sandbox: this package against odc-stac
 and stackstac, the NDVI cube of the same region, cloud masking and ``min_clear`` at open.
 
-Run: ``python benchmarks/bench_toc.py`` (about 15 minutes on 2 cores, the first time
-with the rendering of ~450 sandbox files), ``--quick`` (10 days, one repeat),
+Run: ``python benchmarks/bench_toc.py`` (about 7 minutes on 2 cores, plus about 6 the
+first time to render ~300 sandbox files), ``--quick`` (10 days, one repeat),
 ``--scenarios toc-region,toc-mask``, ``--repeats 5``, ``--cog-cache DIR`` (keep the
 rendered files between runs).
 
