@@ -573,8 +573,9 @@ def run(args: argparse.Namespace) -> dict:
     for sc in report["scenarios"].values():
         for summary in sc["contenders"].values():
             summary.pop("cube_files", None)
-            for r in summary.get("runs", []):
-                r.pop("cube_files", None)
+            for r in summary.get("runs", []):  # the summary keeps the first run's
+                for key in ("cube_files", "dates", "item_ids", "asset_dates", "clear_share"):
+                    r.pop(key, None)
     return report
 
 
