@@ -452,14 +452,15 @@ IMPORTS = {
 }
 
 
-def _preimport(contender: str) -> None:
+def _preimport(contender: str, imports: dict[str, list[str]] | None = None) -> None:
     import importlib
 
-    for name in IMPORTS.get(contender, []):
+    names = (IMPORTS if imports is None else imports).get(contender, [])
+    for name in names:
         if name == "uvloop" and sys.platform == "win32":
             continue  # the package's only platform-dependent dependency
         importlib.import_module(name)  # every other one comes with the benchmark extras
-    if contender in ("terrascope", "memory"):
+    if "xarray_terrascope" in names:
         import xarray
 
         xarray.backends.list_engines()  # loads the entry point's module
@@ -487,13 +488,28 @@ def peak_rss() -> int:
 
 
 def main(spec_path: str) -> None:
+    """Run the spec's contender: from this module, or from ``spec["module"]`` (a module
+    beside this one with its own ``CONTENDERS`` and ``IMPORTS``, e.g. ``_toc_contenders``).
+
+    A contender returns one cube (saved as ``OUT.npy``) or a mapping of variable name to
+    cube (saved as ``OUT.NAME.npy`` each, after the clock like the single cube).
+    """
+    import importlib
+
     with open(spec_path) as handle:
         spec = json.load(handle)
-    _preimport(spec["contender"])
+    contenders, imports = CONTENDERS, IMPORTS
+    if spec.get("module"):
+        module = importlib.import_module(spec["module"])
+        contenders, imports = module.CONTENDERS, module.IMPORTS
+    _preimport(spec["contender"], imports)
     t0, cpu0 = time.perf_counter(), cpu_seconds()
-    cube, dates, extra = CONTENDERS[spec["contender"]](spec)
+    cube, dates, extra = contenders[spec["contender"]](spec)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    if cube is not None:
+    if isinstance(cube, dict):
+        for name, values in cube.items():
+            np.save(f"{spec['out']}.{name}.npy", values)
+    elif cube is not None:
         np.save(spec["out"] + ".npy", cube)
     with open(spec["out"] + ".json", "w") as handle:
         json.dump(

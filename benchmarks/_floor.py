@@ -39,6 +39,15 @@ def _window(tif: Any, grid_epsg: int, bounds: tuple[float, float, float, float])
     return r0, r1, c0, c1
 
 
+def _header_bytes(tif: Any) -> int:
+    """Bytes before the first tile's data: the IFDs and tile tables of every level."""
+    ifds = [tif.ifd] + [o.ifd for o in tif.overviews]
+    return min(
+        min(off for off, n in zip(ifd.tile_offsets, ifd.tile_byte_counts, strict=True) if n)
+        for ifd in ifds
+    )
+
+
 async def _file_floor(path: Path, grid_epsg: int, bounds) -> dict | None:
     from async_geotiff import GeoTIFF
     from obstore.store import LocalStore
@@ -49,11 +58,7 @@ async def _file_floor(path: Path, grid_epsg: int, bounds) -> dict | None:
     if win is None:
         return None
     r0, r1, c0, c1 = win
-    ifds = [tif.ifd] + [o.ifd for o in tif.overviews]
-    header = min(
-        min(off for off, n in zip(ifd.tile_offsets, ifd.tile_byte_counts, strict=True) if n)
-        for ifd in ifds
-    )
+    header = _header_bytes(tif)
     tw, th = tif.tile_width, tif.tile_height
     across = math.ceil(tif.width / tw)
     rows = range(r0 // th, (r1 - 1) // th + 1)
@@ -82,6 +87,87 @@ def floor(paths: list[Path], grid_epsg: int, bounds) -> dict:
         "requests": sum(1 + f["tile_rows"] for f in per_file),
         "tiles": sum(f["tiles"] for f in per_file),
     }
+
+
+def floor_by_asset(
+    paths: dict[str, list[Path]], grid_epsg: int, bounds: tuple[float, float, float, float]
+) -> dict:
+    """:func:`floor` of a cube of several assets (of any resolutions): per asset key (its
+    files' own grids give the window and tiles, 10, 20 or 60 m alike) and in total.
+
+    Returns
+    -------
+    dict
+        The totals of :func:`floor` (``files``, ``bytes``, ``header_bytes``, ``requests``,
+        ``tiles``) and ``assets``: ``{key: floor of that asset's files}``.
+    """
+    parts = {key: floor(files, grid_epsg, bounds) for key, files in paths.items()}
+    keys = ("files", "bytes", "header_bytes", "requests", "tiles")
+    return {**{k: sum(p[k] for p in parts.values()) for k in keys}, "assets": parts}
+
+
+async def _kept_file_floor(path: Path, grid_transform: Any, kept: np.ndarray) -> dict:
+    from async_geotiff import GeoTIFF
+    from obstore.store import LocalStore
+
+    tif = await GeoTIFF.open(path.name, store=LocalStore(str(path.parent)))
+    ft = tif.transform
+    if not (math.isclose(ft.a, grid_transform.a) and math.isclose(ft.e, grid_transform.e)):
+        raise ValueError(f"{path.name}: pixel size {ft.a} is not the grid's {grid_transform.a}")
+    # file row/column of the grid's first pixel: the lattices must coincide
+    row0 = (grid_transform.f - ft.f) / ft.e
+    col0 = (grid_transform.c - ft.c) / ft.a
+    if abs(row0 - round(row0)) > 1e-6 or abs(col0 - round(col0)) > 1e-6:
+        raise ValueError(f"{path.name}: the grid is not on the file's pixel lattice")
+    row0, col0 = round(row0), round(col0)
+    height, width = kept.shape
+    tw, th = tif.tile_width, tif.tile_height
+    across = math.ceil(tif.width / tw)
+    counts = tif.ifd.tile_byte_counts
+    r_lo, r_hi = max(row0, 0), min(row0 + height, tif.height)
+    c_lo, c_hi = max(col0, 0), min(col0 + width, tif.width)
+    tiles = tile_bytes = runs = 0
+    for tr in range(r_lo // th, (r_hi - 1) // th + 1) if r_hi > r_lo else ():
+        rows = slice(max(tr * th, r_lo) - row0, min((tr + 1) * th, r_hi) - row0)
+        previous = False
+        for tc in range(c_lo // tw, (c_hi - 1) // tw + 1) if c_hi > c_lo else ():
+            cols = slice(max(tc * tw, c_lo) - col0, min((tc + 1) * tw, c_hi) - col0)
+            needed = bool(kept[rows, cols].any())
+            if needed:
+                tiles += 1
+                tile_bytes += counts[tr * across + tc]
+                runs += not previous
+            previous = needed
+    header = _header_bytes(tif) if tiles else 0
+    return {
+        "files": int(tiles > 0),
+        "bytes": header + tile_bytes,
+        "header_bytes": header,
+        "tile_bytes": tile_bytes,
+        "requests": (1 + runs) if tiles else 0,
+        "tiles": tiles,
+    }
+
+
+def kept_tile_floor(paths: list[Path], grid_transform: Any, kept: list[np.ndarray]) -> dict:
+    """The floor of a reader that skips every tile holding no kept pixel of the window.
+
+    ``kept[i]`` is a boolean ``(height, width)`` array on the output grid (True: a pixel
+    the reader must deliver) for ``paths[i]``, a local COG on the same pixel lattice
+    (same CRS and pixel size, whole-pixel offset; e.g. a 10 m band under a 10 m cube).
+    A file none of whose tiles is needed costs nothing (not even its header); the
+    requests count one header read plus one per run of adjacent needed tiles in a tile
+    row (a contiguous byte range in a COG).
+    """
+
+    async def main():
+        return await asyncio.gather(
+            *(_kept_file_floor(p, grid_transform, k) for p, k in zip(paths, kept, strict=True))
+        )
+
+    per_file = asyncio.run(main())
+    keys = ("files", "bytes", "header_bytes", "tile_bytes", "requests", "tiles")
+    return {k: sum(f[k] for f in per_file) for k in keys}
 
 
 def server_concurrency(
