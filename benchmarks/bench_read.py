@@ -403,26 +403,7 @@ def run(args: argparse.Namespace) -> dict:
         for k in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS")
     }
     try:
-        sandbox.start()
-        counter = StacCounter(sandbox.stac)
-        server, _thread, stac_url = counter.serve()
-        # The sandbox's own variables (its download-host spelling follows the contract),
-        # with the STAC URL pointing at the counting wrapper.
-        endpoints = {
-            key: sandbox.env[key]
-            for key in ("TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS")
-        }
-        endpoints["TERRASCOPE_STAC_URL"] = stac_url
-        os.environ.update(endpoints)  # endpoints only; credentials through login()
-        xts.login(sandbox.username, sandbox.password, validate=False)
-        child_env = {
-            **os.environ,
-            **endpoints,
-            "TERRASCOPE_USERNAME": sandbox.username,
-            "TERRASCOPE_PASSWORD": sandbox.password,
-            "PYTHONHASHSEED": "0",
-        }
-        child_env.pop("TERRASCOPE_MAX_CONNECTIONS", None)
+        counter, server, child_env = start_counted(sandbox)
 
         # Is the server the bottleneck? 64 concurrent range GETs on one file.
         probe_sc = _scenario("field", True)
@@ -583,6 +564,34 @@ def _export_baseline(ref: str, work: Path) -> Path:
             "from xarray_terrascope.dataset import *  # noqa: F403\n"
         )
     return dest
+
+
+def start_counted(sandbox: Any) -> tuple[StacCounter, Any, dict[str, str]]:
+    """Start ``sandbox`` behind a STAC request counter, point this process at it (the
+    endpoints only; credentials through ``login``), and return the counter, its server
+    and the environment of the contenders' child processes."""
+    import xarray_terrascope as xts
+
+    sandbox.start()
+    counter = StacCounter(sandbox.stac)
+    server, _thread, stac_url = counter.serve()
+    # The sandbox's own variables (its download-host spelling follows the contract),
+    # with the STAC URL pointing at the counting wrapper.
+    endpoints = {
+        key: sandbox.env[key] for key in ("TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS")
+    }
+    endpoints["TERRASCOPE_STAC_URL"] = stac_url
+    os.environ.update(endpoints)
+    xts.login(sandbox.username, sandbox.password, validate=False)
+    child_env = {
+        **os.environ,
+        **endpoints,
+        "TERRASCOPE_USERNAME": sandbox.username,
+        "TERRASCOPE_PASSWORD": sandbox.password,
+        "PYTHONHASHSEED": "0",
+    }
+    child_env.pop("TERRASCOPE_MAX_CONNECTIONS", None)
+    return counter, server, child_env
 
 
 def _scenario_runs(name, sc, plan, args, sandbox, counter, child_env, work) -> dict:

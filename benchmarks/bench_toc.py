@@ -496,24 +496,7 @@ def run(args: argparse.Namespace) -> dict:
         for k in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS")
     }
     try:
-        sandbox.start()
-        counter = br.StacCounter(sandbox.stac)
-        server, _thread, stac_url = counter.serve()
-        endpoints = {
-            key: sandbox.env[key]
-            for key in ("TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS")
-        }
-        endpoints["TERRASCOPE_STAC_URL"] = stac_url
-        os.environ.update(endpoints)  # endpoints only; credentials through login()
-        xts.login(sandbox.username, sandbox.password, validate=False)
-        child_env = {
-            **os.environ,
-            **endpoints,
-            "TERRASCOPE_USERNAME": sandbox.username,
-            "TERRASCOPE_PASSWORD": sandbox.password,
-            "PYTHONHASHSEED": "0",
-        }
-        child_env.pop("TERRASCOPE_MAX_CONNECTIONS", None)
+        counter, server, child_env = br.start_counted(sandbox)
         ctx = {
             "args": args,
             "sandbox": sandbox,
@@ -524,7 +507,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         world = sandbox.world
         print(f"== plan: bbox {query['bbox']} {query['start']}..{query['end']}", flush=True)
-        expected = _expected_items(stac_url, query)
+        expected = _expected_items(child_env["TERRASCOPE_STAC_URL"], query)
         plan = _open_plan(query, TOC, list(ASSETS))
         _render(world, [(i, a) for i in plan["item_ids"] for a in ASSETS])
         bounds = _grid_bounds(plan["grid"])
