@@ -198,8 +198,9 @@ def plot_sources(
     )
     fig.suptitle(
         "Mean NDVI per crop: the NDVI product, TOC reflectance with clouds masked "
-        "(mask_clouds, then ndvi) and unmasked, against the world's truth "
-        f"(parcel-dates with >= {MIN_VALID:.0%} valid pixels)",
+        "(mask_clouds, then ndvi) and unmasked, against the world's truth\n"
+        f"(the parcels of a crop with >= {MIN_VALID:.0%} valid pixels on a date; a point "
+        f"where >= {MIN_PARCELS:.0%} of them are)",
         fontsize=10,
     )
     fig.autofmt_xdate()
