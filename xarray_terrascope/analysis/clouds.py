@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xarray_terrascope.catalog.assets import SCL_CLASSES
+from xarray_terrascope.catalog.assets import CLOUDMASK_KEYS, SCL_CLASSES, SCL_KEYS
 from xarray_terrascope.cube.clouds import (
     BUFFERED,
     DEFAULT_CLOUDMASK_CLASSES,
@@ -67,7 +67,7 @@ _CLASSES = {"scl": SCL_CLASSES, "cloudmask": CLOUDMASK_CLASSES}
 _DEFAULTS = {"scl": DEFAULT_SCL_CLASSES, "cloudmask": DEFAULT_CLOUDMASK_CLASSES}
 _BUFFERED = BUFFERED
 #: Variable names that are masks, by kind (the asset keys Terrascope uses).
-_NAMES = {"SCL": "scl", "SCENECLASSIFICATION_20M": "scl", "CLOUDMASK": "cloudmask"}
+_NAMES = {**dict.fromkeys(SCL_KEYS, "scl"), **dict.fromkeys(CLOUDMASK_KEYS, "cloudmask")}
 
 
 def _roles(da: xr.DataArray) -> list[str]:

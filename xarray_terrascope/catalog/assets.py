@@ -47,9 +47,9 @@ SCL_CLASSES: dict[int, str] = {
 }
 
 #: Asset keys of Terrascope's scene classification files (TOC, and beside each V2
-#: biophysical product).
-SCL_KEYS = frozenset({"SCL", "SCENECLASSIFICATION_20M"})
-CLOUDMASK_KEYS = frozenset({"CLOUDMASK"})
+#: biophysical product), and of its cloud mask; each in order of preference.
+SCL_KEYS = ("SCL", "SCENECLASSIFICATION_20M")
+CLOUDMASK_KEYS = ("CLOUDMASK",)
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def _is_class(key: str, asset: Mapping[str, Any], packing: Packing) -> bool:
         "data-mask" in roles
         or "classification:classes" in asset
         or "classification:classes" in _first(asset.get("raster:bands"))
-        or key.upper() in SCL_KEYS | CLOUDMASK_KEYS
+        or key.upper() in (*SCL_KEYS, *CLOUDMASK_KEYS)
     )
 
 
