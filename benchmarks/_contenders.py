@@ -503,9 +503,20 @@ def main(spec_path: str) -> None:
         module = importlib.import_module(spec["module"])
         contenders, imports = module.CONTENDERS, module.IMPORTS
     _preimport(spec["contender"], imports)
+    profile_dir = os.environ.get("TERRASCOPE_BENCH_PROFILE")
+    profiler = None
+    if profile_dir:  # cProfile of the timed part, one file per run (slows the run)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     cube, dates, extra = contenders[spec["contender"]](spec)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    if profiler is not None:
+        profiler.disable()
+        name = f"{spec['contender']}-{os.path.basename(spec['out'])}.prof"
+        profiler.dump_stats(os.path.join(profile_dir, name))
     if isinstance(cube, dict):
         for name, values in cube.items():
             np.save(f"{spec['out']}.{name}.npy", values)

@@ -6,6 +6,8 @@ an option set with :func:`set_options` wins over its environment variable, which
 over the default. :func:`get_options` reads the environment at each call, so a variable
 changed between two calls counts from the second; it returns a frozen :class:`Options`
 that the stages pass on, so that one read sees one set of values from start to end.
+While neither the variables nor :func:`set_options` changed, it returns the same object
+(the read path asks for the options many times per file).
 
 Credentials are not options: ``TERRASCOPE_USERNAME`` and ``TERRASCOPE_PASSWORD`` are read
 by :func:`xarray_terrascope.login` only (an option can be printed, a password never).
@@ -208,6 +210,24 @@ _lock = threading.Lock()
 _set: dict[str, Any] = {}
 #: ``(variable, value)`` pairs already warned about.
 _warned: set[tuple[str, str]] = set()
+#: The environment variables of the options, in field order.
+_VARIABLES = tuple(f.metadata["env"] for f in _FIELDS.values() if f.metadata["env"])
+_ENCODED = tuple(map(os.fsencode, _VARIABLES))
+#: Bumped by every change of ``_set``; with the raw variables it keys ``_resolved``.
+_generation = 0
+#: The last options resolved, with the key they were resolved for.
+_resolved: tuple[tuple[int, tuple[Any, ...]], Options] | None = None
+
+
+def _raw_variables() -> tuple[Any, ...]:
+    """The options' variables as the environment holds them now (unparsed), cheaply:
+    CPython's ``os.environ`` keeps them in ``_data``, encoded, and every change made
+    through ``os.environ`` lands there; decoding each with ``os.environ.get`` would
+    cost most of what the memo in :func:`get_options` saves."""
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict) and os.name == "posix":
+        return tuple(map(data.get, _ENCODED))
+    return tuple(map(os.environ.get, _VARIABLES))
 
 
 def _checked(name: str, value: Any) -> Any:
@@ -254,10 +274,33 @@ def get_options() -> Options:
     ...     xts.get_options().max_connections
     4
     """
+    raw = _raw_variables()
     with _lock:
+        key = (_generation, raw)
+        if _resolved is not None and _resolved[0] == key:
+            return _resolved[1]
         chosen = dict(_set)
     values = {name: chosen[name] if name in chosen else _from_environment(name) for name in _FIELDS}
-    return Options(**values)
+    options = Options(**values)
+    _remember(key, options)
+    return options
+
+
+def _remember(key: tuple[int, tuple[Any, ...]], options: Options) -> None:
+    """Keep the last resolved options: the read path asks for them about ten times per
+    file, and resolving them (checks, paths) costs far more than comparing the raw
+    variables again."""
+    global _resolved
+    with _lock:
+        if key[0] == _generation:
+            _resolved = (key, options)
+
+
+def _changed() -> None:
+    """Called with ``_lock`` held whenever :func:`set_options` changes ``_set``."""
+    global _generation, _resolved
+    _generation += 1
+    _resolved = None
 
 
 class set_options:  # a function to the user, as xarray.set_options
@@ -296,6 +339,7 @@ class set_options:  # a function to the user, as xarray.set_options
         with _lock:
             self._previous = {name: _set.get(name, _UNSET) for name in checked}
             _set.update(checked)
+            _changed()
 
     def __enter__(self) -> Options:
         return get_options()
@@ -307,6 +351,7 @@ class set_options:  # a function to the user, as xarray.set_options
                     _set.pop(name, None)
                 else:
                     _set[name] = value
+            _changed()
 
 
 _UNSET = object()

@@ -25,6 +25,27 @@ def test_an_option_set_wins_over_its_variable_which_wins_over_the_default(monkey
     assert xts.get_options().max_connections == 8
 
 
+def test_the_options_are_resolved_again_only_when_something_changed(monkeypatch):
+    """The read path asks for the options about ten times per file: while neither the
+    environment nor ``set_options`` changed, the same frozen object comes back (resolving
+    them anew cost 0.1-0.2 s of CPU per field read); any change is seen at the next call."""
+    monkeypatch.delenv("TERRASCOPE_MAX_CONNECTIONS", raising=False)
+    first = xts.get_options()
+    assert xts.get_options() is first
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "3")
+    changed = xts.get_options()
+    assert changed is not first and changed.max_connections == 3
+    assert xts.get_options() is changed
+    with xts.set_options(max_connections=4):
+        assert xts.get_options().max_connections == 4
+        with xts.set_options(max_connections=4):  # the same value set again
+            assert xts.get_options().max_connections == 4
+        assert xts.get_options().max_connections == 4
+    assert xts.get_options().max_connections == 3
+    monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "")
+    assert xts.get_options().max_connections == 32
+
+
 def test_nested_blocks_restore_what_was_there(monkeypatch):
     monkeypatch.delenv("TERRASCOPE_TILE_CACHE_MB", raising=False)
     with xts.set_options(tile_cache_mb=1):

@@ -168,6 +168,9 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def engine() -> Engine:
     """This process's engine, its loop started on a thread of its own when needed."""
     global _engine
+    current = _engine  # the common case, without the lock: the read path asks often
+    if current is not None and current.alive():
+        return current
     with _lock:
         if _engine is not None and _engine.alive():
             return _engine
