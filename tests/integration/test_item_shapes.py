@@ -26,6 +26,8 @@ import rasterio
 import xarray as xr
 from affine import Affine
 from pyproj import Transformer
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
 
 import xarray_terrascope as xts
 from xarray_terrascope.engine import read, transport
@@ -186,9 +188,29 @@ def served(tmp_path_factory):
         yield server, numbers
 
 
+@pytest.fixture(scope="module")
+def engine_only(served):
+    """The same files behind a second nginx that refuses every request not from the
+    package's async engine (its User-Agent): a read through GDAL (``GDAL/3.x``) fails."""
+    server, _numbers = served
+    refuse = 'if ($http_user_agent !~ "^xarray-terrascope/") { return 403; }'
+    with Nginx(server.root, {USER: PASSWORD}, location=refuse) as strict:
+        yield strict
+
+
 @pytest.fixture
 def cube(served, monkeypatch, tmp_path):
     server, numbers = served
+    yield from _opener(server, numbers, monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def strict_cube(served, engine_only, monkeypatch, tmp_path):
+    """As ``cube``, on the server that only the async engine can read."""
+    yield from _opener(engine_only, served[1], monkeypatch, tmp_path)
+
+
+def _opener(server: Nginx, numbers: dict, monkeypatch: Any, tmp_path: Path) -> Any:
     monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", server.download_url)
     monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", server.origin)
     monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache"))
@@ -291,6 +313,90 @@ def test_a_coarser_cube_resamples_each_asset_as_asked(cube):
     assert np.isnan(ds.B04.values[inner]).sum() == np.isnan(want[inner]).sum() > 0
     np.testing.assert_array_equal(ds.SCL.values, _on_cube(numbers[10, "SCL"], 20, ds, 0))
     assert ds.SCL.dtype == np.uint8
+
+
+def _gdal(server: Nginx, day: int, key: str, ds: xr.Dataset, method: str) -> np.ndarray:
+    """GDAL's own warp (:func:`rasterio.warp.reproject`) of the served file onto the
+    cube's grid with ``method``: the stored numbers, the file's nodata outside."""
+    _res, dtype, nodata = FILES[key]
+    res = float(ds.x[1] - ds.x[0])
+    west, north = float(ds.x[0]) - res / 2, float(ds.y[0]) + res / 2
+    out = np.full((ds.sizes["y"], ds.sizes["x"]), nodata or 0, dtype)
+    with rasterio.open(server.root / f"{day:02d}" / f"{key}.tif") as src:
+        reproject(
+            rasterio.band(src, 1),
+            out,
+            dst_transform=Affine(res, 0.0, west, 0.0, -res, north),
+            dst_crs="EPSG:32631",
+            resampling=Resampling[method],
+            dst_nodata=nodata,
+        )
+    return out
+
+
+def _inside_file(ds: xr.Dataset) -> np.ndarray:
+    """Cube pixels lying wholly inside the files' footprint (a cube pixel just above or
+    left of the file is no data here, where GDAL's warper gives it the file's edge)."""
+    half = float(ds.x[1] - ds.x[0]) / 2
+    rows = (ds.y.values + half <= Y0) & (ds.y.values - half >= Y0 - SIZE * 10)
+    cols = (ds.x.values - half >= X0) & (ds.x.values + half <= X0 + SIZE * 10)
+    return np.outer(rows, cols)
+
+
+METHODS = ["average", "rms", "sum", "min", "max", "med", "q1", "q3", "mode"]
+
+
+@pytest.mark.parametrize("resolution", [20, 60])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_coarser_cube_resamples_as_gdal_does_without_gdal(strict_cube, method, resolution):
+    """Bands at 10, 20 and 60 m onto a 20 m or 60 m cube with each of GDAL's area
+    resamplings: the numbers GDAL's own warper computes from the same files (exact, up
+    to float32 decoding), with the server refusing every request that is not the async
+    engine's (GDAL's requests get a 403, and none is made). Class assets (SCL,
+    CLOUDMASK) keep nearest, again as GDAL's nearest. At 20 m the 60 m AOT is replicated
+    (for ``sum``, which GDAL spreads over the finer pixels, it is left out)."""
+    open_, _numbers, server = strict_cube
+    assets = ["B04", "B11", "AOT", "SCL", "CLOUDMASK"]
+    if method == "sum" and resolution == 20:
+        assets.remove("AOT")
+    start = len(server.records())
+    ds = open_(assets=assets, resolution=resolution, resampling=method, chunks={}, chunksize=32)
+    ds = ds.isel(time=1).load()
+    refused = [r for r in server.records()[start:] if r.status == 403]
+    assert not refused, refused[:3]
+    inside = _inside_file(ds)
+    assert inside.sum() == (SIZE * 10 // resolution) ** 2
+    for key in assets:
+        _res, _dtype, nodata = FILES[key]
+        classes = key in ("SCL", "CLOUDMASK")
+        want = _gdal(server, 15, key, ds, "nearest" if classes else method)
+        got = ds[key].values
+        if classes:
+            np.testing.assert_array_equal(got[inside], want[inside], err_msg=key)
+            continue
+        scale = 0.001 if key == "AOT" else 0.0001
+        want = _physical(want, nodata, scale)
+        np.testing.assert_allclose(got[inside], want[inside], rtol=1e-6, atol=1e-7, err_msg=key)
+        assert 0 < np.isnan(got[inside]).sum() < inside.sum() / 4, key
+        assert np.isnan(got[~inside]).all(), key
+
+
+def test_class_assets_take_the_mode_when_named(strict_cube):
+    """``resampling={"SCL": "mode", "CLOUDMASK": "mode", "B04": "med"}`` on a 60 m cube:
+    each class asset's most frequent class per 60 m pixel (CLOUDMASK's no data left out)
+    and B04's median, as GDAL's warper computes them, without GDAL."""
+    open_, _numbers, server = strict_cube
+    start = len(server.records())
+    methods = {"SCL": "mode", "CLOUDMASK": "mode", "B04": "med"}
+    ds = open_(assets=list(methods), resolution=60, resampling=methods).isel(time=0).load()
+    assert not [r for r in server.records()[start:] if r.status == 403]
+    inside = _inside_file(ds)
+    for key in ("SCL", "CLOUDMASK"):
+        want = _gdal(server, 10, key, ds, "mode")
+        np.testing.assert_array_equal(ds[key].values[inside], want[inside], err_msg=key)
+        assert len(np.unique(want[inside])) > 2, key
+    want = _physical(_gdal(server, 10, "B04", ds, "med"), 32767, 0.0001)
+    np.testing.assert_allclose(ds.B04.values[inside], want[inside], rtol=1e-6, atol=1e-7)
 
 
 def test_an_unknown_resampling_or_asset_is_refused_before_any_request(cube):
