@@ -13,6 +13,7 @@ no data, 20 m pixels replicated 2 x 2 on the 10 m grid), never from the package.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import zlib
@@ -453,6 +454,58 @@ def test_mask_clouds_at_open_drops_cloudy_pixels_and_skips_their_tiles(cube):
     assert np.isnan(got.values[1]).sum() > np.isnan(plain.values).sum()
     # day 15: the cloud covers the file's northern tile row entirely (3 of its 9 tiles)
     assert 0 < masked_bytes < 0.8 * unmasked_bytes, (masked_bytes, unmasked_bytes)
+
+
+def test_a_band_file_the_mask_covers_entirely_gets_no_request(cube):
+    """Over a bbox in the files' northern third, day 15 is all cloud (SCL 8): with
+    ``mask_clouds=True`` its B04 file gets no request at all, not even for its header
+    (nginx's log), while day 10's is read and right where the mask keeps it."""
+    open_, numbers, server = cube
+    to_wgs84 = Transformer.from_crs(32631, 4326, always_xy=True)
+    lon, lat = to_wgs84.transform([X0 + 2500, X0 + 5000], [Y0 - 3000, Y0 - 1000])
+    start = len(server.records())
+    ds = open_(assets=["B04"], bbox=[lon[0], lat[0], lon[1], lat[1]], mask_clouds=True)
+    got = ds.B04.load().values
+    paths = [r.path for r in server.records()[start:]]
+    assert not [p for p in paths if p.endswith("15/B04.tif")], paths
+    assert any(p.endswith("10/B04.tif") for p in paths) and any(
+        p.endswith("15/SCL.tif") for p in paths
+    )
+    scl15 = _on_cube(numbers[15, "SCL"], 20, ds, 0)
+    assert (scl15 == 8).all() and np.isnan(got[1]).all()
+    want = _physical(_on_cube(numbers[10, "B04"], 10, ds, 32767), 32767, 0.0001)
+    kept = np.isfinite(got[0])
+    assert 0.5 < kept.mean() < 1
+    np.testing.assert_allclose(got[0][kept], want[kept], rtol=1e-6, atol=1e-7)
+
+
+def _spans(header: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each range of a ``Range: bytes=a-b,c-d`` header (end excluded)."""
+    spans = []
+    for part in header.removeprefix("bytes=").split(","):
+        first, last = part.split("-")
+        spans.append((int(first), int(last) + 1))
+    return spans
+
+
+def test_no_byte_of_a_file_is_fetched_twice(cube):
+    """A window at the files' start: the tiles right after the header come partly with
+    the header's request, and the tile request asks only for the bytes after it."""
+    open_, _numbers, server = cube
+    to_wgs84 = Transformer.from_crs(32631, 4326, always_xy=True)
+    lon, lat = to_wgs84.transform([X0 + 200, X0 + 1200], [Y0 - 1200, Y0 - 200])
+    start = len(server.records())
+    open_(assets=["B04"], bbox=[lon[0], lat[0], lon[1], lat[1]]).load()
+    for day in (10, 15):
+        spans = sorted(
+            span
+            for r in server.records()[start:]
+            if r.path.endswith(f"{day}/B04.tif")
+            for span in _spans(r.range)
+        )
+        assert len(spans) >= 2, spans
+        overlaps = [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+        assert not overlaps, spans
 
 
 def test_min_clear_keeps_the_clear_dates_reading_only_the_mask(cube):

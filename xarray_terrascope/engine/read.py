@@ -238,9 +238,11 @@ def read_window(
     ]
     if not native and jobs:
         _forked_warning()
-    if any(not isinstance(request, GdalRead) for _, request in jobs):
-        # reads with a mask do not read the next dates ahead: it would fetch masked tiles
-        _prefetch_around(plan, asset_index, time_indices, window, creds, read_ahead=skip is None)
+    if skip is None and any(not isinstance(request, GdalRead) for _, request in jobs):
+        # Reads with a mask neither read the next dates ahead nor fetch the headers of
+        # the nearest dates' files: their masks are not known here, and a file whose
+        # window the mask covers entirely must cost no request at all.
+        _prefetch_around(plan, asset_index, time_indices, window, creds)
     by_date: dict[int, list[FileRead]] = {}
     for out_index, request in jobs:
         by_date.setdefault(out_index, []).append(request)
