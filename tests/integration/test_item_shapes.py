@@ -400,6 +400,29 @@ def test_class_assets_take_the_mode_when_named(strict_cube):
     np.testing.assert_allclose(ds.B04.values[inside], want[inside], rtol=1e-6, atol=1e-7)
 
 
+def test_a_coarser_cube_with_cloud_masking_averages_the_kept_blocks(strict_cube):
+    """``mask_clouds=True`` on a 20 m cube averaged from 10 m B04: GDAL's average where
+    the scene classification (20 m, on the cube's grid) keeps the pixel, NaN where it
+    says cloud, shadow or no data; no request through GDAL; the tiles under day 15's
+    cloud are not fetched (fewer B04 bytes than day 10's)."""
+    open_, numbers, server = strict_cube
+    start = len(server.records())
+    ds = open_(assets=["B04"], resolution=20, resampling="average", mask_clouds=True).load()
+    records = server.records()[start:]
+    assert not [r for r in records if r.status == 403]
+    inside = _inside_file(ds)
+    for t, day in enumerate((10, 15)):
+        got = ds.B04.values[t]
+        want = _physical(_gdal(server, day, "B04", ds, "average"), 32767, 0.0001)
+        kept = np.isfinite(got) & inside
+        assert kept.mean() > 0.2, day
+        np.testing.assert_allclose(got[kept], want[kept], rtol=1e-6, atol=1e-7)
+        scl = _on_cube(numbers[day, "SCL"], 20, ds, 0)
+        assert np.isnan(got[np.isin(scl, [0, 3, 8, 9])]).all(), day
+    day_bytes = [_b04_bytes(server, start, day) for day in (10, 15)]
+    assert 0 < day_bytes[1] < 0.8 * day_bytes[0], day_bytes
+
+
 def test_an_unknown_resampling_or_asset_is_refused_before_any_request(cube):
     open_, _numbers, server = cube
     before = len(server.records())
