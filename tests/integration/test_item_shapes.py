@@ -13,6 +13,7 @@ no data, 20 m pixels replicated 2 x 2 on the 10 m grid), never from the package.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import zlib
@@ -26,6 +27,8 @@ import rasterio
 import xarray as xr
 from affine import Affine
 from pyproj import Transformer
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
 
 import xarray_terrascope as xts
 from xarray_terrascope.engine import read, transport
@@ -186,9 +189,29 @@ def served(tmp_path_factory):
         yield server, numbers
 
 
+@pytest.fixture(scope="module")
+def engine_only(served):
+    """The same files behind a second nginx that refuses every request not from the
+    package's async engine (its User-Agent): a read through GDAL (``GDAL/3.x``) fails."""
+    server, _numbers = served
+    refuse = 'if ($http_user_agent !~ "^xarray-terrascope/") { return 403; }'
+    with Nginx(server.root, {USER: PASSWORD}, location=refuse) as strict:
+        yield strict
+
+
 @pytest.fixture
 def cube(served, monkeypatch, tmp_path):
     server, numbers = served
+    yield from _opener(server, numbers, monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def strict_cube(served, engine_only, monkeypatch, tmp_path):
+    """As ``cube``, on the server that only the async engine can read."""
+    yield from _opener(engine_only, served[1], monkeypatch, tmp_path)
+
+
+def _opener(server: Nginx, numbers: dict, monkeypatch: Any, tmp_path: Path) -> Any:
     monkeypatch.setenv("TERRASCOPE_DOWNLOAD_URL", server.download_url)
     monkeypatch.setenv("TERRASCOPE_DOWNLOAD_HOSTS", server.origin)
     monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache"))
@@ -293,6 +316,113 @@ def test_a_coarser_cube_resamples_each_asset_as_asked(cube):
     assert ds.SCL.dtype == np.uint8
 
 
+def _gdal(server: Nginx, day: int, key: str, ds: xr.Dataset, method: str) -> np.ndarray:
+    """GDAL's own warp (:func:`rasterio.warp.reproject`) of the served file onto the
+    cube's grid with ``method``: the stored numbers, the file's nodata outside."""
+    _res, dtype, nodata = FILES[key]
+    res = float(ds.x[1] - ds.x[0])
+    west, north = float(ds.x[0]) - res / 2, float(ds.y[0]) + res / 2
+    out = np.full((ds.sizes["y"], ds.sizes["x"]), nodata or 0, dtype)
+    with rasterio.open(server.root / f"{day:02d}" / f"{key}.tif") as src:
+        reproject(
+            rasterio.band(src, 1),
+            out,
+            dst_transform=Affine(res, 0.0, west, 0.0, -res, north),
+            dst_crs="EPSG:32631",
+            resampling=Resampling[method],
+            dst_nodata=nodata,
+        )
+    return out
+
+
+def _inside_file(ds: xr.Dataset) -> np.ndarray:
+    """Cube pixels lying wholly inside the files' footprint (a cube pixel just above or
+    left of the file is no data here, where GDAL's warper gives it the file's edge)."""
+    half = float(ds.x[1] - ds.x[0]) / 2
+    rows = (ds.y.values + half <= Y0) & (ds.y.values - half >= Y0 - SIZE * 10)
+    cols = (ds.x.values - half >= X0) & (ds.x.values + half <= X0 + SIZE * 10)
+    return np.outer(rows, cols)
+
+
+METHODS = ["average", "rms", "sum", "min", "max", "med", "q1", "q3", "mode"]
+
+
+@pytest.mark.parametrize("resolution", [20, 60])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_coarser_cube_resamples_as_gdal_does_without_gdal(strict_cube, method, resolution):
+    """Bands at 10, 20 and 60 m onto a 20 m or 60 m cube with each of GDAL's area
+    resamplings: the numbers GDAL's own warper computes from the same files (exact, up
+    to float32 decoding), with the server refusing every request that is not the async
+    engine's (GDAL's requests get a 403, and none is made). Class assets (SCL,
+    CLOUDMASK) keep nearest, again as GDAL's nearest. At 20 m the 60 m AOT is replicated
+    (for ``sum``, which GDAL spreads over the finer pixels, it is left out)."""
+    open_, _numbers, server = strict_cube
+    assets = ["B04", "B11", "AOT", "SCL", "CLOUDMASK"]
+    if method == "sum" and resolution == 20:
+        assets.remove("AOT")
+    start = len(server.records())
+    ds = open_(assets=assets, resolution=resolution, resampling=method, chunks={}, chunksize=32)
+    ds = ds.isel(time=1).load()
+    refused = [r for r in server.records()[start:] if r.status == 403]
+    assert not refused, refused[:3]
+    inside = _inside_file(ds)
+    assert inside.sum() == (SIZE * 10 // resolution) ** 2
+    for key in assets:
+        _res, _dtype, nodata = FILES[key]
+        classes = key in ("SCL", "CLOUDMASK")
+        want = _gdal(server, 15, key, ds, "nearest" if classes else method)
+        got = ds[key].values
+        if classes:
+            np.testing.assert_array_equal(got[inside], want[inside], err_msg=key)
+            continue
+        scale = 0.001 if key == "AOT" else 0.0001
+        want = _physical(want, nodata, scale)
+        np.testing.assert_allclose(got[inside], want[inside], rtol=1e-6, atol=1e-7, err_msg=key)
+        assert 0 < np.isnan(got[inside]).sum() < inside.sum() / 4, key
+        assert np.isnan(got[~inside]).all(), key
+
+
+def test_class_assets_take_the_mode_when_named(strict_cube):
+    """``resampling={"SCL": "mode", "CLOUDMASK": "mode", "B04": "med"}`` on a 60 m cube:
+    each class asset's most frequent class per 60 m pixel (CLOUDMASK's no data left out)
+    and B04's median, as GDAL's warper computes them, without GDAL."""
+    open_, _numbers, server = strict_cube
+    start = len(server.records())
+    methods = {"SCL": "mode", "CLOUDMASK": "mode", "B04": "med"}
+    ds = open_(assets=list(methods), resolution=60, resampling=methods).isel(time=0).load()
+    assert not [r for r in server.records()[start:] if r.status == 403]
+    inside = _inside_file(ds)
+    for key in ("SCL", "CLOUDMASK"):
+        want = _gdal(server, 10, key, ds, "mode")
+        np.testing.assert_array_equal(ds[key].values[inside], want[inside], err_msg=key)
+        assert len(np.unique(want[inside])) > 2, key
+    want = _physical(_gdal(server, 10, "B04", ds, "med"), 32767, 0.0001)
+    np.testing.assert_allclose(ds.B04.values[inside], want[inside], rtol=1e-6, atol=1e-7)
+
+
+def test_a_coarser_cube_with_cloud_masking_averages_the_kept_blocks(strict_cube):
+    """``mask_clouds=True`` on a 20 m cube averaged from 10 m B04: GDAL's average where
+    the scene classification (20 m, on the cube's grid) keeps the pixel, NaN where it
+    says cloud, shadow or no data; no request through GDAL; the tiles under day 15's
+    cloud are not fetched (fewer B04 bytes than day 10's)."""
+    open_, numbers, server = strict_cube
+    start = len(server.records())
+    ds = open_(assets=["B04"], resolution=20, resampling="average", mask_clouds=True).load()
+    records = server.records()[start:]
+    assert not [r for r in records if r.status == 403]
+    inside = _inside_file(ds)
+    for t, day in enumerate((10, 15)):
+        got = ds.B04.values[t]
+        want = _physical(_gdal(server, day, "B04", ds, "average"), 32767, 0.0001)
+        kept = np.isfinite(got) & inside
+        assert kept.mean() > 0.2, day
+        np.testing.assert_allclose(got[kept], want[kept], rtol=1e-6, atol=1e-7)
+        scl = _on_cube(numbers[day, "SCL"], 20, ds, 0)
+        assert np.isnan(got[np.isin(scl, [0, 3, 8, 9])]).all(), day
+    day_bytes = [_b04_bytes(server, start, day) for day in (10, 15)]
+    assert 0 < day_bytes[1] < 0.8 * day_bytes[0], day_bytes
+
+
 def test_an_unknown_resampling_or_asset_is_refused_before_any_request(cube):
     open_, _numbers, server = cube
     before = len(server.records())
@@ -347,6 +477,58 @@ def test_mask_clouds_at_open_drops_cloudy_pixels_and_skips_their_tiles(cube):
     assert np.isnan(got.values[1]).sum() > np.isnan(plain.values).sum()
     # day 15: the cloud covers the file's northern tile row entirely (3 of its 9 tiles)
     assert 0 < masked_bytes < 0.8 * unmasked_bytes, (masked_bytes, unmasked_bytes)
+
+
+def test_a_band_file_the_mask_covers_entirely_gets_no_request(cube):
+    """Over a bbox in the files' northern third, day 15 is all cloud (SCL 8): with
+    ``mask_clouds=True`` its B04 file gets no request at all, not even for its header
+    (nginx's log), while day 10's is read and right where the mask keeps it."""
+    open_, numbers, server = cube
+    to_wgs84 = Transformer.from_crs(32631, 4326, always_xy=True)
+    lon, lat = to_wgs84.transform([X0 + 2500, X0 + 5000], [Y0 - 3000, Y0 - 1000])
+    start = len(server.records())
+    ds = open_(assets=["B04"], bbox=[lon[0], lat[0], lon[1], lat[1]], mask_clouds=True)
+    got = ds.B04.load().values
+    paths = [r.path for r in server.records()[start:]]
+    assert not [p for p in paths if p.endswith("15/B04.tif")], paths
+    assert any(p.endswith("10/B04.tif") for p in paths) and any(
+        p.endswith("15/SCL.tif") for p in paths
+    )
+    scl15 = _on_cube(numbers[15, "SCL"], 20, ds, 0)
+    assert (scl15 == 8).all() and np.isnan(got[1]).all()
+    want = _physical(_on_cube(numbers[10, "B04"], 10, ds, 32767), 32767, 0.0001)
+    kept = np.isfinite(got[0])
+    assert 0.5 < kept.mean() < 1
+    np.testing.assert_allclose(got[0][kept], want[kept], rtol=1e-6, atol=1e-7)
+
+
+def _spans(header: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each range of a ``Range: bytes=a-b,c-d`` header (end excluded)."""
+    spans = []
+    for part in header.removeprefix("bytes=").split(","):
+        first, last = part.split("-")
+        spans.append((int(first), int(last) + 1))
+    return spans
+
+
+def test_no_byte_of_a_file_is_fetched_twice(cube):
+    """A window at the files' start: the tiles right after the header come partly with
+    the header's request, and the tile request asks only for the bytes after it."""
+    open_, _numbers, server = cube
+    to_wgs84 = Transformer.from_crs(32631, 4326, always_xy=True)
+    lon, lat = to_wgs84.transform([X0 + 200, X0 + 1200], [Y0 - 1200, Y0 - 200])
+    start = len(server.records())
+    open_(assets=["B04"], bbox=[lon[0], lat[0], lon[1], lat[1]]).load()
+    for day in (10, 15):
+        spans = sorted(
+            span
+            for r in server.records()[start:]
+            if r.path.endswith(f"{day}/B04.tif")
+            for span in _spans(r.range)
+        )
+        assert len(spans) >= 2, spans
+        overlaps = [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
+        assert not overlaps, spans
 
 
 def test_min_clear_keeps_the_clear_dates_reading_only_the_mask(cube):

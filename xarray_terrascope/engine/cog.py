@@ -115,10 +115,13 @@ class Source:
         self.requests = 0
 
     async def fetch(self, start: int, end: int) -> bytes:
-        if end <= len(self.prefix):
+        held = len(self.prefix)
+        if end <= held:
             return self.prefix[start:end]
+        if start < held:  # the bytes held are not asked for again
+            return self.prefix[start:] + bytes(await self.fetch(held, end))
         (data,) = await self.fetch_many([(start, end)])
-        if start == len(self.prefix) and self.header is None:
+        if start == held and self.header is None:
             self.prefix += bytes(data)  # header reads past the prefix extend it
         return data
 
@@ -164,9 +167,19 @@ class Source:
             ends = [s + n for s, n in zip(starts, lengths, strict=True)]
         wanted = list(zip(starts, ends, strict=True))
         spans = coalesce(wanted)
-        beyond = [(s, e) for s, e in spans if e > len(self.prefix)]
+        # The bytes held (the header request's, often the first tiles' too) are not
+        # asked for again: a span across their end is fetched from there.
+        held = len(self.prefix)
+        beyond = [(max(s, held), e) for s, e in spans if e > held]
         fetched = dict(zip(beyond, await self.fetch_many(beyond), strict=True)) if beyond else {}
-        blobs = [fetched[s, e] if (s, e) in fetched else self.prefix[s:e] for s, e in spans]
+        blobs: list[bytes | memoryview] = []
+        for s, e in spans:
+            if e <= held:
+                blobs.append(self.prefix[s:e])
+            elif s >= held:
+                blobs.append(fetched[s, e])
+            else:
+                blobs.append(self.prefix[s:] + bytes(fetched[held, e]))
         out: list[memoryview] = []
         for start, end in wanted:
             for (s, e), blob in zip(spans, blobs, strict=True):

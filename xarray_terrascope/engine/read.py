@@ -6,9 +6,14 @@ on the process's event loop, :mod:`xarray_terrascope.engine.aio`): every such fi
 at once, one header request per file per process (none with the persistent header cache),
 coalesced tile requests, decoding in Rust. Files that must be warped (another UTM zone,
 another resolution) are read by the same engine and warped in memory with nearest
-neighbour (:mod:`xarray_terrascope.engine.warp`); with another resampling, and for local
-files, they keep GDAL's ``WarpedVRT`` (:mod:`xarray_terrascope.engine.gdal`), in a pool of
-I/O threads, concurrently with the async reads.
+neighbour (:mod:`xarray_terrascope.engine.warp`); a file finer than the cube at a whole
+ratio (a 10 m band on a 20 m or 60 m cube) is read the same way and reduced in memory
+with an area resampling (average, min, max, med, mode...:
+:mod:`xarray_terrascope.engine.coarsen`), and a coarser one replicated exactly for those
+methods. Other resamplings (bilinear, cubic...), grids at no whole ratio with a method
+other than nearest, and local files keep GDAL's ``WarpedVRT``
+(:mod:`xarray_terrascope.engine.gdal`), in a pool of I/O threads, concurrently with the
+async reads.
 
 Same-date items are mosaicked in the plan's priority order: the first valid pixel wins.
 Credentials are resolved from the plan's opaque handle at every read, so ``logout()`` and
@@ -24,7 +29,7 @@ import os
 import sys
 import threading
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import astuple, replace
 from typing import Any
 
 import numpy as np
@@ -33,12 +38,14 @@ import numpy.typing as npt
 from xarray_terrascope import auth
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio, gdal, gdal_cache, readahead, readers, transport
+from xarray_terrascope.engine.coarsen import COARSENING, REPLICATING
 from xarray_terrascope.engine.cog import GridMismatch
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.engine.local import local_path
 from xarray_terrascope.engine.mosaic import empty, mosaic
 from xarray_terrascope.engine.requests import (
     AlignedRead,
+    CoarsenRead,
     FileRead,
     GdalRead,
     Placement,
@@ -47,7 +54,7 @@ from xarray_terrascope.engine.requests import (
 )
 from xarray_terrascope.exceptions import ReadError
 from xarray_terrascope.options import get_options
-from xarray_terrascope.plan.planner import CubePlan
+from xarray_terrascope.plan.planner import CubePlan, NativeGrid
 
 __all__ = ["clear_reader_cache", "read_window"]
 
@@ -115,9 +122,12 @@ def _request(
     native: bool = True,
 ) -> FileRead | None:
     """How to read the item's file for the window: an :class:`AlignedRead` when its
-    pixels are the cube's, a :class:`WarpedRead` for a nearest-neighbour warp, a
-    :class:`GdalRead` otherwise (another resampling, a local file, or ``native`` False: a
-    process where async-tiff does not run); None when the file misses the window."""
+    pixels are the cube's, a :class:`WarpedRead` for a nearest-neighbour warp (or an
+    area method onto a finer grid at a whole ratio: a replication), a
+    :class:`CoarsenRead` for an area method onto a coarser grid at a whole ratio, a
+    :class:`GdalRead` otherwise (another resampling or ratio, a local file, or ``native``
+    False: a process where async-tiff does not run); None when the file misses the
+    window."""
     url = plan.urls[item_index][asset_index]
     if url is None or not _overlaps(plan, plan.item_bounds[item_index][asset_index], window):
         return None
@@ -136,9 +146,37 @@ def _request(
     if native and not local and grid is not None:
         if placement is not None:
             return AlignedRead(**common, placement=placement, shape=grid.shape, cube=plan.shape)
-        if plan.resampling_of(asset_index) == "nearest":
+        method = plan.resampling_of(asset_index)
+        ratio = plan.grid_ratio(item_index, asset_index)
+        if method == "nearest" or (method in REPLICATING and ratio and ratio[0] < 0):
             return WarpedRead(**common, native=grid, target=plan.output_grid)
+        if method in COARSENING and ratio and ratio[0] > 0:
+            nodata = None if packing.nodata is None else packing.fill_value
+            return _coarsen_read(plan, common, grid, ratio, nodata, method)
     return _through_gdal(FileRead(**common), plan, asset_index, creds)
+
+
+def _coarsen_read(
+    plan: CubePlan,
+    common: dict[str, Any],
+    grid: NativeGrid,
+    ratio: tuple[int, int, int],
+    nodata: Any,
+    method: str,
+) -> CoarsenRead:
+    """A :class:`CoarsenRead`: the file pixels under ``common["window"]``, on a grid of
+    the file's resolution whose pixel ``(r, c)`` lies in cube pixel ``(r // k, c // k)``."""
+    k, rows, cols = ratio
+    window = common["window"]
+    _a, _b, c, _d, _e, f = grid.transform
+    height, width = plan.shape
+    source = AlignedRead(
+        **{**common, "window": Window(*(k * v for v in astuple(window)))},
+        placement=Placement(plan.epsg, c, f, grid.transform[0], rows, cols),
+        shape=grid.shape,
+        cube=(height * k, width * k),
+    )
+    return CoarsenRead(**common, source=source, factor=k, method=method, nodata=nodata)
 
 
 def _through_gdal(
@@ -200,9 +238,11 @@ def read_window(
     ]
     if not native and jobs:
         _forked_warning()
-    if any(not isinstance(request, GdalRead) for _, request in jobs):
-        # reads with a mask do not read the next dates ahead: it would fetch masked tiles
-        _prefetch_around(plan, asset_index, time_indices, window, creds, read_ahead=skip is None)
+    if skip is None and any(not isinstance(request, GdalRead) for _, request in jobs):
+        # Reads with a mask neither read the next dates ahead nor fetch the headers of
+        # the nearest dates' files: their masks are not known here, and a file whose
+        # window the mask covers entirely must cost no request at all.
+        _prefetch_around(plan, asset_index, time_indices, window, creds)
     by_date: dict[int, list[FileRead]] = {}
     for out_index, request in jobs:
         by_date.setdefault(out_index, []).append(request)
@@ -233,7 +273,13 @@ def _for_pixels(request: FileRead, wanted: npt.NDArray[np.bool_] | None) -> File
         return request
     if not wanted.any():
         return None
-    return replace(request, needed=wanted) if isinstance(request, AlignedRead) else request
+    if isinstance(request, AlignedRead):
+        return replace(request, needed=wanted)
+    if isinstance(request, CoarsenRead):  # the file pixels under the wanted cube pixels
+        k = request.factor
+        source = replace(request.source, needed=wanted.repeat(k, axis=0).repeat(k, axis=1))
+        return replace(request, source=source)
+    return request
 
 
 _forked_warned: list[int] = []

@@ -6,10 +6,12 @@ from typing import Any
 
 import numpy.typing as npt
 
+from xarray_terrascope.engine.coarsen import CoarsenReader
 from xarray_terrascope.engine.cog import AlignedReader
 from xarray_terrascope.engine.gdal import GdalReader
 from xarray_terrascope.engine.requests import (
     AlignedRead,
+    CoarsenRead,
     FileRead,
     GdalRead,
     Reader,
@@ -23,6 +25,7 @@ __all__ = ["READERS", "read", "reader_for"]
 READERS: dict[type[FileRead], Reader[Any]] = {
     AlignedRead: AlignedReader(),
     WarpedRead: WarpedReader(),
+    CoarsenRead: CoarsenReader(),
     GdalRead: GdalReader(),
 }
 

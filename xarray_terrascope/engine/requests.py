@@ -3,8 +3,10 @@
 :func:`xarray_terrascope.engine.read.read_window` turns a window of the cube into one
 request per file: an :class:`AlignedRead` when the file's pixels are pixels of the cube
 (the usual Terrascope case), a :class:`WarpedRead` when they must be warped with nearest
-neighbour, a :class:`GdalRead` otherwise (another resampling, a local file, a file the
-async engine does not decode exactly). Each has its :class:`Reader`, and every reader
+neighbour, a :class:`CoarsenRead` when each cube pixel covers exactly ``k`` x ``k`` file
+pixels and an area resampling (average, min, ...) reduces them, a :class:`GdalRead`
+otherwise (another resampling, a local file, a file the async engine does not decode
+exactly). Each has its :class:`Reader`, and every reader
 returns the window's stored values for its file.
 """
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlignedRead",
+    "CoarsenRead",
     "FileRead",
     "GdalRead",
     "Placement",
@@ -177,6 +180,38 @@ class WarpedRead(FileRead):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CoarsenRead(FileRead):
+    """A file whose pixels tile the cube's, ``factor`` x ``factor`` file pixels to a cube
+    pixel (same CRS, the cube's corner on the file's pixel edges), read by the async
+    engine in its own pixels and reduced with an area resampling as GDAL's warper would
+    (:mod:`xarray_terrascope.engine.coarsen`).
+
+    Attributes
+    ----------
+    source : AlignedRead
+        The file pixels under the window, as a read on a grid of the file's resolution
+        whose pixel ``(r, c)`` is cube pixel ``(r // factor, c // factor)``.
+    factor : int
+        File pixels per cube pixel, along each axis.
+    method : str
+        GDAL's name of the resampling (``"average"``, ``"min"``, ``"mode"``...).
+    nodata : number or None
+        The stored value of no data (excluded from every reduction), None when every
+        stored value is data.
+    """
+
+    source: AlignedRead
+    factor: int
+    method: str
+    nodata: Any = None
+
+    @property
+    def key(self) -> Hashable:
+        """As :attr:`FileRead.key`, with the reduction and the wanted pixels."""
+        return (super().key, self.factor, self.method, self.source.key)
+
+
+@dataclass(frozen=True, kw_only=True)
 class GdalRead(FileRead):
     """A file read by GDAL's warper (another resampling, a local file, a file the async
     engine does not decode exactly), onto the plan's grid."""
@@ -193,7 +228,8 @@ class Reader(Protocol[R_contra]):
     """Reads the stored values of a file's part of a window.
 
     Implemented by :class:`~xarray_terrascope.engine.cog.AlignedReader`,
-    :class:`~xarray_terrascope.engine.warp.WarpedReader` and
+    :class:`~xarray_terrascope.engine.warp.WarpedReader`,
+    :class:`~xarray_terrascope.engine.coarsen.CoarsenReader` and
     :class:`~xarray_terrascope.engine.gdal.GdalReader`.
     """
 

@@ -12,7 +12,11 @@ interpolates over each window it warps without such a check: ``chunks={}`` and
 
 The map from output pixels to source pixels is computed once per (file grid, output
 window) and kept in a bounded cache: every date of one Sentinel-2 tile shares it.
-Other resamplings keep GDAL's warper (:mod:`xarray_terrascope.engine.read`).
+Area resamplings (average, mode...) onto a grid at a whole ratio are computed in memory
+too: onto a coarser grid by :mod:`xarray_terrascope.engine.coarsen`, onto a finer one
+here (each output pixel lies in one file pixel: the nearest one). Other resamplings, and
+area methods at other ratios or across CRSs, keep GDAL's warper
+(:mod:`xarray_terrascope.engine.read`).
 """
 
 from __future__ import annotations

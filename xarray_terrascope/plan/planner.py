@@ -269,6 +269,42 @@ class CubePlan:
             return None
         return round(row_off), round(col_off)
 
+    def grid_ratio(self, item_index: int, asset_index: int) -> tuple[int, int, int] | None:
+        """``(factor, rows, cols)`` when the asset's pixels tile the output grid's at a
+        whole ratio, in the same CRS, its pixel edges on each other's: ``factor`` > 1,
+        each output pixel covers ``factor`` x ``factor`` file pixels, output pixel
+        ``(r, c)`` starting at file pixel ``(r * factor + rows, c * factor + cols)``;
+        ``factor`` < -1, each file pixel covers ``-factor`` x ``-factor`` output pixels
+        (``rows``, ``cols``: 0). None otherwise (or when the grid is unknown).
+
+        Examples
+        --------
+        >>> plan = CubePlan(32631, (600000.0, 5699880.0, 600120.0, 5700000.0), 60.0, ("B04",),
+        ...     ("a",), (("u",),), ((None,),), ((0,),), (pd.Timestamp(0),), (), {}, "h",
+        ...     native=((NativeGrid(32631, (10.0, 0, 599980.0, 0, -10.0, 5700000.0), (9, 9)),),))
+        >>> plan.grid_ratio(0, 0)
+        (6, 0, 2)
+        """
+        native = self.native[item_index][asset_index] if self.native else None
+        if native is None:
+            return None
+        epsg, (a, b, c, d, e, f) = native.epsg, native.transform
+        if epsg != self.epsg or b or d or a <= 0 or abs(a + e) > 1e-9 * a:
+            return None
+        res = self.resolution
+        coarser = res >= a
+        factor = res / a if coarser else a / res
+        if abs(factor - round(factor)) > 1e-9 * factor or round(factor) < 2:
+            return None
+        unit = a if coarser else res  # the finer pixel size: offsets in it must be whole
+        col_off = (self.bounds[0] - c) / unit
+        row_off = (f - self.bounds[3]) / unit
+        if abs(col_off - round(col_off)) > 1e-6 or abs(row_off - round(row_off)) > 1e-6:
+            return None
+        if coarser:
+            return round(factor), round(row_off), round(col_off)
+        return -round(factor), 0, 0  # every file pixel edge is an output pixel edge
+
     def x_coords(self) -> npt.NDArray[np.float64]:
         """Pixel-centre x coordinates."""
         west = self.bounds[0]
