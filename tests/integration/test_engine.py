@@ -372,6 +372,36 @@ def test_items_are_fetched_again_by_id_when_not_in_memory(logged_in):
     assert sorted(i.id for i in refetched) == sorted(in_memory)
 
 
+def test_opening_builds_no_pystac_item_and_items_match_a_search(logged_in, monkeypatch):
+    """Opening plans from the API's item dicts: a pystac Item (a deep copy and a
+    migration of its dict, an object per link) is built only when ``.items`` is asked
+    for, once, and equals what :func:`xts.search` returns. The spy counts and calls
+    through."""
+    built = []
+    real = pystac.Item.from_dict.__func__
+
+    def counting(cls, d, *args, **kwargs):
+        built.append(d.get("id"))
+        return real(cls, d, *args, **kwargs)
+
+    monkeypatch.setattr(pystac.Item, "from_dict", classmethod(counting))
+    ds = xr.open_dataset(
+        list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-20"
+    )
+    assert built == []
+    items = ds.terrascope.items
+    assert len(built) == len(items) > 2
+    assert ds.terrascope.items == items and len(built) == len(items)  # built once
+    searched = xts.search(NDVI, list(SAMPLE_FIELD), "2025-06-01", "2025-06-20")
+    by_id = {item.id: item for item in searched}
+    for item in items:
+        assert isinstance(item, pystac.Item)
+        expected = by_id[item.id].to_dict(include_self_link=False, transform_hrefs=False)
+        got = item.to_dict(include_self_link=False, transform_hrefs=False)
+        expected.pop("links", None), got.pop("links", None)
+        assert got == expected
+
+
 def test_reads_are_retried_through_503s_and_rate_limits(logged_in):
     ds = xr.open_dataset(
         list(SAMPLE_FIELD), engine="terrascope", start="2025-06-10", end="2025-06-12"

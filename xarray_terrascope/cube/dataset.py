@@ -15,7 +15,7 @@ import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -30,7 +30,7 @@ from xarray_terrascope.auth import cluster, signin, state
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
 from xarray_terrascope.catalog.items import is_items
-from xarray_terrascope.catalog.search import check_bbox, search
+from xarray_terrascope.catalog.search import check_bbox, search_dicts
 from xarray_terrascope.cube.clouds import DEFAULT_DILATION, dilation_pixels
 from xarray_terrascope.cube.decode import CF_KEYS, Decoder
 from xarray_terrascope.cube.masking import (
@@ -66,7 +66,9 @@ logger = logging.getLogger(__name__)
 
 #: How many cubes' items this process remembers for ``ds.terrascope.items``.
 _ITEMS_CACHE_SIZE = 32
-_items_cache: BoundedCache[str, list[pystac.Item]] = BoundedCache(_ITEMS_CACHE_SIZE)
+_items_cache: BoundedCache[str, list[pystac.Item | dict[str, Any]]] = BoundedCache(
+    _ITEMS_CACHE_SIZE
+)
 
 
 def _new_lock_after_fork() -> None:
@@ -201,14 +203,14 @@ def _handle_for_open(
     )
 
 
-def _default_assets(collection: str, items: Sequence[pystac.Item]) -> list[str]:
+def _default_assets(collection: str, items: Sequence[dict[str, Any]]) -> list[str]:
     info = COLLECTIONS.get(collection)
     if info is not None:
         return list(info.assets)
     keys: list[str] = []
     for item in items:
-        for key, asset in item.assets.items():
-            if "data" in (asset.roles or []) and key not in keys:
+        for key, asset in item["assets"].items():
+            if "data" in (asset.get("roles") or []) and key not in keys:
                 keys.append(key)
     if not keys:
         raise InvalidArgumentError(
@@ -297,22 +299,23 @@ def _keep_clear_dates(
     return kept, dropped, shares[keep]
 
 
-def _planned_items(plan: CubePlan, items: Sequence[pystac.Item]) -> list[pystac.Item]:
+def _planned_items(plan: CubePlan, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The items the plan kept (those intersecting the bbox), in plan order."""
-    by_id = {item.id: item for item in items}
+    by_id = {item["id"]: item for item in items}
     return [by_id[item_id] for item_id in plan.item_ids]
 
 
-def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]:
+def _time_coords(plan: CubePlan, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per-date coordinates; ``items`` are the planned items (see :func:`_planned_items`)."""
     platforms, clouds, ids = [], [], []
     for group in plan.groups:
         members = [items[i] for i in group]
-        platforms.append(",".join(sorted({str(m.properties.get("platform", "")) for m in members})))
-        reported = [m.properties.get("eo:cloud_cover") for m in members]
+        props = [m.get("properties") or {} for m in members]
+        platforms.append(",".join(sorted({str(p.get("platform", "")) for p in props})))
+        reported = [p.get("eo:cloud_cover") for p in props]
         cover = [float(c) for c in reported if c is not None]
         clouds.append(float(np.mean(cover)) if cover else np.nan)
-        ids.append(" ".join(m.id for m in members))
+        ids.append(" ".join(m["id"] for m in members))
     return {
         "time": ("time", np.array(plan.times, dtype="datetime64[ns]")),
         "platform": ("time", np.array(platforms, dtype=str)),
@@ -321,8 +324,9 @@ def _time_coords(plan: CubePlan, items: Sequence[pystac.Item]) -> dict[str, Any]
     }
 
 
-def remember_items(items: Sequence[pystac.Item]) -> str:
-    """Keep ``items`` in this process under a new id (stored in the Dataset's attrs)."""
+def remember_items(items: Sequence[pystac.Item | dict[str, Any]]) -> str:
+    """Keep ``items`` (Items, or item dicts that :func:`recall_items` turns into Items
+    when first asked) in this process under a new id (stored in the Dataset's attrs)."""
     key = secrets.token_hex(8)
     with _items_cache.lock:
         _items_cache.put(key, list(items))
@@ -332,7 +336,14 @@ def remember_items(items: Sequence[pystac.Item]) -> str:
 def recall_items(key: str) -> list[pystac.Item] | None:
     """The items remembered under ``key`` in this process, or None."""
     with _items_cache.lock:
-        return _items_cache.get(key)
+        items = _items_cache.get(key)
+        if items is None or all(isinstance(item, pystac.Item) for item in items):
+            return cast("list[pystac.Item] | None", items)
+        built: list[pystac.Item | dict[str, Any]] = [
+            item if isinstance(item, pystac.Item) else pystac.Item.from_dict(item) for item in items
+        ]
+        _items_cache.put(key, built)
+        return cast("list[pystac.Item]", built)
 
 
 def open_cube(
@@ -361,15 +372,17 @@ def open_cube(
     check_resampling(resampling)
     min_clear = check_mask_arguments(mask_clouds, min_clear)
     handle, held = _handle_for_open(credentials)
+    given: list[pystac.Item] | None = None
     if is_items(filename_or_obj):
-        items = list(filename_or_obj)
+        given = list(filename_or_obj)
+        items = [item.to_dict(include_self_link=False, transform_hrefs=False) for item in given]
         box = check_bbox(bbox) if bbox is not None else None
         if start is not None or end is not None or max_cloud_cover is not None:
             raise InvalidArgumentError(
                 "start, end and max_cloud_cover filter a search; with a list of items, "
                 "select the items yourself"
             )
-        collections = sorted({str(item.collection_id) for item in items})
+        collections = sorted({str(item.collection_id) for item in given})
         if len(collections) > 1:
             raise InvalidArgumentError(
                 f"The items come from several collections ({', '.join(collections)}); "
@@ -380,7 +393,7 @@ def open_cube(
         if bbox is not None:
             raise InvalidArgumentError("give the bbox once, as the first argument")
         box = check_bbox(filename_or_obj, name="bbox (first argument)")
-        items = search(collection, box, start, end, max_cloud_cover=max_cloud_cover)
+        items = search_dicts(collection, box, start, end, max_cloud_cover=max_cloud_cover)
         if not items:
             raise NoItemsFoundError(
                 f"No {collection} items for bbox {list(box)}, start {start!r}, end {end!r}"
@@ -450,6 +463,11 @@ def open_cube(
         )
     items = _planned_items(plan, items)
     coords = _time_coords(plan, items)
+    if given is not None:  # the user's own Items, not copies
+        by_id = {item.id: item for item in given}
+        kept: list[pystac.Item | dict[str, Any]] = [by_id[item["id"]] for item in items]
+    else:
+        kept = list(items)
     coords["y"] = ("y", plan.y_coords(), {"units": "m", "standard_name": "projection_y_coordinate"})
     coords["x"] = ("x", plan.x_coords(), {"units": "m", "standard_name": "projection_x_coordinate"})
     attrs: dict[str, Any] = {
@@ -457,7 +475,7 @@ def open_cube(
         "assets": list(plan.assets),
         "resolution": plan.resolution,
         "stac_url": get_options().stac_url,
-        "terrascope_items_key": remember_items(items),
+        "terrascope_items_key": remember_items(kept),
         "source": "xarray-terrascope",
     }
     if box is not None:

@@ -107,9 +107,10 @@ def find_mask_asset(items: Iterable[Any], collection: str) -> str:
     scl, cloud = None, None
     keys: set[str] = set()
     for item in items:
-        for key, asset in item.assets.items():
+        assets = item["assets"] if isinstance(item, dict) else item.assets
+        for key, asset in assets.items():
             keys.add(key)
-            roles = set(asset.roles or ())
+            roles = set((asset.get("roles") if isinstance(asset, dict) else asset.roles) or ())
             if key.upper() in SCL_KEYS:
                 scl = scl or key
             elif key.upper() in CLOUDMASK_KEYS or {"data-mask", "cloud"} <= roles:

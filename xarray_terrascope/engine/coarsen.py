@@ -185,7 +185,8 @@ def _stored(result: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> npt.NDArra
         info = np.iinfo(dtype)
         with np.errstate(invalid="ignore"):
             rounded = np.clip(np.floor(result + 0.5), info.min, info.max)
-        return np.nan_to_num(rounded, nan=0.0).astype(dtype)
+        stored: npt.NDArray[Any] = np.nan_to_num(rounded, nan=0.0).astype(dtype)
+        return stored
     return result.astype(dtype)
 
 
