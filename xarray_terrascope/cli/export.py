@@ -9,6 +9,7 @@ from pathlib import Path
 from xarray_terrascope.catalog.collections import COLLECTIONS
 from xarray_terrascope.cli.arguments import add_collection_arg, add_query_args, output_path
 from xarray_terrascope.cli.progress import progress
+from xarray_terrascope.cube.grid import grid_transform
 from xarray_terrascope.exceptions import InvalidArgumentError
 
 __all__ = ["OUTPUT_FORMATS", "register"]
@@ -50,20 +51,6 @@ def _tag_text(value) -> str:
     return str(value)
 
 
-def _grid_transform(da):
-    """The affine transform of ``da``'s regular x/y grid (pixel centres as coordinates):
-    origin at the first pixel's outer corner, one pixel per step."""
-    from affine import Affine
-
-    x, y = da["x"].values, da["y"].values
-    dx, dy = da.rio.resolution()  # from the grid_mapping's GeoTransform: no arithmetic
-    if x.size > 1:
-        dx = float(x[1] - x[0])
-    if y.size > 1:
-        dy = float(y[1] - y[0])
-    return Affine(dx, 0.0, float(x[0]) - dx / 2, 0.0, dy, float(y[0]) - dy / 2)
-
-
 def _write_geotiff(da, attrs: dict, path: Path) -> None:
     """One band per date: description ``YYYY-MM-DD``, tags ``date``, ``item_ids``, ...
 
@@ -89,7 +76,7 @@ def _write_geotiff(da, attrs: dict, path: Path) -> None:
         "count": count,
         "dtype": values.dtype,
         "crs": da.rio.crs,
-        "transform": _grid_transform(da),
+        "transform": grid_transform(da),
         "nodata": nodata,
         "tiled": True,
         "compress": "DEFLATE",
