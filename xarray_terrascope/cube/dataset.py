@@ -145,9 +145,18 @@ class CubeArray(BackendArray):
         return clone
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
-        return indexing.explicit_indexing_adapter(
-            key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
-        )
+        try:
+            return indexing.explicit_indexing_adapter(
+                key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+            )
+        except AuthenticationError as err:
+            if not state._in_dask_worker():
+                raise
+            # In a dask worker, a credential error (none after logout(), or refused) says
+            # what to do in its message; the package's frames below and the errors behind
+            # it add only lines to the worker's "Compute Failed" log and to the traceback
+            # that the client re-raises.
+            raise err.with_traceback(None) from None
 
     def _getitem(self, key: tuple) -> np.ndarray:
         squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
