@@ -448,13 +448,13 @@ def test_after_logout_the_workers_credential_error_comes_without_the_engines_fra
     err = exc.value
     assert str(err).startswith("No Terrascope credentials in this dask worker")
     assert "xarray_terrascope.login() on the client" in str(err)
-    assert err.__cause__ is None and err.__suppress_context__
     package = [
         f.filename
         for f in traceback.extract_tb(err.__traceback__)
         if "xarray_terrascope" in f.filename
     ]
     assert len(package) == 1 and package[0].endswith("cube/dataset.py"), package
+    assert err.__cause__ is None and err.__suppress_context__
     failed = [
         message
         for logs in client.get_worker_logs().values()
