@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from xarray_terrascope.catalog.arguments import DatetimeLike
 from xarray_terrascope.exceptions import TerrascopeError
 
 __all__ = ["COVERAGE", "swapped_bbox_hint"]
@@ -32,8 +33,8 @@ def _centre_covered(box: Sequence[float]) -> bool:
 def swapped_bbox_hint(
     collection: str,
     box: Sequence[float],
-    start: object = None,
-    end: object = None,
+    start: DatetimeLike = None,
+    end: DatetimeLike = None,
     max_cloud_cover: float | None = None,
 ) -> str:
     """A sentence suggesting the bbox with longitude and latitude swapped, or ``""``.
