@@ -29,12 +29,14 @@ from xarray_terrascope.catalog.search import (
 from xarray_terrascope.exceptions import (
     AuthenticationError,
     CollectionNotFoundError,
+    GeometriesOutsideWarning,
     InvalidArgumentError,
     NoItemsFoundError,
     ProtectedCollectionError,
     ReadError,
     SearchError,
     TerrascopeError,
+    TerrascopeWarning,
 )
 from xarray_terrascope.options import get_options, set_options
 
@@ -42,12 +44,14 @@ __all__ = [
     "AuthenticationError",
     "CollectionNotFoundError",
     "Credentials",
+    "GeometriesOutsideWarning",
     "InvalidArgumentError",
     "NoItemsFoundError",
     "ProtectedCollectionError",
     "ReadError",
     "SearchError",
     "TerrascopeError",
+    "TerrascopeWarning",
     "__version__",
     "asset_urls",
     "gdal_options",

@@ -1,16 +1,19 @@
-"""The errors of xarray-terrascope: one tree rooted at :class:`TerrascopeError`."""
+"""The errors of xarray-terrascope: one tree rooted at :class:`TerrascopeError`; its
+warnings: one tree rooted at :class:`TerrascopeWarning`."""
 
 from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
     "CollectionNotFoundError",
+    "GeometriesOutsideWarning",
     "InvalidArgumentError",
     "NoItemsFoundError",
     "ProtectedCollectionError",
     "ReadError",
     "SearchError",
     "TerrascopeError",
+    "TerrascopeWarning",
 ]
 
 
@@ -81,3 +84,12 @@ class NoItemsFoundError(TerrascopeError):
 class ReadError(TerrascopeError):
     """A raster could not be read for a reason other than authentication (the HTTP
     status, when there was one, in ``status_code``)."""
+
+
+class TerrascopeWarning(UserWarning):
+    """Base class of the warnings this package gives (each also logged)."""
+
+
+class GeometriesOutsideWarning(TerrascopeWarning):
+    """Some geometries given to ``zonal_stats`` do not intersect the cube: their
+    statistics are NaN (``count`` 0) for every date."""

@@ -288,7 +288,8 @@ def error_for(
     ('AuthenticationError', 403)
     >>> print(err)  # doctest: +NORMALIZE_WHITESPACE
     Terrascope refused a request without credentials reading A (https://h/a.tif): HTTP 403.
-    Check the credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS.
+    Check the credentials (login()'s, or the credentials= the cube was opened with) and
+    TERRASCOPE_DOWNLOAD_HOSTS.
     >>> print(error_for(404, what="reading A", url="https://h/a.tif", credentials_sent=True))
     Reading A (https://h/a.tif) failed: HTTP 404
     """
@@ -300,7 +301,8 @@ def error_for(
             who = f"user {user!r}" if user else "the credentials"
         return AuthenticationError(
             f"Terrascope refused {who} {where}: HTTP {status}. Check the credentials "
-            "(xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS.",
+            "(login()'s, or the credentials= the cube was opened with) and "
+            "TERRASCOPE_DOWNLOAD_HOSTS.",
             status_code=status,
         )
     answer = f"HTTP {status}" if status is not None else "no HTTP answer"

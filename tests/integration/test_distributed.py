@@ -428,3 +428,37 @@ def test_a_worker_reads_ahead_only_as_far_as_its_own_run_of_dates(client, sandbo
     # where the first leaves pixels empty, by the read itself)
     assert waiting == 2
     assert len(fetched) == len(set(fetched))  # each file fetched once
+
+
+def test_after_logout_the_workers_credential_error_comes_without_the_engines_frames(
+    client, sandbox_urls
+):
+    """After logout(), a computation on the cluster raises the worker's AuthenticationError
+    on the client, its message self-contained (what happened, what to do), without the
+    read engine's and credential store's frames or a chained cause: the remote traceback
+    ends at the cube's ``__getitem__``, and so does the worker's "Compute Failed" log."""
+    import traceback
+
+    xts.login(sandbox_urls.username, sandbox_urls.password)
+    ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
+    assert np.isfinite(float(ds.NDVI.isel(time=0).mean().compute()))
+    xts.logout()
+    with pytest.raises(AuthenticationError) as exc:
+        ds.NDVI.isel(time=1).mean().compute()
+    err = exc.value
+    assert str(err).startswith("No Terrascope credentials in this dask worker")
+    assert "xarray_terrascope.login() on the client" in str(err)
+    package = [
+        f.filename
+        for f in traceback.extract_tb(err.__traceback__)
+        if "xarray_terrascope" in f.filename
+    ]
+    assert len(package) == 1 and package[0].endswith("cube/dataset.py"), package
+    assert err.__cause__ is None and err.__suppress_context__
+    failed = [
+        message
+        for logs in client.get_worker_logs().values()
+        for _, message in logs
+        if "Compute Failed" in message and "No Terrascope credentials" in message
+    ]
+    assert failed and not any("engine/read.py" in m or "auth/state.py" in m for m in failed)

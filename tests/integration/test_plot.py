@@ -124,7 +124,9 @@ def test_time_slider_has_a_date_slider_and_the_requested_colours(cube: xr.DataAr
     assert figure.title.text == "Field NDVI, Date: 2025-05-01"
     # square pixels: the 800 m x 600 m field fills the 600 x 500 box as 600 x 450
     assert (figure.frame_width, figure.frame_height) == (600, 450)
-    assert figure.xaxis[0].axis_label == "x (m)"
+    # the axes name the CRS (issue 23), not only the unit
+    assert figure.xaxis[0].axis_label == "x (m, EPSG:32631)"
+    assert figure.yaxis[0].axis_label == "y (m, EPSG:32631)"
 
     dmap = plot[0].object
     assert isinstance(dmap, hv.DynamicMap)
@@ -343,6 +345,11 @@ def test_hover_shows_longitude_and_latitude(cube: xr.DataArray) -> None:
     geographic = geographic.rio.write_crs("EPSG:4326")
     hover = _hover(hv.render(time_slider(geographic)[0].object))
     assert hover.tooltips == [("longitude", "$x"), ("latitude", "$y"), ("NDVI", "@image")]
+    figure = hv.render(time_slider(geographic)[0].object)
+    assert (figure.xaxis[0].axis_label, figure.yaxis[0].axis_label) == (
+        "longitude (°)",
+        "latitude (°)",
+    )
 
 
 def test_hover_polynomial_matches_pyproj_across_a_whole_tile() -> None:

@@ -101,7 +101,8 @@ def test_a_refused_read_is_an_authentication_error_saying_what_to_check(status):
     text = str(err)
     assert "refused user 'bob' reading S2A_1 (https://download.example/a/S2A_1.tif)" in text
     assert f"HTTP {status}" in text
-    assert "Check the credentials (xarray_terrascope.login) and TERRASCOPE_DOWNLOAD_HOSTS" in text
+    assert "Check the credentials (login()'s, or the credentials= the cube was opened with)" in text
+    assert "TERRASCOPE_DOWNLOAD_HOSTS" in text
     for secret in ("s3cret", "sig123", "frag", "alice"):
         assert secret not in text
     anonymous = error_for(status, what="reading S2A_1", url=SIGNED, credentials_sent=False)

@@ -14,6 +14,7 @@ computes the statistics per batch of nearby geometries; NaN (no data, clouds) is
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -23,7 +24,12 @@ import xarray as xr
 from affine import Affine
 
 from xarray_terrascope.analysis import zonal_tasks
-from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
+from xarray_terrascope.cube.grid import grid_transform
+from xarray_terrascope.exceptions import (
+    GeometriesOutsideWarning,
+    InvalidArgumentError,
+    TerrascopeError,
+)
 from xarray_terrascope.plan import sparse
 
 __all__ = ["STATS", "zonal_stats"]
@@ -118,7 +124,7 @@ def _spatial(obj: xr.Dataset | xr.DataArray) -> tuple[str, str, Any, Affine]:
     try:
         y_dim, x_dim = obj.rio.y_dim, obj.rio.x_dim
         crs = obj.rio.crs
-        transform = obj.rio.transform()
+        transform = grid_transform(obj)  # not rio.transform(): it warns with affine 3
     except Exception as err:  # rioxarray raises several types for a cube it cannot read
         raise TerrascopeError(
             "zonal_stats needs a cube with x/y coordinates on a regular grid and a CRS "
@@ -138,6 +144,29 @@ def _block_origin(obj, transform: Affine, crs: Any, block_size: int, items) -> t
     grids = sparse.item_grids(items, [str(a) for a in assets])
     epsg = crs.to_epsg()
     return sparse.grid_origin(transform, grids, epsg, block_size) if epsg else (0, 0)
+
+
+def _warn_outside(shapes: np.ndarray, transform: Affine, shape: tuple[int, int]) -> None:
+    """Warn (:class:`GeometriesOutsideWarning`, and log) when geometries miss the cube:
+    their statistics are NaN, ``count`` 0, for every date, which looks like clouds."""
+    import shapely
+
+    height, width = shape
+    x0, y0 = transform.c, transform.f
+    x1, y1 = x0 + transform.a * width, y0 + transform.e * height
+    footprint = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+    given = ~shapely.is_empty(shapes) & ~shapely.is_missing(shapes)
+    outside = int((given & ~shapely.intersects(shapes, footprint)).sum())
+    if not outside:
+        return
+    message = (
+        f"{outside} of {len(shapes)} geometries lie outside the cube (they do not intersect "
+        f"its {height} x {width} px grid): their statistics are NaN, count 0, for every "
+        "date. Open the cube over the geometries' bounds, or check their CRS."
+    )
+    logger.warning("zonal_stats: %s", message)
+    # the user's line calling ds.terrascope.zonal_stats (accessor -> _zonal_stats -> here)
+    warnings.warn(message, GeometriesOutsideWarning, stacklevel=5)
 
 
 def _result_dtype(source: np.dtype, stats: Sequence[str]) -> np.dtype:
@@ -242,6 +271,7 @@ def zonal_stats(
     shapes = np.asarray(in_cube.values, dtype=object)
     bounds = in_cube.bounds.to_numpy()
     shape = (obj.sizes[y_dim], obj.sizes[x_dim])
+    _warn_outside(shapes, transform, shape)
     boxes = sparse.pixel_boxes(bounds, transform, shape, pad=1 if all_touched else 0)
     origin = _block_origin(obj, transform, crs, int(block_size), items)
     plan = sparse.plan_blocks(boxes, int(block_size), origin, max_run=RUN_BLOCKS)

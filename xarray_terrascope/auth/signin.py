@@ -124,7 +124,12 @@ def _asks_to_sign_in(status: int, location: str) -> bool:
     return 300 <= status < 400 and any(p in urlsplit(location).path for p in _LOGIN_PAGE)
 
 
-def validate_credentials(creds: Credentials) -> None:
+def validate_credentials(
+    creds: Credentials,
+    *,
+    given_as: str = "login()",
+    skip: str = "login(..., validate=False)",
+) -> None:
     """Prove credentials with an authenticated request to ``TERRASCOPE_DOWNLOAD_URL``.
 
     A 2xx answer proves them; a 401 or a redirect to the single-sign-on login page
@@ -132,6 +137,16 @@ def validate_credentials(creds: Credentials) -> None:
     not a page, 404) proves them only if the same request without credentials is
     asked to sign in: the credentials then got past authentication. Connection errors
     and 429/5xx answers are retried with backoff.
+
+    Parameters
+    ----------
+    creds : Credentials
+        The credentials to prove.
+    given_as : str
+        Where the user gave them, named in the messages (``credentials= of
+        open_dataset`` for per-call credentials).
+    skip : str
+        How to open without this check, named in the messages.
 
     Raises
     ------
@@ -152,8 +167,9 @@ def validate_credentials(creds: Credentials) -> None:
                 else "HTTP 401"
             )
             raise AuthenticationError(
-                f"Terrascope rejected the credentials of user {creds.username!r}: {reason}. "
-                "Check the username and password (https://terrascope.be account)."
+                f"Terrascope rejected the credentials of user {creds.username!r} given to "
+                f"{given_as}: {reason}. Check the username and password "
+                "(https://terrascope.be account)."
             )
         if 200 <= status < 300:
             return
@@ -161,14 +177,14 @@ def validate_credentials(creds: Credentials) -> None:
             raise TerrascopeError(
                 f"The Terrascope download service answered HTTP {status} at {url} while "
                 f"checking the credentials of {creds.username!r}, also when asked again; "
-                "try again later or use login(..., validate=False)."
+                f"try again later or use {skip}."
             )
         anonymous, anonymous_location = _probe(url, None)
     except requests.RequestException as err:
         raise TerrascopeError(
             f"Could not reach the Terrascope download service at {url} to check the "
             f"credentials of {creds.username!r} ({type(err).__name__}). Check the network "
-            "or TERRASCOPE_DOWNLOAD_URL, or call login(..., validate=False)."
+            f"or TERRASCOPE_DOWNLOAD_URL, or use {skip}."
         ) from err
     if _asks_to_sign_in(anonymous, anonymous_location):
         logger.debug("%s answers %d with the credentials, %d without", url, status, anonymous)
@@ -177,7 +193,7 @@ def validate_credentials(creds: Credentials) -> None:
         f"The Terrascope download service at {url} answered HTTP {status} with the "
         f"credentials of {creds.username!r} and HTTP {anonymous} without any, so it cannot "
         "tell whether they are valid. Point TERRASCOPE_DOWNLOAD_URL at the download "
-        "service's root, or call login(..., validate=False)."
+        f"service's root, or use {skip}."
     )
 
 

@@ -81,13 +81,50 @@ def _print_table(curves: Any, valid: Any, dates: list[str], counts: dict[str, in
         print(f"{day:<12}{fraction:8.1%}{cells}")
 
 
-def _plot_curves(curves: Any, path: Path, start: str, end: str) -> Path:
-    import matplotlib.pyplot as plt
+def curves_figure(curves: Any, means: Any, parcels: Any, start: str, end: str) -> Any:
+    """The NDVI product's curve per crop: the mean of its parcels' means (a line, the
+    legend saying how many parcels the crop has) and the interquartile range of those
+    parcel means (a band), on the dates :func:`crop_curves` keeps.
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    Parameters
+    ----------
+    curves : pandas.DataFrame
+        Dates x crops, from :func:`crop_curves`.
+    means : pandas.DataFrame
+        Parcels x dates, from :func:`parcel_means` (NaN: the parcel does not count).
+    parcels : geopandas.GeoDataFrame
+        The parcels in the rows' order, with their ``crop``.
+    start, end : str
+        The dates searched, for the title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    crops = parcels["crop"].to_numpy()
     for crop in curves.columns:
         series = curves[crop].dropna()
-        ax.plot(series.index, series.values, "o-", ms=3.5, lw=1.6, label=crop)
+        of_crop = means[crops == crop][series.index]
+        (line,) = ax.plot(
+            series.index,
+            series.values,
+            "o-",
+            ms=3.5,
+            lw=1.6,
+            label=f"{crop} ({int((crops == crop).sum())} parcels)",
+        )
+        ax.fill_between(
+            series.index,
+            of_crop.quantile(0.25, axis=0).to_numpy(dtype=float),
+            of_crop.quantile(0.75, axis=0).to_numpy(dtype=float),
+            color=line.get_color(),
+            alpha=0.18,
+            lw=0,
+        )
     ax.set(
         title=f"Mean NDVI per crop type, {start} to {end} (sandbox parcels, "
         f"dates with >= {MIN_VALID:.0%} valid pixels)",
@@ -96,15 +133,40 @@ def _plot_curves(curves: Any, path: Path, start: str, end: str) -> Path:
     )
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower center", ncols=len(curves.columns), fontsize=8, frameon=False)
+    handles, _ = ax.get_legend_handles_labels()
+    band = Patch(facecolor="0.5", alpha=0.3, label="band: middle half of the parcels (25-75 %)")
+    ax.legend(
+        handles=[*handles, band],
+        loc="lower center",
+        ncols=min(len(handles) + 1, 3),
+        fontsize=8,
+        frameon=False,
+    )
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def _save(fig: Any, path: Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
 
-def _plot_composites(composite: Any, parcels_utm: Any, path: Path) -> Path:
+#: The monthly panels' title, in words (the code is ``ds.terrascope.composite("1MS", "max")``).
+COMPOSITE_TITLE = "Greenest NDVI of each month: every pixel's highest value among its clear scenes"
+
+
+def composites_figure(composite: Any, parcels_utm: Any) -> Any:
+    """One panel per month of the monthly maximum composite, the parcels outlined; each
+    panel's title says the month and the median number of clear scenes per pixel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     import matplotlib.pyplot as plt
     import numpy as np
     import pandas as pd
@@ -122,19 +184,18 @@ def _plot_composites(composite: Any, parcels_utm: Any, path: Path) -> Path:
         count = composite["valid_count"].sel(time=month)
         image = ax.imshow(frame.values, cmap="RdYlGn", vmin=-0.08, vmax=0.92, extent=extent)
         parcels_utm.boundary.plot(ax=ax, color="black", linewidth=0.3)
+        median = float(np.median(count.values))
         ax.set_title(
-            f"{pd.Timestamp(month):%B %Y}\n{int(np.median(count.values))} clear scenes per pixel",
+            f"{pd.Timestamp(month):%B %Y}\nmedian {median:g} clear scenes per pixel",
             fontsize=9,
         )
         ax.set_axis_off()
     for ax in axes.ravel()[len(months) :]:
         ax.set_visible(False)
-    fig.suptitle("Monthly max-NDVI composite (ds.terrascope.composite('1MS', 'max'))")
+    fig.suptitle(COMPOSITE_TITLE)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="NDVI")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def run_demo(
@@ -214,7 +275,11 @@ def run_demo(
             ) / pixels.sum()
             counts = parcels["crop"].value_counts().to_dict()
             _print_table(curves, valid_share, dates, counts)
-            png = _plot_curves(curves, out_dir / "ndvi_by_crop.png", start, end)
+            png = _save(
+                curves_figure(curves, means[SOURCES[0]], parcels, start, end),
+                out_dir / "ndvi_by_crop.png",
+                dpi=100,
+            )
 
             masked, unmasked, toc_dates = toc_stats(parcels, bbox, start, end, toc_max_cloud_cover)
             means[SOURCES[1]] = parcel_means(masked)
@@ -236,8 +301,8 @@ def run_demo(
             )
 
             parcels_utm = parcels.to_crs(ds.rio.crs)
-            composite_png = _plot_composites(
-                composite, parcels_utm, out_dir / "ndvi_monthly_max.png"
+            composite_png = _save(
+                composites_figure(composite, parcels_utm), out_dir / "ndvi_monthly_max.png", 90
             )
             # The page embeds every frame: keep it small with the clearest date of each
             # half month (when clear enough), at 20 m.

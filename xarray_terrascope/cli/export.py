@@ -4,11 +4,12 @@ physical values to NetCDF, Zarr or GeoTIFF."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from xarray_terrascope.catalog.collections import COLLECTIONS
 from xarray_terrascope.cli.arguments import add_collection_arg, add_query_args, output_path
+from xarray_terrascope.cli.progress import progress
+from xarray_terrascope.cube.grid import grid_transform
 from xarray_terrascope.exceptions import InvalidArgumentError
 
 __all__ = ["OUTPUT_FORMATS", "register"]
@@ -51,24 +52,48 @@ def _tag_text(value) -> str:
 
 
 def _write_geotiff(da, attrs: dict, path: Path) -> None:
-    """One band per date: description ``YYYY-MM-DD``, tags ``date``, ``item_ids``, ..."""
+    """One band per date: description ``YYYY-MM-DD``, tags ``date``, ``item_ids``, ...
+
+    The values are packed as the cube's encoding says (stored dtype, scale, offset and
+    fill value, as xarray would encode them) and written with rasterio, not rioxarray's
+    ``to_raster``: rioxarray 0.19 rebuilds the transform from the coordinates as
+    ``Affine.translation(...) * Affine.scale(...)``, which affine 3 warns about
+    (``PendingDeprecationWarning: Use `@` matmul``) on every export.
+    """
+    import numpy as np
     import rasterio
+    from xarray.conventions import encode_cf_variable
 
     dates = da.terrascope.dates()
-    out = da.copy()
-    # rioxarray writes a sequence long_name as the band descriptions
-    out.attrs = {"long_name": tuple(dates)}
-    out.rio.to_raster(path, tiled=True, compress="DEFLATE")
+    packed = encode_cf_variable(da.transpose("time", "y", "x").variable)
+    values = np.asarray(packed.values)  # the export's one computation
+    nodata = packed.attrs.get("_FillValue", np.nan if values.dtype.kind == "f" else None)
+    count = len(dates)
+    profile = {
+        "driver": "GTiff",
+        "width": da.sizes["x"],
+        "height": da.sizes["y"],
+        "count": count,
+        "dtype": values.dtype,
+        "crs": da.rio.crs,
+        "transform": grid_transform(da),
+        "nodata": nodata,
+        "tiled": True,
+        "compress": "DEFLATE",
+    }
     per_date = {c: da[c].values for c in ("platform", "cloud_cover", "item_ids") if c in da.coords}
     times = da["time"].values
-    with rasterio.open(path, "r+") as dst:
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values)
+        dst.scales = [float(packed.attrs.get("scale_factor", 1.0))] * count
+        dst.offsets = [float(packed.attrs.get("add_offset", 0.0))] * count
         tags = {k: _tag_text(v) for k, v in attrs.items()}
         tags.update(variable=str(da.name), dates=",".join(dates))
         dst.update_tags(**tags)
         for band, day in enumerate(dates, start=1):
             dst.set_band_description(band, day)
             tags = {"date": day, "datetime": str(times[band - 1])[:19] + "Z"}
-            tags.update({name: str(values[band - 1]) for name, values in per_date.items()})
+            tags.update({name: str(column[band - 1]) for name, column in per_date.items()})
             dst.update_tags(band, **tags)
 
 
@@ -91,11 +116,23 @@ def _write_zarr(da, attrs: dict, path: Path) -> None:
     ds.to_zarr(path, mode="w", zarr_format=2, consolidated=True)
 
 
-def _write(da, attrs: dict, path: Path) -> None:
-    from dask.diagnostics import ProgressBar
+def _load_coords(da):
+    """``da`` with its non-index coordinates (platform, cloud cover, item ids per date)
+    loaded: computed together, once, before the export's progress display, instead of
+    one computation (and one progress bar) each while the file is written."""
+    import dask
 
+    lazy = {name: c for name, c in da.coords.items() if name not in da.dims and c.chunks}
+    if not lazy:
+        return da
+    (loaded,) = dask.compute(lazy)
+    return da.assign_coords(loaded)
+
+
+def _write(da, attrs: dict, path: Path) -> None:
     kind = OUTPUT_FORMATS[path.suffix.lower()]
-    with ProgressBar(out=sys.stderr):
+    da = _load_coords(da)
+    with progress("writing"):
         if kind == "netcdf":
             ds = da.to_dataset()
             ds.attrs = attrs

@@ -1,19 +1,52 @@
 """The ``xarray-terrascope`` console script: the parser (one module per command group:
-:mod:`.search`, :mod:`.export` for ``ndvi``, :mod:`.zonal`, :mod:`.sandbox` for
-``sandbox`` and ``demo``) and :func:`main`, which runs the chosen command and prints a
-package error as one line."""
+:mod:`.collections`, :mod:`.search`, :mod:`.export` for ``ndvi``, :mod:`.zonal`,
+:mod:`.sandbox` for ``sandbox`` and ``demo``) and :func:`main`, which runs the chosen
+command and prints a package error as one line."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
-from xarray_terrascope.cli import export, sandbox, search, zonal
+from xarray_terrascope.cli import collections, export, sandbox, search, zonal
 from xarray_terrascope.exceptions import TerrascopeError
 
 __all__ = ["build_parser", "main"]
+
+#: Options whose value may start with a minus sign (a western longitude): argparse
+#: would take ``--bbox -1.0,51.2,...``'s value for an option of its own.
+_SIGNED_VALUE_OPTIONS = ("--bbox",)
+_NEGATIVE = re.compile(r"-\.?\d")
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """Join ``--bbox -1.0,51.2,-0.9,51.3`` into ``--bbox=-1.0,51.2,-0.9,51.3``.
+
+    argparse reads an argument that starts with ``-`` as an option unless it is a single
+    number, so the value of ``--bbox`` with a western longitude first is lost ("expected
+    one argument"). Only the arguments after an option of ``_SIGNED_VALUE_OPTIONS`` that
+    start with a minus and a digit are joined; the rest is untouched.
+
+    Examples
+    --------
+    >>> attach_negative_values(["search", "--bbox", "-1,51.2,-0.9,51.3", "--limit", "2"])
+    ['search', '--bbox=-1,51.2,-0.9,51.3', '--limit', '2']
+    """
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _SIGNED_VALUE_OPTIONS and i + 1 < len(args) and _NEGATIVE.match(args[i + 1]):
+            out.append(f"{arg}={args[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="xarray-terrascope",
-        description="Terrascope Sentinel products as xarray data: search, export, "
+        description="Terrascope Sentinel products as xarray data: collections, search, export, "
         "parcel statistics, sandbox, demo.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -32,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help="one of the commands below"
     )
-    for group in (search, export, zonal, sandbox):  # the order of --help
+    for group in (collections, search, export, zonal, sandbox):  # the order of --help
         group.register(sub)
     return parser
 
@@ -40,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``xarray-terrascope``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -27,6 +27,14 @@ def _run(args: argparse.Namespace) -> int:
         cloud_text = f"{cloud:7.2f}" if cloud is not None else "      -"
         print(f"{item.datetime:%Y-%m-%dT%H:%M:%SZ}  {cloud_text}  {item.id}")
     print(f"{len(items)} item(s)")
+    if not items and args.bbox is not None:
+        from xarray_terrascope.catalog.hints import swapped_bbox_hint
+
+        hint = swapped_bbox_hint(
+            args.collection, args.bbox, args.start, args.end, args.max_cloud_cover
+        )
+        if hint:
+            print(hint.strip())
     return 0
 
 

@@ -4,7 +4,6 @@ date, to Parquet or CSV."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from xarray_terrascope.cli.arguments import add_collection_arg, add_dates_args, output_path
@@ -105,9 +104,9 @@ def zonal_table(stats, parcels, id_column: str):
 
 def _run(args: argparse.Namespace) -> int:
     import xarray as xr
-    from dask.diagnostics import ProgressBar
 
     from xarray_terrascope import auth
+    from xarray_terrascope.cli.progress import progress
 
     parcels = _read_parcels(args.parcels, args.id_column)
     out = output_path(args.out)
@@ -128,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         f"statistics {', '.join(args.stats)}"
     )
     stats = ds.terrascope.zonal_stats(parcels.geometry, list(args.stats), index=False)
-    with ProgressBar(out=sys.stderr):
+    with progress("statistics"):
         stats = stats.compute()
     frame = zonal_table(stats, parcels, args.id_column)
     try:

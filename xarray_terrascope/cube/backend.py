@@ -46,6 +46,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
         crs: Any = None,
         resolution: float | None = None,
         credentials: Any = None,
+        validate: bool = True,
         bbox: Sequence[float] | None = None,
         decode: bool = True,
         resampling: str | Mapping[str, str] = DEFAULT_RESAMPLING,
@@ -76,6 +77,12 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
             Output pixel size in CRS units; default: native.
         credentials : Credentials, optional
             Default: the process default from ``login()``.
+        validate : bool, default True
+            With ``credentials``: prove them at opening with one authenticated request
+            to ``TERRASCOPE_DOWNLOAD_URL``, as ``login()`` does; wrong ones raise
+            ``AuthenticationError`` there (naming ``credentials=``), not at the first
+            read. False skips the request. Without ``credentials`` it does nothing (the
+            process default was checked, or not, by ``login``).
         bbox : sequence of 4 floats, optional
             Clip box when ``filename_or_obj`` is a list of items.
         decode : bool, default True
@@ -123,6 +130,7 @@ class TerrascopeBackendEntrypoint(BackendEntrypoint):
             crs=crs,
             resolution=resolution,
             credentials=credentials,
+            validate=validate,
             bbox=bbox,
             decode=decode,
             resampling=resampling,

@@ -29,6 +29,7 @@ from xarray_terrascope import auth
 from xarray_terrascope.auth import cluster, signin, state
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
+from xarray_terrascope.catalog.hints import swapped_bbox_hint
 from xarray_terrascope.catalog.items import is_items
 from xarray_terrascope.catalog.search import check_bbox, search_dicts
 from xarray_terrascope.cube.clouds import DEFAULT_DILATION, dilation_pixels
@@ -146,9 +147,18 @@ class CubeArray(BackendArray):
         return clone
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
-        return indexing.explicit_indexing_adapter(
-            key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
-        )
+        try:
+            return indexing.explicit_indexing_adapter(
+                key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+            )
+        except AuthenticationError as err:
+            if not state._in_dask_worker():
+                raise
+            # In a dask worker, a credential error (none after logout(), or refused) says
+            # what to do in its message; the package's frames below and the errors behind
+            # it add only lines to the worker's "Compute Failed" log and to the traceback
+            # that the client re-raises.
+            raise err.with_traceback(None) from None
 
     def _getitem(self, key: tuple) -> np.ndarray:
         squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
@@ -357,6 +367,7 @@ def open_cube(
     crs: Any = None,
     resolution: float | None = None,
     credentials: auth.Credentials | None = None,
+    validate: bool = True,
     bbox: Sequence[float] | None = None,
     decode: bool = True,
     resampling: str | Mapping[str, str] = DEFAULT_RESAMPLING,
@@ -372,6 +383,14 @@ def open_cube(
     check_resampling(resampling)
     min_clear = check_mask_arguments(mask_clouds, min_clear)
     handle, held = _handle_for_open(credentials)
+    if not isinstance(validate, bool):
+        raise InvalidArgumentError(f"validate must be True or False, got {validate!r}")
+    if credentials is not None and validate:
+        signin.validate_credentials(
+            credentials,
+            given_as="credentials= of open_dataset",
+            skip="open_dataset(..., credentials=..., validate=False)",
+        )
     given: list[pystac.Item] | None = None
     if is_items(filename_or_obj):
         given = list(filename_or_obj)
@@ -399,6 +418,7 @@ def open_cube(
                 f"No {collection} items for bbox {list(box)}, start {start!r}, end {end!r}"
                 + (f", max_cloud_cover {max_cloud_cover}" if max_cloud_cover is not None else "")
                 + ". Widen the dates or the bbox, or relax max_cloud_cover."
+                + swapped_bbox_hint(collection, box, start, end, max_cloud_cover)
             )
     assets_list = assets_list or _default_assets(collection, items)
     mask_key = None

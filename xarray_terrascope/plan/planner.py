@@ -16,6 +16,7 @@ cache of open readers, per-date mosaics).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -419,16 +420,25 @@ def plan_cube(
 
     # stackstac leaves out the items (and assets) that miss the bbox: everything below
     # indexes the list it returns, never the list given.
-    asset_table, spec, kept_assets, plain = prepare_items(
-        plain,
-        assets=list(assets),
-        epsg=epsg,
-        resolution=resolution,
-        bounds_latlon=bbox,
-        snap_bounds=True,
-        rescale=False,
-        dtype=np.dtype("float32"),
-    )
+    with warnings.catch_warnings():
+        # stackstac 0.5.1 (pinned) applies transforms with `*`: affine 3 warns, once per
+        # item and corner, in every user's test session (geom_utils.bounds_from_affine)
+        warnings.filterwarnings(
+            "ignore",
+            message="Use `@` matmul",
+            category=PendingDeprecationWarning,
+            module=r"stackstac\.",
+        )
+        asset_table, spec, kept_assets, plain = prepare_items(
+            plain,
+            assets=list(assets),
+            epsg=epsg,
+            resolution=resolution,
+            bounds_latlon=bbox,
+            snap_bounds=True,
+            rescale=False,
+            dtype=np.dtype("float32"),
+        )
     if not plain:
         raise NoItemsFoundError(
             f"None of the {len(items)} item(s) intersects the bbox {[float(v) for v in bbox]}; "

@@ -102,17 +102,31 @@ def _colorbar_label(da: xr.DataArray) -> str:
     return name
 
 
+def _crs_name(crs: Any) -> str:
+    """``EPSG:32631`` when the CRS has an EPSG code, else its name."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else str(crs.name or crs)
+
+
 def _axis_options(da: xr.DataArray) -> dict[str, str]:
-    """Axis labels with the CRS's unit, e.g. ``"x (m)"``; whole numbers for metres."""
+    """Axis labels with the CRS's unit and name, e.g. ``"x (m, EPSG:32631)"``; whole
+    numbers for metres; longitude and latitude for a geographic CRS."""
     crs = cube_crs(da)
     if crs is None:
         return {"xlabel": "x", "ylabel": "y"}
     if crs.is_geographic:
         return {"xlabel": "longitude (°)", "ylabel": "latitude (°)"}
     unit = str(crs.linear_units or "").lower()
+    name = _crs_name(crs)
     if unit in ("metre", "meter", "m"):
-        return {"xlabel": "x (m)", "ylabel": "y (m)", "xformatter": "%.0f", "yformatter": "%.0f"}
-    return {"xlabel": f"x ({unit})" if unit else "x", "ylabel": f"y ({unit})" if unit else "y"}
+        return {
+            "xlabel": f"x (m, {name})",
+            "ylabel": f"y (m, {name})",
+            "xformatter": "%.0f",
+            "yformatter": "%.0f",
+        }
+    where = f"{unit}, {name}" if unit else name
+    return {"xlabel": f"x ({where})", "ylabel": f"y ({where})"}
 
 
 def _escape_braces(text: str) -> str:

@@ -25,6 +25,7 @@ ENGINE_DEFAULTS = {
     "crs": None,
     "resolution": None,
     "credentials": None,
+    "validate": True,
     "bbox": None,
     "decode": True,
     "resampling": "nearest",
@@ -57,6 +58,7 @@ def test_the_engine_takes_exactly_open_cubes_keywords_and_defaults():
         "resampling",
         "chunksize",
         "mask_clouds",
+        "validate",
     }
     for name, text in documented:
         assert text.strip('"') == str(ENGINE_DEFAULTS[name]), name
