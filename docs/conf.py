@@ -13,13 +13,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the package from this checkout, even without an install
-os.environ.setdefault("MPLBACKEND", "Agg")
+# the notebooks' kernels draw inline (ipykernel's default): a non-interactive backend set
+# here would reach them through the environment and no figure would be shown
+os.environ.pop("MPLBACKEND", None)
 
 import xarray_terrascope  # noqa: E402
 
 project = "xarray-terrascope"
 author = "xarray-terrascope developers"
-copyright = "xarray-terrascope developers, MIT License"  # noqa: A001
+copyright = "xarray-terrascope developers, MIT License"
 release = version = xarray_terrascope.__version__
 
 extensions = [

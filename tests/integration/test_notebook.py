@@ -14,12 +14,13 @@ NOTEBOOK = Path(__file__).parents[2] / "notebooks" / "ndvi_time_series.ipynb"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a season rendered by the sandbox: ~2 min on two busy cores
 def test_notebook_runs_offline_against_its_own_sandbox(monkeypatch, tmp_path):
     for name in list(os.environ):
         if name.startswith("TERRASCOPE_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-such-netrc"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel draws inline, as in Jupyter
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(
         nb,
@@ -39,5 +40,7 @@ def test_notebook_runs_offline_against_its_own_sandbox(monkeypatch, tmp_path):
     # the cube's repr and the slider both rendered
     rich = [o for o in outputs if o.output_type in ("execute_result", "display_data")]
     assert any("text/html" in o.get("data", {}) for o in rich)
+    # the pictures: the mean curve, the curves per crop, the monthly composites
+    assert sum("image/png" in o.get("data", {}) for o in rich) >= 3
     # the sandbox's password is made in the kernel: no output names it
     assert "password" not in text.lower()
