@@ -101,7 +101,10 @@ SUBSTITUTIONS = {
 LONG_RUNNING = {"sandbox"}
 SANDBOX_TIMEOUT = 60
 
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*|\{[\w:-]+\})[ \t]*$")
+#: An opening fence: a language (or none), or a MyST directive with its arguments.
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?:(?P<lang>[\w-]*)|(?P<directive>\{[\w:-]+\}).*)[ \t]*$"
+)
 _SKIP = re.compile(r"^\s*<!--\s*readme-test:\s*skip\s*\((?P<reason>.+)\)\s*-->\s*$")
 
 
@@ -136,7 +139,8 @@ def readme_blocks(text: str, page: Path = README) -> list[Block]:
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
         assert end is not None, f"{page.name}:{i + 1}: unclosed code fence"
         code = textwrap.dedent("\n".join(lines[i + 1 : end]))
-        blocks.append(Block(m["lang"], code, i + 2, skip["reason"] if skip else None, page))
+        lang = m["lang"] if m["lang"] is not None else m["directive"]
+        blocks.append(Block(lang, code, i + 2, skip["reason"] if skip else None, page))
         i = end + 1
     return blocks
 
@@ -192,8 +196,14 @@ def test_readme_parser_sees_fences_markers_and_indented_blocks():
         ("", "machine h login u", 10, None),
         ("python", "x = 1", 13, None),
     ]
-    directive = readme_blocks("```{toctree}\n:glob:\n\nguide/*\n```\n```python\ny = 2\n```\n")
-    assert [(b.lang, b.line) for b in directive] == [("{toctree}", 2), ("python", 7)]
+    directive = readme_blocks(
+        "```{toctree}\n:glob:\n\nguide/*\n```\n```{include} ../X.md\n```\n```python\ny = 2\n```\n"
+    )
+    assert [(b.lang, b.line) for b in directive] == [
+        ("{toctree}", 2),
+        ("{include}", 7),
+        ("python", 9),
+    ]
 
 
 def _stages() -> set[str]:
