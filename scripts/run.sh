@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The project's two commands, each complete on a fresh Debian 12 machine with Python 3.11+:
 #   bash scripts/run.sh demo    # set up, then run the main job on the embedded sandbox
+#   bash scripts/run.sh docs    # set up (the docs extra), build the documentation site
+#                               # into docs/_build/html, its notebooks run against the
+#                               # sandbox; a Sphinx warning fails the build
 #   bash scripts/run.sh test    # set up (venv, pip packages), check the import contracts
 #                               # (lint-imports) and the types (mypy), set up the rest
 #                               # (Chromium, nginx, PostgreSQL + stac-fastapi-pgstac), then
@@ -156,6 +159,12 @@ case "${1:-}" in
     setup_python all
     exec "$VENV/bin/xarray-terrascope" demo --out "${DEMO_OUT:-demo-output}" "$@"
     ;;
+  docs)
+    shift
+    setup_python docs
+    rm -rf docs/_build docs/generated  # every build from scratch: notebooks run, stubs fresh
+    exec "$VENV/bin/python" -m sphinx -b html -W --keep-going "$@" docs docs/_build/html
+    ;;
   test)
     shift
     setup_python test
@@ -166,7 +175,7 @@ case "${1:-}" in
     exec "$VENV/bin/python" -m pytest -p no:cacheprovider "$@"
     ;;
   *)
-    echo "usage: bash scripts/run.sh demo | test [pytest args]" >&2
+    echo "usage: bash scripts/run.sh demo | docs [sphinx args] | test [pytest args]" >&2
     exit 2
     ;;
 esac

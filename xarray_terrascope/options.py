@@ -111,7 +111,7 @@ class Options:
     """The options in force for one read, search or login (frozen: see :func:`get_options`).
 
     Attributes are the options; their meaning, default and environment variable are in
-    :func:`options_table` (the README's configuration table).
+    :func:`options_table` (the options table of docs/how-it-works.md).
     """
 
     stac_url: str = _option(
@@ -366,7 +366,7 @@ def _rows() -> Iterator[tuple[str, str, str, str]]:
 
 
 def options_table() -> str:
-    """The options as a Markdown table (the README's configuration table is this table).
+    """The options as a Markdown table (the table in docs/how-it-works.md is this table).
 
     Examples
     --------

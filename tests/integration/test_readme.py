@@ -1,10 +1,12 @@
-"""README.md's code blocks, run against the sandbox so that they can never drift.
+"""The code blocks of README.md and of the documentation's pages (:data:`PAGES`), run
+against the sandbox so that they can never drift.
 
 The rules, all visible here:
 
-- Fenced blocks tagged ``python`` run in README order, in one namespace, with the
-  sandbox's ``TERRASCOPE_*`` variables (credentials included) exported, as a reader
-  who pasted them into one session would run them.
+- Fenced blocks tagged ``python`` run in the order of :data:`PAGES` (README first), in
+  one namespace, with the sandbox's ``TERRASCOPE_*`` variables (credentials included)
+  exported, as a reader who pasted them into one session would run them. The README's
+  first block also runs alone, offline as written: no variable, no netrc, no login.
 - Every line of a ``bash`` block is an ``xarray-terrascope ...`` command, run in an
   empty directory through :func:`xarray_terrascope.cli.main` (or, for the
   long-running ``sandbox``, as a subprocess that must print its ``export`` lines
@@ -13,7 +15,9 @@ The rules, all visible here:
 - A block preceded by ``<!-- readme-test: skip (reason) -->`` is not run; the set of
   skipped blocks is pinned in :data:`EXPECTED_SKIPS`, so it cannot grow silently.
 - :data:`SUBSTITUTIONS` lists the only text replaced before running (values that
-  cannot exist offline); each must occur exactly once in the README.
+  cannot exist offline); each must occur exactly once in the pages.
+- Every page of ``docs/`` with a code block is in :data:`PAGES` (pages of ``docs/guide/``
+  are written and tested with their own features).
 - A ``python`` block that defines ``test_*`` functions (the pytest example) has them
   called, with the sandbox for their ``terrascope_env`` argument.
 - Untagged blocks (a netrc line) are data, not code; a ``mermaid`` block is a diagram
@@ -47,12 +51,37 @@ from ..support.helpers import PYTHON_CHILD, interrupt, restore_sigint
 
 ROOT = Path(__file__).parents[2]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 NOTEBOOK = ROOT / "notebooks" / "ndvi_time_series.ipynb"
+#: The pages whose blocks run, in reading order (one namespace).
+PAGES = [
+    README,
+    DOCS / "index.md",
+    DOCS / "getting-started.md",
+    DOCS / "user-guide" / "credentials.md",
+    DOCS / "user-guide" / "opening.md",
+    DOCS / "user-guide" / "products.md",
+    DOCS / "user-guide" / "parcels.md",
+    DOCS / "user-guide" / "composites.md",
+    DOCS / "user-guide" / "clusters.md",
+    DOCS / "user-guide" / "cli.md",
+    DOCS / "user-guide" / "sandbox.md",
+    DOCS / "how-it-works.md",
+    DOCS / "development.md",
+]
+#: Where the options table is (generated from the options, checked below).
+OPTIONS_PAGE = DOCS / "how-it-works.md"
+#: Every page's blocks in one run (the sandbox renders each file on first use: a season
+#: of NDVI, a fortnight of TOC reflectance): ~4 min on two busy cores, over the suite's 300 s.
+DOCS_TIMEOUT = 600
+#: The landing page stays short: the rest is in the documentation.
+README_MAX_LINES = 150
 
 #: First lines of the blocks marked ``readme-test: skip``, and nothing else.
 EXPECTED_SKIPS = {
     "bash scripts/run.sh demo    # the main job on the embedded Terrascope sandbox",
-    'pip install "xarray-terrascope[all]"     # or [plot], [distributed], [sandbox], [io]',
+    'pip install "xarray-terrascope[all]"     # or only what you use: [analysis], [plot], '
+    "[distributed], [sandbox], [io]",
     "bash scripts/run.sh test -k engine      # arguments after `test` go to pytest",
 }
 #: README text -> what runs instead (a callable of the run's context).
@@ -72,7 +101,10 @@ SUBSTITUTIONS = {
 LONG_RUNNING = {"sandbox"}
 SANDBOX_TIMEOUT = 60
 
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[ \t]*$")
+#: An opening fence: a language (or none), or a MyST directive with its arguments.
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)```(?:(?P<lang>[\w-]*)|(?P<directive>\{[\w:-]+\}).*)[ \t]*$"
+)
 _SKIP = re.compile(r"^\s*<!--\s*readme-test:\s*skip\s*\((?P<reason>.+)\)\s*-->\s*$")
 
 
@@ -80,15 +112,20 @@ _SKIP = re.compile(r"^\s*<!--\s*readme-test:\s*skip\s*\((?P<reason>.+)\)\s*-->\s
 class Block:
     lang: str
     code: str
-    line: int  # README line of the first line of code (1-based)
+    line: int  # line of the first line of code in its page (1-based)
     skip: str | None  # the reason, when marked
+    page: Path = README
+
+    @property
+    def where(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
 
     @property
     def first_line(self) -> str:
         return self.code.splitlines()[0] if self.code else ""
 
 
-def readme_blocks(text: str) -> list[Block]:
+def readme_blocks(text: str, page: Path = README) -> list[Block]:
     """The fenced code blocks of a Markdown text, with their skip markers."""
     lines = text.splitlines()
     blocks, i = [], 0
@@ -100,18 +137,25 @@ def readme_blocks(text: str) -> list[Block]:
         before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
         skip = _SKIP.match(before)
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
-        assert end is not None, f"README.md:{i + 1}: unclosed code fence"
+        assert end is not None, f"{page.name}:{i + 1}: unclosed code fence"
         code = textwrap.dedent("\n".join(lines[i + 1 : end]))
-        blocks.append(Block(m["lang"], code, i + 2, skip["reason"] if skip else None))
+        lang = m["lang"] if m["lang"] is not None else m["directive"]
+        blocks.append(Block(lang, code, i + 2, skip["reason"] if skip else None, page))
         i = end + 1
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text(encoding="utf-8"))
+def page_blocks(page: Path) -> list[Block]:
+    """The code blocks of a page, less MyST directives (```{toctree}, ```{include}...)."""
+    blocks = readme_blocks(page.read_text(encoding="utf-8"), page)
+    return [block for block in blocks if not block.lang.startswith("{")]
 
 
-def cli_lines() -> list[tuple[int, list[str]]]:
-    """``(README line, argv)`` of every ``xarray-terrascope`` command in run bash blocks."""
+BLOCKS = [block for page in PAGES for block in page_blocks(page)]
+
+
+def cli_lines() -> list[tuple[str, list[str]]]:
+    """``(page:line, argv)`` of every ``xarray-terrascope`` command in run bash blocks."""
     commands = []
     for block in BLOCKS:
         if block.lang != "bash" or block.skip:
@@ -119,7 +163,7 @@ def cli_lines() -> list[tuple[int, list[str]]]:
         for offset, line in enumerate(block.code.splitlines()):
             words = shlex.split(line, comments=True)
             if words:
-                commands.append((block.line + offset, words))
+                commands.append((f"{block.page.relative_to(ROOT)}:{block.line + offset}", words))
     return commands
 
 
@@ -128,14 +172,14 @@ def test_readme_blocks_are_all_run_or_skipped_on_purpose():
     assert {b.first_line for b in BLOCKS if b.skip} == EXPECTED_SKIPS
     assert all(b.lang == "bash" for b in BLOCKS if b.skip)
     assert len([b for b in BLOCKS if b.lang == "python"]) >= 5
-    for line, words in cli_lines():
+    for where, words in cli_lines():
         assert words[0] == "xarray-terrascope", (
-            f"README.md:{line}: a bash block runs {words[0]!r}; only xarray-terrascope "
+            f"{where}: a bash block runs {words[0]!r}; only xarray-terrascope "
             "commands are run, mark the block <!-- readme-test: skip (reason) --> otherwise"
         )
-    text = README.read_text(encoding="utf-8")
+    text = "\n".join(page.read_text(encoding="utf-8") for page in PAGES)
     for old in SUBSTITUTIONS:
-        assert text.count(old) == 1, f"substitution {old!r} must match README.md exactly once"
+        assert text.count(old) == 1, f"substitution {old!r} must match the pages exactly once"
     python = "\n".join(b.code for b in BLOCKS if b.lang == "python")
     # no placeholder (start=..., "...") left that could only fail
     assert not re.search(r'=\s*\.\.\.|"\.\.\."|\(\.\.\.\)', python)
@@ -151,6 +195,14 @@ def test_readme_parser_sees_fences_markers_and_indented_blocks():
         ("bash", "pip install x", 5, "why"),
         ("", "machine h login u", 10, None),
         ("python", "x = 1", 13, None),
+    ]
+    directive = readme_blocks(
+        "```{toctree}\n:glob:\n\nguide/*\n```\n```{include} ../X.md\n```\n```python\ny = 2\n```\n"
+    )
+    assert [(b.lang, b.line) for b in directive] == [
+        ("{toctree}", 2),
+        ("{include}", 7),
+        ("python", 9),
     ]
 
 
@@ -216,10 +268,10 @@ def _run_block(block: Block, ns: dict, ctx: dict, sandbox) -> None:
     for old, new in SUBSTITUTIONS.items():
         code = code.replace(old, new(ctx))
     before = set(ns)
-    # Padding keeps README line numbers in tracebacks.
+    # Padding keeps the page's line numbers in tracebacks.
     source = "\n" * (block.line - 1) + code
     try:
-        exec(compile(source, str(README), "exec"), ns)
+        exec(compile(source, str(block.page), "exec"), ns)
         for name in sorted(set(ns) - before):
             if name.startswith("test_") and callable(ns[name]):
                 params = list(inspect.signature(ns[name]).parameters)
@@ -227,12 +279,13 @@ def _run_block(block: Block, ns: dict, ctx: dict, sandbox) -> None:
                 ns[name](*[sandbox for _ in params])
     except Exception as err:
         raise AssertionError(
-            f"README.md:{block.line}: the python block starting {block.first_line!r} "
+            f"{block.where}: the python block starting {block.first_line!r} "
             f"failed: {type(err).__name__}: {err}"
         ) from err
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DOCS_TIMEOUT)
 def test_readme_python_blocks_run_in_order(readme_session, local_cluster):
     sandbox = readme_session
     second = next(u for u in sandbox.users if u != sandbox.username)
@@ -303,7 +356,7 @@ def _cli_params() -> list:
         pytest.param(
             line,
             argv,
-            id=f"L{line}-{argv[1]}",
+            id=f"{Path(line.split(':')[0]).stem}-L{line.split(':')[1]}-{argv[1]}",
             marks=[pytest.mark.timeout(DEMO_TIMEOUT)] if argv[1] == "demo" else [],
         )
         for line, argv in cli_lines()
@@ -313,7 +366,7 @@ def _cli_params() -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize(("line", "argv"), _cli_params())
 def test_readme_cli_lines_run(readme_session, capsys, line, argv):
-    where = f"README.md:{line}: {shlex.join(argv)}"
+    where = f"{line}: {shlex.join(argv)}"
     if argv[1] in LONG_RUNNING:
         out = _run_long_running(argv[1:])
         exports = dict(
@@ -366,10 +419,10 @@ def test_the_notebook_places_the_sample_field_in_dutch_limburg():
 
 
 def test_the_configuration_table_is_the_options_table():
-    """The README's table is generated from the options themselves (one source)."""
+    """The documentation's table is generated from the options themselves (one source)."""
     from xarray_terrascope.options import options_table
 
-    text = README.read_text(encoding="utf-8")
+    text = OPTIONS_PAGE.read_text(encoding="utf-8")
     start = text.index("<!-- options-table:")
     start = text.index("\n", start) + 1
     end = text.index("<!-- end options-table -->")
@@ -377,3 +430,67 @@ def test_the_configuration_table_is_the_options_table():
         "regenerate the table: python -c 'from xarray_terrascope.options import "
         "options_table; print(options_table())'"
     )
+
+
+def test_every_docs_page_with_code_is_run():
+    """A page of ``docs/`` (outside ``docs/guide/``, whose pages come with their own
+    features and tests) whose code blocks this module would not run is an error."""
+    pages = {
+        path
+        for path in DOCS.rglob("*.md")
+        if not {"_build", "generated", "guide"} & set(path.relative_to(DOCS).parts)
+    }
+    with_code = {p for p in pages if page_blocks(p)}
+    assert with_code <= set(PAGES), sorted(str(p) for p in with_code - set(PAGES))
+    assert all(page.exists() for page in PAGES)
+
+
+def test_readme_is_a_landing_page_with_the_two_commands():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) < README_MAX_LINES
+    quickstart = text[text.index("## Quickstart") :]
+    (commands,) = [b for b in readme_blocks(quickstart) if b.lang == "bash"][:1]
+    assert [line.split("#")[0].strip() for line in commands.code.splitlines()] == [
+        "bash scripts/run.sh demo",
+        "bash scripts/run.sh test",
+    ]
+    assert "[analysis]" in text  # zonal statistics need it
+    assert "https://terrascope.be" in text  # where to get an account
+    assert "notebooks/ndvi_time_series.ipynb" in text
+    for link in re.findall(r"\]\(((?:docs|notebooks)/[^)#]+)", text):
+        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
+
+
+@pytest.fixture
+def fresh_process(monkeypatch, tmp_path):
+    """A reader's fresh session: no TERRASCOPE_* variable, no netrc, no login, an empty
+    working directory."""
+    for name in list(os.environ):
+        if name.startswith("TERRASCOPE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-such-netrc"))
+    monkeypatch.chdir(tmp_path)
+    xts.logout()
+    yield
+    xts.logout()
+    read.clear_reader_cache()
+
+
+def test_readme_first_block_runs_offline_as_written(fresh_process, capsys):
+    """The README's first block starts its own sandbox, reads a month over the sample
+    field, and leaves the process's options and login as it found them."""
+    from xarray_terrascope.auth import current_credentials
+
+    first = next(b for b in BLOCKS if b.lang == "python")
+    assert first.page == README and first.skip is None
+    options = xts.get_options()
+    ns: dict = {"__name__": "__readme__"}
+    exec(compile("\n" * (first.line - 1) + first.code, str(README), "exec"), ns)
+    ndvi = ns["ndvi"]
+    assert ndvi.dims == ("time", "y", "x") and ndvi.dtype == "float32"
+    assert ns["ds"].sizes["time"] > 5  # a month of acquisitions (every 2-3 days)
+    printed = capsys.readouterr().out
+    assert "2025-05-" in printed  # the per-date means, printed by the block
+    assert xts.get_options() == options
+    assert current_credentials() is None
+    assert not ns["sandbox"].running

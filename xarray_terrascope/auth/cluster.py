@@ -52,7 +52,7 @@ def share_credentials(client: Client | None = None) -> Awaitable[None] | None:
     opens a cube itself on a worker, a scattered lazy Dataset), or to have them on the
     workers before the first computation. The cluster also receives later logins, and
     :func:`~xarray_terrascope.logout` removes them from it. Whoever can connect to that
-    scheduler can read them while they are registered (see the README).
+    scheduler can read them while they are registered (see docs/user-guide/clusters.md).
 
     Parameters
     ----------

@@ -18,7 +18,7 @@ of the cubes by token):
 
 No other client gets anything. The scheduler keeps the plugin (to set up workers that
 join later) until it is replaced or removed: whoever can reach that scheduler can read
-it (see the README's section on clusters).
+it (see docs/user-guide/clusters.md).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ __all__ = [
     "Stamp",
     "credentials_handle",
     "current_credentials",
+    "replace_default",
     "resolve",
     "subscribe",
 ]
@@ -116,6 +117,20 @@ def _set_default(creds: Credentials | None) -> None:
     if previous is not None and previous != creds:
         _notify("forget")
     _notify("publish")
+
+
+def replace_default(creds: Credentials | None) -> Credentials | None:
+    """Make ``creds`` this process's default credentials (``None``: no default), as
+    :func:`~xarray_terrascope.login` does without a check, and return the previous default.
+
+    For code that must put the default back as it found it (the sandbox's
+    :meth:`~xarray_terrascope.testing.Sandbox.activate`); the explicit ``credentials=``
+    of open cubes stay registered, unlike :func:`~xarray_terrascope.logout`.
+    """
+    with _lock:
+        previous = _default
+    _set_default(creds)
+    return previous
 
 
 def _forget_all() -> Credentials | None:

@@ -6,9 +6,12 @@ in a daemon thread: the added latency is an ``asyncio.sleep``, so dozens of conc
 range requests cost little more than one latency period, as on a real server, instead
 of a thread (and GIL hand-offs) each.
 
->>> with Sandbox(seed=0) as sandbox:  # doctest: +SKIP
-...     os.environ.update(sandbox.env)
-...     ...
+>>> with Sandbox(seed=0) as sandbox, sandbox.activate():  # doctest: +SKIP
+...     ds = xts.open_dataset(list(SAMPLE_FIELD), start="2025-05-01", end="2025-05-31")
+
+:meth:`Sandbox.activate` points this process at the sandbox (options and default
+credentials, in memory) until the ``with`` block ends; another process (a shell, a
+Jupyter kernel started elsewhere) takes :attr:`Sandbox.env` instead.
 
 For a long-running sandbox (the ``xarray-terrascope sandbox`` command), call
 :meth:`Sandbox.serve_forever`, which starts the servers if needed and blocks until
@@ -36,6 +39,7 @@ from werkzeug.sansio.request import Request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ._replies import PHRASES, Reply
+from .activate import Activation
 from .download import DownloadApp, Dropped
 from .request_log import RequestLog
 from .stac_api import StacApi
@@ -297,6 +301,7 @@ class Sandbox:
         self.bucket: DownloadApp | None = None
         self.bucket_url = ""
         self.stac_url = self.download_url = self.download_host = self.download_origin = ""
+        self._activations: list[Activation] = []
 
     @property
     def password(self) -> str:
@@ -332,7 +337,8 @@ class Sandbox:
     def options(self) -> dict[str, str]:
         """The package's options pointing at this sandbox (endpoints only, no
         credentials): ``xts.set_options(**sandbox.options)``, then
-        ``xts.login(sandbox.username, sandbox.password)``."""
+        ``xts.login(sandbox.username, sandbox.password)``; :meth:`activate` does both,
+        and undoes them."""
         if not self.running:
             raise RuntimeError("the sandbox is not started")
         return {
@@ -402,6 +408,49 @@ class Sandbox:
         self.download.redirect_to = self.bucket_url
         return self.bucket
 
+    def activate(self, *, validate: bool = True) -> Activation:
+        """Point this process at the sandbox: start it if needed, set the package's
+        options to its endpoints and log its main account in, in memory.
+
+        In force at once, until the returned :class:`Activation` is closed: at the end of
+        its ``with`` block, by ``activation.close()``, or by :meth:`stop`. Closing puts
+        back the options and the default credentials (a previous ``login()``, or none)
+        that were in force. Nothing is written to ``os.environ`` (for another process,
+        use :attr:`env`). While active, COG headers are kept in memory only
+        (``header_cache=False``), so the sandbox leaves nothing in the user's cache.
+
+        Parameters
+        ----------
+        validate : bool, default True
+            Prove the credentials with one request, as :func:`~xarray_terrascope.login`.
+
+        Returns
+        -------
+        Activation
+            ``with`` gives the sandbox itself.
+
+        Examples
+        --------
+        >>> import xarray_terrascope as xts
+        >>> from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
+        >>> with Sandbox() as sandbox, sandbox.activate():  # doctest: +SKIP
+        ...     ds = xts.open_dataset(list(SAMPLE_FIELD), start="2025-05-01", end="2025-05-31")
+
+        In a notebook, where a ``with`` block cannot span cells:
+
+        >>> sandbox = Sandbox().start()  # doctest: +SKIP
+        >>> sandbox.activate()  # doctest: +SKIP
+        >>> sandbox.stop()  # also puts the options and credentials back  # doctest: +SKIP
+        """
+        self.start()
+        activation = Activation(self, validate=validate)
+        self._activations.append(activation)
+        return activation
+
+    def _activation_closed(self, activation: Activation) -> None:
+        if activation in self._activations:
+            self._activations.remove(activation)
+
     def parcels(self) -> Any:
         """The world's parcels with their crops (:meth:`World.parcels`), a GeoDataFrame."""
         if self.world is None:
@@ -419,7 +468,10 @@ class Sandbox:
         return server
 
     def stop(self) -> None:
-        """Shut the servers down, wait for their threads, remove the temporary cache."""
+        """Close the activations still in force (newest first, see :meth:`activate`), shut
+        the servers down, wait for their threads, remove the temporary cache."""
+        for activation in reversed(list(self._activations)):
+            activation.close()
         for server in self._servers:
             server.stop()
         self._servers.clear()

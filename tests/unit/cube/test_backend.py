@@ -1,6 +1,6 @@
 """The xarray entry point and the accessor without data: the engine's keywords and
-defaults (those of ``open_cube``, as the README promises them), and what the accessor
-says on a Dataset it did not make."""
+defaults (those of ``open_cube``, as docs/user-guide/opening.md promises them), and what
+the accessor says on a Dataset it did not make."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from xarray_terrascope.cube.backend import TerrascopeBackendEntrypoint
 from xarray_terrascope.cube.dataset import open_cube
 from xarray_terrascope.exceptions import TerrascopeError
 
-#: The engine's keywords and defaults, as the README's "Opening data" table promises them.
+#: The engine's keywords and defaults, as the table of docs/user-guide/opening.md promises them.
 ENGINE_DEFAULTS = {
     "drop_variables": None,
     "start": None,
