@@ -15,11 +15,12 @@ NDVI = "terrascope-s2-ndvi-v2"
 
 
 def observed_parcel_means(
-    world, tile: str = "31UGS", n_parcels: int | None = None, seed: int = 0
+    world, tile: str = "31UGS", n_parcels: int | None = None, seed: int = 0, clouds: bool = True
 ) -> xr.Dataset:
     """The ``(parcel_id, time)`` mean NDVI and valid fraction of parcels lying wholly in
     ``tile`` (all, or a random ``n_parcels`` of them), one date per acquisition of the
-    world (its window): the files' values at the parcels' pixels (``world.dn``)."""
+    world (its window): the files' values at the parcels' pixels (``world.dn``; for all
+    parcels, the whole file ``world.render``, which ``clouds=False`` renders clear)."""
     items = [i for i in world.item_ids(NDVI) if world.item(i)["tile"] == tile]
     info = world._get(items[0])
     zone, r0, c0 = world._zone(info.tile)
@@ -33,9 +34,15 @@ def observed_parcel_means(
         ids = np.sort(np.random.default_rng(seed).choice(ids, n_parcels, replace=False))
     rows, cols = np.nonzero(np.isin(window, ids))
     labels = window[rows, cols]
+    if not clouds and n_parcels is not None:
+        raise ValueError("clouds=False renders whole files: pass n_parcels=None")
     means, fractions, times = [], [], []
+    whole = n_parcels is None
+    if whole:
+        rows, cols = np.indices(window.shape).reshape(2, -1)
+        labels = window.ravel()
     for item in items:
-        dn = world.dn(item, rows, cols)
+        dn = world.render(item, clouds=clouds).ravel() if whole else world.dn(item, rows, cols)
         ok = dn != 255
         total = np.bincount(labels[ok], weights=0.004 * dn[ok] - 0.08, minlength=n + 1)
         count = np.bincount(labels[ok], minlength=n + 1)
