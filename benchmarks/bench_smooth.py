@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 RESULTS = HERE / "results" / "smooth.json"
 LMBDA = 30.0
 #: The tiles whose parcels are smoothed (all three: every parcel wholly in a tile).
-TILES = ("31UFS", "31UGS", "32ULB")
+TILES = ["31UFS", "31UGS", "32ULB"]
 
 
 def peak_rss() -> int:
@@ -255,8 +255,7 @@ def main() -> None:
     parser.add_argument("--cube-size", type=int, default=1000, help="cube pixels per side")
     parser.add_argument("--tiles", default=",".join(TILES), help="tiles of the parcels")
     args = parser.parse_args()
-    global TILES
-    TILES = tuple(args.tiles.split(","))
+    TILES[:] = args.tiles.split(",")
     if args.child:
         print(json.dumps(child(args.child, args.cache, args.cube_size)))
         return

@@ -266,7 +266,7 @@ def smooth(
         (scipy) on the regular ``freq`` grid after linear interpolation.
     lmbda : float, optional
         Whittaker smoothing strength (positive; days as the unit of time, so 100-10000
-        for NDVI). None: chosen per series by cross-validation (about 1 ms a series:
+        for NDVI). None: chosen per series by cross-validation (a few ms a series:
         give a number for large cubes).
     freq : str, optional
         None: the input dates. A pandas frequency (``"1D"``, ``"5D"``): a regular grid
