@@ -106,6 +106,11 @@ def events(
     InvalidArgumentError
         No ``time`` dimension, a ``min_drop`` that is not positive, a ``window`` or
         ``max_events`` below 1, a curve that is not daily with ``smoothed=True``.
+
+    Examples
+    --------
+    >>> drops = events(series, min_drop=0.1, lmbda=30, expectile=0.8)  # doctest: +SKIP
+    >>> drops.to_dataframe().dropna()  # one row per parcel and event  # doctest: +SKIP
     """
     _require_time(da, "events")
     if not (isinstance(min_drop, int | float) and min_drop > 0):

@@ -170,6 +170,12 @@ def phenology(
     InvalidArgumentError
         No ``time`` dimension, a series longer than 400 days, a threshold outside
         (0, 1), too few dates, or a bad smoothing option.
+
+    Examples
+    --------
+    >>> series = zs.NDVI.sel(zonal_statistics="mean")  # doctest: +SKIP
+    >>> seasons = phenology(series, 0.5, lmbda=30, expectile=0.8)  # doctest: +SKIP
+    >>> seasons.sos_time.dt.dayofyear.to_series()  # doctest: +SKIP
     """
     threshold = check_threshold(threshold)
     _require_time(da, "phenology")

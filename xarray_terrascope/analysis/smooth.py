@@ -170,6 +170,10 @@ def _whittaker_rows(
                 smoother.update_weights(weights)
             out[i] = z[at_out]
     out[~_span_mask(x_out, x_obs, valid)] = np.nan
+    logger.debug(
+        "whittaker: %d series, %d weight patterns, %d without enough valid dates",
+        y.shape[0], len(groups), int((~enough).sum()),
+    )  # fmt: skip
     return out
 
 
@@ -379,7 +383,12 @@ def smooth(
 
 def smooth_dataset(ds: xr.Dataset, **kwargs: Any) -> xr.Dataset:
     """:func:`smooth` every numeric data variable of ``ds`` with a ``time`` dimension;
-    the others are kept as they are (dropped if ``freq`` changes the dates)."""
+    the others are kept as they are (dropped if ``freq`` changes the dates).
+
+    Examples
+    --------
+    >>> smooth_dataset(ds, lmbda=30, freq="5D")  # doctest: +SKIP
+    """
     from xarray_terrascope.accessor import decode_raw
 
     _require_time(ds, "smooth")

@@ -90,6 +90,12 @@ class SeasonTruthMixin:
         One value per day (at midnight) from ``start`` to ``end`` (the world's window by
         default): the curve the files' NDVI is drawn from, before texture, clouds, haze
         and quantisation.
+
+        Examples
+        --------
+        >>> world = World(seed=0, start="2025-03-01", end="2025-03-10")  # doctest: +SKIP
+        >>> world.true_series([1, 2]).shape  # doctest: +SKIP
+        (2, 10)
         """
         import xarray as xr
 
@@ -117,6 +123,11 @@ class SeasonTruthMixin:
         ``right_min``, ``amplitude``, ``season_length`` (days); indexed by parcel_id.
         Definitions as :func:`xarray_terrascope.analysis.phenology.phenology`, on the
         window ``start``..``end`` (the world's by default).
+
+        Examples
+        --------
+        >>> seasons = World(seed=0).true_phenology([1, 2, 3])  # doctest: +SKIP
+        >>> seasons[["crop", "sos_time", "eos_time"]]  # doctest: +SKIP
         """
         import pandas as pd
 
@@ -144,7 +155,13 @@ class SeasonTruthMixin:
         """Return the sharp drops of the parcels' curves within the window: one row per
         event, columns ``parcel_id``, ``crop``, ``kind`` (``"mowing"`` for a grassland
         cut, ``"harvest"`` for the harvest or, for potato, the haulm killing) and
-        ``time`` (the Timestamp of the drop)."""
+        ``time`` (the Timestamp of the drop).
+
+        Examples
+        --------
+        >>> cuts = World(seed=0).true_events()  # doctest: +SKIP
+        >>> cuts[cuts.kind == "mowing"].groupby("parcel_id").size()  # doctest: +SKIP
+        """
         import pandas as pd
 
         ids, days = self._ids(parcel_ids), self._window(start, end)
