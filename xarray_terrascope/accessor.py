@@ -94,7 +94,12 @@ class _TerrascopeAccessor:
 
         kwargs = {"method": method, "lmbda": lmbda, "freq": freq, "weights": weights, **options}
         if isinstance(self._obj, xr.Dataset):
-            return smooth_dataset(self._obj, **kwargs)
+            decoded = {
+                name: decode_raw(var)
+                for name, var in self._obj.data_vars.items()
+                if "time" in var.dims and var.dtype.kind in "iuf"
+            }
+            return smooth_dataset(self._obj.assign(decoded), **kwargs)
         return smooth(self._obj, **kwargs)
 
     def _series(self, variable: str | None) -> xr.DataArray:

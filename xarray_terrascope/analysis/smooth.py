@@ -383,19 +383,18 @@ def smooth(
 
 def smooth_dataset(ds: xr.Dataset, **kwargs: Any) -> xr.Dataset:
     """:func:`smooth` every numeric data variable of ``ds`` with a ``time`` dimension;
-    the others are kept as they are (dropped if ``freq`` changes the dates).
+    the others are kept as they are (dropped if ``freq`` changes the dates). Stored
+    digital numbers are smoothed as they are: decode them first (the accessor does).
 
     Examples
     --------
     >>> smooth_dataset(ds, lmbda=30, freq="5D")  # doctest: +SKIP
     """
-    from xarray_terrascope.accessor import decode_raw
-
     _require_time(ds, "smooth")
     out = {}
     for name, var in ds.data_vars.items():
         if "time" in var.dims and var.dtype.kind in "iuf":
-            out[name] = smooth(decode_raw(var), **kwargs)
+            out[name] = smooth(var, **kwargs)
         elif "time" not in var.dims or kwargs.get("freq") is None:
             out[name] = var
     if not any("time" in v.dims for v in out.values()):

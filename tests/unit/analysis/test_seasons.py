@@ -202,3 +202,36 @@ def test_truth_drops_and_crossings_are_in_the_noise_free_curve(season):
             <= level
             <= float(values.sel(time=day + np.timedelta64(1, "D")))
         )
+
+
+def test_dataset_smooth_decodes_and_keeps_straight_lines():
+    """Second-order Whittaker leaves a straight line as it is (zero penalty), on the
+    irregular dates and in the gaps: independent arithmetic, no world needed."""
+    dates = ["2025-05-01", "2025-05-03", "2025-05-06", "2025-05-08", "2025-05-11", "2025-05-13"]
+    times = pd.to_datetime([*dates, "2025-05-16"]) + pd.Timedelta("10h36min")
+    days = ((times - times[0]) / pd.Timedelta(days=1)).values
+    dn = np.round(50 + 4 * days).astype("uint8")[:, None] + np.zeros((1, 2), "uint8")
+    dn[2, 0] = 255  # a cloud
+    ds = xr.Dataset(
+        {
+            "NDVI": (
+                ("time", "x"),
+                dn,
+                {"scale_factor": 0.004, "add_offset": -0.08, "_FillValue": 255},
+            ),
+            "crop": ("x", np.array(["maize", "wheat"])),
+        },
+        coords={"time": times},
+    )
+    out = ds.terrascope.smooth(lmbda=1000.0)
+    physical = 0.004 * np.round(50 + 4 * days) - 0.08
+    np.testing.assert_allclose(out.NDVI.values[:, 1], physical, atol=1e-9)
+    np.testing.assert_allclose(out.NDVI.values[2, 0], physical[2], atol=1e-9)  # gap filled
+    assert list(out.crop.values) == ["maize", "wheat"]
+    daily = ds.terrascope.smooth(lmbda=1000.0, freq="1D")
+    x = ((daily.time.values - times[0].to_datetime64()) / np.timedelta64(1, "D")).astype(float)
+    inside = (x >= 0) & (x <= days[-1])
+    np.testing.assert_allclose(
+        daily.NDVI.values[inside, 1], np.interp(x[inside], days, physical), atol=1e-9
+    )
+    assert np.isnan(daily.NDVI.values[~inside]).all()  # before the first date: no extrapolation
