@@ -73,6 +73,93 @@ class _TerrascopeAccessor:
 
         return composite(self._obj, freq, how)
 
+    def smooth(
+        self,
+        method: str = "whittaker",
+        lmbda: float | None = None,
+        freq: str | None = None,
+        weights: xr.DataArray | None = None,
+        **options: Any,
+    ) -> Any:
+        """Whittaker (or Savitzky-Golay) smoothing and gap filling along ``time``.
+
+        A Dataset smooths each numeric variable with a ``time`` dimension. See
+        :func:`xarray_terrascope.analysis.smooth.smooth`.
+
+        Examples
+        --------
+        >>> ds.NDVI.terrascope.smooth(lmbda=30, expectile=0.8, freq="5D")  # doctest: +SKIP
+        """
+        from xarray_terrascope.analysis.smooth import smooth, smooth_dataset
+
+        kwargs = {"method": method, "lmbda": lmbda, "freq": freq, "weights": weights, **options}
+        if isinstance(self._obj, xr.Dataset):
+            decoded = {
+                name: decode_raw(var)
+                for name, var in self._obj.data_vars.items()
+                if "time" in var.dims and var.dtype.kind in "iuf"
+            }
+            return smooth_dataset(self._obj.assign(decoded), **kwargs)
+        return smooth(self._obj, **kwargs)
+
+    def _series(self, variable: str | None) -> xr.DataArray:
+        obj = self._obj
+        if isinstance(obj, xr.DataArray):
+            return decode_raw(obj)
+        timed = [n for n, v in obj.data_vars.items() if "time" in v.dims]
+        if variable is None:
+            if "NDVI" in timed:
+                variable = "NDVI"
+            elif len(timed) == 1:
+                variable = str(timed[0])
+            else:
+                raise InvalidArgumentError(
+                    f"pass variable= one of {', '.join(map(str, timed)) or '(none with time)'}"
+                )
+        elif variable not in obj.data_vars:
+            raise InvalidArgumentError(
+                f"variable={variable!r} is not in this Dataset; choose one of "
+                f"{', '.join(map(str, obj.data_vars))}"
+            )
+        series = decode_raw(obj[variable])
+        if "zonal_statistics" in series.dims:
+            series = series.sel(zonal_statistics="mean", drop=True)
+        return series
+
+    def phenology(
+        self, threshold: float = 0.5, *, variable: str | None = None, **options: Any
+    ) -> xr.Dataset:
+        """Start, peak and end of season per pixel or parcel (TIMESAT's seasonal
+        amplitude). A Dataset uses ``variable`` (default NDVI; the ``mean`` of a
+        zonal_stats result). See :func:`xarray_terrascope.analysis.phenology.phenology`.
+
+        Examples
+        --------
+        >>> zs.terrascope.phenology(lmbda=30, expectile=0.8).to_dataframe()  # doctest: +SKIP
+        """
+        from xarray_terrascope.analysis.phenology import phenology
+
+        return phenology(self._series(variable), threshold, **options)
+
+    def events(
+        self,
+        min_drop: float = 0.1,
+        window: int = 10,
+        *,
+        variable: str | None = None,
+        **options: Any,
+    ) -> xr.Dataset:
+        """Sharp drops (mowing, harvest) per pixel or parcel: date and size, an ``event``
+        dimension. See :func:`xarray_terrascope.analysis.events.events`.
+
+        Examples
+        --------
+        >>> zs.terrascope.events(0.1, lmbda=30, expectile=0.8)  # doctest: +SKIP
+        """
+        from xarray_terrascope.analysis.events import events
+
+        return events(self._series(variable), min_drop, window, **options)
+
     def _zonal_stats(self, geometries: Any, stats: Any, items: Any, **options: Any) -> Any:
         from xarray_terrascope.analysis.zonal import zonal_stats
 
@@ -81,7 +168,8 @@ class _TerrascopeAccessor:
 
 class TerrascopeDatasetAccessor(_TerrascopeAccessor):
     """``ds.terrascope``: NDVI and other spectral indices, cloud masking, the STAC items,
-    asset URLs, dates, the time slider and the analyses (zonal statistics, composites).
+    asset URLs, dates, the time slider and the analyses (zonal statistics, composites,
+    smoothing, phenology, events).
 
     Examples
     --------

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["COVER", "CROPS", "FIRST_CROP", "WATER", "draw_params", "ndvi_table"]
+__all__ = ["COVER", "CROPS", "FIRST_CROP", "HARVEST_DAY", "WATER", "draw_params", "ndvi_table"]
 
 #: Crop types of the parcels, with their share of the farmland.
 CROPS: dict[str, float] = {
@@ -45,6 +45,15 @@ FIRST_CROP = 3
 #: Code of water (after the crops, so that the crops' codes stay 3..7).
 WATER = FIRST_CROP + len(CROPS)
 _FIRST_CROP = FIRST_CROP
+#: Day of year (before the parcel's ``shift``) of the sharp drop that ends each arable
+#: crop: the harvest (wheat, maize, sugar beet) or the haulm killing (potato). The
+#: grassland's cuts are per parcel (``params["cuts"]``).
+HARVEST_DAY: dict[str, float] = {
+    "winter wheat": 208.0,
+    "maize": 278.0,
+    "sugar beet": 296.0,
+    "potato": 214.0,
+}
 _N_CUTS = 4
 
 
@@ -84,7 +93,7 @@ def _crop_curves(doy: float, code: np.ndarray, p: dict[str, np.ndarray]) -> np.n
         winter = 0.36 + 0.5 * (so - 0.16)
         v = winter + (pk - winter) * _rise(ts, 88.0, 9.0)
         v = v - (v - 0.32) * _rise(ts, 180.0, 6.0)  # ripening
-        cut = _rise(ts, 208.0, 1.5)  # harvest
+        cut = _rise(ts, HARVEST_DAY["winter wheat"], 1.5)  # harvest
         v = v * (1.0 - cut) + (so + 0.03) * cut
         v = v + (winter - so - 0.03) * _rise(ts, 318.0, 12.0) * cut  # next crop emerges
         out[sel] = v
@@ -94,7 +103,7 @@ def _crop_curves(doy: float, code: np.ndarray, p: dict[str, np.ndarray]) -> np.n
         ts, pk, so = t[sel], peak[sel] + 0.02, soil[sel]
         v = so + (pk - so) * _rise(ts, 178.0, 7.0)
         v = v - (v - 0.34) * _rise(ts, 252.0, 8.0)
-        cut = _rise(ts, 278.0, 1.5)
+        cut = _rise(ts, HARVEST_DAY["maize"], 1.5)
         out[sel] = v * (1.0 - cut) + so * cut
     # sugar beet
     sel = code == _FIRST_CROP + 2
@@ -102,14 +111,14 @@ def _crop_curves(doy: float, code: np.ndarray, p: dict[str, np.ndarray]) -> np.n
         ts, pk, so = t[sel], peak[sel], soil[sel]
         v = so + (pk - so) * _rise(ts, 165.0, 8.0)
         v = v - 0.08 * _rise(ts, 250.0, 10.0)
-        cut = _rise(ts, 296.0, 2.0)
+        cut = _rise(ts, HARVEST_DAY["sugar beet"], 2.0)
         out[sel] = v * (1.0 - cut) + so * cut
     # potato
     sel = code == _FIRST_CROP + 3
     if sel.any():
         ts, pk, so = t[sel], peak[sel], soil[sel]
         v = so + (pk - so) * _rise(ts, 158.0, 5.0)
-        kill = _rise(ts, 214.0, 2.5)  # haulm killing
+        kill = _rise(ts, HARVEST_DAY["potato"], 2.5)  # haulm killing
         out[sel] = v * (1.0 - kill) + (so + 0.04) * kill
     # grassland
     sel = code == _FIRST_CROP + 4

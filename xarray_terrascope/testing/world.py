@@ -31,7 +31,8 @@ last two computed from the same (hazy) NDVI as the first, each with its 20 m sce
 classification (``SCENECLASSIFICATION_20M``); and ``terrascope-s2-toc-v2``, the
 top-of-canopy reflectance (``_toc``: bands at 10, 20 and 60 m, ``SCL``, ``CLOUDMASK``,
 ``AOT``) in Terrascope's 2026 item shape (STAC 1.1), with swath edges (``_scene``).
-Ground truth at points: ``_truth``; the scene classification: ``_scl``.
+Ground truth at points: ``_truth``; the scene classification: ``_scl``; the parcels'
+seasons (noise-free daily curves, phenology dates, mowing and harvest): ``_seasons``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from ._model import (
 )
 from ._scene import Scene, SceneCache, make_scene
 from ._scl import Sky
+from ._seasons import SeasonTruthMixin
 from ._stac_json import collection_json, item_json
 from ._stac_toc import toc_collection_json, toc_item_json
 from ._truth import TruthMixin
@@ -102,7 +104,7 @@ def _as_date(value: str | date) -> date:
     return date.fromisoformat(value)
 
 
-class World(LandMixin, TruthMixin, FilesMixin):
+class World(LandMixin, SeasonTruthMixin, TruthMixin, FilesMixin):
     """The deterministic synthetic Sentinel-2 world served by the sandbox.
 
     Parameters
