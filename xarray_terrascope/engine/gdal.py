@@ -124,7 +124,7 @@ def _reader_key(
         plan.resolution,
         plan.resampling_of(asset_index),
         plan.packing[asset_index].dtype,
-        creds.token if (creds and allowed) else None,
+        auth.reader_identity(creds) if (creds and allowed) else None,
     )
 
 
