@@ -193,6 +193,51 @@ def test_a_read_spanning_three_token_lifetimes_is_exact(oidc, ticking):
     _assert_exact(oidc, ds, values)
 
 
+def _max_connections(count: int) -> None:
+    xts.set_options(max_connections=count)
+
+
+def test_a_cluster_read_spanning_three_lifetimes_is_exact_and_the_graph_holds_no_secret(
+    cluster, oidc, ticking
+):
+    """Two worker processes get the login from the plugin (not the graph) and refresh
+    it themselves: on the real clock their tokens look fresh, so the server's 401s make
+    them refresh. No token, refresh token or password is in the pickled graph or the
+    scheduler's tasks; the plugin on the scheduler holds the tokens (documented)."""
+    distributed = pytest.importorskip("distributed")
+    oidc.download.token_lifetime = 40
+    creds = xts.login(oidc.username, oidc.password, method="oidc")
+    ds = _open(chunks={}, chunksize=128)
+    graph = cloudpickle.dumps(dict(ds.NDVI.data.__dask_graph__()))
+    oidc.log.clear()
+    start = ticking.now
+    with distributed.Client(cluster) as client:
+        # few requests in flight, so that a token just refreshed is not outlived by the
+        # requests queued before it (the sandbox's clock moves per request)
+        client.run(_max_connections, 4)
+        try:
+            values = client.compute(ds.NDVI).result().values
+        finally:
+            client.run(_max_connections, xts.get_options().max_connections)
+        tasks = client.run_on_scheduler(
+            lambda dask_scheduler: cloudpickle.dumps(
+                [ts.run_spec for ts in dask_scheduler.tasks.values()]
+            )
+        )
+        xts.logout()  # removes the plugin while the client is open
+    assert ticking.now - start >= 3 * 40, "the read did not span three lifetimes"
+    refreshed = _refreshes(oidc)
+    assert len(refreshed) >= 3 and creds.holder.refreshes == 0  # the workers refreshed
+    assert any(r.status == 401 and r.auth_scheme == "bearer" for r in oidc.log.records())
+    records = tif_records(oidc)
+    assert all(r.auth_scheme == "bearer" for r in records)
+    secrets = [oidc.password, *oidc.download.issuer.issued_tokens()]
+    assert len(secrets) > 2 * len(refreshed)
+    for secret in secrets:
+        assert secret.encode() not in graph and secret.encode() not in tasks
+    _assert_exact(oidc, ds, values)
+
+
 def test_a_token_refused_before_its_expiry_is_refreshed_once(oidc):
     """The server ends the access tokens early (the client's clock says they are good):
     the 401 makes the holder refresh, once for every request refused with that token."""

@@ -156,6 +156,12 @@ class TokenIssuer:
         with self._lock:
             return set(self.roles.get(user, ()))
 
+    def issued_tokens(self) -> list[str]:
+        """Every access and refresh token issued and not forgotten (for tests that look
+        for them where they must not be)."""
+        with self._lock:
+            return [*self._access, *self._refresh]
+
     def refresh_count(self) -> int:
         """Successful ``refresh_token`` grants so far."""
         with self._lock:
