@@ -340,3 +340,43 @@ def test_a_world_readable_store_is_refused(oidc):
     with pytest.raises(CredentialStoreError, match="0644"):
         xts.login(method="oidc", store=True)
     assert path.exists()  # left for the user to look at
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def test_cli_login_device_flow_prints_the_code_stores_and_logout_deletes(oidc, capsys):
+    from xarray_terrascope import cli
+
+    def approve():
+        deadline = time.monotonic() + 30
+        while not oidc.download.issuer.pending_user_codes():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        oidc.download.approve_device(oidc.download.issuer.pending_user_codes()[0])
+
+    user = threading.Thread(target=approve)
+    user.start()
+    try:
+        assert cli.main(["login"]) == 0
+    finally:
+        user.join(30)
+    out, err = capsys.readouterr()
+    assert _grants(oidc, DEVICE)[-1].status == 200
+    (code,) = [line.split()[-1] for line in err.splitlines() if line.startswith("and enter")]
+    assert "/auth/realms/terrascope/device?user_code=" + code in err
+    path = auth.store.path()
+    assert f"Logged in as {oidc.username} with OpenID Connect" in out and str(path) in out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    # a later command (its own process's login is gone) uses the stored refresh token
+    auth.state._forget_all()
+    oidc.log.clear()
+    window = ["--start", "2025-06-01", "--end", "2025-06-12"]
+    bbox = ",".join(str(v) for v in SAMPLE_FIELD)
+    target = path.parent.parent / "ndvi.nc"
+    assert cli.main(["ndvi", "--bbox", bbox, *window, "--out", str(target)]) == 0
+    assert target.exists() and [g.grant_type for g in _grants(oidc)][-1] == "refresh_token"
+    assert tif_records(oidc) and all(r.auth_scheme == "bearer" for r in tif_records(oidc))
+    assert cli.main(["logout"]) == 0
+    assert not path.exists() and f"Deleted {path}" in capsys.readouterr().out

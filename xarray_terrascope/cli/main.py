@@ -1,7 +1,7 @@
 """The ``xarray-terrascope`` console script: the parser (one module per command group:
-:mod:`.search`, :mod:`.export` for ``ndvi``, :mod:`.zonal`, :mod:`.sandbox` for
-``sandbox`` and ``demo``) and :func:`main`, which runs the chosen command and prints a
-package error as one line."""
+:mod:`.search`, :mod:`.export` for ``ndvi``, :mod:`.zonal`, :mod:`.login` for ``login``
+and ``logout``, :mod:`.sandbox` for ``sandbox`` and ``demo``) and :func:`main`, which
+runs the chosen command and prints a package error as one line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from xarray_terrascope.cli import export, sandbox, search, zonal
+from xarray_terrascope.cli import export, login, sandbox, search, zonal
 from xarray_terrascope.exceptions import TerrascopeError
 
 __all__ = ["build_parser", "main"]
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help="one of the commands below"
     )
-    for group in (search, export, zonal, sandbox):  # the order of --help
+    for group in (search, export, zonal, login, sandbox):  # the order of --help
         group.register(sub)
     return parser
 
