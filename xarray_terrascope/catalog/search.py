@@ -139,7 +139,6 @@ def _stac_io() -> StacApiIO:
     login, the access token for the STAC API's origin (Basic credentials never go
     there: they are for the download service)."""
     stac_io = StacApiIO(timeout=TIMEOUT, max_retries=RETRY)
-    stac_io.session.trust_env = False  # no netrc credentials from the environment
     creds = auth.current_credentials()
     origin = config.origin(get_options().stac_url)
     if isinstance(creds, auth.TokenCredentials) and origin is not None:
