@@ -25,6 +25,7 @@ from xarray_terrascope.auth.scope import (
 from xarray_terrascope.auth.signin import login, logout, validate_credentials
 from xarray_terrascope.auth.state import (
     DEFAULT_HANDLE,
+    AnyCredentials,
     credentials_handle,
     current_credentials,
     resolve,
@@ -35,6 +36,7 @@ from xarray_terrascope.auth.tokens import TokenCredentials
 __all__ = [
     "BASE_GDAL_OPTIONS",
     "DEFAULT_HANDLE",
+    "AnyCredentials",
     "Credentials",
     "RequestAuth",
     "TokenCredentials",

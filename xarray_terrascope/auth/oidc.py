@@ -221,7 +221,7 @@ def show_device_code(url: str, user_code: str) -> None:
     and, in a Jupyter notebook, show them as a link."""
     logger.info("To log in to Terrascope, open %s and enter the code %s", url, user_code)
     try:
-        from IPython import get_ipython  # type: ignore[attr-defined]
+        from IPython import get_ipython
         from IPython.display import HTML, display
     except ImportError:
         return

@@ -93,7 +93,7 @@ class CubeArray(BackendArray):
     credential state, for which the workers wait (see :mod:`xarray_terrascope.auth.cluster`).
     """
 
-    _credentials: auth.Credentials | None = None
+    _credentials: auth.AnyCredentials | None = None
     mask: MaskSpec | None = None
 
     def __init__(
@@ -101,7 +101,7 @@ class CubeArray(BackendArray):
         plan: CubePlan,
         asset_index: int,
         decoder: Decoder | None = None,
-        credentials: auth.Credentials | None = None,
+        credentials: auth.AnyCredentials | None = None,
         mask: MaskSpec | None = None,
     ) -> None:
         self.plan = plan
@@ -183,8 +183,8 @@ def _span(key: slice, size: int) -> tuple[slice, int]:
 
 
 def _handle_for_open(
-    credentials: auth.Credentials | None,
-) -> tuple[str, auth.Credentials | None]:
+    credentials: auth.AnyCredentials | None,
+) -> tuple[str, auth.AnyCredentials | None]:
     """The credentials handle for a new cube, and the explicit credentials the cube must
     hold for it (they are registered weakly); fails fast (no network) when there are none."""
     if credentials is not None or auth.current_credentials() is not None:
@@ -345,7 +345,7 @@ def open_cube(
     max_cloud_cover: float | None = None,
     crs: Any = None,
     resolution: float | None = None,
-    credentials: auth.Credentials | None = None,
+    credentials: auth.AnyCredentials | None = None,
     bbox: Sequence[float] | None = None,
     decode: bool = True,
     resampling: str | Mapping[str, str] = DEFAULT_RESAMPLING,
