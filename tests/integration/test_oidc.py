@@ -193,6 +193,27 @@ def test_a_read_spanning_three_token_lifetimes_is_exact(oidc, ticking):
     _assert_exact(oidc, ds, values)
 
 
+def test_threads_that_find_the_token_stale_together_cause_one_refresh(oidc, ticking):
+    oidc.download.token_lifetime = 20
+    creds = xts.login(oidc.username, oidc.password, method="oidc")
+    first = creds.holder.access_token()
+    ticking.now += 19  # within the refresh margin (20 % of 20 ticks)
+    start = threading.Barrier(16)
+    got: list[str] = []
+
+    def use():
+        start.wait(10)
+        got.append(creds.holder.access_token())
+
+    threads = [threading.Thread(target=use) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(got) == 16 and len(set(got)) == 1 and got[0] != first
+    assert len(_refreshes(oidc)) == 1
+
+
 def _max_connections(count: int) -> None:
     xts.set_options(max_connections=count)
 
