@@ -306,6 +306,32 @@ def test_a_redirect_to_another_origin_gets_no_authorization(oidc):
     _assert_exact(oidc, ds, values)
 
 
+def test_the_gdal_path_reads_with_the_bearer_token_and_a_fresh_one_after_expiry(oidc, monkeypatch):
+    """Files read by GDAL (the fallback path) carry the access token as of the reader's
+    opening; readers opened with a token since refreshed are not reused."""
+    from xarray_terrascope.engine import read
+
+    original = read._request
+    monkeypatch.setattr(
+        read, "_request", lambda *args, **kw: original(*args, **{**kw, "native": False})
+    )
+    read.clear_reader_cache()
+    creds = xts.login(oidc.username, oidc.password, method="oidc")
+    ds = _open(chunks={})
+    oidc.log.clear()
+    values = ds.NDVI.values
+    records = tif_records(oidc)
+    assert records and all(r.auth_scheme == "bearer" for r in records)
+    assert any(r.method == "HEAD" or (r.user_agent and "GDAL" in r.user_agent) for r in records)
+    _assert_exact(oidc, ds, values)
+    oidc.download.expire_tokens()  # server side: every open reader's token is dead now
+    creds.holder.renew(creds.holder.generation)  # what a refused request does
+    oidc.log.clear()
+    again = _open(chunks={}).NDVI.values
+    np.testing.assert_array_equal(again, values)
+    assert not [r for r in oidc.log.records() if r.status == 401]
+
+
 # --- protected collections ---------------------------------------------------------------
 
 
