@@ -346,6 +346,10 @@ def test_a_protected_collection_401_then_403_then_data_with_the_role(oidc):
     oidc.download.issuer.roles[oidc.username] = {role_for(FAPAR)}
     items = xts.search(FAPAR, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
     assert items and {i.collection_id for i in items} == {FAPAR}
+    for item in items:  # they say where to log in, as Terrascope's 2026 items do
+        scheme = item.properties["auth:schemes"]["oidc"]
+        assert scheme["openIdConnectUrl"] == oidc.oidc_url
+        assert all(a.extra_fields["auth:refs"] == ["oidc"] for a in item.assets.values())
     ds = xr.open_dataset(
         list(SAMPLE_FIELD),
         engine="terrascope",

@@ -32,6 +32,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ._search_params import ApiError, SearchParams, encode_token, sort_key
+from ._stac_toc import OIDC_CONFIG_PATH
 from .world import World
 
 __all__ = ["CONFORMANCE", "StacApi", "role_for"]
@@ -207,6 +208,24 @@ class StacApi:
     def _base(request: Request) -> str:
         return request.host_url  # ends with "/"
 
+    def _with_auth(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A protected collection's item as Terrascope's 2026 items say how to read them:
+        ``auth:schemes`` (the realm's OpenID Connect configuration on the download
+        server) and ``auth:refs`` on each asset."""
+        root = self.download_root.split("/download/")[0]
+        out = dict(item)
+        out["properties"] = {
+            **item["properties"],
+            "auth:schemes": {
+                "oidc": {
+                    "type": "openIdConnect",
+                    "openIdConnectUrl": f"{root}/{OIDC_CONFIG_PATH}",
+                }
+            },
+        }
+        out["assets"] = {k: {**a, "auth:refs": ["oidc"]} for k, a in item["assets"].items()}
+        return out
+
     def _collection_doc(self, base: str, cid: str) -> dict[str, Any]:
         doc = json.loads(json.dumps(self.world.collections[cid]))
         doc["links"] = [
@@ -226,6 +245,8 @@ class StacApi:
     def _with_links(self, base: str, item: dict[str, Any]) -> dict[str, Any]:
         cid, iid = item["collection"], item["id"]
         out = dict(item)
+        if cid in self.protected and "auth:schemes" not in item["properties"]:
+            out = self._with_auth(out)
         out["links"] = [
             {"rel": "self", "href": f"{base}collections/{cid}/items/{iid}", "type": GEOJSON},
             {"rel": "parent", "href": f"{base}collections/{cid}", "type": JSON},
