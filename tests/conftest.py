@@ -54,6 +54,9 @@ def sandbox_urls(terrascope_sandbox, monkeypatch, tmp_path):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(
+        "TERRASCOPE_CONFIG_DIR", str(tmp_path / "config")
+    )  # logout() deletes a store
     for key in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS"):
         monkeypatch.setenv(key, terrascope_sandbox.env[key])
     terrascope_sandbox.reset()

@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "CollectionNotFoundError",
+    "CredentialStoreError",
     "GeometriesOutsideWarning",
     "InvalidArgumentError",
     "NoItemsFoundError",
@@ -57,6 +58,11 @@ class TerrascopeError(RuntimeError):
 
 class AuthenticationError(TerrascopeError):
     """Credentials are missing, malformed, or rejected by Terrascope."""
+
+
+class CredentialStoreError(AuthenticationError):
+    """The refresh-token store of ``login(method="oidc", store=True)`` is refused: others
+    may read it, another user owns it, or it is not a store."""
 
 
 class InvalidArgumentError(TerrascopeError, ValueError):

@@ -38,6 +38,12 @@ def _url(value: Any) -> str:
     return value.strip()
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a non-empty string")
+    return value.strip()
+
+
 def _hosts(value: Any) -> str | None:
     """Checked when used (:attr:`Options.download_hosts`): a bad entry in the environment
     must not break what does not send credentials."""
@@ -130,6 +136,22 @@ class Options:
         "`http://host[:port]`, or a bare `host[:port]` (https); default: the origin of "
         "the download URL",
         "TERRASCOPE_DOWNLOAD_HOSTS",
+    )
+    oidc_url: str = _option(
+        "https://sso.terrascope.be/auth/realms/terrascope/.well-known/openid-configuration",
+        _url,
+        'OpenID Connect configuration document of the identity provider (`login(method="oidc")`)',
+        "TERRASCOPE_OIDC_URL",
+    )
+    oidc_client_id: str = _option(
+        "public", _text, 'OAuth 2 client id for `login(method="oidc")`', "TERRASCOPE_OIDC_CLIENT_ID"
+    )
+    config_dir: Path | None = _option(  # noqa: RUF009 (a field with metadata)
+        None,
+        _directory,
+        'where `login(method="oidc", store=True)` keeps the refresh token; default: the '
+        "user config directory (`~/.config/xarray-terrascope`)",
+        "TERRASCOPE_CONFIG_DIR",
     )
     max_connections: int = _option(
         32,

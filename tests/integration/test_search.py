@@ -251,7 +251,9 @@ def test_a_protected_collection_is_named_not_retried(sandbox_urls):
             start="2025-06-01",
             end="2025-06-10",
         )
-    # a search of another collection still works, and a Bearer token without the role: 403
+    # a search of another collection still works, and a Bearer token the issuer did not
+    # issue is refused as Keycloak refuses it: 401 (403 with a valid token lacking the
+    # role: tests/integration/test_oidc.py)
     assert xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
     refused = requests.post(
         f"{sandbox_urls.env['TERRASCOPE_STAC_URL']}search",
@@ -259,7 +261,7 @@ def test_a_protected_collection_is_named_not_retried(sandbox_urls):
         headers={"Authorization": "Bearer some-token"},
         timeout=10,
     )
-    assert refused.status_code == 403
+    assert refused.status_code == 401 and "invalid_token" in refused.headers["WWW-Authenticate"]
 
 
 def test_busy_stac_api_answers_are_retried(sandbox_urls):

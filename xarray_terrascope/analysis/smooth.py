@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from pandas.tseries.offsets import BaseOffset
 
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 
@@ -70,7 +71,7 @@ def _check_dates(times: np.ndarray, need: int, what: str) -> None:
         )
 
 
-def _check_freq(freq: Any) -> pd.DateOffset:
+def _check_freq(freq: Any) -> BaseOffset:
     message = (
         f"freq must be None (the input dates) or a pandas frequency string such as '1D' "
         f"or '5D', got {freq!r}"
@@ -80,7 +81,8 @@ def _check_freq(freq: Any) -> pd.DateOffset:
     try:
         with warnings.catch_warnings():  # pandas warns about odd spellings, then fails
             warnings.simplefilter("ignore", FutureWarning)
-            return pd.tseries.frequencies.to_offset(freq)
+            offset = pd.tseries.frequencies.to_offset(freq)
+            return offset
     except ValueError as err:
         raise InvalidArgumentError(message) from err
 
@@ -148,8 +150,8 @@ def _whittaker_rows(
     y_full = np.zeros_like(w_full)
     y_full[:, at_obs] = np.where(valid, y, 0.0)
     groups: dict[bytes, list[int]] = {}
-    for i in np.flatnonzero(enough):
-        groups.setdefault(w_full[i].tobytes(), []).append(int(i))
+    for found in np.flatnonzero(enough):
+        groups.setdefault(w_full[found].tobytes(), []).append(int(found))
     smoother = None
     for rows in groups.values():
         weights = w_full[rows[0]].tolist()

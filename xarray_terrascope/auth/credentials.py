@@ -9,9 +9,12 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xarray_terrascope.exceptions import AuthenticationError
+
+if TYPE_CHECKING:
+    from xarray_terrascope.auth.tokens import TokenCredentials
 
 __all__ = ["Credentials", "RequestAuth", "basic_header"]
 
@@ -100,7 +103,9 @@ _IDENTITY_KEY = secrets.token_bytes(16)
 
 
 class RequestAuth:
-    """What a request to an allowed origin carries, behind an opaque face.
+    """What a request to an allowed origin carries, behind an opaque face: HTTP Basic
+    for :class:`Credentials`, a Bearer access token (refreshed when it is about to
+    expire) for a :class:`~xarray_terrascope.auth.tokens.TokenCredentials`; never both.
 
     The read engine passes this around instead of an ``Authorization`` value, so that
     the value is in no cache key, no ``repr`` and no local variable that a traceback
@@ -125,18 +130,54 @@ class RequestAuth:
     True
     """
 
-    __slots__ = ("_value", "identity", "username")
+    __slots__ = ("_holder", "_value", "identity", "username")
 
-    def __init__(self, credentials: Credentials) -> None:
-        self._value = basic_header(credentials.username, credentials.password)
+    def __init__(self, credentials: Credentials | TokenCredentials) -> None:
+        if isinstance(credentials, Credentials):
+            self._holder = None
+            self._value = basic_header(credentials.username, credentials.password)
+            keyed = self._value
+        else:  # an OpenID Connect login: the same identity across refreshes
+            self._holder = credentials.holder
+            self._value = ""
+            keyed = f"oidc:{credentials.token}"
         self.identity = hashlib.blake2b(
-            self._value.encode(), key=_IDENTITY_KEY, digest_size=12
+            keyed.encode(), key=_IDENTITY_KEY, digest_size=12
         ).hexdigest()
         self.username = credentials.username
 
     def header(self) -> str:
-        """The ``Authorization`` value (build it into a request; never keep it)."""
+        """The ``Authorization`` value (build it into a request; never keep it). For a
+        token login, the access token is refreshed first when it is about to expire."""
+        if self._holder is not None:
+            return f"Bearer {self._holder.access_token()}"
         return self._value
+
+    @property
+    def renewable(self) -> bool:
+        """Whether a refused request may be retried with a refreshed token."""
+        return self._holder is not None
+
+    @property
+    def generation(self) -> int:
+        """Which access token :meth:`header` gives now (0 for Basic)."""
+        return self._holder.generation if self._holder is not None else 0
+
+    def needs_refresh(self) -> bool:
+        """Whether :meth:`header` would refresh the access token first."""
+        return self._holder is not None and self._holder.needs_refresh()
+
+    def refresh_if_needed(self) -> None:
+        """Refresh the access token now if it is about to expire (blocking: call it in
+        a worker thread, not on an event loop)."""
+        if self._holder is not None:
+            self._holder.refresh_if_needed()
+
+    def renew(self, generation: int) -> None:
+        """The access token of ``generation`` was refused: refresh it (once, however
+        many requests were refused with it). Blocking, as :meth:`refresh_if_needed`."""
+        if self._holder is not None:
+            self._holder.renew(generation)
 
     def __repr__(self) -> str:
         return f"RequestAuth(user={self.username!r})"

@@ -1,7 +1,10 @@
 """Credentials for ``dask.distributed`` workers, outside the task graph.
 
 Task graphs carry only opaque handles (see :mod:`xarray_terrascope.auth`). The
-credentials themselves reach a cluster in :class:`CredentialsPlugin`, a worker plugin
+credentials themselves (a username and password, or for an OpenID Connect login the
+provider's token endpoint, the access token, the refresh token and the expiry, from
+which each worker refreshes the access token itself) reach a cluster in
+:class:`CredentialsPlugin`, a worker plugin
 registered on the scheduler of one client under a fixed name, holding only what that
 client's graphs need (the login default if a graph uses it, the explicit credentials
 of the cubes by token):
@@ -42,6 +45,7 @@ from distributed.utils import in_async_call
 
 from xarray_terrascope.auth import state
 from xarray_terrascope.auth.credentials import Credentials
+from xarray_terrascope.auth.tokens import TokenCredentials, TokenHolder
 from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError, TerrascopeError
 
 __all__ = [
@@ -70,8 +74,21 @@ _lock = threading.Lock()
 _Fingerprint = tuple[str | None, frozenset[str]]
 
 
-def _packed(creds: Credentials) -> tuple[str, str, str]:
-    return (creds.username, creds.password, creds.token)
+def _packed(creds: state.AnyCredentials) -> tuple[Any, ...]:
+    """What the plugin carries of ``creds``: the username and password, or for an
+    OpenID Connect login what a worker needs to use and refresh the tokens itself (the
+    provider, the access and refresh tokens, the expiry)."""
+    if isinstance(creds, TokenCredentials):
+        return ("oidc", creds.username, creds.token, creds.holder.snapshot())
+    return ("basic", creds.username, creds.password, creds.token)
+
+
+def _unpacked(packed: tuple[Any, ...]) -> state.AnyCredentials:
+    if packed[0] == "oidc":
+        _kind, username, token, snapshot = packed
+        return TokenCredentials(username, TokenHolder.from_snapshot(snapshot), token)
+    _kind, username, password, token = packed
+    return Credentials(username, password, token)
 
 
 class CredentialsPlugin(WorkerPlugin):
@@ -92,8 +109,8 @@ class CredentialsPlugin(WorkerPlugin):
 
     def __init__(
         self,
-        default: Credentials | None,
-        handles: dict[str, Credentials],
+        default: state.AnyCredentials | None,
+        handles: dict[str, state.AnyCredentials],
         stamp: state.Stamp,
     ) -> None:
         self._default = _packed(default) if default is not None else None
@@ -101,13 +118,13 @@ class CredentialsPlugin(WorkerPlugin):
         self.stamp = stamp
 
     def __repr__(self) -> str:
-        user = self._default[0] if self._default else None
+        user = self._default[1] if self._default else None
         return f"CredentialsPlugin(default_user={user!r}, handles={len(self._handles)})"
 
     def setup(self, worker: Any) -> None:
         """Replace the worker process's shared credentials with these."""
-        default = Credentials(*self._default) if self._default else None
-        handles = {k: Credentials(*v) for k, v in self._handles.items()}
+        default = _unpacked(self._default) if self._default else None
+        handles = {k: _unpacked(v) for k, v in self._handles.items()}
         state._install(default, handles, self.stamp)  # announces "forget": drops old readers
         logger.debug("Installed Terrascope credentials (%d handle(s)) on a worker", len(handles))
 

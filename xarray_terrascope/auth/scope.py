@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from xarray_terrascope import config
 from xarray_terrascope.auth.credentials import Credentials
+from xarray_terrascope.auth.tokens import TokenCredentials
 from xarray_terrascope.options import get_options
 
-__all__ = ["BASE_GDAL_OPTIONS", "gdal_options", "sends_credentials"]
+__all__ = ["BASE_GDAL_OPTIONS", "gdal_options", "reader_identity", "sends_credentials"]
 
 #: GDAL options for every read, with or without credentials: no sidecar-file probing
 #: (saves ~10 requests per file), retries with backoff on 429/5xx answers, and nothing
@@ -68,11 +69,14 @@ def sends_credentials(url: str) -> bool:
     return found is not None and found in get_options().allowed_origins
 
 
-def gdal_options(url: str, credentials: Credentials | None, *, allowed: bool | None = None) -> dict:
+def gdal_options(
+    url: str, credentials: Credentials | TokenCredentials | None, *, allowed: bool | None = None
+) -> dict:
     """Return the GDAL configuration options for one read of ``url``.
 
     The base options (no directory listing, retries, no netrc, no extra headers, bearer
-    token or cookies from elsewhere) always; HTTP Basic credentials only when ``url`` is
+    token or cookies from elsewhere) always; HTTP Basic credentials (or, for an OpenID
+    Connect login, its access token as of now as a Bearer header) only when ``url`` is
     on an allowed download host (``allowed``, else ``TERRASCOPE_DOWNLOAD_HOSTS`` read
     now) and ``credentials`` is given, and otherwise options that send none, whatever
     the environment holds. Use the result in a ``rasterio.Env`` around the read, never
@@ -88,7 +92,13 @@ def gdal_options(url: str, credentials: Credentials | None, *, allowed: bool | N
     options.update({name: "" for name in _COOKIE_OPTIONS if _gdal_config(name)})
     if allowed is None:
         allowed = sends_credentials(url)
-    if credentials is not None and allowed:
+    if isinstance(credentials, TokenCredentials) and allowed:
+        # GDAL >= 3.9: curl sends "Authorization: Bearer"; not to a redirect target on
+        # another origin (CPL_VSIL_CURL_AUTHORIZATION_HEADER_ALLOWED_IF_REDIRECT above)
+        options.update(_NO_CREDENTIALS)
+        options["GDAL_HTTP_AUTH"] = "BEARER"
+        options["GDAL_HTTP_BEARER"] = credentials.holder.access_token()
+    elif isinstance(credentials, Credentials) and allowed:
         options["GDAL_HTTP_AUTH"] = "BASIC"
         options["GDAL_HTTP_USERPWD"] = f"{credentials.username}:{credentials.password}"
     else:
@@ -103,3 +113,15 @@ def _gdal_config(name: str) -> str | None:
 
     value = get_gdal_config(name, normalize=False)
     return None if value in (None, "") else str(value)
+
+
+def reader_identity(credentials: Credentials | TokenCredentials | None) -> str | None:
+    """What keys a GDAL reader opened with ``credentials``: their opaque token, and for
+    an OpenID Connect login the access token's generation too (refreshed first when it
+    is about to expire), so a reader opened with an expired token is not reused."""
+    if credentials is None:
+        return None
+    if isinstance(credentials, TokenCredentials):
+        credentials.holder.refresh_if_needed()
+        return f"{credentials.token}:{credentials.holder.generation}"
+    return credentials.token

@@ -14,16 +14,19 @@ from requests.adapters import HTTPAdapter
 from requests.auth import HTTPBasicAuth
 
 from xarray_terrascope import config, http_policy
+from xarray_terrascope.auth import oidc, store
 from xarray_terrascope.auth.credentials import Credentials
 from xarray_terrascope.auth.scope import sends_credentials
 from xarray_terrascope.auth.state import (
     ENV_PASSWORD,
     ENV_USERNAME,
+    AnyCredentials,
     _forget_all,
     _from_environment,
     _set_default,
 )
-from xarray_terrascope.exceptions import AuthenticationError, TerrascopeError
+from xarray_terrascope.auth.tokens import TokenCredentials, TokenHolder
+from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError, TerrascopeError
 from xarray_terrascope.options import get_options
 
 __all__ = ["login", "logout", "validate_credentials"]
@@ -202,34 +205,60 @@ def login(
     password: str | None = None,
     *,
     validate: bool = True,
-) -> Credentials:
-    """Log in to Terrascope and keep the credentials as this process's default.
+    method: str = "basic",
+    flow: str = "auto",
+    store: bool = False,
+    prompt: oidc.Prompt | None = None,
+) -> AnyCredentials:
+    """Log in to Terrascope and keep the login as this process's default.
 
-    Credentials come from the arguments, else ``TERRASCOPE_USERNAME`` and
+    ``method="basic"`` (the default): a username and password for HTTP Basic on the
+    download service, from the arguments, else ``TERRASCOPE_USERNAME`` and
     ``TERRASCOPE_PASSWORD``, else the netrc file (``NETRC`` or ``~/.netrc``, machine =
-    the download host). Nothing is written to ``os.environ``. A ``dask.distributed``
-    cluster receives them (in a worker plugin) only when a graph with Terrascope reads
-    is computed or persisted on it, or by :func:`~xarray_terrascope.share_credentials`;
-    clusters that received earlier credentials receive the new ones now.
+    the download host).
+
+    ``method="oidc"``: OpenID Connect tokens from Terrascope's identity provider (the
+    ``oidc_url`` option, ``TERRASCOPE_OIDC_URL``), sent as ``Authorization: Bearer`` to
+    the download hosts and the STAC API (which protected collections need), and
+    refreshed before they expire, also on ``dask.distributed`` workers. ``flow="auto"``
+    uses the password grant when a username and password are found as above, else the
+    device authorization flow (a URL and code shown by ``prompt``: logged at INFO, and a
+    link in a notebook); ``flow="password"`` or ``flow="device"`` choose. With
+    ``store=True`` the refresh token is kept in a file readable by you only, and a
+    later ``login(method="oidc", store=True)`` uses it without asking again.
+
+    Nothing is written to ``os.environ``. A ``dask.distributed`` cluster receives the
+    login (in a worker plugin) only when a graph with Terrascope reads is computed or
+    persisted on it, or by :func:`~xarray_terrascope.share_credentials`; clusters that
+    received an earlier login receive the new one now.
 
     Parameters
     ----------
     username, password : str, optional
         Both or neither.
     validate : bool, default True
-        Prove the credentials with a request to ``TERRASCOPE_DOWNLOAD_URL`` (see
-        :func:`validate_credentials`).
+        Basic: prove the credentials with a request to ``TERRASCOPE_DOWNLOAD_URL`` (see
+        :func:`validate_credentials`). OIDC: the provider's answer proves them.
+    method : {"basic", "oidc"}
+    flow : {"auto", "password", "device"}
+        OIDC only.
+    store : bool, default False
+        OIDC only: use and keep the refresh token in the user's config directory.
+    prompt : callable, optional
+        OIDC device flow: ``prompt(verification_url, user_code)`` shows them to the user.
 
     Returns
     -------
-    Credentials
+    Credentials or TokenCredentials
 
     Raises
     ------
     AuthenticationError
         When no credentials are found, or Terrascope rejects them.
+    CredentialStoreError
+        When ``store=True`` finds a store that others may read or another user owns.
     TerrascopeError
-        When the validation cannot reach the download service or cannot tell.
+        When the service cannot be reached (or, Basic, cannot tell).
 
     Examples
     --------
@@ -237,7 +266,15 @@ def login(
     >>> creds = xts.login()  # doctest: +SKIP
     >>> creds.username  # doctest: +SKIP
     'alice'
+    >>> xts.login(method="oidc")  # doctest: +SKIP
     """
+    if method == "oidc":
+        tokens = _login_oidc(username, password, flow=flow, keep=store, prompt=prompt)
+        _set_default(tokens)
+        logger.info("Authenticated as %s with OpenID Connect", tokens.username)
+        return tokens
+    if method != "basic":
+        raise InvalidArgumentError(f"method must be 'basic' or 'oidc', got {method!r}")
     creds, source = _resolve_login(username, password)
     if validate:
         validate_credentials(creds)
@@ -246,10 +283,68 @@ def login(
     return creds
 
 
+def _password_found(username: str | None, password: str | None) -> Credentials | None:
+    """The username and password of the arguments, environment or netrc; None when there
+    are none (both arguments or neither, as for Basic)."""
+    if username is None and password is None:
+        found = _from_environment() or _from_netrc()
+        return found
+    return _resolve_login(username, password)[0]
+
+
+def _login_oidc(
+    username: str | None,
+    password: str | None,
+    *,
+    flow: str,
+    keep: bool,
+    prompt: oidc.Prompt | None,
+) -> TokenCredentials:
+    if flow not in ("auto", "password", "device"):
+        raise InvalidArgumentError(f"flow must be 'auto', 'password' or 'device', got {flow!r}")
+    provider = oidc.discover()
+    if keep:
+        entry = store.load(provider.issuer, provider.client_id)
+        if entry is not None:
+            try:
+                answer = oidc.refresh(provider, entry["refresh_token"])
+            except AuthenticationError:
+                logger.info("The stored Terrascope refresh token was refused; logging in anew")
+            else:
+                tokens = TokenCredentials(entry.get("username"), TokenHolder(provider, answer))
+                _keep(tokens)
+                return tokens
+    found = None if flow == "device" else _password_found(username, password)
+    if found is not None:
+        answer = oidc.password_grant(provider, found.username, found.password)
+        name: str | None = found.username
+    elif flow == "password":
+        _resolve_login(None, None)  # raises, saying where a password may come from
+        raise AssertionError("unreachable")
+    elif provider.device_endpoint is None:
+        raise AuthenticationError(
+            "No Terrascope username and password found, and the identity provider offers no "
+            "device login. Give them to login(username, password, method='oidc'), or set "
+            f"{ENV_USERNAME} and {ENV_PASSWORD}, or add them to the netrc file."
+        )
+    else:
+        answer, name = oidc.device_grant(provider, prompt), None
+    tokens = TokenCredentials(name, TokenHolder(provider, answer))
+    if keep:
+        _keep(tokens)
+    return tokens
+
+
+def _keep(tokens: TokenCredentials) -> None:
+    provider = tokens.holder.provider
+    store.save(provider.issuer, provider.client_id, tokens.username, tokens.holder.refresh_token())
+
+
 def logout() -> None:
     """Forget the process default credentials and every explicit ``credentials=``
-    registration of this process, and remove the credentials from the dask clusters
-    they reached.
+    registration of this process, remove the credentials from the dask clusters
+    they reached, and delete the refresh-token store of ``login(method="oidc",
+    store=True)`` if there is one.
 
     A cube opened before keeps no secret: computing it afterwards fails with an
     :class:`~xarray_terrascope.AuthenticationError` that says to log in again, or to open
@@ -261,5 +356,6 @@ def logout() -> None:
     >>> xts.logout()
     """
     previous = _forget_all()
+    store.delete()
     if previous is not None:
         logger.info("Logged out %s", previous.username)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from xarray_terrascope.auth.credentials import Credentials
+from xarray_terrascope.auth.tokens import TokenCredentials
 from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError
 
 __all__ = [
@@ -48,10 +49,13 @@ DEFAULT_HANDLE = "default"
 _lock = threading.RLock()
 #: Notified whenever a worker plugin installs credentials in this process.
 _installed_changed = threading.Condition(_lock)
-_default: Credentials | None = None
+#: What the process default or a cube's ``credentials=`` may be: a username and password,
+#: or an OpenID Connect login.
+AnyCredentials = Credentials | TokenCredentials
+_default: AnyCredentials | None = None
 #: Explicit credentials by token, held weakly: each open cube holds its own
 #: :class:`Credentials`, so an entry goes with the last cube that uses it (and on logout()).
-_registry: weakref.WeakValueDictionary[str, Credentials] = weakref.WeakValueDictionary()
+_registry: weakref.WeakValueDictionary[str, AnyCredentials] = weakref.WeakValueDictionary()
 
 
 def _new_lock_after_fork() -> None:
@@ -68,8 +72,8 @@ if hasattr(os, "register_at_fork"):
 Stamp = tuple[str, int]
 #: What a worker plugin installed in this process (held strongly: the plugin is the only
 #: holder), and its stamp; kept apart from the process's own login.
-_installed_default: Credentials | None = None
-_installed: dict[str, Credentials] = {}
+_installed_default: AnyCredentials | None = None
+_installed: dict[str, AnyCredentials] = {}
 _installed_stamp: Stamp | None = None
 #: The stamp the newest graph this process received asks for (see :func:`_expect`).
 _expected: Stamp | None = None
@@ -103,14 +107,14 @@ def _notify(event: Event) -> None:
         callback()
 
 
-def current_credentials() -> Credentials | None:
+def current_credentials() -> AnyCredentials | None:
     """Return the process default set by :func:`login` (in a dask worker, else the one
     the client shared with it), or None."""
     default = _default
     return default if default is not None else _installed_default
 
 
-def _set_default(creds: Credentials | None) -> None:
+def _set_default(creds: AnyCredentials | None) -> None:
     global _default
     with _lock:
         previous, _default = _default, creds
@@ -119,7 +123,7 @@ def _set_default(creds: Credentials | None) -> None:
     _notify("publish")
 
 
-def replace_default(creds: Credentials | None) -> Credentials | None:
+def replace_default(creds: AnyCredentials | None) -> AnyCredentials | None:
     """Make ``creds`` this process's default credentials (``None``: no default), as
     :func:`~xarray_terrascope.login` does without a check, and return the previous default.
 
@@ -133,7 +137,7 @@ def replace_default(creds: Credentials | None) -> Credentials | None:
     return previous
 
 
-def _forget_all() -> Credentials | None:
+def _forget_all() -> AnyCredentials | None:
     """Forget the login default and every explicit registration (logout); returns the
     default that was."""
     global _default
@@ -147,7 +151,7 @@ def _forget_all() -> Credentials | None:
     return previous
 
 
-def credentials_handle(credentials: Credentials | None) -> str:
+def credentials_handle(credentials: AnyCredentials | None) -> str:
     """Return the opaque handle that stands for ``credentials`` in a dask graph.
 
     ``None`` gives :data:`DEFAULT_HANDLE`, resolved at read time to the process default
@@ -158,9 +162,10 @@ def credentials_handle(credentials: Credentials | None) -> str:
     """
     if credentials is None:
         return DEFAULT_HANDLE
-    if not isinstance(credentials, Credentials):
+    if not isinstance(credentials, (Credentials, TokenCredentials)):
         raise TypeError(
-            "credentials must be an xarray_terrascope.Credentials, "
+            "credentials must be an xarray_terrascope.Credentials (or what "
+            "login(method='oidc') returns), "
             f"got {type(credentials).__name__}"
         )
     with _lock:
@@ -168,7 +173,9 @@ def credentials_handle(credentials: Credentials | None) -> str:
     return credentials.token
 
 
-def _shareable(handles: Iterable[str]) -> tuple[Credentials | None, dict[str, Credentials]]:
+def _shareable(
+    handles: Iterable[str],
+) -> tuple[AnyCredentials | None, dict[str, AnyCredentials]]:
     """What of ``handles`` this process can share: its login default (for
     :data:`DEFAULT_HANDLE`) and the explicit credentials still registered."""
     with _lock:
@@ -178,7 +185,7 @@ def _shareable(handles: Iterable[str]) -> tuple[Credentials | None, dict[str, Cr
 
 
 def _install(
-    default: Credentials | None, handles: dict[str, Credentials], stamp: Stamp | None
+    default: AnyCredentials | None, handles: dict[str, AnyCredentials], stamp: Stamp | None
 ) -> None:
     """Replace the credentials a worker plugin installed in this process (the process's
     own login and registrations stay as they are)."""
@@ -235,7 +242,7 @@ def _from_environment() -> Credentials | None:
     return None
 
 
-def resolve(handle: str) -> Credentials:
+def resolve(handle: str) -> AnyCredentials:
     """Return the credentials a handle stands for in this process.
 
     The default handle resolves to the process default (in a dask worker, else the one

@@ -15,8 +15,9 @@ from pystac_client import Client
 from pystac_client.conformance import ConformanceClasses
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
+from requests.adapters import HTTPAdapter
 
-from xarray_terrascope import http_policy
+from xarray_terrascope import auth, config, http_policy
 from xarray_terrascope.catalog.arguments import (
     BBoxLike,
     DatetimeLike,
@@ -115,10 +116,44 @@ def _stac_call() -> Iterator[None]:
         _IN_STAC_CALL.reset(token)
 
 
+class _BearerAdapter(HTTPAdapter):
+    """The transport of requests to the STAC API's own origin when logged in with
+    OpenID Connect: adds ``Authorization: Bearer`` (the access token as of the request,
+    refreshed when about to expire) as the request leaves, after pystac-client has
+    logged it. Mounted for that origin only, so a redirect elsewhere goes through
+    another adapter, without it (requests itself drops the header when the host changes).
+    """
+
+    def __init__(self, origin: str, access: auth.RequestAuth, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._origin = origin
+        self._access = access
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.url is not None and config.origin(request.url) == self._origin:
+            request.headers["Authorization"] = self._access.header()
+        return super().send(request, *args, **kwargs)
+
+
+def _stac_io() -> StacApiIO:
+    """pystac-client's I/O with the package's retries, and, after an OpenID Connect
+    login, the access token for the STAC API's origin (Basic credentials never go
+    there: they are for the download service)."""
+    stac_io = StacApiIO(timeout=TIMEOUT, max_retries=RETRY)
+    creds = auth.current_credentials()
+    origin = config.origin(get_options().stac_url)
+    if isinstance(creds, auth.TokenCredentials) and origin is not None:
+        stac_io.session.mount(
+            f"{origin}/", _BearerAdapter(origin, auth.RequestAuth(creds), max_retries=RETRY)
+        )
+    return stac_io
+
+
 def stac_client() -> Client:
     """Open a pystac-client ``Client`` on ``TERRASCOPE_STAC_URL`` (read now, never cached).
 
-    It retries 429/5xx answers with backoff and times out after two minutes.
+    It retries 429/5xx answers with backoff and times out after two minutes. After
+    ``login(method="oidc")`` its requests to the STAC API carry the access token.
 
     Examples
     --------
@@ -129,7 +164,7 @@ def stac_client() -> Client:
     url = get_options().stac_url
     try:
         with _stac_call():
-            client = Client.open(url, stac_io=StacApiIO(timeout=TIMEOUT, max_retries=RETRY))
+            client = Client.open(url, stac_io=_stac_io())
     except (APIError, requests.RequestException) as err:
         raise _failure(err, "opening the STAC API") from err
     _accept_later_versions(client)
@@ -172,17 +207,36 @@ def _failure(err: Exception, what: str) -> TerrascopeError:
     )
 
 
-def _protected(collection: str, status: int) -> ProtectedCollectionError:
-    why = (
-        "it is one of Terrascope's protected collections, which need an OIDC access token "
-        "with the collection's role"
-        if status == 401
-        else "the account lacks the role this protected collection needs"
-    )
+_ROLE = re.compile(r"role\s+'?\"?([^'\"\s]+)")
+
+
+def _protected(collection: str, status: int, detail: str = "") -> ProtectedCollectionError:
+    """The error of a 401/403 to a search of ``collection``; ``detail`` is the server's
+    message, which may name the role."""
+    creds = auth.current_credentials()
+    tokens = isinstance(creds, auth.TokenCredentials)
+    role = _ROLE.search(detail)
+    needed = f"the role {role.group(1)!r}" if role else "the role that grants reading it"
+    if status == 403:
+        why = (
+            f"the account {creds.username!r} lacks {needed}"
+            if tokens and creds is not None
+            else f"the access token lacks {needed}"
+        ) + "; ask Terrascope for access to this collection"
+    elif tokens:
+        why = (
+            "the access token was refused (the login may have ended): log in again with "
+            "xarray_terrascope.login(method='oidc')"
+        )
+    else:
+        why = (
+            "it is one of Terrascope's protected collections, which need an OIDC access "
+            f"token with {needed}: log in with xarray_terrascope.login(method='oidc') (Basic "
+            "credentials are for the download service only)"
+        )
     return ProtectedCollectionError(
         f"The STAC API at {get_options().stac_url} refused to search {collection!r} (HTTP "
-        f"{status}): {why}. This package signs in to the download service only (Basic "
-        f"auth) and sends no access token to the STAC API, so it cannot search it.",
+        f"{status}): {why}.",
         status_code=status,
     )
 
@@ -344,7 +398,7 @@ def _run(
         if status in (400, 404):
             _ensure_collection_exists(collection)
         if status in (401, 403):
-            raise _protected(collection, status) from err
+            raise _protected(collection, status, str(err)[:500]) from err
         raise _failure(err, "the STAC search") from err
     if not items:
         _ensure_collection_exists(collection)

@@ -163,12 +163,12 @@ def _export_asset(collection: str, asset: str | None) -> None:
 def _run(args: argparse.Namespace) -> int:
     import xarray as xr
 
-    from xarray_terrascope import auth
     from xarray_terrascope.accessor import decode_raw
+    from xarray_terrascope.cli.login import login_for_command
 
     _export_asset(args.collection, args.asset)
     out = output_path(args.out)
-    auth.login(validate=True)
+    login_for_command()
     ds = xr.open_dataset(
         args.bbox,
         engine="terrascope",

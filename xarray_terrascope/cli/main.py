@@ -1,7 +1,7 @@
 """The ``xarray-terrascope`` console script: the parser (one module per command group:
 :mod:`.collections`, :mod:`.search`, :mod:`.export` for ``ndvi``, :mod:`.zonal`,
-:mod:`.sandbox` for ``sandbox`` and ``demo``) and :func:`main`, which runs the chosen
-command and prints a package error as one line."""
+:mod:`.login` for ``login`` and ``logout``, :mod:`.sandbox` for ``sandbox`` and ``demo``)
+and :func:`main`, which runs the chosen command and prints a package error as one line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from xarray_terrascope.cli import collections, export, sandbox, search, zonal
+from xarray_terrascope.cli import collections, export, login, sandbox, search, zonal
 from xarray_terrascope.exceptions import TerrascopeError
 
 __all__ = ["build_parser", "main"]
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help="one of the commands below"
     )
-    for group in (collections, search, export, zonal, sandbox):  # the order of --help
+    for group in (collections, search, export, zonal, login, sandbox):  # the order of --help
         group.register(sub)
     return parser
 

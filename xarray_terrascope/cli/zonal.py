@@ -105,13 +105,13 @@ def zonal_table(stats, parcels, id_column: str):
 def _run(args: argparse.Namespace) -> int:
     import xarray as xr
 
-    from xarray_terrascope import auth
+    from xarray_terrascope.cli.login import login_for_command
     from xarray_terrascope.cli.progress import progress
 
     parcels = _read_parcels(args.parcels, args.id_column)
     out = output_path(args.out)
     bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
-    auth.login(validate=True)
+    login_for_command()
     ds = xr.open_dataset(
         # xarray types a path or a store here: the terrascope engine takes a bbox too
         bbox,  # type: ignore[arg-type]

@@ -96,7 +96,7 @@ class CubeArray(BackendArray):
     credential state, for which the workers wait (see :mod:`xarray_terrascope.auth.cluster`).
     """
 
-    _credentials: auth.Credentials | None = None
+    _credentials: auth.AnyCredentials | None = None
     mask: MaskSpec | None = None
 
     def __init__(
@@ -104,7 +104,7 @@ class CubeArray(BackendArray):
         plan: CubePlan,
         asset_index: int,
         decoder: Decoder | None = None,
-        credentials: auth.Credentials | None = None,
+        credentials: auth.AnyCredentials | None = None,
         mask: MaskSpec | None = None,
     ) -> None:
         self.plan = plan
@@ -195,8 +195,8 @@ def _span(key: slice, size: int) -> tuple[slice, int]:
 
 
 def _handle_for_open(
-    credentials: auth.Credentials | None,
-) -> tuple[str, auth.Credentials | None]:
+    credentials: auth.AnyCredentials | None,
+) -> tuple[str, auth.AnyCredentials | None]:
     """The credentials handle for a new cube, and the explicit credentials the cube must
     hold for it (they are registered weakly); fails fast (no network) when there are none."""
     if credentials is not None or auth.current_credentials() is not None:
@@ -366,7 +366,7 @@ def open_cube(
     max_cloud_cover: float | None = None,
     crs: Any = None,
     resolution: float | None = None,
-    credentials: auth.Credentials | None = None,
+    credentials: auth.AnyCredentials | None = None,
     validate: bool = True,
     bbox: Sequence[float] | None = None,
     decode: bool = True,
@@ -385,7 +385,7 @@ def open_cube(
     handle, held = _handle_for_open(credentials)
     if not isinstance(validate, bool):
         raise InvalidArgumentError(f"validate must be True or False, got {validate!r}")
-    if credentials is not None and validate:
+    if isinstance(credentials, auth.Credentials) and validate:  # a token was just issued
         signin.validate_credentials(
             credentials,
             given_as="credentials= of open_dataset",

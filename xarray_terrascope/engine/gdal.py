@@ -98,7 +98,7 @@ def clear_readers() -> None:
         reader.close()
 
 
-def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None) -> Any:
+def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.AnyCredentials | None) -> Any:
     """The process's open GDAL reader (stackstac's, untyped) for this file, grid and
     credentials."""
     key = _reader_key(plan, url, asset_index, creds)
@@ -114,7 +114,7 @@ def _reader(plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials 
 
 
 def _reader_key(
-    plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None
+    plan: CubePlan, url: str, asset_index: int, creds: auth.AnyCredentials | None
 ) -> Hashable:
     allowed = plan.send_credentials.get(url, False)
     return (
@@ -124,12 +124,12 @@ def _reader_key(
         plan.resolution,
         plan.resampling_of(asset_index),
         plan.packing[asset_index].dtype,
-        creds.token if (creds and allowed) else None,
+        auth.reader_identity(creds) if (creds and allowed) else None,
     )
 
 
 def _forget_reader(
-    plan: CubePlan, url: str, asset_index: int, creds: auth.Credentials | None
+    plan: CubePlan, url: str, asset_index: int, creds: auth.AnyCredentials | None
 ) -> None:
     with _readers.lock:
         reader = _readers.pop(_reader_key(plan, url, asset_index, creds), None)
@@ -146,7 +146,7 @@ def _failed(
     label: str,
     url: str,
     status: int | None,
-    creds: auth.Credentials | None,
+    creds: auth.AnyCredentials | None,
     sent: bool,
     detail: str = "",
 ) -> TerrascopeError:
@@ -165,7 +165,7 @@ def _failed(
 def _explain(
     err: Exception,
     url: str,
-    creds: auth.Credentials | None,
+    creds: auth.AnyCredentials | None,
     sent: bool,
     label: str | None = None,
 ) -> Exception:

@@ -79,7 +79,7 @@ def clear_reader_cache() -> None:
         _recent.clear()
 
 
-def _access(plan: CubePlan, url: str, creds: auth.Credentials | None) -> auth.RequestAuth | None:
+def _access(plan: CubePlan, url: str, creds: auth.AnyCredentials | None) -> auth.RequestAuth | None:
     """What a request for ``url`` may carry: ``creds`` when its origin may receive them."""
     if creds is None or not plan.send_credentials.get(url, False):
         return None
@@ -117,7 +117,7 @@ def _request(
     asset_index: int,
     item_index: int,
     window: Window,
-    creds: auth.Credentials | None,
+    creds: auth.AnyCredentials | None,
     *,
     native: bool = True,
 ) -> FileRead | None:
@@ -180,7 +180,7 @@ def _coarsen_read(
 
 
 def _through_gdal(
-    request: FileRead, plan: CubePlan, asset_index: int, creds: auth.Credentials | None
+    request: FileRead, plan: CubePlan, asset_index: int, creds: auth.AnyCredentials | None
 ) -> GdalRead:
     """The same read through GDAL's warper."""
     return GdalRead(
@@ -303,7 +303,7 @@ async def _read_all(
     requests: Sequence[FileRead],
     plan: CubePlan,
     asset_index: int,
-    creds: auth.Credentials | None,
+    creds: auth.AnyCredentials | None,
 ) -> list[npt.NDArray[Any]]:
     """Every request's values at once (on the loop), in their order. A file whose header
     disagrees with its item is read through GDAL."""
@@ -343,7 +343,7 @@ def _prefetch_around(
     asset_index: int,
     time_indices: Sequence[int],
     window: Window,
-    creds: auth.Credentials | None,
+    creds: auth.AnyCredentials | None,
     read_ahead: bool = True,
 ) -> None:
     """Fetch the headers of the files of the dates nearest the read (up to

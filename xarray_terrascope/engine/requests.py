@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from xarray_terrascope.auth import Credentials, RequestAuth
+    from xarray_terrascope.auth import AnyCredentials, RequestAuth
     from xarray_terrascope.plan.planner import CubePlan, NativeGrid, OutputGrid
 
 __all__ = [
@@ -218,7 +218,7 @@ class GdalRead(FileRead):
 
     plan: CubePlan
     asset_index: int
-    credentials: Credentials | None = field(default=None, compare=False, repr=False)
+    credentials: AnyCredentials | None = field(default=None, compare=False, repr=False)
 
 
 R_contra = TypeVar("R_contra", bound=FileRead, contravariant=True)

@@ -13,9 +13,12 @@ when even one request at a time is refused (a request-rate limit). Failed reques
 429, dropped or cut connections, timeouts) are retried with exponential backoff and
 jitter, the first request of a file included.
 
-Credentials: HTTP Basic, UTF-8 encoded (RFC 7617), added per request, only when the
-caller says the URL's origin may receive them, and never on a redirect to another origin
-(redirects are followed by hand). The session itself holds no secret and ignores netrc
+Credentials: HTTP Basic, UTF-8 encoded (RFC 7617), or an OpenID Connect access token
+(``Bearer``, never both), added per request, only when the caller says the URL's origin
+may receive them, and never on a redirect to another origin (redirects are followed by
+hand). An access token about to expire is refreshed before the request (in a worker
+thread, off the loop); a 401 to a request that carried one refreshes it and tries once
+more. The session itself holds no secret and ignores netrc
 and proxy credentials from the environment (``trust_env=False``). Log lines name URLs
 (without query strings) and statuses, never an ``Authorization`` value.
 
@@ -61,6 +64,9 @@ logger = logging.getLogger(__name__)
 #: How requests are retried (attempts, backoff, transient statuses, ``Retry-After``).
 RETRY = http_policy.ENGINE
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Times one request refreshes a refused access token and tries again (a token can expire
+#: while requests that will carry it wait for their turn; refused again, it is no expiry).
+MAX_RENEWALS = 2
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 #: Byte ranges sent in one multi-range request (keeps the Range header well under 4 KiB).
 MAX_RANGES_PER_REQUEST = 64
@@ -84,6 +90,15 @@ class Remote:
     size: int | None
     etag: str | None
     last_modified: str | None = None
+
+
+class _Renew(Exception):
+    """A 401 to a request that carried a Bearer token: refresh it and try again (once)."""
+
+    def __init__(self, generation: int, status: int) -> None:
+        super().__init__(f"HTTP {status} to an access token")
+        self.generation = generation
+        self.status = status
 
 
 class _Retry(Exception):
@@ -223,6 +238,7 @@ async def _attempt(
     first_origin = origin(url)  # None for a URL that may not carry credentials
     target = url
     ranges = ",".join(f"{start}-{end - 1}" for start, end in spans)
+    generation = access.generation if access is not None else 0
     for _hop in range(6):
         sent = access is not None and first_origin is not None and origin(target) == first_origin
         # the Authorization value goes straight into the request: no local variable of
@@ -251,6 +267,8 @@ async def _attempt(
             if status in RETRY.transient:
                 wait = RETRY.retry_after(resp.headers.get("Retry-After"))
                 raise _Retry(f"HTTP {status}", status, wait)
+            if status == 401 and sent and access is not None and access.renewable:
+                raise _Renew(generation, status)
             if status not in (200, 206):
                 raise _fail(status, label, url, sent)
             kind = resp.headers.get("Content-Type", "")
@@ -554,14 +572,21 @@ async def _with_retries(
     start, end = spans[0][0], spans[-1][1]
     limiter = _limiter(url)
     last: BaseException | None = None
+    renewals = 0
     for attempt in range(RETRY.attempts):
+        if access is not None and access.needs_refresh():
+            # a token refresh is a blocking request: off the loop, once for all waiting
+            await asyncio.to_thread(access.refresh_if_needed)
         generation = await limiter.acquire()
         busy = success = rate_limited = False
         retry_after = None
+        refused: _Renew | None = None
         try:
             result = await _attempt(url, spans, access, label)
             success = True
             return result
+        except _Renew as err:
+            refused = err
         except _Retry as err:
             last, retry_after = err, err.retry_after
             busy, rate_limited = err.status in (429, 503), err.status == 429
@@ -574,6 +599,14 @@ async def _with_retries(
             ) from _scrubbed(err)
         finally:
             await limiter.release(generation, busy, success, retry_after, rate_limited)
+        if refused is not None:
+            assert access is not None
+            if renewals >= MAX_RENEWALS:  # refused with fresh tokens too: not an expiry
+                raise _fail(refused.status, label, url, True, " (with a refreshed access token)")
+            renewals += 1
+            logger.debug("%s refused the access token; refreshing it", _public(url))
+            await asyncio.to_thread(access.renew, refused.generation)
+            continue
         if attempt == RETRY.attempts - 1:
             break  # no wait after the last attempt
         delay = RETRY.delay(attempt, retry_after)

@@ -136,7 +136,9 @@ class SeasonTruthMixin:
         rows = []
         for values in series.values:
             s = _season(values, threshold, min_amplitude)
-            row = {k: s[k] for k in ("pos_value", "left_min", "right_min", "amplitude")}
+            row: dict[str, Any] = {
+                k: s[k] for k in ("pos_value", "left_min", "right_min", "amplitude")
+            }
             for key in ("sos", "pos", "eos"):
                 day = s[key]
                 row[f"{key}_time"] = pd.NaT if np.isnan(day) else origin + pd.Timedelta(days=day)

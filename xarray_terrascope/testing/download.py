@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 from werkzeug.sansio.request import Request
 
-from ._oidc import TokenIssuer, discovery, same_secret
+from ._oidc import REFRESH_LIFETIME, TokenIssuer, discovery, same_secret
 from ._replies import Reply, file_reply, text_reply
 from .request_log import RequestLog, RequestRecord
 from .world import World
@@ -63,6 +63,10 @@ logger = logging.getLogger(__name__)
 SSO_PATH = "/auth/realms/terrascope/protocol/openid-connect/auth"
 TOKEN_PATH = "/auth/realms/terrascope/protocol/openid-connect/token"
 DISCOVERY_PATH = "/auth/realms/terrascope/.well-known/openid-configuration"
+DEVICE_PATH = "/auth/realms/terrascope/protocol/openid-connect/auth/device"
+#: Where a user approves a device code (a page the sandbox does not serve: tests approve
+#: with :meth:`DownloadApp.approve_device`).
+VERIFY_PATH = "/auth/realms/terrascope/device"
 PREFIX = "/download"
 _SIGN_IN = (
     "<!DOCTYPE html><html><head><title>Sign in to terrascope</title></head><body>"
@@ -78,6 +82,8 @@ _SWITCHES = (
     "drop_rate",
     "bearer",
     "token_lifetime",
+    "device_flow",
+    "device_interval",
     "redirect_to",
     "multirange",
     "ranges",
@@ -152,6 +158,10 @@ class DownloadApp:
         Enable the token endpoint and ``Authorization: Bearer`` (Basic still works).
     token_lifetime : float
         Seconds an access token lives (``expires_in``).
+    device_flow : bool
+        Offer the device authorization grant (its endpoint, in the discovery document).
+    device_interval : float
+        Seconds a device-flow client is told to wait between polls (``interval``).
     seed : int
         Seeds the fault draws.
     retry_after : int
@@ -182,6 +192,8 @@ class DownloadApp:
     drop_rate: float
     bearer: bool
     token_lifetime: float
+    device_flow: bool
+    device_interval: float
     redirect_to: str | None
     multirange: bool
     ranges: bool
@@ -200,6 +212,8 @@ class DownloadApp:
         drop_rate: float = 0.0,
         bearer: bool = False,
         token_lifetime: float = 300.0,
+        device_flow: bool = True,
+        device_interval: float = 0.05,
         seed: int = 0,
         retry_after: int = 1,
         clock: Callable[[], float] = time.monotonic,
@@ -235,6 +249,8 @@ class DownloadApp:
             "drop_rate": drop_rate,
             "bearer": bearer,
             "token_lifetime": token_lifetime,
+            "device_flow": device_flow,
+            "device_interval": device_interval,
             "redirect_to": redirect_to,
             "multirange": multirange,
             "ranges": ranges,
@@ -268,7 +284,7 @@ class DownloadApp:
             if value is not None and not str(value).endswith("/"):
                 raise ValueError(f"redirect_to must be None or a URL ending with '/': {value!r}")
             return None if value is None else str(value)
-        if name in ("latency", "token_lifetime"):
+        if name in ("latency", "token_lifetime", "device_interval"):
             if float(value) < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
             return float(value)
@@ -282,6 +298,7 @@ class DownloadApp:
             self._faults.clear()
             self._bucket = (float(self.rate_burst), time.monotonic())
             self._issuer.clear()
+            self._issuer.refresh_lifetime = REFRESH_LIFETIME
             self._rng.seed(self.seed)
             self.clock = self._default_clock
         self.log.clear()
@@ -309,6 +326,23 @@ class DownloadApp:
     def expire_tokens(self) -> None:
         """Make every access token issued so far expired."""
         self._issuer.expire_all()
+
+    @property
+    def issuer(self) -> TokenIssuer:
+        """The token issuer: its ``log`` of token requests, ``roles`` by user,
+        ``disabled`` accounts, ``refresh_lifetime``, ``revoke_refresh`` (all settable;
+        :meth:`reset` restores them)."""
+        return self._issuer
+
+    def approve_device(self, user_code: str, username: str | None = None) -> bool:
+        """Approve a pending device code as ``username`` (default: the first account)
+        would at the verification page; False when no such code is pending."""
+        return self._issuer.approve(user_code, username or next(iter(self.users)))
+
+    def token_roles(self, token: str) -> set[str] | None:
+        """Roles of a valid access token's user (None when unknown or expired); what the
+        STAC API checks protected collections with."""
+        return self._issuer.roles_of(token, self.clock())
 
     @property
     def in_flight(self) -> int:
@@ -424,8 +458,11 @@ class DownloadApp:
             return text_reply(200, _SIGN_IN, "text/html; charset=utf-8")
         if req.path == TOKEN_PATH:
             return self._token(req, ctx.form)
+        if req.path == DEVICE_PATH:
+            return self._device(req, ctx.form)
         if req.path == DISCOVERY_PATH:  # what the TOC items' auth:schemes point at
-            body = json.dumps(discovery(req.host_url, SSO_PATH, TOKEN_PATH))
+            device = DEVICE_PATH if self.bearer and self.device_flow else None
+            body = json.dumps(discovery(req.host_url, SSO_PATH, TOKEN_PATH, device))
             return text_reply(200, body, "application/json")
         if req.path != PREFIX and not req.path.startswith(PREFIX + "/"):
             return text_reply(404, "Not Found")
@@ -542,6 +579,15 @@ class DownloadApp:
         if req.method != "POST":
             return text_reply(405, "Method Not Allowed")
         status, body = self._issuer.grant(form, self.users, self.clock(), self.token_lifetime)
+        return text_reply(status, json.dumps(body), "application/json")
+
+    def _device(self, req: Request, form: Mapping[str, str]) -> Reply:
+        if not (self.bearer and self.device_flow):
+            return text_reply(404, "Not Found")
+        if req.method != "POST":
+            return text_reply(405, "Method Not Allowed")
+        verify = f"{req.host_url.rstrip('/')}{VERIFY_PATH}"
+        status, body = self._issuer.start_device(form, verify, self.clock(), self.device_interval)
         return text_reply(status, json.dumps(body), "application/json")
 
     # --- files ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ._replies import PHRASES, Reply
 from .activate import Activation
-from .download import DownloadApp, Dropped
+from .download import DISCOVERY_PATH, DownloadApp, Dropped
 from .request_log import RequestLog
 from .stac_api import StacApi
 from .world import World
@@ -329,6 +329,7 @@ class Sandbox:
             "TERRASCOPE_STAC_URL": self.stac_url,
             "TERRASCOPE_DOWNLOAD_URL": self.download_url,
             "TERRASCOPE_DOWNLOAD_HOSTS": self.download_origin,
+            "TERRASCOPE_OIDC_URL": self.oidc_url,
             "TERRASCOPE_USERNAME": self.username,
             "TERRASCOPE_PASSWORD": self.password,
         }
@@ -345,7 +346,16 @@ class Sandbox:
             "stac_url": self.stac_url,
             "download_url": self.download_url,
             "download_hosts": self.download_origin,
+            "oidc_url": self.oidc_url,
         }
+
+    @property
+    def oidc_url(self) -> str:
+        """The OpenID Connect configuration document of the sandbox's realm (served by
+        the download server; its token endpoints answer when ``bearer`` is on)."""
+        if not self.running:
+            raise RuntimeError("the sandbox is not started")
+        return f"{self.download_origin}{DISCOVERY_PATH}"
 
     def __repr__(self) -> str:
         state = (
@@ -374,6 +384,7 @@ class Sandbox:
             self.download_origin = f"http://{self.download_host}"
             self.download_url = f"{self.download_origin}/download/"
             self.stac = StacApi(self.world, self.download_url, latency=self._stac_latency)
+            self.stac.token_roles = self.download.token_roles
             stac_server = self._serve(self.stac, "stac")
             self.stac_url = f"http://{HOST}:{stac_server.port}/"
         except BaseException:

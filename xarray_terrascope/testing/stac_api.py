@@ -22,7 +22,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -32,9 +32,10 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ._search_params import ApiError, SearchParams, encode_token, sort_key
+from ._stac_toc import OIDC_CONFIG_PATH
 from .world import World
 
-__all__ = ["CONFORMANCE", "StacApi"]
+__all__ = ["CONFORMANCE", "StacApi", "role_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ def _json(body: Any, status: int = 200, mimetype: str = JSON) -> Response:
     return Response(json.dumps(body), status=status, mimetype=mimetype)
 
 
+def role_for(collection: str) -> str:
+    """The sandbox's name of the role that may read a protected collection (the real
+    realm's role names are not public)."""
+    return f"read:{collection}"
+
+
 class StacApi:
     """WSGI application serving the world's collections and items.
 
@@ -88,8 +95,8 @@ class StacApi:
     protected : set of str
         Collections readable with an OIDC role only, as Terrascope's (settable at
         runtime): a request naming one answers 401 with ``WWW-Authenticate: Bearer``
-        without a Bearer token and 403 (a missing role) with one; a search that names no
-        collection leaves their items out.
+        without a valid Bearer token and 403 when the token's user lacks the role
+        :func:`role_for` names; a search that names no collection leaves their items out.
     """
 
     def __init__(
@@ -107,6 +114,9 @@ class StacApi:
         self.fault_rate = self._default_fault_rate = float(fault_rate)
         self.conforms_to = list(CONFORMANCE)
         self.protected: set[str] = set()
+        #: Roles of a valid access token, None when it is not one (the sandbox wires the
+        #: download server's token issuer here); None: every token is refused.
+        self.token_roles: Callable[[str], set[str] | None] | None = None
         self.requests = self.injected = 0
         self._faults: list[int] = []  # statuses of the next requests to fail
         self._rng = random.Random(seed)
@@ -198,6 +208,24 @@ class StacApi:
     def _base(request: Request) -> str:
         return request.host_url  # ends with "/"
 
+    def _with_auth(self, item: dict[str, Any]) -> dict[str, Any]:
+        """A protected collection's item as Terrascope's 2026 items say how to read them:
+        ``auth:schemes`` (the realm's OpenID Connect configuration on the download
+        server) and ``auth:refs`` on each asset."""
+        root = self.download_root.split("/download/")[0]
+        out = dict(item)
+        out["properties"] = {
+            **item["properties"],
+            "auth:schemes": {
+                "oidc": {
+                    "type": "openIdConnect",
+                    "openIdConnectUrl": f"{root}/{OIDC_CONFIG_PATH}",
+                }
+            },
+        }
+        out["assets"] = {k: {**a, "auth:refs": ["oidc"]} for k, a in item["assets"].items()}
+        return out
+
     def _collection_doc(self, base: str, cid: str) -> dict[str, Any]:
         doc = json.loads(json.dumps(self.world.collections[cid]))
         doc["links"] = [
@@ -217,6 +245,8 @@ class StacApi:
     def _with_links(self, base: str, item: dict[str, Any]) -> dict[str, Any]:
         cid, iid = item["collection"], item["id"]
         out = dict(item)
+        if cid in self.protected and "auth:schemes" not in item["properties"]:
+            out = self._with_auth(out)
         out["links"] = [
             {"rel": "self", "href": f"{base}collections/{cid}/items/{iid}", "type": GEOJSON},
             {"rel": "parent", "href": f"{base}collections/{cid}", "type": JSON},
@@ -231,18 +261,33 @@ class StacApi:
         self._require_access(request, {cid})
 
     def _require_access(self, request: Request, cids: set[str] | None) -> None:
-        """401 without a Bearer token, 403 with one, for a protected collection."""
+        """For a protected collection: 401 without a valid Bearer token, 403 when its
+        user lacks the collection's role (:func:`role_for`)."""
         locked = sorted((cids or set()) & self.protected)
         if not locked:
             return
-        if not request.headers.get("Authorization", "").startswith("Bearer "):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(
                 401,
                 "Unauthorized",
                 f"Collection {locked[0]} needs an access token",
                 {"WWW-Authenticate": 'Bearer realm="terrascope"'},
             )
-        raise ApiError(403, "Forbidden", f"Missing a role to read collection {locked[0]}")
+        roles = self.token_roles(token.strip()) if self.token_roles is not None else None
+        if roles is None:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "Invalid or expired access token",
+                {"WWW-Authenticate": 'Bearer realm="terrascope", error="invalid_token"'},
+            )
+        for cid in locked:
+            if role_for(cid) not in roles:
+                raise ApiError(
+                    403, "Forbidden", f"Missing role {role_for(cid)!r} to read collection {cid}"
+                )
 
     # --- endpoints ----------------------------------------------------------------------
 
