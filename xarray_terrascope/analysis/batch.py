@@ -16,6 +16,7 @@ phenology per parcel.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -198,6 +199,20 @@ def _apply_step(step: PostStep, stats: Any) -> Any:
     return step(stats)
 
 
+def _compute_here(lazy: Any) -> Any:
+    """One batch, computed in the worker process that runs this task with dask's
+    threaded scheduler (as many threads as the worker has): its reads share the
+    process's COG headers and tiles, and no task of it costs the cluster's per-task
+    bookkeeping or moves data between workers."""
+    from distributed import get_worker
+
+    try:
+        threads = get_worker().state.nthreads
+    except ValueError:  # not on a worker (a client without workers never gets here)
+        threads = None
+    return lazy.compute(scheduler="threads", num_workers=threads)
+
+
 def run_zonal_batch(
     parcels: Any,
     out_dir: str | Path,
@@ -240,7 +255,7 @@ def run_zonal_batch(
         LocalCluster of ``n_workers`` processes with ``threads_per_worker`` threads,
         closed at the end.
     max_in_flight : int, optional
-        Batches computed at a time (default: the number of workers + 1); bounds each
+        Batches computed at a time (default: 2 per worker); bounds each
         worker's memory.
     post_steps : dict of str to callable, optional
         ``name -> f(stats) -> pandas.DataFrame``, run on a worker on each batch's
@@ -291,7 +306,7 @@ def run_zonal_batch(
         "start": None if start is None else str(start),
         "end": None if end is None else str(end),
         "collection": collection,
-        "max_cloud_cover": max_cloud_cover,
+        "max_cloud_cover": None if max_cloud_cover is None else float(max_cloud_cover),
         "stats": names,
         "batch_size": int(batch_size),
         "order": "hilbert",
@@ -330,7 +345,7 @@ def run_zonal_batch(
     if todo:
         with _client(client, n_workers, threads_per_worker) as dask_client:
             workers = len(dask_client.scheduler_info().get("workers", {})) or 1
-            in_flight = max_in_flight or workers + 1
+            in_flight = max_in_flight or 2 * workers
             job = _Job(ds, ordered, folder, names, id_column, batch_size, steps)
             _compute(dask_client, job, todo, in_flight, tracker)
     elapsed = tracker.elapsed()
@@ -408,46 +423,82 @@ class _Job:
         name = batch_output.part_name(k)
         for step, table in tables.items():
             batch_output.write_atomic(
-                self.folder / step / name, lambda tmp, t=table: _to_parquet(t, tmp)
+                self.folder / step / name, functools.partial(_to_parquet, table)
             )
         members = self.members(k)
         frame = zonal_table(stats.drop_vars(self.id_column), members, self.id_column)
         n_dates = stats.sizes["time"]
         geometry = np.repeat(members.geometry.to_numpy(), n_dates)
         table = geopandas.GeoDataFrame(frame, geometry=geometry, crs=members.crs)
-        batch_output.write_atomic(self.folder / name, lambda tmp: _to_parquet(table, tmp))
+        batch_output.write_atomic(self.folder / name, functools.partial(_to_parquet, table))
 
 
 def _to_parquet(table: Any, path: Path) -> None:
     table.to_parquet(path, index=False)
 
 
+class _Queues:
+    """The batches to do, cut into one contiguous run of the Hilbert order per worker:
+    neighbouring batches share tiles, which a worker then reads once (its tile store)
+    instead of each worker reading them. A worker whose run is done takes batches from
+    the far end of the longest other run."""
+
+    def __init__(self, todo: list[int], workers: list[str]) -> None:
+        n = max(1, len(workers))
+        edges = [round(i * len(todo) / n) for i in range(n + 1)]
+        self.runs = {
+            w: collections.deque(todo[edges[i] : edges[i + 1]]) for i, w in enumerate(workers)
+        }
+        self.shared = collections.deque(todo if not workers else [])
+
+    def next(self, worker: str | None) -> int | None:
+        own = self.runs.get(worker) if worker is not None else None
+        if own:
+            return own.popleft()
+        longest = max(self.runs.values(), key=len, default=self.shared)
+        if longest:
+            return longest.pop()
+        return self.shared.popleft() if self.shared else None
+
+
 def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> None:
     """Compute the batches ``todo`` on ``client``, at most ``in_flight`` at a time, and
-    write each as it finishes; on any error (or Ctrl-C) cancel those in flight."""
+    write each as it finishes; on any error (or Ctrl-C) cancel those in flight.
+
+    Each batch is one task (:func:`_compute_here`) sent to one worker (a loose
+    restriction: another takes it when that worker is gone); a worker takes a contiguous
+    run of batches (:class:`_Queues`), so neighbours share its tile store."""
     from distributed import as_completed
 
-    queue = iter(todo)
-    running: dict[str, tuple[int, Any, dict[str, Any]]] = {}
+    from xarray_terrascope.auth.cluster import share_credentials
+
+    # the batch's graph travels as a task's argument: give the workers the login's
+    # credentials now (graphs sent to a scheduler get them by themselves)
+    share_credentials(client)
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    queues = _Queues(todo, workers)
+    running: dict[str, tuple[int, Any, dict[str, Any], str | None]] = {}
     finished = as_completed()
 
-    def submit() -> None:
-        k = next(queue, None)
+    def submit(worker: str | None) -> None:
+        k = queues.next(worker)
         if k is None:
             return
-        future = client.compute(job.lazy(k))
+        where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+        future = client.submit(_compute_here, job.lazy(k), pure=False, **where)
         steps = {
-            name: client.submit(_apply_step, step, future, pure=False)
+            name: client.submit(_apply_step, step, future, pure=False, **where)
             for name, step in job.steps.items()
         }
-        running[future.key] = (k, future, steps)
+        running[future.key] = (k, future, steps, worker)
         finished.add(future)
 
     try:
-        for _ in range(in_flight):
-            submit()
+        slots = [workers[i % len(workers)] if workers else None for i in range(in_flight)]
+        for worker in slots:
+            submit(worker)
         for future in finished:
-            k, _, steps = running.pop(future.key)
+            k, _, steps, worker = running.pop(future.key)
             stats = future.result()
             tables = {name: step.result() for name, step in steps.items()}
             job.write(k, stats, tables)
@@ -455,10 +506,10 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
             logger.info("batch: partition %d written (%d parcels)", k, n)
             tracker.add(n)
             del stats, tables, future, steps
-            submit()
+            submit(worker)
     except BaseException:
-        pending = [f for _, f, s in running.values()] + [
-            f for _, _, s in running.values() for f in s.values()
+        pending = [f for _, f, _, _ in running.values()] + [
+            f for _, _, s, _ in running.values() for f in s.values()
         ]
         client.cancel(pending)
         raise

@@ -105,7 +105,9 @@ def _remove_stale_temporaries(folder: Path) -> None:
 
 
 def _differing(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    """The arguments that differ, in the order of ``new`` (the most telling first)."""
+    keys = [*new, *(k for k in old if k not in new)]
+    return [k for k in keys if old.get(k) != new.get(k)]
 
 
 def check_or_create(folder: Path, arguments: Mapping[str, Any], extra: Mapping[str, Any]) -> str:
@@ -165,12 +167,17 @@ def check_or_create(folder: Path, arguments: Mapping[str, Any], extra: Mapping[s
             f"out_dir: {str(folder)!r} is not empty and has no {MANIFEST} ({shown}): it "
             "holds something else than a batch of this package; choose a new or empty folder"
         )
-    manifest = {"format": FORMAT, "hash": digest, "arguments": dict(arguments), **extra}
-    write_atomic(
-        manifest_path,
-        lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n"),
+    text = json.dumps(
+        {"format": FORMAT, "hash": digest, "arguments": dict(arguments), **extra},
+        indent=2,
+        sort_keys=True,
     )
+    write_atomic(manifest_path, lambda tmp: _write_text(tmp, text + "\n"))
     return digest
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
 
 
 def done_partitions(folder: Path) -> set[int]:

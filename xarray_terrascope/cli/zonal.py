@@ -231,6 +231,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument(
         "--max-in-flight",
         type=_positive,
-        help="batches computed at a time (default: workers + 1); bounds worker memory",
+        help="batches computed at a time (default: 2 per worker); bounds worker memory",
     )
     p.set_defaults(func=_run)
