@@ -28,6 +28,7 @@ from xarray_terrascope.catalog.search import (
 )
 from xarray_terrascope.exceptions import (
     AuthenticationError,
+    BatchOutputError,
     CollectionNotFoundError,
     GeometriesOutsideWarning,
     InvalidArgumentError,
@@ -42,6 +43,7 @@ from xarray_terrascope.options import get_options, set_options
 
 __all__ = [
     "AuthenticationError",
+    "BatchOutputError",
     "CollectionNotFoundError",
     "Credentials",
     "GeometriesOutsideWarning",

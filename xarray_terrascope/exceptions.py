@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "BatchOutputError",
     "CollectionNotFoundError",
     "CredentialStoreError",
     "GeometriesOutsideWarning",
@@ -90,6 +91,18 @@ class NoItemsFoundError(TerrascopeError):
 class ReadError(TerrascopeError):
     """A raster could not be read for a reason other than authentication (the HTTP
     status, when there was one, in ``status_code``)."""
+
+
+class BatchOutputError(InvalidArgumentError):
+    """A batch's output folder cannot take this run: it holds another run's partitions
+    (other arguments, or files without a manifest). ``argument`` names the argument
+    that differs (None when the folder is foreign); the message says how to proceed."""
+
+    argument: str | None
+
+    def __init__(self, *args: object, argument: str | None = None) -> None:
+        super().__init__(*args)
+        self.argument = argument
 
 
 class TerrascopeWarning(UserWarning):

@@ -4,8 +4,10 @@ date, to Parquet or CSV."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from xarray_terrascope.analysis.tables import zonal_table
 from xarray_terrascope.cli.arguments import add_collection_arg, add_dates_args, output_path
 from xarray_terrascope.exceptions import InvalidArgumentError
 
@@ -14,6 +16,8 @@ __all__ = ["DEFAULT_ZONAL_STATS", "TABLE_FORMATS", "register", "zonal_table"]
 
 #: ``zonal --out`` suffixes and the format each one writes.
 TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv"}
+#: ``zonal --batch-size`` when not given.
+DEFAULT_BATCH_SIZE = 500
 #: ``zonal --stats`` when not given.
 DEFAULT_ZONAL_STATS = ("mean", "median", "std", "count", "valid_fraction")
 
@@ -27,6 +31,16 @@ def _table_path(text: str) -> Path:
             f"(got {text!r})"
         )
     return path
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a positive integer, got {text!r}")
+    return value
 
 
 def _stats_list(text: str) -> list[str]:
@@ -53,7 +67,10 @@ def _read_parcels(path: str, id_column: str):
             "zonal needs geopandas and xvec: pip install 'xarray-terrascope[analysis]'"
         ) from err
     try:
-        parcels = geopandas.read_file(path)
+        if path.lower().endswith(".parquet"):
+            parcels = geopandas.read_parquet(path)
+        else:
+            parcels = geopandas.read_file(path)
     except Exception as err:  # pyogrio raises several types for unreadable files
         raise InvalidArgumentError(f"--parcels: cannot read {path!r}: {err}") from err
     if len(parcels) == 0:
@@ -70,39 +87,48 @@ def _read_parcels(path: str, id_column: str):
     return parcels
 
 
-def zonal_table(stats, parcels, id_column: str):
-    """The result of ``zonal_stats`` as one row per parcel and date, one column per statistic.
+def _run_batch(args: argparse.Namespace) -> int:
+    from xarray_terrascope import auth
+    from xarray_terrascope.analysis.batch import run_zonal_batch
+    from xarray_terrascope.cli.batch_progress import ProgressBar, duration
 
-    ``stats`` is the Dataset :func:`xarray_terrascope.analysis.zonal.zonal_stats` returns for
-    ``parcels`` (in their order) with a ``zonal_statistics`` dimension. Columns: the
-    parcels' attributes (``id_column`` first, no geometry), ``date``, then the
-    statistics (``<variable>_<stat>`` when the cube has several variables).
-    """
-    import numpy as np
-    import pandas as pd
-
-    attributes = [c for c in parcels.columns if c != parcels.geometry.name]
-    attributes.remove(id_column)
-    dates = pd.DatetimeIndex(stats["time"].values).normalize()
-    n_parcels, n_dates = len(parcels), len(dates)
-    table = {col: np.repeat(parcels[col].to_numpy(), n_dates) for col in [id_column, *attributes]}
-    table["date"] = np.tile(dates.to_numpy(), n_parcels)
-    names = [str(n) for n in stats["zonal_statistics"].values]
-    variables = list(stats.data_vars)
-    for var in variables:
-        values = stats[var].transpose(stats[var].dims[0], "time", "zonal_statistics").values
-        for k, name in enumerate(names):
-            column = name if len(variables) == 1 else f"{var}_{name}"
-            table[column] = values[:, :, k].reshape(n_parcels * n_dates)
-    frame = pd.DataFrame(table)
-    for var in variables:  # pixel counts as integers
-        column = "count" if len(variables) == 1 else f"{var}_count"
-        if column in frame and frame[column].notna().all():
-            frame[column] = frame[column].astype("int64")
-    return frame
+    parcels = _read_parcels(args.parcels, args.id_column)
+    auth.login(validate=True)
+    try:
+        result = run_zonal_batch(
+            args.parcels,
+            args.out_dir,
+            start=args.start,
+            end=args.end,
+            collection=args.collection,
+            stats=args.stats,
+            id_column=args.id_column,
+            batch_size=args.batch_size,
+            max_cloud_cover=args.max_cloud_cover,
+            client=args.scheduler,
+            n_workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            max_in_flight=args.max_in_flight,
+            progress=ProgressBar(sys.stderr),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: the partitions written so far stay in {args.out_dir}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"wrote {result.written} partition(s) of {result.partitions} to {result.out_dir} "
+        f"({result.skipped} found done; {len(parcels)} parcels x {result.dates} date(s)) "
+        f"in {duration(result.elapsed_s)}"
+    )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.out_dir is not None:
+        return _run_batch(args)
     import xarray as xr
 
     from xarray_terrascope.cli.login import login_for_command
@@ -171,10 +197,40 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="parcel_id",
         help="the parcels' unique id column, first in the output (default: parcel_id)",
     )
-    p.add_argument(
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument(
         "--out",
-        required=True,
         type=_table_path,
         help="output path ending in .parquet or .csv; missing parent directories are created",
+    )
+    out.add_argument(
+        "--out-dir",
+        type=Path,
+        help="batch mode, for many parcels: a folder of GeoParquet partitions "
+        "(part-00000.parquet, ... one per batch of parcels) computed on a dask.distributed "
+        "cluster; rerun the same command to resume an interrupted run",
+    )
+    batch = p.add_argument_group("batch mode (--out-dir)")
+    batch.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"parcels per partition (default: {DEFAULT_BATCH_SIZE})",
+    )
+    batch.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a dask scheduler's address (tcp://host:8786); default: a LocalCluster",
+    )
+    batch.add_argument(
+        "--workers", type=_positive, help="LocalCluster worker processes (default: dask's)"
+    )
+    batch.add_argument(
+        "--threads-per-worker", type=_positive, help="LocalCluster threads per worker"
+    )
+    batch.add_argument(
+        "--max-in-flight",
+        type=_positive,
+        help="batches computed at a time (default: 2 per worker); bounds worker memory",
     )
     p.set_defaults(func=_run)

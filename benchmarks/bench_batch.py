@@ -1,0 +1,423 @@
+"""The resumable parcel batch (``run_zonal_batch``) on the sandbox: throughput, bytes,
+memory, resume after a kill, and cluster efficiency.
+
+Run: ``python benchmarks/bench_batch.py [--parcels 20079] [--start 2025-04-01]
+[--end 2025-09-30]`` (defaults: every sandbox parcel, the whole season; a smaller
+``--parcels N`` takes the N parcels first along the batch's Hilbert order, a compact
+area).
+
+Each run is a child process started cold (its own COG header cache directory), against
+one sandbox whose download log counts requests and bytes:
+
+* ``workers1`` / ``workers2``: a LocalCluster of 1 or 2 single-threaded worker
+  processes; parcels per second, requests, bytes (and header requests: a file's first
+  bytes), bytes against the touched-tile floor, peak RSS and CPU seconds per worker.
+* ``threads``: the same batches computed in one process with dask's threaded scheduler
+  (one thread): CPU seconds spent computing, for the CPU-per-parcel comparison with a
+  single-threaded worker.
+* ``resume``: a 2-worker run killed (SIGKILL, its process group) once half the partitions
+  exist, then rerun: total time, bytes read in both, output identical to ``workers2``'s.
+
+On a 2-core machine 2 workers cannot be faster than 1: compare bytes, requests and CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results" / "batch.json"
+STATS = ["mean", "median", "std", "count", "valid_fraction"]
+
+
+# --- child side ---------------------------------------------------------------------------
+
+
+def _usage(dask_worker: Any = None) -> dict:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": r.ru_utime + r.ru_stime, "maxrss_mb": r.ru_maxrss / 1024}
+
+
+def _warm(dask_worker: Any = None) -> None:
+    """Import what a batch's task needs, so the CPU measured is the batch's, not the
+    process's one-off imports (about 40 % of a worker's CPU for 1000 parcels, py-spy)."""
+    import importlib
+
+    for name in (
+        "geopandas",
+        "pyarrow.parquet",
+        "rasterio.features",
+        "xvec",
+        "xarray_terrascope.analysis.batch",
+        "xarray_terrascope.analysis.zonal",
+        "xarray_terrascope.cube.backend",
+        "xarray_terrascope.engine.read",
+    ):
+        importlib.import_module(name)
+
+
+def _child_cluster(spec: dict) -> None:
+    from distributed import Client, LocalCluster
+
+    import xarray_terrascope as xts
+    from xarray_terrascope.analysis.batch import run_zonal_batch
+
+    xts.login()
+    with (
+        LocalCluster(
+            n_workers=spec["workers"],
+            threads_per_worker=spec["threads"],
+            processes=True,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(_warm)
+        before = client.run(_usage)
+        t0 = time.perf_counter()
+        result = run_zonal_batch(
+            spec["parcels"],
+            spec["out"],
+            start=spec["start"],
+            end=spec["end"],
+            stats=STATS,
+            batch_size=spec["batch_size"],
+            client=client,
+        )
+        wall = time.perf_counter() - t0
+        after = client.run(_usage)
+    workers = {
+        str(k): {
+            "cpu_s": after[k]["cpu_s"] - before[k]["cpu_s"],
+            "peak_rss_mb": after[k]["maxrss_mb"],
+        }
+        for k in after
+    }
+    report = {"wall_s": wall, "written": result.written, "dates": result.dates, "workers": workers}
+    Path(spec["report"]).write_text(json.dumps(report))
+
+
+def _child_threads(spec: dict) -> None:
+    import dask
+    import xarray as xr
+
+    import xarray_terrascope as xts
+    from xarray_terrascope.analysis import batch as batch_module
+
+    xts.login()
+    _warm()
+    parcels = batch_module._read(spec["parcels"])
+    ordered = parcels.iloc[batch_module._hilbert_order(parcels)].reset_index(drop=True)
+    bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
+    ds = xr.open_dataset(bbox, engine="terrascope", start=spec["start"], end=spec["end"], chunks={})
+    size = spec["batch_size"]
+    compute_cpu = 0.0
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=spec["threads"]):
+        for k in range(-(-len(ordered) // size)):
+            members = ordered.iloc[k * size : (k + 1) * size]
+            lazy = ds.terrascope.zonal_stats(members.geometry, STATS, index=False)
+            c0 = time.process_time()
+            lazy.compute()
+            compute_cpu += time.process_time() - c0
+    wall = time.perf_counter() - t0
+    report = {"wall_s": wall, "compute_cpu_s": compute_cpu, **_usage()}
+    Path(spec["report"]).write_text(json.dumps(report))
+
+
+# --- parent side --------------------------------------------------------------------------
+
+
+def _spawn(spec: dict, env: dict, workdir: Path, name: str) -> subprocess.Popen:
+    spec_path = workdir / f"{name}.spec.json"
+    spec_path.write_text(json.dumps(spec))
+    stream = (workdir / f"{name}.log").open("w")
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+        env={**env, "TERRASCOPE_CACHE_DIR": str(workdir / f"{name}-cache")},
+        stdout=stream,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, workdir: Path, name: str) -> dict:
+    code = proc.wait()
+    if code:
+        raise RuntimeError(
+            f"{name} failed ({code}):\n{(workdir / f'{name}.log').read_text()[-3000:]}"
+        )
+    return json.loads((workdir / f"{name}.report.json").read_text())
+
+
+def _traffic(records: list) -> dict:
+    tifs = [r for r in records if r.path.endswith(".tif")]
+    headers = Counter(r.path for r in tifs if r.range and r.range.startswith("bytes=0-"))
+    return {
+        "requests": len(tifs),
+        "bytes": sum(r.bytes for r in tifs),
+        "header_requests": sum(headers.values()),
+        "header_bytes": sum(r.bytes for r in tifs if r.range and r.range.startswith("bytes=0-")),
+        "files": len({r.path for r in tifs}),
+        "max_header_fetches_per_file": max(headers.values(), default=0),
+    }
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.glob("part-*.parquet"))
+    }
+
+
+def _floor(sandbox: Any, item_ids: list[str], parcels: Any) -> dict:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _floor import tile_floor
+
+    paths = [sandbox.world.cog_path(i) for i in item_ids]
+    with ThreadPoolExecutor(2) as pool:
+        per_file = list(pool.map(lambda p: tile_floor(p, parcels.geometry), paths))
+    return {
+        "files": len(paths),
+        "tiles": sum(f["tiles"] for f in per_file),
+        "tile_bytes": sum(f["tile_bytes"] for f in per_file),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    import xarray as xr
+
+    import xarray_terrascope as xts
+    from xarray_terrascope.analysis import batch as batch_module
+    from xarray_terrascope.testing import Sandbox
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    with Sandbox(seed=0, latency=args.latency, cache_dir=cache) as sandbox:
+        netrc = workdir / "netrc"
+        netrc.write_text(
+            f"machine 127.0.0.1 login {sandbox.username} password {sandbox.password}\n"
+        )
+        netrc.chmod(0o600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
+        for key in ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS"):
+            env[key] = os.environ[key] = sandbox.env[key]
+        env["NETRC"] = str(netrc)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")]
+        )
+        xts.login(sandbox.username, sandbox.password)
+        parcels = sandbox.parcels()
+        if args.parcels < len(parcels):
+            parcels = parcels.iloc[batch_module._hilbert_order(parcels)[: args.parcels]]
+        parcels_path = workdir / "parcels.parquet"
+        parcels.to_parquet(parcels_path, index=False)
+        bbox = [float(v) for v in parcels.total_bounds]
+        ds = xr.open_dataset(bbox, engine="terrascope", start=args.start, end=args.end)
+        item_ids = [i.id for i in ds.terrascope.items]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # render every COG up front
+            list(pool.map(sandbox.world.cog_path, item_ids))
+        print(
+            f"{len(parcels)} parcels, {len(item_ids)} COGs ready "
+            f"in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        floor = _floor(sandbox, item_ids, parcels)
+        common = {
+            "parcels": str(parcels_path),
+            "start": args.start,
+            "end": args.end,
+            "batch_size": args.batch_size,
+        }
+        runs: dict[str, dict] = {}
+        for name, workers in (("workers1", 1), ("workers2", 2)):
+            sandbox.log.clear()
+            spec = {
+                **common,
+                "mode": "cluster",
+                "workers": workers,
+                "threads": 1,
+                "out": str(workdir / name),
+                "report": str(workdir / f"{name}.report.json"),
+            }
+            report = _finish(_spawn(spec, env, workdir, name), workdir, name)
+            report.update(_traffic(sandbox.log.records()))
+            report["parcels_per_s"] = len(parcels) / report["wall_s"]
+            report["cpu_s_per_parcel"] = sum(w["cpu_s"] for w in report["workers"].values()) / len(
+                parcels
+            )
+            report["bytes_vs_tile_floor"] = report["bytes"] / floor["tile_bytes"]
+            runs[name] = report
+            print(
+                f"  {name}: {report['wall_s']:.1f} s, {report['parcels_per_s']:.1f} parcels/s, "
+                f"{report['requests']} requests, {report['bytes'] / 1e6:.1f} MB",
+                flush=True,
+            )
+
+        sandbox.log.clear()
+        spec = {
+            **common,
+            "mode": "threads",
+            "threads": 1,
+            "report": str(workdir / "threads.report.json"),
+        }
+        report = _finish(_spawn(spec, env, workdir, "threads"), workdir, "threads")
+        report.update(_traffic(sandbox.log.records()))
+        report["cpu_s_per_parcel"] = report["compute_cpu_s"] / len(parcels)
+        runs["threads"] = report
+        print(
+            f"  threads: {report['wall_s']:.1f} s, {report['compute_cpu_s']:.1f} CPU s", flush=True
+        )
+
+        # killed at half way, then resumed
+        sandbox.log.clear()
+        out = workdir / "resume"
+        spec = {
+            **common,
+            "mode": "cluster",
+            "workers": 2,
+            "threads": 1,
+            "out": str(out),
+            "report": str(workdir / "resume-1.report.json"),
+        }
+        t0 = time.perf_counter()
+        proc = _spawn(spec, env, workdir, "resume-1")
+        total = -(-len(parcels) // args.batch_size)
+        while proc.poll() is None and len(list(out.glob("part-*.parquet"))) < total // 2:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        first_s = time.perf_counter() - t0
+        kept = len(list(out.glob("part-*.parquet")))
+        first = _traffic(sandbox.log.records())
+        sandbox.log.clear()
+        spec["report"] = str(workdir / "resume-2.report.json")
+        t1 = time.perf_counter()
+        second_report = _finish(_spawn(spec, env, workdir, "resume-2"), workdir, "resume-2")
+        second_s = time.perf_counter() - t1
+        second = _traffic(sandbox.log.records())
+        identical = _digests(out) == _digests(workdir / "workers2")
+        runs["resume"] = {
+            "partitions": total,
+            "kept_after_kill": kept,
+            "first_s": first_s,
+            "second_s": second_s,
+            "total_s": first_s + second_s,
+            "uninterrupted_s": runs["workers2"]["wall_s"],
+            "bytes_first": first["bytes"],
+            "bytes_second": second["bytes"],
+            "bytes_total_vs_uninterrupted": (first["bytes"] + second["bytes"])
+            / runs["workers2"]["bytes"],
+            "written_by_second": second_report["written"],
+            "identical_to_uninterrupted": identical,
+        }
+        print(
+            f"  resume: kept {kept}/{total}, {first_s:.1f} + {second_s:.1f} s, "
+            f"identical {identical}",
+            flush=True,
+        )
+    shutil.rmtree(workdir, ignore_errors=True)
+    w1, w2 = runs["workers1"], runs["workers2"]
+    return {
+        "scenario": {
+            "parcels": len(parcels),
+            "start": args.start,
+            "end": args.end,
+            "dates": w1["dates"],
+            "batch_size": args.batch_size,
+            "latency_s": args.latency,
+            "cpus": os.cpu_count(),
+        },
+        "floor": floor,
+        "runs": runs,
+        "efficiency": {
+            "bytes_2_vs_1": w2["bytes"] / w1["bytes"],
+            "requests_2_vs_1": w2["requests"] / w1["requests"],
+            "header_requests_2_vs_1": w2["header_requests"] / max(1, w1["header_requests"]),
+            "worker_cpu_vs_threads": w1["cpu_s_per_parcel"] / runs["threads"]["cpu_s_per_parcel"],
+        },
+    }
+
+
+def _table(report: dict) -> str:
+    s, r, e = report["scenario"], report["runs"], report["efficiency"]
+    lines = [
+        f"{s['parcels']} parcels x {s['dates']} dates ({s['start']}..{s['end']}), batch "
+        f"{s['batch_size']}, latency {s['latency_s']} s, {s['cpus']} CPUs; tile floor "
+        f"{report['floor']['tile_bytes'] / 1e6:.1f} MB",
+        "| run | wall s | parcels/s | requests | MB | x floor | header req | CPU s/parcel "
+        "| peak RSS/worker MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("workers1", "workers2"):
+        x = r[name]
+        rss = "/".join(f"{w['peak_rss_mb']:.0f}" for w in x["workers"].values())
+        lines.append(
+            f"| {name} | {x['wall_s']:.1f} | {x['parcels_per_s']:.1f} | {x['requests']} | "
+            f"{x['bytes'] / 1e6:.1f} | {x['bytes_vs_tile_floor']:.2f} | {x['header_requests']} | "
+            f"{x['cpu_s_per_parcel'] * 1e3:.1f} ms | {rss} |"
+        )
+    t = r["threads"]
+    lines.append(
+        f"| threads (1 thread) | {t['wall_s']:.1f} | {s['parcels'] / t['wall_s']:.1f} | "
+        f"{t['requests']} | {t['bytes'] / 1e6:.1f} | "
+        f"{t['bytes'] / report['floor']['tile_bytes']:.2f} | "
+        f"{t['header_requests']} | {t['cpu_s_per_parcel'] * 1e3:.1f} ms | {t['maxrss_mb']:.0f} |"
+    )
+    x = r["resume"]
+    lines.append(
+        f"resume: killed with {x['kept_after_kill']}/{x['partitions']} partitions, "
+        f"{x['first_s']:.1f} + {x['second_s']:.1f} = {x['total_s']:.1f} s (uninterrupted "
+        f"{x['uninterrupted_s']:.1f} s), bytes {x['bytes_total_vs_uninterrupted']:.2f}x, "
+        f"identical: {x['identical_to_uninterrupted']}"
+    )
+    lines.append(
+        f"2 vs 1 worker: bytes {e['bytes_2_vs_1']:.3f}x, requests {e['requests_2_vs_1']:.3f}x, "
+        f"header requests {e['header_requests_2_vs_1']:.2f}x; worker CPU per parcel vs "
+        f"threads {e['worker_cpu_vs_threads']:.2f}x"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--parcels", type=int, default=20079)
+    parser.add_argument("--start", default="2025-04-01")
+    parser.add_argument("--end", default="2025-09-30")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument(
+        "--cache-dir", default=str(Path(tempfile.gettempdir()) / "xts-bench-batch-cog")
+    )
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if args.child:
+        spec = json.loads(Path(args.child).read_text())
+        (_child_cluster if spec["mode"] == "cluster" else _child_threads)(spec)
+        return 0
+    report = run(args)
+    print(_table(report))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The resumable parcel batch (:mod:`xarray_terrascope.analysis.batch` and
+``xarray-terrascope zonal --out-dir``) on the sandbox and a real LocalCluster: a run
+killed with SIGKILL or interrupted with SIGINT in a subprocess, then rerun, gives the
+output of an uninterrupted run; changed arguments and foreign folders are refused; the
+statistics match the world's truth."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import xarray_terrascope as xts
+from xarray_terrascope import cli
+from xarray_terrascope.analysis.batch import BatchProgress, run_zonal_batch
+from xarray_terrascope.analysis.batch_output import MANIFEST
+from xarray_terrascope.cli.batch_progress import ProgressBar
+from xarray_terrascope.exceptions import BatchOutputError
+
+pytestmark = pytest.mark.slow
+
+WINDOW = {"start": "2025-06-01", "end": "2025-06-15"}
+STATS = ["mean", "count", "valid_fraction"]
+N_PARCELS, BATCH = 600, 100
+PARTS = N_PARCELS // BATCH
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def parcels_path(terrascope_sandbox, tmp_path_factory):
+    """600 neighbouring parcels of UTM zone 31 (a strip from lon 5.3 eastwards, by west edge) as
+    GeoParquet, so the cube is on the files' own grid."""
+    parcels = terrascope_sandbox.parcels()
+    lon = parcels.geometry.bounds["minx"]
+    strip = parcels[lon > 5.3].assign(lon=lon).sort_values("lon").head(N_PARCELS)
+    path = tmp_path_factory.mktemp("batch") / "parcels.parquet"
+    strip.drop(columns="lon").to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(terrascope_sandbox, parcels_path, cluster, tmp_path_factory):
+    """An uninterrupted run of the library on the module's LocalCluster."""
+    from distributed import Client
+
+    out = tmp_path_factory.mktemp("batch") / "reference"
+    saved = {k: os.environ.get(k) for k in _ENDPOINTS}
+    os.environ.update({k: terrascope_sandbox.env[k] for k in _ENDPOINTS})
+    seen: list[BatchProgress] = []
+    try:
+        xts.login(terrascope_sandbox.username, terrascope_sandbox.password)
+        with Client(cluster) as client:
+            result = run_zonal_batch(
+                parcels_path,
+                out,
+                **WINDOW,
+                stats=STATS,
+                batch_size=BATCH,
+                client=client,
+                progress=seen.append,
+            )
+    finally:
+        xts.logout()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert (result.partitions, result.written, result.skipped) == (PARTS, PARTS, 0)
+    assert [p.parcels_done for p in seen] == [BATCH * k for k in range(PARTS + 1)]
+    return out
+
+
+_ENDPOINTS = ("TERRASCOPE_STAC_URL", "TERRASCOPE_DOWNLOAD_URL", "TERRASCOPE_DOWNLOAD_HOSTS")
+
+
+def _env(sandbox, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment: the sandbox's endpoints, credentials in a netrc file only."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {sandbox.username} password {sandbox.password}\n")
+    netrc.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TERRASCOPE_")}
+    env.update({k: sandbox.env[k] for k in _ENDPOINTS})
+    env.update(
+        NETRC=str(netrc),
+        TERRASCOPE_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+    )
+    return env
+
+
+def _argv(parcels_path: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "zonal",
+        "--parcels",
+        str(parcels_path),
+        "--start",
+        WINDOW["start"],
+        "--end",
+        WINDOW["end"],
+        "--stats",
+        ",".join(STATS),
+        "--out-dir",
+        str(out),
+        "--batch-size",
+        str(BATCH),
+        *extra,
+    ]
+
+
+def _start_cli(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The CLI in a process group of its own (its LocalCluster's workers included)."""
+    with log.open("w") as stream:
+        return subprocess.Popen(
+            [sys.executable, "-m", "xarray_terrascope.cli", *argv],
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("part-*.parquet"))
+
+
+def _wait_for_parts(proc: subprocess.Popen, folder: Path, log: Path, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if folder.exists() and _parts(folder):
+            return
+        assert proc.poll() is None, f"the CLI ended early:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"no partition within {deadline_s} s:\n{log.read_text()[-3000:]}")
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """Kill what is left of the CLI's process group (its worker processes), by its id."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _same_as_reference(folder: Path, reference: Path) -> None:
+    import geopandas
+
+    assert _parts(folder) == _parts(reference) == [f"part-{k:05d}.parquet" for k in range(PARTS)]
+    for name in _parts(reference):
+        got = geopandas.read_parquet(folder / name)
+        want = geopandas.read_parquet(reference / name)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        assert _digest(folder / name) == _digest(reference / name), name
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _resume_after(sig: int, terrascope_sandbox, parcels_path, reference, tmp_path) -> str:
+    out = tmp_path / "out"
+    env = _env(terrascope_sandbox, tmp_path)
+    argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
+    log = tmp_path / "first.log"
+    proc = _start_cli([*argv, "--max-in-flight", "1"], env, log)
+    try:
+        _wait_for_parts(proc, out, log, deadline_s=240)
+        os.kill(proc.pid, sig)
+        code = proc.wait(timeout=120)
+    finally:
+        _end_group(proc)
+    before = {name: (out / name).stat().st_ino for name in _parts(out)}
+    assert 1 <= len(before) < PARTS, "the run was to be stopped half way"
+    rerun = subprocess.run(
+        [sys.executable, "-m", "xarray_terrascope.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"wrote {PARTS - len(before)} partition(s) of {PARTS}" in rerun.stdout
+    assert f"({len(before)} found done;" in rerun.stdout
+    assert "parcels/s" in rerun.stderr  # the progress lines (not a tty: plain lines)
+    # the partitions written before the stop were kept, not written again
+    assert {n: (out / n).stat().st_ino for n in before} == before
+    _same_as_reference(out, reference)
+    return f"{code}\n{log.read_text()}"
+
+
+def test_resumes_after_sigkill_with_identical_output(
+    terrascope_sandbox, parcels_path, reference, tmp_path
+):
+    code, _ = _resume_after(
+        signal.SIGKILL, terrascope_sandbox, parcels_path, reference, tmp_path
+    ).split("\n", 1)
+    assert code == str(-signal.SIGKILL)
+
+
+def test_resumes_after_ctrl_c_with_identical_output(
+    terrascope_sandbox, parcels_path, reference, tmp_path
+):
+    code, log = _resume_after(
+        signal.SIGINT, terrascope_sandbox, parcels_path, reference, tmp_path
+    ).split("\n", 1)
+    assert code == "130", log[-3000:]
+    assert "interrupted: the partitions written so far stay in" in log
+    assert "Traceback" not in log
+
+
+def test_means_match_the_worlds_truth(terrascope_sandbox, reference):
+    import geopandas
+
+    table = pd.concat(geopandas.read_parquet(reference / n) for n in _parts(reference))
+    assert len(table) == N_PARCELS * table["date"].nunique() and table["date"].nunique() > 3
+    assert table["parcel_id"].nunique() == N_PARCELS
+    world = terrascope_sandbox.world
+    # the truth is cloud-free NDVI; hazy cloud edges (not masked) change it: the dates
+    # without any cloud only
+    clear_days = {pd.Timestamp(a.datetime.date()) for a in world.acquisitions if not a.cloudy}
+    clear = table[table["date"].isin(clear_days) & (table["valid_fraction"] == 1.0)]
+    # (a few parcels on the clip edge of a tile lack pixels there)
+    assert clear["date"].nunique() == 2 and len(clear) > 1.9 * N_PARCELS
+    truth = np.concatenate(
+        [world.parcel_ndvi(g["parcel_id"].to_numpy(), day) for day, g in clear.groupby("date")]
+    )
+    got = np.concatenate([g["mean"].to_numpy() for _, g in clear.groupby("date")])
+    # files hold 8-bit DN (0.004 NDVI per step): the mean is within half a step
+    np.testing.assert_allclose(got, truth, atol=0.0021)
+    cloudy = table[table["count"] == 0]
+    assert len(cloudy) and cloudy["mean"].isna().all()
+
+
+def test_a_changed_argument_is_refused(terrascope_sandbox, parcels_path, reference, logged_in):
+    before = {n: _digest(reference / n) for n in [*_parts(reference), MANIFEST]}
+    cases = [
+        ({"stats": ["mean"]}, "stats"),
+        ({"end": "2025-06-20"}, "end"),
+        ({"batch_size": 50}, "batch_size"),
+    ]
+    for change, argument in cases:
+        kwargs = {**WINDOW, "stats": STATS, "batch_size": BATCH, **change}
+        with pytest.raises(BatchOutputError) as err:
+            run_zonal_batch(parcels_path, reference, **kwargs)
+        assert err.value.argument == argument
+        message = str(err.value)
+        assert argument in message and "new or empty folder" in message
+    # a changed parcel file is refused too
+    import geopandas
+
+    fewer = geopandas.read_parquet(parcels_path).iloc[1:]
+    with pytest.raises(BatchOutputError) as err:
+        run_zonal_batch(fewer, reference, **WINDOW, stats=STATS, batch_size=BATCH)
+    assert err.value.argument == "parcels"
+    # ... and nothing was written
+    assert {n: _digest(reference / n) for n in [*_parts(reference), MANIFEST]} == before
+
+
+def test_cli_refuses_a_changed_argument_in_one_line(
+    parcels_path, reference, terrascope_env, capsys
+):
+    argv = _argv(parcels_path, reference)
+    argv[argv.index("--stats") + 1] = "mean"
+    try:
+        assert cli.main(argv) == 2
+    finally:
+        xts.logout()
+    err = capsys.readouterr().err
+    assert err.startswith("error: out_dir:") and "stats" in err and err.count("\n") == 1, err
+
+
+def test_a_foreign_folder_is_refused(parcels_path, logged_in, tmp_path):
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "part-00000.parquet").write_bytes(b"not ours")
+    with pytest.raises(BatchOutputError) as err:
+        run_zonal_batch(parcels_path, folder, **WINDOW, stats=STATS, batch_size=BATCH)
+    assert err.value.argument is None
+    assert MANIFEST in str(err.value) and "new or empty folder" in str(err.value)
+    assert (folder / "part-00000.parquet").read_bytes() == b"not ours"
+    (folder / MANIFEST).write_text('{"format": "something-else"}')
+    with pytest.raises(BatchOutputError, match="something-else"):
+        run_zonal_batch(parcels_path, folder, **WINDOW, stats=STATS, batch_size=BATCH)
+
+
+def _largest_mean(stats):
+    """A post-step: each parcel's largest mean NDVI over the dates."""
+    frame = stats["NDVI"].sel(zonal_statistics="mean").max("time").to_dataframe()
+    return frame.reset_index()[["parcel_id", "NDVI"]].rename(columns={"NDVI": "max_mean"})
+
+
+def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_in, tmp_path):
+    import geopandas
+    from distributed import Client
+
+    try:
+        with Client(cluster) as client:
+            result = run_zonal_batch(
+                parcels_path,
+                tmp_path / "steps",
+                **WINDOW,
+                stats=STATS,
+                batch_size=300,
+                client=client,
+                post_steps={"peak": _largest_mean},
+            )
+    finally:
+        xts.logout()
+    assert result.written == 2
+    steps = tmp_path / "steps" / "peak"
+    assert _parts(steps) == ["part-00000.parquet", "part-00001.parquet"]
+    peaks = pd.concat(pd.read_parquet(steps / n) for n in _parts(steps))
+    table = pd.concat(geopandas.read_parquet(reference / n) for n in _parts(reference))
+    expected = table.groupby("parcel_id")["mean"].max()
+    assert len(peaks) == N_PARCELS
+    np.testing.assert_allclose(
+        peaks.set_index("parcel_id")["max_mean"].sort_index(), expected.sort_index()
+    )
+
+
+def test_progress_text():
+    p = BatchProgress(300, 1000, 3, 10, 100, 20.0)
+    assert p.rate == 10.0 and p.eta_s == 70.0
+    import io
+
+    stream = io.StringIO()
+    ProgressBar(stream)(p)
+    assert stream.getvalue() == (
+        "[#########.....................] 300/1000 parcels (3/10 partitions), "
+        "10.0 parcels/s, 1m10s left\n"
+    )
