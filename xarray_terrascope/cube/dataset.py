@@ -385,12 +385,6 @@ def open_cube(
     handle, held = _handle_for_open(credentials)
     if not isinstance(validate, bool):
         raise InvalidArgumentError(f"validate must be True or False, got {validate!r}")
-    if isinstance(credentials, auth.Credentials) and validate:  # a token was just issued
-        signin.validate_credentials(
-            credentials,
-            given_as="credentials= of open_dataset",
-            skip="open_dataset(..., credentials=..., validate=False)",
-        )
     given: list[pystac.Item] | None = None
     if is_items(filename_or_obj):
         given = list(filename_or_obj)
@@ -437,6 +431,14 @@ def open_cube(
         resampling=resampling,
         prefer_local=_check_prefer_local(prefer_local),
     )
+    # every argument checked (the plan names unknown assets): now the one request that
+    # proves per-call credentials, before the mask's reads (a token was just issued)
+    if isinstance(credentials, auth.Credentials) and validate:
+        signin.validate_credentials(
+            credentials,
+            given_as="credentials= of open_dataset",
+            skip="open_dataset(..., credentials=..., validate=False)",
+        )
     logger.info(
         "Cube of %d item(s) -> %d date(s) x %d x %d px in EPSG:%d",
         len(items),
