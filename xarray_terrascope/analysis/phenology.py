@@ -12,22 +12,24 @@ series, measured on a daily curve):
   curve rises through ``left_min + threshold * (pos_value - left_min)`` (linear between
   days); **end of season** (``eos_time``): the first date after the maximum on which it
   falls through ``right_min + threshold * (pos_value - right_min)``.
-- **peak date** (``pos_time``): TIMESAT's "middle of season", the midpoint between the
-  date the curve rises through ``left_min + peak_level * (pos_value - left_min)``
-  before the maximum and the date it falls through
-  ``right_min + peak_level * (pos_value - right_min)`` after it (``peak_level=0.8``,
-  TIMESAT's 80 %; Jönsson & Eklundh, TIMESAT 3.3 software manual, section "Seasonality
-  parameters", parameter 3). Crops' tops are plateaus weeks long on which the day of
-  the maximum itself is set by noise; the two crossings are on steep flanks and are not.
-  ``pos_value`` stays the maximum (not the curve's value at ``pos_time``, which on a
-  two-humped top can be lower).
+- **peak date** (``pos_time``): TIMESAT's "middle of season" (its seasonality
+  parameter 5, Jönsson & Eklundh 2004, *Computers & Geosciences* 30, 833-845, and the
+  TIMESAT software manual): the midpoint between the date the curve, walking forward
+  from the left minimum, first rises through ``left_min + peak_level * (pos_value -
+  left_min)`` and the date it, walking back from the right minimum, last stands above
+  ``right_min + peak_level * (pos_value - right_min)`` (``peak_level=0.8``, TIMESAT's
+  80 %). Crops' tops are plateaus weeks long on which the day of the maximum itself is
+  set by noise; the two crossings lie on steep flanks and are well determined.
+  ``pos_value`` stays the maximum, as in TIMESAT (not the curve's value at
+  ``pos_time``, which on a two-humped top can be lower).
 - ``amplitude``: ``pos_value - (left_min + right_min) / 2``; ``season_length``:
   ``eos_time - sos_time`` in days.
 - ``greenup_rate``: the mean slope from the start of season to the ``peak_level``
   crossing before the maximum, ``(peak_level - threshold) * (pos_value - left_min)``
   divided by the days between the two crossings (TIMESAT's "rate of increase", between
   its 20 % and 80 % levels); ``senescence_rate``: the same after the maximum, from the
-  ``peak_level`` crossing to the end of season (positive when the curve falls).
+  ``peak_level`` crossing to the end of season (positive when the curve falls). NaN
+  where the flank dips back below the start (end) level between the two crossings.
 
 A start (end) whose rise (fall) is smaller than ``min_amplitude`` is not observed: NaT
 (its rate NaN); the peak date needs both flanks, so it is NaT when either is not

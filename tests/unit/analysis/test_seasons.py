@@ -79,6 +79,41 @@ def test_phenology_dates_within_five_days_of_the_truth(season):
     assert pd.api.types.is_datetime64_any_dtype(frame["sos_time"])
 
 
+def test_peak_date_is_the_middle_of_season_on_a_plateau():
+    """A piecewise-linear curve (exact under linear interpolation between days) with a
+    flat top and a small bump near its end: the peak date is the midpoint of the 80 %
+    crossings, not the day of the maximum; hand arithmetic, no world needed."""
+    days = np.arange(151.0)
+    # 0.2 until day 10, +0.02/day to 0.8 at day 40, flat to 90, a bump to 0.81 at 95,
+    # 0.8 at 100, -0.02/day to 0.2 at 130
+    top = np.interp(
+        days, [0, 10, 40, 90, 95, 100, 130, 150], [0.2, 0.2, 0.8, 0.8, 0.81, 0.8, 0.2, 0.2]
+    )
+    # starts on the top: no left flank, so no start and no peak date
+    late = np.interp(days, [0, 20, 50, 150], [0.8, 0.81, 0.2, 0.2])
+    times = pd.date_range("2025-03-01", periods=days.size, freq="D")
+    series = xr.DataArray(np.stack([top, late]), dims=("p", "time"), coords={"time": times})
+    found = phenology(series, 0.5, smoothed=True)
+    # levels: 0.2 + 0.5 * 0.61 = 0.505 and 0.2 + 0.8 * 0.61 = 0.688 on both flanks
+    # crossings: up 0.505 at 10 + 15.25, 0.688 at 10 + 24.4; down 0.688 at 100 + 5.6,
+    # 0.505 at 100 + 14.75; middle of season (34.4 + 105.6) / 2 = 70 (maximum: day 95)
+    expected = {"sos_time": 25.25, "pos_time": 70.0, "eos_time": 114.75}
+    for key, day in expected.items():
+        got = (found[key].values[0] - times[0].to_datetime64()) / np.timedelta64(1, "s")
+        assert abs(got / 86400 - day) < 1e-3, (key, got / 86400)
+    np.testing.assert_allclose(found.pos_value.values, [0.81, 0.81])
+    np.testing.assert_allclose(found.greenup_rate.values[0], 0.02, rtol=1e-9)
+    np.testing.assert_allclose(found.senescence_rate.values[0], 0.02, rtol=1e-9)
+    assert np.isnat(found.pos_time.values[1]) and np.isnat(found.sos_time.values[1])
+    assert not np.isnat(found.eos_time.values[1]) and np.isnan(found.greenup_rate.values[1])
+    # the world's truth, on the same curves
+    from xarray_terrascope.testing._seasons import _season
+
+    truth = _season(top, 0.5, 0.1)
+    np.testing.assert_allclose([truth["sos"], truth["pos"], truth["eos"]], [25.25, 70, 114.75])
+    assert np.isnan(_season(late, 0.5, 0.1)["pos"])
+
+
 def test_mowing_events_found(season):
     world, obs = season
     found = events(obs["mean"], min_drop=0.1, **NDVI_SMOOTHING)
