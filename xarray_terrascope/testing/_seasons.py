@@ -32,28 +32,48 @@ def _crossing(d0: float, v0: float, d1: float, v1: float, level: float) -> float
     return d0 + (level - v0) / (v1 - v0) * (d1 - d0)
 
 
-def _season(values: np.ndarray, threshold: float, min_amplitude: float) -> dict[str, float]:
-    """Phenology of one daily curve, dates as day indices into ``values``."""
+def _season(
+    values: np.ndarray, threshold: float, min_amplitude: float, peak_level: float = 0.8
+) -> dict[str, float]:
+    """Phenology of one daily curve, dates as day indices into ``values``.
+
+    The peak date is TIMESAT's middle of season: halfway between the day the curve,
+    walking forward from the left minimum, first rises above the ``peak_level`` share of
+    its rise and the day it, walking back from the right minimum, last stands above the
+    ``peak_level`` share of its fall.
+    """
     peak = int(np.argmax(values))
     top = float(values[peak])
-    left = float(min(values[: peak + 1]))
-    right = float(min(values[peak:]))
+    left_at = int(np.argmin(values[: peak + 1]))
+    right_at = peak + int(np.argmin(values[peak:]))
+    left = float(values[left_at])
+    right = float(values[right_at])
     up = left + threshold * (top - left)
     down = right + threshold * (top - right)
-    sos = eos = float("nan")
+    sos = eos = rise = fall = float("nan")
     if top - left >= min_amplitude:
         d = peak
         while values[d] >= up:  # back from the peak to the last day below the level
             d -= 1
         sos = _crossing(d, values[d], d + 1, values[d + 1], up)
+        high = left + peak_level * (top - left)
+        d = left_at
+        while values[d] <= high:  # on from the left minimum to the first day above
+            d += 1
+        rise = _crossing(d - 1, values[d - 1], d, values[d], high)
     if top - right >= min_amplitude:
         d = peak
         while values[d] >= down:
             d += 1
         eos = _crossing(d - 1, values[d - 1], d, values[d], down)
+        high = right + peak_level * (top - right)
+        d = right_at
+        while values[d] <= high:  # back from the right minimum to the last day above
+            d -= 1
+        fall = _crossing(d, values[d], d + 1, values[d + 1], high)
     return {
         "sos": sos,
-        "pos": float(peak),
+        "pos": (rise + fall) / 2,
         "eos": eos,
         "pos_value": top,
         "left_min": left,
@@ -115,12 +135,15 @@ class SeasonTruthMixin:
         end: Any = None,
         threshold: float = 0.5,
         min_amplitude: float = 0.1,
+        peak_level: float = 0.8,
     ) -> pd.DataFrame:
         """Return each parcel's true season from its noise-free daily curve.
 
         Columns ``crop``, ``sos_time``, ``pos_time``, ``eos_time`` (Timestamps, NaT
-        where the rise or fall is below ``min_amplitude``), ``pos_value``, ``left_min``,
-        ``right_min``, ``amplitude``, ``season_length`` (days); indexed by parcel_id.
+        where the rise or fall is below ``min_amplitude``; ``pos_time`` needs both, and
+        is the midpoint of the ``peak_level`` crossings), ``pos_value`` (the maximum),
+        ``left_min``, ``right_min``, ``amplitude``, ``season_length`` (days); indexed by
+        parcel_id.
         Definitions as :func:`xarray_terrascope.analysis.phenology.phenology`, on the
         window ``start``..``end`` (the world's by default).
 
@@ -135,7 +158,7 @@ class SeasonTruthMixin:
         origin = pd.Timestamp(series.time.values[0])
         rows = []
         for values in series.values:
-            s = _season(values, threshold, min_amplitude)
+            s = _season(values, threshold, min_amplitude, peak_level)
             row: dict[str, Any] = {
                 k: s[k] for k in ("pos_value", "left_min", "right_min", "amplitude")
             }

@@ -60,21 +60,58 @@ def test_phenology_dates_within_five_days_of_the_truth(season):
     truth = world.true_phenology(obs.parcel_id.values)
     assert found.sos_time.dtype == np.dtype("datetime64[ns]")
     arable = (truth.crop != "grassland").values
-    for key in ("sos_time", "eos_time"):
+    # the peak date is TIMESAT's middle of season (midpoint of the 80 % crossings),
+    # well determined even where the curve's top is a plateau weeks long
+    for key in ("sos_time", "pos_time", "eos_time"):
         observed = arable & truth[key].notna().values
         assert observed.sum() > 200
         share = within_days(found[key].values, truth[key].values)[observed].mean()
         assert share >= 0.9, (key, share)
-    # the peak's value; its date, on the plateaus of these crops, on a day the true
-    # curve is within 0.03 of its peak
+    # the peak's value (the maximum); its date on the true curve's top: within 0.03 of it
     assert (np.abs(found.pos_value.values - truth.pos_value.values)[arable] < 0.05).mean() >= 0.9
     curve = world.true_series(obs.parcel_id.values)
-    day = found.pos_time.values.astype("datetime64[D]").astype("datetime64[ns]")
-    at_peak = np.array([curve.values[i, curve.time.values == d][0] for i, d in enumerate(day)])
-    assert ((truth.pos_value.values - at_peak)[arable] < 0.03).mean() >= 0.9
+    dated = arable & ~np.isnat(found.pos_time.values)
+    day = found.pos_time.values[dated].astype("datetime64[D]").astype("datetime64[ns]")
+    at_peak = curve.values[dated][np.arange(day.size), np.searchsorted(curve.time.values, day)]
+    assert ((truth.pos_value.values[dated] - at_peak) < 0.03).mean() >= 0.9
     frame = found.to_dataframe()
     assert len(frame) == obs.sizes["parcel_id"]
     assert pd.api.types.is_datetime64_any_dtype(frame["sos_time"])
+
+
+def test_peak_date_is_the_middle_of_season_on_a_plateau():
+    """A piecewise-linear curve (exact under linear interpolation between days) with a
+    flat top and a small bump near its end: the peak date is the midpoint of the 80 %
+    crossings, not the day of the maximum; hand arithmetic, no world needed."""
+    days = np.arange(151.0)
+    # 0.2 until day 10, +0.02/day to 0.8 at day 40, flat to 90, a bump to 0.81 at 95,
+    # 0.8 at 100, -0.02/day to 0.2 at 130
+    top = np.interp(
+        days, [0, 10, 40, 90, 95, 100, 130, 150], [0.2, 0.2, 0.8, 0.8, 0.81, 0.8, 0.2, 0.2]
+    )
+    # starts on the top: no left flank, so no start and no peak date
+    late = np.interp(days, [0, 20, 50, 150], [0.8, 0.81, 0.2, 0.2])
+    times = pd.date_range("2025-03-01", periods=days.size, freq="D")
+    series = xr.DataArray(np.stack([top, late]), dims=("p", "time"), coords={"time": times})
+    found = phenology(series, 0.5, smoothed=True)
+    # levels: 0.2 + 0.5 * 0.61 = 0.505 and 0.2 + 0.8 * 0.61 = 0.688 on both flanks
+    # crossings: up 0.505 at 10 + 15.25, 0.688 at 10 + 24.4; down 0.688 at 100 + 5.6,
+    # 0.505 at 100 + 14.75; middle of season (34.4 + 105.6) / 2 = 70 (maximum: day 95)
+    expected = {"sos_time": 25.25, "pos_time": 70.0, "eos_time": 114.75}
+    for key, day in expected.items():
+        got = (found[key].values[0] - times[0].to_datetime64()) / np.timedelta64(1, "s")
+        assert abs(got / 86400 - day) < 1e-3, (key, got / 86400)
+    np.testing.assert_allclose(found.pos_value.values, [0.81, 0.81])
+    np.testing.assert_allclose(found.greenup_rate.values[0], 0.02, rtol=1e-9)
+    np.testing.assert_allclose(found.senescence_rate.values[0], 0.02, rtol=1e-9)
+    assert np.isnat(found.pos_time.values[1]) and np.isnat(found.sos_time.values[1])
+    assert not np.isnat(found.eos_time.values[1]) and np.isnan(found.greenup_rate.values[1])
+    # the world's truth, on the same curves
+    from xarray_terrascope.testing._seasons import _season
+
+    truth = _season(top, 0.5, 0.1)
+    np.testing.assert_allclose([truth["sos"], truth["pos"], truth["eos"]], [25.25, 70, 114.75])
+    assert np.isnan(_season(late, 0.5, 0.1)["pos"])
 
 
 def test_mowing_events_found(season):
@@ -157,6 +194,8 @@ def test_all_nan_parcels_give_nan_not_a_crash(season):
         (lambda s: smooth(s.isel(time=[0, 1, 1, 2, 3])), ["distinct", "sortby"]),
         (lambda s: smooth(s, method="savgol", window=4), ["window"]),
         (lambda s: phenology(s, threshold=1.2), ["threshold"]),
+        (lambda s: phenology(s, peak_level=1.0), ["peak_level"]),
+        (lambda s: phenology(s, threshold=0.5, peak_level=0.4), ["peak_level", "threshold"]),
         (lambda s: events(s, min_drop=0), ["min_drop"]),
         (lambda s: events(s, window=0), ["window"]),
         (lambda s: s.isel(time=0).terrascope.phenology(), ["'time' dimension"]),
@@ -193,6 +232,13 @@ def test_truth_drops_and_crossings_are_in_the_noise_free_curve(season):
         assert fall[row][near <= 3].sum() > 0.06  # a real drop (wheat: 0.32 -> 0.2)
         assert abs((steepest - np.datetime64(when, "ns")) / np.timedelta64(1, "D")) <= 2
     seasons = world.true_phenology(ids)
+    # the true peak date lies on the curve's top: above 80 % of the rise and of the fall
+    dated = seasons[(seasons.crop != "grassland") & seasons.pos_time.notna()]
+    assert len(dated) > 40
+    for pid, row in dated.iterrows():
+        value = float(curve.sel(parcel_id=pid).interp(time=row.pos_time))
+        base = max(row.left_min, row.right_min)
+        assert value >= base + 0.8 * (row.pos_value - base), (pid, value)
     for pid, row in seasons.dropna(subset=["sos_time"]).iterrows():
         values = curve.sel(parcel_id=pid)
         level = row.left_min + 0.5 * (row.pos_value - row.left_min)
