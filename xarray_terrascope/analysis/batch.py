@@ -199,12 +199,36 @@ def _apply_step(step: PostStep, stats: Any) -> Any:
     return step(stats)
 
 
-def _compute_here(lazy: Any) -> Any:
+def _cube_reads(lazy: Any) -> list[tuple[Any, int]]:
+    """``(plan, asset_index)`` of each cube variable the lazy result reads (the
+    :class:`~xarray_terrascope.cube.dataset.CubeArray` objects in its dask graph)."""
+    from xarray_terrascope.cube.dataset import CubeArray
+
+    found: dict[tuple[int, int], tuple[Any, int]] = {}
+    for node in dict(lazy.__dask_graph__()).values():
+        value = getattr(node, "value", node)  # a dask DataNode holds the array
+        for _ in range(8):  # xarray's adapters around the backend array
+            if isinstance(value, CubeArray):
+                found[id(value.plan), value.asset_index] = (value.plan, value.asset_index)
+                break
+            value = getattr(value, "array", None)
+            if value is None:
+                break
+    return list(found.values())
+
+
+def _compute_here(lazy: Any, shared_headers: Any = None) -> Any:
     """One batch, computed in the worker process that runs this task with dask's
     threaded scheduler (as many threads as the worker has): its reads share the
     process's COG headers and tiles, and no task of it costs the cluster's per-task
-    bookkeeping or moves data between workers."""
+    bookkeeping or moves data between workers. ``shared_headers`` (the COG headers the
+    client fetched for the whole run) go into the worker's header cache first, so no
+    worker requests a header."""
     from distributed import get_worker
+
+    from xarray_terrascope.engine import header_share
+
+    header_share.install(shared_headers)
 
     try:
         threads = get_worker().state.nthreads
@@ -461,6 +485,18 @@ class _Queues:
         return self.shared.popleft() if self.shared else None
 
 
+def _share_headers(client: Any, lazy: Any) -> Any:
+    """The COG headers of every file the run reads, fetched here once and sent to every
+    worker (a future of them, or None when there are none): each header is requested
+    once per cluster, not once per worker."""
+    from xarray_terrascope.engine import header_share
+
+    shared = header_share.fetch_plan_headers(_cube_reads(lazy))
+    if not shared.entries:
+        return None
+    return client.scatter(shared, broadcast=True, hash=False)
+
+
 def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> None:
     """Compute the batches ``todo`` on ``client``, at most ``in_flight`` at a time, and
     write each as it finishes; on any error (or Ctrl-C) cancel those in flight.
@@ -477,6 +513,7 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
     share_credentials(client)
     workers = sorted(client.scheduler_info().get("workers", {}))
     queues = _Queues(todo, workers)
+    shared_headers = _share_headers(client, job.lazy(todo[0]))
     running: dict[str, tuple[int, Any, dict[str, Any], str | None]] = {}
     finished = as_completed()
 
@@ -485,7 +522,7 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
         if k is None:
             return
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        future = client.submit(_compute_here, job.lazy(k), pure=False, **where)
+        future = client.submit(_compute_here, job.lazy(k), shared_headers, pure=False, **where)
         steps = {
             name: client.submit(_apply_step, step, future, pure=False, **where)
             for name, step in job.steps.items()
