@@ -163,10 +163,40 @@ def _finish(proc: subprocess.Popen, workdir: Path, name: str) -> dict:
     return json.loads((workdir / f"{name}.report.json").read_text())
 
 
+def _spans(value: str | None) -> list[tuple[int, int]]:
+    """``(start, end)`` (end excluded) of each range of a ``Range`` header."""
+    if not value or not value.startswith("bytes="):
+        return []
+    out = []
+    for part in value[len("bytes=") :].split(","):
+        start, _, end = part.strip().partition("-")
+        if start and end:
+            out.append((int(start), int(end) + 1))
+    return out
+
+
+def _overlap(tifs: list) -> dict:
+    """Range bytes asked for, and how many of them an earlier or later request of the run
+    asked for too (the same file bytes fetched more than once), per file summed."""
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for r in tifs:
+        by_file.setdefault(r.path, []).extend(_spans(r.range))
+    asked = unique = 0
+    for spans in by_file.values():
+        asked += sum(e - s for s, e in spans)
+        end = -1
+        for s, e in sorted(spans):
+            if e > end:
+                unique += e - max(s, end)
+                end = e
+    return {"range_bytes": asked, "range_bytes_unique": unique, "range_bytes_again": asked - unique}
+
+
 def _traffic(records: list) -> dict:
     tifs = [r for r in records if r.path.endswith(".tif")]
     headers = Counter(r.path for r in tifs if r.range and r.range.startswith("bytes=0-"))
     return {
+        **_overlap(tifs),
         "requests": len(tifs),
         "bytes": sum(r.bytes for r in tifs),
         "header_requests": sum(headers.values()),
@@ -390,6 +420,13 @@ def _table(report: dict) -> str:
         f"2 vs 1 worker: bytes {e['bytes_2_vs_1']:.3f}x, requests {e['requests_2_vs_1']:.3f}x, "
         f"header requests {e['header_requests_2_vs_1']:.2f}x; worker CPU per parcel vs "
         f"threads {e['worker_cpu_vs_threads']:.2f}x"
+    )
+    w1, w2 = r["workers1"], r["workers2"]
+    lines.append(
+        "file bytes asked for more than once (1 / 2 workers): "
+        f"{w1['range_bytes_again'] / 1e6:.2f} / {w2['range_bytes_again'] / 1e6:.2f} MB; "
+        f"distinct file bytes {w1['range_bytes_unique'] / 1e6:.2f} / "
+        f"{w2['range_bytes_unique'] / 1e6:.2f} MB"
     )
     return "\n".join(lines)
 
