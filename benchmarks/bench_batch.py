@@ -227,6 +227,23 @@ def _floor(sandbox: Any, item_ids: list[str], parcels: Any) -> dict:
     }
 
 
+def _boundary(sandbox: Any, item_ids: list[str], parcels: Any, batch_size: int) -> dict:
+    """Tile bytes both runs of a 2-worker batch need (the tiles their parcels share): what
+    2 workers read more than 1 at least, with the runs as ``_Queues`` cuts them and no
+    batch taken from the other worker's run."""
+    from xarray_terrascope.analysis import batch as batch_module
+
+    ordered = parcels.iloc[batch_module._hilbert_order(parcels)].reset_index(drop=True)
+    total = -(-len(ordered) // batch_size)
+    runs = batch_module._Queues(list(range(total)), ["a", "b"]).runs
+    halves = [
+        ordered.iloc[min(run) * batch_size : (max(run) + 1) * batch_size] for run in runs.values()
+    ]
+    each = [_floor(sandbox, item_ids, half)["tile_bytes"] for half in halves]
+    whole = _floor(sandbox, item_ids, ordered)["tile_bytes"]
+    return {"run_tile_bytes": each, "shared_tile_bytes": sum(each) - whole}
+
+
 def run(args: argparse.Namespace) -> dict:
     import xarray as xr
 
@@ -268,6 +285,8 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
         floor = _floor(sandbox, item_ids, parcels)
+        floor["boundary"] = _boundary(sandbox, item_ids, parcels, args.batch_size)
+        print(f"  tiles both runs need: {floor['boundary']}", flush=True)
         common = {
             "parcels": str(parcels_path),
             "start": args.start,
@@ -428,6 +447,12 @@ def _table(report: dict) -> str:
         f"distinct file bytes {w1['range_bytes_unique'] / 1e6:.2f} / "
         f"{w2['range_bytes_unique'] / 1e6:.2f} MB"
     )
+    shared = report["floor"].get("boundary", {}).get("shared_tile_bytes")
+    if shared is not None:
+        lines.append(
+            f"tiles both workers' runs need: {shared / 1e6:.2f} MB "
+            f"({shared / report['floor']['tile_bytes']:.1%} of the tile floor)"
+        )
     return "\n".join(lines)
 
 
