@@ -106,7 +106,13 @@ def _child_cluster(spec: dict) -> None:
         }
         for k in after
     }
-    report = {"wall_s": wall, "written": result.written, "dates": result.dates, "workers": workers}
+    report = {
+        "wall_s": wall,
+        "written": result.written,
+        "dates": result.dates,
+        "rebalanced": result.rebalanced,
+        "workers": workers,
+    }
     Path(spec["report"]).write_text(json.dumps(report))
 
 
@@ -451,7 +457,8 @@ def _table(report: dict) -> str:
     if shared is not None:
         lines.append(
             f"tiles both workers' runs need: {shared / 1e6:.2f} MB "
-            f"({shared / report['floor']['tile_bytes']:.1%} of the tile floor)"
+            f"({shared / report['floor']['tile_bytes']:.1%} of the tile floor); batches a "
+            f"worker took from the other's run: {r['workers2'].get('rebalanced')}"
         )
     return "\n".join(lines)
 

@@ -88,6 +88,9 @@ class BatchResult:
     parcels: int
     dates: int
     elapsed_s: float
+    #: Batches a worker took from the end of another worker's run (its own was done):
+    #: each reads tiles the other worker reads too.
+    rebalanced: int = 0
 
 
 def _step_token(step: PostStep) -> str:
@@ -366,18 +369,31 @@ def run_zonal_batch(
     )
     tracker = _Tracker(len(ordered), total, skipped, total - len(todo), progress)
     tracker.report()
+    rebalanced = 0
     if todo:
         with _client(client, n_workers, threads_per_worker) as dask_client:
             workers = len(dask_client.scheduler_info().get("workers", {})) or 1
             in_flight = max_in_flight or 2 * workers
             job = _Job(ds, ordered, folder, names, id_column, batch_size, steps)
-            _compute(dask_client, job, todo, in_flight, tracker)
+            rebalanced = _compute(dask_client, job, todo, in_flight, tracker)
     elapsed = tracker.elapsed()
     logger.info(
-        "batch: %d partition(s) written, %d found done, in %.1f s", len(todo), len(done), elapsed
+        "batch: %d partition(s) written (%d taken from another worker's run), %d found done, "
+        "in %.1f s",
+        len(todo),
+        rebalanced,
+        len(done),
+        elapsed,
     )
     return BatchResult(
-        folder, total, len(todo), total - len(todo), len(ordered), ds.sizes.get("time", 0), elapsed
+        folder,
+        total,
+        len(todo),
+        total - len(todo),
+        len(ordered),
+        ds.sizes.get("time", 0),
+        elapsed,
+        rebalanced,
     )
 
 
@@ -474,6 +490,7 @@ class _Queues:
             w: collections.deque(todo[edges[i] : edges[i + 1]]) for i, w in enumerate(workers)
         }
         self.shared = collections.deque(todo if not workers else [])
+        self.rebalanced = 0
 
     def next(self, worker: str | None) -> int | None:
         own = self.runs.get(worker) if worker is not None else None
@@ -481,6 +498,7 @@ class _Queues:
             return own.popleft()
         longest = max(self.runs.values(), key=len, default=self.shared)
         if longest:
+            self.rebalanced += longest is not self.shared
             return longest.pop()
         return self.shared.popleft() if self.shared else None
 
@@ -497,9 +515,10 @@ def _share_headers(client: Any, lazy: Any) -> Any:
     return client.scatter(shared, broadcast=True, hash=False)
 
 
-def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> None:
+def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> int:
     """Compute the batches ``todo`` on ``client``, at most ``in_flight`` at a time, and
-    write each as it finishes; on any error (or Ctrl-C) cancel those in flight.
+    write each as it finishes; on any error (or Ctrl-C) cancel those in flight. Returns
+    how many batches a worker took from another's run.
 
     Each batch is one task (:func:`_compute_here`) sent to one worker (a loose
     restriction: another takes it when that worker is gone); a worker takes a contiguous
@@ -544,6 +563,7 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
             tracker.add(n)
             del stats, tables, future, steps
             submit(worker)
+        return queues.rebalanced
     except BaseException:
         pending = [f for _, f, _, _ in running.values()] + [
             f for _, _, s, _ in running.values() for f in s.values()
