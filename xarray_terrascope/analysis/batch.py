@@ -480,27 +480,41 @@ def _to_parquet(table: Any, path: Path) -> None:
 class _Queues:
     """The batches to do, cut into one contiguous run of the Hilbert order per worker:
     neighbouring batches share tiles, which a worker then reads once (its tile store)
-    instead of each worker reading them. A worker whose run is done takes batches from
-    the far end of the longest other run."""
+    instead of each worker reading them.
+
+    Runs go in turn forwards and backwards (the second run from its last batch down), so
+    the workers of two neighbouring runs move towards their common boundary. A worker
+    whose run is done takes a batch from the longest other run, at the end nearest the
+    batch it did last: next to its own area, so the two areas stay one contiguous run
+    each and share only the tiles of one boundary (a batch from the far end would start
+    a new boundary, whose tiles both workers read)."""
 
     def __init__(self, todo: list[int], workers: list[str]) -> None:
         n = max(1, len(workers))
         edges = [round(i * len(todo) / n) for i in range(n + 1)]
         self.runs = {
-            w: collections.deque(todo[edges[i] : edges[i + 1]]) for i, w in enumerate(workers)
+            w: collections.deque(todo[edges[i] : edges[i + 1]][:: -1 if i % 2 else 1])
+            for i, w in enumerate(workers)
         }
         self.shared = collections.deque(todo if not workers else [])
+        self.last: dict[str, int] = {}
         self.rebalanced = 0
 
     def next(self, worker: str | None) -> int | None:
         own = self.runs.get(worker) if worker is not None else None
         if own:
-            return own.popleft()
-        longest = max(self.runs.values(), key=len, default=self.shared)
-        if longest:
+            k = own.popleft()
+        else:
+            longest = max(self.runs.values(), key=len, default=self.shared)
+            if not longest:
+                return self.shared.popleft() if self.shared else None
+            last = self.last.get(worker) if worker is not None else None
+            near_first = last is not None and abs(longest[0] - last) < abs(longest[-1] - last)
+            k = longest.popleft() if near_first else longest.pop()
             self.rebalanced += longest is not self.shared
-            return longest.pop()
-        return self.shared.popleft() if self.shared else None
+        if worker is not None:
+            self.last[worker] = k
+        return k
 
 
 def _share_headers(client: Any, lazy: Any) -> Any:
