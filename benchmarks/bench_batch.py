@@ -106,7 +106,13 @@ def _child_cluster(spec: dict) -> None:
         }
         for k in after
     }
-    report = {"wall_s": wall, "written": result.written, "dates": result.dates, "workers": workers}
+    report = {
+        "wall_s": wall,
+        "written": result.written,
+        "dates": result.dates,
+        "rebalanced": result.rebalanced,
+        "workers": workers,
+    }
     Path(spec["report"]).write_text(json.dumps(report))
 
 
@@ -163,10 +169,40 @@ def _finish(proc: subprocess.Popen, workdir: Path, name: str) -> dict:
     return json.loads((workdir / f"{name}.report.json").read_text())
 
 
+def _spans(value: str | None) -> list[tuple[int, int]]:
+    """``(start, end)`` (end excluded) of each range of a ``Range`` header."""
+    if not value or not value.startswith("bytes="):
+        return []
+    out = []
+    for part in value[len("bytes=") :].split(","):
+        start, _, end = part.strip().partition("-")
+        if start and end:
+            out.append((int(start), int(end) + 1))
+    return out
+
+
+def _overlap(tifs: list) -> dict:
+    """Range bytes asked for, and how many of them an earlier or later request of the run
+    asked for too (the same file bytes fetched more than once), per file summed."""
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for r in tifs:
+        by_file.setdefault(r.path, []).extend(_spans(r.range))
+    asked = unique = 0
+    for spans in by_file.values():
+        asked += sum(e - s for s, e in spans)
+        end = -1
+        for s, e in sorted(spans):
+            if e > end:
+                unique += e - max(s, end)
+                end = e
+    return {"range_bytes": asked, "range_bytes_unique": unique, "range_bytes_again": asked - unique}
+
+
 def _traffic(records: list) -> dict:
     tifs = [r for r in records if r.path.endswith(".tif")]
     headers = Counter(r.path for r in tifs if r.range and r.range.startswith("bytes=0-"))
     return {
+        **_overlap(tifs),
         "requests": len(tifs),
         "bytes": sum(r.bytes for r in tifs),
         "header_requests": sum(headers.values()),
@@ -195,6 +231,23 @@ def _floor(sandbox: Any, item_ids: list[str], parcels: Any) -> dict:
         "tiles": sum(f["tiles"] for f in per_file),
         "tile_bytes": sum(f["tile_bytes"] for f in per_file),
     }
+
+
+def _boundary(sandbox: Any, item_ids: list[str], parcels: Any, batch_size: int) -> dict:
+    """Tile bytes both runs of a 2-worker batch need (the tiles their parcels share): what
+    2 workers read more than 1 at least, with the runs as ``_Queues`` cuts them and no
+    batch taken from the other worker's run."""
+    from xarray_terrascope.analysis import batch as batch_module
+
+    ordered = parcels.iloc[batch_module._hilbert_order(parcels)].reset_index(drop=True)
+    total = -(-len(ordered) // batch_size)
+    runs = batch_module._Queues(list(range(total)), ["a", "b"]).runs
+    halves = [
+        ordered.iloc[min(run) * batch_size : (max(run) + 1) * batch_size] for run in runs.values()
+    ]
+    each = [_floor(sandbox, item_ids, half)["tile_bytes"] for half in halves]
+    whole = _floor(sandbox, item_ids, ordered)["tile_bytes"]
+    return {"run_tile_bytes": each, "shared_tile_bytes": sum(each) - whole}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -238,6 +291,8 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
         floor = _floor(sandbox, item_ids, parcels)
+        floor["boundary"] = _boundary(sandbox, item_ids, parcels, args.batch_size)
+        print(f"  tiles both runs need: {floor['boundary']}", flush=True)
         common = {
             "parcels": str(parcels_path),
             "start": args.start,
@@ -391,6 +446,20 @@ def _table(report: dict) -> str:
         f"header requests {e['header_requests_2_vs_1']:.2f}x; worker CPU per parcel vs "
         f"threads {e['worker_cpu_vs_threads']:.2f}x"
     )
+    w1, w2 = r["workers1"], r["workers2"]
+    lines.append(
+        "file bytes asked for more than once (1 / 2 workers): "
+        f"{w1['range_bytes_again'] / 1e6:.2f} / {w2['range_bytes_again'] / 1e6:.2f} MB; "
+        f"distinct file bytes {w1['range_bytes_unique'] / 1e6:.2f} / "
+        f"{w2['range_bytes_unique'] / 1e6:.2f} MB"
+    )
+    shared = report["floor"].get("boundary", {}).get("shared_tile_bytes")
+    if shared is not None:
+        lines.append(
+            f"tiles both workers' runs need: {shared / 1e6:.2f} MB "
+            f"({shared / report['floor']['tile_bytes']:.1%} of the tile floor); batches a "
+            f"worker took from the other's run: {r['workers2'].get('rebalanced')}"
+        )
     return "\n".join(lines)
 
 

@@ -339,3 +339,40 @@ def test_progress_text():
         "[#########.....................] 300/1000 parcels (3/10 partitions), "
         "10.0 parcels/s, 1m10s left\n"
     )
+
+
+def test_each_header_is_requested_once_per_cluster(
+    logged_in, parcels_path, reference, tmp_path, monkeypatch
+):
+    """A fresh LocalCluster of 2 workers, each with its own empty header cache and no disk
+    cache (as workers on two machines): the client fetches every file's header once and
+    ships them to the workers, so the sandbox's log shows each file's header requested
+    at most once across the cluster, and the output is the reference's."""
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setenv("TERRASCOPE_HEADER_CACHE", "0")  # inherited by the worker processes
+    sandbox = logged_in
+    out = tmp_path / "out"
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as local,
+        Client(local) as client,
+    ):
+        sandbox.log.clear()
+        result = run_zonal_batch(
+            parcels_path, out, **WINDOW, stats=STATS, batch_size=BATCH, client=client
+        )
+        ran_on = client.run(lambda: os.getpid())
+    assert result.written == PARTS and len(ran_on) == 2
+    records = [r for r in sandbox.log.records() if r.path.endswith(".tif")]
+    header_requests: dict[str, int] = {}
+    for r in records:
+        if r.range and r.range.startswith("bytes=0-"):
+            header_requests[r.path] = header_requests.get(r.path, 0) + 1
+    read_files = {r.path for r in records}
+    assert header_requests, "no header was requested at all: the test proves nothing"
+    twice = {path: n for path, n in header_requests.items() if n > 1}
+    assert not twice, f"headers requested more than once across the cluster: {twice}"
+    assert set(header_requests) == read_files  # every file read had its header fetched
+    _same_as_reference(out, reference)

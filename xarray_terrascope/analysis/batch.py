@@ -88,6 +88,9 @@ class BatchResult:
     parcels: int
     dates: int
     elapsed_s: float
+    #: Batches a worker took from the end of another worker's run (its own was done):
+    #: each reads tiles the other worker reads too.
+    rebalanced: int = 0
 
 
 def _step_token(step: PostStep) -> str:
@@ -199,12 +202,36 @@ def _apply_step(step: PostStep, stats: Any) -> Any:
     return step(stats)
 
 
-def _compute_here(lazy: Any) -> Any:
+def _cube_reads(lazy: Any) -> list[tuple[Any, int]]:
+    """``(plan, asset_index)`` of each cube variable the lazy result reads (the
+    :class:`~xarray_terrascope.cube.dataset.CubeArray` objects in its dask graph)."""
+    from xarray_terrascope.cube.dataset import CubeArray
+
+    found: dict[tuple[int, int], tuple[Any, int]] = {}
+    for node in dict(lazy.__dask_graph__()).values():
+        value = getattr(node, "value", node)  # a dask DataNode holds the array
+        for _ in range(8):  # xarray's adapters around the backend array
+            if isinstance(value, CubeArray):
+                found[id(value.plan), value.asset_index] = (value.plan, value.asset_index)
+                break
+            value = getattr(value, "array", None)
+            if value is None:
+                break
+    return list(found.values())
+
+
+def _compute_here(lazy: Any, shared_headers: Any = None) -> Any:
     """One batch, computed in the worker process that runs this task with dask's
     threaded scheduler (as many threads as the worker has): its reads share the
     process's COG headers and tiles, and no task of it costs the cluster's per-task
-    bookkeeping or moves data between workers."""
+    bookkeeping or moves data between workers. ``shared_headers`` (the COG headers the
+    client fetched for the whole run) go into the worker's header cache first, so no
+    worker requests a header."""
     from distributed import get_worker
+
+    from xarray_terrascope.engine import header_share
+
+    header_share.install(shared_headers)
 
     try:
         threads = get_worker().state.nthreads
@@ -342,18 +369,31 @@ def run_zonal_batch(
     )
     tracker = _Tracker(len(ordered), total, skipped, total - len(todo), progress)
     tracker.report()
+    rebalanced = 0
     if todo:
         with _client(client, n_workers, threads_per_worker) as dask_client:
             workers = len(dask_client.scheduler_info().get("workers", {})) or 1
             in_flight = max_in_flight or 2 * workers
             job = _Job(ds, ordered, folder, names, id_column, batch_size, steps)
-            _compute(dask_client, job, todo, in_flight, tracker)
+            rebalanced = _compute(dask_client, job, todo, in_flight, tracker)
     elapsed = tracker.elapsed()
     logger.info(
-        "batch: %d partition(s) written, %d found done, in %.1f s", len(todo), len(done), elapsed
+        "batch: %d partition(s) written (%d taken from another worker's run), %d found done, "
+        "in %.1f s",
+        len(todo),
+        rebalanced,
+        len(done),
+        elapsed,
     )
     return BatchResult(
-        folder, total, len(todo), total - len(todo), len(ordered), ds.sizes.get("time", 0), elapsed
+        folder,
+        total,
+        len(todo),
+        total - len(todo),
+        len(ordered),
+        ds.sizes.get("time", 0),
+        elapsed,
+        rebalanced,
     )
 
 
@@ -440,30 +480,59 @@ def _to_parquet(table: Any, path: Path) -> None:
 class _Queues:
     """The batches to do, cut into one contiguous run of the Hilbert order per worker:
     neighbouring batches share tiles, which a worker then reads once (its tile store)
-    instead of each worker reading them. A worker whose run is done takes batches from
-    the far end of the longest other run."""
+    instead of each worker reading them.
+
+    Runs go in turn forwards and backwards (the second run from its last batch down), so
+    the workers of two neighbouring runs move towards their common boundary. A worker
+    whose run is done takes a batch from the longest other run, at the end nearest the
+    batch it did last: next to its own area, so the two areas stay one contiguous run
+    each and share only the tiles of one boundary (a batch from the far end would start
+    a new boundary, whose tiles both workers read)."""
 
     def __init__(self, todo: list[int], workers: list[str]) -> None:
         n = max(1, len(workers))
         edges = [round(i * len(todo) / n) for i in range(n + 1)]
         self.runs = {
-            w: collections.deque(todo[edges[i] : edges[i + 1]]) for i, w in enumerate(workers)
+            w: collections.deque(todo[edges[i] : edges[i + 1]][:: -1 if i % 2 else 1])
+            for i, w in enumerate(workers)
         }
         self.shared = collections.deque(todo if not workers else [])
+        self.last: dict[str, int] = {}
+        self.rebalanced = 0
 
     def next(self, worker: str | None) -> int | None:
         own = self.runs.get(worker) if worker is not None else None
         if own:
-            return own.popleft()
-        longest = max(self.runs.values(), key=len, default=self.shared)
-        if longest:
-            return longest.pop()
-        return self.shared.popleft() if self.shared else None
+            k = own.popleft()
+        else:
+            longest = max(self.runs.values(), key=len, default=self.shared)
+            if not longest:
+                return self.shared.popleft() if self.shared else None
+            last = self.last.get(worker) if worker is not None else None
+            near_first = last is not None and abs(longest[0] - last) < abs(longest[-1] - last)
+            k = longest.popleft() if near_first else longest.pop()
+            self.rebalanced += longest is not self.shared
+        if worker is not None:
+            self.last[worker] = k
+        return k
 
 
-def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> None:
+def _share_headers(client: Any, lazy: Any) -> Any:
+    """The COG headers of every file the run reads, fetched here once and sent to every
+    worker (a future of them, or None when there are none): each header is requested
+    once per cluster, not once per worker."""
+    from xarray_terrascope.engine import header_share
+
+    shared = header_share.fetch_plan_headers(_cube_reads(lazy))
+    if not shared.entries:
+        return None
+    return client.scatter(shared, broadcast=True, hash=False)
+
+
+def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> int:
     """Compute the batches ``todo`` on ``client``, at most ``in_flight`` at a time, and
-    write each as it finishes; on any error (or Ctrl-C) cancel those in flight.
+    write each as it finishes; on any error (or Ctrl-C) cancel those in flight. Returns
+    how many batches a worker took from another's run.
 
     Each batch is one task (:func:`_compute_here`) sent to one worker (a loose
     restriction: another takes it when that worker is gone); a worker takes a contiguous
@@ -477,6 +546,7 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
     share_credentials(client)
     workers = sorted(client.scheduler_info().get("workers", {}))
     queues = _Queues(todo, workers)
+    shared_headers = _share_headers(client, job.lazy(todo[0]))
     running: dict[str, tuple[int, Any, dict[str, Any], str | None]] = {}
     finished = as_completed()
 
@@ -485,7 +555,7 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
         if k is None:
             return
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        future = client.submit(_compute_here, job.lazy(k), pure=False, **where)
+        future = client.submit(_compute_here, job.lazy(k), shared_headers, pure=False, **where)
         steps = {
             name: client.submit(_apply_step, step, future, pure=False, **where)
             for name, step in job.steps.items()
@@ -507,6 +577,7 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
             tracker.add(n)
             del stats, tables, future, steps
             submit(worker)
+        return queues.rebalanced
     except BaseException:
         pending = [f for _, f, _, _ in running.values()] + [
             f for _, _, s, _ in running.values() for f in s.values()

@@ -43,7 +43,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -58,6 +58,7 @@ __all__ = [
     "cache_dir",
     "disk_bytes",
     "headers",
+    "key_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def disk_bytes() -> int:
     return get_options().header_cache_mb * 2**20
 
 
-def _key(url: str) -> str:
+def key_of(url: str) -> str:
+    """The cache's key of ``url``: a hash of it without query string or user information
+    (no secret, and not the URL itself)."""
     parts = urlsplit(url)
     public = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"
     return hashlib.sha256(public.encode()).hexdigest()
@@ -180,7 +183,7 @@ class HeaderCache:
 
     def get(self, url: str) -> tuple[Header | None, bool]:
         """The header of ``url`` and whether it came from disk (so is not yet validated)."""
-        key = _key(url)
+        key = key_of(url)
         with self._lock:
             header = self._entries.get(key)
             if header is not None:
@@ -192,7 +195,7 @@ class HeaderCache:
         """Remember ``header`` in memory (and on disk, in the background, unless
         ``persist`` is False or the header has no validator: from disk it could not be
         told from another file of the same size)."""
-        key = _key(url)
+        key = key_of(url)
         self._remember(key, header)
         if not header.has_validator:
             logger.debug("%s has no ETag nor Last-Modified: kept in memory only", key)
@@ -201,13 +204,26 @@ class HeaderCache:
             if folder is not None:
                 self._enqueue(folder, key, header)
 
+    def seed(self, entries: dict[str, Header]) -> int:
+        """Keep headers fetched by another process in memory, by key (:func:`key_of` of
+        their URL), where this process has none; returns how many were new. They count as
+        cached headers (``fetched`` 0.0): a file that does not decode with one is read
+        again on a header fetched for it. Nothing goes to disk."""
+        added = 0
+        with self._lock:
+            for key, header in entries.items():
+                if key not in self._entries and key not in self._dropped:
+                    self._entries.put(key, replace(header, fetched=0.0))
+                    added += 1
+        return added
+
     def validated(self, url: str, header: Header) -> None:
         """Keep a disk entry in memory once a pixel response confirmed it."""
-        self._remember(_key(url), header)
+        self._remember(key_of(url), header)
 
     def drop(self, url: str) -> None:
         """Forget ``url`` in memory and on disk."""
-        key = _key(url)
+        key = key_of(url)
         with self._lock:
             self._entries.pop(key, None)
         folder = cache_dir()

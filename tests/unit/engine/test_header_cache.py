@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from xarray_terrascope.engine import aio
-from xarray_terrascope.engine.header_cache import Header, HeaderCache, headers
+from xarray_terrascope.engine import aio, header_share
+from xarray_terrascope.engine.header_cache import Header, HeaderCache, headers, key_of
 
 URL = "https://example.test/download/a.tif"
 
@@ -90,6 +90,31 @@ def test_validated_keeps_a_disk_entry_in_memory_and_drop_forgets_it(memory_only)
     cache.put(URL, _header("w"))
     cache.clear_memory()
     assert cache.get(URL) == (None, False)
+
+
+def test_seed_adds_headers_by_key_without_replacing_held_ones(memory_only):
+    cache = HeaderCache()
+    other = "https://example.test/download/b.tif"
+    cache.put(URL, _header("mine"))
+    fetched = Header(_header("theirs").data, 10_000, '"theirs"', fetched=123.0)
+    added = cache.seed({key_of(URL): fetched, key_of(other): fetched})
+    assert added == 1
+    assert cache.get(URL) == (_header("mine"), False)  # this process's own is kept
+    got, from_disk = cache.get(other + "?token=1")
+    assert got == fetched and not from_disk
+    assert got.fetched == 0.0  # a cached header: a read that fails with it fetches again
+
+
+def test_a_shared_blob_is_installed_once_per_process(memory_only, monkeypatch):
+    cache = HeaderCache()
+    monkeypatch.setattr(header_share, "headers", cache)
+    monkeypatch.setattr(header_share, "_installed", set())
+    blob = header_share.SharedHeaders({key_of(URL): _header("shared")})
+    assert header_share.install(blob) == 1
+    cache.drop(URL)  # found stale by a read
+    assert header_share.install(blob) == 0  # the stale header is not put back
+    assert cache.get(URL) == (None, False)
+    assert header_share.install(None) == 0
 
 
 @pytest.mark.parametrize(

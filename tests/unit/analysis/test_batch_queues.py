@@ -1,0 +1,46 @@
+"""How :class:`xarray_terrascope.analysis.batch._Queues` deals batches to workers: one
+contiguous run of the Hilbert order each, and a worker done with its run takes batches
+next to its own area, so each worker's batches stay one contiguous range (the workers
+then share the tiles of one boundary only)."""
+
+from __future__ import annotations
+
+import pytest
+
+from xarray_terrascope.analysis.batch import _Queues
+
+
+def _deal(queues: _Queues, pattern: list[str]) -> dict[str, list[int]]:
+    """Ask for batches in ``pattern``'s order of workers, repeated until none is left."""
+    done: dict[str, list[int]] = {}
+    while True:
+        got = [(w, queues.next(w)) for w in pattern]
+        for worker, k in got:
+            if k is not None:
+                done.setdefault(worker, []).append(k)
+        if all(k is None for _, k in got):
+            return done
+
+
+@pytest.mark.parametrize("pattern", [["a", "a", "b"], ["a", "b", "b", "b"], ["a", "b"]])
+def test_each_worker_does_one_contiguous_range_however_fast(pattern):
+    todo = list(range(20))
+    done = _deal(_Queues(todo, ["a", "b"]), pattern)
+    assert sorted(k for ks in done.values() for k in ks) == todo  # each batch once
+    for worker, ks in done.items():
+        # contiguous: the range from its smallest to its largest batch, nothing else
+        assert sorted(ks) == list(range(min(ks), max(ks) + 1)), (worker, ks)
+
+
+def test_a_worker_done_takes_the_batch_next_to_its_own_area():
+    queues = _Queues(list(range(10)), ["a", "b"])
+    assert [queues.next("a") for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert queues.next("b") == 9  # b works from the far end towards a
+    assert queues.next("a") == 5  # a's run is done: the batch next to 4, not 8
+    assert queues.rebalanced == 1
+
+
+def test_resumed_batches_and_three_workers_are_each_dealt_once():
+    todo = [0, 1, 2, 5, 6, 7, 9, 11, 12]  # some were done before
+    done = _deal(_Queues(todo, ["a", "b", "c"]), ["a", "b", "c", "a"])
+    assert sorted(k for ks in done.values() for k in ks) == todo
