@@ -81,7 +81,7 @@ def fetch_plan_headers(pairs: Sequence[tuple[CubePlan, int]]) -> SharedHeaders:
     if not targets or not aio.native_usable():
         return SharedHeaders({})
 
-    async def gather() -> list[object]:
+    async def gather() -> list[tuple[Header, bool] | BaseException]:
         first = await asyncio.gather(fetch_header(*targets[0]), return_exceptions=True)
         rest = await asyncio.gather(
             *(fetch_header(*target) for target in targets[1:]), return_exceptions=True
@@ -94,8 +94,7 @@ def fetch_plan_headers(pairs: Sequence[tuple[CubePlan, int]]) -> SharedHeaders:
         if isinstance(result, BaseException):
             logger.debug("header of %s not shared: %r", _label, result)
             continue
-        header, _from_disk = result  # type: ignore[misc]
-        entries[key_of(url)] = header
+        entries[key_of(url)] = result[0]
     logger.info(
         "fetched %d of %d COG headers to share (%.1f kB)",
         len(entries),
