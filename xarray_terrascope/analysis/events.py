@@ -23,7 +23,12 @@ import numpy as np
 import xarray as xr
 
 from xarray_terrascope.analysis.phenology import to_datetime
-from xarray_terrascope.analysis.smooth import _require_time, days_since, smooth
+from xarray_terrascope.analysis.smooth import (
+    _require_time,
+    check_smooth_options,
+    days_since,
+    smooth,
+)
 from xarray_terrascope.exceptions import InvalidArgumentError
 
 __all__ = ["events"]
@@ -121,6 +126,7 @@ def events(
     for name, value in (("window", window), ("max_events", max_events)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    check_smooth_options(smooth_options, "events")
     curve = da if smoothed else smooth(da, freq="1D", **smooth_options)
     times = curve["time"].values.astype("datetime64[ns]")
     x = days_since(times, times[0])

@@ -46,7 +46,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xarray_terrascope.analysis.smooth import _require_time, days_since, smooth
+from xarray_terrascope.analysis.smooth import (
+    _require_time,
+    check_smooth_options,
+    days_since,
+    smooth,
+)
 from xarray_terrascope.exceptions import InvalidArgumentError
 
 __all__ = ["METRICS", "phenology"]
@@ -239,6 +244,7 @@ def phenology(
             "(da.sel(time=slice('2025-01-01', '2025-12-31'))) or loop over "
             "da.groupby('time.year')."
         )
+    check_smooth_options(smooth_options, "phenology")
     curve = da if smoothed else smooth(da, freq="1D", **smooth_options)
     if smoothed and curve.chunks is not None:
         curve = curve.chunk({"time": -1})

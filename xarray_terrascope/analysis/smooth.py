@@ -32,12 +32,41 @@ from pandas.tseries.offsets import BaseOffset
 
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 
-__all__ = ["METHODS", "days_since", "smooth", "time_grid"]
+__all__ = ["METHODS", "check_smooth_options", "days_since", "smooth", "time_grid"]
 
 logger = logging.getLogger(__name__)
 
 #: Smoothing methods of :func:`smooth`.
 METHODS = ("whittaker", "savgol")
+#: Options that :func:`phenology` and :func:`events` pass on to :func:`smooth`.
+SMOOTH_OPTIONS = ("method", "lmbda", "weights", "expectile", "window", "polyorder")
+
+
+def check_smooth_options(options: dict[str, Any], caller: str) -> None:
+    """Refuse what ``caller`` cannot pass on to :func:`smooth`: ``freq`` (it smooths on a
+    daily grid itself) and unknown names, as typed errors naming the fix.
+
+    Examples
+    --------
+    >>> check_smooth_options({"lmbda": 30}, "phenology")
+    >>> check_smooth_options({"freq": "5D"}, "phenology")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    xarray_terrascope.exceptions.InvalidArgumentError: phenology smooths on a daily grid ...
+    """
+    if "freq" in options:
+        raise InvalidArgumentError(
+            f"{caller} smooths on a daily grid itself: freq is not one of its options. To "
+            "use your own series, smooth(da, freq=...) first and pass smoothed=True."
+        )
+    unknown = sorted(set(options) - set(SMOOTH_OPTIONS))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{caller} got unknown option(s) {', '.join(unknown)}; the smoothing options it "
+            f"passes on are: {', '.join(SMOOTH_OPTIONS)}"
+        )
+
+
 #: Whittaker penalty order (second differences: a straight line is not penalised).
 ORDER = 2
 _DAY = np.timedelta64(1, "D")

@@ -198,6 +198,9 @@ def test_all_nan_parcels_give_nan_not_a_crash(season):
         (lambda s: phenology(s, threshold=0.5, peak_level=0.4), ["peak_level", "threshold"]),
         (lambda s: events(s, min_drop=0), ["min_drop"]),
         (lambda s: events(s, window=0), ["window"]),
+        (lambda s: phenology(s, freq="5D"), ["freq", "smoothed=True"]),
+        (lambda s: events(s, freq="5D"), ["freq", "smoothed=True"]),
+        (lambda s: phenology(s, lmbdaa=30), ["lmbdaa", "lmbda"]),
         (lambda s: s.isel(time=0).terrascope.phenology(), ["'time' dimension"]),
     ],
 )
