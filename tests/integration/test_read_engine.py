@@ -615,6 +615,38 @@ def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, opt
     assert not [n for n in later[:4] if any(n in p for p in again)], "read twice"
 
 
+def test_dates_read_ahead_are_whole_mosaics_so_their_read_asks_for_nothing(logged_in):
+    """Reads of a window date after date read the next dates ahead whole, in rounds (the
+    first file, then the second file's tiles only where the window is still empty): the
+    read that takes them sends no request, not even for the second files, and gives the
+    cube that one eager read of the same dates gives."""
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS)
+    files = files_per_date(ds)
+    second = [names[1] for names in files[2:6] if len(names) > 1]
+    assert second, "the test needs dates with two files"
+    aio.engine().tiles.clear()
+    ds.NDVI.isel(time=slice(0, 1)).load()
+    ds.NDVI.isel(time=slice(1, 2)).load()  # forwards: the next dates are read ahead
+    _wait_until_idle()
+
+    async def read_ahead_finished() -> int:
+        tasks = [task for task, _ in aio.engine().readahead.values()]
+        if tasks:
+            await asyncio.wait(tasks)
+        return len(tasks)
+
+    assert aio.run(read_ahead_finished()) >= 4
+    logged_in.log.clear()
+    taken = ds.NDVI.isel(time=slice(2, 6)).load().values
+    assert tif_records(logged_in) == []
+    read.clear_reader_cache()
+    aio.engine().tiles.clear()
+    fresh = _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.isel(time=slice(2, 6)).load().values
+    np.testing.assert_array_equal(taken, fresh)
+    # the eager read needed the second files' pixels: what the read ahead spared
+    assert any(any(n in r.path for n in second) for r in _pixel_requests(tif_records(logged_in)))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_its_own_loop():
     async def pid():
