@@ -246,7 +246,7 @@ def read_window(
     ]
     if not native and jobs:
         _forked_warning()
-    if skip is None and any(not isinstance(request, GdalRead) for _, request in jobs):
+    if skip is None and (taken or any(not isinstance(r, GdalRead) for _, r in jobs)):
         # Reads with a mask neither read the next dates ahead nor fetch the headers of
         # the nearest dates' files: their masks are not known here, and a file whose
         # window the mask covers entirely must cost no request at all.
