@@ -70,13 +70,15 @@ def _warm(dask_worker: Any = None) -> None:
 
 
 def _child_cluster(spec: dict) -> None:
+    import dask
     from distributed import Client, LocalCluster
 
     import xarray_terrascope as xts
-    from xarray_terrascope.analysis.batch import run_zonal_batch
+    from xarray_terrascope.analysis.batch import LOCAL_CLUSTER_CONFIG, run_zonal_batch
 
     xts.login()
     with (
+        dask.config.set(LOCAL_CLUSTER_CONFIG),  # the settings of run_zonal_batch's own cluster
         LocalCluster(
             n_workers=spec["workers"],
             threads_per_worker=spec["threads"],

@@ -299,6 +299,17 @@ def _largest_mean(stats):
     return frame.reset_index()[["parcel_id", "NDVI"]].rename(columns={"NDVI": "max_mean"})
 
 
+def _worker_view(stats):
+    """A post-step: what a post-step sees of each parcel (the area of the geometry
+    coordinate) and whether its worker runs distributed's statistical profiler."""
+    from distributed import get_worker
+
+    profiling = "profile" in get_worker().periodic_callbacks
+    areas = [g.area for g in stats["geometry"].values]
+    ids = stats["parcel_id"].values
+    return pd.DataFrame({"parcel_id": ids, "area": areas, "profiling": profiling})
+
+
 def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_in, tmp_path):
     import geopandas
     from distributed import Client
@@ -312,11 +323,20 @@ def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_i
                 stats=STATS,
                 batch_size=300,
                 client=client,
-                post_steps={"peak": _largest_mean},
+                post_steps={"peak": _largest_mean, "view": _worker_view},
             )
     finally:
         xts.logout()
     assert result.written == 2
+    # the post-steps get the geometry coordinate (the client gets the statistics without
+    # it), and a cluster the caller gave keeps its profiler
+    viewed = tmp_path / "steps" / "view"
+    view = pd.concat(pd.read_parquet(viewed / n) for n in _parts(viewed))
+    parcels = geopandas.read_parquet(parcels_path).set_index("parcel_id")
+    assert view["profiling"].all()
+    np.testing.assert_allclose(
+        view.set_index("parcel_id")["area"].sort_index(), parcels.area.sort_index()
+    )
     steps = tmp_path / "steps" / "peak"
     assert _parts(steps) == ["part-00000.parquet", "part-00001.parquet"]
     peaks = pd.concat(pd.read_parquet(steps / n) for n in _parts(steps))
@@ -326,6 +346,30 @@ def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_i
     np.testing.assert_allclose(
         peaks.set_index("parcel_id")["max_mean"].sort_index(), expected.sort_index()
     )
+
+
+def test_own_cluster_runs_without_the_profiler(parcels_path, reference, logged_in, tmp_path):
+    """The LocalCluster run_zonal_batch starts itself has distributed's statistical
+    profiler off (its stack sampling cost the worker CPU the threaded scheduler does not
+    spend); the output is the reference run's."""
+    out = tmp_path / "own"
+    try:
+        result = run_zonal_batch(
+            parcels_path,
+            out,
+            **WINDOW,
+            stats=STATS,
+            batch_size=BATCH,
+            n_workers=1,
+            threads_per_worker=1,
+            post_steps={"view": _worker_view},
+        )
+    finally:
+        xts.logout()
+    assert result.written == PARTS
+    view = pd.concat(pd.read_parquet(out / "view" / n) for n in _parts(out / "view"))
+    assert len(view) == N_PARCELS and not view["profiling"].any()
+    _same_as_reference(out, reference)
 
 
 def test_progress_text():

@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 500
 #: Statistics when not given.
 DEFAULT_STATS = ("mean", "median", "std", "count", "valid_fraction")
+#: Dask settings of the LocalCluster :func:`run_zonal_batch` starts itself (not of a
+#: given client's cluster): distributed's statistical profiler samples every worker
+#: thread's stack 100 times a second, a cost the threaded scheduler does not pay.
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False}
 #: A post-step: the computed statistics of one batch (``(geometry, zonal_statistics,
 #: time)``, with the id column as a coordinate along ``geometry``) to a table.
 PostStep = Callable[[Any], Any]
@@ -185,7 +189,10 @@ def _client(client: Any, n_workers: int | None, threads_per_worker: int | None) 
             "client must be a distributed.Client, a scheduler address or None "
             f"(a LocalCluster), got {type(client).__name__}"
         )
+    import dask
+
     with (
+        dask.config.set(LOCAL_CLUSTER_CONFIG),  # the Nanny passes it on to its worker
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
@@ -200,6 +207,13 @@ def _client(client: Any, n_workers: int | None, threads_per_worker: int | None) 
 
 def _apply_step(step: PostStep, stats: Any) -> Any:
     return step(stats)
+
+
+def _without_geometry(stats: Any) -> Any:
+    """A batch's statistics without the geometry coordinate, for the client: it has the
+    geometries already (:meth:`_Job.write` takes them from the parcels), and shapely's
+    WKB pickling of them costs the worker and the client CPU."""
+    return stats.drop_vars("geometry", errors="ignore")
 
 
 def _cube_reads(lazy: Any) -> list[tuple[Any, int]]:
@@ -560,8 +574,10 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
             name: client.submit(_apply_step, step, future, pure=False, **where)
             for name, step in job.steps.items()
         }
-        running[future.key] = (k, future, steps, worker)
-        finished.add(future)
+        bare = client.submit(_without_geometry, future, pure=False, **where)
+        # "" (no post-step has that name) holds the full result on the worker until written
+        running[bare.key] = (k, bare, {"": future, **steps}, worker)
+        finished.add(bare)
 
     try:
         slots = [workers[i % len(workers)] if workers else None for i in range(in_flight)]
@@ -570,7 +586,7 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
         for future in finished:
             k, _, steps, worker = running.pop(future.key)
             stats = future.result()
-            tables = {name: step.result() for name, step in steps.items()}
+            tables = {name: step.result() for name, step in steps.items() if name}
             job.write(k, stats, tables)
             n = len(job.members(k))
             logger.info("batch: partition %d written (%d parcels)", k, n)
