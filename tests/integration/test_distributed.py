@@ -424,8 +424,8 @@ def test_a_worker_reads_ahead_only_as_far_as_its_own_run_of_dates(client, sandbo
     window = ds.NDVI.isel(y=slice(0, 200))  # another window: its own run of dates
     waiting, dates = read_on_the_worker(window, [5, 6, 7])
     assert sorted(set(dates)) == [5, 6, 7, 8, 9]
-    # read ahead, not taken by a read: dates 8 and 9, each a whole mosaic (a date's next
-    # files only where its first leaves pixels empty)
+    # read ahead, not taken by a read: each date's first file (its others are read only
+    # where the first leaves pixels empty, by the read itself)
     assert waiting == 2
     assert len(fetched) == len(set(fetched))  # each file fetched once
 

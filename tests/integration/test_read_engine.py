@@ -132,8 +132,7 @@ def test_requests_one_header_per_file_and_none_at_open(logged_in, header_cache_d
     ds.NDVI.mean(["x", "y"]).compute()
     records = tif_records(logged_in)
     files = {r.path for r in records}
-    # every date's first file; its second one only where the first leaves pixels empty
-    assert ds.sizes["time"] <= len(files) <= 2 * ds.sizes["time"]
+    assert len(files) == 2 * ds.sizes["time"]
     assert not [r for r in records if r.method != "GET"]
     per_file = {p: 0 for p in files}
     for r in _header_requests(records):
@@ -613,38 +612,6 @@ def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, opt
     ds.NDVI.isel(time=slice(2, 6)).load()
     again = {r.path for r in _pixel_requests(tif_records(logged_in))}
     assert not [n for n in later[:4] if any(n in p for p in again)], "read twice"
-
-
-def test_dates_read_ahead_are_whole_mosaics_so_their_read_asks_for_nothing(logged_in):
-    """Reads of a window date after date read the next dates ahead whole, in rounds (the
-    first file, then the second file's tiles only where the window is still empty): the
-    read that takes them sends no request, not even for the second files, and gives the
-    cube that one eager read of the same dates gives."""
-    ds = _open(SAMPLE_FIELD, FIELD_DAYS)
-    files = files_per_date(ds)
-    second = [names[1] for names in files[2:6] if len(names) > 1]
-    assert second, "the test needs dates with two files"
-    aio.engine().tiles.clear()
-    ds.NDVI.isel(time=slice(0, 1)).load()
-    ds.NDVI.isel(time=slice(1, 2)).load()  # forwards: the next dates are read ahead
-    _wait_until_idle()
-
-    async def read_ahead_finished() -> int:
-        tasks = [task for task, _ in aio.engine().readahead.values()]
-        if tasks:
-            await asyncio.wait(tasks)
-        return len(tasks)
-
-    assert aio.run(read_ahead_finished()) >= 4
-    logged_in.log.clear()
-    taken = ds.NDVI.isel(time=slice(2, 6)).load().values
-    assert tif_records(logged_in) == []
-    read.clear_reader_cache()
-    aio.engine().tiles.clear()
-    fresh = _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.isel(time=slice(2, 6)).load().values
-    np.testing.assert_array_equal(taken, fresh)
-    # the eager read needed the second files' pixels: what the read ahead spared
-    assert any(any(n in r.path for n in second) for r in _pixel_requests(tif_records(logged_in)))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -228,17 +228,9 @@ def read_window(
     if out.size == 0:
         return out
     native = aio.native_usable()
-    taken: set[int] = set()
-    if skip is None and native:  # whole dates read ahead by an earlier read of the window
-        keys = [_date_key(plan, asset_index, window, t) for t in time_indices]
-        for out_index, values in enumerate(aio.run(readahead.take_dates(keys))):
-            if values is not None:
-                out[out_index] = values
-                taken.add(out_index)
     jobs = [
         (out_index, request)
         for out_index, t in enumerate(time_indices)
-        if out_index not in taken
         if skip is None or not skip[out_index].all()
         for item_index in plan.groups[t]
         if (request := _request(plan, asset_index, item_index, window, creds, native=native))
@@ -246,7 +238,7 @@ def read_window(
     ]
     if not native and jobs:
         _forked_warning()
-    if skip is None and (taken or any(not isinstance(r, GdalRead) for _, r in jobs)):
+    if skip is None and any(not isinstance(request, GdalRead) for _, request in jobs):
         # Reads with a mask neither read the next dates ahead nor fetch the headers of
         # the nearest dates' files: their masks are not known here, and a file whose
         # window the mask covers entirely must cost no request at all.
@@ -383,13 +375,18 @@ def _prefetch_around(
         unbroken = max(seen_now) - min(seen_now) + 1 == len(seen_now)
         dates_ahead = len(seen_now) - len(set(time_indices)) if unbroken else 0
 
-    def async_reads(times: Iterable[int]) -> Iterator[FileRead]:
-        """The async engine's requests of the window for dates ``times``."""
+    def async_reads(times: Iterable[int], first: bool = False) -> Iterator[FileRead]:
+        """The async engine's requests of the window for dates ``times`` (``first``: of
+        each date's first file only, the one a read takes whole)."""
         for t in times:
             for item_index in plan.groups[t]:
                 request = _request(plan, asset_index, item_index, window, creds)
-                if request is not None and not isinstance(request, GdalRead):
+                if request is None:
+                    continue
+                if not isinstance(request, GdalRead):
                     yield request
+                if first:
+                    break
 
     # the headers of the files of the nearest dates (a window that moves with the reads)
     nearest = itertools.islice(
@@ -405,29 +402,15 @@ def _prefetch_around(
             if forwards
             else range(min(time_indices) - 1, -1, -1)
         )
-        ahead: list[readahead.DateRead] = []
-        files = 0
+        ahead: list[FileRead] = []
         for t in later:
-            if files >= files_ahead or dates_ahead == 0:
+            if len(ahead) >= files_ahead or dates_ahead == 0:
                 break
             if t in seen_now:
                 continue
             dates_ahead -= 1
-            date = [
-                request
-                for item_index in plan.groups[t]
-                if (request := _request(plan, asset_index, item_index, window, creds)) is not None
-            ]
-            if date and not any(isinstance(request, GdalRead) for request in date):
-                date_key = _date_key(plan, asset_index, window, t)
-                ahead.append(readahead.DateRead(date_key, tuple(date), _for_pixels))
-                files += len(date)
+            ahead.extend(async_reads([t], first=True))
         readahead.read_ahead(ahead)
-
-
-def _date_key(plan: CubePlan, asset_index: int, window: Window, t: int) -> Hashable:
-    """The read-ahead key of date ``t`` of the window (a whole date's mosaic)."""
-    return ("date", hash(plan.urls), asset_index, window, t)
 
 
 def _in_worker() -> bool:

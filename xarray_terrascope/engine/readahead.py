@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import aio, readers
 from xarray_terrascope.engine.cog import fetch_header
-from xarray_terrascope.engine.mosaic import empty, mosaic
 from xarray_terrascope.engine.requests import FileRead
 from xarray_terrascope.options import get_options
 
-__all__ = ["DateRead", "clear", "read", "read_ahead", "take_dates", "warm_headers"]
+__all__ = ["clear", "read", "read_ahead", "warm_headers"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,60 +51,7 @@ async def read(request: FileRead) -> npt.NDArray[Any]:
     return await aio.shared(state.reading, request.key, lambda: readers.read(request))
 
 
-@dataclass(frozen=True)
-class DateRead:
-    """One date's window of one asset, mosaicked from its files in rounds as
-    :func:`~xarray_terrascope.engine.read.read_window` does: the first file whole, each
-    next one (narrowed by ``narrow`` to the pixels still empty) only where needed.
-
-    Reading a whole date ahead, rather than only its first file, spares the read that
-    takes it the round trips of the date's next files.
-    """
-
-    key: Hashable
-    files: tuple[FileRead, ...]
-    narrow: Callable[[FileRead, npt.NDArray[np.bool_]], FileRead | None]
-
-    @property
-    def label(self) -> str:
-        return self.files[0].label
-
-    @property
-    def nbytes(self) -> int:
-        return self.files[0].nbytes
-
-    async def run(self) -> npt.NDArray[Any]:
-        first = self.files[0]
-        out = np.full((1, *first.window.shape), first.fill, first.dtype)
-        for depth, request in enumerate(self.files):
-            narrowed = request if depth == 0 else self.narrow(request, empty(out[0], first.fill))
-            if narrowed is None:
-                continue
-            values = await read(narrowed)
-            mosaic(out, [(0, values)], first.fill, fresh=depth == 0)
-        window: npt.NDArray[Any] = out[0]
-        return window
-
-
-async def take_dates(keys: Sequence[Hashable]) -> list[npt.NDArray[Any] | None]:
-    """The dates read ahead under ``keys`` (on the loop): each one's window, or None when
-    it was not read ahead or its read failed (the caller then reads it itself)."""
-    state = aio.engine()
-    found: list[npt.NDArray[Any] | None] = []
-    for key in keys:
-        task, _ = state.readahead.pop(key, (None, 0.0))
-        if task is None:
-            found.append(None)
-            continue
-        try:
-            found.append(await task)
-        except Exception as err:  # the read that wants it raises the error itself
-            logger.debug("read-ahead of a date failed (%r); reading it again", err)
-            found.append(None)
-    return found
-
-
-async def _start(requests: Sequence[FileRead | DateRead]) -> None:
+async def _start(requests: Sequence[FileRead]) -> None:
     """Start reading ``requests`` ahead while the table has room.
 
     A result waiting to be taken is never dropped for a newer one (its bytes would be
@@ -127,13 +71,12 @@ async def _start(requests: Sequence[FileRead | DateRead]) -> None:
             break
         if request.key in table or request.key in reading:
             continue
-        work = request.run() if isinstance(request, DateRead) else readers.read(request)
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(readers.read(request))
         task.add_done_callback(aio.retrieve)
         table[request.key] = (task, now)
 
 
-def read_ahead(requests: Sequence[FileRead | DateRead]) -> None:
+def read_ahead(requests: Sequence[FileRead]) -> None:
     """Start reading ``requests`` in the background (from any thread but the loop's)."""
     if requests:
         aio.submit(_start(requests))
