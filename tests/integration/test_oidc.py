@@ -36,6 +36,7 @@ from xarray_terrascope.testing import SAMPLE_FIELD
 from xarray_terrascope.testing.stac_api import role_for
 
 from ..support.helpers import FAPAR, NDVI, tif_records
+from .test_read_engine import _truth
 
 DAYS = {"start": "2025-05-01", "end": "2025-06-30"}
 DEVICE = "urn:ietf:params:oauth:grant-type:device_code"
@@ -83,21 +84,6 @@ def _grants(sandbox, kind=None):
 
 def _refreshes(sandbox):
     return [g for g in _grants(sandbox, "refresh_token") if g.status == 200]
-
-
-def _truth(sandbox, ds, rows, cols):
-    """DN the world says each output pixel holds: first valid item of the date wins."""
-    ids_per_date = [str(v).split() for v in ds.item_ids.values]
-    xs, ys = ds.x.values[cols], ds.y.values[rows]
-    crs = f"EPSG:{ds.rio.crs.to_epsg()}"
-    out = np.full((len(ids_per_date), len(rows)), 255, np.uint8)
-    for t, ids in enumerate(ids_per_date):
-        native = sorted(ids, key=lambda i: (not i.split("_")[2].startswith("31"), i))
-        for item_id in native:
-            dn = sandbox.world.sample(item_id, xs, ys, crs=crs)
-            take = (out[t] == 255) & (dn != 255)
-            out[t][take] = dn[take]
-    return out
 
 
 def _assert_exact(sandbox, ds, values):
