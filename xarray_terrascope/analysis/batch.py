@@ -191,18 +191,39 @@ def _client(client: Any, n_workers: int | None, threads_per_worker: int | None) 
         )
     import dask
 
-    with (
-        dask.config.set(LOCAL_CLUSTER_CONFIG),  # the Nanny passes it on to its worker
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            processes=True,
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as own,
-    ):
-        logger.info("started a LocalCluster: %s", cluster)
-        yield own
+    muted: dict[str, int] = {}
+    try:
+        with (
+            dask.config.set(LOCAL_CLUSTER_CONFIG),  # the Nanny passes it on to its worker
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                processes=True,
+                dashboard_address=":0",
+            ) as cluster,
+            Client(cluster) as own,
+        ):
+            logger.info("started a LocalCluster: %s", cluster)
+            try:
+                yield own
+            except KeyboardInterrupt:
+                # closing a cluster in the middle of its work, distributed logs the
+                # connections it cuts, with tracebacks that tell an interrupting user
+                # nothing: quiet while this package's own cluster closes
+                muted = _mute("distributed", "tornado")
+                raise
+    finally:
+        for name, level in muted.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _mute(*names: str) -> dict[str, int]:
+    """Set the loggers ``names`` to CRITICAL; returns their levels before."""
+    levels = {}
+    for name in names:
+        levels[name] = logging.getLogger(name).level
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    return levels
 
 
 def _apply_step(step: PostStep, stats: Any) -> Any:

@@ -49,6 +49,18 @@ def attach_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _dask_logging(level: int) -> None:
+    """Give dask.distributed's loggers the command's level: distributed sets its own to
+    INFO when it is imported, and a cluster's start, life and shutdown (with the
+    tracebacks of the connections it closes) would fill the terminal without ``-v``."""
+    import dask
+
+    name = logging.getLevelName(max(level, logging.INFO)).lower()
+    dask.config.set({"logging.distributed": name})  # read when distributed is imported
+    if "distributed" in sys.modules:
+        logging.getLogger("distributed").setLevel(max(level, logging.INFO))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the console script."""
     from xarray_terrascope._version import __version__
@@ -76,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else argv))
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _dask_logging(level)
     try:
         return args.func(args)
     except TerrascopeError as err:

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -89,8 +90,8 @@ class Engine:
         Origins that answered a ranged request; the first request of each file while its
         origin's answer is unknown; origins that answer ranges with the whole file.
     whole_files
-        Bodies of files from origins that ignore ``Range`` (bounded by an option, so made
-        when first needed).
+        Bodies of files from origins that ignore ``Range``, by file and account (bounded
+        by an option, so made when first needed).
     parsed
         TIFFs parsed by header requests, handed to the first read of their file.
     tiles
@@ -111,7 +112,7 @@ class Engine:
     ranges_seen: set[str] = field(default_factory=set)
     range_probes: dict[str, asyncio.Event] = field(default_factory=dict)
     ignores_ranges: set[str] = field(default_factory=set)
-    whole_files: BoundedCache[str, tuple[bytes, Remote]] | None = None
+    whole_files: BoundedCache[tuple[str, str], tuple[bytes, Remote]] | None = None
     parsed: BoundedCache[tuple[str, str | None], tuple[TIFF, Source]] = field(
         default_factory=lambda: BoundedCache(PARSED_ENTRIES)
     )
@@ -119,7 +120,7 @@ class Engine:
     readahead: dict[Hashable, tuple[asyncio.Task[np.ndarray], float]] = field(default_factory=dict)
     reading: dict[Hashable, asyncio.Task[np.ndarray]] = field(default_factory=dict)
     pending_headers: dict[str, asyncio.Task[Header]] = field(default_factory=dict)
-    pending_whole_files: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    pending_whole_files: dict[tuple[str, str], asyncio.Task[Any]] = field(default_factory=dict)
     pending_gathers: dict[Hashable, asyncio.Task[Gather]] = field(default_factory=dict)
 
     def alive(self) -> bool:
@@ -291,15 +292,35 @@ def retrieve(future: asyncio.Future[Any]) -> None:
 
 async def shared(tasks: dict[K, asyncio.Task[T]], key: K, start: Callable[[], Awaitable[T]]) -> T:
     """The result of the one task for ``key`` in ``tasks`` (a table of the engine): started
-    with ``start()`` when none runs, awaited by every caller that asks meanwhile (a
-    caller's cancellation does not cancel it). Only on the loop thread."""
+    with ``start()`` when none runs, awaited by every caller that asks meanwhile. A
+    caller's cancellation leaves it running for the others; when the last caller is
+    cancelled it is cancelled too (a cancelled read-ahead or a read abandoned after a
+    logout sends no more requests), and the next caller starts a new one. Only on the
+    loop thread."""
     task = tasks.get(key)
     if task is None:
         task = tasks[key] = asyncio.ensure_future(start())
 
         def done(finished: asyncio.Task[T]) -> None:
-            tasks.pop(key, None)
+            if tasks.get(key) is finished:
+                del tasks[key]
             retrieve(finished)
 
         task.add_done_callback(done)
-    return await asyncio.shield(task)
+    _waiting[task] = _waiting.get(task, 0) + 1
+    try:
+        return await asyncio.shield(task)
+    finally:
+        left = _waiting.get(task, 1) - 1
+        if left:
+            _waiting[task] = left
+        else:
+            _waiting.pop(task, None)
+            if not task.done():  # nobody waits for it any more
+                if tasks.get(key) is task:
+                    del tasks[key]
+                task.cancel()
+
+
+#: How many callers of :func:`shared` wait for each of its tasks (weakly held).
+_waiting: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()

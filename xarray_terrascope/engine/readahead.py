@@ -102,14 +102,17 @@ async def _warm(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
 
 def clear() -> None:
     """Cancel and forget every read-ahead result and parsed header waiting for its read
-    (after a change of credentials)."""
+    (after a change of credentials); returns when the read-ahead has stopped."""
 
     async def drop() -> None:
         state = aio.engine()
-        for task, _ in state.readahead.values():
+        tasks = [task for task, _ in state.readahead.values()]
+        for task in tasks:
             task.cancel()
         state.readahead.clear()
         state.parsed.clear()
+        # returns once they have ended, with the downloads only they were waiting for
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     if aio.started() is not None and not aio.in_loop_thread():
         aio.run(drop())

@@ -293,7 +293,7 @@ async def _attempt(
                 body = await resp.read()
                 remote = Remote(len(body), etag, modified)
                 _saw_ranges(url, target)
-                _keep_whole(url, target, body, remote)
+                _keep_whole(url, target, body, remote, access)
                 return [body[start:end] for start, end in spans], remote
             if kind.lower().startswith("multipart/byteranges"):
                 parts = _parts(kind, await resp.read())
@@ -327,10 +327,12 @@ def _learn(urls: tuple[str, ...], supported: bool) -> None:
         known[origin(url) or url] = supported
 
 
-def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
+def _keep_whole(
+    url: str, target: str, body: bytes, remote: Remote, access: RequestAuth | None
+) -> None:
     """Remember that the origin of ``url`` (and of its redirect ``target``) ignores
     ``Range``, saying so once per origin, and keep ``body`` for the file's other ranges
-    while the ``whole_files_mb`` option allows."""
+    read with the same ``access``, while the ``whole_files_mb`` option allows."""
     state = aio.engine()
     ignoring = state.ignores_ranges
     for each in (url, target):
@@ -350,17 +352,24 @@ def _keep_whole(url: str, target: str, body: bytes, remote: Remote) -> None:
         files = state.whole_files = (
             files.resized(budget) if files is not None else BoundedCache(budget, getsizeof=_held)
         )
-    files.put(url, (body, remote))
+    files.put(_whole_key(url, access), (body, remote))
 
 
 def _held(entry: tuple[bytes, Remote]) -> int:
     return len(entry[0])
 
 
-def _whole(url: str) -> tuple[bytes, Remote] | None:
-    """The body of ``url`` when its origin ignores ``Range`` and it is held in memory."""
+def _whole_key(url: str, access: RequestAuth | None) -> tuple[str, str]:
+    """Whole files are kept, and downloaded once, per file and account: what one
+    account read never answers another."""
+    return url, access.identity if access is not None else ""
+
+
+def _whole(url: str, access: RequestAuth | None) -> tuple[bytes, Remote] | None:
+    """The body of ``url`` when its origin ignores ``Range`` and it is held in memory
+    for ``access``."""
     files = aio.engine().whole_files
-    return files.get(url) if files else None
+    return files.get(_whole_key(url, access)) if files else None
 
 
 def _ignores_ranges(url: str) -> bool:
@@ -523,12 +532,13 @@ async def get_ranges(
 async def _get_ranges(
     url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
 ) -> tuple[list[bytes], Remote]:
-    whole = _whole(url)
+    whole = _whole(url, access)
     if whole is None and _ignores_ranges(url):
         # one download of the file for every read that wants a part of it meanwhile
         pending = aio.engine().pending_whole_files
-        await aio.shared(pending, url, lambda: _with_retries(url, spans[:1], access, label))
-        whole = _whole(url)
+        key = _whole_key(url, access)
+        await aio.shared(pending, key, lambda: _with_retries(url, spans[:1], access, label))
+        whole = _whole(url, access)
         if whole is None:  # answered with the range after all: the origin honours them now
             aio.engine().ignores_ranges.discard(origin(url) or url)
     if whole is not None:
@@ -553,7 +563,7 @@ async def _get_ranges(
     if (origin(url) or url) not in aio.engine().ranges_seen:
         # the first range alone: an origin that answers with the whole file sends it once
         first = await _with_retries(url, spans[:1], access, label)
-        whole = _whole(url)
+        whole = _whole(url, access)
         if whole is not None:
             body, remote = whole
             return [body[start:end] for start, end in spans], remote

@@ -42,3 +42,42 @@ def test_the_engine_loop_is_uvloop_where_installed():
         return asyncio.get_running_loop()
 
     assert isinstance(aio.run(running()), uvloop.Loop)
+
+
+def test_shared_work_runs_while_a_caller_waits_and_stops_with_the_last():
+    """Two callers share one task; the first one's cancellation leaves it running for
+    the second. When its only caller is cancelled, it is cancelled too (before: it ran
+    on, and a read-ahead cancelled after a logout still sent its request), and the next
+    caller starts it anew."""
+    runs: list[str] = []
+    ended: list[str] = []
+
+    async def work(name: str) -> str:
+        runs.append(name)
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            ended.append(f"{name} cancelled")
+            raise
+        ended.append(f"{name} done")
+        return name
+
+    async def scenario() -> list[object]:
+        table: dict[str, asyncio.Task[str]] = {}
+        first = asyncio.ensure_future(aio.shared(table, "k", lambda: work("one")))
+        second = asyncio.ensure_future(aio.shared(table, "k", lambda: work("two")))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        got = [await second]
+        lone = asyncio.ensure_future(aio.shared(table, "k", lambda: work("three")))
+        await asyncio.sleep(0.05)
+        lone.cancel()
+        await asyncio.gather(lone, return_exceptions=True)
+        await asyncio.sleep(0.01)
+        got.append(dict(table))
+        got.append(await aio.shared(table, "k", lambda: work("four")))
+        return got
+
+    assert aio.run(scenario()) == ["one", {}, "four"]
+    assert runs == ["one", "three", "four"]
+    assert ended == ["one done", "three cancelled", "four done"]

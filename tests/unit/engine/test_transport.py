@@ -381,3 +381,55 @@ def test_a_429_without_retry_after_is_met_by_pacing_at_once():
     assert [blob for blob, _ in answers] == [FILE[100:110]] * 24
     assert bucket.statuses.count(206) == 24
     assert bucket.statuses.count(429) <= 3, bucket.statuses
+
+
+# --- origins that ignore Range ------------------------------------------------------------
+
+
+def test_a_whole_file_kept_for_one_account_never_answers_another():
+    """An origin that answers every range with the whole file: the file is kept for the
+    other parts of it that the same account reads, but another account's read goes to
+    the server under its own name (before: served from the first account's download)."""
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=FILE)
+
+    other = RequestAuth(Credentials("v", "q"))
+    with LoopbackServer(whole) as server:
+        url = server.url("/a.tif")
+        assert _get(url, [(0, 100)]) == [FILE[:100]]
+        assert _get(url, [(200, 300)]) == [FILE[200:300]]  # from memory
+        assert _get(url, [(400, 500)], access=other) == [FILE[400:500]]
+    assert [_authorization(seen) for seen in server.seen] == [
+        basic_header("u", "p"),
+        basic_header("v", "q"),
+    ]
+
+
+def test_a_whole_file_under_way_for_one_account_is_not_joined_by_another():
+    """Two accounts ask at once for parts of a file from an origin known to ignore
+    Range: each download carries its own account's credentials (before: the second
+    read waited for the first account's download and was answered from it)."""
+
+    async def whole(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        return web.Response(status=200, body=FILE)
+
+    other = RequestAuth(Credentials("v", "q"))
+    with LoopbackServer(whole) as server:
+        url = server.url("/a.tif")
+        _get(url, [(0, 100)])  # the origin is now known to ignore Range
+        server.seen.clear()
+        transport.forget_files()
+
+        async def both():
+            return await asyncio.gather(
+                transport.get_ranges(url, [(0, 10), (100, 110)], access=ACCESS, label="A"),
+                transport.get_ranges(url, [(0, 10), (100, 110)], access=other, label="B"),
+            )
+
+        answers = aio.run(both())
+    assert [blobs for blobs, _ in answers] == [[FILE[:10], FILE[100:110]]] * 2
+    assert sorted(_authorization(seen) or "" for seen in server.seen) == sorted(
+        [basic_header("u", "p"), basic_header("v", "q")]
+    )
