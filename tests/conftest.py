@@ -16,7 +16,7 @@ import os
 import pytest
 
 import xarray_terrascope as xts
-from xarray_terrascope.engine import aio, gdal, read, transport
+from xarray_terrascope.engine import aio, gdal, origins, read
 from xarray_terrascope.engine.header_cache import headers
 
 from .support.helpers import TERRASCOPE_VARS
@@ -41,7 +41,7 @@ def fresh_engine_state():
     gdal.clear_readers()
     if aio.started() is not None:  # the engine runs in this process (not inherited)
         read.clear_reader_cache()  # tiles, read-ahead and parsed headers live on its loop
-        transport.reset_limiters()
+        origins.reset_limiters()
 
 
 @pytest.fixture

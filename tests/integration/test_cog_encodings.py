@@ -16,7 +16,7 @@ from async_tiff import TIFF
 from obstore.store import LocalStore
 
 import xarray_terrascope as xts
-from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine import origins, read
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.testing import SAMPLE_FIELD, Sandbox
 
@@ -53,7 +53,7 @@ def own_sandbox(tmp_path, monkeypatch):
         yield sandbox
         xts.logout()
         read.clear_reader_cache()
-        transport.reset_limiters()
+        origins.reset_limiters()
 
 
 def test_packbits_cogs_are_read_through_gdal_exactly(own_sandbox, tmp_path, monkeypatch, caplog):

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine import origins, read
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.engine.limiter import INITIAL_CONNECTIONS
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
@@ -30,7 +30,7 @@ def fresh_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache"))
     headers.clear_memory()
     read.clear_reader_cache()
-    transport.reset_limiters()
+    origins.reset_limiters()
     yield
     headers.clear_memory()
     read.clear_reader_cache()
@@ -95,13 +95,13 @@ def test_the_connection_setting_caps_the_requests_in_flight(
     logged_in.download.max_concurrent = 3
     logged_in.download.latency = 0.01
     monkeypatch.setenv("TERRASCOPE_MAX_CONNECTIONS", "2")
-    transport.reset_limiters()
+    origins.reset_limiters()
     try:
         np.testing.assert_array_equal(_field(chunks={}).NDVI.load().values, clean_cube)
         capped = tif_records(logged_in)
         assert capped and not [r for r in capped if r.status == 429]
         monkeypatch.delenv("TERRASCOPE_MAX_CONNECTIONS")
-        transport.reset_limiters()
+        origins.reset_limiters()
         headers.clear_memory()
         monkeypatch.setenv("TERRASCOPE_CACHE_DIR", str(tmp_path / "cache-uncapped"))
         read.clear_reader_cache()
@@ -109,7 +109,7 @@ def test_the_connection_setting_caps_the_requests_in_flight(
         np.testing.assert_array_equal(_field(chunks={}).NDVI.load().values, clean_cube)
         assert [r for r in tif_records(logged_in) if r.status == 429]
     finally:
-        transport.reset_limiters()
+        origins.reset_limiters()
 
 
 def test_a_missing_file_names_the_item_and_the_status(logged_in):
@@ -218,7 +218,7 @@ def test_a_request_rate_limit_gives_the_exact_cube_with_few_refusals(logged_in, 
     always go together: the order in which the read used to get 13 to 17 refusals, its
     limiter cutting 8 -> 4 -> 2 -> 1 before pacing, each cut's requests going at once
     into the empty bucket."""
-    transport.reset_limiters()  # as in a new process: the clean read grew the limit
+    origins.reset_limiters()  # as in a new process: the clean read grew the limit
     logged_in.download.max_rate = 25.0
     logged_in.download.latency = 0.01
     got = _field(chunks=chunks).NDVI.load().values

@@ -31,7 +31,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
 import xarray_terrascope as xts
-from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine import origins, read
 from xarray_terrascope.engine.header_cache import headers
 
 from ..support.helpers import missing_tier
@@ -232,7 +232,7 @@ def _opener(
     yield open_, numbers, server
     read.clear_reader_cache()
     headers.clear_memory()
-    transport.reset_limiters()
+    origins.reset_limiters()
 
 
 def _on_cube(values: np.ndarray, res: int, ds: xr.Dataset, fill: Any) -> np.ndarray:

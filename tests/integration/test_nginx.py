@@ -33,7 +33,7 @@ import xarray as xr
 from werkzeug.serving import make_server
 
 import xarray_terrascope as xts
-from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine import origins, read
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 from xarray_terrascope.testing import SAMPLE_FIELD
@@ -63,7 +63,7 @@ def _field(**kw: Any) -> xr.Dataset:
 def _clear_caches() -> None:
     headers.clear_memory()
     read.clear_reader_cache()
-    transport.reset_limiters()
+    origins.reset_limiters()
 
 
 def _tifs(records: Iterable[Record]) -> list[Record]:

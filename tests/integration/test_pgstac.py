@@ -31,7 +31,7 @@ import shapely.geometry
 import xarray as xr
 
 import xarray_terrascope as xts
-from xarray_terrascope.engine import read, transport
+from xarray_terrascope.engine import origins, read
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.exceptions import CollectionNotFoundError, SearchError
 from xarray_terrascope.testing import SAMPLE_FIELD
@@ -288,7 +288,7 @@ def test_a_query_the_database_rejects_is_a_search_error_after_one_retry(both):
 def _clear_caches() -> None:
     headers.clear_memory()
     read.clear_reader_cache()
-    transport.reset_limiters()
+    origins.reset_limiters()
 
 
 def test_open_dataset_gives_the_same_cube(both, logged_in):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope.engine import aio, cog, read, transport
+from xarray_terrascope.engine import aio, cog, origins, read
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.testing import SAMPLE_FIELD
 
@@ -300,7 +300,7 @@ def test_a_dates_second_tile_is_read_only_where_the_first_left_no_data(logged_in
 def test_a_server_without_multi_range_gets_one_request_per_range(logged_in):
     reference = _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values
     read.clear_reader_cache()
-    transport.reset_limiters()  # forget that this origin answers multi-range requests
+    origins.reset_limiters()  # forget that this origin answers multi-range requests
     logged_in.download.multirange = False  # several ranges -> the whole file, 200
     logged_in.log.clear()
     np.testing.assert_array_equal(_open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values, reference)
@@ -311,7 +311,7 @@ def test_a_server_without_multi_range_gets_one_request_per_range(logged_in):
     assert [r.status for r in tried] == [200], [(r.path, r.range, r.status) for r in tried]
     assert len({r.path for r in pixels}) > 4 and len(pixels) > 8
     assert all(r.status == 206 for r in pixels if "," not in r.range)
-    transport.reset_limiters()
+    origins.reset_limiters()
 
 
 def test_shared_tiles_never_answer_another_account(logged_in):

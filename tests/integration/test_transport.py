@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_terrascope.engine import transport
+from xarray_terrascope.engine import origins
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 DAYS = {"start": "2025-06-01", "end": "2025-06-20"}
@@ -25,10 +25,10 @@ def engine_afresh():
     """What the engine learns of the sandbox's origin here must not outlive the test."""
     from xarray_terrascope.engine import read
 
-    transport.reset_limiters()
+    origins.reset_limiters()
     read.clear_reader_cache()
     yield
-    transport.reset_limiters()
+    origins.reset_limiters()
     read.clear_reader_cache()
 
 
@@ -44,7 +44,7 @@ def test_a_host_ignoring_range_sends_each_file_once(logged_in, all_logs, engine_
     """Every request answered with the whole file: each file is downloaded once and its
     header and tiles are cut from it (before: a whole file per header and tile request)."""
     clean = _field(chunks={}, chunksize=128).NDVI.load().values
-    transport.reset_limiters()
+    origins.reset_limiters()
     logged_in.download.ranges = False
     logged_in.log.clear()
     all_logs.clear()

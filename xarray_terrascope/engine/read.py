@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from xarray_terrascope import auth
 from xarray_terrascope.cache import BoundedCache
-from xarray_terrascope.engine import aio, gdal, gdal_cache, readahead, readers, transport
+from xarray_terrascope.engine import aio, gdal, gdal_cache, origins, readahead, readers
 from xarray_terrascope.engine.coarsen import COARSENING, REPLICATING
 from xarray_terrascope.engine.cog import GridMismatch
 from xarray_terrascope.engine.header_cache import headers
@@ -74,7 +74,7 @@ def clear_reader_cache() -> None:
     if current is not None:
         current.tiles.clear()
     readahead.clear()
-    transport.forget_files()
+    origins.forget_files()
     with _recent.lock:  # the windows' read patterns and the headers they warmed
         _recent.clear()
 

@@ -11,7 +11,8 @@ goes alone, so that happens once, not once per request in flight). Each origin
 the host for ``Retry-After``), grown by one after a run of successes (AIMD), and paced
 when even one request at a time is refused (a request-rate limit). Failed requests (5xx,
 429, dropped or cut connections, timeouts) are retried with exponential backoff and
-jitter, the first request of a file included.
+jitter, the first request of a file included. What is learnt of each origin, and the
+whole files kept from one that ignores ``Range``, lives in :mod:`.origins`.
 
 Credentials: HTTP Basic, UTF-8 encoded (RFC 7617), or an OpenID Connect access token
 (``Bearer``, never both), added per request, only when the caller says the URL's origin
@@ -32,25 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import functools
 import logging
 import os
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import aiohttp
 
 from xarray_terrascope import config, http_policy
 from xarray_terrascope.auth import RequestAuth
-from xarray_terrascope.cache import BoundedCache
-from xarray_terrascope.config import origin as _parse_origin
-from xarray_terrascope.engine import aio
+from xarray_terrascope.engine import aio, origins
 from xarray_terrascope.engine.limiter import Limiter
+from xarray_terrascope.engine.origins import Remote, origin
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
-from xarray_terrascope.options import get_options
 
 __all__ = [
     "Limiter",
@@ -75,21 +70,7 @@ MAX_RANGES_PER_REQUEST = 64
 WHOLE_FILE_FACTOR = 4
 
 
-#: Origins of URLs seen (a pure function of the URL; parsed once, not per request).
-origin = functools.lru_cache(maxsize=4096)(_parse_origin)
-
-
 _public = config.public_url
-
-
-@dataclass(frozen=True)
-class Remote:
-    """What a response said about the whole file: its size, ETag and Last-Modified (any
-    may be None)."""
-
-    size: int | None
-    etag: str | None
-    last_modified: str | None = None
 
 
 class _Renew(Exception):
@@ -159,40 +140,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_disown_parent_session)
 
 
-def reset_limiters() -> None:
-    """Forget what was learnt about every host (its limit, whether it answers multi-range
-    or any range requests) and the whole files kept: the next request starts afresh."""
-
-    async def reset() -> None:
-        state = aio.engine()
-        for table in (state.limiters, state.multirange, state.ignores_ranges, state.ranges_seen):
-            table.clear()
-        state.whole_files = None
-
-    aio.run(reset())
-
-
-def forget_files() -> None:
-    """Drop the whole files kept for origins that ignore ``Range`` (on a change of
-    credentials: what was read with the old ones must not answer a later read)."""
-
-    async def forget() -> None:
-        aio.engine().whole_files = None
-
-    if aio.started() is not None and not aio.in_loop_thread():
-        aio.run(forget())
-
-
-def _limiter(url: str) -> Limiter:
-    limiters = aio.engine().limiters
-    key = origin(url) or url
-    limiter = limiters.get(key)
-    maximum = get_options().max_connections
-    if limiter is None or limiter.maximum != maximum:
-        limiter = limiters[key] = Limiter(maximum)
-    return limiter
-
-
 def _fail(status: int, label: str, url: str, sent: bool, detail: str = "") -> Exception:
     return http_policy.error_for(
         status, what=f"reading {label}", url=url, credentials_sent=sent, detail=detail
@@ -203,36 +150,12 @@ class _NoMultiRange(Exception):
     """The origin answered a multi-range request with something else: ask range by range."""
 
 
-def _multirange(url: str) -> bool | None:
-    """What this loop learnt of the origin's multi-range answers (None: not tried yet)."""
-    return aio.engine().multirange.get(origin(url) or url)
-
-
-@contextlib.asynccontextmanager
-async def _multirange_turn(url: str) -> AsyncIterator[bool | None]:
-    """What is known of the origin's multi-range answers, once no other request of this
-    loop is finding it out. None: this request finds out, and the others wait for it, so
-    an origin that answers with whole files sends one, not one per request in flight."""
-    state, probes = aio.engine().multirange, aio.engine().multirange_probes
-    key = origin(url) or url
-    while state.get(key) is None and key in probes:
-        await probes[key].wait()
-    known = state.get(key)
-    if known is None:
-        probes[key] = asyncio.Event()
-    try:
-        yield known
-    finally:
-        if known is None:
-            probes.pop(key).set()
-
-
 async def _attempt(
     url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
 ) -> tuple[list[bytes], Remote]:
     """One ranged GET of ``spans`` (redirects followed by hand); raises :class:`_Retry`
     when transient, :class:`_NoMultiRange` when several spans did not come back as such."""
-    if len(spans) > 1 and _multirange(url) is False:
+    if len(spans) > 1 and origins.multirange(url) is False:
         raise _NoMultiRange(f"{_public(url)} ignores multi-range requests")  # learnt meanwhile
     session = _session()
     first_origin = origin(url)  # None for a URL that may not carry credentials
@@ -288,25 +211,25 @@ async def _attempt(
                 asked = sum(end - start for start, end in spans)
                 length = resp.content_length
                 if len(spans) > 1 and length is not None and length > WHOLE_FILE_FACTOR * asked:
-                    _learn((url, target), False)  # the body is left unread
+                    origins.learn((url, target), False)  # the body is left unread
                     raise _NoMultiRange(f"{_public(target)} ignores multi-range requests")
                 body = await resp.read()
                 remote = Remote(len(body), etag, modified)
-                _saw_ranges(url, target)
-                _keep_whole(url, target, body, remote, access)
+                origins.saw_ranges(url, target)
+                origins.keep_whole(url, target, body, remote, access)
                 return [body[start:end] for start, end in spans], remote
             if kind.lower().startswith("multipart/byteranges"):
                 parts = _parts(kind, await resp.read())
             else:
                 parts = [(resp.headers.get("Content-Range", ""), await resp.read())]
-            _saw_ranges(url, target)
+            origins.saw_ranges(url, target)
             try:
                 blobs, size = _cut(parts, spans, label, url, sent)
             except _NoMultiRange:
-                _learn((url, target), False)
+                origins.learn((url, target), False)
                 raise
             if len(spans) > 1:  # several ranges answered as asked, in one part or more
-                _learn((url, target), True)
+                origins.learn((url, target), True)
             return blobs, Remote(size, etag, modified)
     raise _fail(310, label, url, access is not None, " (too many redirects)")
 
@@ -318,86 +241,6 @@ def _headers(ranges: str, access: RequestAuth | None) -> dict[str, str]:
     if access is not None:
         headers["Authorization"] = access.header()
     return headers
-
-
-def _learn(urls: tuple[str, ...], supported: bool) -> None:
-    """Remember how the origins of a request (and of its redirect target) answer."""
-    known = aio.engine().multirange
-    for url in urls:
-        known[origin(url) or url] = supported
-
-
-def _keep_whole(
-    url: str, target: str, body: bytes, remote: Remote, access: RequestAuth | None
-) -> None:
-    """Remember that the origin of ``url`` (and of its redirect ``target``) ignores
-    ``Range``, saying so once per origin, and keep ``body`` for the file's other ranges
-    read with the same ``access``, while the ``whole_files_mb`` option allows."""
-    state = aio.engine()
-    ignoring = state.ignores_ranges
-    for each in (url, target):
-        key = origin(each) or each
-        if key not in ignoring:
-            ignoring.add(key)
-            logger.warning(
-                "%s answers HTTP Range requests with whole files: each file it serves is "
-                "downloaded whole (%.1f MB for %s) and its parts are cut from memory",
-                key,
-                len(body) / 1e6,
-                _public(each),
-            )
-    budget = get_options().whole_files_mb * 2**20
-    files = state.whole_files
-    if files is None or files.maxsize != budget:
-        files = state.whole_files = (
-            files.resized(budget) if files is not None else BoundedCache(budget, getsizeof=_held)
-        )
-    files.put(_whole_key(url, access), (body, remote))
-
-
-def _held(entry: tuple[bytes, Remote]) -> int:
-    return len(entry[0])
-
-
-def _whole_key(url: str, access: RequestAuth | None) -> tuple[str, str]:
-    """Whole files are kept, and downloaded once, per file and account: what one
-    account read never answers another."""
-    return url, access.identity if access is not None else ""
-
-
-def _whole(url: str, access: RequestAuth | None) -> tuple[bytes, Remote] | None:
-    """The body of ``url`` when its origin ignores ``Range`` and it is held in memory
-    for ``access``."""
-    files = aio.engine().whole_files
-    return files.get(_whole_key(url, access)) if files else None
-
-
-def _ignores_ranges(url: str) -> bool:
-    return (origin(url) or url) in aio.engine().ignores_ranges
-
-
-def _saw_ranges(*urls: str) -> None:
-    aio.engine().ranges_seen.update(origin(url) or url for url in urls)
-
-
-@contextlib.asynccontextmanager
-async def _range_turn(url: str) -> AsyncIterator[None]:
-    """Until the origin of ``url`` has answered a ranged request, the requests of one file
-    go one at a time (other files' go at once): an origin that answers with whole files
-    then sends each file once, its other parts cut from that body, instead of once per
-    request in flight. Once known, nothing waits."""
-    key = origin(url) or url
-    seen, probes = aio.engine().ranges_seen, aio.engine().range_probes
-    while url in probes:  # this file's first request: wait even if its origin is known now
-        await probes[url].wait()
-    probing = key not in seen
-    if probing:
-        probes[url] = asyncio.Event()
-    try:
-        yield
-    finally:
-        if probing:
-            probes.pop(url).set()
 
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
@@ -525,27 +368,27 @@ async def get_ranges(
     ReadError
         On any other failure, after retrying the transient ones.
     """
-    async with _range_turn(url):
+    async with origins.range_turn(url):
         return await _get_ranges(url, spans, access, label)
 
 
 async def _get_ranges(
     url: str, spans: list[tuple[int, int]], access: RequestAuth | None, label: str
 ) -> tuple[list[bytes], Remote]:
-    whole = _whole(url, access)
-    if whole is None and _ignores_ranges(url):
+    whole = origins.whole(url, access)
+    if whole is None and origins.ignores_ranges(url):
         # one download of the file for every read that wants a part of it meanwhile
         pending = aio.engine().pending_whole_files
-        key = _whole_key(url, access)
+        key = origins.whole_key(url, access)
         await aio.shared(pending, key, lambda: _with_retries(url, spans[:1], access, label))
-        whole = _whole(url, access)
+        whole = origins.whole(url, access)
         if whole is None:  # answered with the range after all: the origin honours them now
             aio.engine().ignores_ranges.discard(origin(url) or url)
     if whole is not None:
         body, remote = whole
         return [body[start:end] for start, end in spans], remote
     if len(spans) > 1:
-        async with _multirange_turn(url) as known:
+        async with origins.multirange_turn(url) as known:
             if known is not False:
                 try:
                     answers = [  # rarely more than one group: one after the other
@@ -563,7 +406,7 @@ async def _get_ranges(
     if (origin(url) or url) not in aio.engine().ranges_seen:
         # the first range alone: an origin that answers with the whole file sends it once
         first = await _with_retries(url, spans[:1], access, label)
-        whole = _whole(url, access)
+        whole = origins.whole(url, access)
         if whole is not None:
             body, remote = whole
             return [body[start:end] for start, end in spans], remote
@@ -580,7 +423,7 @@ async def _with_retries(
 ) -> tuple[list[bytes], Remote]:
     """One request of ``spans`` through the host's limiter, retried when transient."""
     start, end = spans[0][0], spans[-1][1]
-    limiter = _limiter(url)
+    limiter = origins.limiter(url)
     last: BaseException | None = None
     renewals = 0
     for attempt in range(RETRY.attempts):

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from xarray_terrascope.auth import Credentials, RequestAuth
 from xarray_terrascope.auth.credentials import basic_header
-from xarray_terrascope.engine import aio, transport
+from xarray_terrascope.engine import aio, origins, transport
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 
 from ...support.harness import HOST
@@ -420,7 +420,7 @@ def test_a_whole_file_under_way_for_one_account_is_not_joined_by_another():
         url = server.url("/a.tif")
         _get(url, [(0, 100)])  # the origin is now known to ignore Range
         server.seen.clear()
-        transport.forget_files()
+        origins.forget_files()
 
         async def both():
             return await asyncio.gather(
