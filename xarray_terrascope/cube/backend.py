@@ -10,7 +10,7 @@ from xarray.backends import BackendEntrypoint
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.catalog.items import is_items
 from xarray_terrascope.plan.chunks import DEFAULT_CHUNKSIZE
-from xarray_terrascope.plan.planner import DEFAULT_RESAMPLING
+from xarray_terrascope.plan.resampling import DEFAULT_RESAMPLING
 
 __all__ = ["TerrascopeBackendEntrypoint"]
 

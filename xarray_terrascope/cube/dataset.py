@@ -54,12 +54,8 @@ from xarray_terrascope.plan.chunks import (
     file_grid_phase,
     spatial_chunks,
 )
-from xarray_terrascope.plan.planner import (
-    DEFAULT_RESAMPLING,
-    CubePlan,
-    check_resampling,
-    plan_cube,
-)
+from xarray_terrascope.plan.planner import CubePlan, plan_cube
+from xarray_terrascope.plan.resampling import DEFAULT_RESAMPLING, check_resampling
 
 __all__ = ["CubeArray", "open_cube"]
 

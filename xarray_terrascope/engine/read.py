@@ -54,7 +54,8 @@ from xarray_terrascope.engine.requests import (
 )
 from xarray_terrascope.exceptions import ReadError
 from xarray_terrascope.options import get_options
-from xarray_terrascope.plan.planner import CubePlan, NativeGrid
+from xarray_terrascope.plan.grids import NativeGrid
+from xarray_terrascope.plan.planner import CubePlan
 
 __all__ = ["clear_reader_cache", "read_window"]
 

@@ -22,7 +22,8 @@ import numpy.typing as npt
 
 if TYPE_CHECKING:
     from xarray_terrascope.auth import AnyCredentials, RequestAuth
-    from xarray_terrascope.plan.planner import CubePlan, NativeGrid, OutputGrid
+    from xarray_terrascope.plan.grids import NativeGrid, OutputGrid
+    from xarray_terrascope.plan.planner import CubePlan
 
 __all__ = [
     "AlignedRead",

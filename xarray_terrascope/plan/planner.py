@@ -34,73 +34,29 @@ from xarray_terrascope.catalog.assets import AssetMeta, asset_meta
 from xarray_terrascope.catalog.collections import Packing
 from xarray_terrascope.catalog.items import item_day, item_moment
 from xarray_terrascope.exceptions import InvalidArgumentError, NoItemsFoundError
+from xarray_terrascope.plan.grids import (
+    NativeGrid,
+    OutputGrid,
+    asset_epsg,
+    check_resolution,
+    epsg_of,
+    native_grid,
+    utm_epsg,
+)
+from xarray_terrascope.plan.resampling import (
+    DEFAULT_RESAMPLING,
+    asset_resamplings,
+    check_resampling,
+    method,
+)
 
 if TYPE_CHECKING:  # stackstac ships no types: to mypy these are Any
     from stackstac.raster_spec import RasterSpec
     from stackstac.rio_reader import AutoParallelRioReader
 
-__all__ = [
-    "DEFAULT_RESAMPLING",
-    "CubePlan",
-    "NativeGrid",
-    "OutputGrid",
-    "check_resampling",
-    "make_reader",
-    "plan_cube",
-    "utm_epsg",
-]
+__all__ = ["CubePlan", "make_reader", "plan_cube"]
 
 logger = logging.getLogger(__name__)
-
-#: GDAL resampling of the tiles that must be warped, unless a cube says otherwise.
-DEFAULT_RESAMPLING = "nearest"
-
-
-def utm_epsg(lon: float, lat: float) -> int:
-    """Return the EPSG code of the WGS84 UTM zone containing ``(lon, lat)``.
-
-    Examples
-    --------
-    >>> utm_epsg(5.05, 51.25)
-    32631
-    """
-    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
-    return (32600 if lat >= 0 else 32700) + zone
-
-
-def _epsg_of(crs: Any) -> int:
-    if isinstance(crs, bool):
-        raise InvalidArgumentError(f"crs must be an EPSG code or CRS, got {crs!r}")
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        parsed = CRS.from_epsg(int(crs)) if isinstance(crs, (int, np.integer)) else None
-        parsed = parsed or CRS.from_user_input(crs)
-    except (CRSError, TypeError, ValueError, OverflowError) as err:
-        raise InvalidArgumentError(
-            f"crs must be an EPSG code (e.g. 32631 or 'EPSG:32631') or a CRS, got {crs!r}"
-        ) from err
-    code = parsed.to_epsg()
-    if code is None:
-        raise InvalidArgumentError(f"crs {crs!r} has no EPSG code; give one that does")
-    return code
-
-
-def _check_resolution(resolution: Any) -> float | None:
-    if resolution is None:
-        return None
-    if isinstance(resolution, (bool, np.bool_)) or not isinstance(
-        resolution, (int, float, np.integer, np.floating)
-    ):
-        raise InvalidArgumentError(
-            f"resolution must be a positive number of CRS units (e.g. 10 or 20.0), "
-            f"got {resolution!r} ({type(resolution).__name__})"
-        )
-    value = float(resolution)
-    if not np.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"resolution must be a positive number, got {resolution!r}")
-    return value
 
 
 def _check_hrefs(items: Sequence[dict[str, Any]], assets: Sequence[str]) -> None:
@@ -118,46 +74,6 @@ def _check_hrefs(items: Sequence[dict[str, Any]], assets: Sequence[str]) -> None
                     "Such hrefs are refused: they could send requests, or credentials, "
                     "somewhere else than they seem to."
                 )
-
-
-def _asset_epsg(item: dict[str, Any], asset: dict[str, Any]) -> int | None:
-    """``proj:epsg`` of an asset, filled from ``proj:code`` (pystac >= 1.12 writes only that)."""
-    for source in (asset, item["properties"]):
-        if source.get("proj:epsg") is not None:
-            return int(source["proj:epsg"])
-        code = source.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            return int(code.split(":", 1)[1])
-    return None
-
-
-@dataclass(frozen=True)
-class NativeGrid:
-    """A file's own pixel grid, from its item's ``proj:*`` metadata.
-
-    Attributes
-    ----------
-    epsg : int
-    transform : tuple of float
-        The affine ``(a, b, c, d, e, f)``.
-    shape : tuple of int
-        ``(height, width)``.
-    """
-
-    epsg: int
-    transform: tuple[float, float, float, float, float, float]
-    shape: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class OutputGrid:
-    """The cube's grid as a warp sees it: its CRS and north-up transform (``resolution``,
-    upper-left corner ``x0, y0``)."""
-
-    epsg: int
-    resolution: float
-    x0: float
-    y0: float
 
 
 @dataclass(frozen=True)
@@ -338,7 +254,7 @@ def _with_epsg(item: dict[str, Any], assets: Sequence[str]) -> dict[str, Any]:
     for key in assets:
         asset = out["assets"].get(key)
         if asset is not None and asset.get("proj:epsg") is None:
-            epsg = _asset_epsg(item, asset)
+            epsg = asset_epsg(item, asset)
             if epsg is not None:
                 out["assets"][key] = dict(asset, **{"proj:epsg": epsg})
     return out
@@ -354,7 +270,7 @@ def _native_resolution(
             transform = (asset or {}).get("proj:transform") or item["properties"].get(
                 "proj:transform"
             )
-            if asset is not None and transform and _asset_epsg(item, asset) == epsg:
+            if asset is not None and transform and asset_epsg(item, asset) == epsg:
                 found.append(abs(float(transform[0])))
     return min(found) if found else None
 
@@ -404,11 +320,11 @@ def plan_cube(
         boxes = np.array([item["bbox"] for item in plain], dtype=float)
         bbox = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max())
     epsg = (
-        _epsg_of(crs)
+        epsg_of(crs)
         if crs is not None
         else utm_epsg((bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2)
     )
-    resolution = _check_resolution(resolution)
+    resolution = check_resolution(resolution)
     if resolution is None:
         resolution = _native_resolution(plain, assets, epsg)
     missing = [key for key in assets if not any(key in item["assets"] for item in plain)]
@@ -452,14 +368,14 @@ def plan_cube(
         )
 
     meta = tuple(asset_meta(collection, key, plain) for key in assets)
-    methods = _resamplings(resampling, meta)
+    methods = asset_resamplings(resampling, meta)
 
     # Mosaic priority within a date: tiles already in the output CRS first (no resampling),
     # then by time and id, so the result does not depend on the search order.
     def priority(index: int) -> tuple[bool, datetime, str]:
         item = plain[index]
         first_asset = next(item["assets"][k] for k in assets if k in item["assets"])
-        return (_asset_epsg(item, first_asset) != epsg, item_moment(item), item["id"])
+        return (asset_epsg(item, first_asset) != epsg, item_moment(item), item["id"])
 
     days: dict[Any, list[int]] = {}
     for index, item in enumerate(plain):
@@ -489,8 +405,8 @@ def plan_cube(
         credentials_handle=credentials_handle,
         resampling=DEFAULT_RESAMPLING
         if isinstance(resampling, Mapping)
-        else _method(resampling, "resampling"),
-        native=tuple(tuple(_native_grid(item, key) for key in assets) for item in plain),
+        else method(resampling, "resampling"),
+        native=tuple(tuple(native_grid(item, key) for key in assets) for item in plain),
         local_hrefs=tuple(tuple(_local_href(item, key) for key in assets) for item in plain),
         prefer_local=prefer_local,
         meta=meta,
@@ -498,69 +414,10 @@ def plan_cube(
     )
 
 
-def _method(value: Any, name: str) -> str:
-    try:
-        return str(Resampling[value].name)
-    except (KeyError, TypeError):
-        raise InvalidArgumentError(
-            f"{name} must be one of {', '.join(r.name for r in Resampling)}, got {value!r}"
-        ) from None
-
-
-def check_resampling(resampling: Any) -> None:
-    """Refuse a resampling that is neither a method name nor ``{asset: method}``.
-
-    Examples
-    --------
-    >>> check_resampling({"B04": "average", "SCL": "nearest"})
-    >>> check_resampling("linear")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    xarray_terrascope.exceptions.InvalidArgumentError: resampling must be one of ...
-    """
-    if isinstance(resampling, Mapping):
-        for key, value in resampling.items():
-            _method(value, f"resampling[{key!r}]")
-    else:
-        _method(resampling, "resampling")
-
-
-def _resamplings(resampling: str | Mapping[str, str], meta: Sequence[AssetMeta]) -> tuple[str, ...]:
-    """Each asset's resampling: class assets keep nearest unless named in a mapping."""
-    if isinstance(resampling, Mapping):
-        unknown = sorted(set(resampling) - {m.key for m in meta})
-        if unknown:
-            raise InvalidArgumentError(
-                f"resampling names assets {unknown} that are not in assets= "
-                f"({', '.join(m.key for m in meta)})"
-            )
-        return tuple(
-            _method(resampling.get(m.key, DEFAULT_RESAMPLING), f"resampling[{m.key!r}]")
-            for m in meta
-        )
-    method = _method(resampling, "resampling")
-    return tuple(DEFAULT_RESAMPLING if m.classes else method for m in meta)
-
-
 def _four(values: Any) -> tuple[float, float, float, float]:
     """Four numbers (bounds) as floats."""
     west, south, east, north = (float(v) for v in values)
     return west, south, east, north
-
-
-def _native_grid(item: dict[str, Any], key: str) -> NativeGrid | None:
-    """An asset's own pixel grid from its ``proj:*`` fields (or the item's), or None."""
-    asset = item["assets"].get(key)
-    if asset is None:
-        return None
-    props = item["properties"]
-    transform = asset.get("proj:transform") or props.get("proj:transform")
-    shape = asset.get("proj:shape") or props.get("proj:shape")
-    epsg = _asset_epsg(item, asset)
-    if epsg is None or not transform or len(transform) < 6 or not shape or len(shape) != 2:
-        return None
-    a, b, c, d, e, f = (float(v) for v in transform[:6])
-    return NativeGrid(int(epsg), (a, b, c, d, e, f), (int(shape[0]), int(shape[1])))
 
 
 def _local_href(item: dict[str, Any], key: str) -> str | None:

@@ -9,7 +9,7 @@ from pyproj import Transformer
 
 from xarray_terrascope.engine import warp
 from xarray_terrascope.engine.warp import pixel_map
-from xarray_terrascope.plan.planner import NativeGrid, OutputGrid
+from xarray_terrascope.plan.grids import NativeGrid, OutputGrid
 
 UFS = NativeGrid(32631, (10.0, 0.0, 699960.0, 0.0, -10.0, 5700000.0), (10980, 10980))
 

@@ -16,7 +16,8 @@ from xarray_terrascope.plan.chunks import (
     file_grid_phase,
     spatial_chunks,
 )
-from xarray_terrascope.plan.planner import CubePlan, NativeGrid
+from xarray_terrascope.plan.grids import NativeGrid
+from xarray_terrascope.plan.planner import CubePlan
 
 # --- spatial_chunks ------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from xarray_terrascope.plan.planner import CubePlan, NativeGrid
+from xarray_terrascope.plan.grids import NativeGrid
+from xarray_terrascope.plan.planner import CubePlan
 
 WEST, NORTH = 600000.0, 5700000.0
 
