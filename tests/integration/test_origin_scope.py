@@ -250,7 +250,8 @@ def test_presigned_signatures_appear_in_no_error_message(logged_in, path):
 def test_a_decode_error_shows_no_signature(tmp_path):
     """A file that is no GeoTIFF, behind a presigned-looking URL: the package's error and
     async-tiff's cause show the URL without its query string."""
-    from xarray_terrascope.engine import aio, cog
+    from xarray_terrascope.engine import aio
+    from xarray_terrascope.engine import source as cog_source
     from xarray_terrascope.exceptions import ReadError
 
     from ..support.loopback import Redirector
@@ -258,7 +259,7 @@ def test_a_decode_error_shows_no_signature(tmp_path):
     with Redirector() as server:  # answers 64 zero bytes: no TIFF
         url = f"http://127.0.0.1:{server.port}/bad.tif?{SIGNATURE}"
         with pytest.raises(ReadError) as info:
-            aio.run(cog.fetch_header(url, "ITEM-7", None))
+            aio.run(cog_source.fetch_header(url, "ITEM-7", None))
     text = _chain_text(info.value)
     assert "ITEM-7" in text and "bad.tif" in text, text
     assert "sig-must-stay-secret" not in text, text

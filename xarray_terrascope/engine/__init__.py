@@ -4,11 +4,11 @@ One asyncio event loop per process (:mod:`.aio`) runs the network I/O: ranged GE
 per-origin adaptive limits and retries (:mod:`.transport`, :mod:`.limiter`), what is
 learnt of each origin (:mod:`.origins`), COG headers kept in memory and on disk
 (:mod:`.header_cache`, :mod:`.header_files`), decoded tiles shared between neighbouring
-windows (:mod:`.tile_store`), COG reads and decoding with async-tiff (:mod:`.cog`),
-nearest-neighbour warps in memory (:mod:`.warp`), reading ahead (:mod:`.readahead`).
-Files that must be resampled otherwise, and local files, go through GDAL (:mod:`.gdal`,
-:mod:`.gdal_cache`). :mod:`.read` reads one window of a plan: it chooses the path per
-file and mosaics the dates.
+windows (:mod:`.tile_store`), COG reads and decoding with async-tiff (:mod:`.cog`, a
+file as its store in :mod:`.source`), nearest-neighbour warps in memory (:mod:`.warp`),
+reading ahead (:mod:`.readahead`). Files that must be resampled otherwise, and local
+files, go through GDAL (:mod:`.gdal`, :mod:`.gdal_cache`). :mod:`.read` reads one window
+of a plan: it chooses the path per file and mosaics the dates.
 
 May import: :mod:`xarray_terrascope.plan`, :mod:`xarray_terrascope.catalog`,
 :mod:`xarray_terrascope.auth`, :mod:`xarray_terrascope.config`,

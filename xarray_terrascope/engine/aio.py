@@ -36,10 +36,10 @@ if TYPE_CHECKING:  # the engine's other modules import this one
     import numpy as np
     from async_tiff import TIFF
 
-    from xarray_terrascope.engine.cog import Source
     from xarray_terrascope.engine.header_cache import Header
     from xarray_terrascope.engine.limiter import Limiter
     from xarray_terrascope.engine.origins import Remote
+    from xarray_terrascope.engine.source import Source
     from xarray_terrascope.engine.tile_store import TileCache
     from xarray_terrascope.engine.warp import Gather
 

@@ -25,7 +25,7 @@ __all__ = ["MAGIC", "MAX_ENTRY_BYTES", "decode", "encode", "read", "shrink", "to
 logger = logging.getLogger(__name__)
 
 MAGIC = b"XTSHDR1\n"
-#: Bytes of one entry file at most (headers are rarely over ``cog.MAX_PREFETCH``);
+#: Bytes of one entry file at most (headers are rarely over ``source.MAX_PREFETCH``);
 #: larger files are neither written nor read.
 MAX_ENTRY_BYTES = 4 * 2**20
 #: Bytes of an entry's metadata line at most.

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from xarray_terrascope import auth
 from xarray_terrascope.engine import aio
-from xarray_terrascope.engine.cog import fetch_header
 from xarray_terrascope.engine.header_cache import Header, headers, key_of
 from xarray_terrascope.engine.read import _request
 from xarray_terrascope.engine.requests import GdalRead, Window
+from xarray_terrascope.engine.source import fetch_header
 from xarray_terrascope.plan.planner import CubePlan
 
 __all__ = ["SharedHeaders", "fetch_plan_headers", "install"]

@@ -22,8 +22,8 @@ import numpy.typing as npt
 
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import aio, readers
-from xarray_terrascope.engine.cog import fetch_header
 from xarray_terrascope.engine.requests import FileRead
+from xarray_terrascope.engine.source import fetch_header
 from xarray_terrascope.options import get_options
 
 __all__ = ["clear", "read", "read_ahead", "warm_headers"]

@@ -36,8 +36,9 @@ from pyproj import Transformer
 
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio
-from xarray_terrascope.engine.cog import GridMismatch, Source, check_grid, tiles_of, with_header
+from xarray_terrascope.engine.cog import GridMismatch, check_grid, tiles_of, with_header
 from xarray_terrascope.engine.requests import Placement, WarpedRead, Window
+from xarray_terrascope.engine.source import Source
 from xarray_terrascope.plan.grids import NativeGrid, OutputGrid
 
 __all__ = ["Gather", "WarpedReader", "gather_plan", "pixel_map", "read_warped"]

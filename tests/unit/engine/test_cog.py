@@ -14,17 +14,18 @@ from async_tiff import TIFF
 from obstore.store import LocalStore
 
 from xarray_terrascope.engine import cog
-from xarray_terrascope.engine.cog import COALESCE_BYTES, COALESCE_FRACTION, coalesce
+from xarray_terrascope.engine import source as cog_source
 from xarray_terrascope.engine.requests import Placement
+from xarray_terrascope.engine.source import COALESCE_BYTES, COALESCE_FRACTION, coalesce
 
 # --- coalescing -------------------------------------------------------------------------
 
 
 def test_coalescing_merges_small_gaps_only():
-    assert cog.coalesce([(0, 100), (100, 200)]) == [(0, 200)]
-    assert cog.coalesce([(5000, 6000), (0, 100), (1000, 1100)]) == [(0, 1100), (5000, 6000)]
-    far = cog.COALESCE_BYTES + 10_000
-    assert cog.coalesce([(0, 1000), (1000 + far, 2000 + far)]) == [
+    assert cog_source.coalesce([(0, 100), (100, 200)]) == [(0, 200)]
+    assert cog_source.coalesce([(5000, 6000), (0, 100), (1000, 1100)]) == [(0, 1100), (5000, 6000)]
+    far = cog_source.COALESCE_BYTES + 10_000
+    assert cog_source.coalesce([(0, 1000), (1000 + far, 2000 + far)]) == [
         (0, 1000),
         (1000 + far, 2000 + far),
     ]
@@ -117,6 +118,6 @@ def test_only_exactly_decoded_compressions_stay_on_the_async_path(tmp_path, comp
 def test_an_error_without_words_is_named_by_its_type():
     """A decoder exception whose text is empty must not give ``... failed: ``."""
     url = "http://127.0.0.1:9/x.tif"
-    source = cog.Source(url, "item", None, None)
+    source = cog_source.Source(url, "item", None, None)
     message = str(cog._surface(source, TimeoutError(), "item", url))
     assert "TimeoutError" in message and not message.rstrip().endswith("failed:"), message
