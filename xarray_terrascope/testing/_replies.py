@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from werkzeug.http import parse_range_header
 
-__all__ = ["PHRASES", "Reply", "file_reply", "text_reply"]
+__all__ = ["PHRASES", "Reply", "file_reply", "presigned_redirect", "text_reply"]
 
 _CHUNK = 65536
 
@@ -136,3 +137,16 @@ def _read(path: os.PathLike[str] | str, spans: list[tuple[int, int]]) -> Iterato
                     return
                 left -= len(chunk)
                 yield chunk
+
+
+def presigned_redirect(rel: str, root: str) -> Reply:
+    """302 to ``rel`` under the object store ``root``, with the query string of an S3
+    presigned URL (``X-Amz-*``)."""
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    query = (
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        f"&X-Amz-Credential=SANDBOX%2F{now[:8]}%2Feu-west-1%2Fs3%2Faws4_request"
+        f"&X-Amz-Date={now}&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+        f"&X-Amz-Signature={secrets.token_hex(32)}"
+    )
+    return text_reply(302, "Found", extra=[("Location", f"{root}{rel}?{query}")])

@@ -26,30 +26,25 @@ connection on :class:`Dropped`), and in every case :meth:`~DownloadApp.finish`.
 from __future__ import annotations
 
 import asyncio
-import html
-import json
 import logging
 import random
-import secrets
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from werkzeug.sansio.request import Request
 
-from ._oidc import REFRESH_LIFETIME, TokenIssuer, discovery, same_secret
-from ._replies import Reply, file_reply, text_reply
+from . import _sso
+from ._exchange import Dropped, Exchange, Fault, check_switch
+from ._oidc import REFRESH_LIFETIME, TokenIssuer, same_secret
+from ._replies import Reply, file_reply, presigned_redirect, text_reply
 from .request_log import RequestLog, RequestRecord
 from .world import World
 
 __all__ = [
-    "SSO_PATH",
-    "TOKEN_PATH",
     "DownloadApp",
     "Dropped",
     "Exchange",
@@ -60,19 +55,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SSO_PATH = "/auth/realms/terrascope/protocol/openid-connect/auth"
-TOKEN_PATH = "/auth/realms/terrascope/protocol/openid-connect/token"
-DISCOVERY_PATH = "/auth/realms/terrascope/.well-known/openid-configuration"
-DEVICE_PATH = "/auth/realms/terrascope/protocol/openid-connect/auth/device"
-#: Where a user approves a device code (a page the sandbox does not serve: tests approve
-#: with :meth:`DownloadApp.approve_device`).
-VERIFY_PATH = "/auth/realms/terrascope/device"
 PREFIX = "/download"
-_SIGN_IN = (
-    "<!DOCTYPE html><html><head><title>Sign in to terrascope</title></head><body>"
-    "<h1>Sign in to your account</h1><form method='post' action='#'>"
-    "<input name='username'><input name='password' type='password'>"
-    "<input type='submit' value='Sign In'></form></body></html>"
+_LISTING = (
+    "<!DOCTYPE html><html><head><title>Index of /download/</title></head>"
+    "<body><h1>Index of /download/</h1><ul>"
+    "<li><a href='Sentinel2/'>Sentinel2/</a></li></ul></body></html>"
 )
 _SWITCHES = (
     "latency",
@@ -89,46 +76,6 @@ _SWITCHES = (
     "ranges",
     "listing",
 )
-
-
-class Dropped(Exception):
-    """Raised by :meth:`DownloadApp.body` where the server must cut the connection."""
-
-
-@dataclass
-class _Fault:
-    kind: str
-    remaining: int
-    path_contains: str | None
-
-
-@dataclass
-class Exchange:
-    """One request on its way through :class:`DownloadApp` (see :meth:`~DownloadApp.arrive`).
-
-    Attributes
-    ----------
-    request : werkzeug.sansio.request.Request
-        The request line and headers.
-    form : Mapping
-        The decoded form body of a POST (the token endpoint reads it).
-    started : float
-        Arrival, seconds since the epoch.
-    status, sent, fault
-        For the log: status sent (0 when dropped before any response), body bytes
-        sent, injected failure.
-    """
-
-    request: Request
-    form: Mapping[str, str]
-    started: float
-    counted: bool = False
-    user: str | None = None
-    scheme: str | None = None
-    status: int = 0
-    sent: int = 0
-    fault: str | None = None
-    done: bool = False
 
 
 class DownloadApp:
@@ -238,7 +185,7 @@ class DownloadApp:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._rng = random.Random(seed)
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._issuer = TokenIssuer()
         self._rendered: set[tuple[str, str]] = set()  # (item, asset) whose COG is cached
         self._defaults = {
@@ -263,32 +210,8 @@ class DownloadApp:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _SWITCHES:
-            value = self._check_switch(name, value)
+            value = check_switch(name, value)
         object.__setattr__(self, name, value)
-
-    @staticmethod
-    def _check_switch(name: str, value: Any) -> Any:
-        if name in ("fault_rate", "drop_rate"):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {value!r}")
-            return float(value)
-        if name == "max_concurrent":
-            if value is not None and int(value) < 1:
-                raise ValueError(f"max_concurrent must be None or >= 1, got {value!r}")
-            return None if value is None else int(value)
-        if name == "max_rate":
-            if value is not None and not float(value) > 0:
-                raise ValueError(f"max_rate must be None or > 0, got {value!r}")
-            return None if value is None else float(value)
-        if name == "redirect_to":
-            if value is not None and not str(value).endswith("/"):
-                raise ValueError(f"redirect_to must be None or a URL ending with '/': {value!r}")
-            return None if value is None else str(value)
-        if name in ("latency", "token_lifetime", "device_interval"):
-            if float(value) < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-            return float(value)
-        return bool(value)
 
     def reset(self) -> None:
         """Restore the constructor's switches and clock; forget faults, tokens and the log."""
@@ -321,7 +244,7 @@ class DownloadApp:
         if kind not in ("503", "drop"):
             raise ValueError(f"kind must be '503' or 'drop', got {kind!r}")
         with self._lock:
-            self._faults.append(_Fault(kind, int(count), path_contains))
+            self._faults.append(Fault(kind, int(count), path_contains))
 
     def expire_tokens(self) -> None:
         """Make every access token issued so far expired."""
@@ -454,16 +377,18 @@ class DownloadApp:
 
     async def _dispatch(self, ctx: Exchange) -> Reply:
         req = ctx.request
-        if req.path == SSO_PATH:
-            return text_reply(200, _SIGN_IN, "text/html; charset=utf-8")
-        if req.path == TOKEN_PATH:
-            return self._token(req, ctx.form)
-        if req.path == DEVICE_PATH:
-            return self._device(req, ctx.form)
-        if req.path == DISCOVERY_PATH:  # what the TOC items' auth:schemes point at
-            device = DEVICE_PATH if self.bearer and self.device_flow else None
-            body = json.dumps(discovery(req.host_url, SSO_PATH, TOKEN_PATH, device))
-            return text_reply(200, body, "application/json")
+        if req.path in _sso.PATHS:
+            return _sso.answer(
+                req,
+                ctx.form,
+                self._issuer,
+                self.users,
+                self.clock(),
+                bearer=self.bearer,
+                device_flow=self.device_flow,
+                token_lifetime=self.token_lifetime,
+                device_interval=self.device_interval,
+            )
         if req.path != PREFIX and not req.path.startswith(PREFIX + "/"):
             return text_reply(404, "Not Found")
         with self._lock:
@@ -484,7 +409,7 @@ class DownloadApp:
             await asyncio.sleep(self.latency)
         outcome = "ok" if self.public else self._authenticate(ctx)
         if outcome == "none":
-            return self._to_login(req)
+            return _sso.login_redirect(req)
         if outcome == "bad":
             challenge = [("WWW-Authenticate", 'Basic realm="terrascope"')]
             if ctx.scheme == "bearer":
@@ -498,7 +423,7 @@ class DownloadApp:
             reply.fault = "503"
             return reply
         if self.redirect_to is not None and req.path.rstrip("/") != PREFIX:
-            return self._presigned_redirect(req)
+            return presigned_redirect(req.path[len(PREFIX) :].lstrip("/"), self.redirect_to)
         reply = await self._serve(req)
         if fault == "drop":
             reply.drop, reply.fault = True, "drop"
@@ -548,48 +473,6 @@ class DownloadApp:
                     return "drop"
         return None
 
-    def _to_login(self, req: Request) -> Reply:
-        location = (
-            f"{req.host_url.rstrip('/')}{SSO_PATH}?client_id=terrascope-download"
-            f"&redirect_uri={quote(req.url, safe='')}&response_type=code&scope=openid"
-        )
-        page = (
-            f"<html><body>Redirecting to <a href='{html.escape(location)}'>sign in</a>"
-            "</body></html>"
-        )
-        return text_reply(302, page, "text/html; charset=utf-8", [("Location", location)])
-
-    def _presigned_redirect(self, req: Request) -> Reply:
-        """302 to the object store, with the query string of an S3 presigned URL."""
-        rel = req.path[len(PREFIX) :].lstrip("/")
-        now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        query = (
-            "X-Amz-Algorithm=AWS4-HMAC-SHA256"
-            f"&X-Amz-Credential=SANDBOX%2F{now[:8]}%2Feu-west-1%2Fs3%2Faws4_request"
-            f"&X-Amz-Date={now}&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
-            f"&X-Amz-Signature={secrets.token_hex(32)}"
-        )
-        return text_reply(302, "Found", extra=[("Location", f"{self.redirect_to}{rel}?{query}")])
-
-    # --- token endpoint ---------------------------------------------------------------------
-
-    def _token(self, req: Request, form: Mapping[str, str]) -> Reply:
-        if not self.bearer:
-            return text_reply(404, "Not Found")
-        if req.method != "POST":
-            return text_reply(405, "Method Not Allowed")
-        status, body = self._issuer.grant(form, self.users, self.clock(), self.token_lifetime)
-        return text_reply(status, json.dumps(body), "application/json")
-
-    def _device(self, req: Request, form: Mapping[str, str]) -> Reply:
-        if not (self.bearer and self.device_flow):
-            return text_reply(404, "Not Found")
-        if req.method != "POST":
-            return text_reply(405, "Method Not Allowed")
-        verify = f"{req.host_url.rstrip('/')}{VERIFY_PATH}"
-        status, body = self._issuer.start_device(form, verify, self.clock(), self.device_interval)
-        return text_reply(status, json.dumps(body), "application/json")
-
     # --- files ----------------------------------------------------------------------------
 
     async def _cog_path(self, item_id: str, asset: str) -> Path:
@@ -605,12 +488,7 @@ class DownloadApp:
         if rel == "" and not self.listing:
             return text_reply(403, "Forbidden")
         if rel == "":
-            listing = (
-                "<!DOCTYPE html><html><head><title>Index of /download/</title></head>"
-                "<body><h1>Index of /download/</h1><ul>"
-                "<li><a href='Sentinel2/'>Sentinel2/</a></li></ul></body></html>"
-            )
-            return text_reply(200, listing, "text/html; charset=utf-8")
+            return text_reply(200, _LISTING, "text/html; charset=utf-8")
         found = self.world.file_for_path(rel)
         if found is None or req.method not in ("GET", "HEAD"):
             return text_reply(

@@ -39,8 +39,9 @@ from werkzeug.sansio.request import Request
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from ._replies import PHRASES, Reply
+from ._sso import DISCOVERY_PATH
 from .activate import Activation
-from .download import DISCOVERY_PATH, DownloadApp, Dropped
+from .download import DownloadApp, Dropped
 from .request_log import RequestLog
 from .stac_api import StacApi
 from .world import World
