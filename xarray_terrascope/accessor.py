@@ -196,7 +196,7 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
         again by id.
         """
         from xarray_terrascope.catalog.items import item_moment
-        from xarray_terrascope.cube.dataset import recall_items
+        from xarray_terrascope.cube.item_store import recall_items
 
         if "item_ids" not in self._obj.coords:
             raise TerrascopeError(
@@ -352,7 +352,7 @@ class TerrascopeDatasetAccessor(_TerrascopeAccessor):
         --------
         >>> ds.terrascope.zonal_stats(parcels, ["mean", "count"])  # doctest: +SKIP
         """
-        from xarray_terrascope.cube.dataset import recall_items
+        from xarray_terrascope.cube.item_store import recall_items
 
         key = self._obj.attrs.get("terrascope_items_key")
         items = recall_items(key) if key else None

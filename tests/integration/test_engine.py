@@ -361,13 +361,13 @@ def test_module_level_open_dataset_is_the_engine(logged_in):
 
 
 def test_items_are_fetched_again_by_id_when_not_in_memory(logged_in):
-    from xarray_terrascope.cube import dataset
+    from xarray_terrascope.cube import item_store
 
     ds = xr.open_dataset(
         list(SAMPLE_FIELD), engine="terrascope", start="2025-06-01", end="2025-06-10"
     )
     in_memory = [i.id for i in ds.terrascope.items]
-    dataset._items_cache.pop(ds.attrs["terrascope_items_key"])
+    item_store.items_cache.pop(ds.attrs["terrascope_items_key"])
     refetched = ds.terrascope.items
     assert sorted(i.id for i in refetched) == sorted(in_memory)
 

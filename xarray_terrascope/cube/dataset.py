@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import secrets
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,11 +24,11 @@ from xarray.core import indexing
 
 from xarray_terrascope import auth
 from xarray_terrascope.auth import cluster, signin, state
-from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
 from xarray_terrascope.catalog.hints import swapped_bbox_hint
 from xarray_terrascope.catalog.items import is_items
 from xarray_terrascope.catalog.search import check_bbox, search_dicts
+from xarray_terrascope.cube import item_store
 from xarray_terrascope.cube.clouds import DEFAULT_DILATION, dilation_pixels
 from xarray_terrascope.cube.decode import CF_KEYS, Decoder
 from xarray_terrascope.cube.masking import (
@@ -60,20 +57,6 @@ from xarray_terrascope.plan.resampling import DEFAULT_RESAMPLING, check_resampli
 __all__ = ["CubeArray", "open_cube"]
 
 logger = logging.getLogger(__name__)
-
-#: How many cubes' items this process remembers for ``ds.terrascope.items``.
-_ITEMS_CACHE_SIZE = 32
-_items_cache: BoundedCache[str, list[pystac.Item | dict[str, Any]]] = BoundedCache(
-    _ITEMS_CACHE_SIZE
-)
-
-
-def _new_lock_after_fork() -> None:
-    _items_cache.lock = threading.RLock()  # another thread may have held it at the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 class CubeArray(BackendArray):
@@ -330,28 +313,6 @@ def _time_coords(plan: CubePlan, items: Sequence[dict[str, Any]]) -> dict[str, A
     }
 
 
-def remember_items(items: Sequence[pystac.Item | dict[str, Any]]) -> str:
-    """Keep ``items`` (Items, or item dicts that :func:`recall_items` turns into Items
-    when first asked) in this process under a new id (stored in the Dataset's attrs)."""
-    key = secrets.token_hex(8)
-    with _items_cache.lock:
-        _items_cache.put(key, list(items))
-    return key
-
-
-def recall_items(key: str) -> list[pystac.Item] | None:
-    """The items remembered under ``key`` in this process, or None."""
-    with _items_cache.lock:
-        items = _items_cache.get(key)
-        if items is None or all(isinstance(item, pystac.Item) for item in items):
-            return cast("list[pystac.Item] | None", items)
-        built: list[pystac.Item | dict[str, Any]] = [
-            item if isinstance(item, pystac.Item) else pystac.Item.from_dict(item) for item in items
-        ]
-        _items_cache.put(key, built)
-        return cast("list[pystac.Item]", built)
-
-
 def open_cube(
     filename_or_obj: Any,
     *,
@@ -493,7 +454,7 @@ def open_cube(
         "assets": list(plan.assets),
         "resolution": plan.resolution,
         "stac_url": get_options().stac_url,
-        "terrascope_items_key": remember_items(kept),
+        "terrascope_items_key": item_store.remember_items(kept),
         "source": "xarray-terrascope",
     }
     if box is not None:
