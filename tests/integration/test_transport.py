@@ -100,3 +100,25 @@ def test_whole_files_read_with_old_credentials_do_not_answer_new_ones(logged_in,
     _field().NDVI.isel(time=0).load()
     users = {r.user for r in logged_in.log.records() if r.path.endswith(".tif")}
     assert users == {second}
+
+
+def test_logout_stops_the_background_requests_of_the_old_credentials(
+    logged_in, engine_afresh, tmp_path
+):
+    """A read prefetches the headers of the nearby dates' files in the background, one
+    request at a time here (200 ms each). A logout cancels that work: once it returns,
+    no request reaches the server but the one already on the wire (before: the
+    prefetches ran on, for seconds, with the logged-out credentials)."""
+    import xarray_terrascope as xts
+
+    logged_in.download.latency = 0.2
+    with xts.set_options(max_connections=1, cache_dir=tmp_path / "cache"):
+        _field().NDVI.isel(time=0, x=slice(0, 64), y=slice(0, 64)).load()
+        xts.logout()
+        after = time.time()
+        _quiet(logged_in)
+        # absence can only be watched for: the prefetch would send one a 200 ms
+        time.sleep(1.5)
+    # (a request sent just before the logout may arrive just after it under load)
+    late = [r for r in logged_in.log.records() if r.time > after]
+    assert len(late) <= 1, [(r.path, r.user, r.time - after) for r in late]

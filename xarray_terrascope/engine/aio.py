@@ -98,6 +98,8 @@ class Engine:
         Decoded tiles kept for neighbouring windows, and tiles being fetched.
     readahead, reading
         Windows read ahead (with when they started) and reads under way, by read key.
+    warming
+        Background fetches of the headers of files about to be read.
     pending_headers, pending_whole_files, pending_gathers
         The one task per key of work that concurrent reads share (see :func:`shared`).
     """
@@ -119,6 +121,7 @@ class Engine:
     tiles: TileCache = field(default_factory=_tile_cache)
     readahead: dict[Hashable, tuple[asyncio.Task[np.ndarray], float]] = field(default_factory=dict)
     reading: dict[Hashable, asyncio.Task[np.ndarray]] = field(default_factory=dict)
+    warming: set[asyncio.Task[Any]] = field(default_factory=set)
     pending_headers: dict[str, asyncio.Task[Header]] = field(default_factory=dict)
     pending_whole_files: dict[tuple[str, str], asyncio.Task[Any]] = field(default_factory=dict)
     pending_gathers: dict[Hashable, asyncio.Task[Gather]] = field(default_factory=dict)

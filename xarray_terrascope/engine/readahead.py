@@ -89,6 +89,17 @@ def warm_headers(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
 
 
 async def _warm(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
+    warming = aio.engine().warming
+    task = asyncio.current_task()
+    assert task is not None, "runs as a task of the engine's loop"
+    warming.add(task)  # clear() cancels it
+    try:
+        await _warm_all(todo)
+    finally:
+        warming.discard(task)
+
+
+async def _warm_all(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
     first = todo[0]  # one header first: its size sizes the others' single request
     results: list[Any] = list(await asyncio.gather(fetch_header(*first), return_exceptions=True))
     results += await asyncio.gather(
@@ -101,12 +112,13 @@ async def _warm(todo: Sequence[tuple[str, str, RequestAuth | None]]) -> None:
 
 
 def clear() -> None:
-    """Cancel and forget every read-ahead result and parsed header waiting for its read
-    (after a change of credentials); returns when the read-ahead has stopped."""
+    """Cancel and forget every read-ahead result, header prefetch and parsed header
+    waiting for its read (after a change of credentials); returns when they have
+    stopped, with the requests only they were waiting for."""
 
     async def drop() -> None:
         state = aio.engine()
-        tasks = [task for task, _ in state.readahead.values()]
+        tasks = [task for task, _ in state.readahead.values()] + list(state.warming)
         for task in tasks:
             task.cancel()
         state.readahead.clear()
