@@ -447,9 +447,9 @@ def _worker_processes(proc: subprocess.Popen, log: Path, count: int, deadline_s:
     raise AssertionError(f"not {count} worker processes within {deadline_s} s")
 
 
-def _kill_a_worker(sandbox, argv: list[str], env: dict[str, str], log: Path) -> int:
-    """Run the CLI, SIGKILL one of its worker processes once two partitions are written,
-    and return the CLI's exit code.
+def _kill_workers(sandbox, argv: list[str], env: dict[str, str], log: Path, count: int = 1) -> int:
+    """Run the CLI, SIGKILL ``count`` of its 2 worker processes once two partitions are
+    written, and return the CLI's exit code.
 
     The sandbox answers each request after 0.3 s for the run, so a batch takes seconds:
     with 2 batches in flight per worker, each worker is still computing one when the
@@ -461,8 +461,8 @@ def _kill_a_worker(sandbox, argv: list[str], env: dict[str, str], log: Path) -> 
     try:
         out = Path(argv[argv.index("--out-dir") + 1])
         _wait_for_parts(proc, out, log, deadline_s=240, count=2)
-        victim = _worker_processes(proc, log, 2, deadline_s=30)[0]
-        os.kill(victim.pid, signal.SIGKILL)
+        for victim in _worker_processes(proc, log, 2, deadline_s=30)[:count]:
+            os.kill(victim.pid, signal.SIGKILL)
         return proc.wait(timeout=300)
     finally:
         sandbox.download.latency = latency
@@ -478,7 +478,7 @@ def test_a_killed_worker_is_replaced_with_identical_output(
     out = tmp_path / "out"
     argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
     log = tmp_path / "run.log"
-    code = _kill_a_worker(terrascope_sandbox, argv, _env(terrascope_sandbox, tmp_path), log)
+    code = _kill_workers(terrascope_sandbox, argv, _env(terrascope_sandbox, tmp_path), log)
     text = log.read_text()
     assert code == 0, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
@@ -487,6 +487,26 @@ def test_a_killed_worker_is_replaced_with_identical_output(
     assert len(died) == 1 and died[0].startswith("WARNING"), text[-3000:]
     assert f"wrote {PARTS} partition(s) of {PARTS}" in text
     assert "1 worker(s) lost" in text
+    _same_as_reference(out, reference)
+
+
+def test_a_run_whose_workers_all_die_at_once_completes_with_identical_output(
+    terrascope_sandbox, parcels_path, reference, tmp_path
+):
+    """Both worker processes killed at once (a single worker's death is the same): the
+    COG headers the client scattered to the workers are gone with them, and distributed
+    cancels the batches that need them; the run scatters the headers again (from the
+    client's copy), submits the cancelled batches again and ends with the reference's
+    output."""
+    out = tmp_path / "out"
+    argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
+    log = tmp_path / "run.log"
+    code = _kill_workers(terrascope_sandbox, argv, _env(terrascope_sandbox, tmp_path), log, 2)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert "the cluster lost the shared COG headers with its workers; sent again" in text
+    assert "2 worker(s) lost" in text
     _same_as_reference(out, reference)
 
 
@@ -502,7 +522,7 @@ def test_a_batch_whose_workers_die_too_often_fails_in_one_line_and_resumes(
     argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
     log = tmp_path / "run.log"
     strict = {**env, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
-    code = _kill_a_worker(terrascope_sandbox, argv, strict, log)
+    code = _kill_workers(terrascope_sandbox, argv, strict, log)
     text = log.read_text()
     assert code == 2, text[-3000:]
     assert "Traceback" not in text, text[-3000:]

@@ -52,6 +52,9 @@ DEFAULT_STATS = ("mean", "median", "std", "count", "valid_fraction")
 #: given client's cluster): distributed's statistical profiler samples every worker
 #: thread's stack 100 times a second, a cost the threaded scheduler does not pay.
 LOCAL_CLUSTER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False}
+#: Batches a run submits again after the cluster cancelled them (it lost their input,
+#: the shared COG headers, with the workers holding it) before it gives up.
+_MAX_RESENT = 20
 #: A post-step: the computed statistics of one batch (``(geometry, zonal_statistics,
 #: time)``, with the id column as a coordinate along ``geometry``) to a table.
 PostStep = Callable[[Any], Any]
@@ -606,16 +609,43 @@ class _Queues:
         return k
 
 
-def _share_headers(client: Any, lazy: Any) -> Any:
+class _SharedHeaders:
     """The COG headers of every file the run reads, fetched here once and sent to every
-    worker (a future of them, or None when there are none): each header is requested
-    once per cluster, not once per worker."""
-    from xarray_terrascope.engine import header_share
+    worker (``client.scatter(..., broadcast=True)``): each header is requested once per
+    cluster, not once per worker.
 
-    shared = header_share.fetch_plan_headers(_cube_reads(lazy))
-    if not shared.entries:
-        return None
-    return client.scatter(shared, broadcast=True, hash=False)
+    Scattered data lives on the workers only: when every worker holding it is gone (the
+    only worker died, or all at once) distributed forgets it and cancels the batches
+    that need it. :meth:`future` then scatters the headers again from the client's copy
+    (no request), and the batch's loop submits the cancelled batches again."""
+
+    def __init__(self, client: Any, lazy: Any) -> None:
+        from xarray_terrascope.engine import header_share
+
+        self.client = client
+        shared = header_share.fetch_plan_headers(_cube_reads(lazy))
+        self.data = shared if shared.entries else None
+        self._future = self._scatter(broadcast=True)
+        self.lost = 0
+
+    def _scatter(self, broadcast: bool) -> Any:
+        if self.data is None:
+            return None
+        return self.client.scatter(self.data, broadcast=broadcast, hash=False)
+
+    def future(self) -> Any:
+        """The headers' future on the cluster (None when the run reads no file), scattered
+        again when the cluster lost them."""
+        if self._future is not None and self._future.status != "finished":
+            self.lost += 1
+            logger.warning(
+                "batch: the cluster lost the shared COG headers with its workers; sent again"
+            )
+            # to one worker (the others fetch it from there): a broadcast while the
+            # Nannies restarted their workers failed here with distributed 2026.8 (the
+            # scheduler could not serialize a WorkerState and dropped the client)
+            self._future = self._scatter(broadcast=False)
+        return self._future
 
 
 def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> int:
@@ -630,6 +660,8 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
     batches again on the others, and the worker that replaces it takes over its run; a
     batch whose workers die too often ends the run with
     :class:`~xarray_terrascope.exceptions.BatchWorkerError`."""
+    from concurrent.futures import CancelledError
+
     from distributed import KilledWorker, as_completed
 
     from xarray_terrascope.auth.cluster import share_credentials
@@ -639,18 +671,19 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
     share_credentials(client)
     workers = sorted(client.scheduler_info().get("workers", {}))
     queues = _Queues(todo, workers)
-    shared_headers = _share_headers(client, job.lazy(todo[0]))
+    headers = _SharedHeaders(client, job.lazy(todo[0]))
     running: dict[str, tuple[int, Any, dict[str, Any], str | None]] = {}
     partition_of: dict[Any, int] = {}  # task key -> batch, read by the watch's thread
     finished = as_completed()
+    resent = 0
 
-    def submit(worker: str | None) -> None:
+    def submit(worker: str | None, again: int | None = None) -> None:
         worker = queues.current(worker)
-        k = queues.next(worker)
+        k = queues.next(worker) if again is None else again
         if k is None:
             return
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        future = client.submit(_compute_here, job.lazy(k), shared_headers, pure=False, **where)
+        future = client.submit(_compute_here, job.lazy(k), headers.future(), pure=False, **where)
         steps = {
             name: client.submit(_apply_step, step, future, pure=False, **where)
             for name, step in job.steps.items()
@@ -674,10 +707,19 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
                 submit(worker)
             for future in finished:
                 k, _, steps, worker = running.pop(future.key)
+                if future.cancelled() and resent < _MAX_RESENT:
+                    resent += 1
+                    # distributed cancels the batches whose input, the scattered
+                    # headers, went with the workers that held it: the same batch again
+                    for task in (future, *steps.values()):
+                        partition_of.pop(task.key, None)
+                    logger.info("batch: partition %d cancelled by the cluster; sent again", k)
+                    submit(worker, again=k)
+                    continue
                 try:
                     stats = future.result()
                     tables = {name: step.result() for name, step in steps.items() if name}
-                except KilledWorker as err:
+                except (KilledWorker, CancelledError) as err:
                     raise killed_worker_error(err, k, tracker.partitions_done, job.folder) from err
                 job.write(k, stats, tables)
                 n = len(job.members(k))

@@ -121,7 +121,16 @@ def killed_worker_error(
     err: BaseException, partition: int, written: int, folder: Path
 ) -> BatchWorkerError:
     """The error that ends a run whose ``partition`` failed with ``KilledWorker``
-    (``err``): what happened, what to change, how to resume."""
+    (``err``), or was cancelled by the cluster too often: what happened, what to change,
+    how to resume."""
+    from distributed import KilledWorker
+
+    if not isinstance(err, KilledWorker):
+        return BatchWorkerError(
+            f"batch: partition {partition} could not be computed: the cluster cancelled "
+            f"it ({err}) after losing its workers too often. The {written} partition(s) "
+            f"written stay in {str(folder)!r}: run the same command again to resume"
+        )
     allowed = getattr(err, "allowed_failures", None)
     if isinstance(allowed, int):
         times = "once" if allowed == 0 else f"{allowed + 1} times"
@@ -130,8 +139,8 @@ def killed_worker_error(
     return BatchWorkerError(
         f"batch: partition {partition} could not be computed: the workers computing it "
         f"died {times} (dask's distributed.scheduler.allowed-failures is "
-        f"{allowed if allowed is not None else 'set'}). If they ran out of memory, lower "
-        "the batch size or the batches in flight, or give the workers more memory. The "
+        f"{allowed if allowed is not None else 'set'}). If they ran out of memory, give "
+        "them more or compute fewer batches at a time (max_in_flight, --max-in-flight). The "
         f"{written} partition(s) written stay in {str(folder)!r}: run the same command "
         "again to resume"
     )
