@@ -473,8 +473,9 @@ def test_a_killed_worker_is_replaced_with_identical_output(
     terrascope_sandbox, parcels_path, reference, tmp_path
 ):
     """One worker process of the CLI's LocalCluster killed half way: its Nanny starts a
-    new one, distributed computes the dead worker's batches again, the run ends by itself
-    with the reference's output and says that it lost a worker."""
+    new one, distributed computes the dead worker's batches again (when it had any: it
+    may have finished its batches just then), the run ends by itself with the
+    reference's output and says that it lost a worker."""
     out = tmp_path / "out"
     argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
     log = tmp_path / "run.log"
@@ -513,16 +514,18 @@ def test_a_run_whose_workers_all_die_at_once_completes_with_identical_output(
 def test_a_batch_whose_workers_die_too_often_fails_in_one_line_and_resumes(
     terrascope_sandbox, parcels_path, reference, tmp_path
 ):
-    """With ``distributed.scheduler.allowed-failures`` 0, the first dead worker fails the
-    batches it was computing (distributed's KilledWorker): the CLI ends with exit 2 and
-    one line naming the partition and how to resume, no traceback; the same command
-    then completes the run with the reference's output."""
+    """With ``distributed.scheduler.allowed-failures`` 0, a dead worker fails the batches
+    it was computing (distributed's KilledWorker): the CLI ends with exit 2 and one line
+    naming the partition and how to resume, no traceback; the same command then
+    completes the run with the reference's output. Both workers are killed: when the
+    second partition is written, the batch the client sent after the first is still
+    being computed, by one of them (a single worker could be idle, its batches done)."""
     out = tmp_path / "out"
     env = _env(terrascope_sandbox, tmp_path)
     argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
     log = tmp_path / "run.log"
     strict = {**env, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
-    code = _kill_workers(terrascope_sandbox, argv, strict, log)
+    code = _kill_workers(terrascope_sandbox, argv, strict, log, count=2)
     text = log.read_text()
     assert code == 2, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
