@@ -626,7 +626,6 @@ class _SharedHeaders:
         shared = header_share.fetch_plan_headers(_cube_reads(lazy))
         self.data = shared if shared.entries else None
         self._future = self._scatter(broadcast=True)
-        self.lost = 0
 
     def _scatter(self, broadcast: bool) -> Any:
         if self.data is None:
@@ -637,7 +636,6 @@ class _SharedHeaders:
         """The headers' future on the cluster (None when the run reads no file), scattered
         again when the cluster lost them."""
         if self._future is not None and self._future.status != "finished":
-            self.lost += 1
             logger.warning(
                 "batch: the cluster lost the shared COG headers with its workers; sent again"
             )
