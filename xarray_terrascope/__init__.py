@@ -29,6 +29,7 @@ from xarray_terrascope.catalog.search import (
 from xarray_terrascope.exceptions import (
     AuthenticationError,
     BatchOutputError,
+    BatchWorkerError,
     CollectionNotFoundError,
     GeometriesOutsideWarning,
     InvalidArgumentError,
@@ -44,6 +45,7 @@ from xarray_terrascope.options import get_options, set_options
 __all__ = [
     "AuthenticationError",
     "BatchOutputError",
+    "BatchWorkerError",
     "CollectionNotFoundError",
     "Credentials",
     "GeometriesOutsideWarning",

@@ -6,6 +6,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BatchOutputError",
+    "BatchWorkerError",
     "CollectionNotFoundError",
     "CredentialStoreError",
     "GeometriesOutsideWarning",
@@ -103,6 +104,13 @@ class BatchOutputError(InvalidArgumentError):
     def __init__(self, *args: object, argument: str | None = None) -> None:
         super().__init__(*args)
         self.argument = argument
+
+
+class BatchWorkerError(TerrascopeError):
+    """A batch run stopped because a partition could not be computed: the workers that
+    computed it died more often than dask allows (``distributed.scheduler.allowed-failures``,
+    distributed's ``KilledWorker``, the cause). The partitions written stay; the message
+    names the partition and how to resume."""
 
 
 class TerrascopeWarning(UserWarning):

@@ -133,10 +133,12 @@ def _parts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("part-*.parquet"))
 
 
-def _wait_for_parts(proc: subprocess.Popen, folder: Path, log: Path, deadline_s: float) -> None:
+def _wait_for_parts(
+    proc: subprocess.Popen, folder: Path, log: Path, deadline_s: float, count: int = 1
+) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        if folder.exists() and _parts(folder):
+        if folder.exists() and len(_parts(folder)) >= count:
             return
         assert proc.poll() is None, f"the CLI ended early:\n{log.read_text()[-3000:]}"
         time.sleep(0.05)
@@ -422,3 +424,195 @@ def test_each_header_is_requested_once_per_cluster(
     assert not twice, f"headers requested more than once across the cluster: {twice}"
     assert set(header_requests) == read_files  # every file read had its header fetched
     _same_as_reference(out, reference)
+
+
+def _worker_processes(proc: subprocess.Popen, log: Path, count: int, deadline_s: float) -> list:
+    """The dask worker processes of the CLI's LocalCluster, found by the process tree: the
+    CLI process holds the scheduler and the Nannies; each Nanny's worker is a child
+    process of it listening on a TCP port (multiprocessing's resource tracker, the other
+    child, listens on none)."""
+    import psutil
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the CLI ended early:\n{log.read_text()[-3000:]}"
+        found = []
+        for child in psutil.Process(proc.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if any(c.status == psutil.CONN_LISTEN for c in child.net_connections("tcp")):
+                    found.append(child)
+        if len(found) == count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"not {count} worker processes within {deadline_s} s")
+
+
+def _kill_workers(sandbox, argv: list[str], env: dict[str, str], log: Path, count: int = 1) -> int:
+    """Run the CLI, SIGKILL ``count`` of its 2 worker processes once two partitions are
+    written, and return the CLI's exit code.
+
+    The sandbox answers each request after 0.3 s for the run, so a batch takes seconds:
+    with 2 batches in flight per worker, each worker is still computing one when the
+    second partition is written (without it a worker could have finished its batches
+    while the client wrote, and its death would cost no running task)."""
+    latency = sandbox.download.latency
+    sandbox.download.latency = 0.3
+    proc = _start_cli(argv, env, log)
+    try:
+        out = Path(argv[argv.index("--out-dir") + 1])
+        _wait_for_parts(proc, out, log, deadline_s=240, count=2)
+        for victim in _worker_processes(proc, log, 2, deadline_s=30)[:count]:
+            os.kill(victim.pid, signal.SIGKILL)
+        return proc.wait(timeout=300)
+    finally:
+        sandbox.download.latency = latency
+        _end_group(proc)
+
+
+def test_a_killed_worker_is_replaced_with_identical_output(
+    terrascope_sandbox, parcels_path, reference, tmp_path
+):
+    """One worker process of the CLI's LocalCluster killed half way: its Nanny starts a
+    new one, distributed computes the dead worker's batches again (when it had any: it
+    may have finished its batches just then), the run ends by itself with the
+    reference's output and says that it lost a worker."""
+    out = tmp_path / "out"
+    argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
+    log = tmp_path / "run.log"
+    code = _kill_workers(terrascope_sandbox, argv, _env(terrascope_sandbox, tmp_path), log)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    # the package's own WARNING (shown without -v), then the summary
+    died = [line for line in text.splitlines() if "xarray_terrascope" in line and "died" in line]
+    assert len(died) == 1 and died[0].startswith("WARNING"), text[-3000:]
+    assert f"wrote {PARTS} partition(s) of {PARTS}" in text
+    assert "1 worker(s) lost" in text
+    _same_as_reference(out, reference)
+
+
+def test_a_run_whose_workers_all_die_at_once_completes_with_identical_output(
+    terrascope_sandbox, parcels_path, reference, tmp_path
+):
+    """Both worker processes killed at once (a single worker's death is the same): the
+    COG headers the client scattered to the workers are gone with them, and distributed
+    cancels the batches that need them; the run scatters the headers again (from the
+    client's copy), submits the cancelled batches again and ends with the reference's
+    output."""
+    out = tmp_path / "out"
+    argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
+    log = tmp_path / "run.log"
+    code = _kill_workers(terrascope_sandbox, argv, _env(terrascope_sandbox, tmp_path), log, 2)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert "the cluster lost the shared COG headers with its workers; sent again" in text
+    assert "2 worker(s) lost" in text
+    _same_as_reference(out, reference)
+
+
+def test_a_batch_whose_workers_die_too_often_fails_in_one_line_and_resumes(
+    terrascope_sandbox, parcels_path, reference, tmp_path
+):
+    """With ``distributed.scheduler.allowed-failures`` 0, a dead worker fails the batches
+    it was computing (distributed's KilledWorker): the CLI ends with exit 2 and one line
+    naming the partition and how to resume, no traceback; the same command then
+    completes the run with the reference's output. Both workers are killed: when the
+    second partition is written, the batch the client sent after the first is still
+    being computed, by one of them (a single worker could be idle, its batches done)."""
+    out = tmp_path / "out"
+    env = _env(terrascope_sandbox, tmp_path)
+    argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
+    log = tmp_path / "run.log"
+    strict = {**env, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    code = _kill_workers(terrascope_sandbox, argv, strict, log, count=2)
+    text = log.read_text()
+    assert code == 2, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text[-3000:]
+    assert "could not be computed" in errors[0] and "allowed-failures is 0" in errors[0]
+    assert "run the same command again to resume" in errors[0]
+    before = {name: (out / name).stat().st_ino for name in _parts(out)}
+    assert 1 <= len(before) < PARTS
+    rerun = subprocess.run(
+        [sys.executable, "-m", "xarray_terrascope.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"({len(before)} found done;" in rerun.stdout
+    assert {n: (out / n).stat().st_ino for n in before} == before
+    _same_as_reference(out, reference)
+
+
+def _wait_for_subscription(client, got: list) -> None:
+    """Until the scheduler sends the client's events of topic ``all`` (``got`` holds what
+    the client's handler received): the subscription travels on the client's batched
+    stream, an event on a request of its own, and an event that comes first reaches no
+    one, so a probe is sent again until one arrives."""
+    deadline = time.monotonic() + 30
+    while not any(m[1].get("action") == "probe" for m in got):
+        assert time.monotonic() < deadline, "no event of topic 'all' came within 30 s"
+        client.log_event("all", {"action": "probe"})
+        time.sleep(0.1)
+
+
+def test_worker_watch_follows_the_schedulers_events_and_keeps_the_callers_handler(cluster, caplog):
+    """:class:`WorkerWatch` on a client of the module's LocalCluster: a worker's removal,
+    as the scheduler publishes it (the event is sent with ``Client.log_event``, so no
+    worker of the shared cluster dies), is logged as a WARNING naming the partitions and
+    queued for the batch's loop; a handler the caller had on the topic is called too and
+    is set back at the end."""
+    from distributed import Client
+
+    from xarray_terrascope.analysis.batch_workers import WorkerWatch
+
+    mine: list = []
+    caplog.set_level("INFO", logger="xarray_terrascope.analysis.batch")
+    with Client(cluster) as client:
+        client.subscribe_topic("all", mine.append)
+        _wait_for_subscription(client, mine)
+        keys = {"task-a": 3, "task-b": 7}
+        with WorkerWatch(client, keys.get) as watch:
+            client.log_event(
+                "all",
+                {
+                    "action": "remove-worker",
+                    "worker": "tcp://127.0.0.1:1",
+                    "processing-tasks": ["task-b", "other"],
+                    "lost-computed-tasks": ["task-a"],
+                    "expected": False,
+                },
+            )
+            client.log_event("all", {"action": "add-worker", "worker": "tcp://127.0.0.1:2"})
+            deadline = time.monotonic() + 30
+            while len(watch.changes) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert list(watch.changes) == [
+            ("left", "tcp://127.0.0.1:1"),
+            ("joined", "tcp://127.0.0.1:2"),
+        ]
+        assert watch.lost == 1
+        client.log_event("all", {"action": "after"})
+        deadline = time.monotonic() + 30
+        while not any(m[1].get("action") == "after" for m in mine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.unsubscribe_topic("all")
+    told = ("tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+    assert [m[1]["action"] for m in mine if m[1].get("worker") in told] == [
+        "remove-worker",
+        "add-worker",
+    ]
+    assert any(m[1].get("action") == "after" for m in mine)  # the caller's handler is back
+    warnings = [
+        r
+        for r in caplog.records
+        if r.name.startswith("xarray_terrascope") and r.levelname == "WARNING"
+    ]
+    assert len(warnings) == 1
+    assert "tcp://127.0.0.1:1" in warnings[0].getMessage()
+    assert "(3, 7)" in warnings[0].getMessage()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from xarray_terrascope.analysis import batch_output
+from xarray_terrascope.analysis.batch_workers import WorkerWatch, killed_worker_error
 from xarray_terrascope.analysis.tables import zonal_table
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.exceptions import InvalidArgumentError
@@ -51,6 +52,9 @@ DEFAULT_STATS = ("mean", "median", "std", "count", "valid_fraction")
 #: given client's cluster): distributed's statistical profiler samples every worker
 #: thread's stack 100 times a second, a cost the threaded scheduler does not pay.
 LOCAL_CLUSTER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False}
+#: Batches a run submits again after the cluster cancelled them (it lost their input,
+#: the shared COG headers, with the workers holding it) before it gives up.
+_MAX_RESENT = 20
 #: A post-step: the computed statistics of one batch (``(geometry, zonal_statistics,
 #: time)``, with the id column as a coordinate along ``geometry``) to a table.
 PostStep = Callable[[Any], Any]
@@ -95,6 +99,9 @@ class BatchResult:
     #: Batches a worker took from the end of another worker's run (its own was done):
     #: each reads tiles the other worker reads too.
     rebalanced: int = 0
+    #: Workers that died (or were cut off) during the run; their batches were computed
+    #: again on the others.
+    workers_lost: int = 0
 
 
 def _step_token(step: PostStep) -> str:
@@ -336,6 +343,10 @@ def run_zonal_batch(
         When ``out_dir`` holds another run's partitions, or files without a manifest.
     InvalidArgumentError
         For bad parcels or arguments.
+    BatchWorkerError
+        When the workers computing a batch died more often than dask allows
+        (``distributed.scheduler.allowed-failures``); a worker that dies less often is
+        replaced and its batches computed again on the others (logged as a WARNING).
     """
     import xarray as xr
 
@@ -414,10 +425,11 @@ def run_zonal_batch(
     elapsed = tracker.elapsed()
     logger.info(
         "batch: %d partition(s) written (%d taken from another worker's run), %d found done, "
-        "in %.1f s",
+        "%d worker(s) lost, in %.1f s",
         len(todo),
         rebalanced,
         len(done),
+        tracker.workers_lost,
         elapsed,
     )
     return BatchResult(
@@ -429,6 +441,7 @@ def run_zonal_batch(
         ds.sizes.get("time", 0),
         elapsed,
         rebalanced,
+        tracker.workers_lost,
     )
 
 
@@ -447,6 +460,7 @@ class _Tracker:
         self.parcels_done, self.partitions_done = skipped, done
         self.progress = progress
         self.t0 = time.perf_counter()
+        self.workers_lost = 0
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -534,6 +548,49 @@ class _Queues:
         self.shared = collections.deque(todo if not workers else [])
         self.last: dict[str, int] = {}
         self.rebalanced = 0
+        #: workers gone whose run waits for a new worker, and new workers without a run
+        self.gone: collections.deque[str] = collections.deque()
+        self.spare: collections.deque[str] = collections.deque()
+        #: a gone worker -> the new worker that took its run
+        self.successor: dict[str, str] = {}
+
+    def leave(self, worker: str) -> None:
+        """``worker`` is gone (a dead worker process): its run goes to the next worker
+        that joins. Until one does, the batches asked for in its name are computed by
+        whichever worker the scheduler picks."""
+        if worker in self.spare:
+            self.spare.remove(worker)
+        elif worker in self.runs and worker not in self.gone:
+            self.gone.append(worker)
+            self._match()
+
+    def join(self, worker: str) -> None:
+        """A new ``worker`` (a Nanny's restart of a dead one, at a new address) takes the
+        run of the worker gone first, and the batches asked for in that one's name."""
+        if worker not in self.runs and worker not in self.spare:
+            self.spare.append(worker)
+            self._match()
+
+    def _match(self) -> None:
+        while self.gone and self.spare:
+            old, new = self.gone.popleft(), self.spare.popleft()
+            self.runs[new] = self.runs.pop(old)
+            if old in self.last:
+                self.last[new] = self.last.pop(old)
+            self.successor[old] = new
+            logger.info(
+                "batch: worker %s takes over the %d batch(es) left of the run of %s",
+                new,
+                len(self.runs[new]),
+                old,
+            )
+
+    def current(self, worker: str | None) -> str | None:
+        """The worker that does ``worker``'s run now: itself, or the worker that took it
+        over when it was gone."""
+        while worker is not None and worker in self.successor:
+            worker = self.successor[worker]
+        return worker
 
     def next(self, worker: str | None) -> int | None:
         own = self.runs.get(worker) if worker is not None else None
@@ -552,16 +609,41 @@ class _Queues:
         return k
 
 
-def _share_headers(client: Any, lazy: Any) -> Any:
+class _SharedHeaders:
     """The COG headers of every file the run reads, fetched here once and sent to every
-    worker (a future of them, or None when there are none): each header is requested
-    once per cluster, not once per worker."""
-    from xarray_terrascope.engine import header_share
+    worker (``client.scatter(..., broadcast=True)``): each header is requested once per
+    cluster, not once per worker.
 
-    shared = header_share.fetch_plan_headers(_cube_reads(lazy))
-    if not shared.entries:
-        return None
-    return client.scatter(shared, broadcast=True, hash=False)
+    Scattered data lives on the workers only: when every worker holding it is gone (the
+    only worker died, or all at once) distributed forgets it and cancels the batches
+    that need it. :meth:`future` then scatters the headers again from the client's copy
+    (no request), and the batch's loop submits the cancelled batches again."""
+
+    def __init__(self, client: Any, lazy: Any) -> None:
+        from xarray_terrascope.engine import header_share
+
+        self.client = client
+        shared = header_share.fetch_plan_headers(_cube_reads(lazy))
+        self.data = shared if shared.entries else None
+        self._future = self._scatter(broadcast=True)
+
+    def _scatter(self, broadcast: bool) -> Any:
+        if self.data is None:
+            return None
+        return self.client.scatter(self.data, broadcast=broadcast, hash=False)
+
+    def future(self) -> Any:
+        """The headers' future on the cluster (None when the run reads no file), scattered
+        again when the cluster lost them."""
+        if self._future is not None and self._future.status != "finished":
+            logger.warning(
+                "batch: the cluster lost the shared COG headers with its workers; sent again"
+            )
+            # to one worker (the others fetch it from there): a broadcast while the
+            # Nannies restarted their workers failed here with distributed 2026.8 (the
+            # scheduler could not serialize a WorkerState and dropped the client)
+            self._future = self._scatter(broadcast=False)
+        return self._future
 
 
 def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker) -> int:
@@ -571,8 +653,14 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
 
     Each batch is one task (:func:`_compute_here`) sent to one worker (a loose
     restriction: another takes it when that worker is gone); a worker takes a contiguous
-    run of batches (:class:`_Queues`), so neighbours share its tile store."""
-    from distributed import as_completed
+    run of batches (:class:`_Queues`), so neighbours share its tile store. A worker that
+    dies is logged (:class:`~.batch_workers.WorkerWatch`), distributed computes its
+    batches again on the others, and the worker that replaces it takes over its run; a
+    batch whose workers die too often ends the run with
+    :class:`~xarray_terrascope.exceptions.BatchWorkerError`."""
+    from concurrent.futures import CancelledError
+
+    from distributed import KilledWorker, as_completed
 
     from xarray_terrascope.auth.cluster import share_credentials
 
@@ -581,39 +669,66 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
     share_credentials(client)
     workers = sorted(client.scheduler_info().get("workers", {}))
     queues = _Queues(todo, workers)
-    shared_headers = _share_headers(client, job.lazy(todo[0]))
+    headers = _SharedHeaders(client, job.lazy(todo[0]))
     running: dict[str, tuple[int, Any, dict[str, Any], str | None]] = {}
+    partition_of: dict[Any, int] = {}  # task key -> batch, read by the watch's thread
     finished = as_completed()
+    resent = 0
 
-    def submit(worker: str | None) -> None:
-        k = queues.next(worker)
+    def submit(worker: str | None, again: int | None = None) -> None:
+        worker = queues.current(worker)
+        k = queues.next(worker) if again is None else again
         if k is None:
             return
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        future = client.submit(_compute_here, job.lazy(k), shared_headers, pure=False, **where)
+        future = client.submit(_compute_here, job.lazy(k), headers.future(), pure=False, **where)
         steps = {
             name: client.submit(_apply_step, step, future, pure=False, **where)
             for name, step in job.steps.items()
         }
         bare = client.submit(_without_geometry, future, pure=False, **where)
+        for task in (future, bare, *steps.values()):
+            partition_of[task.key] = k
         # "" (no post-step has that name) holds the full result on the worker until written
         running[bare.key] = (k, bare, {"": future, **steps}, worker)
         finished.add(bare)
 
+    def follow(watch: WorkerWatch) -> None:
+        while watch.changes:
+            change, address = watch.changes.popleft()
+            (queues.join if change == "joined" else queues.leave)(address)
+
     try:
-        slots = [workers[i % len(workers)] if workers else None for i in range(in_flight)]
-        for worker in slots:
-            submit(worker)
-        for future in finished:
-            k, _, steps, worker = running.pop(future.key)
-            stats = future.result()
-            tables = {name: step.result() for name, step in steps.items() if name}
-            job.write(k, stats, tables)
-            n = len(job.members(k))
-            logger.info("batch: partition %d written (%d parcels)", k, n)
-            tracker.add(n)
-            del stats, tables, future, steps
-            submit(worker)
+        with WorkerWatch(client, partition_of.get) as watch:
+            slots = [workers[i % len(workers)] if workers else None for i in range(in_flight)]
+            for worker in slots:
+                submit(worker)
+            for future in finished:
+                k, _, steps, worker = running.pop(future.key)
+                if future.cancelled() and resent < _MAX_RESENT:
+                    resent += 1
+                    # distributed cancels the batches whose input, the scattered
+                    # headers, went with the workers that held it: the same batch again
+                    for task in (future, *steps.values()):
+                        partition_of.pop(task.key, None)
+                    logger.info("batch: partition %d cancelled by the cluster; sent again", k)
+                    submit(worker, again=k)
+                    continue
+                try:
+                    stats = future.result()
+                    tables = {name: step.result() for name, step in steps.items() if name}
+                except (KilledWorker, CancelledError) as err:
+                    raise killed_worker_error(err, k, tracker.partitions_done, job.folder) from err
+                job.write(k, stats, tables)
+                n = len(job.members(k))
+                logger.info("batch: partition %d written (%d parcels)", k, n)
+                tracker.add(n)
+                for task in (future, *steps.values()):
+                    partition_of.pop(task.key, None)
+                del stats, tables, future, steps
+                follow(watch)
+                submit(worker)
+        tracker.workers_lost = watch.lost
         return queues.rebalanced
     except BaseException:
         pending = [f for _, f, _, _ in running.values()] + [

@@ -118,10 +118,11 @@ def _run_batch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    lost = f"; {result.workers_lost} worker(s) lost" if result.workers_lost else ""
     print(
         f"wrote {result.written} partition(s) of {result.partitions} to {result.out_dir} "
-        f"({result.skipped} found done; {len(parcels)} parcels x {result.dates} date(s)) "
-        f"in {duration(result.elapsed_s)}"
+        f"({result.skipped} found done; {len(parcels)} parcels x {result.dates} date(s)"
+        f"{lost}) in {duration(result.elapsed_s)}"
     )
     return 0
 

@@ -44,3 +44,41 @@ def test_resumed_batches_and_three_workers_are_each_dealt_once():
     todo = [0, 1, 2, 5, 6, 7, 9, 11, 12]  # some were done before
     done = _deal(_Queues(todo, ["a", "b", "c"]), ["a", "b", "c", "a"])
     assert sorted(k for ks in done.values() for k in ks) == todo
+
+
+def test_a_new_worker_takes_over_the_run_of_a_dead_one():
+    """A Nanny restarts a dead worker at a new address: the new one takes the dead one's
+    run where it stopped, and the batches asked for in the dead one's name go to it."""
+    queues = _Queues(list(range(10)), ["a", "b"])
+    assert [queues.next("a"), queues.next("b")] == [0, 9]
+    queues.leave("a")
+    assert queues.current("a") == "a"  # no new worker yet: the run waits in a's name
+    assert queues.next("a") == 1  # ... and its batches go wherever the scheduler says
+    queues.join("c")
+    assert queues.current("a") == "c"
+    assert [queues.next("c") for _ in range(3)] == [2, 3, 4]
+    assert queues.next("c") == 5  # c's run is done: the batch next to its last one
+    assert queues.rebalanced == 1
+    done = _deal(queues, ["b", "c"])
+    assert sorted(done["b"] + done["c"]) == [6, 7, 8]
+
+
+def test_a_new_worker_before_the_dead_ones_leave_and_a_second_death():
+    """The scheduler may tell a new worker before the dead one's removal; a worker that
+    took over a run and dies in turn passes it on; each batch is dealt once."""
+    queues = _Queues(list(range(12)), ["a", "b"])
+    got = [queues.next("a"), queues.next("b")]
+    queues.join("c")  # a spare until a worker goes
+    assert queues.current("a") == "a"
+    queues.leave("a")
+    assert queues.current("a") == "c"
+    got.append(queues.next(queues.current("a")))
+    queues.leave("c")
+    queues.join("d")
+    assert queues.current("a") == "d"
+    queues.leave("e")  # a worker the run never knew: nothing to take over
+    queues.join("f")
+    queues.leave("f")  # a spare that goes
+    done = _deal(queues, ["d", "b"])
+    assert sorted(got + done["d"] + done["b"]) == list(range(12))
+    assert done["d"][0] == 2  # d goes on with a's run where c stopped
