@@ -705,19 +705,24 @@ def _compute(client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _
                 submit(worker)
             for future in finished:
                 k, _, steps, worker = running.pop(future.key)
-                if future.cancelled() and resent < _MAX_RESENT:
-                    resent += 1
+                try:
+                    stats = future.result()
+                    tables = {name: step.result() for name, step in steps.items() if name}
+                except CancelledError as err:
                     # distributed cancels the batches whose input, the scattered
-                    # headers, went with the workers that held it: the same batch again
+                    # headers, went with the workers that held it (the future may say
+                    # so only when its result is asked for): the same batch again
+                    if resent >= _MAX_RESENT:
+                        raise killed_worker_error(
+                            err, k, tracker.partitions_done, job.folder
+                        ) from err
+                    resent += 1
                     for task in (future, *steps.values()):
                         partition_of.pop(task.key, None)
                     logger.info("batch: partition %d cancelled by the cluster; sent again", k)
                     submit(worker, again=k)
                     continue
-                try:
-                    stats = future.result()
-                    tables = {name: step.result() for name, step in steps.items() if name}
-                except (KilledWorker, CancelledError) as err:
+                except KilledWorker as err:
                     raise killed_worker_error(err, k, tracker.partitions_done, job.folder) from err
                 job.write(k, stats, tables)
                 n = len(job.members(k))
