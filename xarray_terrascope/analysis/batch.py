@@ -49,8 +49,14 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_STATS = ("mean", "median", "std", "count", "valid_fraction")
 #: Dask settings of the LocalCluster :func:`run_zonal_batch` starts itself (not of a
 #: given client's cluster): distributed's statistical profiler samples every worker
-#: thread's stack 100 times a second, a cost the threaded scheduler does not pay.
-LOCAL_CLUSTER_CONFIG: dict[str, Any] = {"distributed.worker.profile.enabled": False}
+#: thread's stack 100 times a second, a cost the threaded scheduler does not pay; and
+#: the scheduler's work stealing would move a batch waiting on one worker to another
+#: that is idle for a moment (between two batches, while the client writes), in the
+#: middle of the first worker's run: both workers then read that batch's tiles.
+LOCAL_CLUSTER_CONFIG: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.work-stealing": False,
+}
 #: A post-step: the computed statistics of one batch (``(geometry, zonal_statistics,
 #: time)``, with the id column as a coordinate along ``geometry``) to a table.
 PostStep = Callable[[Any], Any]
@@ -261,10 +267,16 @@ def _compute_here(lazy: Any, shared_headers: Any = None) -> Any:
     process's COG headers and tiles, and no task of it costs the cluster's per-task
     bookkeeping or moves data between workers. ``shared_headers`` (the COG headers the
     client fetched for the whole run) go into the worker's header cache first, so no
-    worker requests a header."""
+    worker requests a header.
+
+    Every tile the batch fetches is kept in the worker's tile store (bounded by the
+    ``tile_cache_mb`` option): the worker's next batch is the next one along the Hilbert
+    curve, whose windows overlap this one's, and the store's own rule (tiles crossing a
+    side of the window) keeps only some of the tiles both need, depending on which of
+    the two is read first (a run done backwards read more again than forwards)."""
     from distributed import get_worker
 
-    from xarray_terrascope.engine import header_share
+    from xarray_terrascope.engine import aio, header_share
 
     header_share.install(shared_headers)
 
@@ -272,7 +284,8 @@ def _compute_here(lazy: Any, shared_headers: Any = None) -> Any:
         threads = get_worker().state.nthreads
     except ValueError:  # not on a worker (a client without workers never gets here)
         threads = None
-    return lazy.compute(scheduler="threads", num_workers=threads)
+    with aio.engine().tiles.keeping_all():
+        return lazy.compute(scheduler="threads", num_workers=threads)
 
 
 def run_zonal_batch(

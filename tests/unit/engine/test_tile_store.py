@@ -176,3 +176,53 @@ def test_tile_store_lets_taken_tiles_go_before_waiting_ones():
         assert len(store) == 0
 
     asyncio.run(scenario())
+
+
+def test_while_keeping_all_a_tile_no_neighbour_shares_is_kept_as_a_spare():
+    """Inside ``keeping_all`` (a worker's batch of parcels), a tile fetched for one
+    window only is kept too (the next batch's windows overlap this one's); outside, it
+    is not."""
+
+    async def scenario():
+        store = TileCache(max_bytes=10_000)
+        with store.keeping_all():
+            assert store.keep_all
+            store.claim("inside")
+            store.finish("inside", _tile(1), keep=False)
+        assert not store.keep_all
+        store.claim("after")
+        store.finish("after", _tile(2), keep=False)
+        return store.get("inside"), store.get("after")
+
+    inside, after = asyncio.run(scenario())
+    assert inside is not None and inside[0, 0] == 1
+    assert after is None
+
+
+def test_spares_give_way_before_the_tiles_a_neighbouring_window_waits_for():
+    """A store of 4 tiles holding 2 a neighbour waits for and 2 spares: 2 more waiting
+    tiles push the spares out, not the older waiting ones (a batch over a whole season,
+    whose tiles do not fit, keeps what it kept without spares)."""
+
+    async def scenario():
+        store = TileCache(max_bytes=4 * 64)
+        for key in ("w1", "w2"):
+            store.claim(key)
+            store.finish(key, _tile(1), keep=True)
+        with store.keeping_all():
+            for key in ("s1", "s2"):
+                store.claim(key)
+                store.finish(key, _tile(2), keep=False)
+            for key in ("w3", "w4"):
+                store.claim(key)
+                store.finish(key, _tile(3), keep=True)
+        return {key: store.get(key) is not None for key in ("w1", "w2", "w3", "w4", "s1", "s2")}
+
+    assert asyncio.run(scenario()) == {
+        "w1": True,
+        "w2": True,
+        "w3": True,
+        "w4": True,
+        "s1": False,
+        "s2": False,
+    }
