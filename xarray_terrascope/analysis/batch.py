@@ -1,10 +1,9 @@
 """Zonal statistics of every parcel of a large file on a ``dask.distributed`` cluster, as
 partitioned GeoParquet, resumable after a kill.
 
-:func:`run_zonal_batch` sorts the parcels along a generalized Hilbert curve
-(:mod:`.batch_order`: neighbours share a batch, so a batch reads few tiles), cuts them
-into batches of ``batch_size`` and computes each batch's
-:func:`~xarray_terrascope.analysis.zonal.zonal_stats` on the cluster, at most
+:func:`run_zonal_batch` sorts the parcels along a Hilbert curve (neighbours share a batch,
+so a batch reads few tiles), cuts them into batches of ``batch_size`` and computes each
+batch's :func:`~xarray_terrascope.analysis.zonal.zonal_stats` on the cluster, at most
 ``max_in_flight`` batches at a time (what bounds the memory of each worker). The client
 writes each finished batch as ``part-NNNNN.parquet`` (atomically, see
 :mod:`.batch_output`); a rerun with the same arguments skips the partitions already
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from xarray_terrascope.analysis import batch_order, batch_output
+from xarray_terrascope.analysis import batch_output
 from xarray_terrascope.analysis.tables import zonal_table
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.exceptions import InvalidArgumentError
@@ -162,9 +161,10 @@ def _read(path: str | Path) -> Any:
 
 
 def _hilbert_order(parcels: Any) -> np.ndarray:
-    """Positions of the parcels in batch order: along a generalized Hilbert curve over
-    square cells (:mod:`.batch_order`)."""
-    return batch_order.parcel_order(parcels)
+    """Positions of the parcels along a Hilbert curve over their bounds (stable)."""
+    geometry = parcels.geometry
+    distance = geometry.hilbert_distance(total_bounds=geometry.total_bounds, level=16)
+    return np.argsort(distance.to_numpy(), kind="stable")
 
 
 @contextlib.contextmanager
@@ -270,7 +270,7 @@ def _compute_here(lazy: Any, shared_headers: Any = None) -> Any:
     worker requests a header.
 
     Every tile the batch fetches is kept in the worker's tile store (bounded by the
-    ``tile_cache_mb`` option): the worker's next batch is the next one along the
+    ``tile_cache_mb`` option): the worker's next batch is the next one along the Hilbert
     curve, whose windows overlap this one's, and the store's own rule (tiles crossing a
     side of the window) keeps only some of the tiles both need, depending on which of
     the two is read first (a run done backwards read more again than forwards)."""
@@ -384,7 +384,7 @@ def run_zonal_batch(
         "max_cloud_cover": None if max_cloud_cover is None else float(max_cloud_cover),
         "stats": names,
         "batch_size": int(batch_size),
-        "order": batch_order.ORDER_NAME,
+        "order": "hilbert",
         "post_steps": {name: _step_token(step) for name, step in sorted(steps.items())},
         "items": batch_output.fingerprint_text("\n".join(item_ids)),
     }
@@ -526,7 +526,7 @@ def _to_parquet(table: Any, path: Path) -> None:
 
 
 class _Queues:
-    """The batches to do, cut into one contiguous run of the curve order per worker:
+    """The batches to do, cut into one contiguous run of the Hilbert order per worker:
     neighbouring batches share tiles, which a worker then reads once (its tile store)
     instead of each worker reading them.
 
