@@ -140,7 +140,8 @@ def _child_threads(spec: dict) -> None:
             members = ordered.iloc[k * size : (k + 1) * size]
             lazy = ds.terrascope.zonal_stats(members.geometry, STATS, index=False)
             c0 = time.process_time()
-            with aio.engine().tiles.keeping_all():  # as a worker's batch (_compute_here)
+            # as a worker's batch (_compute_here)
+            with aio.engine().tiles.keeping_all(batch_module.DEFAULT_TILE_STORE_MB * 2**20):
                 lazy.compute()
             compute_cpu += time.process_time() - c0
     wall = time.perf_counter() - t0

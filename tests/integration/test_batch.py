@@ -419,14 +419,21 @@ def _tile_fetches(sandbox, records) -> dict[tuple[str, int, int], int]:
     return fetches
 
 
-def test_a_worker_fetches_each_tile_once_across_its_batches(logged_in, tmp_path):
+@pytest.mark.parametrize("tile_cache_mb", [None, 1])
+def test_a_worker_fetches_each_tile_once_across_its_batches(
+    logged_in, tmp_path, monkeypatch, tile_cache_mb
+):
     """One worker process doing every batch, in the Hilbert order: neighbouring batches
     share tiles (their windows overlap), and the worker keeps what a batch fetched for
     the next, so the sandbox's log shows no tile fetched twice (before, a tile inside one
     batch's window was not kept, and a later batch fetched it again: 7 of 180 tiles for
-    these 1500 parcels in batches of 300)."""
+    these 1500 parcels in batches of 300). Also with the ``tile_cache_mb`` option at 1
+    MiB (16 tiles; as the 64 MiB default for a whole season's batch): the batch's
+    ``tile_store_mb`` keeps them."""
     from distributed import Client, LocalCluster
 
+    if tile_cache_mb is not None:  # inherited by the worker process
+        monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", str(tile_cache_mb))
     sandbox = logged_in
     parcels = sandbox.parcels()
     lon = parcels.geometry.bounds["minx"]

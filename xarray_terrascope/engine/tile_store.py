@@ -47,6 +47,7 @@ class TileCache:
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self._max_bytes = None if max_bytes is None else int(max_bytes)
+        self._least = 0  # bytes the store keeps at least (keeping_all's least_bytes)
         budget = self.max_bytes
         self._waiting: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
         self._taken: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
@@ -62,7 +63,7 @@ class TileCache:
         return self._keep_all > 0
 
     @contextlib.contextmanager
-    def keeping_all(self) -> Iterator[None]:
+    def keeping_all(self, least_bytes: int = 0) -> Iterator[None]:
         """Keep every tile fetched meanwhile, not only those a neighbouring window of the
         same cube shares: for work whose next piece is a neighbour the reads cannot
         know, such as the next batch of parcels along a Hilbert curve, whose windows
@@ -71,9 +72,18 @@ class TileCache:
         Those extra tiles are the first to go when the store is full, before the tiles a
         neighbouring window waits for: a piece of work whose tiles do not fit (a batch
         over a whole season) keeps what it kept before. The store stays bounded by
-        :attr:`max_bytes`. Any thread; nests."""
+        :attr:`max_bytes`. Any thread; nests.
+
+        Parameters
+        ----------
+        least_bytes : int
+            From now on the store holds up to at least this many bytes (for the rest of
+            the process, so that the tiles wait for the next piece of work): the tiles a
+            piece of work shares with the next are kept only if both fit.
+        """
         with self._keep_all_lock:
             self._keep_all += 1
+            self._least = max(self._least, int(least_bytes))
         try:
             yield
         finally:
@@ -84,8 +94,8 @@ class TileCache:
     def max_bytes(self) -> int:
         """Decoded bytes kept at most (read now)."""
         if self._max_bytes is not None:
-            return self._max_bytes
-        return get_options().tile_cache_mb * 2**20
+            return max(self._max_bytes, self._least)
+        return max(get_options().tile_cache_mb * 2**20, self._least)
 
     def get(self, key: Hashable) -> np.ndarray | asyncio.Future[np.ndarray | None] | None:
         """The tile (now counted as taken), the future of its fetch in progress, or None."""

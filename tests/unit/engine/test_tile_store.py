@@ -226,3 +226,25 @@ def test_spares_give_way_before_the_tiles_a_neighbouring_window_waits_for():
         "s1": False,
         "s2": False,
     }
+
+
+def test_keeping_all_with_least_bytes_holds_more_than_the_option_from_then_on():
+    """``keeping_all(least_bytes)`` (a worker's batch, ``tile_store_mb``) raises the
+    store's bound above the ``tile_cache_mb`` option, and the bound stays raised after
+    the batch, so its tiles wait for the next one."""
+
+    async def scenario():
+        store = TileCache()  # the option's bound: 1 MiB, 4 tiles of 256 KiB
+        with store.keeping_all(least_bytes=2 * 2**20):
+            for k in range(8):
+                store.claim(k)
+                store.finish(k, _tile(k, QUARTER_MB), keep=False)
+        kept_after = len(store)
+        store.claim("next")
+        store.finish("next", _tile(9, QUARTER_MB), keep=True)  # the next batch's
+        return kept_after, store.max_bytes, store.get(1) is not None
+
+    with xts.set_options(tile_cache_mb=1):
+        kept, bound, second = asyncio.run(scenario())
+    assert kept == 8 and bound == 2 * 2**20
+    assert second  # the oldest spare gave way to "next", the second one is still there
