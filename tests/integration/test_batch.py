@@ -504,3 +504,18 @@ def test_each_header_is_requested_once_per_cluster(
     assert not twice, f"headers requested more than once across the cluster: {twice}"
     assert set(header_requests) == read_files  # every file read had its header fetched
     _same_as_reference(out, reference)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "256"])
+def test_a_bad_tile_store_size_is_refused_before_any_work(value, tmp_path):
+    import geopandas
+    import shapely
+
+    from xarray_terrascope.exceptions import InvalidArgumentError
+
+    parcels = geopandas.GeoDataFrame(
+        {"parcel_id": [1]}, geometry=[shapely.box(5.0, 51.2, 5.01, 51.21)], crs="EPSG:4326"
+    )
+    with pytest.raises(InvalidArgumentError, match="tile_store_mb"):
+        run_zonal_batch(parcels, tmp_path / "out", tile_store_mb=value)
+    assert not (tmp_path / "out").exists()

@@ -344,8 +344,9 @@ def run_zonal_batch(
         MiB of decoded COG tiles each worker keeps at least (its read engine's tile
         store, for the rest of the worker process's life): the tiles a batch shares
         with the next batch of the worker's run are fetched once if both batches' tiles
-        fit (about 1 MiB per date for a batch of 500 parcels of 1-20 ha; 0: the
-        ``tile_cache_mb`` option only).
+        fit (two batches of 500 parcels of 1-20 ha: about 2-3.5 MiB per date; 128 MiB
+        was too few for 74 dates on the sandbox, 256 enough; 0: the ``tile_cache_mb``
+        option only).
     post_steps : dict of str to callable, optional
         ``name -> f(stats) -> pandas.DataFrame``, run on a worker on each batch's
         computed Dataset; written to ``out_dir/name/part-NNNNN.parquet``. Identified in

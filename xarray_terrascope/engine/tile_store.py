@@ -106,7 +106,7 @@ class TileCache:
         return self._pending.get(key)
 
     def _pop(self, key: Hashable) -> np.ndarray | None:
-        """Remove the stored tile ``key`` (waiting or taken) and return it, or None."""
+        """Remove the stored tile ``key`` (waiting, taken or spare) and return it, or None."""
         for store in (self._waiting, self._taken, self._spare):
             tile = store.pop(key, None)
             if tile is not None:
