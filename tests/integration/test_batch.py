@@ -352,10 +352,24 @@ def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_i
     )
 
 
+def _has_stealing(dask_scheduler=None) -> bool:
+    return "stealing" in dask_scheduler.extensions
+
+
+def _scheduler_view(stats):
+    """A post-step: whether the scheduler of the worker running it has work stealing."""
+    from distributed import get_client
+
+    stealing = get_client().run_on_scheduler(_has_stealing)
+    return pd.DataFrame({"parcel_id": stats["parcel_id"].values, "stealing": stealing})
+
+
 def test_own_cluster_runs_without_the_profiler(parcels_path, reference, logged_in, tmp_path):
     """The LocalCluster run_zonal_batch starts itself has distributed's statistical
     profiler off (its stack sampling cost the worker CPU the threaded scheduler does not
-    spend); the output is the reference run's."""
+    spend) and its scheduler no work stealing (which moved a batch waiting on one worker
+    to the other, in the middle of the first's run of batches: both then read its
+    tiles); the output is the reference run's."""
     out = tmp_path / "own"
     try:
         result = run_zonal_batch(
@@ -366,14 +380,82 @@ def test_own_cluster_runs_without_the_profiler(parcels_path, reference, logged_i
             batch_size=BATCH,
             n_workers=1,
             threads_per_worker=1,
-            post_steps={"view": _worker_view},
+            post_steps={"view": _worker_view, "scheduler": _scheduler_view},
         )
     finally:
         xts.logout()
     assert result.written == PARTS
     view = pd.concat(pd.read_parquet(out / "view" / n) for n in _parts(out / "view"))
     assert len(view) == N_PARCELS and not view["profiling"].any()
+    seen = out / "scheduler"
+    scheduler = pd.concat(pd.read_parquet(seen / n) for n in _parts(seen))
+    assert len(scheduler) == N_PARCELS and not scheduler["stealing"].any()
     _same_as_reference(out, reference)
+
+
+def _tile_fetches(sandbox, records) -> dict[tuple[str, int, int], int]:
+    """How many requests of ``records`` fetched each full-resolution tile of each COG
+    (its ``TileOffsets`` read from the sandbox's file on disk), headers left out."""
+    import rasterio
+
+    offsets: dict[str, list[tuple[int, int, int]]] = {}
+    fetches: dict[tuple[str, int, int], int] = {}
+    for r in records:
+        if not r.path.endswith(".tif") or not r.range or r.range.startswith("bytes=0-"):
+            continue
+        name = r.path.rsplit("/", 1)[-1]
+        if name not in offsets:
+            with rasterio.open(sandbox.world.cog_path(name.removesuffix(".tif"))) as src:
+                th, tw = src.block_shapes[0]
+                offsets[name] = [
+                    (int(src.get_tag_item(f"BLOCK_OFFSET_{c}_{row}", "TIFF", bidx=1)), row, c)
+                    for row in range(-(-src.height // th))
+                    for c in range(-(-src.width // tw))
+                ]
+        for part in r.range.removeprefix("bytes=").split(","):
+            start, _, end = part.strip().partition("-")
+            for offset, row, col in offsets[name]:
+                if int(start) <= offset <= int(end):
+                    key = (name, row, col)
+                    fetches[key] = fetches.get(key, 0) + 1
+    return fetches
+
+
+@pytest.mark.parametrize("tile_cache_mb", [None, 1])
+def test_a_worker_fetches_each_tile_once_across_its_batches(
+    logged_in, tmp_path, monkeypatch, tile_cache_mb
+):
+    """One worker process doing every batch, in the Hilbert order: neighbouring batches
+    share tiles (their windows overlap), and the worker keeps what a batch fetched for
+    the next, so the sandbox's log shows no tile fetched twice (before, a tile inside one
+    batch's window was not kept, and a later batch fetched it again: 7 of 180 tiles for
+    these 1500 parcels in batches of 300). Also with the ``tile_cache_mb`` option at 1
+    MiB (16 tiles; as the 64 MiB default for a whole season's batch): the batch's
+    ``tile_store_mb`` keeps them."""
+    from distributed import Client, LocalCluster
+
+    if tile_cache_mb is not None:  # inherited by the worker process
+        monkeypatch.setenv("TERRASCOPE_TILE_CACHE_MB", str(tile_cache_mb))
+    sandbox = logged_in
+    parcels = sandbox.parcels()
+    lon = parcels.geometry.bounds["minx"]
+    strip = parcels[lon > 5.3].assign(lon=lon).sort_values("lon").head(1500)
+    out = tmp_path / "out"
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as local,
+        Client(local) as client,
+    ):
+        sandbox.log.clear()
+        result = run_zonal_batch(
+            strip.drop(columns="lon"), out, **WINDOW, stats=STATS, batch_size=300, client=client
+        )
+    assert result.written == 5
+    fetches = _tile_fetches(sandbox, sandbox.log.records())
+    assert len(fetches) > 50, "hardly any tile fetched: the test proves nothing"
+    again = {tile: n for tile, n in fetches.items() if n > 1}
+    assert not again, f"{len(again)} of {len(fetches)} tiles fetched more than once: {again}"
 
 
 def test_progress_text():
@@ -616,3 +698,18 @@ def test_worker_watch_follows_the_schedulers_events_and_keeps_the_callers_handle
     assert len(warnings) == 1
     assert "tcp://127.0.0.1:1" in warnings[0].getMessage()
     assert "(3, 7)" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "256"])
+def test_a_bad_tile_store_size_is_refused_before_any_work(value, tmp_path):
+    import geopandas
+    import shapely
+
+    from xarray_terrascope.exceptions import InvalidArgumentError
+
+    parcels = geopandas.GeoDataFrame(
+        {"parcel_id": [1]}, geometry=[shapely.box(5.0, 51.2, 5.01, 51.21)], crs="EPSG:4326"
+    )
+    with pytest.raises(InvalidArgumentError, match="tile_store_mb"):
+        run_zonal_batch(parcels, tmp_path / "out", tile_store_mb=value)
+    assert not (tmp_path / "out").exists()

@@ -299,7 +299,8 @@ async def tiles_of(
 
     Tiles another read holds or is fetching are taken from it; the others are fetched in
     one batch (coalesced ranges), and those for which ``keep(tx, ty)`` is true (a
-    neighbouring window will want them) are kept.
+    neighbouring window will want them) are kept; all of them while the store keeps all
+    (:meth:`~xarray_terrascope.engine.tile_store.TileCache.keeping_all`).
     """
     tiles = aio.engine().tiles
     found: dict[tuple[int, int], npt.NDArray[Any]] = {}

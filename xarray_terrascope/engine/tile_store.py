@@ -14,7 +14,9 @@ from any thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+import contextlib
+import threading
+from collections.abc import Hashable, Iterator
 
 import numpy as np
 
@@ -45,17 +47,55 @@ class TileCache:
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self._max_bytes = None if max_bytes is None else int(max_bytes)
+        self._least = 0  # bytes the store keeps at least (keeping_all's least_bytes)
         budget = self.max_bytes
         self._waiting: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
         self._taken: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
+        # tiles kept only because the store keeps all (keeping_all): evicted first
+        self._spare: BoundedCache[Hashable, np.ndarray] = BoundedCache(budget, getsizeof=_nbytes)
         self._pending: dict[Hashable, asyncio.Future[np.ndarray | None]] = {}
+        self._keep_all = 0
+        self._keep_all_lock = threading.Lock()
+
+    @property
+    def keep_all(self) -> bool:
+        """Whether every fetched tile is kept now (inside :meth:`keeping_all`)."""
+        return self._keep_all > 0
+
+    @contextlib.contextmanager
+    def keeping_all(self, least_bytes: int = 0) -> Iterator[None]:
+        """Keep every tile fetched meanwhile, not only those a neighbouring window of the
+        same cube shares: for work whose next piece is a neighbour the reads cannot
+        know, such as the next batch of parcels along a Hilbert curve, whose windows
+        overlap this one's (a tile inside one batch's window is often in the next's).
+
+        Those extra tiles are the first to go when the store is full, before the tiles a
+        neighbouring window waits for: a piece of work whose tiles do not fit (a batch
+        over a whole season) keeps what it kept before. The store stays bounded by
+        :attr:`max_bytes`. Any thread; nests.
+
+        Parameters
+        ----------
+        least_bytes : int
+            From now on the store holds up to at least this many bytes (for the rest of
+            the process, so that the tiles wait for the next piece of work): the tiles a
+            piece of work shares with the next are kept only if both fit.
+        """
+        with self._keep_all_lock:
+            self._keep_all += 1
+            self._least = max(self._least, int(least_bytes))
+        try:
+            yield
+        finally:
+            with self._keep_all_lock:
+                self._keep_all -= 1
 
     @property
     def max_bytes(self) -> int:
         """Decoded bytes kept at most (read now)."""
         if self._max_bytes is not None:
-            return self._max_bytes
-        return get_options().tile_cache_mb * 2**20
+            return max(self._max_bytes, self._least)
+        return max(get_options().tile_cache_mb * 2**20, self._least)
 
     def get(self, key: Hashable) -> np.ndarray | asyncio.Future[np.ndarray | None] | None:
         """The tile (now counted as taken), the future of its fetch in progress, or None."""
@@ -66,9 +106,12 @@ class TileCache:
         return self._pending.get(key)
 
     def _pop(self, key: Hashable) -> np.ndarray | None:
-        """Remove the stored tile ``key`` (waiting or taken) and return it, or None."""
-        tile = self._waiting.pop(key, None)
-        return tile if tile is not None else self._taken.pop(key, None)
+        """Remove the stored tile ``key`` (waiting, taken or spare) and return it, or None."""
+        for store in (self._waiting, self._taken, self._spare):
+            tile = store.pop(key, None)
+            if tile is not None:
+                return tile
+        return None
 
     def claim(self, key: Hashable) -> asyncio.Future[np.ndarray | None]:
         """Announce that the caller fetches ``key``; others may await the returned future."""
@@ -78,19 +121,23 @@ class TileCache:
         return future
 
     def finish(self, key: Hashable, tile: np.ndarray | None, *, keep: bool) -> None:
-        """Resolve the claim on ``key`` with ``tile``; ``keep`` stores it for later reads."""
+        """Resolve the claim on ``key`` with ``tile``; ``keep`` stores it for later reads
+        (and, inside :meth:`keeping_all`, any tile is stored, as a spare)."""
         future = self._pending.pop(key, None)
         if future is not None and not future.done():
             future.set_result(tile)
-        if not keep or tile is None:
+        if tile is None or not (keep or self.keep_all):
             return
         budget = self.max_bytes
         if budget != self._waiting.maxsize:  # the option changed
-            self._waiting, self._taken = self._waiting.resized(budget), self._taken.resized(budget)
-        self._taken.pop(key, None)
-        self._waiting.put(key, tile)
-        while self._waiting.currsize + self._taken.currsize > budget:
-            (self._taken if self._taken else self._waiting).popitem()
+            self._waiting, self._taken, self._spare = (
+                store.resized(budget) for store in (self._waiting, self._taken, self._spare)
+            )
+        self._pop(key)
+        (self._waiting if keep else self._spare).put(key, tile)
+        stores = (self._spare, self._taken, self._waiting)  # the order they give way in
+        while sum(store.currsize for store in stores) > budget:
+            next(store for store in stores if store).popitem()
 
     def fail(self, key: Hashable, error: BaseException) -> None:
         """Resolve the claim on ``key`` with ``error`` (its waiters raise it)."""
@@ -102,9 +149,10 @@ class TileCache:
         """Forget every stored tile (fetches in progress finish for their waiters)."""
         self._waiting.clear()
         self._taken.clear()
+        self._spare.clear()
 
     def __len__(self) -> int:
-        return len(self._waiting) + len(self._taken)
+        return len(self._waiting) + len(self._taken) + len(self._spare)
 
 
 def _nbytes(tile: np.ndarray) -> int:

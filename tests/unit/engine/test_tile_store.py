@@ -176,3 +176,75 @@ def test_tile_store_lets_taken_tiles_go_before_waiting_ones():
         assert len(store) == 0
 
     asyncio.run(scenario())
+
+
+def test_while_keeping_all_a_tile_no_neighbour_shares_is_kept_as_a_spare():
+    """Inside ``keeping_all`` (a worker's batch of parcels), a tile fetched for one
+    window only is kept too (the next batch's windows overlap this one's); outside, it
+    is not."""
+
+    async def scenario():
+        store = TileCache(max_bytes=10_000)
+        with store.keeping_all():
+            assert store.keep_all
+            store.claim("inside")
+            store.finish("inside", _tile(1), keep=False)
+        assert not store.keep_all
+        store.claim("after")
+        store.finish("after", _tile(2), keep=False)
+        return store.get("inside"), store.get("after")
+
+    inside, after = asyncio.run(scenario())
+    assert inside is not None and inside[0, 0] == 1
+    assert after is None
+
+
+def test_spares_give_way_before_the_tiles_a_neighbouring_window_waits_for():
+    """A store of 4 tiles holding 2 a neighbour waits for and 2 spares: 2 more waiting
+    tiles push the spares out, not the older waiting ones (a batch over a whole season,
+    whose tiles do not fit, keeps what it kept without spares)."""
+
+    async def scenario():
+        store = TileCache(max_bytes=4 * 64)
+        for key in ("w1", "w2"):
+            store.claim(key)
+            store.finish(key, _tile(1), keep=True)
+        with store.keeping_all():
+            for key in ("s1", "s2"):
+                store.claim(key)
+                store.finish(key, _tile(2), keep=False)
+            for key in ("w3", "w4"):
+                store.claim(key)
+                store.finish(key, _tile(3), keep=True)
+        return {key: store.get(key) is not None for key in ("w1", "w2", "w3", "w4", "s1", "s2")}
+
+    assert asyncio.run(scenario()) == {
+        "w1": True,
+        "w2": True,
+        "w3": True,
+        "w4": True,
+        "s1": False,
+        "s2": False,
+    }
+
+
+def test_keeping_all_with_least_bytes_holds_more_than_the_option_from_then_on():
+    """``keeping_all(least_bytes)`` (a worker's batch, ``tile_store_mb``) raises the
+    store's bound above the ``tile_cache_mb`` option, and the bound stays raised after
+    the batch, so its tiles wait for the next one."""
+
+    async def scenario():
+        store = TileCache()  # the option's bound: 1 MiB, 4 tiles of 256 KiB
+        with store.keeping_all(least_bytes=2 * 2**20):
+            for k in range(8):
+                store.claim(k)
+                store.finish(k, _tile(k, QUARTER_MB), keep=False)
+        kept_after = len(store)
+        store.claim("next")
+        store.finish("next", _tile(9, QUARTER_MB), keep=True)  # the next batch's
+        return kept_after, store.max_bytes, store.get(1) is not None
+
+    with xts.set_options(tile_cache_mb=1):
+        kept, bound, second = asyncio.run(scenario())
+    assert kept == 8 and bound == 2 * 2**20
+    assert second  # the oldest spare gave way to "next", the second one is still there
