@@ -74,7 +74,8 @@ def _child_cluster(spec: dict) -> None:
     from distributed import Client, LocalCluster
 
     import xarray_terrascope as xts
-    from xarray_terrascope.analysis.batch import LOCAL_CLUSTER_CONFIG, run_zonal_batch
+    from xarray_terrascope.analysis.batch import run_zonal_batch
+    from xarray_terrascope.analysis.batch_cluster import LOCAL_CLUSTER_CONFIG
 
     xts.login()
     with (
@@ -279,13 +280,13 @@ def _floor(sandbox: Any, item_ids: list[str], parcels: Any) -> dict:
 
 def _boundary(sandbox: Any, item_ids: list[str], parcels: Any, batch_size: int) -> dict:
     """Tile bytes both runs of a 2-worker batch need (the tiles their parcels share): what
-    2 workers read more than 1 at least, with the runs as ``_Queues`` cuts them and no
+    2 workers read more than 1 at least, with the runs as ``Queues`` cuts them and no
     batch taken from the other worker's run."""
     from xarray_terrascope.analysis import batch as batch_module
 
     ordered = parcels.iloc[batch_module._hilbert_order(parcels)].reset_index(drop=True)
     total = -(-len(ordered) // batch_size)
-    runs = batch_module._Queues(list(range(total)), ["a", "b"]).runs
+    runs = batch_module.Queues(list(range(total)), ["a", "b"]).runs
     halves = [
         ordered.iloc[min(run) * batch_size : (max(run) + 1) * batch_size] for run in runs.values()
     ]

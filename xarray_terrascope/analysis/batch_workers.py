@@ -6,7 +6,7 @@ Nanny (every worker of a LocalCluster, and of ``dask worker``) starts a new work
 process, at a new address. :class:`WorkerWatch` follows the scheduler's events so the
 batch can say so (one WARNING per worker lost, naming the partitions computed again)
 and give the new worker the dead one's run of batches
-(:meth:`~xarray_terrascope.analysis.batch._Queues.join`). A task whose workers die
+(:meth:`~xarray_terrascope.analysis.batch_cluster.Queues.join`). A task whose workers die
 more often than ``distributed.scheduler.allowed-failures`` allows fails with
 distributed's ``KilledWorker``: :func:`killed_worker_error` makes it a
 :class:`~xarray_terrascope.exceptions.BatchWorkerError` that names the partition and

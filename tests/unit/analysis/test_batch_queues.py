@@ -1,4 +1,4 @@
-"""How :class:`xarray_terrascope.analysis.batch._Queues` deals batches to workers: one
+"""How :class:`xarray_terrascope.analysis.batch_cluster.Queues` deals batches to workers: one
 contiguous run of the Hilbert order each, and a worker done with its run takes batches
 next to its own area, so each worker's batches stay one contiguous range (the workers
 then share the tiles of one boundary only)."""
@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from xarray_terrascope.analysis.batch import _Queues
+from xarray_terrascope.analysis.batch_cluster import Queues
 
 
-def _deal(queues: _Queues, pattern: list[str]) -> dict[str, list[int]]:
+def _deal(queues: Queues, pattern: list[str]) -> dict[str, list[int]]:
     """Ask for batches in ``pattern``'s order of workers, repeated until none is left."""
     done: dict[str, list[int]] = {}
     while True:
@@ -25,7 +25,7 @@ def _deal(queues: _Queues, pattern: list[str]) -> dict[str, list[int]]:
 @pytest.mark.parametrize("pattern", [["a", "a", "b"], ["a", "b", "b", "b"], ["a", "b"]])
 def test_each_worker_does_one_contiguous_range_however_fast(pattern):
     todo = list(range(20))
-    done = _deal(_Queues(todo, ["a", "b"]), pattern)
+    done = _deal(Queues(todo, ["a", "b"]), pattern)
     assert sorted(k for ks in done.values() for k in ks) == todo  # each batch once
     for worker, ks in done.items():
         # contiguous: the range from its smallest to its largest batch, nothing else
@@ -33,7 +33,7 @@ def test_each_worker_does_one_contiguous_range_however_fast(pattern):
 
 
 def test_a_worker_done_takes_the_batch_next_to_its_own_area():
-    queues = _Queues(list(range(10)), ["a", "b"])
+    queues = Queues(list(range(10)), ["a", "b"])
     assert [queues.next("a") for _ in range(5)] == [0, 1, 2, 3, 4]
     assert queues.next("b") == 9  # b works from the far end towards a
     assert queues.next("a") == 5  # a's run is done: the batch next to 4, not 8
@@ -42,14 +42,14 @@ def test_a_worker_done_takes_the_batch_next_to_its_own_area():
 
 def test_resumed_batches_and_three_workers_are_each_dealt_once():
     todo = [0, 1, 2, 5, 6, 7, 9, 11, 12]  # some were done before
-    done = _deal(_Queues(todo, ["a", "b", "c"]), ["a", "b", "c", "a"])
+    done = _deal(Queues(todo, ["a", "b", "c"]), ["a", "b", "c", "a"])
     assert sorted(k for ks in done.values() for k in ks) == todo
 
 
 def test_a_new_worker_takes_over_the_run_of_a_dead_one():
     """A Nanny restarts a dead worker at a new address: the new one takes the dead one's
     run where it stopped, and the batches asked for in the dead one's name go to it."""
-    queues = _Queues(list(range(10)), ["a", "b"])
+    queues = Queues(list(range(10)), ["a", "b"])
     assert [queues.next("a"), queues.next("b")] == [0, 9]
     queues.leave("a")
     assert queues.current("a") == "a"  # no new worker yet: the run waits in a's name
@@ -66,7 +66,7 @@ def test_a_new_worker_takes_over_the_run_of_a_dead_one():
 def test_a_new_worker_before_the_dead_ones_leave_and_a_second_death():
     """The scheduler may tell a new worker before the dead one's removal; a worker that
     took over a run and dies in turn passes it on; each batch is dealt once."""
-    queues = _Queues(list(range(12)), ["a", "b"])
+    queues = Queues(list(range(12)), ["a", "b"])
     got = [queues.next("a"), queues.next("b")]
     queues.join("c")  # a spare until a worker goes
     assert queues.current("a") == "a"
