@@ -171,7 +171,10 @@ def _same_as_reference(folder: Path, reference: Path) -> None:
 def _resume_after(sig: int, terrascope_sandbox, parcels_path, reference, tmp_path) -> str:
     out = tmp_path / "out"
     env = _env(terrascope_sandbox, tmp_path)
-    argv = _argv(parcels_path, out, "--workers", "2", "--threads-per-worker", "1")
+    # (a smaller tile store than the default: output identical all the same)
+    argv = _argv(
+        parcels_path, out, "--workers", "2", "--threads-per-worker", "1", "--tile-store-mb", "64"
+    )
     log = tmp_path / "first.log"
     proc = _start_cli([*argv, "--max-in-flight", "1"], env, log)
     try:

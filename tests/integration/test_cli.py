@@ -276,6 +276,8 @@ def test_zonal_takes_another_id_column_and_reports_a_missing_one(parcels_file, t
         ("--out", "stats", ".csv"),
         ("--stats", "mean,mode", "valid_fraction"),
         ("--stats", "mean,mean", "each statistic once"),
+        ("--tile-store-mb", "-1", "0 or more"),
+        ("--tile-store-mb", "1.5", "0 or more"),
     ],
 )
 def test_zonal_bad_out_or_stats_is_rejected_before_any_request(

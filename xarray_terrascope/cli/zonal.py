@@ -43,6 +43,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _mebibytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a whole number of MiB (0 or more), got {text!r}")
+    return value
+
+
 def _stats_list(text: str) -> list[str]:
     """``zonal --stats``: comma-separated names among
     :data:`xarray_terrascope.analysis.zonal.STATS`."""
@@ -109,6 +119,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             n_workers=args.workers,
             threads_per_worker=args.threads_per_worker,
             max_in_flight=args.max_in_flight,
+            **({} if args.tile_store_mb is None else {"tile_store_mb": args.tile_store_mb}),
             progress=ProgressBar(sys.stderr),
         )
     except KeyboardInterrupt:
@@ -233,5 +244,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-in-flight",
         type=_positive,
         help="batches computed at a time (default: 2 per worker); bounds worker memory",
+    )
+    batch.add_argument(
+        "--tile-store-mb",
+        type=_mebibytes,
+        help="MiB of decoded tiles each worker keeps for its next batches, at least "
+        "(default: run_zonal_batch's, 256; about 1 GB per worker for a season)",
     )
     p.set_defaults(func=_run)
