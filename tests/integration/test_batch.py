@@ -129,6 +129,20 @@ def _start_cli(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Po
         )
 
 
+def _rerun(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The same command again, to its end; it must succeed."""
+    rerun = subprocess.run(
+        [sys.executable, "-m", "xarray_terrascope.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return rerun
+
+
 def _parts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("part-*.parquet"))
 
@@ -185,15 +199,7 @@ def _resume_after(sig: int, terrascope_sandbox, parcels_path, reference, tmp_pat
         _end_group(proc)
     before = {name: (out / name).stat().st_ino for name in _parts(out)}
     assert 1 <= len(before) < PARTS, "the run was to be stopped half way"
-    rerun = subprocess.run(
-        [sys.executable, "-m", "xarray_terrascope.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        start_new_session=True,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rerun = _rerun(argv, env)
     assert f"wrote {PARTS - len(before)} partition(s) of {PARTS}" in rerun.stdout
     assert f"({len(before)} found done;" in rerun.stdout
     assert "parcels/s" in rerun.stderr  # the progress lines (not a tty: plain lines)
@@ -620,15 +626,7 @@ def test_a_batch_whose_workers_die_too_often_fails_in_one_line_and_resumes(
     assert "run the same command again to resume" in errors[0]
     before = {name: (out / name).stat().st_ino for name in _parts(out)}
     assert 1 <= len(before) < PARTS
-    rerun = subprocess.run(
-        [sys.executable, "-m", "xarray_terrascope.cli", *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        start_new_session=True,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rerun = _rerun(argv, env)
     assert f"({len(before)} found done;" in rerun.stdout
     assert {n: (out / n).stat().st_ino for n in before} == before
     _same_as_reference(out, reference)
