@@ -287,10 +287,11 @@ def _boundary(sandbox: Any, item_ids: list[str], parcels: Any, batch_size: int) 
     2 workers read more than 1 at least, with the runs as ``Queues`` cuts them and no
     batch taken from the other worker's run."""
     from xarray_terrascope.analysis import batch as batch_module
+    from xarray_terrascope.analysis.batch_cluster import Queues
 
     ordered = parcels.iloc[batch_module._hilbert_order(parcels)].reset_index(drop=True)
     total = -(-len(ordered) // batch_size)
-    runs = batch_module.Queues(list(range(total)), ["a", "b"]).runs
+    runs = Queues(list(range(total)), ["a", "b"]).runs
     halves = [
         ordered.iloc[min(run) * batch_size : (max(run) + 1) * batch_size] for run in runs.values()
     ]
