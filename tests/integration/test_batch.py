@@ -314,13 +314,17 @@ def _largest_mean(stats):
 
 def _worker_view(stats):
     """A post-step: what a post-step sees of each parcel (the area of the geometry
-    coordinate) and whether its worker runs distributed's statistical profiler."""
+    coordinate), whether its worker runs distributed's statistical profiler, and the
+    worker process's glibc trim threshold (the environment its Nanny gave it)."""
+    import os
+
     from distributed import get_worker
 
     profiling = "profile" in get_worker().periodic_callbacks
     areas = [g.area for g in stats["geometry"].values]
     ids = stats["parcel_id"].values
-    return pd.DataFrame({"parcel_id": ids, "area": areas, "profiling": profiling})
+    trim = os.environ.get("MALLOC_TRIM_THRESHOLD_", "")
+    return pd.DataFrame({"parcel_id": ids, "area": areas, "profiling": profiling, "trim": trim})
 
 
 def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_in, tmp_path):
@@ -373,12 +377,22 @@ def _scheduler_view(stats):
     return pd.DataFrame({"parcel_id": stats["parcel_id"].values, "stealing": stealing})
 
 
-def test_own_cluster_runs_without_the_profiler(parcels_path, reference, logged_in, tmp_path):
+def test_own_cluster_runs_without_the_profiler(
+    parcels_path, reference, logged_in, tmp_path, monkeypatch
+):
     """The LocalCluster run_zonal_batch starts itself has distributed's statistical
     profiler off (its stack sampling cost the worker CPU the threaded scheduler does not
-    spend) and its scheduler no work stealing (which moved a batch waiting on one worker
+    spend), its scheduler no work stealing (which moved a batch waiting on one worker
     to the other, in the middle of the first's run of batches: both then read its
-    tiles); the output is the reference run's."""
+    tiles), and its workers glibc's own malloc thresholds (distributed's Nanny sets
+    ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes the mmap threshold at 128 KiB: a
+    worker spent 1.2-1.27x the threaded scheduler's CPU per parcel); the output is the
+    reference run's.
+
+    A Nanny writes the variable into its own process's environment, which the next
+    workers inherit: the test starts from an environment without it, as a fresh process
+    does (an earlier test's cluster may have set it here)."""
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     out = tmp_path / "own"
     try:
         result = run_zonal_batch(
@@ -396,6 +410,7 @@ def test_own_cluster_runs_without_the_profiler(parcels_path, reference, logged_i
     assert result.written == PARTS
     view = pd.concat(pd.read_parquet(out / "view" / n) for n in _parts(out / "view"))
     assert len(view) == N_PARCELS and not view["profiling"].any()
+    assert (view["trim"] == "").all()
     seen = out / "scheduler"
     scheduler = pd.concat(pd.read_parquet(seen / n) for n in _parts(seen))
     assert len(scheduler) == N_PARCELS and not scheduler["stealing"].any()
