@@ -282,21 +282,29 @@ def _floor(sandbox: Any, item_ids: list[str], parcels: Any) -> dict:
     }
 
 
-def _boundary(sandbox: Any, item_ids: list[str], parcels: Any, batch_size: int) -> dict:
-    """Tile bytes both runs of a 2-worker batch need (the tiles their parcels share): what
-    2 workers read more than 1 at least, with the runs as ``Queues`` cuts them and no
-    batch taken from the other worker's run."""
+def _boundary(
+    sandbox: Any, items: list[Any], parcels: Any, batch_size: int, workers: int = 2
+) -> dict:
+    """Tile bytes two workers' runs both need, with the units (a batch's group of dates)
+    dealt as ``Queues`` deals them and none taken from the other worker's run: what 2
+    workers read more than 1 at least. With a group of dates per worker, each file is
+    one worker's: 0."""
     from xarray_terrascope.analysis import batch as batch_module
-    from xarray_terrascope.analysis.batch_cluster import Queues
+    from xarray_terrascope.analysis.batch_cluster import Queues, date_groups
 
     ordered = parcels.iloc[batch_module._hilbert_order(parcels)].reset_index(drop=True)
     total = -(-len(ordered) // batch_size)
-    runs = Queues(list(range(total)), ["a", "b"]).runs
-    halves = [
-        ordered.iloc[min(run) * batch_size : (max(run) + 1) * batch_size] for run in runs.values()
-    ]
-    each = [_floor(sandbox, item_ids, half)["tile_bytes"] for half in halves]
-    whole = _floor(sandbox, item_ids, ordered)["tile_bytes"]
+    days = sorted({i.datetime.date() for i in items})
+    groups = date_groups(len(days), workers)
+    runs = Queues(list(range(total)), [f"w{i}" for i in range(workers)], len(groups)).runs
+    each = []
+    for run in runs.values():
+        ks = sorted({k for k, _ in run})
+        kept = {d for _, g in run for d in days[groups[g]]}
+        ids = [i.id for i in items if i.datetime.date() in kept]
+        members = ordered.iloc[min(ks) * batch_size : (max(ks) + 1) * batch_size]
+        each.append(_floor(sandbox, ids, members)["tile_bytes"])
+    whole = _floor(sandbox, [i.id for i in items], ordered)["tile_bytes"]
     return {"run_tile_bytes": each, "shared_tile_bytes": sum(each) - whole}
 
 
@@ -364,7 +372,7 @@ def run(args: argparse.Namespace) -> dict:
             flush=True,
         )
         floor = _floor(sandbox, item_ids, parcels)
-        floor["boundary"] = _boundary(sandbox, item_ids, parcels, args.batch_size)
+        floor["boundary"] = _boundary(sandbox, ds.terrascope.items, parcels, args.batch_size)
         print(f"  tiles both runs need: {floor['boundary']}", flush=True)
         common = {
             "parcels": str(parcels_path),

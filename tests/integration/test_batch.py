@@ -482,6 +482,36 @@ def test_a_worker_fetches_each_tile_once_across_its_batches(
     assert not again, f"{len(again)} of {len(fetches)} tiles fetched more than once: {again}"
 
 
+def test_two_workers_fetch_each_tile_once_across_the_cluster(logged_in, tmp_path):
+    """2 single-threaded workers: each takes half of the dates for every batch, so a file
+    is read by one worker only and no tile is fetched twice across the cluster (before,
+    each worker took a contiguous run of the batches for all dates, and both fetched the
+    tiles along their runs' boundary: 54 of 180 tiles for these 1500 parcels). The
+    batch's own LocalCluster, as a user gets it."""
+    sandbox = logged_in
+    parcels = sandbox.parcels()
+    lon = parcels.geometry.bounds["minx"]
+    strip = parcels[lon > 5.3].assign(lon=lon).sort_values("lon").head(1500)
+    sandbox.log.clear()
+    result = run_zonal_batch(
+        strip.drop(columns="lon"),
+        tmp_path / "out",
+        **WINDOW,
+        stats=STATS,
+        batch_size=300,
+        n_workers=2,
+        threads_per_worker=1,
+    )
+    assert result.written == 5 and result.dates >= 2
+    fetches = _tile_fetches(sandbox, sandbox.log.records())
+    assert len(fetches) > 50, "hardly any tile fetched: the test proves nothing"
+    again = {tile: n for tile, n in fetches.items() if n > 1}
+    assert not again, (
+        f"{len(again)} of {len(fetches)} tiles fetched more than once "
+        f"({result.rebalanced} unit(s) taken from the other worker's run): {again}"
+    )
+
+
 def test_progress_text():
     p = BatchProgress(300, 1000, 3, 10, 100, 20.0)
     assert p.rate == 10.0 and p.eta_s == 70.0

@@ -138,6 +138,29 @@ def test_every_form_of_the_cube_gives_the_same_numbers(field):
     np.testing.assert_allclose(sliced.compute().values, direct.values[..., 1:], rtol=1e-6)
 
 
+@pytest.mark.parametrize("steps", [slice(1, 3), slice(0, 1), slice(2, None)])
+def test_the_statistics_of_some_dates_read_only_those_dates_files(field, steps):
+    """``zonal_stats_of_steps`` (how the batch gives each worker its dates): the numbers of
+    those dates, with the date coordinates, and only those dates' files requested."""
+    from xarray_terrascope.analysis.zonal import zonal_stats_of_steps
+
+    sandbox, ds, parcels = field
+    stats = ["mean", "count"]
+    direct = ds.terrascope.zonal_stats(parcels, stats).NDVI.compute()
+    aio.engine().tiles.clear()
+    sandbox.log.clear()
+    some = zonal_stats_of_steps(ds, parcels, stats, steps, items=ds.terrascope.items)
+    assert some.NDVI.chunks is not None  # lazy, as the cube
+    some = some.NDVI.compute()
+    np.testing.assert_array_equal(some.time.values, ds.time.values[steps])
+    np.testing.assert_allclose(some.values, direct.values[..., steps], rtol=1e-6)
+    days = {str(d)[:10].replace("-", "") for d in ds.time.values[steps]}
+    read = {r.path.rsplit("/", 1)[-1] for r in tif_records(sandbox)}
+    assert read, "nothing read: the test proves nothing"
+    outside = {name for name in read if not any(d in name for d in days)}
+    assert not outside, f"files of other dates read: {sorted(outside)}"
+
+
 def test_iterate_counts_overlaps_in_every_geometry(field):
     _sandbox, ds, parcels = field
     first = parcels.geometry.iloc[0]

@@ -29,6 +29,7 @@ import numpy as np
 from xarray_terrascope.analysis import batch_output
 from xarray_terrascope.analysis.batch_cluster import PostStep, cluster_client, compute_batches
 from xarray_terrascope.analysis.tables import zonal_table
+from xarray_terrascope.analysis.zonal import zonal_stats_of_steps
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.exceptions import InvalidArgumentError
 
@@ -312,7 +313,17 @@ def run_zonal_batch(
         with cluster_client(client, n_workers, threads_per_worker) as dask_client:
             workers = len(dask_client.scheduler_info().get("workers", {})) or 1
             in_flight = max_in_flight or 2 * workers
-            job = _Job(ds, ordered, folder, names, id_column, batch_size, steps, tile_store_mb)
+            job = _Job(
+                ds,
+                ordered,
+                folder,
+                names,
+                id_column,
+                batch_size,
+                steps,
+                tile_store_mb,
+                ds.terrascope.items,
+            )
             rebalanced = compute_batches(dask_client, job, todo, in_flight, tracker)
     elapsed = tracker.elapsed()
     logger.info(
@@ -388,14 +399,19 @@ class _Job:
     batch_size: int
     steps: dict[str, PostStep]
     tile_store_mb: int = 0
+    #: The cube's STAC items (their grids align the read windows to the COG tiles).
+    items: Sequence[Any] | None = None
 
     def members(self, k: int) -> Any:
         return self.parcels.iloc[k * self.batch_size : (k + 1) * self.batch_size]
 
-    def lazy(self, k: int) -> Any:
-        """Batch ``k``'s statistics, lazy, with the id column along ``geometry``."""
+    def lazy(self, k: int, dates: slice | None = None) -> Any:
+        """Batch ``k``'s statistics (of the time steps ``dates`` only, if given), lazy, with
+        the id column along ``geometry``."""
         members = self.members(k)
-        result = self.cube.terrascope.zonal_stats(members.geometry, self.stats, index=False)
+        result = zonal_stats_of_steps(
+            self.cube, members.geometry, self.stats, dates, index=False, items=self.items
+        )
         return result.assign_coords({self.id_column: ("geometry", members[self.id_column].values)})
 
     def write(self, k: int, stats: Any, tables: Mapping[str, Any]) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "SharedHeaders",
     "cluster_client",
     "compute_batches",
+    "date_groups",
 ]
 
 #: The batch's one logger (its messages are the run's, whichever module says them).
@@ -153,6 +154,27 @@ def _cube_reads(lazy: Any) -> list[tuple[Any, int]]:
     return list(found.values())
 
 
+#: What a batch's task imports in a worker process (its first task would otherwise pay
+#: for it: about a second, while a warm worker goes through two of its units).
+_TASK_MODULES = (
+    "rasterio.features",
+    "xvec",
+    "xarray_terrascope.analysis.zonal",
+    "xarray_terrascope.cube.backend",
+    "xarray_terrascope.engine.read",
+)
+
+
+def _warm_up() -> None:
+    """Import what a batch's task needs (in each worker, all at once, before the first
+    units are dealt): a worker that starts a second later than the other ends its run
+    later, and the other then takes units of its run, reading the tiles around them too."""
+    import importlib
+
+    for name in _TASK_MODULES:
+        importlib.import_module(name)
+
+
 def _compute_here(lazy: Any, shared_headers: Any = None, tile_store_mb: int = 0) -> Any:
     """One batch, computed in the worker process that runs this task with dask's
     threaded scheduler (as many threads as the worker has): its reads share the
@@ -182,26 +204,39 @@ def _compute_here(lazy: Any, shared_headers: Any = None, tile_store_mb: int = 0)
 
 
 class Queues:
-    """The batches to do, cut into one contiguous run of the Hilbert order per worker:
-    neighbouring batches share tiles, which a worker then reads once (its tile store)
-    instead of each worker reading them.
+    """The work to do, dealt to the workers in contiguous runs: a unit is a batch's dates
+    of one group, ``(batch, group)``.
 
-    Runs go in turn forwards and backwards (the second run from its last batch down), so
-    the workers of two neighbouring runs move towards their common boundary. A worker
-    whose run is done takes a batch from the longest other run, at the end nearest the
-    batch it did last: next to its own area, so the two areas stay one contiguous run
+    With as many groups of dates as workers (:func:`date_groups`), each worker takes one
+    group and every batch in the Hilbert order: a file, a date's, is then read by one
+    worker only, and each worker's tile store keeps the tiles its next batch shares with
+    the last (2 workers read what 1 reads). With fewer groups than workers (fewer dates
+    than workers), each group's workers split its batches into contiguous runs of the
+    Hilbert order instead: neighbouring batches share tiles, which a worker reads once,
+    and two runs share the tiles of their boundary.
+
+    Runs of a group go in turn forwards and backwards (the second run from its last batch
+    down), so the workers of two neighbouring runs move towards their common boundary. A
+    worker whose run is done takes a unit from the longest other run, at the end nearest
+    the batch it did last: next to its own area, so the areas stay one contiguous run
     each and share only the tiles of one boundary (a batch from the far end would start
-    a new boundary, whose tiles both workers read)."""
+    a new boundary, whose tiles both workers read). It leaves a run's last unit to the
+    run's worker (unless that one is gone): that worker asks for it when one of its
+    units in flight is done, and taking it would not end the work sooner."""
 
-    def __init__(self, todo: list[int], workers: list[str]) -> None:
-        n = max(1, len(workers))
-        edges = [round(i * len(todo) / n) for i in range(n + 1)]
-        self.runs = {
-            w: collections.deque(todo[edges[i] : edges[i + 1]][:: -1 if i % 2 else 1])
-            for i, w in enumerate(workers)
-        }
-        self.shared = collections.deque(todo if not workers else [])
-        self.last: dict[str, int] = {}
+    def __init__(self, todo: list[int], workers: list[str], groups: int = 1) -> None:
+        self.runs: dict[str, collections.deque[tuple[int, int]]] = {}
+        for g in range(groups):
+            members = workers[g::groups]
+            n = max(1, len(members))
+            edges = [round(i * len(todo) / n) for i in range(n + 1)]
+            for i, w in enumerate(members):
+                run = todo[edges[i] : edges[i + 1]][:: -1 if i % 2 else 1]
+                self.runs[w] = collections.deque((k, g) for k in run)
+        self.shared = collections.deque(
+            (k, g) for k in (todo if not workers else []) for g in range(groups)
+        )
+        self.last: dict[str, tuple[int, int]] = {}
         self.rebalanced = 0
         #: workers gone whose run waits for a new worker, and new workers without a run
         self.gone: collections.deque[str] = collections.deque()
@@ -240,6 +275,10 @@ class Queues:
                 old,
             )
 
+    def _orphan(self, run: collections.deque[tuple[int, int]]) -> bool:
+        """Whether ``run`` belongs to a worker gone (no one asks for it in its name)."""
+        return any(self.runs.get(w) is run for w in self.gone)
+
     def current(self, worker: str | None) -> str | None:
         """The worker that does ``worker``'s run now: itself, or the worker that took it
         over when it was gone."""
@@ -247,21 +286,36 @@ class Queues:
             worker = self.successor[worker]
         return worker
 
-    def next(self, worker: str | None) -> int | None:
+    def next(self, worker: str | None) -> tuple[int, int] | None:
+        """The next unit ``(batch, group)`` for ``worker`` (None: any), or None when all
+        are dealt."""
         own = self.runs.get(worker) if worker is not None else None
         if own:
-            k = own.popleft()
+            unit = own.popleft()
         else:
             longest = max(self.runs.values(), key=len, default=self.shared)
             if not longest:
                 return self.shared.popleft() if self.shared else None
-            last = self.last.get(worker) if worker is not None else None
-            near_first = last is not None and abs(longest[0] - last) < abs(longest[-1] - last)
-            k = longest.popleft() if near_first else longest.pop()
+            if len(longest) == 1 and longest is not self.shared and not self._orphan(longest):
+                # its worker, busy with its units in flight, asks for it next: taking it
+                # would not end the run sooner (this worker is busy as long), and two
+                # workers would read the tiles around it
+                return None
+            last = self.last[worker][0] if worker in self.last else None
+            near_first = last is not None and abs(longest[0][0] - last) < abs(longest[-1][0] - last)
+            unit = longest.popleft() if near_first else longest.pop()
             self.rebalanced += longest is not self.shared
         if worker is not None:
-            self.last[worker] = k
-        return k
+            self.last[worker] = unit
+        return unit
+
+
+def date_groups(dates: int, workers: int) -> list[slice]:
+    """The time steps cut into ``min(workers, dates)`` contiguous groups of (nearly)
+    equal size; one group (all) for 1 worker or none."""
+    n = max(1, min(workers, dates))
+    edges = [round(i * dates / n) for i in range(n + 1)]
+    return [slice(edges[i], edges[i + 1]) for i in range(n)]
 
 
 class SharedHeaders:
@@ -301,19 +355,41 @@ class SharedHeaders:
         return self._future
 
 
+def _join_dates(*parts: Any) -> Any:
+    """A batch's statistics from those of its groups of dates (in order)."""
+    import xarray as xr
+
+    if len(parts) == 1:
+        return parts[0]
+    # the parts differ only along time: the rest (geometries, ids) is taken from the first
+    return xr.concat(
+        parts,
+        dim="time",
+        data_vars="all",
+        coords="minimal",
+        compat="override",
+        join="override",
+        combine_attrs="override",
+    )
+
+
 def compute_batches(
     client: Any, job: _Job, todo: list[int], in_flight: int, tracker: _Tracker
 ) -> int:
-    """Compute the batches ``todo`` on ``client``, at most ``in_flight`` at a time, and
-    write each as it finishes; on any error (or Ctrl-C) cancel those in flight. Returns
-    how many batches a worker took from another's run.
+    """Compute the batches ``todo`` on ``client``, at most ``in_flight`` units at a time,
+    and write each batch as it finishes; on any error (or Ctrl-C) cancel those in
+    flight. Returns how many units a worker took from another's run.
 
-    Each batch is one task (:func:`_compute_here`) sent to one worker (a loose
-    restriction: another takes it when that worker is gone); a worker takes a contiguous
-    run of batches (:class:`Queues`), so neighbours share its tile store. A worker that
-    dies is logged (:class:`~.batch_workers.WorkerWatch`), distributed computes its
-    batches again on the others, and the worker that replaces it takes over its run; a
-    batch whose workers die too often ends the run with
+    The dates are cut into one group per worker (:func:`date_groups`): a unit, one
+    batch's statistics over one group of dates, is one task (:func:`_compute_here`) sent
+    to the group's worker (a loose restriction: another takes it when that worker is
+    gone), which goes through every batch in the Hilbert order (:class:`Queues`); a
+    batch's units are joined along time on the cluster, its post-steps run there, and
+    the client writes it. Each file is then read by one worker, and its tiles once
+    (the worker's tile store keeps those the next batch shares). A worker that dies is
+    logged (:class:`~.batch_workers.WorkerWatch`), distributed computes its units again
+    on the others, and the worker that replaces it takes over its run; a unit whose
+    workers die too often ends the run with
     :class:`~xarray_terrascope.exceptions.BatchWorkerError`."""
     from concurrent.futures import CancelledError
 
@@ -324,33 +400,67 @@ def compute_batches(
     # the batch's graph travels as a task's argument: give the workers the login's
     # credentials now (graphs sent to a scheduler get them by themselves)
     share_credentials(client)
+    client.run(_warm_up)
     workers = sorted(client.scheduler_info().get("workers", {}))
-    queues = Queues(todo, workers)
+    groups = date_groups(job.cube.sizes.get("time", 0), len(workers))
+    queues = Queues(todo, workers, len(groups))
     headers = SharedHeaders(client, job.lazy(todo[0]))
-    running: dict[str, tuple[int, Any, dict[str, Any], str | None]] = {}
+    #: a unit's task key -> (batch, group, the worker asked, the task), and a batch's
+    #: finished units: group -> (the task, the worker asked)
+    units: dict[Any, tuple[int, int, str | None, Any]] = {}
+    parts: dict[int, dict[int, tuple[Any, str | None]]] = collections.defaultdict(dict)
+    #: a batch's joined task key -> (batch, the task, its post-steps)
+    joined: dict[Any, tuple[int, Any, dict[str, Any]]] = {}
     partition_of: dict[Any, int] = {}  # task key -> batch, read by the watch's thread
     finished = as_completed()
     resent = 0
 
-    def submit(worker: str | None, again: int | None = None) -> None:
+    def submit(worker: str | None, again: tuple[int, int] | None = None) -> None:
         worker = queues.current(worker)
-        k = queues.next(worker) if again is None else again
-        if k is None:
+        unit = queues.next(worker) if again is None else again
+        if unit is None:
             return
+        k, g = unit
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+        dates = groups[g] if len(groups) > 1 else None
         future = client.submit(
-            _compute_here, job.lazy(k), headers.future(), job.tile_store_mb, pure=False, **where
+            _compute_here,
+            job.lazy(k, dates),
+            headers.future(),
+            job.tile_store_mb,
+            pure=False,
+            **where,
         )
+        units[future.key] = (k, g, worker, future)
+        logger.debug("batch: unit (%d, %d) sent to %s", k, g, worker)
+        partition_of[future.key] = k
+        finished.add(future)
+
+    def join(k: int) -> None:
+        """Batch ``k``'s units are all computed: join them, and run its post-steps."""
+        inputs = [parts[k][g][0] for g in range(len(groups))]
+        whole = client.submit(_join_dates, *inputs, pure=False) if len(inputs) > 1 else inputs[0]
         steps = {
-            name: client.submit(_apply_step, step, future, pure=False, **where)
+            name: client.submit(_apply_step, step, whole, pure=False)
             for name, step in job.steps.items()
         }
-        bare = client.submit(_without_geometry, future, pure=False, **where)
-        for task in (future, bare, *steps.values()):
+        bare = client.submit(_without_geometry, whole, pure=False)
+        for task in (whole, bare, *steps.values()):
             partition_of[task.key] = k
-        # "" (no post-step has that name) holds the full result on the worker until written
-        running[bare.key] = (k, bare, {"": future, **steps}, worker)
+        # "" (no post-step has that name) holds the full result on the cluster until written
+        joined[bare.key] = (k, bare, {"": whole, **steps})
         finished.add(bare)
+
+    def resend(k: int, g: int, worker: str | None, err: BaseException) -> None:
+        """Unit ``(k, g)`` was cancelled by the cluster (it lost its input, the shared
+        headers, with the workers that held it; the future may say so only when its
+        result is asked for): the same unit again."""
+        nonlocal resent
+        if resent >= _MAX_RESENT:
+            raise killed_worker_error(err, k, tracker.partitions_done, job.folder) from err
+        resent += 1
+        logger.info("batch: partition %d cancelled by the cluster; sent again", k)
+        submit(worker, again=(k, g))
 
     def follow(watch: WorkerWatch) -> None:
         while watch.changes:
@@ -363,23 +473,37 @@ def compute_batches(
             for worker in slots:
                 submit(worker)
             for future in finished:
-                k, _, steps, worker = running.pop(future.key)
+                if future.key in units:  # a unit: keep its worker busy, join a full batch
+                    k, g, worker, _ = units.pop(future.key)
+                    logger.debug("batch: unit (%d, %d) of %s done", k, g, worker)
+                    try:
+                        if future.status != "finished":
+                            future.result()  # raises what the task or the cluster did
+                    except CancelledError as err:
+                        partition_of.pop(future.key, None)
+                        resend(k, g, worker, err)
+                        continue
+                    except KilledWorker as err:
+                        raise killed_worker_error(
+                            err, k, tracker.partitions_done, job.folder
+                        ) from err
+                    parts[k][g] = (future, worker)
+                    if len(parts[k]) == len(groups):
+                        join(k)
+                    follow(watch)
+                    submit(worker)
+                    continue
+                k, _, steps = joined.pop(future.key)
                 try:
                     stats = future.result()
                     tables = {name: step.result() for name, step in steps.items() if name}
                 except CancelledError as err:
-                    # distributed cancels the batches whose input, the scattered
-                    # headers, went with the workers that held it (the future may say
-                    # so only when its result is asked for): the same batch again
-                    if resent >= _MAX_RESENT:
-                        raise killed_worker_error(
-                            err, k, tracker.partitions_done, job.folder
-                        ) from err
-                    resent += 1
-                    for task in (future, *steps.values()):
+                    # the units' results went with their workers and could not be
+                    # computed again (the headers went too): every unit again
+                    for task in (future, *steps.values(), *(t for t, _ in parts[k].values())):
                         partition_of.pop(task.key, None)
-                    logger.info("batch: partition %d cancelled by the cluster; sent again", k)
-                    submit(worker, again=k)
+                    for g, (_, asked) in sorted(parts.pop(k).items()):
+                        resend(k, g, asked, err)
                     continue
                 except KilledWorker as err:
                     raise killed_worker_error(err, k, tracker.partitions_done, job.folder) from err
@@ -387,16 +511,18 @@ def compute_batches(
                 n = len(job.members(k))
                 logger.info("batch: partition %d written (%d parcels)", k, n)
                 tracker.add(n)
-                for task in (future, *steps.values()):
+                for task in (future, *steps.values(), *(t for t, _ in parts[k].values())):
                     partition_of.pop(task.key, None)
-                del stats, tables, future, steps
+                del parts[k], stats, tables, future, steps
                 follow(watch)
-                submit(worker)
         tracker.workers_lost = watch.lost
         return queues.rebalanced
     except BaseException:
-        pending = [f for _, f, _, _ in running.values()] + [
-            f for _, _, s, _ in running.values() for f in s.values()
-        ]
+        pending = (
+            [f for _, f, _ in joined.values()]
+            + [f for _, _, s in joined.values() for f in s.values()]
+            + [f for p in parts.values() for f, _ in p.values()]
+            + [f for *_, f in units.values()]
+        )
         client.cancel(pending)
         raise

@@ -187,14 +187,18 @@ def variable_stats(
     all_touched: bool,
     method: str,
     dtype: np.dtype,
+    steps: slice | None = None,
 ) -> dsa.Array:
-    """``(geometry, stat, *other)`` dask array for one ``(..., y, x)`` variable."""
+    """``(geometry, stat, *other)`` dask array for one ``(..., y, x)`` variable; only the
+    ``steps`` (a slice with step 1) of its first dimension when given."""
     other_shape = tuple(variable.shape[:-2])
     if other_shape:  # read and reduce the first dimension (time) in groups: more tasks
-        size = other_shape[0]
+        first, stop, stride = (slice(None) if steps is None else steps).indices(other_shape[0])
+        if stride != 1:
+            raise ValueError(f"steps must be a slice with step 1, got {steps!r}")
         groups: list[slice | None] = [
-            slice(i, min(i + STEP_GROUP, size)) for i in range(0, size, STEP_GROUP)
-        ] or [slice(0, 0)]
+            slice(i, min(i + STEP_GROUP, stop)) for i in range(first, stop, STEP_GROUP)
+        ] or [slice(first, first)]
     else:
         groups = [None]
     source = None
@@ -211,9 +215,9 @@ def variable_stats(
         pieces.append(
             [
                 dask.delayed(_pieces)(
-                    _window_source(variable, block.rows, block.cols, source, steps), cover
+                    _window_source(variable, block.rows, block.cols, source, group), cover
                 )
-                for steps in groups
+                for group in groups
             ]
         )
     # _cover numbers members 0..n-1 within a block: translate to global ids
@@ -225,10 +229,10 @@ def variable_stats(
         ids = [[position[p][g] for p in plan.of_geometry[g]] for g in batch]
         positions = [[local_pos[p] for p in plan.of_geometry[g]] for g in batch]
         parts = []
-        for k, steps in enumerate(groups):
+        for k, group in enumerate(groups):
             shape = other_shape
-            if steps is not None:
-                shape = (len(range(*steps.indices(other_shape[0]))), *other_shape[1:])
+            if group is not None:
+                shape = (len(range(*group.indices(other_shape[0]))), *other_shape[1:])
             task = dask.delayed(_batch_stats)(
                 ids, positions, shape, list(stats), dtype, *[pieces[p][k] for p in used]
             )
