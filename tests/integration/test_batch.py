@@ -482,12 +482,17 @@ def test_a_worker_fetches_each_tile_once_across_its_batches(
     assert not again, f"{len(again)} of {len(fetches)} tiles fetched more than once: {again}"
 
 
-def test_two_workers_fetch_each_tile_once_across_the_cluster(logged_in, tmp_path):
+def test_two_workers_fetch_each_tile_once_across_the_cluster(logged_in, tmp_path, monkeypatch):
     """2 single-threaded workers: each takes half of the dates for every batch, so a file
     is read by one worker only and no tile is fetched twice across the cluster (before,
     each worker took a contiguous run of the batches for all dates, and both fetched the
     tiles along their runs' boundary: 54 of 180 tiles for these 1500 parcels). The
-    batch's own LocalCluster, as a user gets it."""
+    batch's own LocalCluster, as a user gets it. Windows are read 2 dates at a time (as
+    a season's are 8 at a time), so a worker reads its 3 dates' windows in two reads, in
+    order: its read-ahead must not go on into the other worker's dates."""
+    from xarray_terrascope.analysis import zonal_tasks
+
+    monkeypatch.setattr(zonal_tasks, "STEP_GROUP", 2)  # the graph is built here
     sandbox = logged_in
     parcels = sandbox.parcels()
     lon = parcels.geometry.bounds["minx"]

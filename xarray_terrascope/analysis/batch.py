@@ -4,7 +4,8 @@ partitioned GeoParquet, resumable after a kill.
 :func:`run_zonal_batch` sorts the parcels along a Hilbert curve (neighbours share a batch,
 so a batch reads few tiles), cuts them into batches of ``batch_size`` and computes each
 batch's :func:`~xarray_terrascope.analysis.zonal.zonal_stats` on the cluster, at most
-``max_in_flight`` batches at a time (what bounds the memory of each worker). The client
+``max_in_flight`` units (a batch's group of dates, one group per worker) at a time
+(what bounds the memory of each worker). The client
 writes each finished batch as ``part-NNNNN.parquet`` (atomically, see
 :mod:`.batch_output`); a rerun with the same arguments skips the partitions already
 there, and a run with other arguments is refused (:class:`BatchOutputError`).
@@ -91,8 +92,8 @@ class BatchResult:
     parcels: int
     dates: int
     elapsed_s: float
-    #: Batches a worker took from the end of another worker's run (its own was done):
-    #: each reads tiles the other worker reads too.
+    #: Units (a batch's group of dates) a worker took from the end of another worker's
+    #: run (its own was done): each reads tiles the other worker reads too.
     rebalanced: int = 0
     #: Workers that died (or were cut off) during the run; their batches were computed
     #: again on the others.
@@ -206,8 +207,8 @@ def run_zonal_batch(
         LocalCluster of ``n_workers`` processes with ``threads_per_worker`` threads,
         closed at the end.
     max_in_flight : int, optional
-        Batches computed at a time (default: 2 per worker); bounds each
-        worker's memory.
+        Units computed at a time (default: 2 per worker; a unit is one batch's
+        statistics over one worker's group of dates); bounds each worker's memory.
     tile_store_mb : int
         MiB of decoded COG tiles each worker keeps at least (its read engine's tile
         store, for the rest of the worker process's life): the tiles a batch shares
@@ -327,7 +328,8 @@ def run_zonal_batch(
             rebalanced = compute_batches(dask_client, job, todo, in_flight, tracker)
     elapsed = tracker.elapsed()
     logger.info(
-        "batch: %d partition(s) written (%d taken from another worker's run), %d found done, "
+        "batch: %d partition(s) written (%d unit(s) taken from another worker's run), "
+        "%d found done, "
         "%d worker(s) lost, in %.1f s",
         len(todo),
         rebalanced,

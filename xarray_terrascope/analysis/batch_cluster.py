@@ -1,10 +1,11 @@
 """Running a parcel batch on a ``dask.distributed`` cluster: the client (given, at an
-address, or a LocalCluster of the batch's own, quiet after Ctrl-C), the batches dealt
-to the workers in contiguous runs of the Hilbert order (:class:`Queues`), the COG
-headers fetched once and shared (:class:`SharedHeaders`), one task per batch computed
-inside its worker (:func:`_compute_here`), and the loop that writes each finished batch
-and survives dead workers (:func:`compute_batches`). :mod:`.batch` plans the run and
-writes its partitions."""
+address, or a LocalCluster of the batch's own, quiet after Ctrl-C), the dates cut into
+one group per worker (:func:`date_groups`), the units (a batch's group of dates) dealt
+to the workers in runs of the Hilbert order (:class:`Queues`), the COG headers fetched
+once and shared (:class:`SharedHeaders`), one task per unit computed inside its worker
+(:func:`_compute_here`), and the loop that joins a batch's units, writes each finished
+batch and survives dead workers (:func:`compute_batches`). :mod:`.batch` plans the run
+and writes its partitions."""
 
 from __future__ import annotations
 
@@ -175,7 +176,12 @@ def _warm_up() -> None:
         importlib.import_module(name)
 
 
-def _compute_here(lazy: Any, shared_headers: Any = None, tile_store_mb: int = 0) -> Any:
+def _compute_here(
+    lazy: Any,
+    shared_headers: Any = None,
+    tile_store_mb: int = 0,
+    dates: tuple[int, int] | None = None,
+) -> Any:
     """One batch, computed in the worker process that runs this task with dask's
     threaded scheduler (as many threads as the worker has): its reads share the
     process's COG headers and tiles, and no task of it costs the cluster's per-task
@@ -188,10 +194,13 @@ def _compute_here(lazy: Any, shared_headers: Any = None, tile_store_mb: int = 0)
     is the next one along the Hilbert curve, whose windows overlap this one's, and the
     store's own rule (tiles crossing a side of the window) keeps only some of the tiles
     both need, depending on which of the two is read first (a run done backwards read
-    more again than forwards)."""
+    more again than forwards).
+
+    ``dates`` (``(start, stop)``, the unit's time steps) bounds the engine's read-ahead:
+    the dates beyond are another worker's."""
     from distributed import get_worker
 
-    from xarray_terrascope.engine import aio, header_share
+    from xarray_terrascope.engine import aio, header_share, readahead
 
     header_share.install(shared_headers)
 
@@ -199,7 +208,8 @@ def _compute_here(lazy: Any, shared_headers: Any = None, tile_store_mb: int = 0)
         threads = get_worker().state.nthreads
     except ValueError:  # not on a worker (a client without workers never gets here)
         threads = None
-    with aio.engine().tiles.keeping_all(tile_store_mb * 2**20):
+    within = readahead.within(*dates) if dates is not None else contextlib.nullcontext()
+    with aio.engine().tiles.keeping_all(tile_store_mb * 2**20), within:
         return lazy.compute(scheduler="threads", num_workers=threads)
 
 
@@ -428,6 +438,7 @@ def compute_batches(
             job.lazy(k, dates),
             headers.future(),
             job.tile_store_mb,
+            None if dates is None else (dates.start, dates.stop),
             pure=False,
             **where,
         )

@@ -243,7 +243,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument(
         "--max-in-flight",
         type=_positive,
-        help="batches computed at a time (default: 2 per worker); bounds worker memory",
+        help="units (a batch's dates of one worker) computed at a time (default: 2 per "
+        "worker); bounds worker memory",
     )
     batch.add_argument(
         "--tile-store-mb",

@@ -407,6 +407,8 @@ def _prefetch_around(
         for t in later:
             if len(ahead) >= files_ahead or dates_ahead == 0:
                 break
+            if not readahead.allowed(t):  # another worker's dates, say
+                break
             if t in seen_now:
                 continue
             dates_ahead -= 1

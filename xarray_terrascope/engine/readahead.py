@@ -14,8 +14,11 @@ Everything here runs on the loop of :mod:`xarray_terrascope.engine.aio`; results
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy.typing as npt
@@ -26,7 +29,7 @@ from xarray_terrascope.engine.requests import FileRead
 from xarray_terrascope.engine.source import fetch_header
 from xarray_terrascope.options import get_options
 
-__all__ = ["clear", "read", "read_ahead", "warm_headers"]
+__all__ = ["allowed", "clear", "read", "read_ahead", "warm_headers", "within"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,44 @@ logger = logging.getLogger(__name__)
 WARM_FILES = 32
 #: Seconds after which a read-ahead result nobody took may make room for others.
 READAHEAD_STALE = 30.0
+
+#: The ranges of time steps ``[start, stop)`` of the computations under way in a
+#: :func:`within` block, with how many blocks hold each.
+_within: collections.Counter[tuple[int, int]] = collections.Counter()
+_within_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def within(start: int, stop: int) -> Iterator[None]:
+    """Read ahead only the dates (time steps) ``start <= t < stop`` while in the block, or
+    those of another computation's block under way in the process.
+
+    For a computation that reads some dates of a cube while another process reads the
+    others (a parcel batch gives each worker its own group of dates): the dates beyond
+    its own that read-ahead would fetch are the other's, and would be fetched twice.
+
+    Examples
+    --------
+    >>> with within(0, 37):  # doctest: +SKIP
+    ...     stats.compute()
+    """
+    key = (int(start), int(stop))
+    with _within_lock:
+        _within[key] += 1
+    try:
+        yield
+    finally:
+        with _within_lock:
+            _within[key] -= 1
+            if _within[key] <= 0:
+                del _within[key]
+
+
+def allowed(t: int) -> bool:
+    """Whether read-ahead may read time step ``t`` (:func:`within`: always outside such
+    a block)."""
+    with _within_lock:
+        return not _within or any(start <= t < stop for start, stop in _within)
 
 
 async def read(request: FileRead) -> npt.NDArray[Any]:

@@ -175,3 +175,21 @@ def test_results_nobody_took_make_room_once_stale(reader, monkeypatch, stale):
     else:
         assert keys == {_request(0).key, _request(1).key}
         assert not old.cancelled()
+
+
+def test_read_ahead_stays_within_the_dates_of_the_computations_under_way():
+    """A batch unit reads some of a cube's dates; read-ahead must not read the others
+    (another worker's): allowed only inside a block's range, or any block's when two
+    computations of the process are under way; anything outside every block."""
+    assert readahead.allowed(100)
+    with readahead.within(0, 5):
+        assert readahead.allowed(0) and readahead.allowed(4)
+        assert not readahead.allowed(5) and not readahead.allowed(-1)
+        with readahead.within(10, 12), readahead.within(10, 12):
+            assert readahead.allowed(11) and readahead.allowed(3)
+            assert not readahead.allowed(7)
+        assert not readahead.allowed(11)  # both blocks of (10, 12) are done
+    assert readahead.allowed(7)
+    with pytest.raises(RuntimeError), readahead.within(0, 1):
+        raise RuntimeError("a failed computation leaves no range behind")
+    assert readahead.allowed(7)
