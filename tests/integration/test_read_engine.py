@@ -297,6 +297,42 @@ def test_a_dates_second_tile_is_read_only_where_the_first_left_no_data(logged_in
     assert full > 0 and skipped == full
 
 
+def test_a_dates_next_file_is_read_while_other_dates_first_files_are_still_coming(
+    logged_in, monkeypatch
+):
+    """A date reads its next file (in mosaic order) as soon as its own first file is in,
+    not once every date's first file is: the sandbox holds every request for one date's
+    first file until a pixel request for another date's second file arrives (at most
+    10 s), and those requests are released by that arrival, not by the time limit. The
+    cube is the world's mosaic."""
+    ds = _open(SAMPLE_FIELD, FIELD_DAYS)  # decode=False: the stored DN
+    ids = [str(v).split() for v in ds.item_ids.values]
+    world, xs, ys = logged_in.world, ds.x.values[None, :], ds.y.values[:, None]
+    firsts = [world.sample(pair[0], xs, ys, "EPSG:32631") for pair in ids]
+    # a date whose first file leaves pixels of the window to its second (the world says)
+    a = next(t for t, first in enumerate(firsts) if (first == 255).any() and len(ids[t]) == 2)
+    b = next(t for t in range(len(ids)) if t != a)
+    held, trigger = f"{ids[b][0]}.tif", f"{ids[a][1]}.tif"
+    arrived = threading.Event()
+    released: list[bool] = []
+    serve = logged_in.download._serve
+
+    async def holding(req):
+        name = req.path.rsplit("/", 1)[-1]
+        if name == trigger and not (req.headers.get("Range") or "").startswith("bytes=0-"):
+            arrived.set()
+        if name == held:
+            released.append(await asyncio.to_thread(arrived.wait, 10))
+        return await serve(req)
+
+    monkeypatch.setattr(logged_in.download, "_serve", holding)
+    got = ds.NDVI.load().values
+    assert released and all(released), released  # False: released by the time limit
+    for t, pair in enumerate(ids):
+        second = world.sample(pair[1], xs, ys, "EPSG:32631") if len(pair) > 1 else firsts[t]
+        np.testing.assert_array_equal(got[t], np.where(firsts[t] == 255, second, firsts[t]))
+
+
 def test_a_server_without_multi_range_gets_one_request_per_range(logged_in):
     reference = _open(SAMPLE_FIELD, FIELD_DAYS).NDVI.load().values
     read.clear_reader_cache()

@@ -247,23 +247,7 @@ def read_window(
     by_date: dict[int, list[FileRead]] = {}
     for out_index, request in jobs:
         by_date.setdefault(out_index, []).append(request)
-    # In rounds: every date's first file at once, then its next file for the pixels
-    # still empty (the overlap of two tiles: often none, then that file is not read).
-    for depth in range(max((len(files) for files in by_date.values()), default=0)):
-        todo: list[tuple[int, FileRead]] = []
-        for out_index, files in by_date.items():
-            if depth >= len(files):
-                continue
-            wanted = None if skip is None else ~skip[out_index]
-            if depth:
-                still = empty(out[out_index], packing.fill_value)
-                wanted = still if wanted is None else wanted & still
-            request = _for_pixels(files[depth], wanted)
-            if request is not None:
-                todo.append((out_index, request))
-        arrays = aio.run(_read_all([r for _, r in todo], plan, asset_index, creds))
-        layers = [(out_index, array) for (out_index, _), array in zip(todo, arrays, strict=True)]
-        mosaic(out, layers, packing.fill_value, fresh=depth == 0)
+    aio.run(_read_dates(by_date, out, skip, packing.fill_value, plan, asset_index, creds))
     return out
 
 
@@ -300,14 +284,23 @@ def _forked_warning() -> None:
     )
 
 
-async def _read_all(
-    requests: Sequence[FileRead],
+async def _read_dates(
+    by_date: dict[int, list[FileRead]],
+    out: npt.NDArray[Any],
+    skip: npt.NDArray[np.bool_] | None,
+    fill: Any,
     plan: CubePlan,
     asset_index: int,
     creds: auth.AnyCredentials | None,
-) -> list[npt.NDArray[Any]]:
-    """Every request's values at once (on the loop), in their order. A file whose header
-    disagrees with its item is read through GDAL."""
+) -> None:
+    """Read every date's files into ``out[date]`` at once (on the loop), each date's in
+    mosaic order: its first file for the whole window, its next one only for the pixels
+    still empty (the overlap of two tiles: often none, then that file is not read).
+
+    Each date goes on to its next file as soon as its own previous one is in, not once
+    every date's previous file is: the dates' second files overlap the others' first.
+    A file whose header disagrees with its item is read through GDAL.
+    """
 
     async def one(request: FileRead) -> npt.NDArray[Any]:
         if isinstance(request, GdalRead):
@@ -318,9 +311,20 @@ async def _read_all(
             logger.warning("%s; reading it through GDAL", err)
             return await readers.read(_through_gdal(request, plan, asset_index, creds))
 
-    tasks = [asyncio.ensure_future(one(request)) for request in requests]
+    async def date(out_index: int, files: Sequence[FileRead]) -> None:
+        for depth, file in enumerate(files):
+            wanted = None if skip is None else ~skip[out_index]
+            if depth:
+                still = empty(out[out_index], fill)
+                wanted = still if wanted is None else wanted & still
+            request = _for_pixels(file, wanted)
+            if request is None:  # no pixel left for this file, nor for the next ones
+                return
+            mosaic(out, [(out_index, await one(request))], fill, fresh=depth == 0)
+
+    tasks = [asyncio.ensure_future(date(index, files)) for index, files in by_date.items()]
     try:
-        return list(await asyncio.gather(*tasks))
+        await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
