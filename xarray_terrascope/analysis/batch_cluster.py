@@ -415,9 +415,10 @@ def compute_batches(
     groups = date_groups(job.cube.sizes.get("time", 0), len(workers))
     queues = Queues(todo, workers, len(groups))
     headers = SharedHeaders(client, job.lazy(todo[0]))
-    #: a unit's task key -> (batch, group, the worker asked, the task), and a batch's
-    #: finished units: group -> (the task, the worker asked)
-    units: dict[Any, tuple[int, int, str | None, Any]] = {}
+    #: a unit's task key -> (batch, group, the worker asked, the task, whether its end
+    #: sends the worker's next unit), and a batch's finished units: group -> (the task,
+    #: the worker asked)
+    units: dict[Any, tuple[int, int, str | None, Any, bool]] = {}
     parts: dict[int, dict[int, tuple[Any, str | None]]] = collections.defaultdict(dict)
     #: a batch's joined task key -> (batch, the task, its post-steps)
     joined: dict[Any, tuple[int, Any, dict[str, Any]]] = {}
@@ -425,7 +426,9 @@ def compute_batches(
     finished = as_completed()
     resent = 0
 
-    def submit(worker: str | None, again: tuple[int, int] | None = None) -> None:
+    def submit(
+        worker: str | None, again: tuple[int, int] | None = None, chain: bool = True
+    ) -> None:
         worker = queues.current(worker)
         unit = queues.next(worker) if again is None else again
         if unit is None:
@@ -442,7 +445,7 @@ def compute_batches(
             pure=False,
             **where,
         )
-        units[future.key] = (k, g, worker, future)
+        units[future.key] = (k, g, worker, future, chain)
         logger.debug("batch: unit (%d, %d) sent to %s", k, g, worker)
         partition_of[future.key] = k
         finished.add(future)
@@ -462,7 +465,7 @@ def compute_batches(
         joined[bare.key] = (k, bare, {"": whole, **steps})
         finished.add(bare)
 
-    def resend(k: int, g: int, worker: str | None, err: BaseException) -> None:
+    def resend(k: int, g: int, worker: str | None, err: BaseException, chain: bool = True) -> None:
         """Unit ``(k, g)`` was cancelled by the cluster (it lost its input, the shared
         headers, with the workers that held it; the future may say so only when its
         result is asked for): the same unit again."""
@@ -471,7 +474,7 @@ def compute_batches(
             raise killed_worker_error(err, k, tracker.partitions_done, job.folder) from err
         resent += 1
         logger.info("batch: partition %d cancelled by the cluster; sent again", k)
-        submit(worker, again=(k, g))
+        submit(worker, again=(k, g), chain=chain)
 
     def follow(watch: WorkerWatch) -> None:
         while watch.changes:
@@ -485,14 +488,14 @@ def compute_batches(
                 submit(worker)
             for future in finished:
                 if future.key in units:  # a unit: keep its worker busy, join a full batch
-                    k, g, worker, _ = units.pop(future.key)
+                    k, g, worker, _, chain = units.pop(future.key)
                     logger.debug("batch: unit (%d, %d) of %s done", k, g, worker)
                     try:
                         if future.status != "finished":
                             future.result()  # raises what the task or the cluster did
                     except CancelledError as err:
                         partition_of.pop(future.key, None)
-                        resend(k, g, worker, err)
+                        resend(k, g, worker, err, chain)
                         continue
                     except KilledWorker as err:
                         raise killed_worker_error(
@@ -502,7 +505,8 @@ def compute_batches(
                     if len(parts[k]) == len(groups):
                         join(k)
                     follow(watch)
-                    submit(worker)
+                    if chain:
+                        submit(worker)
                     continue
                 k, _, steps = joined.pop(future.key)
                 try:
@@ -514,7 +518,8 @@ def compute_batches(
                     for task in (future, *steps.values(), *(t for t, _ in parts[k].values())):
                         partition_of.pop(task.key, None)
                     for g, (_, asked) in sorted(parts.pop(k).items()):
-                        resend(k, g, asked, err)
+                        # not in a worker's slot: its end sends no other unit
+                        resend(k, g, asked, err, chain=False)
                     continue
                 except KilledWorker as err:
                     raise killed_worker_error(err, k, tracker.partitions_done, job.folder) from err
@@ -533,7 +538,7 @@ def compute_batches(
             [f for _, f, _ in joined.values()]
             + [f for _, _, s in joined.values() for f in s.values()]
             + [f for p in parts.values() for f, _ in p.values()]
-            + [f for *_, f in units.values()]
+            + [f for _, _, _, f, _ in units.values()]
         )
         client.cancel(pending)
         raise
