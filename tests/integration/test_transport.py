@@ -122,3 +122,49 @@ def test_logout_stops_the_background_requests_of_the_old_credentials(
     # (a request sent just before the logout may arrive just after it under load)
     late = [r for r in logged_in.log.records() if r.time > after]
     assert len(late) <= 1, [(r.path, r.user, r.time - after) for r in late]
+
+
+def test_ranges_to_a_multirange_origin_leave_the_gaps_between_them(logged_in, engine_afresh):
+    """Tile ranges with a 4 KiB gap between them (a tile a cloud mask covers, say): to an
+    origin not known yet, or one that answers a range per request, they go as one range
+    across the gap (a request saved); to an origin known to answer multi-range
+    requests, as two ranges in one request, and the gap is not fetched (before, it was
+    fetched there too: 4 KiB for the ~100 bytes of a part's header)."""
+    from xarray_terrascope import auth
+    from xarray_terrascope.engine import aio
+    from xarray_terrascope.engine.source import Source
+
+    from ..support.helpers import tif_records
+
+    sandbox = logged_in
+    url = _field().terrascope.asset_urls()[0]
+    access = auth.RequestAuth(auth.current_credentials())
+    wanted = ([100_000, 164_096], [160_000, 224_096])  # two 60 kB ranges, 4 KiB apart
+
+    async def read(starts, ends) -> list[bytes]:
+        source = Source(url, "ITEM", access, None)
+        got = await source.get_ranges_async(url, starts=starts, ends=ends)
+        return [bytes(blob) for blob in got]
+
+    def logged(starts, ends) -> tuple[list[bytes], list[str | None]]:
+        sandbox.log.clear()
+        blobs = aio.run(read(starts, ends))
+        return blobs, [r.range for r in tif_records(sandbox)]
+
+    blobs, ranges = logged(*wanted)
+    assert ranges == ["bytes=100000-224095"]  # not known yet: bridged
+    assert origins.multirange(url) is None
+    logged([0, 200_000], [1_000, 201_000])  # far apart: a multi-range request, answered
+    assert origins.multirange(url) is True
+    blobs, ranges = logged(*wanted)
+    assert [len(b) for b in blobs] == [60_000, 60_000]
+    assert ranges == ["bytes=100000-159999,164096-224095"]
+    whole = aio.run(_whole(url, access))
+    assert blobs == [whole[100_000:160_000], whole[164_096:224_096]]
+
+
+async def _whole(url: str, access) -> bytes:
+    from xarray_terrascope.engine import transport
+
+    blob, _ = await transport.get_range(url, 0, 300_000, access=access, label="ITEM")
+    return bytes(blob)

@@ -14,8 +14,10 @@ computes the statistics per batch of nearby geometries; NaN (no data, clouds) is
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,8 +167,20 @@ def _warn_outside(shapes: np.ndarray, transform: Affine, shape: tuple[int, int])
         "date. Open the cube over the geometries' bounds, or check their CRS."
     )
     logger.warning("zonal_stats: %s", message)
-    # the user's line calling ds.terrascope.zonal_stats (accessor -> _zonal_stats -> here)
-    warnings.warn(message, GeometriesOutsideWarning, stacklevel=5)
+    warnings.warn(message, GeometriesOutsideWarning, stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside this package, for a warning given
+    by this function's caller: the user's line (``ds.terrascope.zonal_stats(...)``,
+    ``zonal_stats(ds, ...)``), however many of the package's calls lie between."""
+    package = str(Path(__file__).parents[1]) + "/"  # as the frames name it
+    frame = sys._getframe(2)  # the caller's caller: stacklevel 2
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _result_dtype(source: np.dtype, stats: Sequence[str]) -> np.dtype:

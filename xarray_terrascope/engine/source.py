@@ -17,12 +17,13 @@ from async_tiff import TIFF
 
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.config import redacted
-from xarray_terrascope.engine import aio, transport
+from xarray_terrascope.engine import aio, origins, transport
 from xarray_terrascope.engine.header_cache import Header, headers
 from xarray_terrascope.exceptions import ReadError
 
 __all__ = [
     "COALESCE_BYTES",
+    "COALESCE_BYTES_MULTIRANGE",
     "COALESCE_FRACTION",
     "Source",
     "StaleHeader",
@@ -39,6 +40,11 @@ MAX_PREFETCH = 256 * 1024
 #: most this many, or at most this fraction of the useful bytes of the merged request.
 COALESCE_BYTES = 2048
 COALESCE_FRACTION = 0.1
+#: The same, for an origin known to answer multi-range requests: all the ranges go in
+#: one request anyway, so bridging a gap saves only the part's own header in the
+#: ``multipart/byteranges`` answer (about 100 bytes), and would fetch the tiles in the
+#: gap (tiles a cloud mask covers, tiles outside the window) for nothing.
+COALESCE_BYTES_MULTIRANGE = 128
 
 _learned = {"header": 0}
 
@@ -55,20 +61,27 @@ class StaleHeader(Exception):
     """A pixel response describes another file than the cached header."""
 
 
-def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Merge sorted-or-not byte ranges whose gaps are small; returns sorted ranges.
+def coalesce(
+    ranges: Sequence[tuple[int, int]],
+    gap_bytes: int = COALESCE_BYTES,
+    gap_fraction: float = COALESCE_FRACTION,
+) -> list[tuple[int, int]]:
+    """Merge sorted-or-not byte ranges whose gaps are small (at most ``gap_bytes``, or
+    ``gap_fraction`` of the useful bytes of the merged range); returns sorted ranges.
 
     Examples
     --------
     >>> coalesce([(10, 20), (0, 5), (5000, 6000)])
     [(0, 20), (5000, 6000)]
+    >>> coalesce([(0, 5000), (5500, 9000)], gap_bytes=128, gap_fraction=0)
+    [(0, 5000), (5500, 9000)]
     """
     merged: list[list[int]] = []
     useful = 0
     for start, end in sorted(ranges):
         if merged:
             gap = start - merged[-1][1]
-            if gap <= max(COALESCE_BYTES, COALESCE_FRACTION * (useful + end - start)):
+            if gap <= max(gap_bytes, gap_fraction * (useful + end - start)):
                 merged[-1][1] = max(merged[-1][1], end)
                 useful += end - start
                 continue
@@ -147,7 +160,10 @@ class Source:
             assert lengths is not None, "obspec gives ends or lengths"
             ends = [s + n for s, n in zip(starts, lengths, strict=True)]
         wanted = list(zip(starts, ends, strict=True))
-        spans = coalesce(wanted)
+        if origins.multirange(self.url):  # one request for all: bridge only tiny gaps
+            spans = coalesce(wanted, COALESCE_BYTES_MULTIRANGE, 0.0)
+        else:  # unknown yet, or one range per request: a bridged gap saves a request
+            spans = coalesce(wanted)
         # The bytes held (the header request's, often the first tiles' too) are not
         # asked for again: a span across their end is fetched from there.
         held = len(self.prefix)
