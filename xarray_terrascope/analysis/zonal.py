@@ -18,6 +18,7 @@ import sys
 import warnings
 from collections.abc import Hashable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -175,7 +176,7 @@ def _user_stacklevel() -> int:
     by this function's caller: the user's line (``ds.terrascope.zonal_stats(...)``,
     ``zonal_stats(ds, ...)``), however many of the package's calls lie between."""
     package = str(Path(__file__).parents[1]) + "/"  # as the frames name it
-    frame = sys._getframe(2)  # the caller's caller: stacklevel 2
+    frame: FrameType | None = sys._getframe(2)  # the caller's caller: stacklevel 2
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame = frame.f_back
