@@ -182,16 +182,16 @@ def _compute_here(
     tile_store_mb: int = 0,
     dates: tuple[int, int] | None = None,
 ) -> Any:
-    """One batch, computed in the worker process that runs this task with dask's
-    threaded scheduler (as many threads as the worker has): its reads share the
-    process's COG headers and tiles, and no task of it costs the cluster's per-task
-    bookkeeping or moves data between workers. ``shared_headers`` (the COG headers the
+    """One unit (a batch's statistics over a group of dates), computed in the worker
+    process that runs this task with dask's threaded scheduler (as many threads as the
+    worker has): its reads share the process's COG headers and tiles, and no task of it
+    costs the cluster's per-task bookkeeping or moves data between workers. ``shared_headers`` (the COG headers the
     client fetched for the whole run) go into the worker's header cache first, so no
     worker requests a header.
 
-    Every tile the batch fetches is kept in the worker's tile store (bounded by the
-    ``tile_cache_mb`` option, or ``tile_store_mb`` if larger): the worker's next batch
-    is the next one along the Hilbert curve, whose windows overlap this one's, and the
+    Every tile the unit fetches is kept in the worker's tile store (bounded by the
+    ``tile_cache_mb`` option, or ``tile_store_mb`` if larger): the worker's next unit
+    is the next batch along the Hilbert curve, whose windows overlap this one's, and the
     store's own rule (tiles crossing a side of the window) keeps only some of the tiles
     both need, depending on which of the two is read first (a run done backwards read
     more again than forwards).
