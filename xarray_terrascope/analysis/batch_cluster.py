@@ -1,11 +1,11 @@
 """Running a parcel batch on a ``dask.distributed`` cluster: the client (given, at an
-address, or a LocalCluster of the batch's own, quiet after Ctrl-C), the dates cut into
-one group per worker (:func:`date_groups`), the units (a batch's group of dates) dealt
-to the workers in runs of the Hilbert order (:class:`Queues`), the COG headers fetched
-once and shared (:class:`SharedHeaders`), one task per unit computed inside its worker
-(:func:`_compute_here`), and the loop that joins a batch's units, writes each finished
-batch and survives dead workers (:func:`compute_batches`). :mod:`.batch` plans the run
-and writes its partitions."""
+address, or a LocalCluster of the batch's own, quiet after Ctrl-C and as it closes),
+the dates cut into one group per worker (:func:`date_groups`), the units (a batch's
+group of dates) dealt to the workers in runs of the Hilbert order (:class:`Queues`),
+the COG headers fetched once and shared (:class:`SharedHeaders`), one task per unit
+computed inside its worker (:func:`_compute_here`), and the loop that joins a batch's
+units, writes each finished batch and survives dead workers (:func:`compute_batches`).
+:mod:`.batch` plans the run and writes its partitions."""
 
 from __future__ import annotations
 
@@ -104,6 +104,9 @@ def cluster_client(
             Client(cluster) as own,
         ):
             logger.info("started a LocalCluster: %s", cluster)
+            from xarray_terrascope.analysis.batch_quiet import QuietClose
+
+            own.register_plugin(QuietClose())
             try:
                 yield own
             except KeyboardInterrupt:
