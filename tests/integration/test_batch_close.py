@@ -97,9 +97,7 @@ async def _close_during_heartbeat(scheduler: subprocess.Popen, quiet: bool) -> N
         os.kill(scheduler.pid, signal.SIGCONT)
 
 
-def test_a_worker_closing_during_a_heartbeat_logs_nothing_with_the_plugin(
-    scheduler, worker_log
-):
+def test_a_worker_closing_during_a_heartbeat_logs_nothing_with_the_plugin(scheduler, worker_log):
     """Without the plugin the race logs its ERROR (the test reproduces it); with it, not."""
     asyncio.run(_close_during_heartbeat(scheduler, quiet=False))
     assert len(worker_log.heartbeat_errors()) == 1
@@ -133,8 +131,11 @@ def test_the_batchs_own_cluster_registers_the_plugin():
     with cluster_client(None, 1, 1) as client:
         plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
         assert all(QuietClose.name in names for names in plugins.values()), plugins
-    with distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as c:
-        with distributed.Client(c) as given, cluster_client(given, None, None) as same:
-            assert same is given
-            names = given.run(lambda dask_worker: sorted(dask_worker.plugins))
-            assert not any(QuietClose.name in n for n in names.values()), names
+    with (
+        distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as c,
+        distributed.Client(c) as given,
+        cluster_client(given, None, None) as same,
+    ):
+        assert same is given
+        names = given.run(lambda dask_worker: sorted(dask_worker.plugins))
+        assert not any(QuietClose.name in n for n in names.values()), names

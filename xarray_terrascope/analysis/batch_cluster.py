@@ -188,9 +188,9 @@ def _compute_here(
     """One unit (a batch's statistics over a group of dates), computed in the worker
     process that runs this task with dask's threaded scheduler (as many threads as the
     worker has): its reads share the process's COG headers and tiles, and no task of it
-    costs the cluster's per-task bookkeeping or moves data between workers. ``shared_headers`` (the COG headers the
-    client fetched for the whole run) go into the worker's header cache first, so no
-    worker requests a header.
+    costs the cluster's per-task bookkeeping or moves data between workers.
+    ``shared_headers`` (the COG headers the client fetched for the whole run) go into the
+    worker's header cache first, so no worker requests a header.
 
     Every tile the unit fetches is kept in the worker's tile store (bounded by the
     ``tile_cache_mb`` option, or ``tile_store_mb`` if larger): the worker's next unit
