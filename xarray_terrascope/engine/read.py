@@ -380,22 +380,31 @@ def _prefetch_around(
         unbroken = max(seen_now) - min(seen_now) + 1 == len(seen_now)
         dates_ahead = len(seen_now) - len(set(time_indices)) if unbroken else 0
 
-    def async_reads(times: Iterable[int], first: bool = False) -> Iterator[FileRead]:
+    def async_reads(
+        times: Iterable[int], first: bool = False, later: bool = False
+    ) -> Iterator[FileRead]:
         """The async engine's requests of the window for dates ``times`` (``first``: of
-        each date's first file only, the one a read takes whole)."""
+        each date's first file only, the one a read takes whole; ``later``: of the files
+        after it only, read where the first leaves the window empty)."""
         for t in times:
+            found = False
             for item_index in plan.groups[t]:
                 request = _request(plan, asset_index, item_index, window, creds)
                 if request is None:
                     continue
-                if not isinstance(request, GdalRead):
+                if not isinstance(request, GdalRead) and not (later and not found):
                     yield request
+                found = True
                 if first:
                     break
 
-    # the headers of the files of the nearest dates (a window that moves with the reads)
+    # The headers of the files of the nearest dates (a window that moves with the
+    # reads): each date's first file, which its read takes whole, before the later ones,
+    # which it reads only where the first leaves the window empty (often not at all).
+    dates = list(_outwards(lo, hi, len(plan.groups)))
     nearest = itertools.islice(
-        async_reads(_outwards(lo, hi, len(plan.groups))), readahead.WARM_FILES
+        itertools.chain(async_reads(dates, first=True), async_reads(dates, later=True)),
+        readahead.WARM_FILES,
     )
     with _recent.lock:
         new = [request for request in nearest if request.url not in warmed]
