@@ -592,30 +592,32 @@ def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
 
 def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(logged_in):
     """A read of one date must not fetch the headers of every file of a six-month cube
-    (148 files): only those of the nearest dates, up to WARM_FILES, around each read."""
+    (148 files): only those of the nearest dates' first files (a date's later files are
+    read only where its first leaves the window empty), up to WARM_FILES, around each
+    read; and the files the read itself needs."""
     from xarray_terrascope.engine import readahead
 
     ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
     files = files_per_date(ds)
     assert sum(map(len, files)) > 3 * readahead.WARM_FILES
-    logged_in.log.clear()
-    ds.NDVI.isel(time=40).load()
 
     def fetched():
         return {r.path for r in _header_requests(tif_records(logged_in))}
 
-    _wait_until_idle()  # every header fetch the read started has ended
-    assert len(fetched()) == readahead.WARM_FILES
-    near = [n for names in files[30:51] for n in names]  # dates 30..50 around date 40
-    assert all(any(n in p for n in near) for p in fetched())
-
-    # the warmed headers move with the reads: a read far away warms its own neighbours
-    logged_in.log.clear()
-    ds.NDVI.isel(time=10).load()
-    _wait_until_idle()
-    around = [n for names in files[0:21] for n in names]
-    assert len(fetched()) == readahead.WARM_FILES
-    assert all(any(n in p for n in around) for p in fetched())
+    before: set[str] = set()  # fetched by the earlier read, so in memory
+    for t in (40, 10):  # the warmed headers move with the reads
+        logged_in.log.clear()
+        ds.NDVI.isel(time=t).load()
+        _wait_until_idle()  # every header fetch the read started has ended
+        # the nearest dates, the later one first at equal distance
+        near = sorted(range(len(files)), key=lambda d: (abs(d - t), d < t))
+        firsts = [files[d][0] for d in near[: readahead.WARM_FILES]]
+        got = fetched()
+        new = {n for n in firsts if not any(n in p for p in before)}
+        assert {n for n in firsts if any(n in p for p in got)} == new, t
+        before |= got
+        others = [p for p in got if not any(n in p for n in firsts)]
+        assert all(any(n in p for n in files[t]) for p in others), (t, others)
 
 
 def test_a_full_read_ahead_table_starts_nothing_and_drops_nothing(logged_in, options):
@@ -780,3 +782,68 @@ def test_prefer_local_forces_either_source(logged_in, tmp_path):
     assert {r.path.rsplit("/", 1)[-1] for r in tif_records(logged_in)} == {name(gone)}
     with pytest.raises(InvalidArgumentError, match="prefer_local must be"):
         load("yes")
+
+
+def _first_data_byte(path) -> int:
+    """Where the first tile of any resolution starts in the COG at ``path``, from GDAL's
+    block offsets (the header, IFDs and their arrays, lies before it)."""
+    import rasterio
+
+    first = None
+    with rasterio.open(path) as src:
+        levels = len(src.overviews(1))
+    for level in [None, *range(levels)]:
+        kw = {} if level is None else {"overview_level": level}
+        with rasterio.open(path, **kw) as src:
+            for i in range(src.height // src.block_shapes[0][0] + 1):
+                for j in range(src.width // src.block_shapes[0][1] + 1):
+                    offset = src.get_tag_item(f"BLOCK_OFFSET_{j}_{i}", "TIFF", bidx=1)
+                    if offset and int(offset) and (first is None or int(offset) < first):
+                        first = int(offset)
+    assert first is not None
+    return first
+
+
+def test_a_files_header_is_read_in_one_request_sized_by_its_familys_headers(logged_in, monkeypatch):
+    """Once a header of a file family (a product's band, any date or tile) is known, the
+    next files of the family have their header read in one request that ends within
+    ``FAMILY_MARGIN`` (rounded up to 256 bytes) of the family's headers, whatever another
+    family's headers are: before, a 2.2 kB band header was read as 4 kB (the largest
+    header of any file seen, with a quarter and a KiB more, in 4 KiB steps)."""
+    from xarray_terrascope.engine import source
+
+    monkeypatch.setattr(source, "_learned", {})  # nothing learned by earlier tests
+    sandbox = logged_in
+    days = [("2025-06-01", "2025-06-20"), ("2025-06-21", "2025-07-10")]
+    cubes = [
+        xr.open_dataset(
+            [5.20, 51.22, 5.25, 51.25],
+            engine="terrascope",
+            collection="terrascope-s2-toc-v2",
+            assets=["SCL", "B04", "B08"],
+            start=start,
+            end=end,
+        )
+        for start, end in days
+    ]
+    # the first cube's SCL, then B04 (a family of its own: B04 and B08 share one), then
+    # B08 and the second cube's SCL: those two read with their family's size known
+    sandbox.log.clear()
+    for ds, asset in [(cubes[0], "SCL"), (cubes[0], "B04")]:
+        ds[asset].load()
+    sandbox.log.clear()
+    for ds, asset in [(cubes[0], "B08"), (cubes[1], "SCL")]:
+        ds[asset].load()
+    requests = {r.path.rsplit("/", 1)[1]: r for r in _header_requests(sandbox.log.records())}
+    for ds, asset in [(cubes[0], "B08"), (cubes[1], "SCL")]:
+        ids = [i for group in ds.item_ids.values for i in str(group).split()]
+        files = [sandbox.world.cog_path(i, asset) for i in ids]
+        sent = [requests[f.name] for f in files if f.name in requests]
+        assert len(sent) == len(files) >= 3, (asset, len(sent), len(files))
+        header = max(_first_data_byte(f) for f in files)
+        bound = -(-(header + source.FAMILY_MARGIN) // 256) * 256
+        ends = [int(r.range.split("-")[1]) + 1 for r in sent]
+        assert max(ends) <= bound, (asset, header, ends)
+        # one request per file: none had to fetch the rest of its header
+        tails = [r for r in sandbox.log.records() if r.path.endswith(files[0].name)]
+        assert not any((r.range or "").startswith(f"bytes={ends[0]}-") for r in tails)

@@ -4,14 +4,17 @@ A :class:`Source` is made per read, so the credentials, the error seen and the
 validation state belong to that read only. Its tile ranges are coalesced when the gaps
 are small (:func:`coalesce`) and the bytes already held are not asked for again.
 :func:`fetch_header` reads a file's header in one request (sized from the headers seen
-so far), shared by concurrent reads of the file and kept in the header cache;
-:func:`open_tiff` parses it into an async-tiff ``TIFF`` for one read.
+so far of the same family of files, :func:`file_family`), shared by concurrent reads of
+the file and kept in the header cache; :func:`open_tiff` parses it into an async-tiff
+``TIFF`` for one read.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from async_tiff import TIFF
 
@@ -29,6 +32,7 @@ __all__ = [
     "StaleHeader",
     "coalesce",
     "fetch_header",
+    "file_family",
     "identity",
     "open_tiff",
 ]
@@ -36,6 +40,13 @@ __all__ = [
 #: First header read when nothing is known yet (Terrascope headers are a few KiB).
 DEFAULT_PREFETCH = 16 * 1024
 MAX_PREFETCH = 256 * 1024
+#: Bytes read beyond the largest header seen in a file's family (:func:`file_family`):
+#: the files of one product and band share their layout, so their headers differ by a
+#: few bytes of text tags at most. A longer header costs one more request (for its
+#: tail), and raises the family's size for the next files.
+FAMILY_MARGIN = 256
+#: Families whose header size is kept (the oldest is forgotten first).
+FAMILIES = 256
 #: Two tile ranges of one file are fetched together when the bytes between them are at
 #: most this many, or at most this fraction of the useful bytes of the merged request.
 COALESCE_BYTES = 2048
@@ -46,15 +57,49 @@ COALESCE_FRACTION = 0.1
 #: gap (tiles a cloud mask covers, tiles outside the window) for nothing.
 COALESCE_BYTES_MULTIRANGE = 128
 
-_learned = {"header": 0}
+#: The largest header seen per file family, in this process.
+_learned: dict[str, int] = {}
+_VARYING = re.compile(r"[A-Za-z]*[0-9][A-Za-z0-9]*")
 
 
-def _prefetch() -> int:
-    seen = _learned["header"]
+def file_family(url: str) -> str:
+    """The family of a file, by its URL: the origin and the path with every word that
+    holds a digit (dates, tile ids, platforms, band numbers, versions) made ``#``.
+
+    Files of one family (one product's band at one resolution, whatever the date and
+    tile) have headers of the same layout, so of about the same size.
+
+    Examples
+    --------
+    >>> file_family("https://h/Sentinel2/TOC_V2/2025/04/01/S2A_20250401T103621_31UFS"
+    ...             "_TOC-B04_10M_V220.tif")
+    'https://h/#/TOC_#/#/#/#/#_#_#_TOC-#_#_#.tif'
+    >>> file_family("https://h/S2B_20250516T104619_31UFS_SCENECLASSIFICATION_20M_V220.tif")
+    'https://h/#_#_#_SCENECLASSIFICATION_#_#.tif'
+    """
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{_VARYING.sub('#', parts.path)}"
+
+
+def _prefetch(url: str) -> int:
+    """Bytes of the first request for ``url``'s header: the largest header of its family
+    and :data:`FAMILY_MARGIN`; else, from another family's, the largest header seen with
+    a quarter and a KiB more; else :data:`DEFAULT_PREFETCH`."""
+    family = _learned.get(file_family(url))
+    if family:
+        return min(MAX_PREFETCH, -(-(family + FAMILY_MARGIN) // 256) * 256)
+    seen = max(_learned.values(), default=0)
     if not seen:
         return DEFAULT_PREFETCH
     size = int(seen * 1.25) + 1024
     return min(MAX_PREFETCH, -(-size // 4096) * 4096)
+
+
+def _learn(url: str, size: int) -> None:
+    family = file_family(url)
+    _learned[family] = max(_learned.pop(family, 0), size)  # now the most recent
+    while len(_learned) > FAMILIES:
+        del _learned[next(iter(_learned))]
 
 
 class StaleHeader(Exception):
@@ -202,7 +247,7 @@ async def fetch_header(url: str, label: str, access: RequestAuth | None) -> tupl
 
 async def _fetch_header(url: str, label: str, access: RequestAuth | None) -> Header:
     source = Source(url, label, access, None)
-    await source.fetch(0, _prefetch())  # fills source.prefix
+    await source.fetch(0, _prefetch(url))  # fills source.prefix
     try:
         aio.native_started()
         tiff = await TIFF.open(url, store=source, prefetch=len(source.prefix))
@@ -215,7 +260,7 @@ async def _fetch_header(url: str, label: str, access: RequestAuth | None) -> Hea
     need = tiff.header_byte_size or len(source.prefix)
     if need > len(source.prefix):
         await source.fetch(len(source.prefix), need)  # extends source.prefix
-    _learned["header"] = max(_learned["header"], need)
+    _learn(url, need)
     remote = source.remote
     header = Header(
         bytes(source.prefix[:need]),
