@@ -95,11 +95,20 @@ def table(report: dict) -> str:
                             else ""
                         )
                         + (
-                            f", {s['band_bytes_vs_masked_floor']:.3f}x the masked floor "
+                            f", {s['band_bytes_vs_masked_floor']:.4f}x the masked floor "
                             "(target <= 1.0)"
                             if s.get("band_bytes_vs_masked_floor") is not None
                             else ""
                         )
+                    )
+                if fm and s.get("band_tile_bytes_vs_masked_tile_floor") is not None:
+                    framing = s["band_bytes"] - s["band_header_read_bytes"] - s["band_tile_bytes"]
+                    lines.append(
+                        f"{'':<13} {'':<26}   of which tiles {fb(s['band_tile_bytes'])} = "
+                        f"{s['band_tile_bytes_vs_masked_tile_floor']:.4f}x the floor's "
+                        f"{fb(fm['tile_bytes'])}; header reads {fb(s['band_header_read_bytes'])}"
+                        f" (floor: headers {fb(fm['header_bytes'])}); multipart part "
+                        f"headers {fb(framing)}"
                     )
         if name == "toc-minclear":
             scl = sc["floor"]["assets"]["SCL"]

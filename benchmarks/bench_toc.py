@@ -194,6 +194,8 @@ def _by_asset(records: list, world: Any) -> dict:
     files were requested for (the log's paths name the files)."""
     requests: dict[str, int] = defaultdict(int)
     sizes: dict[str, int] = defaultdict(int)
+    headers: dict[str, int] = defaultdict(int)
+    tiles: dict[str, int] = defaultdict(int)
     dates: dict[str, set] = defaultdict(set)
     for record in records:
         if not record.path.endswith(".tif"):
@@ -204,11 +206,31 @@ def _by_asset(records: list, world: Any) -> dict:
         sizes[key] += record.bytes
         if found:
             dates[key].add(world.item(found[0])["datetime"][:10])
+        if record.status == 206 and record.range:
+            # the content asked for, without a multipart answer's part headers; a
+            # request from byte 0 is a header read (with what follows the header)
+            asked = _range_bytes(record.range)
+            (headers if record.range.startswith("bytes=0-") else tiles)[key] += asked
     return {
         "asset_requests": dict(requests),
         "asset_bytes": dict(sizes),
+        "asset_header_read_bytes": dict(headers),
+        "asset_tile_bytes": dict(tiles),
         "asset_dates": {k: sorted(v) for k, v in dates.items()},
     }
+
+
+def _range_bytes(header: str) -> int:
+    """Bytes a ``Range: bytes=a-b,c-d`` header asks for (closed ranges only).
+
+    >>> _range_bytes("bytes=0-2559,4096-8191")
+    6656
+    """
+    total = 0
+    for part in header.split("=", 1)[1].split(","):
+        first, last = part.strip().split("-")
+        total += int(last) - int(first) + 1
+    return total
 
 
 def _digest(paths: list[Path]) -> str:
@@ -284,10 +306,10 @@ def _summarise(runs: list[dict]) -> dict:
     summary["asset_bytes"] = {
         k: statistics.median(r.get("asset_bytes", {}).get(k, 0) for r in ok) for k in sorted(keys)
     }
-    summary["asset_requests"] = {
-        k: statistics.median(r.get("asset_requests", {}).get(k, 0) for r in ok)
-        for k in sorted(keys)
-    }
+    for field in ("asset_requests", "asset_header_read_bytes", "asset_tile_bytes"):
+        summary[field] = {
+            k: statistics.median(r.get(field, {}).get(k, 0) for r in ok) for k in sorted(keys)
+        }
     if all("open_s" in r for r in ok):
         summary["open_s"] = statistics.median(r["open_s"] for r in ok)
     summary["child_cpu_s"] = statistics.median(r.get("child_cpu_s", 0.0) for r in ok)
@@ -370,6 +392,9 @@ def _mask(ctx: dict, query: dict, plan: dict, month: dict) -> dict:
         if "wall_s" in summary:
             summary["band_bytes"] = sum(summary["asset_bytes"].get(b, 0) for b in BANDS)
             summary["band_requests"] = sum(summary["asset_requests"].get(b, 0) for b in BANDS)
+            for part in ("header_read", "tile"):
+                values = summary.get(f"asset_{part}_bytes", {})
+                summary[f"band_{part}_bytes"] = sum(values.get(b, 0) for b in BANDS)
     for mode in ("", ".load"):
         plain = out["contenders"].get(f"terrascope{mode}", {})
         masked = out["contenders"].get(f"terrascope{mode}{'-' if mode else '.'}mask", {})
@@ -454,6 +479,10 @@ def _check(report: dict, world: Any, expected: list[tuple[str, str]], grid: dict
             _vs_floor(summary, both, "SCL + the band tiles not fully masked")
             if masked["bytes"]:
                 summary["band_bytes_vs_masked_floor"] = summary["band_bytes"] / masked["bytes"]
+            if masked["tile_bytes"] and "band_tile_bytes" in summary:
+                summary["band_tile_bytes_vs_masked_tile_floor"] = (
+                    summary["band_tile_bytes"] / masked["tile_bytes"]
+                )
 
 
 # --- the run ------------------------------------------------------------------------------
