@@ -36,7 +36,7 @@ from xarray_terrascope.engine.requests import AlignedRead, Placement
 from xarray_terrascope.engine.source import Source, identity, open_tiff
 from xarray_terrascope.exceptions import AuthenticationError, ReadError
 
-__all__ = ["AlignedReader", "GridMismatch", "Source", "check_grid", "read_aligned"]
+__all__ = ["AlignedReader", "GridMismatch", "check_grid", "read_aligned"]
 
 logger = logging.getLogger(__name__)
 
