@@ -352,9 +352,10 @@ def _prefetch_around(
     read_ahead: bool = True,
 ) -> None:
     """Fetch the headers of the files of the dates nearest the read (up to
-    :data:`~xarray_terrascope.engine.readahead.WARM_FILES` files, its own first) in the
-    background. Reads of a window date after date, up or down: read the next dates'
-    files ahead in that direction (unless ``read_ahead`` is False)."""
+    :data:`~xarray_terrascope.engine.readahead.WARM_FILES` files: the dates' first files,
+    its own dates' first, then their later files) in the background. Reads of a window
+    date after date, up or down: read the next dates' files ahead in that direction
+    (unless ``read_ahead`` is False)."""
     key = (hash(plan.urls), asset_index, window)
     with _recent.lock:
         state: tuple[set[int], set[str]] | None = _recent.get(key)  # now the most recent
