@@ -40,10 +40,12 @@ __all__ = [
 #: First header read when nothing is known yet (Terrascope headers are a few KiB).
 DEFAULT_PREFETCH = 16 * 1024
 MAX_PREFETCH = 256 * 1024
-#: Bytes read beyond the largest header seen in a file's family (:func:`file_family`):
-#: the files of one product and band share their layout, so their headers differ by a
-#: few bytes of text tags at most. A longer header costs one more request (for its
-#: tail), and raises the family's size for the next files.
+#: Bytes read beyond the largest header seen in a file's family (:func:`file_family`),
+#: at least: the files of one product and band share their layout, so their headers
+#: differ by a few bytes of text tags. The margin is an eighth of that header when
+#: larger (a family that holds files of two layouts, by a coarser name). A longer
+#: header costs one more request (for its tail), and raises the family's size for the
+#: next files.
 FAMILY_MARGIN = 256
 #: Families whose header size is kept (the oldest is forgotten first).
 FAMILIES = 256
@@ -83,11 +85,13 @@ def file_family(url: str) -> str:
 
 def _prefetch(url: str) -> int:
     """Bytes of the first request for ``url``'s header: the largest header of its family
-    and :data:`FAMILY_MARGIN`; else, from another family's, the largest header seen with
-    a quarter and a KiB more; else :data:`DEFAULT_PREFETCH`."""
+    and a margin (:data:`FAMILY_MARGIN`, or an eighth of it), in steps of 256 bytes;
+    else, from another family's, the largest header seen with a quarter and a KiB more;
+    else :data:`DEFAULT_PREFETCH`."""
     family = _learned.get(file_family(url))
     if family:
-        return min(MAX_PREFETCH, -(-(family + FAMILY_MARGIN) // 256) * 256)
+        size = family + max(FAMILY_MARGIN, family // 8)
+        return min(MAX_PREFETCH, -(-size // 256) * 256)
     seen = max(_learned.values(), default=0)
     if not seen:
         return DEFAULT_PREFETCH
