@@ -100,8 +100,9 @@ async def _close_during_heartbeat(scheduler: subprocess.Popen, quiet: bool) -> N
 def test_a_worker_closing_during_a_heartbeat_logs_nothing_with_the_plugin(scheduler, worker_log):
     """Without the plugin the race logs its ERROR (the test reproduces it); with it, not."""
     asyncio.run(_close_during_heartbeat(scheduler, quiet=False))
-    assert len(worker_log.heartbeat_errors()) == 1
-    assert worker_log.heartbeat_errors()[0].levelno == logging.ERROR
+    # the worker's own periodic heartbeat may be waiting too: one record or two
+    errors = worker_log.heartbeat_errors()
+    assert errors and all(r.levelno == logging.ERROR for r in errors)
     worker_log.records.clear()
     asyncio.run(_close_during_heartbeat(scheduler, quiet=True))
     assert worker_log.heartbeat_errors() == []
