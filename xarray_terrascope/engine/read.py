@@ -388,16 +388,13 @@ def _prefetch_around(
         each date's first file only, the one a read takes whole; ``later``: of the files
         after it only, read where the first leaves the window empty)."""
         for t in times:
-            found = False
-            for item_index in plan.groups[t]:
-                request = _request(plan, asset_index, item_index, window, creds)
-                if request is None:
-                    continue
-                if not isinstance(request, GdalRead) and not (later and not found):
-                    yield request
-                found = True
-                if first:
-                    break
+            files = [
+                request
+                for item_index in plan.groups[t]
+                if (request := _request(plan, asset_index, item_index, window, creds)) is not None
+            ]
+            chosen = files[:1] if first else files[1:] if later else files
+            yield from (request for request in chosen if not isinstance(request, GdalRead))
 
     # The headers of the files of the nearest dates (a window that moves with the
     # reads): each date's first file, which its read takes whole, before the later ones,
