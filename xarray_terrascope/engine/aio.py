@@ -53,7 +53,9 @@ __all__ = [
     "retrieve",
     "run",
     "shared",
+    "start",
     "submit",
+    "wait",
 ]
 
 logger = logging.getLogger(__name__)
@@ -262,10 +264,23 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     >>> run(two())
     2
     """
+    return wait(start(coro))
+
+
+def start(coro: Coroutine[Any, Any, T]) -> Future[T]:
+    """Start ``coro`` on the engine's loop for :func:`wait` (the calling thread may do
+    other work meanwhile); not from the loop's own thread."""
     if in_loop_thread():
         coro.close()
-        raise RuntimeError("run() was called from the engine's own event loop thread")
-    future = submit(coro)
+        raise RuntimeError(
+            "called from the engine's own event loop thread, which cannot wait for itself"
+        )
+    return submit(coro)
+
+
+def wait(future: Future[T]) -> T:
+    """The result of work that :func:`start` started (its exception raised here); the
+    work is cancelled when the wait is interrupted."""
     try:
         return future.result()
     except BaseException:

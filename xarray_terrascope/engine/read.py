@@ -29,7 +29,7 @@ import os
 import sys
 import threading
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import astuple, replace
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,6 @@ from xarray_terrascope.engine.coarsen import COARSENING, REPLICATING
 from xarray_terrascope.engine.cog import GridMismatch
 from xarray_terrascope.engine.header_cache import headers
 from xarray_terrascope.engine.local import local_path
-from xarray_terrascope.engine.mosaic import empty, mosaic
 from xarray_terrascope.engine.requests import (
     AlignedRead,
     CoarsenRead,
@@ -239,32 +238,27 @@ def read_window(
     ]
     if not native and jobs:
         _forked_warning()
+    by_date: dict[int, list[FileRead]] = {}
+    for out_index, request in jobs:
+        by_date.setdefault(out_index, []).append(request)
+    keys = None
+    if skip is None:  # a whole date is shared with its read ahead (see readahead.DateRead)
+        keys = {i: _date_key(plan, asset_index, window, time_indices[i]) for i in by_date}
+    # The read goes to the loop first, its requests ahead of the background work below.
+    reading = aio.start(
+        _read_dates(by_date, out, skip, packing.fill_value, plan, asset_index, creds, keys)
+    )
     if skip is None and any(not isinstance(request, GdalRead) for _, request in jobs):
         # Reads with a mask neither read the next dates ahead nor fetch the headers of
         # the nearest dates' files: their masks are not known here, and a file whose
         # window the mask covers entirely must cost no request at all.
-        _prefetch_around(plan, asset_index, time_indices, window, creds)
-    by_date: dict[int, list[FileRead]] = {}
-    for out_index, request in jobs:
-        by_date.setdefault(out_index, []).append(request)
-    aio.run(_read_dates(by_date, out, skip, packing.fill_value, plan, asset_index, creds))
+        try:
+            _prefetch_around(plan, asset_index, time_indices, window, creds)
+        except BaseException:
+            reading.cancel()
+            raise
+    aio.wait(reading)
     return out
-
-
-def _for_pixels(request: FileRead, wanted: npt.NDArray[np.bool_] | None) -> FileRead | None:
-    """``request`` for the ``wanted`` pixels of its window only (None: every pixel): None
-    when none is wanted; an aligned read then skips the tiles holding none of them."""
-    if wanted is None or wanted.all():
-        return request
-    if not wanted.any():
-        return None
-    if isinstance(request, AlignedRead):
-        return replace(request, needed=wanted)
-    if isinstance(request, CoarsenRead):  # the file pixels under the wanted cube pixels
-        k = request.factor
-        source = replace(request.source, needed=wanted.repeat(k, axis=0).repeat(k, axis=1))
-        return replace(request, source=source)
-    return request
 
 
 _forked_warned: list[int] = []
@@ -292,6 +286,7 @@ async def _read_dates(
     plan: CubePlan,
     asset_index: int,
     creds: auth.AnyCredentials | None,
+    keys: dict[int, Hashable] | None = None,
 ) -> None:
     """Read every date's files into ``out[date]`` at once (on the loop), each date's in
     mosaic order: its first file for the whole window, its next one only for the pixels
@@ -299,7 +294,10 @@ async def _read_dates(
 
     Each date goes on to its next file as soon as its own previous one is in, not once
     every date's previous file is: the dates' second files overlap the others' first.
-    A file whose header disagrees with its item is read through GDAL.
+    A file whose header disagrees with its item is read through GDAL. A date with a key
+    in ``keys`` (all its pixels wanted, every file for the async engine) is read as a
+    whole (:class:`~xarray_terrascope.engine.readahead.DateRead`): taken from read-ahead,
+    or shared with a read of it under way.
     """
 
     async def one(request: FileRead) -> npt.NDArray[Any]:
@@ -311,16 +309,13 @@ async def _read_dates(
             logger.warning("%s; reading it through GDAL", err)
             return await readers.read(_through_gdal(request, plan, asset_index, creds))
 
-    async def date(out_index: int, files: Sequence[FileRead]) -> None:
-        for depth, file in enumerate(files):
-            wanted = None if skip is None else ~skip[out_index]
-            if depth:
-                still = empty(out[out_index], fill)
-                wanted = still if wanted is None else wanted & still
-            request = _for_pixels(file, wanted)
-            if request is None:  # no pixel left for this file, nor for the next ones
-                return
-            mosaic(out, [(out_index, await one(request))], fill, fresh=depth == 0)
+    async def date(index: int, files: list[FileRead]) -> None:
+        key = None if keys is None else keys.get(index)
+        if key is not None and not any(isinstance(file, GdalRead) for file in files):
+            out[index] = await readahead.read_date(readahead.DateRead(key, tuple(files)), one)
+            return
+        wanted = None if skip is None else ~skip[index]
+        await readahead.read_rounds(files, out, index, fill, wanted, one)
 
     tasks = [asyncio.ensure_future(date(index, files)) for index, files in by_date.items()]
     try:
@@ -332,7 +327,43 @@ async def _read_dates(
 
 #: Windows this process has read recently, with the dates read (for warm-up and read-ahead).
 _RECENT_SIZE = 256
-_recent: BoundedCache[Hashable, tuple[set[int], set[str]]] = BoundedCache(_RECENT_SIZE)
+_recent: BoundedCache[Hashable, _WindowState] = BoundedCache(_RECENT_SIZE)
+
+
+@dataclass(eq=False)
+class _WindowState:
+    """What this process remembers of a window of a plan: the dates read in the current
+    pass, the files whose headers were warmed, and each date's requests (made once per
+    credentials: the reads of a long series ask for the same dates' requests again and
+    again, to warm their headers and read them ahead)."""
+
+    seen: set[int] = field(default_factory=set)
+    warmed: set[str] = field(default_factory=set)
+    creds: object = None
+    files: dict[int, list[FileRead]] = field(default_factory=dict)
+
+    def requests(
+        self,
+        plan: CubePlan,
+        asset_index: int,
+        window: Window,
+        creds: auth.AnyCredentials | None,
+        t: int,
+    ) -> list[FileRead]:
+        """Date ``t``'s requests of the window, in mosaic order (files that miss the
+        window left out). Threads may race to make the same date's: same result."""
+        if self.creds is not creds:  # other credentials: other requests
+            self.files = {}
+            self.creds = creds
+        found = self.files.get(t)
+        if found is None:
+            found = [
+                request
+                for item_index in plan.groups[t]
+                if (request := _request(plan, asset_index, item_index, window, creds)) is not None
+            ]
+            self.files[t] = found
+        return found
 
 
 def _reset_after_fork() -> None:
@@ -358,17 +389,23 @@ def _prefetch_around(
     (unless ``read_ahead`` is False)."""
     key = (hash(plan.urls), asset_index, window)
     with _recent.lock:
-        state: tuple[set[int], set[str]] | None = _recent.get(key)  # now the most recent
+        state = _recent.get(key)  # now the most recent
         if state is None:
-            state = (set(), set())
+            state = _WindowState()
             _recent.put(key, state)
-        seen, warmed = state
+        seen, warmed = state.seen, state.warmed
         if any(t in seen for t in time_indices):  # the window is read again: a new pass
             seen.clear()
         lo, hi = min(time_indices), max(time_indices)
         forwards = any(t - 1 in seen for t in time_indices)
         # dask often takes a window's dates from the last partition down
         backwards = not forwards and any(t + 1 in seen for t in time_indices)
+        # At an end of the series the run of dates read goes on the other way: dask
+        # starts the last two partitions at once, and the last one may come second.
+        if forwards and hi == len(plan.groups) - 1:
+            forwards, backwards = False, True
+        elif backwards and lo == 0:
+            forwards, backwards = True, False
         seen.update(time_indices)
         seen_now = set(seen)
     dates_ahead = len(plan.groups)
@@ -388,11 +425,7 @@ def _prefetch_around(
         each date's first file only, the one a read takes whole; ``later``: of the files
         after it only, read where the first leaves the window empty)."""
         for t in times:
-            files = [
-                request
-                for item_index in plan.groups[t]
-                if (request := _request(plan, asset_index, item_index, window, creds)) is not None
-            ]
+            files = state.requests(plan, asset_index, window, creds, t)
             chosen = files[:1] if first else files[1:] if later else files
             yield from (request for request in chosen if not isinstance(request, GdalRead))
 
@@ -414,7 +447,10 @@ def _prefetch_around(
             if forwards
             else range(min(time_indices) - 1, -1, -1)
         )
-        ahead: list[FileRead] = []
+        # Whole dates (every file of the date, in rounds, as the read itself would), so
+        # the read that takes a date makes no round trip for its later files either; a
+        # date with a file for GDAL has its first file read ahead only.
+        ahead: list[FileRead | readahead.DateRead] = []
         for t in later:
             if len(ahead) >= files_ahead or dates_ahead == 0:
                 break
@@ -423,8 +459,19 @@ def _prefetch_around(
             if t in seen_now:
                 continue
             dates_ahead -= 1
-            ahead.extend(async_reads([t], first=True))
+            files = state.requests(plan, asset_index, window, creds, t)
+            if files and not any(isinstance(request, GdalRead) for request in files):
+                ahead.append(
+                    readahead.DateRead(_date_key(plan, asset_index, window, t), tuple(files))
+                )
+            else:
+                ahead.extend(async_reads([t], first=True))
         readahead.read_ahead(ahead)
+
+
+def _date_key(plan: CubePlan, asset_index: int, window: Window, t: int) -> Hashable:
+    """The read-ahead key of date ``t`` of a window (the date's whole mosaic)."""
+    return ("date", hash(plan.urls), asset_index, window, t)
 
 
 def _in_worker() -> bool:

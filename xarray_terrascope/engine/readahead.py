@@ -18,18 +18,31 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import aio, readers
-from xarray_terrascope.engine.requests import FileRead
+from xarray_terrascope.engine.mosaic import empty, mosaic
+from xarray_terrascope.engine.requests import FileRead, for_pixels
 from xarray_terrascope.engine.source import fetch_header
 from xarray_terrascope.options import get_options
 
-__all__ = ["allowed", "clear", "read", "read_ahead", "warm_headers", "within"]
+__all__ = [
+    "DateRead",
+    "allowed",
+    "clear",
+    "read",
+    "read_ahead",
+    "read_date",
+    "read_rounds",
+    "warm_headers",
+    "within",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +105,73 @@ async def read(request: FileRead) -> npt.NDArray[Any]:
     return await aio.shared(state.reading, request.key, lambda: readers.read(request))
 
 
-async def _start(requests: Sequence[FileRead]) -> None:
+async def read_rounds(
+    files: Sequence[FileRead],
+    out: npt.NDArray[Any],
+    index: int,
+    fill: Any,
+    wanted: npt.NDArray[np.bool_] | None,
+    one: Callable[[FileRead], Awaitable[npt.NDArray[Any]]],
+) -> None:
+    """Read one date's ``files`` into ``out[index]`` in mosaic order (on the loop): the
+    first for the ``wanted`` pixels (None: all), each next one only for the wanted
+    pixels still empty (the overlap of two tiles: often none, and then neither that file
+    nor a later one is read). ``one`` reads a request."""
+    for depth, file in enumerate(files):
+        want = wanted
+        if depth:
+            still = empty(out[index], fill)
+            want = still if want is None else want & still
+        request = for_pixels(file, want)
+        if request is None:  # no pixel left for this file, nor for the next ones
+            return
+        mosaic(out, [(index, await one(request))], fill, fresh=depth == 0)
+
+
+@dataclass(frozen=True)
+class DateRead:
+    """A whole date of a window: its files in mosaic order (every one for the async
+    engine), read in rounds by :func:`read_rounds`. Read ahead, it spares the read that
+    takes it the round trips of the date's later files as well as its first's."""
+
+    key: Hashable
+    files: tuple[FileRead, ...]
+
+    @property
+    def label(self) -> str:
+        return self.files[0].label
+
+    @property
+    def nbytes(self) -> int:
+        return self.files[0].nbytes
+
+    async def run(
+        self, one: Callable[[FileRead], Awaitable[npt.NDArray[Any]]] | None = None
+    ) -> npt.NDArray[Any]:
+        """The date's window, its files read with ``one`` (default :func:`read`)."""
+        first = self.files[0]
+        out = np.full((1, *first.window.shape), first.fill, first.dtype)
+        await read_rounds(self.files, out, 0, first.fill, None, one or read)
+        window: npt.NDArray[Any] = out[0]
+        return window
+
+
+async def read_date(
+    date: DateRead, one: Callable[[FileRead], Awaitable[npt.NDArray[Any]]]
+) -> npt.NDArray[Any]:
+    """``date``'s window (on the loop): its read-ahead result when there is one (taken
+    once), else the read of it under way, else a new read (its files read with ``one``)."""
+    state = aio.engine()
+    task, _ = state.readahead.pop(date.key, (None, 0.0))
+    if task is not None:
+        try:
+            return await task
+        except Exception as err:  # read again below, where the error is raised
+            logger.debug("read-ahead of %s failed (%r); reading it again", date.label, err)
+    return await aio.shared(state.reading, date.key, lambda: date.run(one))
+
+
+async def _start(requests: Sequence[FileRead | DateRead]) -> None:
     """Start reading ``requests`` ahead while the table has room.
 
     A result waiting to be taken is never dropped for a newer one (its bytes would be
@@ -112,12 +191,13 @@ async def _start(requests: Sequence[FileRead]) -> None:
             break
         if request.key in table or request.key in reading:
             continue
-        task = asyncio.ensure_future(readers.read(request))
+        work = request.run() if isinstance(request, DateRead) else readers.read(request)
+        task = asyncio.ensure_future(work)
         task.add_done_callback(aio.retrieve)
         table[request.key] = (task, now)
 
 
-def read_ahead(requests: Sequence[FileRead]) -> None:
+def read_ahead(requests: Sequence[FileRead | DateRead]) -> None:
     """Start reading ``requests`` in the background (from any thread but the loop's)."""
     if requests:
         aio.submit(_start(requests))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
@@ -34,6 +34,7 @@ __all__ = [
     "Reader",
     "WarpedRead",
     "Window",
+    "for_pixels",
 ]
 
 
@@ -220,6 +221,22 @@ class GdalRead(FileRead):
     plan: CubePlan
     asset_index: int
     credentials: AnyCredentials | None = field(default=None, compare=False, repr=False)
+
+
+def for_pixels(request: FileRead, wanted: npt.NDArray[np.bool_] | None) -> FileRead | None:
+    """``request`` for the ``wanted`` pixels of its window only (None: every pixel): None
+    when none is wanted; an aligned read then skips the tiles holding none of them."""
+    if wanted is None or wanted.all():
+        return request
+    if not wanted.any():
+        return None
+    if isinstance(request, AlignedRead):
+        return replace(request, needed=wanted)
+    if isinstance(request, CoarsenRead):  # the file pixels under the wanted cube pixels
+        k = request.factor
+        source = replace(request.source, needed=wanted.repeat(k, axis=0).repeat(k, axis=1))
+        return replace(request, source=source)
+    return request
 
 
 R_contra = TypeVar("R_contra", bound=FileRead, contravariant=True)
