@@ -191,7 +191,7 @@ class Options:
         "MiB of whole files kept per process from hosts that ignore `Range`",
     )
     readahead_files: int = _option(
-        32, _non_negative, "files read ahead per window read date after date"
+        32, _non_negative, "dates read ahead (whole) per window read date after date"
     )
     readahead_mb: int = _option(
         128, _non_negative, "MiB of decoded windows that reading ahead may hold per process"
