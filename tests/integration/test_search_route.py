@@ -3,6 +3,8 @@ an API that serves its search elsewhere is found through its landing page."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -13,7 +15,10 @@ import xarray as xr
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 import xarray_terrascope as xts
+from xarray_terrascope.exceptions import SearchError
 from xarray_terrascope.testing import SAMPLE_FIELD
+
+from ..support.helpers import FAPAR
 
 DAYS = {"start": "2025-05-01", "end": "2025-05-31"}
 
@@ -63,9 +68,9 @@ class _SearchElsewhere:
         return [out]
 
 
-@pytest.fixture
-def search_elsewhere(logged_in, monkeypatch) -> Iterator[_SearchElsewhere]:
-    app = _SearchElsewhere(logged_in.stac)
+@contextlib.contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """``app`` served on a loopback port; yields its root URL."""
 
     class Quiet(WSGIRequestHandler):
         def log_request(self, *args: Any, **kwargs: Any) -> None:
@@ -74,13 +79,20 @@ def search_elsewhere(logged_in, monkeypatch) -> Iterator[_SearchElsewhere]:
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
-    monkeypatch.setenv("TERRASCOPE_STAC_URL", f"http://127.0.0.1:{server.port}/")
     try:
-        yield app
+        yield f"http://127.0.0.1:{server.port}/"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@pytest.fixture
+def search_elsewhere(logged_in, monkeypatch) -> Iterator[_SearchElsewhere]:
+    app = _SearchElsewhere(logged_in.stac)
+    with _serving(app) as url:
+        monkeypatch.setenv("TERRASCOPE_STAC_URL", url)
+        yield app
 
 
 def test_an_api_whose_search_is_elsewhere_is_searched_through_its_landing_page(
@@ -96,3 +108,38 @@ def test_an_api_whose_search_is_elsewhere_is_searched_through_its_landing_page(
     search_elsewhere.seen.clear()
     _open()
     assert search_elsewhere.seen == [("GET", "/"), ("POST", "/api/search")]
+
+
+class _RefusesOneCollection:
+    """The sandbox's STAC API, its search where it belongs, answering 404 to searches of
+    one collection (as a server may for a collection it does not know)."""
+
+    def __init__(self, app: Any, collection: str) -> None:
+        self.app = app
+        self.collection = collection
+        self.seen: list[tuple[str, str]] = []
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        self.seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
+        if environ["PATH_INFO"] == "/search" and environ["REQUEST_METHOD"] == "POST":
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ = {**environ, "wsgi.input": io.BytesIO(body)}
+            if self.collection in json.loads(body).get("collections", []):
+                start_response("404 NOT FOUND", [("Content-Type", "application/json")])
+                return [b'{"code": "NotFoundError", "description": "no such collection"}']
+        return self.app(environ, start_response)
+
+
+def test_a_404_about_one_search_keeps_the_direct_route(logged_in, monkeypatch):
+    """A 404 from ``/search`` where the landing page says the search is at ``/search``
+    is about that search, not the route: it is raised, and the next cube's search goes
+    straight to ``/search`` again."""
+    app = _RefusesOneCollection(logged_in.stac, FAPAR)
+    with _serving(app) as url:
+        monkeypatch.setenv("TERRASCOPE_STAC_URL", url)
+        with pytest.raises(SearchError, match="404"):
+            xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", collection=FAPAR, **DAYS)
+        assert ("GET", "/") in app.seen  # the landing page was asked where search is
+        app.seen.clear()
+        assert _open().sizes["time"] > 0
+        assert app.seen == [("POST", "/search")]

@@ -407,8 +407,8 @@ def _run(
     return items
 
 
-#: STAC API roots whose ``/search`` answered 404 or 405: searched through their landing
-#: page's search link from then on.
+#: STAC API roots whose ``/search`` answered 404 or 405 and whose landing page links
+#: their search elsewhere: searched there from then on.
 _no_direct_search: set[str] = set()
 
 
@@ -419,29 +419,35 @@ def _found(params: dict[str, Any], *, as_dicts: bool) -> list[Any]:
     ``/search`` (where stac-fastapi, and so Terrascope, serves it) without reading the
     landing page first: that spares a round trip, and pystac's parsing of the landing
     page as a Catalog, whose first one in a process looks up every installed pystac
-    extension (50-90 ms). An API whose first ``/search`` page answers 404 or 405 is
-    searched through its landing page's search link, as pystac-client does, from then
-    on. pystac Items are searched that way always (their root is the Client).
+    extension (50-90 ms). When ``/search`` answers 404 or 405, the search goes through
+    the landing page's search link, as pystac-client does; and from then on for that
+    API when the link names another URL. pystac Items are searched that way always
+    (their root is the Client).
     """
     root = get_options().stac_url
+    direct = f"{root.rstrip('/')}/search"
     if as_dicts and root not in _no_direct_search:
-        search = ItemSearch(
-            url=f"{root.rstrip('/')}/search", stac_io=_stac_io(), client=None, **params
-        )
+        search = ItemSearch(url=direct, stac_io=_stac_io(), client=None, **params)
         pages = search.pages_as_dicts()
         try:
             first = next(pages, None)
         except APIError as err:
             if getattr(err, "status_code", None) not in (404, 405):
                 raise
-            logger.debug("%s/search: %s; searching through the landing page", root, err)
-            _no_direct_search.add(root)
-        else:
-            return [
-                item
-                for page in itertools.chain([first] if first else [], pages)
-                for item in page.get("features", [])
-            ]
+            # Served elsewhere, or an answer about this search (an unknown collection,
+            # say): the landing page tells which; its search link then has its say.
+            client = stac_client()
+            link = client.get_search_link()
+            if link is not None and link.href.rstrip("/") != direct:
+                logger.debug("%s answered %s; searching at %s", direct, err, link.href)
+                _no_direct_search.add(root)
+            found = client.search(**params)
+            return list(found.items_as_dicts())
+        return [
+            item
+            for page in itertools.chain([first] if first else [], pages)
+            for item in page.get("features", [])
+        ]
     found = stac_client().search(**params)
     return list(found.items_as_dicts() if as_dicts else found.items())
 
