@@ -312,7 +312,7 @@ async def _read_dates(
     async def date(index: int, files: list[FileRead]) -> None:
         key = None if keys is None else keys.get(index)
         if key is not None and not any(isinstance(file, GdalRead) for file in files):
-            out[index] = await readahead.read_date(readahead.DateRead(key, tuple(files)), one)
+            out[index] = await readahead.read(readahead.DateRead(key, tuple(files)), one)
             return
         wanted = None if skip is None else ~skip[index]
         await readahead.read_rounds(files, out, index, fill, wanted, one)

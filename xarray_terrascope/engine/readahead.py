@@ -38,13 +38,15 @@ __all__ = [
     "clear",
     "read",
     "read_ahead",
-    "read_date",
     "read_rounds",
     "warm_headers",
     "within",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: What reads one file's request (on the loop).
+Reads = Callable[[FileRead], Awaitable[npt.NDArray[Any]]]
 
 #: Headers fetched in the background around each read: those of this many files of the
 #: dates nearest the read (a read of one date of a long cube must not fetch the headers
@@ -92,17 +94,22 @@ def allowed(t: int) -> bool:
         return not _within or any(start <= t < stop for start, stop in _within)
 
 
-async def read(request: FileRead) -> npt.NDArray[Any]:
-    """Read ``request``, taking a read-ahead result or a read under way when there is one
-    (on the loop)."""
+async def read(request: FileRead | DateRead, one: Reads | None = None) -> npt.NDArray[Any]:
+    """Read ``request`` (a file's window, or a whole date's whose files ``one`` reads),
+    taking a read-ahead result or a read under way when there is one (on the loop)."""
     state = aio.engine()
     task, _ = state.readahead.pop(request.key, (None, 0.0))
     if task is not None:
         try:
             return await task
-        except Exception:
-            logger.debug("read-ahead of %s failed; reading it again", request.label)
-    return await aio.shared(state.reading, request.key, lambda: readers.read(request))
+        except Exception as err:  # read again below, where the error is raised
+            logger.debug("read-ahead of %s failed (%r); reading it again", request.label, err)
+    return await aio.shared(state.reading, request.key, lambda: _work(request, one))
+
+
+def _work(request: FileRead | DateRead, one: Reads | None = None) -> Awaitable[npt.NDArray[Any]]:
+    """The read of ``request`` itself, not shared."""
+    return request.run(one) if isinstance(request, DateRead) else readers.read(request)
 
 
 async def read_rounds(
@@ -111,7 +118,7 @@ async def read_rounds(
     index: int,
     fill: Any,
     wanted: npt.NDArray[np.bool_] | None,
-    one: Callable[[FileRead], Awaitable[npt.NDArray[Any]]],
+    one: Reads,
 ) -> None:
     """Read one date's ``files`` into ``out[index]`` in mosaic order (on the loop): the
     first for the ``wanted`` pixels (None: all), each next one only for the wanted
@@ -145,30 +152,13 @@ class DateRead:
     def nbytes(self) -> int:
         return self.files[0].nbytes
 
-    async def run(
-        self, one: Callable[[FileRead], Awaitable[npt.NDArray[Any]]] | None = None
-    ) -> npt.NDArray[Any]:
+    async def run(self, one: Reads | None = None) -> npt.NDArray[Any]:
         """The date's window, its files read with ``one`` (default :func:`read`)."""
         first = self.files[0]
         out = np.full((1, *first.window.shape), first.fill, first.dtype)
         await read_rounds(self.files, out, 0, first.fill, None, one or read)
         window: npt.NDArray[Any] = out[0]
         return window
-
-
-async def read_date(
-    date: DateRead, one: Callable[[FileRead], Awaitable[npt.NDArray[Any]]]
-) -> npt.NDArray[Any]:
-    """``date``'s window (on the loop): its read-ahead result when there is one (taken
-    once), else the read of it under way, else a new read (its files read with ``one``)."""
-    state = aio.engine()
-    task, _ = state.readahead.pop(date.key, (None, 0.0))
-    if task is not None:
-        try:
-            return await task
-        except Exception as err:  # read again below, where the error is raised
-            logger.debug("read-ahead of %s failed (%r); reading it again", date.label, err)
-    return await aio.shared(state.reading, date.key, lambda: date.run(one))
 
 
 async def _start(requests: Sequence[FileRead | DateRead]) -> None:
@@ -191,8 +181,7 @@ async def _start(requests: Sequence[FileRead | DateRead]) -> None:
             break
         if request.key in table or request.key in reading:
             continue
-        work = request.run() if isinstance(request, DateRead) else readers.read(request)
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(_work(request))
         task.add_done_callback(aio.retrieve)
         table[request.key] = (task, now)
 
