@@ -794,6 +794,7 @@ def test_local_alternate_files_are_read_from_disk(logged_in):
     for item in items:
         local = logged_in.world.cog_path(item.id)
         item.assets["NDVI"].extra_fields["alternate"] = {"local": {"href": f"file://{local}"}}
+    _read_ahead_finished()  # the downloads of earlier reads (read ahead) are over
     logged_in.log.clear()
     ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), decode=False)
     np.testing.assert_array_equal(ds.NDVI.load().values, expected)
@@ -919,3 +920,28 @@ def test_a_files_header_is_read_in_one_request_sized_by_its_familys_headers(logg
         # one request per file: none had to fetch the rest of its header
         tails = [r for r in sandbox.log.records() if r.path.endswith(files[0].name)]
         assert not any((r.range or "").startswith(f"bytes={ends[0]}-") for r in tails)
+
+
+def test_read_ahead_of_one_cube_never_answers_another_cube_of_the_same_files(logged_in):
+    """Two cubes of the same items over two fields of the same size have the same
+    windows (cube pixels) of the same files, at other places in those files: the dates
+    read ahead for one are never taken by the other's read, and each cube equals what
+    the world says."""
+    days = {"start": "2025-04-01", "end": "2025-09-30"}
+    west, south, east, north = SAMPLE_FIELD
+    a = _open(SAMPLE_FIELD, days)
+    for shift in (0.01, 0.011, 0.012, 0.013):  # some 700 m east: the same tiles and files
+        b = _open((west + shift, south, east + shift, north), days)
+        if a.NDVI.shape == b.NDVI.shape:  # snapped to the grid, the same size
+            break
+    assert a.NDVI.shape == b.NDVI.shape, "the test needs windows of the same size"
+    assert a.item_ids.values.tolist() == b.item_ids.values.tolist()
+    read.clear_reader_cache()
+    aio.engine().tiles.clear()
+    a.NDVI.isel(time=slice(0, 1)).load()
+    a.NDVI.isel(time=slice(1, 2)).load()  # forwards: a's next dates are read ahead
+    assert _read_ahead_finished() >= 2
+    taken = b.NDVI.isel(time=slice(2, 6)).load().values
+    rows, cols = np.meshgrid(np.arange(b.sizes["y"]), np.arange(b.sizes["x"]), indexing="ij")
+    truth = _truth(logged_in, b, rows.ravel(), cols.ravel())[2:6]
+    np.testing.assert_array_equal(taken.reshape(4, -1), truth)

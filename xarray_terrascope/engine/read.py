@@ -228,13 +228,12 @@ def read_window(
     if out.size == 0:
         return out
     native = aio.native_usable()
+    state = _window_state(plan, asset_index, window)
     jobs = [
         (out_index, request)
         for out_index, t in enumerate(time_indices)
         if skip is None or not skip[out_index].all()
-        for item_index in plan.groups[t]
-        if (request := _request(plan, asset_index, item_index, window, creds, native=native))
-        is not None
+        for request in state.requests(plan, asset_index, window, creds, t, native=native)
     ]
     if not native and jobs:
         _forked_warning()
@@ -243,7 +242,7 @@ def read_window(
         by_date.setdefault(out_index, []).append(request)
     keys = None
     if skip is None:  # a whole date is shared with its read ahead (see readahead.DateRead)
-        keys = {i: _date_key(plan, asset_index, window, time_indices[i]) for i in by_date}
+        keys = {i: _date_key(files) for i, files in by_date.items()}
     # The read goes to the loop first, its requests ahead of the background work below.
     reading = aio.start(
         _read_dates(by_date, out, skip, packing.fill_value, plan, asset_index, creds, keys)
@@ -349,21 +348,50 @@ class _WindowState:
         window: Window,
         creds: auth.AnyCredentials | None,
         t: int,
+        *,
+        native: bool = True,
     ) -> list[FileRead]:
         """Date ``t``'s requests of the window, in mosaic order (files that miss the
-        window left out). Threads may race to make the same date's: same result."""
+        window left out); ``native`` False: a process where async-tiff does not run
+        (every file through GDAL, made afresh). Threads may race to make the same
+        date's: same result."""
+        if not native:
+            return self._made(plan, asset_index, window, creds, t, native=False)
         if self.creds is not creds:  # other credentials: other requests
             self.files = {}
             self.creds = creds
         found = self.files.get(t)
         if found is None:
-            found = [
-                request
-                for item_index in plan.groups[t]
-                if (request := _request(plan, asset_index, item_index, window, creds)) is not None
-            ]
-            self.files[t] = found
+            found = self.files[t] = self._made(plan, asset_index, window, creds, t)
         return found
+
+    @staticmethod
+    def _made(
+        plan: CubePlan,
+        asset_index: int,
+        window: Window,
+        creds: auth.AnyCredentials | None,
+        t: int,
+        *,
+        native: bool = True,
+    ) -> list[FileRead]:
+        return [
+            request
+            for item_index in plan.groups[t]
+            if (request := _request(plan, asset_index, item_index, window, creds, native=native))
+            is not None
+        ]
+
+
+def _window_state(plan: CubePlan, asset_index: int, window: Window) -> _WindowState:
+    """What this process remembers of the window (made when new; now the most recent)."""
+    key = (_plan_key(plan), asset_index, window)
+    with _recent.lock:
+        state = _recent.get(key)
+        if state is None:
+            state = _WindowState()
+            _recent.put(key, state)
+        return state
 
 
 def _reset_after_fork() -> None:
@@ -387,12 +415,8 @@ def _prefetch_around(
     its own dates' first, then their later files) in the background. Reads of a window
     date after date, up or down: read the next dates' files ahead in that direction
     (unless ``read_ahead`` is False)."""
-    key = (hash(plan.urls), asset_index, window)
+    state = _window_state(plan, asset_index, window)
     with _recent.lock:
-        state = _recent.get(key)  # now the most recent
-        if state is None:
-            state = _WindowState()
-            _recent.put(key, state)
         seen, warmed = state.seen, state.warmed
         if any(t in seen for t in time_indices):  # the window is read again: a new pass
             seen.clear()
@@ -461,17 +485,37 @@ def _prefetch_around(
             dates_ahead -= 1
             files = state.requests(plan, asset_index, window, creds, t)
             if files and not any(isinstance(request, GdalRead) for request in files):
-                ahead.append(
-                    readahead.DateRead(_date_key(plan, asset_index, window, t), tuple(files))
-                )
+                ahead.append(readahead.DateRead(_date_key(files), tuple(files)))
             else:
                 ahead.extend(async_reads([t], first=True))
         readahead.read_ahead(ahead)
 
 
-def _date_key(plan: CubePlan, asset_index: int, window: Window, t: int) -> Hashable:
-    """The read-ahead key of date ``t`` of a window (the date's whole mosaic)."""
-    return ("date", hash(plan.urls), asset_index, window, t)
+def _date_key(files: Sequence[FileRead]) -> Hashable:
+    """The read-ahead key of a date of a window: its files' (the date's whole mosaic)."""
+    return ("date", *(file.key for file in files))
+
+
+def _plan_key(plan: CubePlan) -> Hashable:
+    """What tells two plans' windows apart: their files, the grid the files land on, and
+    how they are read (two cubes of the same items over other bboxes have the same
+    windows, at other places in the files)."""
+    return hash(
+        (
+            plan.urls,
+            plan.epsg,
+            plan.bounds,
+            plan.resolution,
+            plan.native,
+            plan.local_hrefs,
+            plan.prefer_local,
+            plan.resampling,
+            plan.asset_resampling,
+            plan.packing,
+            plan.credentials_handle,
+            tuple(sorted(plan.send_credentials.items())),
+        )
+    )
 
 
 def _in_worker() -> bool:

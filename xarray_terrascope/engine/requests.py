@@ -127,9 +127,17 @@ class FileRead:
     @property
     def key(self) -> Hashable:
         """What reads of the same pixels with the same credentials share: never the
-        secret, only the credentials' identity."""
+        secret, only the credentials' identity. The window is in cube pixels: two cubes
+        of one file (other bboxes, grids) have the same windows at other places in it,
+        so the key holds where the file's pixels land (:attr:`placed`) too."""
         identity = None if self.access is None else self.access.identity
-        return (type(self).__name__, self.url, self.window, self.dtype.str, identity)
+        return (type(self).__name__, self.url, self.window, self.dtype.str, identity, self.placed)
+
+    @property
+    def placed(self) -> Hashable:
+        """Where the file's pixels land on the cube's grid (what, beside the window, says
+        which of them a read gives)."""
+        return None
 
     @property
     def nbytes(self) -> int:
@@ -164,6 +172,10 @@ class AlignedRead(FileRead):
     needed: npt.NDArray[np.bool_] | None = field(default=None, compare=False, repr=False)
 
     @property
+    def placed(self) -> Hashable:
+        return self.placement, self.shape
+
+    @property
     def key(self) -> Hashable:
         """As :attr:`FileRead.key`, and which pixels are wanted."""
         if self.needed is None:
@@ -179,6 +191,10 @@ class WarpedRead(FileRead):
 
     native: NativeGrid
     target: OutputGrid
+
+    @property
+    def placed(self) -> Hashable:
+        return self.native, self.target
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +237,11 @@ class GdalRead(FileRead):
     plan: CubePlan
     asset_index: int
     credentials: AnyCredentials | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def placed(self) -> Hashable:
+        plan = self.plan
+        return plan.epsg, plan.bounds, plan.resolution, plan.resampling_of(self.asset_index)
 
 
 def for_pixels(request: FileRead, wanted: npt.NDArray[np.bool_] | None) -> FileRead | None:
