@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xarray_terrascope.auth import RequestAuth
-from xarray_terrascope.engine import aio, readers
+from xarray_terrascope.engine import aio, limiter, readers
 from xarray_terrascope.engine.mosaic import empty, mosaic
 from xarray_terrascope.engine.requests import FileRead, for_pixels
 from xarray_terrascope.engine.source import fetch_header
@@ -132,6 +132,7 @@ async def read_rounds(
         request = for_pixels(file, want)
         if request is None:  # no pixel left for this file, nor for the next ones
             return
+        limiter.stage.set(2 * depth)  # a date's later files go ahead of new dates' first
         mosaic(out, [(index, await one(request))], fill, fresh=depth == 0)
 
 
