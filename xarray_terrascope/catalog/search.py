@@ -426,6 +426,7 @@ def _found(params: dict[str, Any], *, as_dicts: bool) -> list[Any]:
     """
     root = get_options().stac_url
     direct = f"{root.rstrip('/')}/search"
+    client = None
     if as_dicts and root not in _no_direct_search:
         search = ItemSearch(url=direct, stac_io=_stac_io(), client=None, **params)
         pages = search.pages_as_dicts()
@@ -441,14 +442,13 @@ def _found(params: dict[str, Any], *, as_dicts: bool) -> list[Any]:
             if link is not None and link.href.rstrip("/") != direct:
                 logger.debug("%s answered %s; searching at %s", direct, err, link.href)
                 _no_direct_search.add(root)
-            found = client.search(**params)
-            return list(found.items_as_dicts())
-        return [
-            item
-            for page in itertools.chain([first] if first else [], pages)
-            for item in page.get("features", [])
-        ]
-    found = stac_client().search(**params)
+        else:
+            return [
+                item
+                for page in itertools.chain([first] if first else [], pages)
+                for item in page.get("features", [])
+            ]
+    found = (client or stac_client()).search(**params)
     return list(found.items_as_dicts() if as_dicts else found.items())
 
 
