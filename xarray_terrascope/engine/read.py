@@ -23,21 +23,17 @@ new credentials are honoured; they go only to origins the plan allows.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
-import sys
-import threading
-from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass, field
+from collections.abc import Hashable, Sequence
+from dataclasses import astuple
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from xarray_terrascope import auth
-from xarray_terrascope.cache import BoundedCache
-from xarray_terrascope.engine import aio, gdal, gdal_cache, origins, readahead, readers
+from xarray_terrascope.engine import aio, gdal, gdal_cache, origins, readahead, readers, windows
 from xarray_terrascope.engine.coarsen import COARSENING, REPLICATING
 from xarray_terrascope.engine.cog import GridMismatch
 from xarray_terrascope.engine.header_cache import headers
@@ -52,7 +48,6 @@ from xarray_terrascope.engine.requests import (
     Window,
 )
 from xarray_terrascope.exceptions import ReadError
-from xarray_terrascope.options import get_options
 from xarray_terrascope.plan.grids import NativeGrid
 from xarray_terrascope.plan.planner import CubePlan
 
@@ -75,8 +70,7 @@ def clear_reader_cache() -> None:
         current.tiles.clear()
     readahead.clear()
     origins.forget_files()
-    with _recent.lock:  # the windows' read patterns and the headers they warmed
-        _recent.clear()
+    windows.clear()  # the windows' read patterns, the headers they warmed, their requests
 
 
 def _access(plan: CubePlan, url: str, creds: auth.AnyCredentials | None) -> auth.RequestAuth | None:
@@ -228,12 +222,12 @@ def read_window(
     if out.size == 0:
         return out
     native = aio.native_usable()
-    state = _window_state(plan, asset_index, window)
+    state = windows.window_state(plan, asset_index, window)
     jobs = [
         (out_index, request)
         for out_index, t in enumerate(time_indices)
         if skip is None or not skip[out_index].all()
-        for request in state.requests(plan, asset_index, window, creds, t, native=native)
+        for request in state.requests(plan, asset_index, window, creds, t, _request, native=native)
     ]
     if not native and jobs:
         _forked_warning()
@@ -242,7 +236,7 @@ def read_window(
         by_date.setdefault(out_index, []).append(request)
     keys = None
     if skip is None:  # a whole date is shared with its read ahead (see readahead.DateRead)
-        keys = {i: _date_key(files) for i, files in by_date.items()}
+        keys = {i: windows.date_key(files) for i, files in by_date.items()}
     # The read goes to the loop first, its requests ahead of the background work below.
     reading = aio.start(
         _read_dates(by_date, out, skip, packing.fill_value, plan, asset_index, creds, keys)
@@ -252,7 +246,7 @@ def read_window(
         # the nearest dates' files: their masks are not known here, and a file whose
         # window the mask covers entirely must cost no request at all.
         try:
-            _prefetch_around(plan, asset_index, time_indices, window, creds)
+            windows.prefetch_around(plan, asset_index, time_indices, window, creds, _request)
         except BaseException:
             reading.cancel()
             raise
@@ -322,230 +316,6 @@ async def _read_dates(
     finally:
         for task in tasks:
             task.cancel()
-
-
-#: Windows this process has read recently, with the dates read (for warm-up and read-ahead).
-_RECENT_SIZE = 256
-_recent: BoundedCache[Hashable, _WindowState] = BoundedCache(_RECENT_SIZE)
-
-
-@dataclass(eq=False)
-class _WindowState:
-    """What this process remembers of a window of a plan: the dates read in the current
-    pass, the files whose headers were warmed, and each date's requests (made once per
-    credentials: the reads of a long series ask for the same dates' requests again and
-    again, to warm their headers and read them ahead)."""
-
-    seen: set[int] = field(default_factory=set)
-    warmed: set[str] = field(default_factory=set)
-    creds: object = None
-    files: dict[int, list[FileRead]] = field(default_factory=dict)
-
-    def requests(
-        self,
-        plan: CubePlan,
-        asset_index: int,
-        window: Window,
-        creds: auth.AnyCredentials | None,
-        t: int,
-        *,
-        native: bool = True,
-    ) -> list[FileRead]:
-        """Date ``t``'s requests of the window, in mosaic order (files that miss the
-        window left out); ``native`` False: a process where async-tiff does not run
-        (every file through GDAL, made afresh). Threads may race to make the same
-        date's: same result."""
-        if not native:
-            return self._made(plan, asset_index, window, creds, t, native=False)
-        if self.creds is not creds:  # other credentials: other requests
-            self.files = {}
-            self.creds = creds
-        found = self.files.get(t)
-        if found is None:
-            found = self.files[t] = self._made(plan, asset_index, window, creds, t)
-        return found
-
-    @staticmethod
-    def _made(
-        plan: CubePlan,
-        asset_index: int,
-        window: Window,
-        creds: auth.AnyCredentials | None,
-        t: int,
-        *,
-        native: bool = True,
-    ) -> list[FileRead]:
-        return [
-            request
-            for item_index in plan.groups[t]
-            if (request := _request(plan, asset_index, item_index, window, creds, native=native))
-            is not None
-        ]
-
-
-def _window_state(plan: CubePlan, asset_index: int, window: Window) -> _WindowState:
-    """What this process remembers of the window (made when new; now the most recent)."""
-    key = (_plan_key(plan), asset_index, window)
-    with _recent.lock:
-        state = _recent.get(key)
-        if state is None:
-            state = _WindowState()
-            _recent.put(key, state)
-        return state
-
-
-def _reset_after_fork() -> None:
-    _recent.lock = threading.RLock()  # another thread may have held it at the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-def _prefetch_around(
-    plan: CubePlan,
-    asset_index: int,
-    time_indices: Sequence[int],
-    window: Window,
-    creds: auth.AnyCredentials | None,
-    read_ahead: bool = True,
-) -> None:
-    """Fetch the headers of the files of the dates nearest the read (up to
-    :data:`~xarray_terrascope.engine.readahead.WARM_FILES` files: the dates' first files,
-    its own dates' first, then their later files) in the background. Reads of a window
-    date after date, up or down: read the next dates' files ahead in that direction
-    (unless ``read_ahead`` is False)."""
-    state = _window_state(plan, asset_index, window)
-    with _recent.lock:
-        seen, warmed = state.seen, state.warmed
-        if any(t in seen for t in time_indices):  # the window is read again: a new pass
-            seen.clear()
-        lo, hi = min(time_indices), max(time_indices)
-        forwards = any(t - 1 in seen for t in time_indices)
-        # dask often takes a window's dates from the last partition down
-        backwards = not forwards and any(t + 1 in seen for t in time_indices)
-        # At an end of the series the run of dates read goes on the other way: dask
-        # starts the last two partitions at once, and the last one may come second.
-        if forwards and hi == len(plan.groups) - 1:
-            forwards, backwards = False, True
-        elif backwards and lo == 0:
-            forwards, backwards = True, False
-        seen.update(time_indices)
-        seen_now = set(seen)
-    dates_ahead = len(plan.groups)
-    files_ahead = get_options().readahead_files
-    if _in_worker():
-        # The workers of a cluster take turns on a window's partitions: dates read ahead
-        # here would often be read again by the worker that gets them. A worker reads
-        # ahead only while it has read the window's dates as one unbroken run, and only
-        # as many dates as that run held before this read.
-        unbroken = max(seen_now) - min(seen_now) + 1 == len(seen_now)
-        dates_ahead = len(seen_now) - len(set(time_indices)) if unbroken else 0
-
-    def async_reads(
-        times: Iterable[int], first: bool = False, later: bool = False
-    ) -> Iterator[FileRead]:
-        """The async engine's requests of the window for dates ``times`` (``first``: of
-        each date's first file only, the one a read takes whole; ``later``: of the files
-        after it only, read where the first leaves the window empty)."""
-        for t in times:
-            files = state.requests(plan, asset_index, window, creds, t)
-            chosen = files[:1] if first else files[1:] if later else files
-            yield from (request for request in chosen if not isinstance(request, GdalRead))
-
-    # The headers of the files of the nearest dates (a window that moves with the
-    # reads): each date's first file, which its read takes whole, before the later ones,
-    # which it reads only where the first leaves the window empty (often not at all).
-    dates = list(_outwards(lo, hi, len(plan.groups)))
-    nearest = itertools.islice(
-        itertools.chain(async_reads(dates, first=True), async_reads(dates, later=True)),
-        readahead.WARM_FILES,
-    )
-    with _recent.lock:
-        new = [request for request in nearest if request.url not in warmed]
-        warmed.update(request.url for request in new)
-    readahead.warm_headers([(r.url, r.label, r.access) for r in new])
-    if read_ahead and (forwards or backwards) and dates_ahead:
-        later = (
-            range(max(time_indices) + 1, len(plan.groups))
-            if forwards
-            else range(min(time_indices) - 1, -1, -1)
-        )
-        # Whole dates (every file of the date, in rounds, as the read itself would), so
-        # the read that takes a date makes no round trip for its later files either; a
-        # date with a file for GDAL has its first file read ahead only.
-        ahead: list[FileRead | readahead.DateRead] = []
-        for t in later:
-            if len(ahead) >= files_ahead or dates_ahead == 0:
-                break
-            if not readahead.allowed(t):  # another worker's dates, say
-                break
-            if t in seen_now:
-                continue
-            dates_ahead -= 1
-            files = state.requests(plan, asset_index, window, creds, t)
-            if files and not any(isinstance(request, GdalRead) for request in files):
-                ahead.append(readahead.DateRead(_date_key(files), tuple(files)))
-            else:
-                ahead.extend(async_reads([t], first=True))
-        readahead.read_ahead(ahead)
-
-
-def _date_key(files: Sequence[FileRead]) -> Hashable:
-    """The read-ahead key of a date of a window: its files' (the date's whole mosaic)."""
-    return ("date", *(file.key for file in files))
-
-
-def _plan_key(plan: CubePlan) -> Hashable:
-    """What tells two plans' windows apart: their files, the grid the files land on, and
-    how they are read (two cubes of the same items over other bboxes have the same
-    windows, at other places in the files)."""
-    return hash(
-        (
-            plan.urls,
-            plan.epsg,
-            plan.bounds,
-            plan.resolution,
-            plan.native,
-            plan.local_hrefs,
-            plan.prefer_local,
-            plan.resampling,
-            plan.asset_resampling,
-            plan.packing,
-            plan.credentials_handle,
-            tuple(sorted(plan.send_credentials.items())),
-        )
-    )
-
-
-def _in_worker() -> bool:
-    """Whether this thread runs a task of a ``dask.distributed`` worker."""
-    distributed = sys.modules.get("distributed")
-    if distributed is None:  # never imported: no worker in this process
-        return False
-    try:
-        distributed.get_worker()
-    except ValueError:  # distributed's answer outside a worker's task
-        return False
-    return True
-
-
-def _outwards(lo: int, hi: int, size: int) -> Iterator[int]:
-    """Time indices from ``lo..hi`` outwards: ``lo..hi``, then ``hi + 1``, ``lo - 1``, ...
-
-    Examples
-    --------
-    >>> list(_outwards(3, 4, 7))
-    [3, 4, 5, 2, 6, 1, 0]
-    """
-    yield from range(lo, hi + 1)
-    for step in range(1, size):
-        if hi + step >= size and lo - step < 0:
-            return
-        if hi + step < size:
-            yield hi + step
-        if lo - step >= 0:
-            yield lo - step
 
 
 def _label(plan: CubePlan, item_index: int) -> str:
