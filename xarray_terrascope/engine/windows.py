@@ -77,33 +77,24 @@ class WindowState:
         window left out), each made by ``make``; ``native`` False: a process where
         async-tiff does not run (every file through GDAL, made afresh). Threads may race
         to make the same date's: same result."""
+
+        def made() -> list[FileRead]:
+            return [
+                request
+                for item_index in plan.groups[t]
+                if (request := make(plan, asset_index, item_index, window, creds, native=native))
+                is not None
+            ]
+
         if not native:
-            return self._made(plan, asset_index, window, creds, t, make, native=False)
+            return made()
         if self.creds is not creds:  # other credentials: other requests
             self.files = {}
             self.creds = creds
         found = self.files.get(t)
         if found is None:
-            found = self.files[t] = self._made(plan, asset_index, window, creds, t, make)
+            found = self.files[t] = made()
         return found
-
-    @staticmethod
-    def _made(
-        plan: CubePlan,
-        asset_index: int,
-        window: Window,
-        creds: auth.AnyCredentials | None,
-        t: int,
-        make: MakeRequest,
-        *,
-        native: bool = True,
-    ) -> list[FileRead]:
-        return [
-            request
-            for item_index in plan.groups[t]
-            if (request := make(plan, asset_index, item_index, window, creds, native=native))
-            is not None
-        ]
 
 
 def window_state(plan: CubePlan, asset_index: int, window: Window) -> WindowState:
