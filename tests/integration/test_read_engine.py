@@ -945,29 +945,3 @@ def test_read_ahead_of_one_cube_never_answers_another_cube_of_the_same_files(log
     rows, cols = np.meshgrid(np.arange(b.sizes["y"]), np.arange(b.sizes["x"]), indexing="ij")
     truth = _truth(logged_in, b, rows.ravel(), cols.ravel())[2:6]
     np.testing.assert_array_equal(taken.reshape(4, -1), truth)
-
-
-def test_a_dates_later_file_has_its_header_fetched_beside_the_first_files_read(logged_in):
-    """A date whose first file leaves the window partly empty reads its second file's
-    pixels without first waiting a round trip for that file's header: the header was
-    asked for beside the first file's, before the first file's tiles. The cube is the
-    world's."""
-    ds = _open(SAMPLE_FIELD, {"start": "2025-04-01", "end": "2025-09-30"})
-    needed = _needs_second_files(logged_in, ds, range(ds.sizes["time"]))
-    assert needed, "the test needs a date whose first file leaves the field partly empty"
-    t = next(i for i, names in enumerate(files_per_date(ds)) if names[-1] in needed)
-    first, second = files_per_date(ds)[t]
-    read.clear_reader_cache()
-    aio.engine().tiles.clear()
-    logged_in.download.latency = 0.05  # each answer comes a round trip after its request
-    logged_in.log.clear()
-    values = ds.NDVI.isel(time=slice(t, t + 1)).load().values
-    records = sorted(tif_records(logged_in), key=lambda r: r.time)
-    header_of_second = [r for r in records if second in r.path and r not in _pixel_requests([r])]
-    tiles_of_first = [r for r in _pixel_requests(records) if first in r.path]
-    # (the second file's pixels may have come with its header: no request of their own)
-    assert header_of_second and tiles_of_first
-    assert header_of_second[0].time < tiles_of_first[0].time
-    rows, cols = np.meshgrid(np.arange(ds.sizes["y"]), np.arange(ds.sizes["x"]), indexing="ij")
-    truth = _truth(logged_in, ds.isel(time=slice(t, t + 1)), rows.ravel(), cols.ravel())
-    np.testing.assert_array_equal(values.reshape(1, -1), truth)

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
-from contextvars import ContextVar
 
 __all__ = [
     "INITIAL_CONNECTIONS",
@@ -30,7 +27,6 @@ __all__ = [
     "PROBE_AFTER",
     "PROBE_SUCCESSES",
     "Limiter",
-    "stage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,11 +51,6 @@ PACE_MAX = 2.0
 PACE_UP, PACE_UP_BUSY = 1.5, 1.25
 PACE_RUN, PACE_RUN_BUSY = 8, 4
 PACE_DOWN = 0.8
-
-#: How far along its read a request is (the depth of its file in a date's mosaic, and
-#: whether the file's header is in): requests waiting for a slot go deepest first, so a
-#: date under way finishes before more dates start. Set by the reads, on their tasks.
-stage: ContextVar[int] = ContextVar("terrascope_request_stage", default=0)
 
 
 class Limiter:
@@ -107,43 +98,25 @@ class Limiter:
         self._next_start = 0.0
         self._last_start = float("-inf")
         self._cond = asyncio.Condition()
-        #: the waiting requests, deepest :data:`stage` first, then in arrival order
-        self._queue: list[tuple[int, int]] = []
-        self._arrivals = itertools.count()
 
     async def acquire(self) -> int:
-        """Wait for a free slot (and the end of a pause); returns the window's generation.
-
-        Slots go to the waiting requests of the deepest :data:`stage` first, in arrival
-        order within a stage.
-        """
+        """Wait for a free slot (and the end of a pause); returns the window's generation."""
         loop = asyncio.get_running_loop()
-        place = (-stage.get(), next(self._arrivals))
         async with self._cond:
-            heapq.heappush(self._queue, place)
-            try:
-                while True:
-                    pause = self._paused_until - loop.time()
-                    if pause > 0:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._cond.wait(), pause)
-                        continue
-                    if self.in_flight < self.limit and self._queue[0] == place:
-                        heapq.heappop(self._queue)
-                        self.in_flight += 1
-                        generation = self.generation
-                        now = loop.time()
-                        start = max(now, self._next_start)
-                        self._next_start = start + self.interval if self.interval else 0.0
-                        break
-                    await self._cond.wait()
-            except BaseException:
-                self._queue.remove(place)
-                heapq.heapify(self._queue)
-                self._cond.notify_all()  # the next in line may be free to go now
-                raise
-            if self._queue and self.in_flight < self.limit:
-                self._cond.notify_all()  # woken before this one, the next went back to wait
+            while True:
+                pause = self._paused_until - loop.time()
+                if pause > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._cond.wait(), pause)
+                    continue
+                if self.in_flight < self.limit:
+                    self.in_flight += 1
+                    generation = self.generation
+                    now = loop.time()
+                    start = max(now, self._next_start)
+                    self._next_start = start + self.interval if self.interval else 0.0
+                    break
+                await self._cond.wait()
         if start > now or self.interval:
             try:
                 await self._pace(start - now)

@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from xarray_terrascope.auth import RequestAuth
-from xarray_terrascope.engine import aio, limiter, readers
+from xarray_terrascope.engine import aio, readers
 from xarray_terrascope.engine.mosaic import empty, mosaic
-from xarray_terrascope.engine.requests import FileRead, GdalRead, for_pixels
+from xarray_terrascope.engine.requests import FileRead, for_pixels
 from xarray_terrascope.engine.source import fetch_header
 from xarray_terrascope.options import get_options
 
@@ -123,18 +123,7 @@ async def read_rounds(
     """Read one date's ``files`` into ``out[index]`` in mosaic order (on the loop): the
     first for the ``wanted`` pixels (None: all), each next one only for the wanted
     pixels still empty (the overlap of two tiles: often none, and then neither that file
-    nor a later one is read). ``one`` reads a request.
-
-    With every pixel wanted, the headers of the later files are fetched (in the
-    background) beside the first file's read: a date that needs its second file then
-    waits for its tiles only, not for its header first. A masked read does not: a file
-    whose window the mask covers must cost no request.
-    """
-    if wanted is None and len(files) > 1:
-        later = [(f.url, f.label, f.access) for f in files[1:] if not isinstance(f, GdalRead)]
-        if later:
-            limiter.stage.set(2)  # in the queue as the later files' own requests
-            asyncio.ensure_future(_warm(later)).add_done_callback(aio.retrieve)
+    nor a later one is read). ``one`` reads a request."""
     for depth, file in enumerate(files):
         want = wanted
         if depth:
@@ -143,7 +132,6 @@ async def read_rounds(
         request = for_pixels(file, want)
         if request is None:  # no pixel left for this file, nor for the next ones
             return
-        limiter.stage.set(2 * depth)  # a date's later files go ahead of new dates' first
         mosaic(out, [(index, await one(request))], fill, fresh=depth == 0)
 
 

@@ -20,7 +20,7 @@ from async_tiff import TIFF
 
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.config import redacted
-from xarray_terrascope.engine import aio, limiter, origins, transport
+from xarray_terrascope.engine import aio, origins, transport
 from xarray_terrascope.engine.header_cache import Header, headers
 from xarray_terrascope.exceptions import ReadError
 
@@ -171,8 +171,6 @@ class Source:
     async def fetch_many(self, spans: list[tuple[int, int]]) -> list[bytes]:
         """Byte ranges of the file in one request (multi-range) where the server allows."""
         self.requests += 1
-        # a file's tiles go ahead of the headers of files not started yet
-        depth = limiter.stage.set(limiter.stage.get() + (self.header is not None))
         try:
             blobs, remote = await transport.get_ranges(
                 self.url, spans, access=self.access, label=self.label
@@ -180,8 +178,6 @@ class Source:
         except BaseException as err:
             self.error = self.error or err
             raise
-        finally:
-            limiter.stage.reset(depth)
         if self.header is not None and not self.header.matches(
             remote.size, remote.etag, remote.last_modified
         ):

@@ -96,44 +96,6 @@ def test_a_request_beyond_the_limit_waits_for_a_slot_and_gets_the_first_one_free
     assert in_flight == 4  # two of the first four ended, the fifth and sixth took over
 
 
-def test_waiting_requests_of_a_deeper_stage_go_first_then_in_arrival_order():
-    """The slots freed go to the requests of reads further along (a date's tiles, its
-    later files) before the first requests of reads not started, each stage in arrival
-    order; a waiter cancelled in the queue leaves it, and lets the next one go."""
-
-    async def scenario():
-        limiter = Limiter(16)
-        held = [await limiter.acquire() for _ in range(limiter.limit)]
-        order: list[str] = []
-
-        async def request(name: str, stage: int) -> int:
-            limits.stage.set(stage)  # this task's own context
-            generation = await limiter.acquire()
-            order.append(name)
-            return generation
-
-        waiting = {
-            name: asyncio.ensure_future(request(name, stage))
-            for name, stage in [("new-a", 0), ("tiles", 1), ("new-b", 0), ("gone", 3), ("later", 2)]
-        }
-        for _ in range(20):
-            await asyncio.sleep(0)
-        waiting.pop("gone").cancel()  # the deepest leaves the queue before its turn
-        for _ in range(20):
-            await asyncio.sleep(0)
-        for generation in held:
-            await limiter.release(generation, busy=False, success=True)
-            for _ in range(20):
-                await asyncio.sleep(0)
-        await asyncio.gather(*waiting.values())
-        return order, limiter.in_flight, limiter._queue
-
-    order, in_flight, queue = asyncio.run(scenario())
-    assert order == ["later", "tiles", "new-a", "new-b"]
-    assert in_flight == 4
-    assert queue == []
-
-
 def test_a_refusal_in_the_window_after_a_cut_cuts_again():
     """A request sent after the cut (at the new limit) and refused halves the limit
     again; a late refusal of one sent before the cut does not."""
