@@ -214,22 +214,21 @@ def date_key(files: Sequence[FileRead]) -> Hashable:
 def plan_key(plan: CubePlan) -> Hashable:
     """What tells two plans' windows apart: their files, the grid the files land on, and
     how they are read (two cubes of the same items over other bboxes have the same
-    windows, at other places in the files)."""
-    return hash(
-        (
-            plan.urls,
-            plan.epsg,
-            plan.bounds,
-            plan.resolution,
-            plan.native,
-            plan.local_hrefs,
-            plan.prefer_local,
-            plan.resampling,
-            plan.asset_resampling,
-            plan.packing,
-            plan.credentials_handle,
-            tuple(sorted(plan.send_credentials.items())),
-        )
+    windows, at other places in the files). The parts themselves, not a hash of them:
+    a window's requests feed its reads."""
+    return (
+        plan.urls,
+        plan.epsg,
+        plan.bounds,
+        plan.resolution,
+        plan.native,
+        plan.local_hrefs,
+        plan.prefer_local,
+        plan.resampling,
+        plan.asset_resampling,
+        plan.packing,
+        plan.credentials_handle,
+        tuple(sorted(plan.send_credentials.items())),
     )
 
 
