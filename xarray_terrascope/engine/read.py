@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import astuple
 from typing import Any
 
@@ -234,12 +234,12 @@ def read_window(
     by_date: dict[int, list[FileRead]] = {}
     for out_index, request in jobs:
         by_date.setdefault(out_index, []).append(request)
-    keys = None
+    wholes = None
     if skip is None:  # a whole date is shared with its read ahead (see readahead.DateRead)
-        keys = {i: windows.date_key(files) for i, files in by_date.items()}
+        wholes = {i: readahead.DateRead.of(files) for i, files in by_date.items()}
     # The read goes to the loop first, its requests ahead of the background work below.
     reading = aio.start(
-        _read_dates(by_date, out, skip, packing.fill_value, plan, asset_index, creds, keys)
+        _read_dates(by_date, out, skip, packing.fill_value, plan, asset_index, creds, wholes)
     )
     if skip is None and any(not isinstance(request, GdalRead) for _, request in jobs):
         # Reads with a mask neither read the next dates ahead nor fetch the headers of
@@ -279,7 +279,7 @@ async def _read_dates(
     plan: CubePlan,
     asset_index: int,
     creds: auth.AnyCredentials | None,
-    keys: dict[int, Hashable] | None = None,
+    wholes: dict[int, readahead.DateRead | None] | None = None,
 ) -> None:
     """Read every date's files into ``out[date]`` at once (on the loop), each date's in
     mosaic order: its first file for the whole window, its next one only for the pixels
@@ -287,10 +287,10 @@ async def _read_dates(
 
     Each date goes on to its next file as soon as its own previous one is in, not once
     every date's previous file is: the dates' second files overlap the others' first.
-    A file whose header disagrees with its item is read through GDAL. A date with a key
-    in ``keys`` (all its pixels wanted, every file for the async engine) is read as a
-    whole (:class:`~xarray_terrascope.engine.readahead.DateRead`): taken from read-ahead,
-    or shared with a read of it under way.
+    A file whose header disagrees with its item is read through GDAL. A date with a
+    whole-date read in ``wholes`` (all its pixels wanted, every file for the async
+    engine: :meth:`~xarray_terrascope.engine.readahead.DateRead.of`) is read as a whole:
+    taken from read-ahead, or shared with a read of it under way.
     """
 
     async def one(request: FileRead) -> npt.NDArray[Any]:
@@ -303,9 +303,9 @@ async def _read_dates(
             return await readers.read(_through_gdal(request, plan, asset_index, creds))
 
     async def date(index: int, files: list[FileRead]) -> None:
-        key = None if keys is None else keys.get(index)
-        if key is not None and not any(isinstance(file, GdalRead) for file in files):
-            out[index] = await readahead.read(readahead.DateRead(key, tuple(files)), one)
+        whole = None if wholes is None else wholes.get(index)
+        if whole is not None:
+            out[index] = await readahead.read(whole, one)
             return
         wanted = None if skip is None else ~skip[index]
         await readahead.read_rounds(files, out, index, fill, wanted, one)

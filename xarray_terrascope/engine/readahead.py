@@ -28,7 +28,7 @@ import numpy.typing as npt
 from xarray_terrascope.auth import RequestAuth
 from xarray_terrascope.engine import aio, readers
 from xarray_terrascope.engine.mosaic import empty, mosaic
-from xarray_terrascope.engine.requests import FileRead, for_pixels
+from xarray_terrascope.engine.requests import FileRead, GdalRead, for_pixels
 from xarray_terrascope.engine.source import fetch_header
 from xarray_terrascope.options import get_options
 
@@ -143,6 +143,15 @@ class DateRead:
 
     key: Hashable
     files: tuple[FileRead, ...]
+
+    @classmethod
+    def of(cls, files: Sequence[FileRead]) -> DateRead | None:
+        """The whole-date read of a date's ``files`` (in mosaic order), keyed by their
+        keys; None when a file is for GDAL (or there is none): such a date is read file
+        by file."""
+        if not files or any(isinstance(file, GdalRead) for file in files):
+            return None
+        return cls(("date", *(file.key for file in files)), tuple(files))
 
     @property
     def label(self) -> str:

@@ -29,7 +29,6 @@ __all__ = [
     "MakeRequest",
     "WindowState",
     "clear",
-    "date_key",
     "plan_key",
     "prefetch_around",
     "window_state",
@@ -123,13 +122,11 @@ def prefetch_around(
     window: Window,
     creds: auth.AnyCredentials | None,
     make: MakeRequest,
-    read_ahead: bool = True,
 ) -> None:
     """Fetch the headers of the files of the dates nearest the read (up to
     :data:`~xarray_terrascope.engine.readahead.WARM_FILES` files: the dates' first files,
     its own dates' first, then their later files) in the background. Reads of a window
-    date after date, up or down: read the next dates' files ahead in that direction
-    (unless ``read_ahead`` is False)."""
+    date after date, up or down: read the next dates' files ahead in that direction."""
     state = window_state(plan, asset_index, window)
     with _recent.lock:
         seen, warmed = state.seen, state.warmed
@@ -180,7 +177,7 @@ def prefetch_around(
         new = [request for request in nearest if request.url not in warmed]
         warmed.update(request.url for request in new)
     readahead.warm_headers([(r.url, r.label, r.access) for r in new])
-    if read_ahead and (forwards or backwards) and dates_ahead:
+    if (forwards or backwards) and dates_ahead:
         later = (
             range(max(time_indices) + 1, len(plan.groups))
             if forwards
@@ -199,16 +196,12 @@ def prefetch_around(
                 continue
             dates_ahead -= 1
             files = state.requests(plan, asset_index, window, creds, t, make)
-            if files and not any(isinstance(request, GdalRead) for request in files):
-                ahead.append(readahead.DateRead(date_key(files), tuple(files)))
+            whole = readahead.DateRead.of(files)
+            if whole is not None:
+                ahead.append(whole)
             else:
                 ahead.extend(async_reads([t], first=True))
         readahead.read_ahead(ahead)
-
-
-def date_key(files: Sequence[FileRead]) -> Hashable:
-    """The read-ahead key of a date of a window: its files' (the date's whole mosaic)."""
-    return ("date", *(file.key for file in files))
 
 
 def plan_key(plan: CubePlan) -> Hashable:
