@@ -57,3 +57,78 @@ def test_a_reader_gives_its_files_pixels_and_the_fill_outside(logged_in, case):
         else:
             assert not differ.any(), (item_id, int(differ.sum()))
     assert outside > 0, "a window part of which lies outside a file: the fill is checked"
+
+
+def test_a_read_waiting_for_tiles_survives_the_cancellation_of_the_read_fetching_them(
+    logged_in,
+):
+    """Two reads of one file share the tiles both need: the second waits for the first's
+    fetch. When the first is cancelled (its date failed elsewhere, a stale read-ahead, a
+    logout), the second fetches those tiles itself and gives the world's pixels; it
+    neither fails with the other's cancellation nor is left waiting."""
+    import asyncio
+
+    items = xts.search(NDVI, list(BBOX), DAY, DAY)
+    plan = plan_cube(items, assets=["NDVI"], bbox=BBOX, crs=32631, collection=NDVI)
+    creds = xts.Credentials(logged_in.username, logged_in.password)
+    height, width = plan.shape
+    first = read._request(plan, 0, 0, Window(0, height, 0, width), creds)
+    second = read._request(plan, 0, 0, Window(0, height - 1, 0, width - 1), creds)
+    assert isinstance(first, AlignedRead) and isinstance(second, AlignedRead)
+    aio.run(readers.read(read._request(plan, 0, 0, Window(0, 1, 0, 1), creds)))  # header
+    aio.engine().tiles.clear()
+    logged_in.download.latency = 0.5  # the first read's tiles are on their way a while
+
+    async def cancel_the_first() -> object:
+        tiles = aio.engine().tiles
+        fetching = asyncio.ensure_future(readers.read(first))
+        while not tiles._pending:  # the first read has claimed the tiles
+            await asyncio.sleep(0.005)
+        waiting = asyncio.ensure_future(readers.read(second))
+        await asyncio.sleep(0.05)  # the second now waits for the first's tiles
+        fetching.cancel()
+        return await asyncio.wait_for(waiting, 30)
+
+    values = aio.run(cancel_the_first())
+    _assert_the_worlds(logged_in.world, plan, values)
+
+
+def test_a_waiting_reads_cancellation_leaves_the_fetch_to_the_others(logged_in):
+    """A read that waits for tiles another read fetches, then is cancelled, cancels
+    nothing of that fetch: the fetching read and a third one waiting on the same tiles
+    both give the world's pixels."""
+    import asyncio
+
+    items = xts.search(NDVI, list(BBOX), DAY, DAY)
+    plan = plan_cube(items, assets=["NDVI"], bbox=BBOX, crs=32631, collection=NDVI)
+    creds = xts.Credentials(logged_in.username, logged_in.password)
+    height, width = plan.shape
+    reads = [
+        read._request(plan, 0, 0, Window(0, height - k, 0, width - k), creds) for k in range(3)
+    ]
+    aio.run(readers.read(read._request(plan, 0, 0, Window(0, 1, 0, 1), creds)))  # header
+    aio.engine().tiles.clear()
+    logged_in.download.latency = 0.5
+
+    async def cancel_a_waiter() -> list:
+        tiles = aio.engine().tiles
+        fetching = asyncio.ensure_future(readers.read(reads[0]))
+        while not tiles._pending:
+            await asyncio.sleep(0.005)
+        waiters = [asyncio.ensure_future(readers.read(r)) for r in reads[1:]]
+        await asyncio.sleep(0.05)  # both wait for the first read's tiles
+        waiters[0].cancel()
+        return await asyncio.wait_for(asyncio.gather(fetching, waiters[1]), 30)
+
+    for values in aio.run(cancel_a_waiter()):
+        _assert_the_worlds(logged_in.world, plan, values)
+
+
+def _assert_the_worlds(world, plan, values) -> None:
+    """``values``, the first item's part of a window from the cube's corner, are the
+    world's DN."""
+    height, width = values.shape
+    xs, ys = np.meshgrid(plan.x_coords()[:width], plan.y_coords()[:height])
+    truth = world.sample(plan.item_ids[0], xs, ys, crs=f"EPSG:{plan.epsg}")
+    assert (truth != 255).any()
+    np.testing.assert_array_equal(values, truth)

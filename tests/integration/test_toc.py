@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import xarray_terrascope as xts
+from xarray_terrascope.cube import masking
+from xarray_terrascope.engine import read
 from xarray_terrascope.testing import Sky
 
 TOC = "terrascope-s2-toc-v2"
@@ -119,7 +122,61 @@ def test_open_time_masking_and_min_clear_on_the_ndvi_product(logged_in):
     np.testing.assert_allclose(kept.clear_share.values, [s for s in shares if s >= 0.6], atol=1e-6)
 
 
+def _assert_kept_dates_are_the_worlds(ds, world) -> None:
+    """Every date of a masked cube, read one by one, holds its own item's pixels: SCL is
+    the world's, B04 its reflectance where kept, NaN on every pixel the classification
+    drops and nowhere beyond the 40 m buffer around those (or the band's own no data)."""
+    from scipy import ndimage
+
+    for t in range(ds.sizes["time"]):
+        item = _item(ds, t)
+        scl = world.scl_truth(item, *_grid(ds))
+        np.testing.assert_array_equal(ds.SCL.isel(time=t).values, scl, err_msg=item)
+        b04 = ds.B04.isel(time=t).values
+        want = world.reflectance(item, "B04", *_grid(ds))
+        kept = ~np.isnan(b04)
+        np.testing.assert_allclose(b04[kept], want[kept], atol=0.5e-4 + 1e-7, err_msg=item)
+        dropped = np.isin(scl, MASKED_SCL)
+        assert np.isnan(b04[dropped]).all(), item
+        near = ndimage.distance_transform_edt(~dropped) <= 4 + 1e-9  # 40 m of 10 m pixels
+        assert (near | np.isnan(want))[~kept].all(), item
+
+
+def test_a_min_clear_cube_reads_its_own_dates_not_the_full_cubes(logged_in):
+    """``min_clear`` drops dates: the kept cube's date ``t`` is another item than the
+    full cube's ``t``, over the same files and grid. Its reads (and the mask read at
+    opening over the full cube, in the same window) must never answer one another."""
+    ds = _open(assets=["B04"], mask_clouds=True, min_clear=0.6, chunks={})
+    assert ds.attrs["dropped_dates"], "no date dropped: nothing to tell apart"
+    first_dropped = min(ds.attrs["dropped_dates"])
+    assert any(str(d)[:10] > first_dropped for d in ds.time.values), "none after a dropped one"
+    _assert_kept_dates_are_the_worlds(ds, logged_in.world)
+
+
+def test_cloud_masks_of_two_cubes_of_the_same_files_never_mix(logged_in):
+    """The masks a cube computed for its dates, one by one, are not taken by another
+    cube of the same files whose date indices are other dates (``min_clear``)."""
+    masking.clear()  # no mask of another test's cubes
+    full = _open(assets=["B04"], mask_clouds=True)
+    for t in range(full.sizes["time"]):
+        full.B04.isel(time=t).load()  # one mask per date index and window
+    kept = _open(assets=["B04"], mask_clouds=True, min_clear=0.6)
+    assert kept.sizes["time"] < full.sizes["time"]
+    read.clear_reader_cache()  # the engine's memory of windows, not the masks
+    _assert_kept_dates_are_the_worlds(kept, logged_in.world)
+
+
 def test_asking_for_what_the_items_lack_names_what_they_have(logged_in):
     with pytest.raises(Exception, match="available") as err:
         _open(assets=["B04", "B99"])
     assert "B08" in str(err.value)
+
+
+def test_a_logout_forgets_the_cloud_masks(logged_in):
+    """A window's mask was read with the credentials of then: a logout (or new
+    credentials) drops it, as it drops every other cache of what was read."""
+    ds = _open(days=SHORT, assets=["B04"], mask_clouds=True)
+    ds.B04.load()
+    assert len(masking._windows) > 0
+    xts.logout()
+    assert len(masking._windows) == 0

@@ -24,16 +24,19 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from xarray_terrascope import auth
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.catalog.assets import CLOUDMASK_KEYS, SCL_KEYS
 from xarray_terrascope.cube.clouds import drop_mask
 from xarray_terrascope.engine.read import read_window
+from xarray_terrascope.engine.windows import plan_key
 from xarray_terrascope.exceptions import InvalidArgumentError
 from xarray_terrascope.plan.planner import CubePlan
 
 __all__ = [
     "MaskSpec",
     "check_mask_arguments",
+    "clear",
     "clear_shares",
     "dropped_pixels",
     "find_mask_asset",
@@ -131,6 +134,16 @@ _windows: BoundedCache[Hashable, npt.NDArray[np.bool_]] = BoundedCache(
 )
 
 
+def clear() -> None:
+    """Forget every computed window mask (on a logout or new credentials too: a mask was
+    read with the old ones)."""
+    with _windows.lock:
+        _windows.clear()
+
+
+auth.subscribe("forget", clear)
+
+
 def _new_lock_after_fork() -> None:
     _windows.lock = threading.RLock()  # another thread may have held it at the fork
 
@@ -147,8 +160,8 @@ def dropped_pixels(
     The mask asset is read with a margin of ``mask.radius`` pixels (clipped to the cube)
     so that a dilated cloud just outside the window still reaches into it.
     """
-    key = (hash(plan.urls), plan.epsg, plan.bounds, plan.resolution, mask, tuple(times),
-           rows.start, rows.stop, cols.start, cols.stop)  # fmt: skip
+    # the plan's key holds its dates' items: a min_clear cube's date t is another item
+    key = (plan_key(plan), mask, tuple(times), rows.start, rows.stop, cols.start, cols.stop)
     with _windows.lock:
         cached = _windows.get(key)
     if cached is not None:

@@ -319,19 +319,34 @@ async def tiles_of(
         for (tx, ty), block in zip(mine, await _fetch_decode(tiff, source, mine), strict=True):
             tiles.finish(_tile_key(source, tx, ty), block, keep=keep(tx, ty))
             found[tx, ty] = block
-    except BaseException as err:
+    except Exception as err:
         for tx, ty in mine:
             tiles.fail(_tile_key(source, tx, ty), err)
         raise
+    except BaseException:  # this read is cancelled: its waiters fetch the tiles themselves
+        for tx, ty in mine:
+            tiles.finish(_tile_key(source, tx, ty), None, keep=False)
+        raise
     for key, future in waits.items():
         try:
-            tile = await future
+            # shielded: this read's cancellation must not cancel the fetch others wait for
+            tile = await asyncio.shield(future)
         except Exception:  # the other read failed (its own error): fetch it ourselves
             tile = None
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            tile = None  # the read fetching it was cancelled, not this one
         if tile is None:
             (tile,) = await _fetch_decode(tiff, source, [key])
         found[key] = tile
     return [found[key] for key in xy]
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (a CancelledError it sees is its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _tile_key(source: Source, tx: int, ty: int) -> Hashable:

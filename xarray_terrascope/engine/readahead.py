@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ READAHEAD_STALE = 30.0
 #: :func:`within` block, with how many blocks hold each.
 _within: collections.Counter[tuple[int, int]] = collections.Counter()
 _within_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _within_lock
+    _within_lock = threading.Lock()  # another thread may have held it at the fork
+    _within.clear()  # the parent's computations under way are not the child's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @contextlib.contextmanager

@@ -131,7 +131,10 @@ class FileRead:
         of one file (other bboxes, grids) have the same windows at other places in it,
         so the key holds where the file's pixels land (:attr:`placed`) too."""
         identity = None if self.access is None else self.access.identity
-        return (type(self).__name__, self.url, self.window, self.dtype.str, identity, self.placed)
+        # the fill as stored bytes: equal for equal values, NaN included
+        fill = np.asarray(self.fill, self.dtype).tobytes()
+        kind = type(self).__name__
+        return (kind, self.url, self.window, self.dtype.str, fill, identity, self.placed)
 
     @property
     def placed(self) -> Hashable:
@@ -225,8 +228,9 @@ class CoarsenRead(FileRead):
 
     @property
     def key(self) -> Hashable:
-        """As :attr:`FileRead.key`, with the reduction and the wanted pixels."""
-        return (super().key, self.factor, self.method, self.source.key)
+        """As :attr:`FileRead.key`, with the reduction, the value it excludes and the
+        wanted pixels."""
+        return (super().key, self.factor, self.method, repr(self.nodata), self.source.key)
 
 
 @dataclass(frozen=True, kw_only=True)

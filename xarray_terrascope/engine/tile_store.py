@@ -146,7 +146,18 @@ class TileCache:
             future.set_exception(error)
 
     def clear(self) -> None:
-        """Forget every stored tile (fetches in progress finish for their waiters)."""
+        """Forget every stored tile (fetches in progress finish for their waiters). From
+        any thread: the stores change on the engine's loop, the only thread using them."""
+        if aio.started() is not None and not aio.in_loop_thread():
+
+            async def on_the_loop() -> None:
+                self._clear()
+
+            aio.run(on_the_loop())
+        else:
+            self._clear()
+
+    def _clear(self) -> None:
         self._waiting.clear()
         self._taken.clear()
         self._spare.clear()

@@ -205,12 +205,14 @@ def prefetch_around(
 
 
 def plan_key(plan: CubePlan) -> Hashable:
-    """What tells two plans' windows apart: their files, the grid the files land on, and
-    how they are read (two cubes of the same items over other bboxes have the same
-    windows, at other places in the files). The parts themselves, not a hash of them:
-    a window's requests feed its reads."""
+    """What tells two plans' windows apart: their files, which of them make each date,
+    the grid the files land on, and how they are read. Two cubes of the same items over
+    other bboxes have the same windows, at other places in the files; a cube opened with
+    ``min_clear`` has the same files as the whole one, but its date ``t`` is another
+    item. The parts themselves, not a hash of them: a window's requests feed its reads."""
     return (
         plan.urls,
+        plan.groups,
         plan.epsg,
         plan.bounds,
         plan.resolution,

@@ -193,3 +193,32 @@ def test_read_ahead_stays_within_the_dates_of_the_computations_under_way():
     with pytest.raises(RuntimeError), readahead.within(0, 1):
         raise RuntimeError("a failed computation leaves no range behind")
     assert readahead.allowed(7)
+
+
+def test_a_forked_child_is_not_held_to_its_parents_computations():
+    """A child forked while the parent is inside a ``within`` block never leaves that
+    block (it is the parent's computation): the child reads ahead freely."""
+    import os
+
+    with readahead.within(0, 5):
+        assert not readahead.allowed(7)
+        pid = os.fork()
+        if pid == 0:  # the child: exit code 0 when nothing holds it, without cleanup
+            os._exit(0 if readahead.allowed(7) else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_reads_of_one_file_with_other_fill_values_share_nothing():
+    """A request's key holds the value of the window's pixels outside the file: reads
+    that fill them otherwise never answer each other; equal fills, NaN included, share."""
+
+    def request(fill, dtype="uint8"):
+        return FileRead(
+            url="https://host/a.tif", label="a", window=Window(0, 4, 0, 4),
+            dtype=np.dtype(dtype), fill=fill,
+        )  # fmt: skip
+
+    assert request(255).key != request(0).key
+    assert request(np.uint8(255)).key == request(255).key
+    assert request(np.nan, "float32").key == request(float("nan"), "float32").key

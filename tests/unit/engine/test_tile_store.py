@@ -248,3 +248,40 @@ def test_keeping_all_with_least_bytes_holds_more_than_the_option_from_then_on():
         kept, bound, second = asyncio.run(scenario())
     assert kept == 8 and bound == 2 * 2**20
     assert second  # the oldest spare gave way to "next", the second one is still there
+
+
+def test_clearing_from_another_thread_waits_for_the_engines_loop():
+    """The loop thread alone changes the store: ``clear()`` from another thread runs on
+    the loop, so it cannot cut into a change under way there (here, while the loop is
+    held, nothing is cleared; once it is free, everything is)."""
+    import threading
+
+    from xarray_terrascope.engine import aio
+
+    store = aio.engine().tiles
+    store.clear()
+
+    async def keep_one() -> None:
+        store.claim("t")
+        store.finish("t", _tile(1), keep=True)
+
+    aio.run(keep_one())
+    assert len(store) == 1
+    busy, release = threading.Event(), threading.Event()
+
+    async def hold_the_loop() -> None:
+        busy.set()
+        release.wait(10)  # blocks the loop thread itself
+
+    held = aio.submit(hold_the_loop())
+    assert busy.wait(10)
+    clearing = threading.Thread(target=store.clear)
+    clearing.start()
+    clearing.join(0.3)
+    try:
+        assert clearing.is_alive() and len(store) == 1, "cleared off the loop"
+    finally:
+        release.set()
+        held.result(10)
+        clearing.join(10)
+    assert len(store) == 0
