@@ -382,6 +382,41 @@ def test_a_protected_collection_401_then_403_then_data_with_the_role(oidc):
     assert xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
 
 
+def test_the_token_goes_to_a_stac_url_written_without_its_default_port(oidc, monkeypatch):
+    """requests picks a transport adapter by the URL's text, and Terrascope's STAC URL
+    names no port (``https://stac.terrascope.be``): its requests carry the access token
+    all the same, and another host's do not. The sandbox's URLs all name their port, so
+    they cannot show this; the real host is unreachable here, so the adapters' network
+    send is replaced by one that records the request (no traffic leaves)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    from xarray_terrascope.catalog import search
+
+    xts.login(oidc.username, oidc.password, method="oidc")
+    monkeypatch.setenv("TERRASCOPE_STAC_URL", "https://stac.terrascope.be")
+    sent: list[requests.PreparedRequest] = []
+
+    def record(self, request, *args, **kwargs):
+        sent.append(request)
+        response = requests.Response()
+        response.status_code, response._content = 200, b"{}"
+        response.url, response.request = request.url, request
+        return response
+
+    monkeypatch.setattr(HTTPAdapter, "send", record)
+    session = search._stac_io().session
+    for url in (
+        "https://stac.terrascope.be/search",
+        "https://STAC.terrascope.be:443/collections",
+        "https://stac.terrascope.be.example.org/search",
+        "http://stac.terrascope.be/search",
+    ):
+        session.get(url)
+    bearer = [r.headers.get("Authorization", "").startswith("Bearer ") for r in sent]
+    assert bearer == [True, True, False, False]
+
+
 # --- the refresh-token store -------------------------------------------------------------
 
 

@@ -145,8 +145,12 @@ def _stac_io() -> StacApiIO:
     creds = auth.current_credentials()
     origin = config.origin(get_options().stac_url)
     if isinstance(creds, auth.TokenCredentials) and origin is not None:
+        # on the scheme, not the origin: requests picks an adapter by the URL's text,
+        # where the default port is not written ("https://stac.terrascope.be/search");
+        # the adapter itself adds the token for that origin only
+        scheme = origin.split(":", 1)[0]
         stac_io.session.mount(
-            f"{origin}/", _BearerAdapter(origin, auth.RequestAuth(creds), max_retries=RETRY)
+            f"{scheme}://", _BearerAdapter(origin, auth.RequestAuth(creds), max_retries=RETRY)
         )
     return stac_io
 

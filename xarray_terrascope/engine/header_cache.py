@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.engine import aio, header_files
 from xarray_terrascope.engine.header_files import MAX_ENTRY_BYTES, MAX_META_BYTES
+from xarray_terrascope.engine.origins import Remote
 from xarray_terrascope.options import get_options
 
 __all__ = [
@@ -109,11 +110,9 @@ class Header:
         >>> old.matches(100, '"v2"', None)
         True
         """
-        if self.size is not None and size is not None and self.size != size:
-            return False
-        if self.etag and etag:
-            return self.etag == etag
-        return not (self.last_modified and last_modified and self.last_modified != last_modified)
+        return Remote(self.size, self.etag, self.last_modified).matches(
+            Remote(size, etag, last_modified)
+        )
 
 
 def cache_dir() -> Path | None:

@@ -61,6 +61,27 @@ class Remote:
     etag: str | None
     last_modified: str | None = None
 
+    def matches(self, other: Remote) -> bool:
+        """Whether ``other`` describes the same file: the sizes agree, and the ETags, or
+        the Last-Modified dates when either side has no ETag (an ETag is the stronger
+        validator, RFC 9110 8.8.1). Values one side does not know pass.
+
+        Examples
+        --------
+        >>> Remote(100, '"v1"').matches(Remote(100, '"v2"'))
+        False
+        >>> Remote(100, None).matches(Remote(99, None))
+        False
+        >>> Remote(100, None, "Mon, 02 Jun 2025").matches(Remote(100, '"v2"'))
+        True
+        """
+        if self.size is not None and other.size is not None and self.size != other.size:
+            return False
+        if self.etag and other.etag:
+            return self.etag == other.etag
+        mine, theirs = self.last_modified, other.last_modified
+        return not (mine and theirs and mine != theirs)
+
 
 def reset_limiters() -> None:
     """Forget what was learnt about every host (its limit, whether it answers multi-range

@@ -175,12 +175,20 @@ class Source:
             blobs, remote = await transport.get_ranges(
                 self.url, spans, access=self.access, label=self.label
             )
+        except transport.FileChanged:
+            remote = None
         except BaseException as err:
             self.error = self.error or err
             raise
-        if self.header is not None and not self.header.matches(
-            remote.size, remote.etag, remote.last_modified
-        ):
+        # every answer of the read must describe the file its header came from: the
+        # header's (cached or read now), else this read's first answer
+        header = self.header
+        seen = (
+            self.remote
+            if header is None
+            else origins.Remote(header.size, header.etag, header.last_modified)
+        )
+        if remote is None or (seen is not None and not seen.matches(remote)):
             self.stale = True
             self.error = self.error or StaleHeader(self.url)
             raise self.error

@@ -39,6 +39,7 @@ import re
 from urllib.parse import urljoin
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from xarray_terrascope import config, http_policy
 from xarray_terrascope.auth import RequestAuth
@@ -104,6 +105,9 @@ def _session() -> aiohttp.ClientSession:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120),
             headers={"User-Agent": f"xarray-terrascope/{__version__}"},
             auto_decompress=False,
+            # no cookies kept: aiohttp's jar would send one the allowed origin set to
+            # other ports and subdomains, and on requests that carry no credentials
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         state.session = session
     return session
@@ -174,8 +178,12 @@ async def _attempt(
                 location = resp.headers.get("Location")
                 if not location:
                     raise _fail(status, label, url, sent, " (redirect without Location)")
-                target = urljoin(target, location)
-                if origin(target) is None:  # another scheme, user information, a bad port
+                try:
+                    target = urljoin(target, location)
+                    bad = origin(target) is None
+                except ValueError:  # not a URL at all ("http://[::1/x")
+                    target, bad = location, True
+                if bad:  # another scheme, user information, a bad port
                     raise ReadError(
                         f"Reading {label} ({_public(url)}) failed: HTTP {status} redirects to "
                         f"{_public(target)!r}, which is not a plain http(s) URL (another "
@@ -214,6 +222,8 @@ async def _attempt(
                     origins.learn((url, target), False)  # the body is left unread
                     raise _NoMultiRange(f"{_public(target)} ignores multi-range requests")
                 body = await resp.read()
+                if any(start >= len(body) for start, _ in spans):
+                    raise _fail(416, label, url, sent, f" (the file has {len(body)} bytes)")
                 remote = Remote(len(body), etag, modified)
                 origins.saw_ranges(url, target)
                 origins.keep_whole(url, target, body, remote, access)
@@ -242,6 +252,9 @@ def _headers(ranges: str, access: RequestAuth | None) -> dict[str, str]:
         headers["Authorization"] = access.header()
     return headers
 
+
+#: The request headers an aiohttp error keeps once scrubbed (:func:`_scrubbed`).
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
@@ -306,6 +319,8 @@ def _cut(
                 blobs.append(body[start - first : stop - first])
                 break
         else:
+            if size is not None and start >= size:  # past the file's end: not the origin's
+                raise _fail(416, label, url, sent, f" (the file has {size} bytes)")
             if len(spans) > 1:
                 raise _NoMultiRange(f"{_public(url)} answered other ranges than asked")
             raise _fail(206, label, url, sent, " (unexpected Content-Range)")
@@ -322,6 +337,11 @@ def _scrubbed(err: BaseException) -> BaseException:
     while each is not None and id(each) not in seen:
         seen.add(id(each))
         each.__traceback__ = None
+        if isinstance(each, aiohttp.ClientResponseError):
+            # its request_info (shown by repr) holds the request's headers, and history
+            # the responses, each with its own request_info
+            each.request_info = each.request_info._replace(headers=_NO_HEADERS)
+            each.history = ()
         each = each.__cause__ or each.__context__
     return config.redacted(err)
 
@@ -400,7 +420,7 @@ async def _get_ranges(
                 except _NoMultiRange as err:
                     logger.debug("%s; one request per range from now on", err)
                 else:
-                    return [blob for blobs, _ in answers for blob in blobs], answers[0][1]
+                    return [blob for blobs, _ in answers for blob in blobs], _one_file(url, answers)
     if len(spans) == 1:
         return await _with_retries(url, spans, access, label)
     if (origin(url) or url) not in aio.engine().ranges_seen:
@@ -413,9 +433,22 @@ async def _get_ranges(
         rest = await asyncio.gather(
             *(_with_retries(url, [span], access, label) for span in spans[1:])
         )
-        return [first[0][0], *(blobs[0] for blobs, _ in rest)], first[1]
+        return [first[0][0], *(blobs[0] for blobs, _ in rest)], _one_file(url, [first, *rest])
     answers = await asyncio.gather(*(_with_retries(url, [span], access, label) for span in spans))
-    return [blobs[0] for blobs, _ in answers], answers[0][1]
+    return [blobs[0] for blobs, _ in answers], _one_file(url, answers)
+
+
+class FileChanged(Exception):
+    """The answers to one read's requests describe different files: the file was
+    replaced between them (their bytes must not be put together)."""
+
+
+def _one_file(url: str, answers: list[tuple[list[bytes], Remote]]) -> Remote:
+    """What the answers said about the file, when they all describe the same one."""
+    first = answers[0][1]
+    if any(not first.matches(remote) for _, remote in answers[1:]):
+        raise FileChanged(f"{_public(url)} changed between the requests of one read")
+    return first
 
 
 async def _with_retries(

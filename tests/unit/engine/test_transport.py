@@ -235,6 +235,7 @@ def test_a_redirect_to_another_origin_gets_no_credentials():
         "ftp://127.0.0.1:{port}/x.tif",
         "http://127.0.0.1.:{port}/x.tif",  # a trailing dot: aiohttp's InvalidURL
         "http://someone:s3cret@127.0.0.1:{other}/x.tif",  # aiohttp would send it as Basic
+        "http://[::1/x.tif",  # not a URL at all: urljoin raises ValueError
     ],
 )
 def test_redirects_that_are_not_plain_urls_are_read_errors_naming_the_item(location):
@@ -433,3 +434,156 @@ def test_a_whole_file_under_way_for_one_account_is_not_joined_by_another():
     assert sorted(_authorization(seen) or "" for seen in server.seen) == sorted(
         [basic_header("u", "p"), basic_header("v", "q")]
     )
+
+
+# --- what must not leak, mix or be learnt wrong ----------------------------------------------
+
+
+def test_cookies_are_neither_kept_nor_sent():
+    """A cookie the allowed origin sets (a session) is a credential the package does not
+    scope: it goes back to no one, neither to another origin after a redirect nor with a
+    request that carries no credentials. (``localhost``: aiohttp keeps no cookie of a
+    bare IP address.)"""
+
+    async def data(request: web.Request) -> web.Response:
+        return _ranged(0, 100)
+
+    with LoopbackServer(data) as other:
+
+        async def allowed(request: web.Request) -> web.Response:
+            if request.path == "/b.tif":
+                return web.Response(
+                    status=302, headers={"Location": f"http://localhost:{other.port}/b.tif"}
+                )
+            response = _ranged(0, 100)
+            response.headers["Set-Cookie"] = "session=S3CRET-SESSION; Path=/; HttpOnly"
+            return response
+
+        with LoopbackServer(allowed) as server:
+            base = f"http://localhost:{server.port}"
+            for path, access in [("/a.tif", ACCESS), ("/b.tif", ACCESS), ("/c.tif", None)]:
+                assert _get(base + path, [(0, 100)], access) == [FILE[:100]]
+    cookies = [seen.headers.get("Cookie") for seen in server.seen + other.seen]
+    assert len(cookies) == 4 and cookies == [None] * 4, cookies
+
+
+def test_a_file_replaced_between_the_requests_of_one_read_is_never_put_together():
+    """An origin answering one range per request, the file replaced (same size, new
+    ETag) after the first answer: the read's bytes would mix both files, so it fails
+    as a changed file (the reader then reads it again from its header)."""
+    answered = []
+
+    async def answer(request: web.Request) -> web.Response:
+        asked = _asked(request)
+        start, end = asked[0]  # the first range only: no multi-range here
+        if len(asked) == 1:
+            answered.append(start)
+        response = _ranged(start, end)
+        response.headers["ETag"] = '"v1"' if len(answered) <= 1 else '"v2"'
+        return response
+
+    with LoopbackServer(answer) as server, pytest.raises(transport.FileChanged):
+        _get(server.url("/a.tif"), SPANS)
+    assert len(answered) >= 2
+
+
+def test_an_unreadable_answer_keeps_the_password_out_of_the_errors_it_chains():
+    """A garbled response head (a flaky proxy) is an error naming the item; aiohttp's
+    exception, chained as its cause, no longer holds the request's headers."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(4)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 1x0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        url = f"http://{HOST}:{listener.getsockname()[1]}/a.tif"
+        with pytest.raises(ReadError, match="ITEM-7") as info:
+            _get(url, [(0, 10)])
+    finally:
+        listener.close()
+    chain, each = [], info.value
+    while each is not None:
+        chain.append(each)
+        each = each.__cause__ or each.__context__
+    secret = basic_header("u", "p")
+    assert len(chain) > 1 and not any(secret in repr(e) or secret in str(e) for e in chain)
+
+
+def _nginx_like(request: web.Request) -> web.Response:
+    """As nginx answers ranges: the unsatisfiable ones (past the end) dropped, one range
+    left answered as a plain 206, none left a 416."""
+    ok = [(start, min(end, SIZE)) for start, end in _asked(request) if start < SIZE]
+    if not ok:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{SIZE}"})
+    return _ranged(*ok[0]) if len(ok) == 1 else _multipart(ok)
+
+
+def test_a_range_past_the_end_is_a_416_and_the_origin_still_answers_several_ranges():
+    """A read whose header went stale (the file shrank) asks for a range past the end:
+    that is the read's 416, not a sign that the origin ignores multi-range requests,
+    which later files keep using."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return _nginx_like(request)
+
+    with LoopbackServer(answer) as server:
+        assert _get(server.url("/a.tif"), SPANS) == [FILE[s:e] for s, e in SPANS]
+        with pytest.raises(ReadError) as info:
+            _get(server.url("/a.tif"), [(0, 10), (SIZE + 100, SIZE + 200)])
+        assert getattr(info.value, "status_code", None) == 416
+        assert aio.run(_multirange(server.url("/b.tif"))) is True
+        before = len(server.seen)
+        assert _get(server.url("/b.tif"), SPANS) == [FILE[s:e] for s, e in SPANS]
+        assert len(server.seen) - before == 1
+
+
+async def _multirange(url: str) -> bool | None:
+    return origins.multirange(url)
+
+
+def test_a_whole_file_answer_shorter_than_a_range_asked_is_a_416():
+    """A host ignoring ``Range`` answers 200 with the whole file; a span starting past
+    its end is not an empty span but the read's 416 (a stale header)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(status=200, body=FILE[:5000])
+
+    with LoopbackServer(answer) as server, pytest.raises(ReadError) as info:
+        _get(server.url("/a.tif"), [(6000, 6100)])
+    assert getattr(info.value, "status_code", None) == 416
+
+
+def test_a_read_whose_file_changes_after_its_first_answer_is_stale():
+    """A read with no cached header (its header read now, through the read itself): a
+    later answer describing another file (new ETag) makes the read stale, not a mix."""
+    from xarray_terrascope.engine.source import Source, StaleHeader
+
+    etags = iter(['"v1"', '"v2"'])
+
+    async def answer(request: web.Request) -> web.Response:
+        response = _ranged(*_asked(request)[0])
+        response.headers["ETag"] = next(etags)
+        return response
+
+    with LoopbackServer(answer) as server:
+        source = Source(server.url("/a.tif"), "ITEM-7", None, None)
+
+        async def two_reads() -> None:
+            await source.fetch_many([(0, 100)])
+            await source.fetch_many([(5000, 5100)])
+
+        with pytest.raises(StaleHeader):
+            aio.run(two_reads())
+    assert source.stale
