@@ -113,3 +113,29 @@ def test_bad_arguments(cube):
         ds.terrascope.composite("monthly", "max")
     assert set(HOWS) == {"median", "mean", "max", "min", "first", "last"}
     assert SAMPLE_FIELD[0] <= SMALL[0]
+
+
+def test_a_raw_cube_composites_its_physical_values_and_empty_periods_count_zero(logged_in):
+    """``decode=False``: stored DN whose no-data value (255, clouds) is no observation,
+    composited as physical NDVI (0.004 DN - 0.08, by hand here); days without an
+    acquisition have a count of 0, not the int64 cast of NaN."""
+    raw = xr.open_dataset(
+        SMALL, engine="terrascope", chunks={}, chunksize=64, decode=False, **PERIOD
+    )
+    out = raw.terrascope.composite("1D", "max").compute()
+    dn = raw.NDVI.values
+    assert (dn == 255).any(), "no cloud: the no-data value would not be tested"
+    scale, offset = np.float32(0.004), np.float32(-0.08)
+    physical = np.where(dn == 255, np.nan, dn.astype(np.float32) * scale + offset)
+    days = raw.time.values.astype("datetime64[D]")
+    labels = out.time.values.astype("datetime64[D]")
+    empty = 0
+    for d, day in enumerate(labels):
+        block = physical[days == day]
+        if block.shape[0] == 0:
+            empty += 1
+            assert (out.valid_count.values[d] == 0).all() and np.isnan(out.NDVI.values[d]).all()
+            continue
+        np.testing.assert_allclose(out.NDVI.values[d], _by_hand(block, "max"), rtol=1e-6)
+        np.testing.assert_array_equal(out.valid_count.values[d], (~np.isnan(block)).sum(0))
+    assert empty > 0

@@ -100,6 +100,31 @@ def test_ground_truth_of_the_sandbox(field):
     assert checked >= 20
 
 
+def test_a_raw_cube_gives_the_statistics_of_its_physical_values(field):
+    """``decode=False``: stored DN whose no-data value (255, clouds) must not count as a
+    value; the statistics are xvec's over the physical NDVI (0.004 DN - 0.08, decoded by
+    hand here)."""
+    _sandbox, _ds, parcels = field
+    raw = _open(SAMPLE_FIELD, decode=False)
+    computed = raw.terrascope.zonal_stats(parcels, ALL).compute()
+    dn = raw.NDVI.load()
+    scale, offset = np.float32(0.004), np.float32(-0.08)
+    physical = xr.where(dn == 255, np.nan, dn.astype(np.float32) * scale + offset)
+    in_cube = parcels.geometry.to_crs(raw.rio.crs)
+    simple = ["mean", "median", "std", "min", "max", "sum", "count"]
+    expected = physical.xvec.zonal_stats(in_cube, "x", "y", stats=simple, method="rasterize")
+    for stat in simple:
+        np.testing.assert_allclose(
+            computed.NDVI.sel(zonal_statistics=stat).values,
+            expected.sel(zonal_statistics=stat).values,
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=stat,
+        )
+    vf = computed.NDVI.sel(zonal_statistics="valid_fraction").values
+    assert ((vf > 0) & (vf < 1)).any(), "no parcel partly cloudy: no-data not tested"
+
+
 def test_geometries_in_any_form_and_crs(field):
     _sandbox, ds, parcels = field
     reference = ds.NDVI.terrascope.zonal_stats(parcels.geometry, "mean").compute()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import xarray as xr
 
+from xarray_terrascope.cube.decode import decode_cf_array, packed
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 
 __all__ = ["HOWS", "composite"]
@@ -42,6 +43,8 @@ def composite(obj: xr.Dataset | xr.DataArray, freq: str = "1MS", how: str = "med
     ----------
     obj : xarray.Dataset or xarray.DataArray
         A ``(time, y, x)`` cube with NaN for no data, e.g. from the terrascope engine.
+        Stored integers with CF packing attributes (a ``decode=False`` cube) are
+        composited in physical values, their no-data value left out.
     freq : str
         A pandas frequency: ``"1MS"`` (calendar months, labelled by their first day),
         ``"10D"``, ``"QS-DEC"`` (seasons)...
@@ -88,9 +91,14 @@ def composite(obj: xr.Dataset | xr.DataArray, freq: str = "1MS", how: str = "med
         count_names = {k: "valid_count" if single else f"{k}_valid_count" for k in ds.data_vars}
     # per-date coordinates (item ids, platform, cloud cover) do not survive a composite
     ds = ds.drop_vars([k for k, v in ds.coords.items() if "time" in v.dims and k != "time"])
+    # stored numbers (decode=False) in physical values: their no-data value is no value
+    ds = ds.assign(
+        {k: decode_cf_array(v).astype("float32") for k, v in ds.data_vars.items() if packed(v)}
+    )
     resampler = ds.resample(time=freq)
     reduced = getattr(resampler, how)(skipna=True, keep_attrs=True)
-    counts = ds.notnull().resample(time=freq).sum().astype("int64")
+    # a period with no date at all sums to NaN, not 0
+    counts = ds.notnull().resample(time=freq).sum().fillna(0).astype("int64")
     out = reduced.assign({count_names[k]: counts[k] for k in ds.data_vars})
     for k, count_name in count_names.items():
         out[count_name].attrs = {"long_name": f"valid observations of {k} per period"}

@@ -27,6 +27,7 @@ import xarray as xr
 from affine import Affine
 
 from xarray_terrascope.analysis import zonal_tasks
+from xarray_terrascope.cube.decode import Decoder, packed
 from xarray_terrascope.cube.grid import grid_transform
 from xarray_terrascope.exceptions import (
     GeometriesOutsideWarning,
@@ -208,7 +209,9 @@ def zonal_stats(
     obj : xarray.Dataset or xarray.DataArray
         A (lazy) cube with ``y``/``x`` dimensions and a CRS, e.g. from
         ``xr.open_dataset(bbox, engine="terrascope", chunks={})``. Variables without
-        both spatial dimensions are dropped.
+        both spatial dimensions are dropped. Stored integers with CF packing attributes
+        (a ``decode=False`` cube) give the statistics of their physical values, their
+        no-data value left out.
     geometries : geopandas.GeoSeries, geopandas.GeoDataFrame or shapely geometries
         Polygons in any CRS; reprojected to the cube's. A list or array of shapely
         geometries has no CRS: it is taken as longitude/latitude (EPSG:4326).
@@ -337,9 +340,21 @@ def zonal_stats_of_steps(
 
     def one(da: xr.DataArray) -> xr.DataArray:
         da = da.transpose(..., y_dim, x_dim)
-        dtype = _result_dtype(da.dtype, names)
+        # stored numbers (decode=False): statistics of the physical values, no data left out
+        decoder = Decoder(da.dtype, da.attrs) if packed(da) else None
+        dtype = _result_dtype(da.dtype if decoder is None else decoder.dtype, names)
         data = zonal_tasks.variable_stats(
-            da.variable, plan, batches, shapes, transform, names, all_touched, method, dtype, steps
+            da.variable,
+            plan,
+            batches,
+            shapes,
+            transform,
+            names,
+            all_touched,
+            method,
+            dtype,
+            steps,
+            decoder,
         )
         data = data[inverse]
         if not with_dim:

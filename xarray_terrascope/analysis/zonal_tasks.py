@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
+from xarray_terrascope.cube.decode import Decoder
 from xarray_terrascope.plan import sparse
 
 __all__ = ["STEP_GROUP", "batches", "variable_stats"]
@@ -114,8 +115,13 @@ def _cover(
     ]
 
 
-def _pieces(values: np.ndarray, cover: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Per geometry of a window, the ``(other, pixels)`` values it covers."""
+def _pieces(
+    values: np.ndarray, cover: Sequence[np.ndarray], decoder: Decoder | None = None
+) -> list[np.ndarray]:
+    """Per geometry of a window, the ``(other, pixels)`` values it covers (decoded by
+    ``decoder`` first: stored numbers, their no-data value NaN)."""
+    if decoder is not None:
+        values = decoder(np.asarray(values))
     height, width = values.shape[-2:]
     flat = values.reshape(-1, height * width)
     return [flat[:, idx] for idx in cover]
@@ -188,9 +194,11 @@ def variable_stats(
     method: str,
     dtype: np.dtype,
     steps: slice | None = None,
+    decoder: Decoder | None = None,
 ) -> dsa.Array:
     """``(geometry, stat, *other)`` dask array for one ``(..., y, x)`` variable; only the
-    ``steps`` (a slice with step 1) of its first dimension when given."""
+    ``steps`` (a slice with step 1) of its first dimension when given; its windows
+    decoded by ``decoder`` (stored numbers of a ``decode=False`` cube) when given."""
     other_shape = tuple(variable.shape[:-2])
     if other_shape:  # read and reduce the first dimension (time) in groups: more tasks
         first, stop, stride = (slice(None) if steps is None else steps).indices(other_shape[0])
@@ -215,7 +223,9 @@ def variable_stats(
         pieces.append(
             [
                 dask.delayed(_pieces)(
-                    _window_source(variable, block.rows, block.cols, source, group), cover
+                    _window_source(variable, block.rows, block.cols, source, group),
+                    cover,
+                    decoder,
                 )
                 for group in groups
             ]

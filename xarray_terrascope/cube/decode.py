@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["CF_KEYS", "Decoder", "decode_cf_array"]
+__all__ = ["CF_KEYS", "Decoder", "decode_cf_array", "packed"]
 
 #: The attributes CF decoding consumes (they move to ``encoding``).
 CF_KEYS = ("scale_factor", "add_offset", "_FillValue")
@@ -36,6 +36,21 @@ def decode_cf_array(da: xr.DataArray) -> xr.DataArray:
         da.to_dataset(name=_NAME), mask_and_scale=True, decode_times=False, decode_coords=False
     )
     return decoded[_NAME]
+
+
+def packed(da: xr.DataArray) -> bool:
+    """Whether ``da`` holds stored integers with CF packing attributes (a measurement of a
+    ``decode=False`` cube), whose no-data value a reduction must not count as data.
+    Classification assets (SCL) carry none: their codes are values.
+
+    Examples
+    --------
+    >>> packed(xr.DataArray(np.zeros(2, np.uint8), attrs={"_FillValue": np.uint8(255)}))
+    True
+    >>> packed(xr.DataArray(np.zeros(2, np.uint8))), packed(xr.DataArray(np.zeros(2)))
+    (False, False)
+    """
+    return da.dtype.kind in "iu" and any(key in da.attrs for key in CF_KEYS)
 
 
 def _xarray_decode(raw: np.ndarray, attrs: dict) -> xr.Variable:
