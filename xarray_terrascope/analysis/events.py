@@ -6,8 +6,9 @@ consecutive falling days is one event:
 
 - ``event_time``: the day of the steepest one-day fall from the run's first day to its
   last day + ``window``;
-- ``event_size``: the fall from the last local maximum at or before the run's start to
-  the first local minimum after the steepest day (positive).
+- ``event_size``: the fall from the last local maximum before the steepest day to the
+  first local minimum after it (positive), neither walk crossing into the neighbouring
+  events (two cuts with a slow decline between them share no part of their sizes).
 
 The output is a Dataset with an ``event`` dimension of ``max_events`` slots (fixed, so
 that dask knows the shape), events in date order, unused slots NaT/NaN; the largest
@@ -47,15 +48,20 @@ def _row(z: np.ndarray, x: np.ndarray, min_drop: float, window: int, slots: int)
     edges = np.diff(np.r_[0, falling.astype(np.int8), 0])
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
     found = []
-    for s, e in zip(starts, ends, strict=True):
+    floor = 0  # the previous event's bottom: no walk back crosses into that event
+    for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
         stop = min(e + window, size - 1)
         steepest = s + int(np.nanargmin(step[s:stop]))
+        # nor does a walk forward cross into the next event's run (two cuts with a
+        # slow decline between them would each count both)
+        ceiling = max(int(starts[k + 1]), steepest + 1) if k + 1 < len(starts) else size - 1
         top = steepest
-        while top > 0 and np.isfinite(z[top - 1]) and z[top - 1] >= z[top]:
+        while top > floor and np.isfinite(z[top - 1]) and z[top - 1] >= z[top]:
             top -= 1
         bottom = steepest + 1
-        while bottom < size - 1 and np.isfinite(z[bottom + 1]) and z[bottom + 1] <= z[bottom]:
+        while bottom < ceiling and np.isfinite(z[bottom + 1]) and z[bottom + 1] <= z[bottom]:
             bottom += 1
+        floor = bottom
         # the day whose fall to the next day is steepest: the event is between them
         found.append((x[steepest] + 0.5 * (x[steepest + 1] - x[steepest]), z[top] - z[bottom]))
     if len(found) > slots:

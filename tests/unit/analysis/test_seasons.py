@@ -284,3 +284,21 @@ def test_dataset_smooth_decodes_and_keeps_straight_lines():
         daily.NDVI.values[inside, 1], np.interp(x[inside], days, physical), atol=1e-9
     )
     assert np.isnan(daily.NDVI.values[~inside]).all()  # before the first date: no extrapolation
+
+
+def test_two_cuts_with_a_slow_decline_between_them_share_no_size():
+    """A 0.2 cut, a slow 0.02 decline over a month, another 0.2 cut: two events whose
+    sizes add up to the whole fall (0.42), each about its own cut, not 0.42 each."""
+    days = np.arange(200.0)
+    time = pd.Timestamp("2025-04-01") + pd.to_timedelta(days, "D")
+    curve = np.interp(days, [0, 59, 62, 90, 93, 199], [0.8, 0.8, 0.6, 0.58, 0.38, 0.38])
+    found = events(
+        xr.DataArray(curve[None], dims=("parcel", "time"), coords={"time": time}),
+        min_drop=0.1,
+        smoothed=True,
+    )
+    sizes = found.event_size.values[0]
+    sizes = sizes[~np.isnan(sizes)]
+    assert len(sizes) == 2
+    assert sizes.sum() <= 0.42 + 1e-9
+    assert ((sizes >= 0.2 - 1e-9) & (sizes <= 0.22 + 1e-9)).all(), sizes
