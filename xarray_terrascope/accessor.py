@@ -42,6 +42,20 @@ def decode_raw(da: xr.DataArray) -> xr.DataArray:
     return decode_cf_array(da).astype("float32").rename(da.name)
 
 
+def _mean_of_zonal(series: xr.DataArray) -> xr.DataArray:
+    """The per-geometry mean of zonal statistics (their ``zonal_statistics`` dimension):
+    the curve the season analyses take."""
+    if "zonal_statistics" not in series.dims:
+        return series
+    names = [str(name) for name in series["zonal_statistics"].values]
+    if "mean" not in names:
+        raise InvalidArgumentError(
+            f"these zonal statistics hold {', '.join(names)}, no 'mean', the curve the "
+            "season analyses take: compute zonal_stats(..., stats=['mean', ...])"
+        )
+    return series.sel(zonal_statistics="mean", drop=True)
+
+
 def _dates(obj: xr.Dataset | xr.DataArray, kind: str) -> list[str]:
     if "time" not in obj.coords:
         raise TerrascopeError(_NOT_FROM_ENGINE.format(kind=kind, missing="'time' coordinate"))
@@ -105,7 +119,7 @@ class _TerrascopeAccessor:
     def _series(self, variable: str | None) -> xr.DataArray:
         obj = self._obj
         if isinstance(obj, xr.DataArray):
-            return decode_raw(obj)
+            return _mean_of_zonal(decode_raw(obj))
         timed = [n for n, v in obj.data_vars.items() if "time" in v.dims]
         if variable is None:
             if "NDVI" in timed:
@@ -121,10 +135,7 @@ class _TerrascopeAccessor:
                 f"variable={variable!r} is not in this Dataset; choose one of "
                 f"{', '.join(map(str, obj.data_vars))}"
             )
-        series = decode_raw(obj[variable])
-        if "zonal_statistics" in series.dims:
-            series = series.sel(zonal_statistics="mean", drop=True)
-        return series
+        return _mean_of_zonal(decode_raw(obj[variable]))
 
     def phenology(
         self, threshold: float = 0.5, *, variable: str | None = None, **options: Any

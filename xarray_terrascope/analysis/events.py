@@ -51,7 +51,7 @@ def _row(z: np.ndarray, x: np.ndarray, min_drop: float, window: int, slots: int)
     floor = 0  # the previous event's bottom: no walk back crosses into that event
     for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
         stop = min(e + window, size - 1)
-        steepest = s + int(np.nanargmin(step[s:stop]))
+        steepest = int(s) + int(np.nanargmin(step[s:stop]))
         # nor does a walk forward cross into the next event's run (two cuts with a
         # slow decline between them would each count both)
         ceiling = max(int(starts[k + 1]), steepest + 1) if k + 1 < len(starts) else size - 1

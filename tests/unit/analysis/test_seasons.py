@@ -302,3 +302,20 @@ def test_two_cuts_with_a_slow_decline_between_them_share_no_size():
     assert len(sizes) == 2
     assert sizes.sum() <= 0.42 + 1e-9
     assert ((sizes >= 0.2 - 1e-9) & (sizes <= 0.22 + 1e-9)).all(), sizes
+
+
+def test_season_analyses_take_the_mean_of_zonal_statistics_or_say_it_is_missing(season):
+    """Zonal statistics (a ``zonal_statistics`` dimension) give their ``mean`` to the
+    season analyses, as a DataArray or inside a Dataset; without a mean, a typed error
+    names the statistics held and what to compute."""
+    _world, obs = season
+    series = obs["mean"].isel(parcel_id=slice(0, 5))
+    stats = xr.concat([series, series * 0 + 1], dim="zonal_statistics").assign_coords(
+        zonal_statistics=["mean", "count"]
+    )
+    want = series.terrascope.phenology(**NDVI_SMOOTHING)
+    for given in (stats, stats.to_dataset(name="NDVI")):
+        got = given.terrascope.phenology(**NDVI_SMOOTHING)
+        xr.testing.assert_identical(got[list(want.data_vars)], want)
+        with pytest.raises(InvalidArgumentError, match="no 'mean'"):
+            given.sel(zonal_statistics=["count"]).terrascope.phenology(**NDVI_SMOOTHING)
