@@ -15,7 +15,7 @@ import xarray as xr
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 import xarray_terrascope as xts
-from xarray_terrascope.exceptions import SearchError
+from xarray_terrascope.exceptions import InvalidArgumentError, SearchError
 from xarray_terrascope.testing import SAMPLE_FIELD
 
 from ..support.helpers import FAPAR
@@ -143,3 +143,95 @@ def test_a_404_about_one_search_keeps_the_direct_route(logged_in, monkeypatch):
         app.seen.clear()
         assert _open().sizes["time"] > 0
         assert app.seen == [("POST", "/search")]
+
+
+class _BadPaging:
+    """The sandbox's STAC API, its search pages altered: ``repeat`` sends page 1 again
+    for every later page (a ``next`` link back to the start), ``overlap`` starts every
+    later page with the last item of the page before (pages of an unstable sort)."""
+
+    def __init__(self, app: Any, mode: str) -> None:
+        self.app = app
+        self.mode = mode
+        self.searches = 0
+        self._first: bytes | None = None
+        self._last: dict | None = None
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        if environ["PATH_INFO"] != "/search" or environ["REQUEST_METHOD"] != "POST":
+            return self.app(environ, start_response)
+        self.searches += 1
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if self.mode == "repeat":
+            self._first = self._first or body
+            body = self._first
+        environ = {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
+        status: list[Any] = []
+        page = json.loads(b"".join(self.app(environ, lambda *args: status.append(args))))
+        features = page.get("features", [])
+        if self.mode == "overlap" and self._last is not None and features:
+            page["features"] = [self._last, *features]
+        if features:
+            self._last = features[-1]
+        out = json.dumps(page).encode()
+        headers = [(k, v) for k, v in status[0][1] if k.lower() != "content-length"]
+        start_response(status[0][0], [*headers, ("Content-Length", str(len(out)))])
+        return [out]
+
+
+@pytest.fixture
+def paged(logged_in, monkeypatch):
+    """Searches of 3 items a page, through a :class:`_BadPaging` of the given mode."""
+    from xarray_terrascope.catalog import search
+
+    monkeypatch.setattr(search, "PAGE_SIZE", 3)
+
+    @contextlib.contextmanager
+    def through(mode: str) -> Iterator[_BadPaging]:
+        app = _BadPaging(logged_in.stac, mode)
+        with _serving(app) as url, xts.set_options(stac_url=url):
+            yield app
+
+    return through
+
+
+def test_paging_that_does_not_move_forward_is_an_error_not_an_endless_search(paged):
+    for search in (
+        lambda: xts.search("terrascope-s2-ndvi-v2", SAMPLE_FIELD, **DAYS),
+        _open,
+    ):
+        with paged("repeat") as api, pytest.raises(SearchError, match="does not move forward"):
+            search()
+        assert api.searches == 2
+
+
+def test_items_repeated_across_pages_are_kept_once(paged, caplog):
+    expected = [item.id for item in xts.search("terrascope-s2-ndvi-v2", SAMPLE_FIELD, **DAYS)]
+    assert len(expected) > 6, "several pages of 3"
+    with paged("overlap") as api:
+        found = [item.id for item in xts.search("terrascope-s2-ndvi-v2", SAMPLE_FIELD, **DAYS)]
+        ds = _open()
+    assert api.searches > 2
+    assert found == expected
+    assert sorted(" ".join(str(v) for v in ds.item_ids.values).split()) == sorted(expected)
+    assert "twice across the pages" in caplog.text
+
+
+def test_a_filter_joins_max_cloud_cover_as_cql2_json_or_is_refused(logged_in):
+    """A CQL2-JSON filter (a dict, or its JSON text) is joined with the cloud cover
+    condition; CQL2 text cannot be joined to JSON: refused before any request."""
+    platform = {"op": "=", "args": [{"property": "platform"}, "sentinel-2a"]}
+    kw = {"max_cloud_cover": 50, **DAYS}
+    as_dict = xts.search("terrascope-s2-ndvi-v2", SAMPLE_FIELD, filter=platform, **kw)
+    as_text = xts.search("terrascope-s2-ndvi-v2", SAMPLE_FIELD, filter=json.dumps(platform), **kw)
+    assert [i.id for i in as_dict] == [i.id for i in as_text]
+    assert as_dict and {i.properties["platform"] for i in as_dict} == {"sentinel-2a"}
+    assert all(i.properties["eo:cloud_cover"] <= 50 for i in as_dict)
+    with pytest.raises(InvalidArgumentError, match="CQL2-JSON"):
+        xts.search(
+            "terrascope-s2-ndvi-v2",
+            SAMPLE_FIELD,
+            filter="platform = 'sentinel-2a'",
+            filter_lang="cql2-text",
+            **kw,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -374,7 +375,7 @@ def _run(
         # terra-stac-api (OpenSearch) needs the full path; pgstac takes either name.
         prop = {"property": "properties.eo:cloud_cover"}
         cloud_filter = {"op": "<=", "args": [prop, cloud]}
-        user_filter = params.get("filter")
+        user_filter = _json_filter(params.get("filter"))
         params["filter"] = (
             {"op": "and", "args": [user_filter, cloud_filter]} if user_filter else cloud_filter
         )
@@ -409,6 +410,24 @@ def _run(
     items.sort(key=lambda item: (item_moment(item), item["id"] if as_dicts else item.id))
     logger.info("Found %d item(s) in %s", len(items), collection)
     return items
+
+
+def _json_filter(given: Any) -> dict[str, Any] | None:
+    """The user's ``filter`` as CQL2-JSON, to be joined with the cloud-cover condition
+    (a dict, or its JSON text); a CQL2-text filter cannot be joined to JSON."""
+    if given is None or isinstance(given, dict):
+        return given
+    if isinstance(given, str):
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(given)
+            if isinstance(parsed, dict):
+                return parsed
+    raise InvalidArgumentError(
+        f"max_cloud_cover is sent as a CQL2-JSON filter, and filter={given!r} is not "
+        "CQL2-JSON (a dict such as {'op': '=', 'args': [{'property': 'platform'}, "
+        "'sentinel-2a']}): give the filter as CQL2-JSON, or put the cloud-cover condition "
+        "in your own filter and leave max_cloud_cover out"
+    )
 
 
 #: STAC API roots whose ``/search`` answered 404 or 405 and whose landing page links
@@ -447,13 +466,43 @@ def _found(params: dict[str, Any], *, as_dicts: bool) -> list[Any]:
                 logger.debug("%s answered %s; searching at %s", direct, err, link.href)
                 _no_direct_search.add(root)
         else:
-            return [
-                item
-                for page in itertools.chain([first] if first else [], pages)
-                for item in page.get("features", [])
-            ]
+            return list(_features(itertools.chain([first] if first else [], pages)))
     found = (client or stac_client()).search(**params)
-    return list(found.items_as_dicts() if as_dicts else found.items())
+    features = _features(found.pages_as_dicts())
+    if as_dicts:
+        return list(features)
+    return [pystac.Item.from_dict(f, root=found.client, preserve_dict=False) for f in features]
+
+
+def _features(pages: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The items of a search's pages, each once (by id), in the order they came.
+
+    Pages that overlap (a server sorting on a value many items share) repeat items:
+    each is kept once, and a warning says how many came twice. A page that brings no
+    new item means the paging does not move forward (a ``next`` link back to a page
+    already read): that is an error, not an endless loop.
+    """
+    seen: set[str] = set()
+    repeated = 0
+    for number, page in enumerate(pages, start=1):
+        features = page.get("features", [])
+        new = [feature for feature in features if feature.get("id") not in seen]
+        if features and not new:
+            raise SearchError(
+                f"The STAC API's paging does not move forward: page {number} of the search "
+                f"holds only items of the pages before it ({len(seen)} items so far). "
+                "Search a shorter period or a smaller bbox, so that fewer pages are needed, "
+                "and report it to the service."
+            )
+        repeated += len(features) - len(new)
+        seen.update(feature.get("id") for feature in new)
+        yield from new
+    if repeated:
+        logger.warning(
+            "The STAC API sent %d item(s) twice across the pages of a search (pages that "
+            "overlap): each is kept once",
+            repeated,
+        )
 
 
 def search_ndvi(
