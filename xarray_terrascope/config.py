@@ -68,32 +68,49 @@ def public_url(url: str) -> str:
 
 #: A URL inside a message (GDAL's and aiohttp's messages quote them in various ways).
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]{}|\\^`]+")
+#: A query string (``?key=value...``) left in a message: after a file name or a path
+#: that libraries quote without their scheme (libtiff's ``x.tif?sig=...``, urllib3's
+#: ``with url: /download/?token=...``), or in a URL the pattern above does not take
+#: (an IPv6 literal).
+_QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>?]*=[^\s'\"<>]*")
 
 
 def redact(text: str) -> str:
-    """``text`` with every URL in it shown as :func:`public_url` shows it. Every message
-    that quotes a URL, or another library's message that may, goes through this.
+    """``text`` with every URL in it shown as :func:`public_url` shows it, and any other
+    query string left out. Every message that quotes a URL, or another library's message
+    that may, goes through this.
 
     Examples
     --------
     >>> redact("'/vsicurl/https://b.example/x.tif?sig=s3cret' not recognized")
     "'/vsicurl/https://b.example/x.tif' not recognized"
+    >>> redact("x.tif?X-Amz-Signature=s3cret TIFFReadDirectory failed")
+    'x.tif TIFFReadDirectory failed'
     """
-    return _URL_IN_TEXT.sub(lambda found: public_url(found.group(0)), text)
+    text = _URL_IN_TEXT.sub(lambda found: public_url(found.group(0)), text)
+    return _QUERY_IN_TEXT.sub("", text)
 
 
 def redacted(err: BaseException) -> BaseException:
-    """``err``, with every URL in its arguments (and in those of the exceptions it
-    chains) shown as :func:`public_url` shows it; changed in place. For another
-    library's exception (GDAL's, async-tiff's) kept as the cause of one of ours."""
+    """``err``, with every URL in its arguments and its text attributes (rasterio's
+    ``errmsg``), and in those of every exception it chains (causes and contexts), shown as
+    :func:`redact` shows it; changed in place. For another library's exception (GDAL's,
+    async-tiff's) kept as the cause of one of ours."""
     seen: set[int] = set()
-    each: BaseException | None = err
-    while each is not None and id(each) not in seen:
+    todo: list[BaseException] = [err]
+    while todo:
+        each = todo.pop()
+        if id(each) in seen:
+            continue
         seen.add(id(each))
         # (an exception type whose arguments are fixed keeps them)
         with contextlib.suppress(AttributeError, TypeError):
             each.args = tuple(redact(a) if isinstance(a, str) else a for a in each.args)
-        each = each.__cause__ or each.__context__
+        for name, value in list(getattr(each, "__dict__", {}).items()):
+            if isinstance(value, str):
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(each, name, redact(value))
+        todo.extend(e for e in (each.__cause__, each.__context__) if e is not None)
     return err
 
 

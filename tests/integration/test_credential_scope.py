@@ -91,3 +91,73 @@ def test_items_opened_from_a_list_keep_their_hrefs(logged_in):
     assert isinstance(item, pystac.Item)
     ds = xr.open_dataset([item], engine="terrascope", bbox=list(SAMPLE_FIELD))
     assert ds.sizes["time"] == 1
+
+
+def test_a_signed_url_never_shows_in_a_gdal_read_error(logged_in, monkeypatch):
+    """A file read through GDAL (here: bilinear resampling) that is not a raster fails;
+    GDAL's message quotes the file with its query string (``bad.tif?X-Amz-Signature=``),
+    which neither the error nor the exceptions it chains may show."""
+    import dataclasses
+    import traceback
+
+    from aiohttp import web
+
+    from xarray_terrascope.engine import gdal
+
+    from ..support.loopback import LoopbackServer
+
+    secret = "sig-must-stay-secret"
+    monkeypatch.setattr(gdal, "RETRY", dataclasses.replace(gdal.RETRY, attempts=2))
+
+    async def not_a_raster(request: web.Request) -> web.Response:
+        body = b"II*\x00\x08\x00\x00\x00" + b"\0" * 50
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    with LoopbackServer(not_a_raster) as server:
+        items = []
+        for item in xts.search(NDVI, list(SAMPLE_FIELD), "2025-06-10", "2025-06-10"):
+            moved = item.clone()
+            moved.assets["NDVI"].href = server.url("/bad.tif") + f"?X-Amz-Signature={secret}"
+            items.append(moved)
+        ds = xr.open_dataset(
+            items, engine="terrascope", bbox=list(SAMPLE_FIELD), resolution=20,
+            resampling="bilinear",
+        )  # fmt: skip
+        with pytest.raises(xts.TerrascopeError) as info:
+            ds.NDVI.load()
+    shown = "".join(traceback.TracebackException.from_exception(info.value).format())
+    assert "bad.tif" in shown and secret not in shown
+
+
+def test_stac_requests_never_carry_a_netrc_password(logged_in, tmp_path, monkeypatch, caplog):
+    """A netrc entry for the STAC API's host is not the package's to send: requests
+    would add it to every STAC request (and pystac-client's DEBUG lines would show it)."""
+    import logging
+
+    from ..support.loopback import HOST
+
+    secret = "netrc-password-must-stay-home"
+    netrc = tmp_path / "netrc"
+    netrc.write_text(
+        f"machine {HOST} login netrc-user password {secret}\ndefault login d password {secret}\n"
+    )
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    caplog.set_level(logging.DEBUG)
+    seen: list[str | None] = []
+    app = logged_in.stac
+
+    def recording(environ, start_response):
+        seen.append(environ.get("HTTP_AUTHORIZATION"))
+        return app(environ, start_response)
+
+    from .test_search_route import _serving
+
+    with _serving(recording) as url, xts.set_options(stac_url=url):
+        assert xts.search(NDVI, list(SAMPLE_FIELD), "2025-06-10", "2025-06-10")
+        xr.open_dataset(
+            list(SAMPLE_FIELD), engine="terrascope", start="2025-06-10", end="2025-06-10"
+        )
+    assert seen and seen == [None] * len(seen)
+    pair = base64.b64encode(f"netrc-user:{secret}".encode()).decode()
+    assert secret not in caplog.text and pair not in caplog.text

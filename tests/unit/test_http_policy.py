@@ -275,3 +275,33 @@ def test_search_gives_up_after_its_attempts(scripted):
         _post(scripted, quick.urllib3_retry(search._StacRetry))
     assert info.value.status_code == 503
     assert scripted.requests == 6
+
+
+def test_query_strings_the_url_redaction_does_not_delimit_are_left_out():
+    """Libraries quote a file with its query but no scheme (libtiff's ``x.tif?sig=``,
+    urllib3's ``with url: /download/?token=``), or a URL the redaction's pattern does not
+    take (an IPv6 literal); and rasterio keeps its message in ``errmsg``, not only in its
+    arguments: none of them keeps the query once redacted."""
+    from xarray_terrascope import config
+
+    for text in (
+        "bad.tif?X-Amz-Signature=s3cret: TIFFReadDirectory failed",
+        "Max retries exceeded with url: /download/?token=s3cret (Caused by ...)",
+        "GDAL: http://[::1]:8080/x.tif?X-Amz-Signature=s3cret end",
+    ):
+        assert "s3cret" not in config.redact(text), text
+    assert config.redact("what? nothing=here") == "what? nothing=here"
+
+    class Quoting(Exception):
+        def __init__(self, message: str) -> None:
+            super().__init__(1, message)
+            self.errmsg = message
+
+        def __str__(self) -> str:
+            return self.errmsg
+
+    inner = Quoting("x.tif?sig=s3cret not recognized")
+    outer = ReadError("reading failed")
+    outer.__context__ = inner
+    config.redacted(outer)
+    assert "s3cret" not in str(inner) and "s3cret" not in repr(inner.args)

@@ -145,7 +145,21 @@ def _client(provider: Provider) -> OAuth2Session:
     session.trust_env = False
     session.mount("http://", HTTPAdapter(max_retries=_RETRY))
     session.mount("https://", HTTPAdapter(max_retries=_RETRY))
+    # requests follows a 307/308 with the same form, password or refresh token included:
+    # an answer that redirects is refused before any redirect is followed
+    session.hooks["response"].append(_refuse_redirect)
     return session
+
+
+def _refuse_redirect(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    if response.is_redirect:
+        target = response.headers.get("Location", "")
+        raise AuthenticationError(
+            f"The identity provider's endpoint {config.public_url(response.url)} answered "
+            f"HTTP {response.status_code}, a redirect to {config.redact(target)!r}: refused, "
+            "since it would send the password or token there too. Check "
+            "TERRASCOPE_OIDC_URL (the provider's discovery document names its endpoints)."
+        )
 
 
 def _token(answer: Mapping[str, Any]) -> dict[str, Any]:

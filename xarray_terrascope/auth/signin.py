@@ -161,6 +161,7 @@ def validate_credentials(
     """
     url = get_options().download_url
     _check_allowed(url)
+    shown = config.public_url(url)  # what the messages show: no query string
     try:
         status, location = _probe(url, creds.basic_auth())
         if _asks_to_sign_in(status, location):
@@ -178,22 +179,22 @@ def validate_credentials(
             return
         if status == 429 or status >= 500:
             raise TerrascopeError(
-                f"The Terrascope download service answered HTTP {status} at {url} while "
+                f"The Terrascope download service answered HTTP {status} at {shown} while "
                 f"checking the credentials of {creds.username!r}, also when asked again; "
                 f"try again later or use {skip}."
             )
         anonymous, anonymous_location = _probe(url, None)
     except requests.RequestException as err:
         raise TerrascopeError(
-            f"Could not reach the Terrascope download service at {url} to check the "
+            f"Could not reach the Terrascope download service at {shown} to check the "
             f"credentials of {creds.username!r} ({type(err).__name__}). Check the network "
             f"or TERRASCOPE_DOWNLOAD_URL, or use {skip}."
-        ) from err
+        ) from config.redacted(err)
     if _asks_to_sign_in(anonymous, anonymous_location):
         logger.debug("%s answers %d with the credentials, %d without", url, status, anonymous)
         return
     raise TerrascopeError(
-        f"The Terrascope download service at {url} answered HTTP {status} with the "
+        f"The Terrascope download service at {shown} answered HTTP {status} with the "
         f"credentials of {creds.username!r} and HTTP {anonymous} without any, so it cannot "
         "tell whether they are valid. Point TERRASCOPE_DOWNLOAD_URL at the download "
         f"service's root, or use {skip}."

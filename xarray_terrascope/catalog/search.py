@@ -143,6 +143,9 @@ def _stac_io() -> StacApiIO:
     login, the access token for the STAC API's origin (Basic credentials never go
     there: they are for the download service)."""
     stac_io = StacApiIO(timeout=TIMEOUT, max_retries=RETRY)
+    # no netrc or proxy credentials from the environment: requests would send a netrc
+    # entry's password to the STAC API (and log it with pystac-client's DEBUG lines)
+    stac_io.session.trust_env = False
     creds = auth.current_credentials()
     origin = config.origin(get_options().stac_url)
     if isinstance(creds, auth.TokenCredentials) and origin is not None:

@@ -177,7 +177,8 @@ def _explain(
     refused = _REFUSED.search(text)
     if refused:
         return _failed(label or url, url, int(refused.group(1)), creds, sent)
-    where = f"{label} ({url})" if label else url
+    shown = config.public_url(url)
+    where = f"{label} ({shown})" if label else shown
     if "not recognized as" in text or "not recognised as" in text:
         if not sent:
             return AuthenticationError(
@@ -186,8 +187,8 @@ def _explain(
                 f"TERRASCOPE_DOWNLOAD_HOSTS ({', '.join(sorted(get_options().allowed_origins))}). "
                 "Add it there."
             )
-        return ReadError(f"{where} is not a readable raster (GDAL: {text[-200:]})")
-    return ReadError(f"Reading {where} failed: {text[-300:]}")
+        return ReadError(f"{where} is not a readable raster (GDAL: {config.redact(text[-200:])})")
+    return ReadError(f"Reading {where} failed: {config.redact(text[-300:])}")
 
 
 def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
@@ -222,7 +223,7 @@ def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
                 ) from None
             transient = status is None or status in RETRY.transient or status in (200, 206, 302)
             if not transient or attempt == RETRY.attempts - 1:
-                detail = f" (GDAL: {text[-200:]})"
+                detail = f" (GDAL: {config.redact(text[-200:])})"
                 raise _failed(label, url, status, creds, sent, detail) from config.redacted(err)
             delay = RETRY.delay(attempt)
             logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
