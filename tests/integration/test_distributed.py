@@ -25,8 +25,23 @@ from xarray_terrascope.testing import SAMPLE_FIELD  # noqa: E402
 
 from ..support.helpers import NDVI, PYTHON_CHILD, TERRASCOPE_VARS, tif_records  # noqa: E402
 
-#: The name the package registers its worker plugin under.
+#: The name the package registers its worker plugins under, each followed by its
+#: sender's id (one per client of each process: ``plugin_name(client)``).
 PLUGIN = "xarray-terrascope-credentials"
+
+
+def _ours(plugins) -> list[str]:
+    """The package's plugins among a scheduler's (any sender's)."""
+    return [name for name in plugins if str(name).startswith(PLUGIN)]
+
+
+def plugin_name(client) -> str:
+    from xarray_terrascope.auth.plugin import plugin_name as of_the_client
+
+    name = of_the_client(client)
+    assert name is not None, "this process shares nothing with that client"
+    return name
+
 
 DAYS = {"start": "2025-05-01", "end": "2025-06-30"}
 
@@ -47,9 +62,9 @@ def no_credentials_left_on_the_scheduler(cluster):
     that left them there (a client closed before logout()) fails, and cannot make the
     next one pass or fail by accident. (The LocalCluster's scheduler runs in this
     process: its ``worker_plugins`` are read directly.)"""
-    assert PLUGIN not in cluster.scheduler.worker_plugins, "left by an earlier test"
+    assert not _ours(cluster.scheduler.worker_plugins), "left by an earlier test"
     yield
-    assert PLUGIN not in cluster.scheduler.worker_plugins, "left on the scheduler"
+    assert not _ours(cluster.scheduler.worker_plugins), "left on the scheduler"
 
 
 @pytest.fixture
@@ -84,7 +99,7 @@ def test_cluster_result_equals_threads_without_extra_steps(client, sandbox_urls)
     xts.login(sandbox_urls.username, sandbox_urls.password)
     ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, chunksize=128, **DAYS)
     threaded = ds.NDVI.mean(["x", "y"]).compute(scheduler="threads")
-    assert PLUGIN not in _scheduler_plugins(client)  # nothing before a graph is computed
+    assert not _ours(_scheduler_plugins(client))  # nothing before a graph is computed
     sandbox_urls.log.clear()
     on_cluster = client.compute(ds.NDVI.mean(["x", "y"])).result()
     np.testing.assert_allclose(on_cluster.values, threaded.values, rtol=1e-6)
@@ -92,7 +107,7 @@ def test_cluster_result_equals_threads_without_extra_steps(client, sandbox_urls)
     records = tif_records(sandbox_urls)
     assert records and all(r.user == sandbox_urls.username for r in records)
     # the computation put them there: any client of this scheduler can read them now
-    assert sandbox_urls.password.encode() in _scheduler_plugins(client)[PLUGIN]
+    assert sandbox_urls.password.encode() in _scheduler_plugins(client)[plugin_name(client)]
 
 
 _READ_THE_SCHEDULER = """
@@ -111,7 +126,7 @@ def test_login_gives_nothing_to_a_client_that_computes_no_cube(cluster, sandbox_
     to that scheduler reads nothing secret there."""
     xts.login(sandbox_urls.username, sandbox_urls.password)
     with distributed.Client(cluster) as c:
-        assert PLUGIN not in _scheduler_plugins(c)
+        assert not _ours(_scheduler_plugins(c))
         assert _worker_users(c) == {None}
         env = {k: v for k, v in os.environ.items() if k not in TERRASCOPE_VARS}
         child = subprocess.run(
@@ -122,7 +137,7 @@ def test_login_gives_nothing_to_a_client_that_computes_no_cube(cluster, sandbox_
             check=False,
         )
         assert child.returncode == 0, child.stderr.decode()[-3000:]
-        assert PLUGIN not in pickle.loads(child.stdout)
+        assert not _ours(pickle.loads(child.stdout))
         _assert_absent(child.stdout, sandbox_urls.password, "what another process read")
 
 
@@ -194,7 +209,7 @@ def test_client_created_after_login_works(cluster, sandbox_urls):
             )
             assert {r.user for r in tif_records(sandbox_urls)} == {sandbox_urls.username}
             assert _worker_users(c) == {sandbox_urls.username}
-            c.unregister_worker_plugin(PLUGIN)
+            c.unregister_worker_plugin(plugin_name(c))
             assert _worker_users(c) == {None}  # removing the plugin removes the secret
         finally:
             xts.logout()
@@ -270,7 +285,7 @@ def test_the_plugin_carries_only_what_the_computed_graphs_need(client, sandbox_u
     got = float(client.compute(ds.NDVI.isel(time=0).mean()).result())
     assert got == pytest.approx(expected, rel=1e-6)
     assert {r.user for r in tif_records(sandbox_urls)} == {user}
-    shipped = _scheduler_plugins(client)[PLUGIN]
+    shipped = _scheduler_plugins(client)[plugin_name(client)]
     _assert_absent(shipped, login_pw, "the plugin of a graph that does not use the login")
     plugin = pickle.loads(shipped)
     assert plugin._default is None
@@ -289,7 +304,7 @@ def test_share_credentials_registers_them_now(cluster, sandbox_urls):
             assert _worker_users(c) == {sandbox_urls.username}  # there when it returns
         finally:
             xts.logout()
-        assert PLUGIN not in _scheduler_plugins(c)
+        assert not _ours(_scheduler_plugins(c))
         assert _worker_users(c) == {None}
 
 
@@ -309,8 +324,8 @@ def test_an_asynchronous_client_gets_them_with_its_graphs(cluster, sandbox_urls)
             users = set((await c.run(lambda: xts.auth.current_credentials().username)).values())
             xts.logout()
             deadline = time.monotonic() + 30
-            while PLUGIN in await c.run_on_scheduler(
-                lambda dask_scheduler: dict(dask_scheduler.worker_plugins)
+            while _ours(
+                await c.run_on_scheduler(lambda dask_scheduler: dict(dask_scheduler.worker_plugins))
             ):
                 assert time.monotonic() < deadline, "logout() did not remove the plugin"
                 await asyncio.sleep(0.05)
@@ -462,3 +477,87 @@ def test_after_logout_the_workers_credential_error_comes_without_the_engines_fra
         if "Compute Failed" in message and "No Terrascope credentials" in message
     ]
     assert failed and not any("engine/read.py" in m or "auth/state.py" in m for m in failed)
+
+
+# --- a scheduler shared by several clients ---------------------------------------------------
+
+
+def _settle_background() -> None:
+    """On a worker: wait until the reads ahead and header prefetches it started end."""
+    import asyncio
+
+    from xarray_terrascope.engine import aio
+
+    async def settle() -> None:
+        engine = aio.engine()
+        tasks = [task for task, _ in engine.readahead.values()] + list(engine.warming)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    aio.run(settle())
+
+
+_COMPUTE_AS_ENVIRONMENT = """
+import sys, xarray as xr
+from distributed import Client
+from xarray_terrascope.testing import SAMPLE_FIELD
+with Client(sys.argv[1], timeout=30) as c:
+    ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={},
+                         start="2025-06-10", end="2025-06-10")
+    print(float(c.compute(ds.NDVI.mean()).result()))
+"""
+
+
+def test_a_graph_that_shares_nothing_never_reads_with_another_clients_credentials(
+    client, sandbox_urls
+):
+    """On a scheduler shared with others, a user who gives the workers their own
+    credentials (their environment) and shares none: their graph reads with those, even
+    after another client of the scheduler shared its login."""
+    (first, first_pw), (second, second_pw) = list(sandbox_urls.users.items())[:2]
+    creds = {"TERRASCOPE_USERNAME": second, "TERRASCOPE_PASSWORD": second_pw}
+    client.run(lambda values: os.environ.update(values), creds)
+    try:
+        xts.login(first, first_pw)  # another user, another client of the scheduler
+        ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
+        client.compute(ds.NDVI.isel(time=0).mean()).result()
+        client.run(_settle_background)  # its reads ahead, with the first user's
+        sandbox_urls.log.clear()
+        env = {k: v for k, v in os.environ.items() if k not in TERRASCOPE_VARS}
+        child = subprocess.run(
+            [*PYTHON_CHILD, "-c", _COMPUTE_AS_ENVIRONMENT, client.scheduler.address],
+            capture_output=True,
+            env={**env, **creds},
+            timeout=300,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr.decode()[-2000:]
+        assert {r.user for r in tif_records(sandbox_urls)} == {second}
+    finally:
+        client.run(lambda names: [os.environ.pop(n, None) for n in names], list(creds))
+
+
+def test_two_clients_of_one_scheduler_keep_their_own_credentials(cluster, sandbox_urls):
+    """Each client's plugin has a name of its own: the second client's does not replace
+    (and tear down) the first's, whose later graphs still read with its login."""
+    (first, first_pw), (second, second_pw) = list(sandbox_urls.users.items())[:2]
+    xts.login(first, first_pw)
+    with distributed.Client(cluster) as one, distributed.Client(cluster) as two:
+        try:
+            ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", chunks={}, **DAYS)
+            one.compute(ds.NDVI.isel(time=0).mean()).result()
+            other = xr.open_dataset(
+                list(SAMPLE_FIELD), engine="terrascope", chunks={},
+                credentials=xts.Credentials(second, second_pw), **DAYS,
+            )  # fmt: skip
+            two.compute(other.NDVI.isel(time=1).mean()).result()
+            assert plugin_name(one) != plugin_name(two)
+            one.run(_settle_background)  # its reads ahead, with the second user's
+            sandbox_urls.log.clear()
+            later = xr.open_dataset(
+                list(SAMPLE_FIELD), engine="terrascope", chunks={}, start="2025-06-15",
+                end="2025-06-20",
+            )  # fmt: skip
+            one.compute(later.NDVI.mean()).result()
+            assert {r.user for r in tif_records(sandbox_urls)} == {first}
+        finally:
+            xts.logout()

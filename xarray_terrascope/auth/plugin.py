@@ -5,7 +5,8 @@ credentials themselves (a username and password, or for an OpenID Connect login 
 provider's token endpoint, the access token, the refresh token and the expiry, from
 which each worker refreshes the access token itself) reach a cluster in
 :class:`CredentialsPlugin`, a worker plugin
-registered on the scheduler of one client under a fixed name, holding only what that
+registered on the scheduler of one client under a name of its own (:func:`plugin_name`:
+one per client of each process), holding only what that
 client's graphs need (the login default if a graph uses it, the explicit credentials
 of the cubes by token):
 
@@ -51,6 +52,7 @@ from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentErr
 __all__ = [
     "PLUGIN_NAME",
     "CredentialsPlugin",
+    "plugin_name",
     "republish",
     "serializing_client",
     "share_credentials",
@@ -64,6 +66,8 @@ PLUGIN_NAME = "xarray-terrascope-credentials"
 #: This process, as the sender of credential states (see :data:`.state.Stamp`).
 _SENDER = secrets.token_hex(8)
 _generations = itertools.count(1)
+#: Numbers the clients this process shares with (each is a sender of its own).
+_client_ids = itertools.count(1)
 #: The code of the client method that serializes a graph in the calling thread (None
 #: if a version of distributed has no such method: then only share_credentials() shares).
 _GRAPH_TO_FUTURES = getattr(getattr(Client, "_graph_to_futures", None), "__code__", None)
@@ -116,6 +120,7 @@ class CredentialsPlugin(WorkerPlugin):
         self._default = _packed(default) if default is not None else None
         self._handles = {token: _packed(c) for token, c in handles.items()}
         self.stamp = stamp
+        self.name = f"{PLUGIN_NAME}-{stamp[0]}"  # see :func:`plugin_name`
 
     def __repr__(self) -> str:
         user = self._default[1] if self._default else None
@@ -137,6 +142,8 @@ class CredentialsPlugin(WorkerPlugin):
 class _Shared:
     """What this process shares with the cluster of one client."""
 
+    #: Who shares it, in stamps and the plugin's name: this process and this client.
+    sender: str = field(default_factory=lambda: f"{_SENDER}.{next(_client_ids)}")
     #: Handles the client's graphs carried (``DEFAULT_HANDLE``, tokens).
     handles: set[str] = field(default_factory=set)
     #: Fingerprint (user-visible tokens only) of the state decided for the scheduler;
@@ -169,6 +176,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def plugin_name(client: Client) -> str | None:
+    """The name of the plugin that this process registered (or registers) on
+    ``client``'s scheduler, None if none: :data:`PLUGIN_NAME` and the sender's id (one
+    per client of each process), so that the plugins of two clients sharing a scheduler
+    never replace each other (one would tear down the other's credentials)."""
+    with _lock:
+        shared = _clients.get(client)
+    return None if shared is None else f"{PLUGIN_NAME}-{shared.sender}"
+
+
 def serializing_client() -> Client | None:
     """The ``distributed`` client whose ``_graph_to_futures`` is serializing a graph in
     this thread (the caller is being pickled into it), or None."""
@@ -196,7 +213,7 @@ def _decide(shared: _Shared) -> bool:
         return False
     shared.wanted, shared.unsent, shared.plugin = wanted, True, None
     if wanted is not None:
-        shared.stamp = (_SENDER, next(_generations))
+        shared.stamp = (shared.sender, next(_generations))
         shared.plugin = CredentialsPlugin(default, explicit, shared.stamp)
     return True
 
@@ -210,11 +227,11 @@ async def _flush(client: Client, shared: _Shared) -> None:
                 return
             plugin, shared.plugin, shared.unsent = shared.plugin, None, False
         if plugin is not None:
-            await client._register_worker_plugin(plugin, PLUGIN_NAME, False)
+            await client._register_worker_plugin(plugin, plugin.name, False)
             shared.registered = True
         elif shared.registered:
             shared.registered = False
-            await client._unregister_worker_plugin(PLUGIN_NAME)
+            await client._unregister_worker_plugin(f"{PLUGIN_NAME}-{shared.sender}")
 
 
 async def _flush_logged(client: Client, shared: _Shared) -> None:

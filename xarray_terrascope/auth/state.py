@@ -13,12 +13,14 @@ caches, the cluster plugin) register callbacks with :func:`subscribe`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 from xarray_terrascope.auth.credentials import Credentials
@@ -70,13 +72,20 @@ if hasattr(os, "register_at_fork"):
 #: ``(sender, generation)`` of a credential state shared with a cluster: ``sender`` is a
 #: random id of the client process, ``generation`` grows with each state it shares.
 Stamp = tuple[str, int]
-#: What a worker plugin installed in this process (held strongly: the plugin is the only
-#: holder), and its stamp; kept apart from the process's own login.
-_installed_default: AnyCredentials | None = None
-_installed: dict[str, AnyCredentials] = {}
-_installed_stamp: Stamp | None = None
-#: The stamp the newest graph this process received asks for (see :func:`_expect`).
-_expected: Stamp | None = None
+#: What the worker plugins installed in this process, by sender (each client process that
+#: shares credentials with the cluster has a plugin of its own): the default, the explicit
+#: credentials by token (held strongly: the plugin is the only holder) and the
+#: generation; kept apart from the process's own login.
+_installs: dict[str, tuple[AnyCredentials | None, dict[str, AnyCredentials], int]] = {}
+#: Per sender, the generation the newest graph this process received asks for (see
+#: :func:`_expect`).
+_expected: dict[str, int] = {}
+#: Whose graph the read running in this context comes from: the sender of its stamp;
+#: ``""`` for a graph that came with none (read with this process's own credentials
+#: only, never with another sender's); None outside a graph (a cube opened here).
+_graph_sender: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "terrascope_graph_sender", default=None
+)
 #: Seconds a dask worker waits for credentials that are on their way (see :func:`resolve`).
 INSTALL_WAIT = 30.0
 
@@ -109,9 +118,38 @@ def _notify(event: Event) -> None:
 
 def current_credentials() -> AnyCredentials | None:
     """Return the process default set by :func:`login` (in a dask worker, else the one
-    the client shared with it), or None."""
+    the client shared with it: the sender of the graph being read, or the only client
+    that shared any), or None."""
     default = _default
-    return default if default is not None else _installed_default
+    if default is not None:
+        return default
+    with _lock:
+        install = _install_for(_graph_sender.get())
+    return install[0] if install is not None else None
+
+
+def _install_for(
+    sender: str | None,
+) -> tuple[AnyCredentials | None, dict[str, AnyCredentials], int] | None:
+    """What ``sender``'s plugin installed here; for no sender (a cube opened in this
+    process, not received in a graph), what the only sender installed, if only one did.
+    Call with :data:`_lock` held."""
+    if sender is not None:
+        return _installs.get(sender)
+    return next(iter(_installs.values())) if len(_installs) == 1 else None
+
+
+@contextlib.contextmanager
+def reading_for(stamp: Stamp | None, *, from_graph: bool) -> Iterator[None]:
+    """Resolve credentials in this block for a graph of the sender of ``stamp`` (a cube
+    received in a graph: ``from_graph``; with no stamp, its sender shared nothing, and
+    only this process's own credentials apply)."""
+    sender = stamp[0] if stamp is not None else ("" if from_graph else None)
+    token = _graph_sender.set(sender)
+    try:
+        yield
+    finally:
+        _graph_sender.reset(token)
 
 
 def _set_default(creds: AnyCredentials | None) -> None:
@@ -187,11 +225,17 @@ def _shareable(
 def _install(
     default: AnyCredentials | None, handles: dict[str, AnyCredentials], stamp: Stamp | None
 ) -> None:
-    """Replace the credentials a worker plugin installed in this process (the process's
-    own login and registrations stay as they are)."""
-    global _installed_default, _installed, _installed_stamp
+    """Replace the credentials the plugin of ``stamp``'s sender installed in this process
+    (nothing: remove them, unless a later state of that sender is there already); the
+    other senders' and the process's own login and registrations stay as they are."""
+    if stamp is None:
+        return
+    sender, generation = stamp
     with _lock:
-        _installed_default, _installed, _installed_stamp = default, dict(handles), stamp
+        if default is not None or handles:
+            _installs[sender] = (default, dict(handles), generation)
+        elif (current := _installs.get(sender)) is not None and current[2] <= generation:
+            del _installs[sender]
         _installed_changed.notify_all()
     _notify("forget")
 
@@ -199,28 +243,27 @@ def _install(
 def _expect(stamp: Stamp) -> None:
     """Note that a graph this process received needs the credential state ``stamp`` (or a
     later one from the same sender): :func:`resolve` in a dask worker waits for it."""
-    global _expected
+    sender, generation = stamp
     with _lock:
-        _expected = stamp
+        _expected[sender] = max(generation, _expected.get(sender, generation))
 
 
-def _has_expected() -> bool:
-    expected, installed = _expected, _installed_stamp
-    return expected is None or (
-        installed is not None and installed[0] == expected[0] and installed[1] >= expected[1]
-    )
+def _has_expected(sender: str | None) -> bool:
+    expected = _expected.get(sender) if sender else None
+    install = _installs.get(sender) if sender else None
+    return expected is None or (install is not None and install[2] >= expected)
 
 
-def _wait_for_expected() -> bool:
+def _wait_for_expected(sender: str | None) -> bool:
     """In a dask worker, wait (at most :data:`INSTALL_WAIT` s) until the credentials the
-    received graphs need are installed; False when they did not arrive in time."""
-    global _expected
-    if _has_expected() or not _in_dask_worker():
+    graphs received from ``sender`` need are installed; False when they did not arrive in
+    time."""
+    if _has_expected(sender) or not _in_dask_worker():
         return True
     logger.debug("Waiting for the Terrascope credentials the client is sharing")
     deadline = time.monotonic() + INSTALL_WAIT
     with _installed_changed:
-        while not _has_expected():
+        while not _has_expected(sender):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 logger.warning(
@@ -228,7 +271,7 @@ def _wait_for_expected() -> bool:
                     "within %.0f s",
                     INSTALL_WAIT,
                 )
-                _expected = None  # later reads do not wait again for the same state
+                _expected.pop(sender or "", None)  # later reads do not wait again for it
                 return False
             _installed_changed.wait(remaining)
     return True
@@ -257,12 +300,14 @@ def resolve(handle: str) -> AnyCredentials:
     AuthenticationError
         When this process has no credentials for the handle; the message says how to fix it.
     """
-    arrived = _wait_for_expected()
+    sender = _graph_sender.get()
+    arrived = _wait_for_expected(sender)
     with _lock:
+        install = _install_for(sender)
         if handle == DEFAULT_HANDLE:
-            creds = _default if _default is not None else _installed_default
+            creds = _default if _default is not None else (install[0] if install else None)
         else:
-            creds = _registry.get(handle) or _installed.get(handle)
+            creds = _registry.get(handle) or (install[1].get(handle) if install else None)
     if creds is None and handle == DEFAULT_HANDLE:
         creds = _from_environment()
     if creds is None:

@@ -106,6 +106,9 @@ class CubeArray(BackendArray):
 
     def __setstate__(self, pickled: dict[str, Any]) -> None:
         self.__dict__.update(pickled)
+        # received in a graph: read with the credentials its sender shared (stamp), or,
+        # with none, this process's own only, never another client's
+        self._from_graph = True
         stamp = pickled.get("_credentials_stamp")
         if stamp is not None:
             state._expect(tuple(stamp))
@@ -126,10 +129,13 @@ class CubeArray(BackendArray):
         return clone
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        stamp = self.__dict__.get("_credentials_stamp")
+        from_graph = self.__dict__.get("_from_graph", False)
         try:
-            return indexing.explicit_indexing_adapter(
-                key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
-            )
+            with state.reading_for(tuple(stamp) if stamp else None, from_graph=from_graph):
+                return indexing.explicit_indexing_adapter(
+                    key, self.shape, indexing.IndexingSupport.BASIC, self._getitem
+                )
         except AuthenticationError as err:
             if not state._in_dask_worker():
                 raise
