@@ -436,6 +436,9 @@ def test_an_unknown_resampling_or_asset_is_refused_before_any_request(cube):
         open_(resampling={"B04": "linear"})
     with pytest.raises(xts.InvalidArgumentError, match="not in assets="):
         open_(resampling={"B12": "average"})
+    # a method of GDAL's overviews, which its warper refuses at read time
+    with pytest.raises(xts.InvalidArgumentError, match="gauss is a method of GDAL's overviews"):
+        open_(resampling="gauss")
     assert len(server.records()) == before
 
 

@@ -808,6 +808,40 @@ def _with_local_hrefs(items, path_of):
     return items
 
 
+@pytest.mark.parametrize("kind", ["empty", "html", "truncated", "no crs"])
+def test_an_unreadable_local_file_is_a_read_error_naming_it(logged_in, tmp_path, kind):
+    """A local alternate file that GDAL cannot read is the file's problem: a
+    ``ReadError`` naming the item and the file, not a login page's
+    ``AuthenticationError``, an invented HTTP status, or stackstac's bare exception."""
+    import rasterio
+    from affine import Affine
+
+    import xarray_terrascope as xts
+    from xarray_terrascope.exceptions import AuthenticationError, ReadError
+
+    days = ("2025-06-01", "2025-06-05")
+    items = xts.search(NDVI, list(SAMPLE_FIELD), *days)
+    path = tmp_path / "local.tif"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "html":
+        path.write_text("<html>not a tiff</html>")
+    elif kind == "truncated":
+        path.write_bytes(logged_in.world.cog_path(items[0].id).read_bytes()[:3000])
+    else:
+        profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8"}
+        transform = Affine(10, 0, 600000, 0, -10, 5690000)
+        with rasterio.open(path, "w", transform=transform, **profile) as out:
+            out.write(np.zeros((1, 64, 64), np.uint8))
+    _with_local_hrefs(items, lambda item: path)
+    ds = xr.open_dataset(items, engine="terrascope", bbox=list(SAMPLE_FIELD), decode=False)
+    with pytest.raises(ReadError) as info:
+        ds.NDVI.load()
+    assert not isinstance(info.value, AuthenticationError)
+    assert "local.tif" in str(info.value) and "HTTP" not in str(info.value)
+    assert any(item.id in str(info.value) for item in items)
+
+
 def test_prefer_local_forces_either_source(logged_in, tmp_path):
     """``prefer_local=False`` downloads although the local files exist; ``True`` reads
     them, and fails naming the item when one is missing (None, the default, would

@@ -34,7 +34,7 @@ onto the file); here a cube pixel outside the file is no data.
 Not here: a cube *finer* than the file at a whole ratio (a 20 m band on a 10 m cube) is
 an exact replication of each file pixel for every area method but ``sum``, the
 nearest-neighbour path of :mod:`xarray_terrascope.engine.warp`; ``bilinear``,
-``cubic``, ``cubic_spline``, ``lanczos`` and ``gauss``, ``sum`` onto a finer grid, and
+``cubic``, ``cubic_spline`` and ``lanczos``, ``sum`` onto a finer grid, and
 grids at no whole ratio or in another CRS with a method other than nearest keep GDAL's
 warper (:mod:`xarray_terrascope.engine.gdal`).
 """

@@ -203,16 +203,25 @@ def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
     sent = plan.send_credentials.get(url, False) and creds is not None
     for attempt in range(RETRY.attempts):
         reader = _reader(plan, url, asset_index, creds)
+        web = url.split(":", 1)[0].lower() in ("http", "https")
         try:
             data: npt.NDArray[Any] = reader.read(window)
+        except TerrascopeError:
+            raise
         except (RuntimeError, RasterioIOError) as err:
             text = str(err.__cause__ or err)
             _forget_reader(plan, url, asset_index, creds)  # a failure must not stick
+            if not web:  # no server to ask, no login page, no status: the file itself
+                raise ReadError(
+                    f"Reading {label} from the local file {config.public_url(url)} failed: "
+                    f"it is not a readable GeoTIFF (GDAL: {config.redact(text[-200:])}). "
+                    "Check the file, or read it from the download service "
+                    "(open_dataset(..., prefer_local=False))."
+                ) from config.redacted(err)
             explained = _explain(err, url, creds, sent, label)
             if isinstance(explained, AuthenticationError):
                 raise explained from None
-            web = url.split(":", 1)[0].lower() in ("http", "https")
-            status = transport.probe_status(url, access) if web else 404
+            status = transport.probe_status(url, access)
             if status in http_policy.REFUSED:
                 raise _failed(label, url, status, creds, sent) from None
             if status in (301, 302, 303, 307, 308) and not sent:
@@ -228,6 +237,13 @@ def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
             delay = RETRY.delay(attempt)
             logger.debug("GDAL read of %s failed (HTTP %s): retry in %.2f s", label, status, delay)
             time.sleep(delay)
+        except Exception as err:  # stackstac's checks of the file (a GeoTIFF with no CRS)
+            _forget_reader(plan, url, asset_index, creds)
+            raise ReadError(
+                f"Reading {label} ({config.public_url(url)}) failed: "
+                f"{type(err).__name__}: {config.redact(str(err))[:300]}. The file is not a "
+                "GeoTIFF of the kind its item describes (a grid with a CRS)."
+            ) from config.redacted(err)
         else:
             # GDAL's /vsicurl/ cache is the process's, whoever asks: what this read
             # fetched with credentials must not answer a plain rasterio.open(url)

@@ -7,23 +7,35 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rasterio.enums import Resampling
+from rasterio.warp import SUPPORTED_RESAMPLING
 
 from xarray_terrascope.catalog.assets import AssetMeta
 from xarray_terrascope.exceptions import InvalidArgumentError
 
-__all__ = ["DEFAULT_RESAMPLING", "asset_resamplings", "check_resampling", "method"]
+__all__ = ["DEFAULT_RESAMPLING", "METHODS", "asset_resamplings", "check_resampling", "method"]
 
 #: GDAL resampling of the tiles that must be warped, unless a cube says otherwise.
 DEFAULT_RESAMPLING = "nearest"
 
 
+#: The methods GDAL's warper offers (``gauss`` is an overview method only: a warp with
+#: it fails).
+METHODS = tuple(r.name for r in SUPPORTED_RESAMPLING)
+
+
 def method(value: Any, name: str) -> str:
+    """The method named ``value`` (checked against :data:`METHODS`); ``name`` is the
+    argument, for the error."""
     try:
-        return str(Resampling[value].name)
+        found = str(Resampling[value].name)
     except (KeyError, TypeError):
+        found = None
+    if found not in METHODS:
         raise InvalidArgumentError(
-            f"{name} must be one of {', '.join(r.name for r in Resampling)}, got {value!r}"
-        ) from None
+            f"{name} must be one of {', '.join(METHODS)}, got {value!r}"
+            + (" (gauss is a method of GDAL's overviews, not of its warper)" if found else "")
+        )
+    return str(found)
 
 
 def check_resampling(resampling: Any) -> None:
