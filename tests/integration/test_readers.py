@@ -132,3 +132,33 @@ def _assert_the_worlds(world, plan, values) -> None:
     truth = world.sample(plan.item_ids[0], xs, ys, crs=f"EPSG:{plan.epsg}")
     assert (truth != 255).any()
     np.testing.assert_array_equal(values, truth)
+
+
+#: Tile 31UGS and its neighbour in zone 32, read onto zone 32: warped.
+ACROSS_ZONES = [5.84, 51.22, 5.99, 51.28]
+TOC_DAYS = {"start": "2025-06-01", "end": "2025-06-05"}
+
+
+@pytest.mark.parametrize("case", ["average", "bilinear", "nearest, local files"])
+def test_cubes_warped_by_gdal_do_not_depend_on_their_chunks(logged_in, case):
+    """GDAL warps each read at once, fitted over the window asked for: read as dask
+    chunks of 41 x 37 pixels, a cube warped by GDAL (another resampling than nearest, or
+    local files, which GDAL reads) equals the cube read whole, pixel for pixel."""
+    import xarray as xr
+
+    items = xts.search("terrascope-s2-toc-v2", ACROSS_ZONES, *TOC_DAYS.values())
+    kw = {"assets": ["B04"], "crs": 32632, "decode": False}
+    if case.startswith("nearest"):
+        for item in items:
+            local = f"file://{logged_in.world.cog_path(item.id, 'B04')}"
+            item.assets["B04"].extra_fields["alternate"] = {"local": {"href": local}}
+    else:
+        kw.update(resolution=10, resampling=case)
+
+    def cube(**chunks):
+        ds = xr.open_dataset(items, engine="terrascope", bbox=ACROSS_ZONES, **kw, **chunks)
+        return ds.B04.values
+
+    whole = cube()
+    assert (whole != 32767).mean() > 0.5, "a cube of mostly no data tests nothing"
+    np.testing.assert_array_equal(cube(chunks={"x": 37, "y": 41}), whole)

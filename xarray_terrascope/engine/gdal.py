@@ -23,6 +23,7 @@ from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 #: GDAL reads in flight at once per process (network-bound, so well above the core count).
 IO_THREADS = 16
+#: ``(rows, columns)`` of a block of GDAL's warped VRTs (stackstac sets none: GDAL's
+#: default), the unit of every GDAL read (see :func:`_read_blocks`).
+VRT_BLOCK = (128, 512)
 #: Open GDAL readers kept per process (each holds a GDAL dataset per thread that used it).
 READER_CACHE_SIZE = 256
 #: How a GDAL read is retried through transient failures (attempts, backoff, statuses).
@@ -198,14 +202,12 @@ def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
     """
     plan, url, asset_index = request.plan, request.url, request.asset_index
     creds, label, access = request.credentials, request.label, request.access
-    height, width = request.window.shape
-    window = Window(request.window.col0, request.window.row0, width, height)
     sent = plan.send_credentials.get(url, False) and creds is not None
     for attempt in range(RETRY.attempts):
         reader = _reader(plan, url, asset_index, creds)
         web = url.split(":", 1)[0].lower() in ("http", "https")
         try:
-            data: npt.NDArray[Any] = reader.read(window)
+            data = _read_blocks(reader, request.window, plan.shape)
         except TerrascopeError:
             raise
         except (RuntimeError, RasterioIOError) as err:
@@ -250,6 +252,34 @@ def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
             gdal_cache.clear_url(url)
             return data
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_blocks(reader: Any, wanted: Any, shape: tuple[int, int]) -> npt.NDArray[Any]:
+    """The cube's ``wanted`` window (a :class:`~.requests.Window`) read block by block of
+    the warped VRT, whose blocks lie on the cube's grid from its corner.
+
+    GDAL warps each read at once, its transformer and source window fitted over the
+    window asked for (whole blocks or not), so a pixel would depend on the chunk it is
+    read in; read one block at a time, the same blocks whatever the chunk, it does not.
+    """
+    rows, cols = VRT_BLOCK
+    height, width = shape
+    out: npt.NDArray[Any] | None = None
+    for r in range(wanted.row0 - wanted.row0 % rows, wanted.row1, rows):
+        for c in range(wanted.col0 - wanted.col0 % cols, wanted.col1, cols):
+            block = reader.read(Window(c, r, min(cols, width - c), min(rows, height - r)))
+            if out is None:
+                out = np.empty((*block.shape[:-2], *wanted.shape), block.dtype)
+            top, left = max(r, wanted.row0), max(c, wanted.col0)
+            bottom = min(r + block.shape[-2], wanted.row1)
+            right = min(c + block.shape[-1], wanted.col1)
+            out[
+                ...,
+                top - wanted.row0 : bottom - wanted.row0,
+                left - wanted.col0 : right - wanted.col0,
+            ] = block[..., top - r : bottom - r, left - c : right - c]
+    assert out is not None, "a window of at least one pixel"
+    return out
 
 
 class GdalReader:
