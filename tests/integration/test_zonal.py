@@ -46,6 +46,25 @@ def field(logged_in):
     return logged_in, ds, parcels
 
 
+#: The statistics xvec computes (``valid_fraction`` is the package's own).
+XVEC_STATS = ["mean", "median", "std", "min", "max", "sum", "count"]
+
+
+def _assert_equal_to_xvec(computed, values, geometries):
+    """``computed`` (the package's statistics of a variable) equals xvec's over the
+    loaded ``values`` for ``geometries`` (in the cube's CRS); returns xvec's."""
+    expected = values.xvec.zonal_stats(geometries, "x", "y", stats=XVEC_STATS, method="rasterize")
+    for stat in XVEC_STATS:
+        np.testing.assert_allclose(
+            computed.sel(zonal_statistics=stat).values,
+            expected.sel(zonal_statistics=stat).values,
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=stat,
+        )
+    return expected
+
+
 def test_equals_xvec_on_the_loaded_cube(field):
     _sandbox, ds, parcels = field
     result = ds.terrascope.zonal_stats(parcels, ALL)
@@ -58,20 +77,11 @@ def test_equals_xvec_on_the_loaded_cube(field):
 
     cube = ds.load()
     in_cube = parcels.geometry.to_crs(ds.rio.crs)
-    simple = ["mean", "median", "std", "min", "max", "sum", "count"]
-    expected = cube.xvec.zonal_stats(in_cube, "x", "y", stats=simple, method="rasterize")
-    for stat in simple:
-        np.testing.assert_allclose(
-            computed.NDVI.sel(zonal_statistics=stat).values,
-            expected.NDVI.sel(zonal_statistics=stat).values,
-            rtol=1e-5,
-            atol=1e-6,
-            err_msg=stat,
-        )
+    expected = _assert_equal_to_xvec(computed.NDVI, cube.NDVI, in_cube)
     pixels = xr.ones_like(cube.NDVI).xvec.zonal_stats(
         in_cube, "x", "y", method="rasterize", stats="count"
     )
-    fraction = expected.NDVI.sel(zonal_statistics="count") / pixels
+    fraction = expected.sel(zonal_statistics="count") / pixels
     np.testing.assert_allclose(
         computed.NDVI.sel(zonal_statistics="valid_fraction").values, fraction.values, rtol=1e-6
     )
@@ -110,17 +120,7 @@ def test_a_raw_cube_gives_the_statistics_of_its_physical_values(field):
     dn = raw.NDVI.load()
     scale, offset = np.float32(0.004), np.float32(-0.08)
     physical = xr.where(dn == 255, np.nan, dn.astype(np.float32) * scale + offset)
-    in_cube = parcels.geometry.to_crs(raw.rio.crs)
-    simple = ["mean", "median", "std", "min", "max", "sum", "count"]
-    expected = physical.xvec.zonal_stats(in_cube, "x", "y", stats=simple, method="rasterize")
-    for stat in simple:
-        np.testing.assert_allclose(
-            computed.NDVI.sel(zonal_statistics=stat).values,
-            expected.sel(zonal_statistics=stat).values,
-            rtol=1e-5,
-            atol=1e-6,
-            err_msg=stat,
-        )
+    _assert_equal_to_xvec(computed.NDVI, physical, parcels.geometry.to_crs(raw.rio.crs))
     vf = computed.NDVI.sel(zonal_statistics="valid_fraction").values
     assert ((vf > 0) & (vf < 1)).any(), "no parcel partly cloudy: no-data not tested"
 
