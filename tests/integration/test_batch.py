@@ -764,3 +764,32 @@ def test_a_bad_tile_store_size_is_refused_before_any_work(value, tmp_path):
     with pytest.raises(InvalidArgumentError, match="tile_store_mb"):
         run_zonal_batch(parcels, tmp_path / "out", tile_store_mb=value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_left_with_only_a_manifests_temporary_file_is_used(tmp_path):
+    """A run killed while it wrote its manifest leaves only the temporary file: the
+    folder is still the run's to start, the temporary file removed."""
+    from xarray_terrascope.analysis import batch_output
+
+    leftover = tmp_path / f"{batch_output._TMP_PREFIX}{batch_output.MANIFEST}.4242.beef"
+    leftover.write_text("{")
+    batch_output.check_or_create(tmp_path, {"stats": ["mean"]}, {})
+    assert (tmp_path / batch_output.MANIFEST).exists() and not leftover.exists()
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1", "foo://x:1"])
+def test_a_malformed_scheduler_address_is_an_argument_error_and_leaves_no_client(address):
+    """Refused before a ``Client`` is made: distributed's, failing on such an address,
+    would stay the process's default client, and every later ``compute`` wait for it."""
+    import dask.array
+
+    from xarray_terrascope.analysis.batch_cluster import cluster_client
+    from xarray_terrascope.exceptions import InvalidArgumentError
+
+    with (
+        pytest.raises(InvalidArgumentError, match="not a dask scheduler address"),
+        cluster_client(address, None, None),
+    ):
+        pass
+    assert dask.config.get("scheduler", None) is None
+    assert dask.array.ones(3).sum().compute() == 3

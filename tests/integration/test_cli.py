@@ -21,7 +21,7 @@ import xarray_terrascope as xts
 from xarray_terrascope import auth, cli
 from xarray_terrascope.testing import SAMPLE_FIELD
 
-from ..support.helpers import PYTHON_CHILD, interrupt, restore_sigint
+from ..support.helpers import PYTHON_CHILD, TERRASCOPE_VARS, interrupt, restore_sigint
 
 BBOX = ",".join(str(v) for v in SAMPLE_FIELD)
 WINDOW = ["--start", "2025-06-01", "--end", "2025-06-12"]
@@ -704,3 +704,61 @@ def test_ndvi_asset_is_checked_before_any_request(
     assert err.startswith("error: --asset") and expected in err and err.count("\n") == 1, err
     assert recording_server.requests == []
     assert not (tmp_path / "new-dir").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing geometry", "empty geometry", "a 'date' column"])
+@pytest.mark.parametrize("mode", ["--out", "--out-dir"])
+def test_zonal_parcels_unfit_for_a_table_are_a_one_line_error(
+    recording_server, tmp_path, capsys, problem, mode
+):
+    """A parcel without a geometry, or an attribute named as a column of the table (it
+    would be overwritten), is refused before any request and any cluster, in both modes."""
+    import geopandas
+    import shapely
+
+    boxes = [shapely.box(5.90 + i / 100, 51.24, 5.905 + i / 100, 51.245) for i in range(3)]
+    parcels = geopandas.GeoDataFrame(
+        {"parcel_id": [1, 2, 3], "crop": ["a", "b", "c"]}, geometry=boxes, crs="EPSG:4326"
+    )
+    if problem == "missing geometry":
+        parcels.loc[1, "geometry"] = None
+    elif problem == "empty geometry":
+        parcels.loc[1, "geometry"] = shapely.Polygon()
+    else:
+        parcels["date"] = "2025-04-01"  # a sowing date
+    path = tmp_path / "parcels.parquet"
+    parcels.to_parquet(path)
+    out = tmp_path / ("stats.csv" if mode == "--out" else "stats")
+    argv = ["zonal", "--parcels", str(path), *WINDOW, mode, str(out), "--stats", "mean"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --parcels") and err.count("\n") == 1, err
+    assert ("date" in err) if problem.startswith("a ") else ("parcel_id 2" in err)
+    assert recording_server.requests == [] and not out.exists()
+
+
+def test_demo_into_a_file_is_a_one_line_error(tmp_path, capsys):
+    taken = tmp_path / "demo-output"
+    taken.write_text("a file, not a folder")
+    assert cli.main(["demo", "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1, err
+
+
+def test_a_password_prompt_without_input_is_a_one_line_error(tmp_path):
+    """``login --username`` asks for the password on the terminal; with no terminal and
+    no input (a script, ``< /dev/null``) it says so, with no traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in TERRASCOPE_VARS}
+    env["TERRASCOPE_CONFIG_DIR"] = str(tmp_path)
+    child = subprocess.run(
+        [*PYTHON_CHILD, "-m", "xarray_terrascope.cli", "login", "--username", "someone"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        timeout=120,
+        start_new_session=True,  # no controlling terminal: getpass reads stdin
+        check=False,
+    )
+    err = child.stderr.decode()
+    assert child.returncode == 2, err
+    assert "error: no input" in err and "Traceback" not in err

@@ -484,3 +484,34 @@ def test_cli_login_device_flow_prints_the_code_stores_and_logout_deletes(oidc, c
     assert tif_records(oidc) and all(r.auth_scheme == "bearer" for r in tif_records(oidc))
     assert cli.main(["logout"]) == 0
     assert not path.exists() and f"Deleted {path}" in capsys.readouterr().out
+
+
+def test_the_cli_batch_reads_with_the_login_the_cli_stored(oidc, tmp_path, monkeypatch):
+    """After ``xarray-terrascope login`` (OpenID Connect, the refresh token stored; no
+    password in the environment or netrc), ``zonal --out-dir`` reads with that login on
+    its cluster, as ``zonal --out`` does. (No terminal here: the password prompt is
+    answered by a stand-in for getpass.)"""
+    import getpass
+
+    import shapely
+
+    from xarray_terrascope import cli
+
+    monkeypatch.setattr(getpass, "getpass", lambda prompt="": oidc.password)
+    parcels = oidc.parcels()
+    parcels = parcels[parcels.within(shapely.box(*SAMPLE_FIELD))].head(4)
+    path = tmp_path / "parcels.parquet"
+    parcels.to_parquet(path)
+    window = ["--start", "2025-06-01", "--end", "2025-06-12", "--stats", "mean"]
+    try:
+        assert cli.main(["login", "--username", oidc.username]) == 0
+        auth.state._forget_all()  # a new process: only the stored login is left
+        oidc.log.clear()
+        out = tmp_path / "stats"
+        argv = ["zonal", "--parcels", str(path), *window, "--out-dir", str(out)]
+        assert cli.main([*argv, "--workers", "1"]) == 0
+    finally:
+        xts.logout()
+    records = tif_records(oidc)
+    assert records and {r.auth_scheme for r in records} == {"bearer"}
+    assert list(out.glob("part-*.parquet"))

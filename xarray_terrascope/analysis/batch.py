@@ -29,7 +29,7 @@ import numpy as np
 
 from xarray_terrascope.analysis import batch_output
 from xarray_terrascope.analysis.batch_cluster import PostStep, cluster_client, compute_batches
-from xarray_terrascope.analysis.tables import zonal_table
+from xarray_terrascope.analysis.tables import check_parcel_table, zonal_table
 from xarray_terrascope.analysis.zonal import zonal_stats_of_steps
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.exceptions import InvalidArgumentError
@@ -196,7 +196,7 @@ def run_zonal_batch(
     start, end, collection, max_cloud_cover
         The cube, as in ``xr.open_dataset(..., engine="terrascope")``; its bbox is the
         parcels' bounds.
-    stats : list of str
+    stats : str or list of str
         Statistics, as in :func:`~xarray_terrascope.analysis.zonal.zonal_stats`.
     id_column : str
         The parcels' unique id, first column of every partition.
@@ -247,11 +247,15 @@ def run_zonal_batch(
         parcels = _read(parcels)
     steps = dict(post_steps or {})
     _check(parcels, id_column, batch_size, max_in_flight, steps)
+
     if isinstance(tile_store_mb, bool) or not isinstance(tile_store_mb, (int, np.integer)):
         raise InvalidArgumentError(f"tile_store_mb must be an int, got {tile_store_mb!r}")
     if tile_store_mb < 0:
         raise InvalidArgumentError(f"tile_store_mb must be 0 or more, got {tile_store_mb!r}")
-    names, _ = _check_stats(list(stats))
+    names, _ = _check_stats([stats] if isinstance(stats, str) else list(stats))
+    problem = check_parcel_table(parcels, id_column, names)
+    if problem is not None:
+        raise InvalidArgumentError(f"parcels: {problem}")
     folder = Path(out_dir)
     order = _hilbert_order(parcels)
     ordered = parcels.iloc[order].reset_index(drop=True)

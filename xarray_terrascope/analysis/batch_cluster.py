@@ -59,6 +59,25 @@ _MAX_RESENT = 20
 PostStep = Callable[[Any], Any]
 
 
+def _check_address(address: str) -> None:
+    """Refuse a scheduler address distributed cannot parse, before a ``Client`` is made
+    for it: one that fails on it stays the process's default (dask's ``scheduler``
+    setting too), and the next ``compute`` of anything waits for it for ever."""
+    from distributed.comm import parse_address, registry
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        registry.get_backend(scheme)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except (ValueError, TypeError) as err:
+        raise InvalidArgumentError(
+            f"client: {address!r} is not a dask scheduler address ({err}); give one such "
+            "as 'tcp://host:8786', or leave it out for a LocalCluster"
+        ) from err
+
+
 @contextlib.contextmanager
 def cluster_client(
     client: Any, n_workers: int | None, threads_per_worker: int | None
@@ -74,6 +93,7 @@ def cluster_client(
         yield client
         return
     if isinstance(client, str):
+        _check_address(client)
         try:
             own = Client(client, timeout="30s")
         except OSError as err:

@@ -161,12 +161,15 @@ def check_or_create(folder: Path, arguments: Mapping[str, Any], extra: Mapping[s
             )
         _remove_stale_temporaries(folder)
         return digest
+    # a run killed while it wrote the manifest leaves only its temporary file
+    entries = [name for name in entries if not name.startswith(_TMP_PREFIX)]
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise BatchOutputError(
             f"out_dir: {str(folder)!r} is not empty and has no {MANIFEST} ({shown}): it "
             "holds something else than a batch of this package; choose a new or empty folder"
         )
+    _remove_stale_temporaries(folder)
     text = json.dumps(
         {"format": FORMAT, "hash": digest, "arguments": dict(arguments), **extra},
         indent=2,

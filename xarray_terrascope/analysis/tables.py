@@ -5,7 +5,46 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["zonal_table"]
+__all__ = ["check_parcel_table", "table_columns", "zonal_table"]
+
+
+def table_columns(stats: list[str], variables: list[str]) -> list[str]:
+    """The columns :func:`zonal_table` adds to the parcels' attributes.
+
+    Examples
+    --------
+    >>> table_columns(["mean", "count"], ["NDVI"])
+    ['date', 'mean', 'count']
+    >>> table_columns(["mean"], ["B04", "B08"])
+    ['date', 'B04_mean', 'B08_mean']
+    """
+    if len(variables) == 1:
+        return ["date", *stats]
+    return ["date", *(f"{var}_{name}" for var in variables for name in stats)]
+
+
+def check_parcel_table(
+    parcels: Any, id_column: str, stats: list[str], variables: list[str] | None = None
+) -> str | None:
+    """What makes ``parcels`` unfit for a table of their statistics, or None: parcels
+    without a geometry (missing or empty), or attribute columns named as the table's own
+    (``date``, the statistics: they would be overwritten). ``variables`` None: one."""
+    geometry = parcels.geometry
+    missing = geometry.isna() | geometry.is_empty
+    if missing.any():
+        ids = ", ".join(repr(v) for v in parcels.loc[missing, id_column].tolist()[:5])
+        return (
+            f"{int(missing.sum())} parcel(s) have no geometry (missing or empty), "
+            f"{id_column} {ids}{', ...' if missing.sum() > 5 else ''}: drop or fix them"
+        )
+    attributes = {str(c) for c in parcels.columns if c != geometry.name}
+    clash = [c for c in table_columns(stats, variables or ["value"]) if c in attributes]
+    if clash:
+        return (
+            f"the parcels have columns named as the table's own ({', '.join(clash)}), which "
+            "would be overwritten: rename them (parcels.rename(columns=...))"
+        )
+    return None
 
 
 def zonal_table(stats: Any, parcels: Any, id_column: str) -> Any:
@@ -19,14 +58,19 @@ def zonal_table(stats: Any, parcels: Any, id_column: str) -> Any:
     import numpy as np
     import pandas as pd
 
+    from xarray_terrascope.exceptions import InvalidArgumentError
+
+    names = [str(n) for n in stats["zonal_statistics"].values]
+    variables = list(stats.data_vars)
+    problem = check_parcel_table(parcels, id_column, names, [str(v) for v in variables])
+    if problem is not None:
+        raise InvalidArgumentError(f"parcels: {problem}")
     attributes = [c for c in parcels.columns if c != parcels.geometry.name]
     attributes.remove(id_column)
     dates = pd.DatetimeIndex(stats["time"].values).normalize()
     n_parcels, n_dates = len(parcels), len(dates)
     table = {col: np.repeat(parcels[col].to_numpy(), n_dates) for col in [id_column, *attributes]}
     table["date"] = np.tile(dates.to_numpy(), n_parcels)
-    names = [str(n) for n in stats["zonal_statistics"].values]
-    variables = list(stats.data_vars)
     for var in variables:
         values = stats[var].transpose(stats[var].dims[0], "time", "zonal_statistics").values
         for k, name in enumerate(names):

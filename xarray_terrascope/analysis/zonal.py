@@ -116,6 +116,13 @@ def _as_geoseries(geometries: Any) -> Any:
         series = gpd.GeoSeries(array, crs="EPSG:4326")
     if len(series) == 0:
         raise InvalidArgumentError("geometries must hold at least one geometry")
+    missing = np.flatnonzero(series.isna().to_numpy())
+    if missing.size:
+        raise InvalidArgumentError(
+            f"geometries hold {missing.size} missing geometry(ies) (None), at positions "
+            f"{missing[:5].tolist()}{' ...' if missing.size > 5 else ''}: drop them "
+            "(an empty geometry is fine: its count is 0)"
+        )
     if series.crs is None:
         raise InvalidArgumentError(
             "geometries have no CRS: set one (gdf.set_crs(...)) so they can be "

@@ -40,6 +40,7 @@ from xarray_terrascope.cli.demo_curves import (
     truth_curves,
     truth_errors,
 )
+from xarray_terrascope.exceptions import InvalidArgumentError
 
 __all__ = [
     "DEMO_END",
@@ -236,7 +237,12 @@ def run_demo(
 
     started = time.monotonic()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, no permission
+        raise InvalidArgumentError(
+            f"--out: cannot make the folder {str(out_dir)!r}: {err}"
+        ) from err
     # endpoints only: the credentials go to login(), never into the environment
     with Sandbox(seed=seed) as sandbox, set_options(**sandbox.options):
         try:

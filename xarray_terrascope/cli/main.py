@@ -94,3 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TerrascopeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except EOFError:  # a prompt (the password) that got no input
+        print("\nerror: no input (the command asks for it on the terminal)", file=sys.stderr)
+        return 2

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from xarray_terrascope.analysis.tables import zonal_table
+from xarray_terrascope.analysis.tables import check_parcel_table, zonal_table
 from xarray_terrascope.cli.arguments import add_collection_arg, add_dates_args, output_path
 from xarray_terrascope.exceptions import InvalidArgumentError
 
@@ -97,13 +97,20 @@ def _read_parcels(path: str, id_column: str):
     return parcels
 
 
+def _check_table(parcels, args: argparse.Namespace) -> None:
+    problem = check_parcel_table(parcels, args.id_column, list(args.stats))
+    if problem is not None:
+        raise InvalidArgumentError(f"--parcels: {problem}")
+
+
 def _run_batch(args: argparse.Namespace) -> int:
-    from xarray_terrascope import auth
     from xarray_terrascope.analysis.batch import run_zonal_batch
     from xarray_terrascope.cli.batch_progress import ProgressBar, duration
+    from xarray_terrascope.cli.login import login_for_command
 
     parcels = _read_parcels(args.parcels, args.id_column)
-    auth.login(validate=True)
+    _check_table(parcels, args)
+    login_for_command()  # the stored login of `xarray-terrascope login` too, as without --out-dir
     try:
         result = run_zonal_batch(
             args.parcels,
@@ -147,6 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     from xarray_terrascope.cli.progress import progress
 
     parcels = _read_parcels(args.parcels, args.id_column)
+    _check_table(parcels, args)
     out = output_path(args.out)
     bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
     login_for_command()
