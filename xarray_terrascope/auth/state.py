@@ -136,7 +136,8 @@ def _install_for(
     Call with :data:`_lock` held."""
     if sender is not None:
         return _installs.get(sender)
-    return next(iter(_installs.values())) if len(_installs) == 1 else None
+    holding = [install for install in _installs.values() if install[0] is not None or install[1]]
+    return holding[0] if len(holding) == 1 else None
 
 
 @contextlib.contextmanager
@@ -226,16 +227,17 @@ def _install(
     default: AnyCredentials | None, handles: dict[str, AnyCredentials], stamp: Stamp | None
 ) -> None:
     """Replace the credentials the plugin of ``stamp``'s sender installed in this process
-    (nothing: remove them, unless a later state of that sender is there already); the
-    other senders' and the process's own login and registrations stay as they are."""
+    (nothing, as a removed plugin does: none, unless a later state of that sender is there
+    already; the generation stays, so that its graphs under way fail at once instead of
+    waiting for credentials that will not come); the other senders' and the process's own
+    login and registrations stay as they are."""
     if stamp is None:
         return
     sender, generation = stamp
     with _lock:
-        if default is not None or handles:
+        current = _installs.get(sender)
+        if default is not None or handles or current is None or current[2] <= generation:
             _installs[sender] = (default, dict(handles), generation)
-        elif (current := _installs.get(sender)) is not None and current[2] <= generation:
-            del _installs[sender]
         _installed_changed.notify_all()
     _notify("forget")
 
