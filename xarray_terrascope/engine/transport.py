@@ -340,7 +340,8 @@ def _scrubbed(err: BaseException) -> BaseException:
         if isinstance(each, aiohttp.ClientResponseError):
             # its request_info (shown by repr) holds the request's headers, and history
             # the responses, each with its own request_info
-            each.request_info = each.request_info._replace(headers=_NO_HEADERS)
+            if each.request_info is not None:
+                each.request_info = each.request_info._replace(headers=_NO_HEADERS)
             each.history = ()
         each = each.__cause__ or each.__context__
     return config.redacted(err)
