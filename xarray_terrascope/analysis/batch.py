@@ -247,7 +247,6 @@ def run_zonal_batch(
         parcels = _read(parcels)
     steps = dict(post_steps or {})
     _check(parcels, id_column, batch_size, max_in_flight, steps)
-
     if isinstance(tile_store_mb, bool) or not isinstance(tile_store_mb, (int, np.integer)):
         raise InvalidArgumentError(f"tile_store_mb must be an int, got {tile_store_mb!r}")
     if tile_store_mb < 0:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from xarray_terrascope.exceptions import InvalidArgumentError
+
 __all__ = ["check_parcel_table", "table_columns", "zonal_table"]
 
 
@@ -57,8 +59,6 @@ def zonal_table(stats: Any, parcels: Any, id_column: str) -> Any:
     """
     import numpy as np
     import pandas as pd
-
-    from xarray_terrascope.exceptions import InvalidArgumentError
 
     names = [str(n) for n in stats["zonal_statistics"].values]
     variables = list(stats.data_vars)

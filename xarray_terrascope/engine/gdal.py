@@ -203,9 +203,9 @@ def read_gdal(request: GdalRead) -> npt.NDArray[Any]:
     plan, url, asset_index = request.plan, request.url, request.asset_index
     creds, label, access = request.credentials, request.label, request.access
     sent = plan.send_credentials.get(url, False) and creds is not None
+    web = url.split(":", 1)[0].lower() in ("http", "https")
     for attempt in range(RETRY.attempts):
         reader = _reader(plan, url, asset_index, creds)
-        web = url.split(":", 1)[0].lower() in ("http", "https")
         try:
             data = _read_blocks(reader, request.window, plan.shape)
         except TerrascopeError:
