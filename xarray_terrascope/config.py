@@ -8,7 +8,9 @@ import re
 from urllib.parse import urlsplit
 
 __all__ = [
+    "LOOPBACK_HOSTS",
     "hosts_from_text",
+    "note_credentials_to",
     "origin",
     "public_url",
     "redact",
@@ -18,6 +20,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Host names of this machine, where plain http carries nothing over a network.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: The origins :func:`note_credentials_to` has seen (warned about or not).
+_noted: set[str] = set()
 
 
 def origin(url: str) -> str | None:
@@ -47,6 +53,25 @@ def origin(url: str) -> str | None:
     except ValueError:
         return None
     return f"{scheme}://{parts.hostname.lower()}:{port}"
+
+
+def note_credentials_to(found: str | None) -> None:
+    """Log a WARNING, once per origin and process, when credentials go to origin
+    ``found`` over plain http to a host that is not this machine: Terrascope's own
+    origins are https; an http origin is one set by hand (``TERRASCOPE_DOWNLOAD_HOSTS``,
+    the download or STAC URL), where anyone on the network path reads the password or
+    token. Called where credentials leave: one set lookup for an origin seen before."""
+    if found is None or found in _noted:
+        return
+    _noted.add(found)
+    parts = urlsplit(found)
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        logger.warning(
+            "Sending Terrascope credentials to %s over plain http: anyone on the network "
+            "path can read them. Use its https URL (TERRASCOPE_DOWNLOAD_HOSTS, "
+            "TERRASCOPE_DOWNLOAD_URL, TERRASCOPE_STAC_URL)",
+            found,
+        )
 
 
 def public_url(url: str) -> str:

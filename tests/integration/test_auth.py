@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import threading
 
@@ -67,14 +68,24 @@ def test_login_from_environment(sandbox_urls, monkeypatch):
     assert xts.login().username == sandbox_urls.username
 
 
-def test_login_from_netrc(sandbox_urls, monkeypatch, tmp_path):
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+def test_login_from_netrc(sandbox_urls, monkeypatch, tmp_path, mode, caplog):
+    """A netrc file others may read is used (as curl and GDAL do), with one WARNING
+    naming the file and the fix; none for a file of its owner alone."""
     netrc_file = tmp_path / "netrc"
     netrc_file.write_text(
         f"machine 127.0.0.1 login {sandbox_urls.username} password {sandbox_urls.password}\n"
     )
-    netrc_file.chmod(0o600)
+    netrc_file.chmod(mode)
     monkeypatch.setenv("NETRC", str(netrc_file))
+    caplog.set_level(logging.WARNING, logger="xarray_terrascope")
     assert xts.login().username == sandbox_urls.username
+    warned = [r.getMessage() for r in caplog.records if "others may read it" in r.getMessage()]
+    if mode == 0o600:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "mode 0644" in warned[0] and "chmod 600" in warned[0]
+        assert sandbox_urls.password not in warned[0]
 
 
 def test_netrc_for_another_machine_is_not_used(sandbox_urls, monkeypatch, tmp_path):

@@ -328,13 +328,24 @@ def _worker_view(stats):
 
 
 def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_in, tmp_path):
+    """Post-steps write under ``_steps/``; the folder reads as one dataset of the
+    statistics (pyarrow skips ``_`` names), even with a text attribute that one
+    partition has only missing values of (an arrow ``null`` column there before)."""
     import geopandas
     from distributed import Client
 
+    from xarray_terrascope.analysis.batch import _hilbert_order
+
+    noted = geopandas.read_parquet(parcels_path)
+    noted["note"] = None  # but for one parcel of the last batch (the first is all None)
+    last = noted.index[_hilbert_order(noted)[-1]]
+    noted.loc[last, "note"] = "checked"
+    noted_path = tmp_path / "noted.parquet"
+    noted.to_parquet(noted_path, index=False)
     try:
         with Client(cluster) as client:
             result = run_zonal_batch(
-                parcels_path,
+                noted_path,
                 tmp_path / "steps",
                 **WINDOW,
                 stats=STATS,
@@ -347,21 +358,31 @@ def test_post_steps_run_per_partition(parcels_path, reference, cluster, logged_i
     assert result.written == 2
     # the post-steps get the geometry coordinate (the client gets the statistics without
     # it), and a cluster the caller gave keeps its profiler
-    viewed = tmp_path / "steps" / "view"
+    viewed = tmp_path / "steps" / "_steps" / "view"
     view = pd.concat(pd.read_parquet(viewed / n) for n in _parts(viewed))
     parcels = geopandas.read_parquet(parcels_path).set_index("parcel_id")
     assert view["profiling"].all()
     np.testing.assert_allclose(
         view.set_index("parcel_id")["area"].sort_index(), parcels.area.sort_index()
     )
-    steps = tmp_path / "steps" / "peak"
+    steps = tmp_path / "steps" / "_steps" / "peak"
     assert _parts(steps) == ["part-00000.parquet", "part-00001.parquet"]
-    peaks = pd.concat(pd.read_parquet(steps / n) for n in _parts(steps))
+    peaks = pd.read_parquet(steps)
     table = pd.concat(geopandas.read_parquet(reference / n) for n in _parts(reference))
     expected = table.groupby("parcel_id")["mean"].max()
     assert len(peaks) == N_PARCELS
     np.testing.assert_allclose(
         peaks.set_index("parcel_id")["max_mean"].sort_index(), expected.sort_index()
+    )
+    # the whole folder as the guide reads it: the statistics' rows only, every note kept
+    whole = pd.read_parquet(tmp_path / "steps")
+    assert list(whole.columns[:5]) == ["parcel_id", "crop", "area_ha", "note", "date"]
+    assert len(whole) == len(table)
+    notes = whole.groupby("parcel_id")["note"].first()
+    assert notes.notna().sum() == 1 and notes[noted.loc[last, "parcel_id"]] == "checked"
+    np.testing.assert_allclose(
+        whole.set_index(["parcel_id", "date"])["mean"].sort_index(),
+        table.set_index(["parcel_id", "date"])["mean"].sort_index(),
     )
 
 
@@ -408,11 +429,10 @@ def test_own_cluster_runs_without_the_profiler(
     finally:
         xts.logout()
     assert result.written == PARTS
-    view = pd.concat(pd.read_parquet(out / "view" / n) for n in _parts(out / "view"))
+    view = pd.read_parquet(out / "_steps" / "view")
     assert len(view) == N_PARCELS and not view["profiling"].any()
     assert (view["trim"] == "").all()
-    seen = out / "scheduler"
-    scheduler = pd.concat(pd.read_parquet(seen / n) for n in _parts(seen))
+    scheduler = pd.read_parquet(out / "_steps" / "scheduler")
     assert len(scheduler) == N_PARCELS and not scheduler["stealing"].any()
     _same_as_reference(out, reference)
 

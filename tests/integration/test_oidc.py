@@ -417,6 +417,38 @@ def test_the_token_goes_to_a_stac_url_written_without_its_default_port(oidc, mon
     assert bearer == [True, True, False, False]
 
 
+def test_a_token_to_a_plain_http_stac_url_elsewhere_is_warned_once(oidc, monkeypatch, caplog):
+    """A STAC URL set by hand to plain http on another machine gets the token (it is the
+    STAC API the user named), with one WARNING naming the risk. The host is unreachable
+    here: the adapters' network send is replaced by one that records (no traffic)."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    from xarray_terrascope import config
+    from xarray_terrascope.catalog import search
+
+    xts.login(oidc.username, oidc.password, method="oidc")
+    monkeypatch.setenv("TERRASCOPE_STAC_URL", "http://stac.example.invalid")
+    monkeypatch.setattr(config, "_noted", set())
+    caplog.set_level(logging.WARNING, logger="xarray_terrascope")
+    sent: list[requests.PreparedRequest] = []
+
+    def record(self, request, *args, **kwargs):
+        sent.append(request)
+        response = requests.Response()
+        response.status_code, response._content = 200, b"{}"
+        response.url, response.request = request.url, request
+        return response
+
+    monkeypatch.setattr(HTTPAdapter, "send", record)
+    session = search._stac_io().session
+    session.get("http://stac.example.invalid/search")
+    session.get("http://stac.example.invalid/collections")
+    assert all(r.headers["Authorization"].startswith("Bearer ") for r in sent)
+    warned = [r.getMessage() for r in caplog.records if "over plain http" in r.getMessage()]
+    assert len(warned) == 1 and "http://stac.example.invalid:80" in warned[0]
+
+
 # --- the refresh-token store -------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ writes each finished batch as ``part-NNNNN.parquet`` (atomically, see
 there, and a run with other arguments is refused (:class:`BatchOutputError`).
 
 Post-steps (``post_steps={"name": callable}``) run on the workers on each batch's computed
-statistics and write ``<name>/part-NNNNN.parquet``: the place for smoothed series or
+statistics and write ``_steps/<name>/part-NNNNN.parquet``: the place for smoothed series or
 phenology per parcel.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from xarray_terrascope.analysis import batch_output
 from xarray_terrascope.analysis.batch_cluster import PostStep, cluster_client, compute_batches
-from xarray_terrascope.analysis.tables import check_parcel_table, zonal_table
+from xarray_terrascope.analysis.tables import attribute_dtypes, check_parcel_table, zonal_table
 from xarray_terrascope.analysis.zonal import zonal_stats_of_steps
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.exceptions import InvalidArgumentError
@@ -192,7 +192,7 @@ def run_zonal_batch(
         GeoParquet, any other with :func:`geopandas.read_file`).
     out_dir : str or Path
         A new or empty folder, or the folder of an interrupted run with the same
-        arguments (its finished partitions are kept).
+        arguments (its finished partitions are kept). One run at a time writes into it.
     start, end, collection, max_cloud_cover
         The cube, as in ``xr.open_dataset(..., engine="terrascope")``; its bbox is the
         parcels' bounds.
@@ -218,7 +218,7 @@ def run_zonal_batch(
         option only).
     post_steps : dict of str to callable, optional
         ``name -> f(stats) -> pandas.DataFrame``, run on a worker on each batch's
-        computed Dataset; written to ``out_dir/name/part-NNNNN.parquet``. Identified in
+        computed Dataset; written to ``out_dir/_steps/name/part-NNNNN.parquet``. Identified in
         the manifest by ``f.batch_token`` if set, else by its qualified name.
     progress : callable, optional
         Called with a :class:`BatchProgress` once at the start and after each partition.
@@ -230,9 +230,11 @@ def run_zonal_batch(
     Raises
     ------
     BatchOutputError
-        When ``out_dir`` holds another run's partitions, or files without a manifest.
+        When ``out_dir`` holds another run's partitions, or files without a manifest, or
+        another run is writing into it.
     InvalidArgumentError
-        For bad parcels or arguments.
+        For bad parcels or arguments (an attribute column of mixed types, which no
+        Parquet column can hold, included).
     BatchWorkerError
         When the workers computing a batch died more often than dask allows
         (``distributed.scheduler.allowed-failures``); a worker that dies less often is
@@ -256,101 +258,104 @@ def run_zonal_batch(
     if problem is not None:
         raise InvalidArgumentError(f"parcels: {problem}")
     folder = Path(out_dir)
-    order = _hilbert_order(parcels)
-    ordered = parcels.iloc[order].reset_index(drop=True)
-    bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
-    ds = xr.open_dataset(
-        bbox,  # type: ignore[arg-type]  # the terrascope engine takes a bbox
-        engine="terrascope",
-        start=start,
-        end=end,
-        collection=collection,
-        max_cloud_cover=max_cloud_cover,
-        chunks={},
-    )
-    item_ids = sorted(i.id for i in ds.terrascope.items)
-    arguments = {
-        "parcels": batch_output.fingerprint(parcels),
-        "parcel_count": len(parcels),
-        "id_column": id_column,
-        "start": None if start is None else str(start),
-        "end": None if end is None else str(end),
-        "collection": collection,
-        "max_cloud_cover": None if max_cloud_cover is None else float(max_cloud_cover),
-        "stats": names,
-        "batch_size": int(batch_size),
-        "order": "hilbert",
-        "post_steps": {name: _step_token(step) for name, step in sorted(steps.items())},
-        "items": batch_output.fingerprint_text("\n".join(item_ids)),
-    }
-    from xarray_terrascope._version import __version__
+    dtypes = attribute_dtypes(parcels)
+    with batch_output.hold(folder):
+        order = _hilbert_order(parcels)
+        ordered = parcels.iloc[order].reset_index(drop=True)
+        bbox = [float(v) for v in parcels.to_crs("EPSG:4326").total_bounds]
+        ds = xr.open_dataset(
+            bbox,  # type: ignore[arg-type]  # the terrascope engine takes a bbox
+            engine="terrascope",
+            start=start,
+            end=end,
+            collection=collection,
+            max_cloud_cover=max_cloud_cover,
+            chunks={},
+        )
+        item_ids = sorted(i.id for i in ds.terrascope.items)
+        arguments = {
+            "parcels": batch_output.fingerprint(parcels),
+            "parcel_count": len(parcels),
+            "id_column": id_column,
+            "start": None if start is None else str(start),
+            "end": None if end is None else str(end),
+            "collection": collection,
+            "max_cloud_cover": None if max_cloud_cover is None else float(max_cloud_cover),
+            "stats": names,
+            "batch_size": int(batch_size),
+            "order": "hilbert",
+            "post_steps": {name: _step_token(step) for name, step in sorted(steps.items())},
+            "items": batch_output.fingerprint_text("\n".join(item_ids)),
+        }
+        from xarray_terrascope._version import __version__
 
-    total = -(-len(ordered) // batch_size)
-    batch_output.check_or_create(
-        folder,
-        arguments,
-        {"partitions": total, "parcels_source": source, "package_version": __version__},
-    )
-    for name in steps:
-        (folder / name).mkdir(exist_ok=True)
-    done = batch_output.done_partitions(folder)
-    todo = [k for k in range(total) if k not in done]
+        total = -(-len(ordered) // batch_size)
+        batch_output.check_or_create(
+            folder,
+            arguments,
+            {"partitions": total, "parcels_source": source, "package_version": __version__},
+        )
+        for name in steps:
+            batch_output.step_folder(folder, name).mkdir(parents=True, exist_ok=True)
+        done = batch_output.done_partitions(folder)
+        todo = [k for k in range(total) if k not in done]
 
-    def size(k: int) -> int:
-        return min(batch_size, len(ordered) - k * batch_size)
+        def size(k: int) -> int:
+            return min(batch_size, len(ordered) - k * batch_size)
 
-    skipped = sum(size(k) for k in done if k < total)
-    logger.info(
-        "batch: %d parcels in %d partition(s) of %d, %d done before, %d date(s) of %s -> %s",
-        len(ordered),
-        total,
-        batch_size,
-        len(done),
-        ds.sizes.get("time", 0),
-        collection,
-        folder,
-    )
-    tracker = _Tracker(len(ordered), total, skipped, total - len(todo), progress)
-    tracker.report()
-    rebalanced = 0
-    if todo:
-        with cluster_client(client, n_workers, threads_per_worker) as dask_client:
-            workers = len(dask_client.scheduler_info().get("workers", {})) or 1
-            in_flight = max_in_flight or 2 * workers
-            job = _Job(
-                ds,
-                ordered,
-                folder,
-                names,
-                id_column,
-                batch_size,
-                steps,
-                tile_store_mb,
-                ds.terrascope.items,
-            )
-            rebalanced = compute_batches(dask_client, job, todo, in_flight, tracker)
-    elapsed = tracker.elapsed()
-    logger.info(
-        "batch: %d partition(s) written (%d unit(s) taken from another worker's run), "
-        "%d found done, "
-        "%d worker(s) lost, in %.1f s",
-        len(todo),
-        rebalanced,
-        len(done),
-        tracker.workers_lost,
-        elapsed,
-    )
-    return BatchResult(
-        folder,
-        total,
-        len(todo),
-        total - len(todo),
-        len(ordered),
-        ds.sizes.get("time", 0),
-        elapsed,
-        rebalanced,
-        tracker.workers_lost,
-    )
+        skipped = sum(size(k) for k in done if k < total)
+        logger.info(
+            "batch: %d parcels in %d partition(s) of %d, %d done before, %d date(s) of %s -> %s",
+            len(ordered),
+            total,
+            batch_size,
+            len(done),
+            ds.sizes.get("time", 0),
+            collection,
+            folder,
+        )
+        tracker = _Tracker(len(ordered), total, skipped, total - len(todo), progress)
+        tracker.report()
+        rebalanced = 0
+        if todo:
+            with cluster_client(client, n_workers, threads_per_worker) as dask_client:
+                workers = len(dask_client.scheduler_info().get("workers", {})) or 1
+                in_flight = max_in_flight or 2 * workers
+                job = _Job(
+                    ds,
+                    ordered,
+                    folder,
+                    names,
+                    id_column,
+                    batch_size,
+                    steps,
+                    tile_store_mb,
+                    ds.terrascope.items,
+                    dtypes,
+                )
+                rebalanced = compute_batches(dask_client, job, todo, in_flight, tracker)
+        elapsed = tracker.elapsed()
+        logger.info(
+            "batch: %d partition(s) written (%d unit(s) taken from another worker's run), "
+            "%d found done, "
+            "%d worker(s) lost, in %.1f s",
+            len(todo),
+            rebalanced,
+            len(done),
+            tracker.workers_lost,
+            elapsed,
+        )
+        return BatchResult(
+            folder,
+            total,
+            len(todo),
+            total - len(todo),
+            len(ordered),
+            ds.sizes.get("time", 0),
+            elapsed,
+            rebalanced,
+            tracker.workers_lost,
+        )
 
 
 class _Tracker:
@@ -406,6 +411,8 @@ class _Job:
     tile_store_mb: int = 0
     #: The cube's STAC items (their grids align the read windows to the COG tiles).
     items: Sequence[Any] | None = None
+    #: The dtypes of the parcels' text-like columns (one schema in every partition).
+    dtypes: Mapping[str, Any] | None = None
 
     def members(self, k: int) -> Any:
         return self.parcels.iloc[k * self.batch_size : (k + 1) * self.batch_size]
@@ -426,10 +433,12 @@ class _Job:
         name = batch_output.part_name(k)
         for step, table in tables.items():
             batch_output.write_atomic(
-                self.folder / step / name, functools.partial(_to_parquet, table)
+                batch_output.step_folder(self.folder, step) / name,
+                functools.partial(_to_parquet, table),
             )
         members = self.members(k)
         frame = zonal_table(stats.drop_vars(self.id_column), members, self.id_column)
+        frame = frame.astype(dict(self.dtypes or {}))
         n_dates = stats.sizes["time"]
         geometry = np.repeat(members.geometry.to_numpy(), n_dates)
         table = geopandas.GeoDataFrame(frame, geometry=geometry, crs=members.crs)

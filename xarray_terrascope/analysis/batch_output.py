@@ -3,11 +3,14 @@ manifest, the partitions' names, atomic writes, and the check that a folder belo
 the run about to write into it.
 
 A folder holds ``_manifest.json`` (the run's arguments and their hash) and one
-``part-NNNNN.parquet`` per batch of parcels (plus ``<step>/part-NNNNN.parquet`` per
-post-step). Every file is written to a temporary name in the same folder, flushed to
-disk and renamed into place (:func:`os.replace`): a partition exists whole or not at
-all, whatever kills the writer. The main partition is written last, so its presence
-means the batch is done.
+``part-NNNNN.parquet`` per batch of parcels (plus ``_steps/<step>/part-NNNNN.parquet``
+per post-step: pyarrow, pandas, geopandas and dask read the folder as one dataset of the
+statistics, as they skip names that begin with ``_`` or ``.``). Every file is written to
+a temporary name in the same folder, flushed to disk and renamed into place
+(:func:`os.replace`): a partition exists whole or not at all, whatever kills the writer.
+The main partition is written last, so its presence means the batch is done. One run at
+a time writes into a folder (:func:`hold`, a lock the operating system releases when
+the process ends).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,16 @@ from xarray_terrascope.exceptions import BatchOutputError, InvalidArgumentError
 
 __all__ = [
     "FORMAT",
+    "LOCK",
     "MANIFEST",
+    "STEPS",
     "check_or_create",
     "done_partitions",
     "fingerprint",
     "fingerprint_text",
+    "hold",
     "part_name",
+    "step_folder",
     "write_atomic",
 ]
 
@@ -39,8 +47,13 @@ logger = logging.getLogger(__name__)
 
 #: The manifest's file name in the output folder.
 MANIFEST = "_manifest.json"
-#: The manifest's ``format`` value.
-FORMAT = "xarray-terrascope-zonal-batch/1"
+#: The manifest's ``format`` value (``/1``: the post-steps' folders beside the
+#: partitions, where a dataset reader took them for more statistics).
+FORMAT = "xarray-terrascope-zonal-batch/2"
+#: The folder of the post-steps' tables, one sub-folder each.
+STEPS = "_steps"
+#: The lock file of the run writing into the folder.
+LOCK = "_run.lock"
 _PART = re.compile(r"^part-(\d{5,})\.parquet$")
 _TMP_PREFIX = ".tmp-"
 
@@ -48,6 +61,41 @@ _TMP_PREFIX = ".tmp-"
 def part_name(index: int) -> str:
     """``part-00042.parquet`` for batch 42."""
     return f"part-{index:05d}.parquet"
+
+
+def step_folder(folder: Path, step: str) -> Path:
+    """Where post-step ``step`` writes its partitions."""
+    return folder / STEPS / step
+
+
+@contextmanager
+def hold(folder: Path) -> Iterator[None]:
+    """Create ``folder`` if needed and hold its lock while the block runs.
+
+    Raises
+    ------
+    BatchOutputError
+        When another run (of this or another process) holds it.
+    InvalidArgumentError
+        When the folder cannot be created or the lock file written.
+    """
+    import filelock
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(folder / LOCK, timeout=0)
+        lock.acquire()
+    except filelock.Timeout as err:
+        raise BatchOutputError(
+            f"out_dir: another run is writing into {str(folder)!r} (it holds {LOCK}): "
+            "wait for it to end, or write this run to another folder"
+        ) from err
+    except OSError as err:
+        raise InvalidArgumentError(f"out_dir: cannot use {str(folder)!r}: {err}") from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def fingerprint(parcels: Any) -> str:
@@ -98,7 +146,9 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 def _remove_stale_temporaries(folder: Path) -> None:
     """Temporary files a killed run left behind (never renamed into place)."""
-    for path in [folder, *(p for p in folder.iterdir() if p.is_dir())]:
+    steps = folder / STEPS
+    subfolders = [p for p in steps.iterdir() if p.is_dir()] if steps.is_dir() else []
+    for path in [folder, *subfolders]:
         for tmp in path.glob(_TMP_PREFIX + "*"):
             logger.debug("removing %s, left by an interrupted run", tmp)
             tmp.unlink(missing_ok=True)
@@ -141,6 +191,12 @@ def check_or_create(folder: Path, arguments: Mapping[str, Any], extra: Mapping[s
                 f"out_dir: {str(manifest_path)!r} is not a batch manifest ({err}): "
                 "choose a new or empty folder"
             ) from err
+        if manifest.get("format") == "xarray-terrascope-zonal-batch/1":
+            raise BatchOutputError(
+                f"out_dir: {str(folder)!r} holds a batch of an earlier version of this "
+                "package (its post-steps' folders beside the partitions): finish it with "
+                "that version, or write this run to a new or empty folder"
+            )
         if manifest.get("format") != FORMAT:
             raise BatchOutputError(
                 f"out_dir: {str(folder)!r} holds the output of something else "
@@ -162,7 +218,7 @@ def check_or_create(folder: Path, arguments: Mapping[str, Any], extra: Mapping[s
         _remove_stale_temporaries(folder)
         return digest
     # a run killed while it wrote the manifest leaves only its temporary file
-    entries = [name for name in entries if not name.startswith(_TMP_PREFIX)]
+    entries = [n for n in entries if not n.startswith(_TMP_PREFIX) and n != LOCK]
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise BatchOutputError(

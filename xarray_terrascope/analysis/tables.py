@@ -7,7 +7,7 @@ from typing import Any
 
 from xarray_terrascope.exceptions import InvalidArgumentError
 
-__all__ = ["check_parcel_table", "table_columns", "zonal_table"]
+__all__ = ["attribute_dtypes", "check_parcel_table", "table_columns", "zonal_table"]
 
 
 def table_columns(stats: list[str], variables: list[str]) -> list[str]:
@@ -49,6 +49,36 @@ def check_parcel_table(
     return None
 
 
+def attribute_dtypes(parcels: Any) -> dict[str, Any]:
+    """pandas' Arrow dtype of each text-like (``object``) attribute column of the whole
+    table, for the tables of parts of it: a part whose values of such a column are all
+    missing would otherwise be written as an Arrow ``null`` column, which dataset
+    readers refuse beside the ``string`` column of another part.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a column whose values no single Arrow type holds (numbers and text, say).
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    dtypes = {}
+    for column in parcels.columns:
+        if column == parcels.geometry.name or parcels[column].dtype != object:
+            continue
+        try:
+            kind = pa.Array.from_pandas(parcels[column]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise InvalidArgumentError(
+                f"parcels: column {column!r} mixes types that no Parquet column holds "
+                f"({err}): convert it, e.g. parcels[{column!r}].astype(str)"
+            ) from err
+        if kind != pa.null():
+            dtypes[str(column)] = pd.ArrowDtype(kind)
+    return dtypes
+
+
 def zonal_table(stats: Any, parcels: Any, id_column: str) -> Any:
     """The result of ``zonal_stats`` as one row per parcel and date, one column per statistic.
 
@@ -69,7 +99,9 @@ def zonal_table(stats: Any, parcels: Any, id_column: str) -> Any:
     attributes.remove(id_column)
     dates = pd.DatetimeIndex(stats["time"].values).normalize()
     n_parcels, n_dates = len(parcels), len(dates)
-    table = {col: np.repeat(parcels[col].to_numpy(), n_dates) for col in [id_column, *attributes]}
+    table: dict[str, Any] = {  # Series.repeat keeps the dtypes (nullable, categorical...)
+        col: parcels[col].repeat(n_dates).reset_index(drop=True) for col in [id_column, *attributes]
+    }
     table["date"] = np.tile(dates.to_numpy(), n_parcels)
     for var in variables:
         values = stats[var].transpose(stats[var].dims[0], "time", "zonal_statistics").values

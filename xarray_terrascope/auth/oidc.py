@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 _TIMEOUT = 30.0
 _RETRY = http_policy.LOGIN.urllib3_retry()
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 #: What shows the verification URL and user code of a device login to the user.
 Prompt = Callable[[str, str], None]
@@ -68,7 +67,9 @@ class Provider:
 
 def _check_secure(url: str, what: str) -> None:
     parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+    if parts.scheme == "https" or (
+        parts.scheme == "http" and parts.hostname in config.LOOPBACK_HOSTS
+    ):
         return
     raise AuthenticationError(
         f"Refusing to use {what} {config.public_url(url)!r}: tokens and passwords go over "

@@ -92,6 +92,8 @@ def gdal_options(
     options.update({name: "" for name in _COOKIE_OPTIONS if _gdal_config(name)})
     if allowed is None:
         allowed = sends_credentials(url)
+    if allowed and isinstance(credentials, (Credentials, TokenCredentials)):
+        config.note_credentials_to(config.origin(url))
     if isinstance(credentials, TokenCredentials) and allowed:
         # GDAL >= 3.9: curl sends "Authorization: Bearer"; not to a redirect target on
         # another origin (CPL_VSIL_CURL_AUTHORIZATION_HEADER_ALLOWED_IF_REDIRECT above)

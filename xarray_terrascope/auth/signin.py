@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import stat
 from urllib.parse import urlsplit
 
 import requests
@@ -61,7 +62,33 @@ def _from_netrc() -> Credentials | None:
     login_name, _account, password = entry
     if not login_name or not password:
         return None
+    _warn_if_others_read(path)
     return Credentials(login_name, password)
+
+
+#: The netrc files already warned about (once per process each).
+_warned_netrc: set[str] = set()
+
+
+def _warn_if_others_read(path: str) -> None:
+    """Log a WARNING when others than its owner may read the netrc file whose password
+    is used (Python's ``netrc`` refuses such a ``~/.netrc`` for a password, but not a
+    file given by path; curl and GDAL take both: warned, not refused)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return
+    mode = stat.S_IMODE(info.st_mode)
+    foreign = hasattr(os, "getuid") and info.st_uid != os.getuid()
+    if (mode & 0o077 or foreign) and path not in _warned_netrc:
+        _warned_netrc.add(path)
+        logger.warning(
+            "The netrc file %r holding your Terrascope password %s: others may read it. "
+            "Make it yours alone: chmod 600 %s",
+            path,
+            f"has mode {mode:04o}" if mode & 0o077 else f"is owned by uid {info.st_uid}",
+            path,
+        )
 
 
 def _resolve_login(username: str | None, password: str | None) -> tuple[Credentials, str]:
@@ -96,6 +123,7 @@ def _check_allowed(url: str) -> None:
             "Add its origin (scheme://host:port) there, or point TERRASCOPE_DOWNLOAD_URL "
             "at a download host."
         )
+    config.note_credentials_to(config.origin(url))
 
 
 #: Retries of the validation request on connection errors and 429/5xx answers.

@@ -134,6 +134,7 @@ class _BearerAdapter(HTTPAdapter):
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
         if request.url is not None and config.origin(request.url) == self._origin:
+            config.note_credentials_to(self._origin)
             request.headers["Authorization"] = self._access.header()
         return super().send(request, *args, **kwargs)
 

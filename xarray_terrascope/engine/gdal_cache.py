@@ -60,7 +60,10 @@ def clear_http_cache() -> bool:
 
 
 def clear_url(url: str) -> None:
-    """Drop what GDAL's ``/vsicurl/`` layer remembers of ``url`` (failures included)."""
+    """Drop what GDAL's ``/vsicurl/`` layer remembers of ``url`` (failures included);
+    nothing for a local file (which GDAL would report on stderr as a malformed URL)."""
+    if not url.lower().startswith(("http://", "https://")):
+        return
     lib = _libgdal()
     clear = getattr(lib, "VSICurlPartialClearCache", None) if lib is not None else None
     if clear is None:

@@ -156,6 +156,10 @@ class Limiter:
         async with self._cond:
             self.in_flight -= 1
             now = loop.time()
+            # every answer's wait is kept, an older generation's too (the host may ask
+            # for a longer one later: the limit is cut once, the pause is the longest)
+            if busy and retry_after:
+                self._paused_until = max(self._paused_until, now + retry_after)
             if busy and generation == self.generation:
                 self._slow_start = False
                 self.generation += 1
@@ -163,8 +167,6 @@ class Limiter:
                 old, self.limit = self.limit, max(1, self.limit // 2)
                 self._refused_at = self.limit + 1 if rate_limited else old
                 self._last_cut = now
-                if retry_after:
-                    self._paused_until = max(self._paused_until, now + retry_after)
                 # refused one at a time, or a 429 that names no time to wait: a limit
                 # of the request rate, which no number of requests in flight satisfies
                 if old == 1 or (rate_limited and not retry_after):

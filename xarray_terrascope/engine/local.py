@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from urllib.parse import unquote, urlsplit
 
 from xarray_terrascope.cache import BoundedCache
 from xarray_terrascope.options import get_options
@@ -30,7 +31,12 @@ def local_path(href: str | None) -> str | None:
     """
     if not href:
         return None
-    path = href[len("file://") :] if href.startswith("file://") else href
+    path = href
+    if href[:5].lower() == "file:":  # RFC 8089: no host or "localhost", escaped path
+        parts = urlsplit(href)
+        if parts.netloc.lower() not in ("", "localhost"):
+            return None  # another machine's file
+        path = unquote(parts.path)
     if not path.startswith("/"):
         return None
     now = time.monotonic()

@@ -168,6 +168,8 @@ async def _attempt(
     generation = access.generation if access is not None else 0
     for _hop in range(6):
         sent = access is not None and first_origin is not None and origin(target) == first_origin
+        if sent:
+            config.note_credentials_to(first_origin)
         # the Authorization value goes straight into the request: no local variable of
         # this frame holds it (a traceback printed with its locals shows none)
         async with session.get(
@@ -213,6 +215,14 @@ async def _attempt(
                         else ": no credentials were sent because its origin is not in "
                         "TERRASCOPE_DOWNLOAD_HOSTS"
                     )
+                )
+            coding = resp.headers.get("Content-Encoding", "").strip().lower()
+            if coding not in ("", "identity"):  # its bytes are not the file's bytes
+                raise ReadError(
+                    f"Reading {label} ({_public(url)}) failed: the server answered with "
+                    f"Content-Encoding {coding!r} although the request asked for "
+                    "'identity': its bytes are not the file's. A proxy or server that "
+                    "compresses range answers must leave these files as they are"
                 )
             etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
             if status == 200:  # the server ignored Range: the body is the whole file

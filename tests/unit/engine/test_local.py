@@ -31,3 +31,18 @@ def test_local_files_under_a_missing_directory_cost_one_look(tmp_path, monkeypat
     options(local_absence_seconds=0.0)
     assert local.local_path(hrefs[6]) == str(made)
     assert local.local_path(hrefs[7]) is None
+
+
+def test_file_urls_with_localhost_or_escapes_name_the_local_file(tmp_path):
+    """RFC 8089: ``file://localhost/p`` is this machine's ``/p``, and a URL's path is
+    percent-escaped; a file URL of another host is never a local file."""
+    made = tmp_path / "local copies" / "S2_1.tif"
+    made.parent.mkdir()
+    made.write_bytes(b"II*\x00")
+    escaped = str(made).replace(" ", "%20")
+    assert local.local_path(f"file://localhost{escaped}") == str(made)
+    assert local.local_path(f"FILE://LOCALHOST{escaped}") == str(made)
+    assert local.local_path(f"file://{escaped}") == str(made)
+    assert local.local_path(f"file:{escaped}") == str(made)
+    assert local.local_path(str(made)) == str(made)
+    assert local.local_path(f"file://otherhost{escaped}") is None

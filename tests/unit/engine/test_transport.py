@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import logging
 import re
 import threading
 import time
@@ -160,6 +161,29 @@ def test_a_wrong_content_range_is_an_error_naming_the_item(content_range):
     assert len(server.seen) == 1  # not a transient failure: not retried
 
 
+@pytest.mark.parametrize("status", [206, 200])
+def test_a_compressed_answer_is_a_read_error_naming_the_encoding(status):
+    """The request asks for ``identity``; a server (or proxy) gzipping the answer anyway
+    sends bytes that are not the file's: one error naming the encoding, not ten retries
+    of a "short body" nor a whole file taken for a GeoTIFF that is not one."""
+    import gzip
+
+    async def answer(request: web.Request) -> web.Response:
+        ((start, end),) = _asked(request)
+        body, headers = (FILE[start:end], {"Content-Range": f"bytes {start}-{end - 1}/{SIZE}"})
+        if status == 200:
+            body, headers = FILE, {}
+        return web.Response(
+            status=status, body=gzip.compress(body), headers={**headers, "Content-Encoding": "gzip"}
+        )
+
+    with LoopbackServer(answer) as server, pytest.raises(ReadError) as info:
+        _get(server.url("/a.tif"), [(100, 4100)])
+    assert "Content-Encoding 'gzip'" in str(info.value) and "ITEM-7" in str(info.value)
+    assert len(server.seen) == 1
+    assert server.seen[0].headers["Accept-Encoding"] == "identity"
+
+
 def test_416_is_a_read_error_naming_the_item_and_the_status():
     async def answer(request: web.Request) -> web.Response:
         return web.Response(status=416, headers={"Content-Range": f"bytes */{SIZE}"})
@@ -226,6 +250,44 @@ def test_a_redirect_to_another_origin_gets_no_credentials():
     assert [_authorization(seen) for seen in server.seen] == [basic_header("u", "p")]
     assert [seen.path for seen in bucket.seen] == ["/signed/a.tif"]
     assert _authorization(bucket.seen[0]) is None
+
+
+def test_credentials_over_plain_http_to_another_machine_are_warned_once(monkeypatch, caplog):
+    """An http origin set by hand gets its credentials (it is allowed), with one WARNING
+    per origin naming the risk; loopback http gets none. The other machine is a name
+    that resolves to 127.0.0.1 in this test only (aiohttp's resolver, patched): every
+    byte stays on loopback."""
+    import aiohttp.resolver
+
+    from xarray_terrascope import config
+
+    real = aiohttp.resolver.ThreadedResolver.resolve
+
+    async def alias(self, host, port=0, family=0):
+        if host != "dl.example.invalid":
+            raise OSError(f"this test resolves only its alias, not {host!r}")
+        return await real(self, "127.0.0.1", port, family)
+
+    monkeypatch.setattr(aiohttp.resolver.ThreadedResolver, "resolve", alias)
+    monkeypatch.setattr(config, "_noted", set())
+    caplog.set_level(logging.WARNING, logger="xarray_terrascope")
+
+    async def data(request: web.Request) -> web.Response:
+        return _ranged(*_asked(request)[0])
+
+    with LoopbackServer(data) as server:
+        port = server.url("/").split(":")[2].split("/")[0]
+        for _ in range(2):
+            got = _get(f"http://dl.example.invalid:{port}/a.tif", [(0, 100)])
+            assert got == [FILE[:100]]
+        _get(server.url("/b.tif"), [(0, 100)])
+    assert [_authorization(seen) for seen in server.seen] == [basic_header("u", "p")] * 3
+    warned = [r.getMessage() for r in caplog.records if "plain http" in r.getMessage()]
+    assert warned == [
+        f"Sending Terrascope credentials to http://dl.example.invalid:{port} over plain http: "
+        "anyone on the network path can read them. Use its https URL "
+        "(TERRASCOPE_DOWNLOAD_HOSTS, TERRASCOPE_DOWNLOAD_URL, TERRASCOPE_STAC_URL)"
+    ]
 
 
 @pytest.mark.parametrize(
