@@ -382,19 +382,12 @@ def test_a_protected_collection_401_then_403_then_data_with_the_role(oidc):
     assert xts.search(NDVI, SAMPLE_FIELD, "2025-06-01", "2025-06-10")
 
 
-def test_the_token_goes_to_a_stac_url_written_without_its_default_port(oidc, monkeypatch):
-    """requests picks a transport adapter by the URL's text, and Terrascope's STAC URL
-    names no port (``https://stac.terrascope.be``): its requests carry the access token
-    all the same, and another host's do not. The sandbox's URLs all name their port, so
-    they cannot show this; the real host is unreachable here, so the adapters' network
-    send is replaced by one that records the request (no traffic leaves)."""
+def _record_stac_requests(monkeypatch) -> list:
+    """Replace the network send of requests' adapters by one that records each prepared
+    request and answers 200 ``{}``: for hosts that are unreachable here (no traffic)."""
     import requests
     from requests.adapters import HTTPAdapter
 
-    from xarray_terrascope.catalog import search
-
-    xts.login(oidc.username, oidc.password, method="oidc")
-    monkeypatch.setenv("TERRASCOPE_STAC_URL", "https://stac.terrascope.be")
     sent: list[requests.PreparedRequest] = []
 
     def record(self, request, *args, **kwargs):
@@ -405,6 +398,20 @@ def test_the_token_goes_to_a_stac_url_written_without_its_default_port(oidc, mon
         return response
 
     monkeypatch.setattr(HTTPAdapter, "send", record)
+    return sent
+
+
+def test_the_token_goes_to_a_stac_url_written_without_its_default_port(oidc, monkeypatch):
+    """requests picks a transport adapter by the URL's text, and Terrascope's STAC URL
+    names no port (``https://stac.terrascope.be``): its requests carry the access token
+    all the same, and another host's do not. The sandbox's URLs all name their port, so
+    they cannot show this; the real host is unreachable here, so the adapters' network
+    send is replaced by one that records the request (no traffic leaves)."""
+    from xarray_terrascope.catalog import search
+
+    xts.login(oidc.username, oidc.password, method="oidc")
+    monkeypatch.setenv("TERRASCOPE_STAC_URL", "https://stac.terrascope.be")
+    sent = _record_stac_requests(monkeypatch)
     session = search._stac_io().session
     for url in (
         "https://stac.terrascope.be/search",
@@ -421,9 +428,6 @@ def test_a_token_to_a_plain_http_stac_url_elsewhere_is_warned_once(oidc, monkeyp
     """A STAC URL set by hand to plain http on another machine gets the token (it is the
     STAC API the user named), with one WARNING naming the risk. The host is unreachable
     here: the adapters' network send is replaced by one that records (no traffic)."""
-    import requests
-    from requests.adapters import HTTPAdapter
-
     from xarray_terrascope import config
     from xarray_terrascope.catalog import search
 
@@ -431,16 +435,7 @@ def test_a_token_to_a_plain_http_stac_url_elsewhere_is_warned_once(oidc, monkeyp
     monkeypatch.setenv("TERRASCOPE_STAC_URL", "http://stac.example.invalid")
     monkeypatch.setattr(config, "_noted", set())
     caplog.set_level(logging.WARNING, logger="xarray_terrascope")
-    sent: list[requests.PreparedRequest] = []
-
-    def record(self, request, *args, **kwargs):
-        sent.append(request)
-        response = requests.Response()
-        response.status_code, response._content = 200, b"{}"
-        response.url, response.request = request.url, request
-        return response
-
-    monkeypatch.setattr(HTTPAdapter, "send", record)
+    sent = _record_stac_requests(monkeypatch)
     session = search._stac_io().session
     session.get("http://stac.example.invalid/search")
     session.get("http://stac.example.invalid/collections")

@@ -29,7 +29,13 @@ import numpy as np
 
 from xarray_terrascope.analysis import batch_output
 from xarray_terrascope.analysis.batch_cluster import PostStep, cluster_client, compute_batches
-from xarray_terrascope.analysis.tables import attribute_dtypes, check_parcel_table, zonal_table
+from xarray_terrascope.analysis.tables import (
+    attribute_dtypes,
+    check_parcel_table,
+    check_parcels,
+    read_parcels,
+    zonal_table,
+)
 from xarray_terrascope.analysis.zonal import zonal_stats_of_steps
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.exceptions import InvalidArgumentError
@@ -121,17 +127,9 @@ def _check(
         raise InvalidArgumentError(
             f"parcels must be a GeoDataFrame or a vector file's path, got {type(parcels).__name__}"
         )
-    if len(parcels) == 0:
-        raise InvalidArgumentError("parcels holds no geometry")
-    if parcels.crs is None:
-        raise InvalidArgumentError("parcels has no CRS: set one (gdf.set_crs(...))")
-    if id_column not in parcels.columns:
-        raise InvalidArgumentError(
-            f"id_column: parcels has no column {id_column!r}; its columns: "
-            + ", ".join(str(c) for c in parcels.columns if c != parcels.geometry.name)
-        )
-    if parcels[id_column].duplicated().any():
-        raise InvalidArgumentError(f"id_column: the values of {id_column!r} are not unique")
+    problem = check_parcels(parcels, id_column)
+    if problem is not None:
+        raise InvalidArgumentError(f"{problem[0]}: {problem[1]}")
     for name, value in (("batch_size", batch_size), ("max_in_flight", max_in_flight)):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
@@ -143,18 +141,6 @@ def _check(
                 f"post_steps maps names (identifiers, the sub-folders) to callables, "
                 f"got {name!r}: {step!r}"
             )
-
-
-def _read(path: str | Path) -> Any:
-    import geopandas
-
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ".parquet":
-            return geopandas.read_parquet(path)
-        return geopandas.read_file(path)
-    except Exception as err:  # pyogrio and pyarrow raise several types
-        raise InvalidArgumentError(f"parcels: cannot read {str(path)!r}: {err}") from err
 
 
 def _hilbert_order(parcels: Any) -> np.ndarray:
@@ -246,7 +232,7 @@ def run_zonal_batch(
 
     source = str(parcels) if isinstance(parcels, (str, Path)) else None
     if source is not None:
-        parcels = _read(parcels)
+        parcels = read_parcels(parcels, "parcels")
     steps = dict(post_steps or {})
     _check(parcels, id_column, batch_size, max_in_flight, steps)
     if isinstance(tile_store_mb, bool) or not isinstance(tile_store_mb, (int, np.integer)):

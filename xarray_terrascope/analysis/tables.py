@@ -7,7 +7,14 @@ from typing import Any
 
 from xarray_terrascope.exceptions import InvalidArgumentError
 
-__all__ = ["attribute_dtypes", "check_parcel_table", "table_columns", "zonal_table"]
+__all__ = [
+    "attribute_dtypes",
+    "check_parcel_table",
+    "check_parcels",
+    "read_parcels",
+    "table_columns",
+    "zonal_table",
+]
 
 
 def table_columns(stats: list[str], variables: list[str]) -> list[str]:
@@ -23,6 +30,35 @@ def table_columns(stats: list[str], variables: list[str]) -> list[str]:
     if len(variables) == 1:
         return ["date", *stats]
     return ["date", *(f"{var}_{name}" for var in variables for name in stats)]
+
+
+def read_parcels(path: Any, argument: str) -> Any:
+    """The vector file at ``path`` as a GeoDataFrame (``.parquet``: GeoParquet, else any
+    format :func:`geopandas.read_file` reads); ``argument`` names it in the error."""
+    import geopandas
+
+    try:
+        if str(path).lower().endswith(".parquet"):
+            return geopandas.read_parquet(path)
+        return geopandas.read_file(path)
+    except Exception as err:  # pyogrio and pyarrow raise several types
+        raise InvalidArgumentError(f"{argument}: cannot read {str(path)!r}: {err}") from err
+
+
+def check_parcels(parcels: Any, id_column: str) -> tuple[str, str] | None:
+    """What makes ``parcels`` unusable as parcels, as ``(which, problem)`` with
+    ``which`` "parcels" or "id_column", or None: no rows, no CRS, no ``id_column`` or
+    values of it that repeat."""
+    if len(parcels) == 0:
+        return "parcels", "holds no geometry"
+    if parcels.crs is None:
+        return "parcels", "has no CRS: set one (gdf.set_crs(...))"
+    if id_column not in parcels.columns:
+        columns = ", ".join(str(c) for c in parcels.columns if c != parcels.geometry.name)
+        return "id_column", f"the parcels have no column {id_column!r}; their columns: {columns}"
+    if parcels[id_column].duplicated().any():
+        return "id_column", f"the values of {id_column!r} are not unique"
+    return None
 
 
 def check_parcel_table(

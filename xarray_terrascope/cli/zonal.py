@@ -7,7 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from xarray_terrascope.analysis.tables import check_parcel_table, zonal_table
+from xarray_terrascope.analysis.tables import (
+    check_parcel_table,
+    check_parcels,
+    read_parcels,
+    zonal_table,
+)
 from xarray_terrascope.cli.arguments import add_collection_arg, add_dates_args, output_path
 from xarray_terrascope.exceptions import InvalidArgumentError
 
@@ -71,29 +76,17 @@ def _stats_list(text: str) -> list[str]:
 def _read_parcels(path: str, id_column: str):
     """The parcels file as a GeoDataFrame with a CRS and a unique ``id_column``."""
     try:
-        import geopandas
+        import geopandas  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise InvalidArgumentError(
             "zonal needs geopandas and xvec: pip install 'xarray-terrascope[analysis]'"
         ) from err
-    try:
-        if path.lower().endswith(".parquet"):
-            parcels = geopandas.read_parquet(path)
-        else:
-            parcels = geopandas.read_file(path)
-    except Exception as err:  # pyogrio raises several types for unreadable files
-        raise InvalidArgumentError(f"--parcels: cannot read {path!r}: {err}") from err
-    if len(parcels) == 0:
-        raise InvalidArgumentError(f"--parcels: {path!r} holds no geometry")
-    if parcels.crs is None:
-        raise InvalidArgumentError(f"--parcels: {path!r} has no CRS")
-    if id_column not in parcels.columns:
-        columns = ", ".join(str(c) for c in parcels.columns if c != parcels.geometry.name)
-        raise InvalidArgumentError(
-            f"--id-column: {path!r} has no column {id_column!r}; its columns: {columns}"
-        )
-    if parcels[id_column].duplicated().any():
-        raise InvalidArgumentError(f"--id-column: the values of {id_column!r} are not unique")
+    parcels = read_parcels(path, "--parcels")
+    problem = check_parcels(parcels, id_column)
+    if problem is not None:
+        which, text = problem
+        option = "--parcels" if which == "parcels" else "--id-column"
+        raise InvalidArgumentError(f"{option}: {path!r}: {text}")
     return parcels
 
 

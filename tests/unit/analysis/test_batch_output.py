@@ -108,3 +108,43 @@ def test_a_column_of_mixed_types_is_refused_naming_it():
     assert "astype(str)" in str(err.value)
     dtypes = attribute_dtypes(parcels.drop(columns="code"))
     assert list(dtypes) == ["crop"] and str(dtypes["crop"]) == "string[pyarrow]"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.iloc[:0], "parcels: holds no geometry"),
+        (lambda p: p.set_crs(None, allow_override=True), "parcels: has no CRS"),
+        (lambda p: p.rename(columns={"parcel_id": "id"}), "id_column: the parcels have no column"),
+        (lambda p: p.assign(parcel_id=[1, 1]), "id_column: the values of 'parcel_id' are not"),
+    ],
+)
+def test_unusable_parcels_are_refused_before_any_request(
+    change, message, tmp_path, monkeypatch, capsys
+):
+    """The batch and the command line check the parcels in one place (the STAC URL here
+    is a closed loopback port: a search would fail with another error)."""
+    geopandas = pytest.importorskip("geopandas")
+    shapely = pytest.importorskip("shapely")
+    from xarray_terrascope import cli
+    from xarray_terrascope.analysis.batch import run_zonal_batch
+
+    monkeypatch.setenv("TERRASCOPE_STAC_URL", "http://127.0.0.1:9/")
+    parcels = change(
+        geopandas.GeoDataFrame(
+            {"parcel_id": [1, 2]},
+            geometry=[shapely.box(5.0, 51.2, 5.01, 51.21), shapely.box(5.02, 51.2, 5.03, 51.21)],
+            crs="EPSG:4326",
+        )
+    )
+    with pytest.raises(InvalidArgumentError, match=message):
+        run_zonal_batch(parcels, tmp_path / "out", start="2025-06-01", end="2025-06-02")
+    assert not (tmp_path / "out").exists()
+    path = tmp_path / "parcels.parquet"
+    parcels.to_parquet(path)
+    argv = ["zonal", "--parcels", str(path), "--start", "2025-06-01", "--end", "2025-06-02"]
+    capsys.readouterr()
+    assert cli.main([*argv, "--out", str(tmp_path / "stats.csv")]) == 2
+    option = "--parcels" if message.startswith("parcels") else "--id-column"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {option}: {str(path)!r}: {message.split(': ', 1)[1]}"), err
