@@ -59,7 +59,8 @@ def _mean_of_zonal(series: xr.DataArray) -> xr.DataArray:
 def _dates(obj: xr.Dataset | xr.DataArray, kind: str) -> list[str]:
     if "time" not in obj.coords:
         raise TerrascopeError(_NOT_FROM_ENGINE.format(kind=kind, missing="'time' coordinate"))
-    return [str(t)[:10] for t in obj["time"].values.astype("datetime64[D]")]
+    days = np.atleast_1d(obj["time"].values).astype("datetime64[D]")  # a scalar after isel
+    return [str(day) for day in np.unique(days)]
 
 
 class _TerrascopeAccessor:
@@ -114,7 +115,7 @@ class _TerrascopeAccessor:
                 if "time" in var.dims and var.dtype.kind in "iuf"
             }
             return smooth_dataset(self._obj.assign(decoded), **kwargs)
-        return smooth(self._obj, **kwargs)
+        return smooth(decode_raw(self._obj), **kwargs)
 
     def _series(self, variable: str | None) -> xr.DataArray:
         obj = self._obj

@@ -126,3 +126,33 @@ def test_forked_children_print_no_warnings_about_the_parents_session(logged_in, 
     assert "Unclosed" not in done.stderr, done.stderr[-4000:]
     # each child says why it reads through GDAL (a warning, once per process)
     assert 1 <= done.stderr.count("forked after its parent had started") <= 2, done.stderr
+
+
+def _read_date_or_error(args: tuple[xr.DataArray, int]) -> tuple[str, object]:
+    """In a pool process: one date of the cube, or the error's type and message."""
+    array, t = args
+    try:
+        return "values", array.isel(time=t).values
+    except Exception as err:  # handed back to the test, which checks it
+        return type(err).__name__, str(err)
+
+
+def test_a_spawned_pool_reads_with_the_credentials_of_its_environment(logged_in, monkeypatch):
+    """Processes started with ``spawn`` do not inherit the parent's login: their reads
+    fail naming why (not a logout nobody called) and the fix, and succeed with
+    ``TERRASCOPE_USERNAME``/``TERRASCOPE_PASSWORD`` in their environment."""
+    ds = xr.open_dataset(list(SAMPLE_FIELD), engine="terrascope", decode=False, **DAYS)
+    parent = ds.NDVI.isel(time=slice(0, 2)).load().values
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(1) as pool:
+        kind, message = pool.map_async(_read_date_or_error, [(ds.NDVI, 0)]).get(POOL_TIMEOUT)[0]
+    assert kind == "AuthenticationError", (kind, message)
+    assert "new process" in message and "TERRASCOPE_USERNAME" in message, message
+    assert "logout() was called" not in message
+    monkeypatch.setenv("TERRASCOPE_USERNAME", logged_in.username)
+    monkeypatch.setenv("TERRASCOPE_PASSWORD", logged_in.password)
+    with spawn.Pool(2) as pool:
+        got = pool.map_async(_read_date_or_error, [(ds.NDVI, t) for t in (0, 1)]).get(POOL_TIMEOUT)
+    for t, (kind, values) in enumerate(got):
+        assert kind == "values", values
+        np.testing.assert_array_equal(values, parent[t])

@@ -34,11 +34,11 @@ from affine import Affine
 import xarray_terrascope
 from xarray_terrascope.engine import aio, cog
 from xarray_terrascope.engine.header_cache import Header, headers
+from xarray_terrascope.engine.header_files import MAGIC, encode
 from xarray_terrascope.engine.requests import AlignedRead, Placement, Window
 from xarray_terrascope.exceptions import ReadError
 
 SIDE = 512
-MAGIC = b"XTSHDR1\n"
 #: The directory holding the package under test (a child process imports it from there).
 PACKAGE_ROOT = str(Path(xarray_terrascope.__file__).resolve().parent.parent)
 
@@ -421,7 +421,7 @@ def test_a_loaded_entry_counts_as_used_and_outlives_older_unused_ones(cache_dir,
 # --- item 10: files planted in the cache ------------------------------------------------
 
 
-def _plant(path: Path, kind: str, other_header: bytes, size: int) -> None:
+def _plant(path: Path, kind: str, other_header: bytes, size: int, own_header: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "huge number":
         path.write_bytes(MAGIC + b'{"length": 1e400, "size": 1, "etag": "x"}\nII*\x00')
@@ -435,6 +435,15 @@ def _plant(path: Path, kind: str, other_header: bytes, size: int) -> None:
         with open(path, "wb") as handle:  # sparse: 64 MiB that take no disk
             handle.write(MAGIC + b'{"length": 67108864, "size": 1, "etag": "x"}\n')
             handle.truncate(64 * 2**20)
+    elif kind == "damaged on disk":  # an entry written whole, then a count gone wrong
+        blob = bytearray(encode(own_header, size, '"a"', None))
+        data = len(blob) - len(own_header)
+        first_ifd = int.from_bytes(own_header[4:8], "little")
+        for k in range(int.from_bytes(own_header[first_ifd : first_ifd + 2], "little")):
+            entry = first_ifd + 2 + 12 * k
+            if int.from_bytes(own_header[entry : entry + 2], "little") == 324:  # TileOffsets
+                blob[data + entry + 4 : data + entry + 8] = (2**31).to_bytes(4, "little")
+        path.write_bytes(bytes(blob))
     elif kind == "no validator":  # another file's header, nothing to tell it by
         meta = {"length": len(other_header), "size": size, "etag": None}
         path.write_bytes(MAGIC + json.dumps(meta).encode() + b"\n" + other_header)
@@ -451,17 +460,20 @@ def _plant(path: Path, kind: str, other_header: bytes, size: int) -> None:
         "symlink to /dev/zero",
         "oversized file",
         "no validator",
+        "damaged on disk",
     ],
 )
 def test_a_planted_entry_is_ignored_and_replaced(serve, tmp_path, cache_dir, kind):
     """In a new process (the loader's failures were per process), within a deadline
-    (a FIFO blocked the engine; the child is killed after it)."""
+    (a FIFO blocked the engine; the child is killed after it). A damaged entry's bytes
+    made the TIFF parser ask for 16 GiB and abort the process (SIGABRT) in every later
+    process that read the file."""
     server = serve("etag")
     a, _ = _same_size_pair(server.root)
     url = server.url("a.tif")
     path = _key_path(cache_dir, url)
     other = (server.root / "b.tif").read_bytes()  # the same size as a.tif
-    _plant(path, kind, other[:16384], len(other))
+    _plant(path, kind, other[:16384], len(other), (server.root / "a.tif").read_bytes()[:16384])
     result = _read_in_new_process(url, tmp_path / "read.npy", timeout=90)
     assert result == {"error": None}, result
     np.testing.assert_array_equal(np.load(tmp_path / "read.npy"), a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dask
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -55,6 +56,20 @@ def test_parcels_to_phenology_and_mowing(logged_in):
     want = {int(p): g.time.values for p, g in cuts.groupby("parcel_id")}
     matched, n_found, n_true = match_events(got, want, days=7.0)
     assert matched / n_true >= 0.8 and matched / n_found >= 0.8, (matched, n_found, n_true)
-    # the table a user writes to GeoParquet: one row per parcel, datetimes kept
-    frame = seasons.drop_vars("geometry").to_dataframe()
-    assert len(frame) == len(ids) and str(frame.sos_time.dtype).startswith("datetime64")
+    # the table a user writes to GeoParquet, as the guide joins it: one row per parcel,
+    # by its id (the table's own index is the position along geometry), datetimes kept
+    by_id = seasons.swap_dims(geometry="parcel_id").drop_vars(["geometry", "spatial_ref"])
+    frame = by_id.to_dataframe()
+    joined = parcels.join(frame)
+    assert len(frame) == len(ids) and str(joined.sos_time.dtype).startswith("datetime64")
+    expected = seasons.sos_time.to_series().set_axis(ids)
+    pd.testing.assert_series_equal(
+        joined.sos_time, expected.reindex(parcels.index), check_names=False
+    )
+    assert joined.sos_time.notna().sum() == seasons.sos_time.notnull().sum() > 10
+    by_id = drops.swap_dims(geometry="parcel_id").drop_vars(["geometry", "spatial_ref"])
+    mowing = by_id.to_dataframe().dropna()
+    assert mowing.index.names == ["parcel_id", "event"]
+    with_events = {int(p) for p, t in zip(ids, times, strict=True) if (~np.isnat(t)).any()}
+    assert {int(p) for p in mowing.index.get_level_values("parcel_id")} == with_events
+    assert len(mowing) == int((~np.isnat(times)).sum())

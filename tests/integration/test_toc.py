@@ -122,6 +122,38 @@ def test_open_time_masking_and_min_clear_on_the_ndvi_product(logged_in):
     np.testing.assert_allclose(kept.clear_share.values, [s for s in shares if s >= 0.6], atol=1e-6)
 
 
+def test_the_40_m_buffer_holds_on_a_geographic_grid(logged_in):
+    """On a cube in EPSG:4326 (pixels of 0.0001 degrees: 7.0 m east-west, 11.1 m
+    north-south here) the buffer is 40 metres, not 40 pixels' worth of degrees: the
+    accessor's and the opening's masks hold the world's clouds grown by 40 m (measured
+    on the ground) and reach at most 40 m by the pixels' shorter side plus a pixel."""
+    from scipy import ndimage
+
+    world = logged_in.world
+    geographic = {"crs": "EPSG:4326", "resolution": 0.0001, "days": SHORT}
+    ds = _open(WIDE, assets=["B04", "SCL"], **geographic).load()
+    at_open = _open(WIDE, assets=["B04"], mask_clouds=True, **geographic).load()
+    masked = ds.terrascope.mask_clouds()
+    lat = float(ds.y.mean())
+    east = 0.0001 * np.pi / 180 * 6378137.0 * np.cos(np.radians(lat))
+    north = 0.0001 * np.pi / 180 * 6371000.0
+    cloudy_dates = 0
+    for t in range(ds.sizes["time"]):
+        scl = world.scl_truth(_item(ds, t), *_grid(ds))
+        grown = np.isin(scl, [3, 8, 9, 10])
+        metres = np.full(scl.shape, np.inf)  # (the transform of a frame with no cloud is not)
+        if grown.any():
+            metres = ndimage.distance_transform_edt(~grown, sampling=(north, east))
+        must = np.isin(scl, MASKED_SCL) | (metres <= 40 * 0.99)
+        may = np.isin(scl, MASKED_SCL) | (metres <= 40 * north / east + north)
+        for name, got in (("accessor", masked.B04), ("open", at_open.B04)):
+            dropped = np.isnan(got.values[t]) & ~np.isnan(ds.B04.values[t])
+            assert dropped[must & ~np.isnan(ds.B04.values[t])].all(), (name, t)
+            assert not (dropped & ~may).any(), (name, t)
+        cloudy_dates += int(grown.sum() > 100 and (~may).sum() > 100)
+    assert cloudy_dates >= 1
+
+
 def _assert_kept_dates_are_the_worlds(ds, world) -> None:
     """Every date of a masked cube, read one by one, holds its own item's pixels: SCL is
     the world's, B04 its reflectance where kept, NaN on every pixel the classification

@@ -124,6 +124,46 @@ def test_logout_stops_the_background_requests_of_the_old_credentials(
     assert len(late) <= 1, [(r.path, r.user, r.time - after) for r in late]
 
 
+def test_a_logout_stops_the_reads_under_way_from_sending_the_old_credentials(
+    logged_in, engine_afresh, tmp_path
+):
+    """A read of a whole field (a request at a time, 200 ms each) with a logout in the
+    middle: the read fails with an AuthenticationError and no request with the old
+    credentials reaches the server after the logout but the one already on the wire
+    (before: the read ran on to its end, for seconds, then failed all the same)."""
+    import threading
+
+    import xarray_terrascope as xts
+    from xarray_terrascope.exceptions import AuthenticationError
+
+    logged_in.download.latency = 0.2
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            _field().NDVI.load()
+            outcome.append(None)
+        except BaseException as err:  # handed to the test's thread
+            outcome.append(err)
+
+    with xts.set_options(max_connections=1, cache_dir=tmp_path / "cache"):
+        logged_in.log.clear()
+        reader = threading.Thread(target=read)
+        reader.start()
+        deadline = time.monotonic() + 30
+        while len(logged_in.log.records()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        xts.logout()
+        after = time.time()
+        reader.join(60)
+        _quiet(logged_in)
+    assert not reader.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], AuthenticationError), outcome
+    assert "Logged out during this read" in str(outcome[0])
+    late = [r for r in logged_in.log.records() if r.time > after and r.user]
+    assert len(late) <= 1, [(r.path, r.user, r.time - after) for r in late]
+
+
 def test_ranges_to_a_multirange_origin_leave_the_gaps_between_them(logged_in, engine_afresh):
     """Tile ranges with a 4 KiB gap between them (a tile a cloud mask covers, say): to an
     origin not known yet, or one that answers a range per request, they go as one range

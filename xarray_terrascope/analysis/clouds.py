@@ -39,6 +39,7 @@ from xarray_terrascope.cube.clouds import (
     DEFAULT_CLOUDMASK_CLASSES,
     DEFAULT_DILATION,
     DEFAULT_SCL_CLASSES,
+    dilation_pixels,
     disk,
 )
 from xarray_terrascope.exceptions import InvalidArgumentError
@@ -325,6 +326,20 @@ def cloud_mask(
     return hit
 
 
+def _crs_and_latitude(obj: xr.Dataset | xr.DataArray) -> tuple[Any, float | None]:
+    """The cube's CRS (rioxarray's reading of it, None when it has none) and its middle
+    ``y``: what a buffer in metres needs on a geographic grid."""
+    import rioxarray  # noqa: F401  (the .rio accessor)
+
+    try:
+        crs = obj.rio.crs
+    except Exception:  # rioxarray raises several types for a cube it cannot read
+        logger.debug("mask_clouds: no CRS readable: the pixel size is taken as metres")
+        crs = None
+    latitude = float(obj["y"].values.mean()) if "y" in obj.coords and obj["y"].size else None
+    return crs, latitude
+
+
 def pixel_size(obj: xr.Dataset | xr.DataArray) -> float:
     """The cube's pixel size in its CRS units (metres on UTM), from the ``x`` spacing.
 
@@ -419,7 +434,9 @@ def mask_clouds(
         math.isfinite(float(dilation)) and dilation >= 0
     ):
         raise InvalidArgumentError(f"dilation must be a number of metres >= 0, got {dilation!r}")
-    radius = float(dilation) / pixel_size(ds) if dilation > 0 else 0.0
+    radius = 0.0
+    if dilation > 0:
+        radius = dilation_pixels(float(dilation), pixel_size(ds), *_crs_and_latitude(ds))
     hit = cloud_mask(ds[name], classes, radius, kind=kind)
     chosen = _check_classes(classes, kind)
     out = ds.copy()

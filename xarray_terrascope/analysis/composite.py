@@ -7,8 +7,10 @@ dask-backed cube (``chunks={}``) everything stays lazy until computed.
 
 from __future__ import annotations
 
+import numpy as np
 import xarray as xr
 
+from xarray_terrascope.analysis.clouds import is_mask_variable
 from xarray_terrascope.cube.decode import decode_cf_array, packed
 from xarray_terrascope.exceptions import InvalidArgumentError, TerrascopeError
 
@@ -33,6 +35,13 @@ def _check_freq(obj: xr.Dataset | xr.DataArray, freq: object) -> str:
         ) from err
     if "time" not in obj.dims:
         raise TerrascopeError("composite needs a 'time' dimension")
+    times = obj["time"].values
+    if times.size == 0:
+        raise InvalidArgumentError("composite needs at least one date; this cube has none")
+    if times.size > 1 and not (np.diff(times) >= np.timedelta64(0, "ns")).all():
+        raise InvalidArgumentError(
+            "composite needs the dates in increasing order: sort them (obj.sortby('time'))"
+        )
     return freq
 
 
@@ -44,7 +53,9 @@ def composite(obj: xr.Dataset | xr.DataArray, freq: str = "1MS", how: str = "med
     obj : xarray.Dataset or xarray.DataArray
         A ``(time, y, x)`` cube with NaN for no data, e.g. from the terrascope engine.
         Stored integers with CF packing attributes (a ``decode=False`` cube) are
-        composited in physical values, their no-data value left out.
+        composited in physical values, their no-data value left out. Class and mask
+        variables of a Dataset (a scene classification such as ``SCL``) are left out:
+        their codes have no mean or median.
     freq : str
         A pandas frequency: ``"1MS"`` (calendar months, labelled by their first day),
         ``"10D"``, ``"QS-DEC"`` (seasons)...
@@ -84,9 +95,15 @@ def composite(obj: xr.Dataset | xr.DataArray, freq: str = "1MS", how: str = "med
         ds = obj.to_dataset(name=name)
         count_names = {name: "valid_count"}
     else:
-        ds = obj[[k for k, v in obj.data_vars.items() if "time" in v.dims]]
+        # class codes (SCL) have no mean or median: left out, as smooth() leaves them
+        ds = obj[
+            [k for k, v in obj.data_vars.items() if "time" in v.dims and not is_mask_variable(k, v)]
+        ]
         if not ds.data_vars:
-            raise TerrascopeError("this Dataset has no variable with a 'time' dimension")
+            raise TerrascopeError(
+                "this Dataset has no variable with a 'time' dimension to composite (class "
+                "and mask variables such as SCL are left out)"
+            )
         single = len(ds.data_vars) == 1
         count_names = {k: "valid_count" if single else f"{k}_valid_count" for k in ds.data_vars}
     # per-date coordinates (item ids, platform, cloud cover) do not survive a composite

@@ -25,6 +25,7 @@ import xarray as xr
 
 from xarray_terrascope.analysis.phenology import to_datetime
 from xarray_terrascope.analysis.smooth import (
+    _check_dates,
     _require_time,
     check_smooth_options,
     days_since,
@@ -135,6 +136,8 @@ def events(
     check_smooth_options(smooth_options, "events")
     curve = da if smoothed else smooth(da, freq="1D", **smooth_options)
     times = curve["time"].values.astype("datetime64[ns]")
+    if smoothed:  # else smooth() checked them
+        _check_dates(times, 2, "events(smoothed=True)")
     x = days_since(times, times[0])
     if smoothed:
         if times.size > 1 and not np.allclose(np.diff(x), 1.0):

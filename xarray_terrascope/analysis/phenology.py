@@ -47,6 +47,7 @@ import numpy as np
 import xarray as xr
 
 from xarray_terrascope.analysis.smooth import (
+    _check_dates,
     _require_time,
     check_smooth_options,
     days_since,
@@ -237,6 +238,8 @@ def phenology(
         )
     _require_time(da, "phenology")
     times = da["time"].values.astype("datetime64[ns]")
+    if smoothed:  # else smooth() checks them
+        _check_dates(times, 3, "phenology(smoothed=True)")
     if times.size and (times[-1] - times[0]) > np.timedelta64(_MAX_SPAN_DAYS, "D"):
         raise InvalidArgumentError(
             f"phenology reports one season per series, and this one spans "

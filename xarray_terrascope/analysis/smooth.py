@@ -275,6 +275,8 @@ def _weights(da: xr.DataArray, weights: xr.DataArray | None) -> xr.DataArray:
         )
     if "time" not in weights.dims:
         raise InvalidArgumentError("weights must have the 'time' dimension of the series")
+    # a label of the weights (zonal_statistics="valid_fraction") is not the series'
+    weights = weights.drop_vars([c for c in weights.coords if c not in weights.dims])
     return xr.where(valid & (weights > 0), weights, 0.0).astype(np.float64)
 
 
@@ -369,6 +371,12 @@ def smooth(
     _check_dates(times, ORDER + 2, "smooth")
     origin = times[0]
     out_times = times if freq is None else time_grid(times, freq)
+    if method == "savgol" and window > out_times.size:
+        raise InvalidArgumentError(
+            f"window ({window} samples) is longer than the series' {out_times.size} "
+            f"samples on the {'input dates' if freq is None else freq + ' grid'}: give a "
+            "shorter odd window or a finer freq"
+        )
     x_obs, x_out = days_since(times, origin), days_since(out_times, origin)
 
     if not np.issubdtype(da.dtype, np.floating):
@@ -376,6 +384,7 @@ def smooth(
     w = _weights(da, weights)
     if da.chunks is not None:
         da = da.chunk({"time": -1})
+    if w.chunks is not None:  # lazy weights of an in-memory series too
         w = w.chunk({"time": -1})
     kwargs = {
         "x_obs": x_obs, "x_out": x_out, "method": method, "lmbda": lmbda,

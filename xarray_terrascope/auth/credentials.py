@@ -16,7 +16,23 @@ from xarray_terrascope.exceptions import AuthenticationError
 if TYPE_CHECKING:
     from xarray_terrascope.auth.tokens import TokenCredentials
 
-__all__ = ["Credentials", "RequestAuth", "basic_header"]
+__all__ = ["Credentials", "RequestAuth", "basic_header", "logged_out", "logouts"]
+
+#: How many times this process logged out: a :class:`RequestAuth` made before the last
+#: logout gives no ``Authorization`` any more (the requests of reads under way then).
+_logouts = 0
+
+
+def logouts() -> int:
+    """How many times this process logged out."""
+    return _logouts
+
+
+def logged_out() -> None:
+    """Mark a logout: every :class:`RequestAuth` made before it refuses to give its
+    header from now on (called by :func:`xarray_terrascope.logout`)."""
+    global _logouts
+    _logouts += 1
 
 
 @dataclass(frozen=True)
@@ -130,9 +146,10 @@ class RequestAuth:
     True
     """
 
-    __slots__ = ("_holder", "_value", "identity", "username")
+    __slots__ = ("_holder", "_logouts", "_value", "identity", "username")
 
     def __init__(self, credentials: Credentials | TokenCredentials) -> None:
+        self._logouts = _logouts
         if isinstance(credentials, Credentials):
             self._holder = None
             self._value = basic_header(credentials.username, credentials.password)
@@ -146,9 +163,26 @@ class RequestAuth:
         ).hexdigest()
         self.username = credentials.username
 
+    @property
+    def current(self) -> bool:
+        """False once the process has logged out since this was made."""
+        return self._logouts == _logouts
+
     def header(self) -> str:
         """The ``Authorization`` value (build it into a request; never keep it). For a
-        token login, the access token is refreshed first when it is about to expire."""
+        token login, the access token is refreshed first when it is about to expire.
+
+        Raises
+        ------
+        AuthenticationError
+            When the process logged out after this was made: the reads under way then
+            send nothing more with the credentials of before.
+        """
+        if self._logouts != _logouts:
+            raise AuthenticationError(
+                f"Logged out during this read: the credentials of {self.username!r} are "
+                "no longer sent. Log in again (xarray_terrascope.login()) and read again."
+            )
         if self._holder is not None:
             return f"Bearer {self._holder.access_token()}"
         return self._value

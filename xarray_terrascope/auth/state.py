@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
-from xarray_terrascope.auth.credentials import Credentials
+from xarray_terrascope.auth.credentials import Credentials, logged_out, logouts
 from xarray_terrascope.auth.tokens import TokenCredentials
 from xarray_terrascope.exceptions import AuthenticationError, InvalidArgumentError
 
@@ -184,6 +184,7 @@ def _forget_all() -> AnyCredentials | None:
         previous, _default = _default, None
         had_explicit = len(_registry) > 0
         _registry.clear()
+        logged_out()  # the requests of reads under way send these credentials no more
     if previous is not None or had_explicit:
         _notify("forget")
     _notify("publish")
@@ -332,13 +333,20 @@ def resolve(handle: str) -> AnyCredentials:
                     "credentials=..., or login(), and compute again."
                 )
             )
+        why = (
+            "logout() was called after the cube was opened"
+            if logouts()
+            else "a new process (multiprocessing's spawn or forkserver, a script of its "
+            "own) does not inherit the login of the process that opened the cube"
+        )
         raise AuthenticationError(
-            "No Terrascope credentials in this process to read the data (you may have "
-            "called logout() after opening the cube). Call xarray_terrascope.login() and "
-            "compute again, or open the cube with credentials=Credentials(user, password)."
+            f"No Terrascope credentials in this process to read the data ({why}). Call "
+            "xarray_terrascope.login() here and compute again, or set TERRASCOPE_USERNAME "
+            "and TERRASCOPE_PASSWORD in this process's environment."
             if handle == DEFAULT_HANDLE
             else "The credentials this cube was opened with are not known in this process "
-            f"(handle {handle!r}); open the cube again with credentials=..., or login()."
+            f"(handle {handle!r}; {why}, and credentials=... stay in the process they were "
+            "given to): open the cube again here with credentials=..., or login()."
         )
     return creds
 

@@ -56,15 +56,34 @@ def disk(radius_px: float) -> npt.NDArray[np.bool_]:
     return footprint
 
 
-def dilation_pixels(dilation: float, resolution: float) -> float:
-    """The buffer's radius in pixels of ``resolution`` metres.
+def dilation_pixels(
+    dilation: float, resolution: float, crs: object = None, latitude: float | None = None
+) -> float:
+    """The buffer's radius in pixels of ``resolution`` CRS units.
+
+    Metres in a projected CRS. In a geographic CRS (``crs`` anything
+    :meth:`pyproj.CRS.from_user_input` takes) a pixel of ``resolution`` degrees is
+    measured at ``latitude`` on the WGS84 ellipsoid, by its shorter side (the east-west
+    one away from the equator), so that the buffer reaches ``dilation`` metres every way.
 
     Examples
     --------
     >>> dilation_pixels(40, 10), dilation_pixels(0, 10), dilation_pixels(25, 10)
     (4.0, 0.0, 2.5)
+    >>> round(dilation_pixels(40, 0.0001, "EPSG:4326", latitude=51.2), 1)  # 7.0 m wide
+    5.7
     """
-    return float(dilation) / float(resolution)
+    size = float(resolution)
+    if crs is not None and dilation:
+        from pyproj import CRS, Geod
+
+        if CRS.from_user_input(crs).is_geographic:
+            lat = min(max(float(latitude or 0.0), -89.0), 89.0)
+            geod = Geod(ellps="WGS84")
+            east = geod.inv(0.0, lat, size, lat)[2]
+            north = geod.inv(0.0, lat - size / 2, 0.0, lat + size / 2)[2]
+            size = min(east, north)
+    return float(dilation) / size
 
 
 def drop_mask(

@@ -414,7 +414,9 @@ def open_cube(
     if mask_key is not None:
         index = plan.assets.index(mask_key)
         kind = plan.meta[index].classification or "scl"
-        mask = MaskSpec(index, kind, None, dilation_pixels(DEFAULT_DILATION, plan.resolution))
+        latitude = (plan.bounds[1] + plan.bounds[3]) / 2  # used in a geographic CRS only
+        radius = dilation_pixels(DEFAULT_DILATION, plan.resolution, plan.epsg, latitude)
+        mask = MaskSpec(index, kind, None, radius)
     if mask is not None and min_clear is not None:
         plan, dropped, shares = _keep_clear_dates(plan, mask, min_clear)
     ys, xs = (

@@ -2,16 +2,20 @@
 directory bounded (used by :mod:`xarray_terrascope.engine.header_cache`).
 
 An entry file is :data:`MAGIC`, one line of JSON (``length`` of the header bytes, the
-file's ``size``, its ``etag`` and its Last-Modified date, ``modified``) and the header
-bytes. Reading one opens it without following a symbolic link and without blocking (a
-FIFO), reads it only when it is a regular file of at most :data:`MAX_ENTRY_BYTES`, and
-checks every value before use. Writing goes through a temporary file (mode 0600) renamed
-into place; directories are created mode 0700.
+file's ``size``, its ``etag`` and its Last-Modified date, ``modified``, and the header
+bytes' BLAKE2b digest, ``digest``) and the header bytes. An entry whose bytes do not
+match their digest is not used: the TIFF parser, given damaged header bytes, may ask for
+terabytes and abort the process, which no ``except`` catches. Reading one opens it
+without following a symbolic link and without blocking (a FIFO), reads it only when it
+is a regular file of at most :data:`MAX_ENTRY_BYTES`, and checks every value before use.
+Writing goes through a temporary file (mode 0600) renamed into place; directories are
+created mode 0700.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +28,7 @@ __all__ = ["MAGIC", "MAX_ENTRY_BYTES", "decode", "encode", "read", "shrink", "to
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"XTSHDR1\n"
+MAGIC = b"XTSHDR2\n"
 #: Bytes of one entry file at most (headers are rarely over ``source.MAX_PREFETCH``);
 #: larger files are neither written nor read.
 MAX_ENTRY_BYTES = 4 * 2**20
@@ -38,8 +42,18 @@ STALE_TMP_SECONDS = 3600.0
 
 def encode(data: bytes, size: int | None, etag: str | None, modified: str | None) -> bytes:
     """The content of the entry file of one header."""
-    meta = {"length": len(data), "size": size, "etag": etag, "modified": modified}
+    meta = {
+        "length": len(data),
+        "size": size,
+        "etag": etag,
+        "modified": modified,
+        "digest": _digest(data),
+    }
     return MAGIC + json.dumps(meta).encode() + b"\n" + data
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def write(target: Path, blob: bytes) -> None:
@@ -165,6 +179,8 @@ def decode(blob: bytes) -> tuple[bytes, int | None, str | None, str | None]:
     data = blob[meta_end + 1 :]
     if _count(meta.get("length"), MAX_ENTRY_BYTES) != len(data):
         raise ValueError("truncated")
+    if meta.get("digest") != _digest(data):
+        raise ValueError("damaged: the header bytes do not match their digest")
     size = meta.get("size")
     if size is not None and _count(size, 2**62) < len(data):
         raise ValueError("file size below the header's")

@@ -267,7 +267,9 @@ def _forked_warning() -> None:
         "runtime does not survive fork, the default start method of multiprocessing on "
         "Linux before Python 3.14): its reads go through GDAL, which is correct but slower. "
         "For full speed, create the processes with multiprocessing's 'spawn' or "
-        "'forkserver' start method (multiprocessing.get_context('forkserver'))."
+        "'forkserver' start method (multiprocessing.get_context('forkserver')); such "
+        "processes do not inherit the login: call xarray_terrascope.login() in them, or "
+        "set TERRASCOPE_USERNAME and TERRASCOPE_PASSWORD in their environment."
     )
 
 

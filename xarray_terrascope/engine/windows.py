@@ -91,6 +91,8 @@ class WindowState:
             self.files = {}
             self.creds = creds
         found = self.files.get(t)
+        if found is not None and any(r.access is not None and not r.access.current for r in found):
+            found = None  # made before a logout (by a read under way then)
         if found is None:
             found = self.files[t] = made()
         return found

@@ -237,3 +237,21 @@ def test_masked_cube_gives_a_clear_ndvi():
     n, r = ds.B08.values.astype(float), ds.B04.values.astype(float)
     expected = np.where(np.isin(scl, MASKED), np.nan, (n - r) / (n + r))
     np.testing.assert_allclose(ndvi.values, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_composite_leaves_the_classification_out():
+    """SCL codes have no median: a composite of B04 + SCL holds B04 (and its count),
+    not 4.5 for a month of vegetation (4) and bare soil (5)."""
+    import pandas as pd
+
+    times = pd.to_datetime(["2025-06-01", "2025-06-11"])
+    ds = xr.Dataset(
+        {
+            "B04": (("time", "x"), np.array([[0.1], [0.3]], "float32")),
+            "SCL": (("time", "x"), np.array([[4], [5]], "uint8")),
+        },
+        coords={"time": times, "x": [0.0]},
+    )
+    out = ds.terrascope.composite("1MS", "median")
+    assert list(out.data_vars) == ["B04", "valid_count"]
+    assert float(out.B04.values[0, 0]) == pytest.approx(0.2)

@@ -202,6 +202,21 @@ def test_all_nan_parcels_give_nan_not_a_crash(season):
         (lambda s: events(s, freq="5D"), ["freq", "smoothed=True"]),
         (lambda s: phenology(s, lmbdaa=30), ["lmbdaa", "lmbda"]),
         (lambda s: s.isel(time=0).terrascope.phenology(), ["'time' dimension"]),
+        # a curve given as smoothed is checked as the series smooth() would be
+        (
+            lambda s: phenology(
+                smooth(s, freq="1D", lmbda=30).sortby("time", False), smoothed=True
+            ),
+            ["increasing", "sortby"],
+        ),
+        (
+            lambda s: events(smooth(s, freq="1D", lmbda=30).sortby("time", False), smoothed=True),
+            ["increasing", "sortby"],
+        ),
+        (lambda s: smooth(s.isel(time=slice(0, 5)), method="savgol", freq="5D"), ["window (7"]),
+        (lambda s: smooth(s, method="savgol", window=2001), ["window (2001", "shorter"]),
+        (lambda s: s.sortby("time", False).terrascope.composite(), ["increasing", "sortby"]),
+        (lambda s: s.isel(time=slice(0, 0)).terrascope.composite(), ["at least one date"]),
     ],
 )
 def test_bad_input_is_a_typed_error_naming_the_argument(season, call, words):
@@ -319,3 +334,35 @@ def test_season_analyses_take_the_mean_of_zonal_statistics_or_say_it_is_missing(
         xr.testing.assert_identical(got[list(want.data_vars)], want)
         with pytest.raises(InvalidArgumentError, match="no 'mean'"):
             given.sel(zonal_statistics=["count"]).terrascope.phenology(**NDVI_SMOOTHING)
+
+
+def test_smoothing_a_stored_series_smooths_its_physical_values(season):
+    """A DataArray of stored numbers (a ``decode=False`` cube: uint8, scale 1/250, offset
+    -0.08, no data 255) smooths as the decoded series: its no-data value is no value."""
+    series = season[1]["mean"].isel(parcel_id=slice(0, 5))
+    stored = np.round((series + 0.08) * 250).fillna(255).astype("uint8")
+    stored.attrs = {"scale_factor": 1 / 250, "add_offset": -0.08, "_FillValue": 255}
+    decoded = (stored.where(stored != 255) / 250 - 0.08).astype("float32")
+    decoded.attrs = {}
+    got = stored.terrascope.smooth(lmbda=30, freq="5D")
+    want = decoded.terrascope.smooth(lmbda=30, freq="5D")
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-6, equal_nan=True)
+    assert float(got.max()) < 1.0
+
+
+def test_weights_lazy_beside_a_loaded_series_and_their_label_left_out(season):
+    series = season[1]["mean"].isel(parcel_id=slice(0, 5))
+    weights = xr.ones_like(series).expand_dims(zonal_statistics=["valid_fraction"])
+    weights = weights.sel(zonal_statistics="valid_fraction").chunk({"time": 8})
+    got = series.terrascope.smooth(lmbda=30, weights=weights)
+    np.testing.assert_allclose(
+        got.values, series.terrascope.smooth(lmbda=30).values, equal_nan=True
+    )
+    assert "zonal_statistics" not in got.coords
+
+
+def test_dates_of_one_date_or_in_any_order_are_unique_and_sorted(season):
+    series = season[1]["mean"]
+    days = series.terrascope.dates()
+    assert series.isel(time=3).terrascope.dates() == [days[3]]
+    assert series.sortby("time", ascending=False).terrascope.dates() == days == sorted(days)

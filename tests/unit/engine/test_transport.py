@@ -34,7 +34,15 @@ FILE = bytearray(bytes(range(256)) * 64)
 FILE[5010 : 5010 + len(BOUNDARY) + 4] = f"\r\n--{BOUNDARY}".encode()
 FILE = bytes(FILE)
 SIZE = len(FILE)
+#: The credentials the requests carry, made afresh for each test (a logout in another
+#: test makes the requests of before send nothing: see ``RequestAuth.header``).
 ACCESS = RequestAuth(Credentials("u", "p"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_access():
+    global ACCESS
+    ACCESS = RequestAuth(Credentials("u", "p"))
 
 
 def _asked(request: web.Request) -> list[tuple[int, int]]:
@@ -74,8 +82,11 @@ def _multipart(parts: list[tuple[int, int]]) -> web.Response:
     )
 
 
-def _get(url: str, spans: list[tuple[int, int]], access: RequestAuth | None = ACCESS):
-    """The bodies of ``spans`` of ``url``, read by the engine (label ``ITEM-7``)."""
+def _get(url: str, spans: list[tuple[int, int]], access: RequestAuth | str | None = "ACCESS"):
+    """The bodies of ``spans`` of ``url``, read by the engine (label ``ITEM-7``), with
+    ``ACCESS`` unless told otherwise."""
+    if access == "ACCESS":
+        access = ACCESS
     blobs, _remote = aio.run(transport.get_ranges(url, spans, access=access, label="ITEM-7"))
     return blobs
 
@@ -196,7 +207,7 @@ def test_416_is_a_read_error_naming_the_item_and_the_status():
     assert len(server.seen) == 1
 
 
-@pytest.mark.parametrize("access", [ACCESS, None], ids=["credentials", "none"])
+@pytest.mark.parametrize("access", ["ACCESS", None], ids=["credentials", "none"])
 def test_a_web_page_instead_of_data_is_an_authentication_error(access):
     """A 200 with HTML (Terrascope's login page) is no data; without credentials the
     error says why none were sent."""
