@@ -2,7 +2,7 @@
 "separate the stored chunks" warning, and its printed output is what the page says.
 
 The README used to advise ``chunks={"time": 1}``, which splits the engine's partitions
-(its preferred chunks: up to 8 dates): that warns, as the last test shows.
+(its preferred chunks: up to 32 dates): that warns, as the last test shows.
 """
 
 from __future__ import annotations

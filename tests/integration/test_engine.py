@@ -132,11 +132,11 @@ def file_offsets(ds: xr.Dataset, tile: str) -> tuple[int, int]:
 
 def test_opening_reads_no_pixel_and_chunks_follow_the_stacking_grid(logged_in):
     logged_in.log.clear()
-    ds = xr.open_dataset(
+    ds = xr.open_dataset(  # a season: more dates than one partition holds
         list(WIDE),
         engine="terrascope",
-        start="2025-06-01",
-        end="2025-06-30",
+        start="2025-04-01",
+        end="2025-09-30",
         chunks={},
         chunksize=256,
     )

@@ -22,8 +22,10 @@ DEFAULT_CHUNKSIZE = 1024
 #: Decoded bytes a ``chunks={}`` partition aims at: its dates are read concurrently, so
 #: more dates per partition means more requests in flight on few cores.
 PARTITION_BYTES = 16 * 2**20
-#: The most dates in one partition (long series still give many partitions).
-MAX_DATES_PER_PARTITION = 8
+#: The most dates in one partition (long series still give several partitions). A field
+#: of 351 x 433 px takes 27 dates (16 MiB): its 74-date season read 6-10 % faster in 3
+#: partitions than in 10 of 8 dates (fewer dask tasks; interleaved runs on the sandbox).
+MAX_DATES_PER_PARTITION = 32
 
 
 def dates_per_partition(chunk: tuple[int, int]) -> int:
@@ -34,7 +36,7 @@ def dates_per_partition(chunk: tuple[int, int]) -> int:
     Examples
     --------
     >>> dates_per_partition((1024, 1024)), dates_per_partition((351, 433))
-    (4, 8)
+    (4, 27)
     """
     pixels = chunk[0] * chunk[1]
     return max(1, min(MAX_DATES_PER_PARTITION, PARTITION_BYTES // (4 * max(pixels, 1))))

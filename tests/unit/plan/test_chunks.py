@@ -75,7 +75,7 @@ def test_spatial_chunks_tile_the_axis_on_the_phase_grid(chunksize):
 
 
 def test_the_partition_constants_are_the_ones_these_tests_assume():
-    assert (PARTITION_BYTES, MAX_DATES_PER_PARTITION) == (16 * 2**20, 8)
+    assert (PARTITION_BYTES, MAX_DATES_PER_PARTITION) == (16 * 2**20, 32)
 
 
 @pytest.mark.parametrize(
@@ -87,9 +87,11 @@ def test_the_partition_constants_are_the_ones_these_tests_assume():
         ((4096, 4096), 1),  # over the budget alone: still one date
         ((724, 724), 8),  # 2.00 MiB a date: 8.0...
         ((725, 725), 7),  # 2.005 MiB: 7.98, rounded down
-        ((512, 512), 8),  # 16 would fit: the most is 8
-        ((1, 1), 8),
-        ((0, 0), 8),
+        ((512, 512), 16),
+        ((351, 433), 27),  # a field
+        ((256, 256), 32),  # 64 would fit: the most is 32
+        ((1, 1), 32),
+        ((0, 0), 32),
     ],
 )
 def test_dates_per_partition(chunk, dates):
