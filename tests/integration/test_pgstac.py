@@ -184,6 +184,15 @@ def test_max_cloud_cover_is_an_inclusive_upper_bound(both):
     assert none and all(both.sandbox.world.item(i)["cloud_cover"] == 0 for i in none)
 
 
+def test_a_cql2_text_filter_gives_the_same_items(both):
+    """stac-fastapi takes CQL2 text in a GET search only (a POST answers 400): the same
+    items as the JSON form, at both servers."""
+    days = (NDVI, SAMPLE_FIELD, "2025-03-01", "2025-08-31")
+    as_json = both.ids(*days, filter={"op": "<=", "args": [{"property": "eo:cloud_cover"}, 30]})
+    as_text = both.ids(*days, filter="eo:cloud_cover <= 30", filter_lang="cql2-text")
+    assert as_text == as_json and 0 < len(as_json) < len(both.ids(*days))
+
+
 def test_limit_returns_the_earliest_items_ties_broken_by_id(both):
     days = (NDVI, SAMPLE_FIELD, "2025-05-01", "2025-06-30")
     everything = both.ids(*days)

@@ -154,6 +154,26 @@ def test_the_40_m_buffer_holds_on_a_geographic_grid(logged_in):
     assert cloudy_dates >= 1
 
 
+def test_the_default_variables_keep_their_order_whatever_the_servers_key_order(logged_in):
+    """A server may return an item's assets in another key order (pgstac's jsonb sorts
+    them: AOT, B01, ..., B11, B8A, SCL): the default variables of a TOC cube come in the
+    bands' wavelength order all the same, the others after them by name."""
+    items = xts.search(TOC, BBOX, SHORT["start"], SHORT["end"])
+    import pystac
+
+    dicts = [item.to_dict() for item in items]
+    for item in dicts:
+        item["assets"] = dict(sorted(item["assets"].items(), key=lambda kv: (len(kv[0]), kv[0])))
+    shuffled = [pystac.Item.from_dict(item) for item in dicts]
+    assert list(shuffled[0].assets)[:2] == ["AOT", "B01"]
+    as_served = xr.open_dataset(items, engine="terrascope", bbox=BBOX)
+    reordered = xr.open_dataset(shuffled, engine="terrascope", bbox=BBOX)
+    names = list(as_served.data_vars)
+    assert list(reordered.data_vars) == names == reordered.attrs["assets"]
+    assert names[:2] == ["B01", "B02"] and names.index("B8A") < names.index("B11")
+    assert names.index("B11") < names.index("AOT")
+
+
 def _assert_kept_dates_are_the_worlds(ds, world) -> None:
     """Every date of a masked cube, read one by one, holds its own item's pixels: SCL is
     the world's, B04 its reflectance where kept, NaN on every pixel the classification

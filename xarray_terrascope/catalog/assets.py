@@ -18,6 +18,7 @@ classification or cloud mask files Terrascope ships (``SCL``,
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from xarray_terrascope.catalog.collections import COLLECTIONS, Packing
 
-__all__ = ["SCL_CLASSES", "AssetMeta", "asset_meta"]
+__all__ = ["SCL_CLASSES", "AssetMeta", "asset_meta", "asset_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +153,27 @@ def _band_attrs(asset: Mapping[str, Any]) -> dict[str, Any]:
     if unit and unit != "-":
         attrs["units"] = str(unit)
     return attrs
+
+
+def asset_order(key: str, asset: Mapping[str, Any]) -> tuple[bool, float, tuple[Any, ...]]:
+    """A sort key of assets that no server's JSON key order changes: spectral bands by
+    centre wavelength, then the others by name, numbers in names compared as numbers.
+
+    Examples
+    --------
+    >>> assets = {"AOT": {}, "B8A": {"bands": [{"eo:center_wavelength": 0.865}]},
+    ...           "B11": {"bands": [{"eo:center_wavelength": 1.61}]},
+    ...           "B04": {"eo:bands": [{"center_wavelength": 0.665}]}, "SZA": {}, "A10": {}}
+    >>> sorted(assets, key=lambda k: asset_order(k, assets[k]))
+    ['B04', 'B8A', 'B11', 'A10', 'AOT', 'SZA']
+    """
+    wavelength = _band_attrs(asset).get("center_wavelength")
+    natural = tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", key)
+        if part
+    )
+    return wavelength is None, float(wavelength or 0.0), natural
 
 
 def _is_class(key: str, asset: Mapping[str, Any], packing: Packing) -> bool:

@@ -384,6 +384,8 @@ def _run(
             {"op": "and", "args": [user_filter, cloud_filter]} if user_filter else cloud_filter
         )
         params["filter_lang"] = "cql2-json"
+    elif isinstance(params.get("filter"), str):
+        _text_filter(params)
     if limit is not None:
         # The earliest `limit` items: ask the server to sort ascending and stop there;
         # tiles of one acquisition share a datetime, so the id orders them the same on
@@ -414,6 +416,27 @@ def _run(
     items.sort(key=lambda item: (item_moment(item), item["id"] if as_dicts else item.id))
     logger.info("Found %d item(s) in %s", len(items), collection)
     return items
+
+
+def _text_filter(params: dict[str, Any]) -> None:
+    """A ``filter`` given as text: its JSON, or a CQL2-text filter sent by GET.
+
+    A POST body carries CQL2-JSON only (stac-fastapi refuses text there with a 400);
+    CQL2 text goes in a GET's query string, which has no room for ``intersects``."""
+    text = params["filter"]
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(text)
+        if isinstance(parsed, dict):
+            params["filter"], params["filter_lang"] = parsed, "cql2-json"
+            return
+    if "intersects" in params:
+        raise InvalidArgumentError(
+            f"filter={text!r} is CQL2 text, which a STAC API takes only in a GET search, "
+            "and a GET search cannot carry intersects: give the filter as CQL2-JSON (a "
+            "dict), or search by bbox"
+        )
+    params["filter_lang"] = "cql2-text"
+    params["method"] = "GET"
 
 
 def _json_filter(given: Any) -> dict[str, Any] | None:

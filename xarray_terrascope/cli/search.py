@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from xarray_terrascope.catalog.collections import DEFAULT_COLLECTION
 from xarray_terrascope.cli.arguments import add_query_args
@@ -23,9 +24,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(f"{'datetime':<22} {'cloud %':>7}  id")
     for item in items:
-        cloud = item.properties.get("eo:cloud_cover")
-        cloud_text = f"{cloud:7.2f}" if cloud is not None else "      -"
-        print(f"{item.datetime:%Y-%m-%dT%H:%M:%SZ}  {cloud_text}  {item.id}")
+        print(item_line(item))
     print(f"{len(items)} item(s)")
     if not items and args.bbox is not None:
         from xarray_terrascope.catalog.hints import swapped_bbox_hint
@@ -50,3 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_query_args(p, bbox_required=False)
     p.add_argument("--limit", type=int, help="at most this many items, the earliest (default: all)")
     p.set_defaults(func=_run)
+
+
+def item_line(item: Any) -> str:
+    """An item's line: its acquisition time in UTC (the start of its interval when its
+    ``datetime`` is null), cloud cover and id."""
+    from xarray_terrascope.catalog.items import item_moment
+
+    cloud = item.properties.get("eo:cloud_cover")
+    cloud_text = f"{cloud:7.2f}" if cloud is not None else "      -"
+    return f"{item_moment(item):%Y-%m-%dT%H:%M:%SZ}  {cloud_text}  {item.id}"

@@ -24,6 +24,7 @@ from xarray.core import indexing
 
 from xarray_terrascope import auth
 from xarray_terrascope.auth import cluster, signin, state
+from xarray_terrascope.catalog.assets import asset_order
 from xarray_terrascope.catalog.collections import COLLECTIONS, DEFAULT_COLLECTION
 from xarray_terrascope.catalog.hints import swapped_bbox_hint
 from xarray_terrascope.catalog.items import is_items
@@ -202,17 +203,18 @@ def _default_assets(collection: str, items: Sequence[dict[str, Any]]) -> list[st
     info = COLLECTIONS.get(collection)
     if info is not None:
         return list(info.assets)
-    keys: list[str] = []
+    found: dict[str, Any] = {}
     for item in items:
         for key, asset in item["assets"].items():
-            if "data" in (asset.get("roles") or []) and key not in keys:
-                keys.append(key)
-    if not keys:
+            if "data" in (asset.get("roles") or []) and key not in found:
+                found[key] = asset
+    if not found:
         raise InvalidArgumentError(
             f"Collection {collection!r} is not known to xarray-terrascope and its items have no "
             "assets with role 'data'; pass assets=[...]"
         )
-    return keys
+    # not the items' key order, which a server may change (pgstac's jsonb sorts keys)
+    return sorted(found, key=lambda key: asset_order(key, found[key]))
 
 
 def _check_assets(assets: Any) -> list[str] | None:
