@@ -144,6 +144,56 @@ def test_out_that_cannot_be_written_is_a_one_line_error(terrascope_env, tmp_path
     assert "a-file" in err
 
 
+@pytest.mark.parametrize("name", ["ndvi.nc", "ndvi.zarr", "ndvi.tif"])
+def test_an_existing_out_is_kept_unless_overwrite(terrascope_env, tmp_path, capsys, name):
+    """An existing ``--out`` (a Zarr directory holding other files, say) is refused
+    before any search; ``--overwrite`` replaces it whole, through a temporary name that
+    does not stay behind."""
+    out = tmp_path / name
+    if name.endswith(".zarr"):
+        out.mkdir()
+        (out / "important.txt").write_text("keep")
+    else:
+        out.write_text("keep")
+    argv = ["ndvi", "--bbox", BBOX, *WINDOW, "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "--overwrite" in err and err.count("\n") == 1
+    assert (out / "important.txt" if out.is_dir() else out).read_text() == "keep"
+    assert cli.main([*argv, "--overwrite"]) == 0
+    auth.logout()
+    assert not (out / "important.txt").exists()
+    if name.endswith(".tif"):
+        with rasterio.open(out) as written:
+            assert written.count > 1
+    else:
+        with xr.open_dataset(out) as written:
+            assert written.sizes["time"] > 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_an_interrupted_export_leaves_no_file(terrascope_env, tmp_path, monkeypatch):
+    """Ctrl-C while the file is written (raised here in the writer, where the signal
+    lands): no output, no temporary file, and an older file of that name kept whole."""
+    from xarray_terrascope.cli import export
+
+    out = tmp_path / "ndvi.nc"
+    out.write_text("older")
+
+    def interrupted(da, attrs, path):
+        path.write_bytes(b"CDF\x01 half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "_write_geotiff", interrupted)
+    argv = ["ndvi", "--bbox", BBOX, *WINDOW, "--overwrite"]
+    assert cli.main([*argv, "--out", str(tmp_path / "new.tif")]) == 130
+    assert cli.main([*argv, "--out", str(out)]) == 0  # (netCDF: not interrupted)
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", lambda ds, path: interrupted(ds, {}, path))
+    assert cli.main([*argv, "--out", str(out)]) == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ndvi.nc"]
+    assert xr.open_dataset(out)["NDVI"].sizes["time"] > 1  # the whole one of before
+
+
 class _RecordingHandler(http.server.BaseHTTPRequestHandler):
     def _record(self):
         self.server.requests.append((self.command, self.path))
@@ -390,9 +440,42 @@ def test_sandbox_command_prints_the_variables_and_serves(tmp_path):
             for _ in range(8)
         ]
         assert statuses[:5] == [200] * 5 and 429 in statuses[5:], statuses
+        # `xarray-terrascope login` (OpenID Connect, the default) works against it
+        login = subprocess.run(
+            [*PYTHON_CHILD, "-m", "xarray_terrascope.cli", "login"],
+            env={**env, **exports, "TERRASCOPE_CONFIG_DIR": str(tmp_path / "config")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert login.returncode == 0, login.stderr[-2000:]
+        assert exports["TERRASCOPE_PASSWORD"] not in login.stdout + login.stderr
     finally:
         interrupt(proc)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sandbox", "--latency", "-1"],
+        ["sandbox", "--fault-rate", "2"],
+        ["sandbox", "--drop-rate", "-0.5"],
+        ["sandbox", "--max-concurrent", "0"],
+        ["sandbox", "--max-rate", "-3"],
+        ["sandbox", "--seed", "-1"],
+        ["sandbox", "--cache-dir", "/proc/no-such-dir"],
+        ["demo", "--seed", "-1"],
+    ],
+)
+def test_bad_sandbox_and_demo_values_are_refused_in_one_line(argv, capsys):
+    """Before any server starts: argparse's usage and one ``error:`` line, exit 2 (before,
+    a traceback and exit 1, or, for the cache directory, a sandbox answering 500)."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"argument {argv[1]}" in err, err
 
 
 def test_sandbox_command_stops_cleanly_on_sigterm(tmp_path):

@@ -170,9 +170,16 @@ def _token(answer: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _unreachable(provider: Provider, err: Exception) -> TerrascopeError:
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    where = config.public_url(provider.token_endpoint)
+    if status is not None:  # it answered, with an error no grant expects
+        return TerrascopeError(
+            f"The token endpoint {where} answered HTTP {status}: it does not issue tokens "
+            "there (check TERRASCOPE_OIDC_URL, or log in with --method basic)."
+        )
     return TerrascopeError(
-        f"Could not reach the token endpoint {config.public_url(provider.token_endpoint)} "
-        f"({type(err).__name__}); check the network and try again."
+        f"Could not reach the token endpoint {where} ({type(err).__name__}); check the "
+        "network and try again."
     )
 
 

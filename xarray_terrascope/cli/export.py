@@ -4,6 +4,8 @@ physical values to NetCDF, Zarr or GeoTIFF."""
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from pathlib import Path
 
 from xarray_terrascope.catalog.collections import COLLECTIONS
@@ -130,17 +132,35 @@ def _load_coords(da):
 
 
 def _write(da, attrs: dict, path: Path) -> None:
+    """Write ``da`` to a temporary name beside ``path``, then rename it into place: an
+    interrupted export leaves no file that looks like a result, and the one it replaces
+    stays whole until then."""
     kind = OUTPUT_FORMATS[path.suffix.lower()]
     da = _load_coords(da)
-    with progress("writing"):
-        if kind == "netcdf":
-            ds = da.to_dataset()
-            ds.attrs = attrs
-            ds.to_netcdf(path)  # packed to the stored bytes again (uint8, scale, offset)
-        elif kind == "zarr":
-            _write_zarr(da, attrs, path)
-        else:
-            _write_geotiff(da, attrs, path)
+    part = path.with_name(f".{path.stem}.part-{os.getpid()}{path.suffix}")
+    try:
+        with progress("writing"):
+            if kind == "netcdf":
+                ds = da.to_dataset()
+                ds.attrs = attrs
+                ds.to_netcdf(part)  # packed to the stored bytes again (uint8, scale, offset)
+            elif kind == "zarr":
+                _write_zarr(da, attrs, part)
+            else:
+                _write_geotiff(da, attrs, part)
+        if path.is_dir() and not path.is_symlink():  # a Zarr store given --overwrite
+            shutil.rmtree(path)
+        os.replace(part, path)
+    except BaseException:
+        _remove(part)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _export_asset(collection: str, asset: str | None) -> None:
@@ -168,6 +188,10 @@ def _run(args: argparse.Namespace) -> int:
 
     _export_asset(args.collection, args.asset)
     out = output_path(args.out)
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        raise InvalidArgumentError(
+            f"--out: {str(out)!r} exists; give --overwrite to replace it, or another path"
+        )
     login_for_command()
     ds = xr.open_dataset(
         args.bbox,
@@ -215,6 +239,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         type=_out_path,
         help="output path ending in .nc (NetCDF), .zarr (Zarr) or .tif (GeoTIFF, one band "
-        "per date); missing parent directories are created",
+        "per date); missing parent directories are created; an existing one is refused "
+        "unless --overwrite. Written to a temporary name beside it, then renamed: an "
+        "interrupted export leaves nothing",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (a Zarr store as a whole)",
     )
     p.set_defaults(func=_run)
