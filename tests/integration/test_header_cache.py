@@ -491,3 +491,24 @@ def test_the_cache_directories_are_private(serve, cache_dir):
     for folder in (cache_dir, path.parent.parent, path.parent):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_header_parsed_before_a_logout_is_not_handed_to_a_read_after_it(serve):
+    """A header request that ends after the logout's clearing (a race) leaves its parse
+    for the next read of the file: that read, with its new credentials of the same
+    identity, must not read through the parse's source, whose credentials of before the
+    logout send nothing (every request of it would fail with "Logged out")."""
+    from xarray_terrascope.auth import Credentials, RequestAuth
+    from xarray_terrascope.auth.credentials import logged_out
+    from xarray_terrascope.engine import source
+
+    server = serve("etag")
+    _same_size_pair(server.root)
+    url = server.url("a.tif")
+    before = RequestAuth(Credentials("u", "p"))
+    aio.run(source.fetch_header(url, "A", before))  # parses it; the parse is kept
+    logged_out()  # what a logout marks (its clearing of the caches came before)
+    after = RequestAuth(Credentials("u", "p"))
+    assert after.identity == before.identity and not before.current
+    _tiff, read_source, _ = aio.run(source.open_tiff(url, "A", after))
+    assert read_source.access is after

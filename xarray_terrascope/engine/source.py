@@ -297,9 +297,10 @@ async def open_tiff(url: str, label: str, access: RequestAuth | None) -> tuple[T
     """Parse the file's header (no request when it is cached) into a TIFF for one read."""
     header, from_disk = await fetch_header(url, label, access)
     parsed = aio.engine().parsed.pop((url, identity(access)), None)
-    fresh = access is None or access.current  # a parse made before a logout sends nothing
-    if parsed is not None and parsed[1].header is header and fresh:  # by its header request
-        return parsed[0], parsed[1], from_disk
+    if parsed is not None and parsed[1].header is header:  # parsed by its header request
+        kept = parsed[1].access
+        if kept is None or kept.current:  # (its source, made before a logout, sends nothing)
+            return parsed[0], parsed[1], from_disk
     source = Source(url, label, access, header)
     aio.native_started()
     tiff = await TIFF.open(url, store=source, prefetch=len(header.data))
