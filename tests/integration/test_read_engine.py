@@ -132,7 +132,9 @@ def test_requests_one_header_per_file_and_none_at_open(logged_in, header_cache_d
     ds.NDVI.mean(["x", "y"]).compute()
     records = tif_records(logged_in)
     files = {r.path for r in records}
-    assert len(files) == 2 * ds.sizes["time"]
+    # two files a date, the second not read where the first fills the date's window
+    # (whole partitions of 19 dates: no header of a file nobody needs is warmed)
+    assert ds.sizes["time"] < len(files) <= 2 * ds.sizes["time"]
     assert not [r for r in records if r.method != "GET"]
     per_file = {p: 0 for p in files}
     for r in _header_requests(records):
